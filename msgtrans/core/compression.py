@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["compress", "decompress", "zstd_available"]
 
 _CHUNK = 64 * 1024
-_zstd: ModuleType | None | bool = False  # False: not looked for yet; None: not installed
+_zstd: ModuleType | bool | None = False  # False: not looked for yet; None: not installed
 
 
 def _zstandard() -> ModuleType:

@@ -3,15 +3,15 @@
 Every failure that msgtrans reports is a :class:`TransportError`.  The five kinds of the plan are
 subclasses, each carrying the plan's fields:
 
-====================================  ==========================================  ===============
-class                                 fields                                      also a
-====================================  ==========================================  ===============
-:class:`TransportConnectionError`     ``reason``, ``retryable``                   ``ConnectionError``
-:class:`ProtocolError`                ``protocol``, ``reason``                    --
-:class:`ConfigurationError`           ``field``, ``reason``                       ``ValueError``
-:class:`ResourceError`                ``resource``, ``current``, ``limit``        --
-:class:`TransportTimeoutError`        ``operation``, ``duration``                 ``TimeoutError``
-====================================  ==========================================  ===============
+=================================  ====================================  ===================
+class                              fields                                also a
+=================================  ====================================  ===================
+:class:`TransportConnectionError`  ``reason``, ``retryable``             ``ConnectionError``
+:class:`ProtocolError`             ``protocol``, ``reason``              --
+:class:`ConfigurationError`        ``field``, ``reason``                 ``ValueError``
+:class:`ResourceError`             ``resource``, ``current``, ``limit``  --
+:class:`TransportTimeoutError`     ``operation``, ``duration``           ``TimeoutError``
+=================================  ====================================  ===================
 
 Each error has a stable :attr:`~TransportError.error_code` drawn from :data:`ERROR_CODES` (the docs
 list them all), says whether retrying can help (:meth:`~TransportError.is_retryable`) and after how

@@ -277,9 +277,7 @@ class PacketDecoder:
     def _drain(self, out: list[Packet]) -> None:
         with memoryview(self._buf) as view:
             pos = self._cut(view, self._pos, self._end, out, None)
-        if self._large is not None:
-            self._pos = self._end = 0
-        elif pos == self._end:
+        if self._large is not None or pos == self._end:
             self._pos = self._end = 0
         else:
             self._pos = pos

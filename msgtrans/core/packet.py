@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
-from typing import Union
+from typing import TypeAlias
 
 from .compression import compress, decompress
 from .errors import ConfigurationError, Protocol, ProtocolError, ResourceError
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: Anything msgtrans accepts or hands out as message bytes.
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 VERSION = 1
 HEADER_SIZE = 16
