@@ -171,7 +171,8 @@ class TlsConfig:
     Attributes:
         verify: verify the server's certificate and host name (default ``True``; turning it off
             is explicit and only for tests and first runs).
-        ca_file: a PEM file of trusted certificates (default: the system's).
+        ca_file: a PEM file of trusted certificates; when given (or *ca_data*), only these are
+            trusted (default: the system's).
         ca_data: PEM text of trusted certificates, instead of or besides *ca_file*.
         cert_file: a client certificate (PEM), for servers that ask for one.
         key_file: the key of *cert_file*.
@@ -201,11 +202,15 @@ class TlsConfig:
         Raises:
             ConfigurationError: a certificate file could not be loaded.
         """
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        # PROTOCOL_TLS_CLIENT verifies certificates and host names unless told otherwise.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             if self.ca_file or self.ca_data:
+                # A private CA replaces the system's rather than joining it.
                 ctx.load_verify_locations(cafile=self.ca_file, cadata=self.ca_data)
+            else:
+                ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
             if self.cert_file:
                 ctx.load_cert_chain(self.cert_file, self.key_file)
         except (OSError, ssl.SSLError) as exc:
