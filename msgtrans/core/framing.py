@@ -263,6 +263,9 @@ class PacketDecoder:
             out.append(packet)
             self.packets_decoded += 1
             pos = start + total
+        if self._prefix and end - pos >= self._prefix:
+            # Refuse an oversize frame from its prefix alone, before its header arrives.
+            self._frame_start(view, pos)
         return pos
 
     def _keep(self, view: memoryview, out: list[Packet]) -> None:
