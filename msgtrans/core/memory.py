@@ -11,12 +11,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
-from .machine import Address, StreamMachine
+from .machine import Address
+from .packet import Buffer
 
-__all__ = ["DatagramParty", "DatagramPipe", "StreamPipe"]
+__all__ = ["DatagramParty", "DatagramPipe", "StreamParty", "StreamPipe"]
 
 #: Cuts one write into the chunks the reader receives.  Default: one chunk.
 Chunker = Callable[[bytes], list[bytes]]
+
+
+class StreamParty(TypingProtocol):
+    """What :class:`StreamPipe` needs of each side: a stream machine or a connection."""
+
+    @property
+    def write_closed(self) -> bool: ...
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    def start(self, now: float) -> None: ...
+
+    def receive_data(self, data: Buffer, now: float) -> None: ...
+
+    def data_to_send(self) -> list[Buffer]: ...
 
 
 class StreamPipe:
@@ -32,7 +49,7 @@ class StreamPipe:
     """
 
     def __init__(
-        self, client: StreamMachine, server: StreamMachine, chunker: Chunker | None = None
+        self, client: StreamParty, server: StreamParty, chunker: Chunker | None = None
     ) -> None:
         self.client = client
         self.server = server
@@ -46,7 +63,7 @@ class StreamPipe:
         self.client.start(now)
         self.pump(now)
 
-    def _move(self, src: StreamMachine, dst: StreamMachine, now: float) -> int:
+    def _move(self, src: StreamParty, dst: StreamParty, now: float) -> int:
         data = b"".join(src.data_to_send())
         moved = len(data)
         if data and not dst.is_closed:

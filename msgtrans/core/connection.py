@@ -1,0 +1,463 @@
+"""One connection: the right protocol machine for a config, joined to a session machine.
+
+Drivers create connections from configs through this module and never name a protocol
+themselves: :func:`client_connection` picks TCP, TLS over TCP, WebSocket (over TLS for ``wss``)
+or QUIC from the config (or URL), and :func:`server_connection` does the same for an accepted
+stream socket.  QUIC servers take their connections from a
+:class:`~msgtrans.core.quic_endpoint.QuicEndpoint` (see :func:`quic_endpoint`) and wrap each in
+a :class:`Connection`.
+
+A :class:`Connection` is driven like any machine (bytes or datagrams in, ``events()`` out, bytes
+or datagrams to write, ``next_deadline()`` / ``handle_timer(now)``) and offers the application's
+operations (``send``, ``request``, ``respond``, ``close``).  Its events are the protocol events
+that concern the application (established, close started, closed, write paused and resumed,
+errors) interleaved, in order, with the session events (messages, requests, responses, failed
+requests, read pause and resume, session closed).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from .config import (
+    ConnectionConfig,
+    QuicConfig,
+    QuicServerConfig,
+    ServerConfig,
+    TcpConfig,
+    TcpServerConfig,
+    WebSocketConfig,
+    WebSocketServerConfig,
+    to_config,
+    to_server_config,
+)
+from .errors import ConfigurationError, Protocol, TransportError
+from .events import (
+    CloseStarted,
+    ConnectionClosed,
+    ConnectionEstablished,
+    Event,
+    PacketReceived,
+)
+from .machine import Address, DatagramMachine, ProtocolMachine, StreamMachine
+from .packet import Buffer, Packet
+from .quic import QuicMachine
+from .quic_endpoint import QuicEndpoint
+from .session import CloseReason, SessionEvent, SessionMachine
+from .tcp import TcpMachine
+from .tls import TlsMachine
+from .websocket import WebSocketClientMachine, WebSocketServerMachine
+
+__all__ = [
+    "Connection",
+    "ConnectionEvent",
+    "client_connection",
+    "quic_endpoint",
+    "server_connection",
+]
+
+#: What :meth:`Connection.events` returns: protocol events and session events, in order.
+ConnectionEvent = Event | SessionEvent
+
+
+class Connection:
+    """A protocol machine and its session machine, driven as one.
+
+    Args:
+        machine: the protocol machine (not started yet).
+        session: the session machine; by default a new one with the spec's defaults.
+        session_id: the id for a default session machine.
+
+    Attributes:
+        machine: the protocol machine.
+        session: the session machine.
+        established: the ``ConnectionEstablished`` event once the handshake completed.
+    """
+
+    def __init__(
+        self,
+        machine: ProtocolMachine,
+        session: SessionMachine | None = None,
+        *,
+        session_id: int | str = 0,
+    ) -> None:
+        self.machine = machine
+        self.session = session if session is not None else SessionMachine(session_id)
+        self.established: ConnectionEstablished | None = None
+        self._events: list[ConnectionEvent] = []
+        self._now = 0.0
+
+    # --- what the connection is ----------------------------------------------------------------
+
+    @property
+    def protocol(self) -> Protocol:
+        """The transport: ``TCP``, ``WEBSOCKET`` or ``QUIC``."""
+        return self.machine.protocol
+
+    @property
+    def transport_kind(self) -> Literal["stream", "datagram"]:
+        """Whether the driver needs a stream socket or a datagram socket for this connection."""
+        return self.machine.transport_kind
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the protocol machine has closed."""
+        return self.machine.is_closed
+
+    @property
+    def write_closed(self) -> bool:
+        """Whether the driver should shut the write side of its stream socket."""
+        return isinstance(self.machine, StreamMachine) and self.machine.write_closed
+
+    # --- the application's operations ----------------------------------------------------------
+
+    def send(
+        self, payload: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"", now: float
+    ) -> Packet:
+        """Send a one-way message; return the packet sent.
+
+        Raises:
+            TransportConnectionError: the session is closing or closed.
+            ResourceError: the payload is over the limit.
+        """
+        packet = self.session.send(payload, biz_type=biz_type, ext_header=ext_header, now=now)
+        self._send(packet)
+        return packet
+
+    def request(
+        self,
+        payload: Buffer,
+        *,
+        biz_type: int = 0,
+        ext_header: Buffer = b"",
+        timeout: float | None = None,
+        now: float,
+    ) -> int:
+        """Send a request; return its id.  A ``ResponseReceived`` or ``RequestFailed`` event with
+        that id follows.
+
+        Raises:
+            TransportConnectionError: the session is closing or closed.
+            ResourceError: too many requests pending, or the payload is over the limit.
+        """
+        packet = self.session.request(
+            payload, biz_type=biz_type, ext_header=ext_header, timeout=timeout, now=now
+        )
+        try:
+            self._send(packet)
+        except TransportError:
+            self.session.cancel(packet.message_id)
+            raise
+        return packet.message_id
+
+    def respond(
+        self,
+        request: Packet | int,
+        payload: Buffer,
+        *,
+        biz_type: int | None = None,
+        ext_header: Buffer = b"",
+        now: float,
+    ) -> Packet:
+        """Send the response to *request* (a request packet or its id); return the packet.
+
+        Raises:
+            TransportConnectionError: the session is closed.
+        """
+        packet = self.session.respond(
+            request, payload, biz_type=biz_type, ext_header=ext_header, now=now
+        )
+        self._send(packet)
+        return packet
+
+    def close(self, code: int | None = None, reason: str = "") -> None:
+        """Close gracefully: what is queued still leaves, then the protocol's close handshake."""
+        self.session.begin_close(CloseReason.LOCAL, reason)
+        self.machine.close(code, reason)
+        self._pump(self._now)
+
+    def _send(self, packet: Packet) -> None:
+        self.machine.send_packet(packet)
+        self.session.packet_queued(packet.wire_size)
+
+    # --- the driver's side ---------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Start the protocol machine (right after the socket connected or was accepted)."""
+        self._now = now
+        self.machine.start(now)
+        self._pump(now)
+
+    def receive_data(self, data: Buffer, now: float) -> None:
+        """Feed bytes from a stream socket (``b""`` is EOF)."""
+        self._now = now
+        self._stream().receive_data(data, now)
+        self._pump(now)
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Return memory to receive into (the zero-copy path); then call :meth:`buffer_updated`."""
+        return self._stream().get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int, now: float) -> None:
+        """Account for *nbytes* received into the last :meth:`get_buffer`."""
+        self._now = now
+        self._stream().buffer_updated(nbytes, now)
+        self._pump(now)
+
+    def data_to_send(self) -> list[Buffer]:
+        """Return the bytes to write to a stream socket and forget them."""
+        return self._stream().data_to_send()
+
+    def flushed(self, nbytes: int, packets: int = 1) -> None:
+        """Tell the session the OS took *nbytes* (send-side watermarks)."""
+        self.session.flushed(nbytes, packets)
+        self._drain_session()
+
+    def connection_lost(self, now: float, error: TransportError | None = None) -> None:
+        """Tell the connection its socket broke."""
+        self._now = now
+        if isinstance(self.machine, StreamMachine):
+            self.machine.connection_lost(now, error)
+        else:
+            self.session.closed(CloseReason.ERROR, error)
+        self._pump(now)
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Feed a datagram (QUIC client connections)."""
+        self._now = now
+        self._datagram().receive_datagram(data, addr, now)
+        self._pump(now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Return the datagrams to send (QUIC client connections)."""
+        grams = self._datagram().datagrams_to_send(now)
+        self._pump(now)
+        return grams
+
+    def next_deadline(self) -> float | None:
+        """Return the earliest deadline of the protocol and session machines, or ``None``."""
+        a = self.machine.next_deadline()
+        b = self.session.next_deadline()
+        if a is None:
+            return b
+        return a if b is None else min(a, b)
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every timer due at *now* in both machines."""
+        self._now = now
+        self.machine.handle_timer(now)
+        self.session.handle_timer(now)
+        self._pump(now)
+
+    def events(self) -> list[ConnectionEvent]:
+        """Return what happened since the last call, oldest first, and forget it."""
+        self._pump(self._now)
+        events = self._events
+        self._events = []
+        return events
+
+    def message_delivered(self, nbytes: int) -> None:
+        """A received message was queued for the application (receive-side bound)."""
+        self.session.message_delivered(nbytes)
+        self._drain_session()
+
+    def message_consumed(self, nbytes: int) -> None:
+        """The application took a queued message (receive-side bound)."""
+        self.session.message_consumed(nbytes)
+        self._drain_session()
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _stream(self) -> StreamMachine:
+        if not isinstance(self.machine, StreamMachine):
+            raise ConfigurationError("transport", "this connection needs a datagram socket")
+        return self.machine
+
+    def _datagram(self) -> DatagramMachine:
+        if not isinstance(self.machine, DatagramMachine):
+            raise ConfigurationError("transport", "this connection needs a stream socket")
+        return self.machine
+
+    def _drain_session(self) -> None:
+        self._events.extend(self.session.events())
+
+    def _pump(self, now: float) -> None:
+        session = self.session
+        out = self._events
+        for event in self.machine.events():
+            if type(event) is PacketReceived:
+                session.receive_packet(event.packet, now)
+                out.extend(session.events())
+                continue
+            if isinstance(event, ConnectionEstablished):
+                self.established = event
+                session.established(now)
+            elif isinstance(event, CloseStarted):
+                session.begin_close(
+                    CloseReason.PEER_CLOSED if event.by_peer else CloseReason.LOCAL, event.reason
+                )
+            elif isinstance(event, ConnectionClosed):
+                out.append(event)
+                reason = (
+                    CloseReason.ERROR if event.error is not None
+                    else CloseReason.PEER_CLOSED if session.close_reason is None
+                    else None
+                )
+                session.closed(reason, event.error, event.reason or None)
+                out.extend(session.events())
+                continue
+            out.append(event)
+        out.extend(session.events())
+        if session.state.value == "closed" and not self.machine.is_closed:
+            # The session gave up (idle timeout): close the connection under it.
+            self.machine.close(None, session.close_reason.value if session.close_reason else "")
+            for event in self.machine.events():
+                out.append(event)
+
+
+# --- factories ----------------------------------------------------------------------------------
+
+
+def client_connection(
+    target: str | ConnectionConfig,
+    *,
+    session_id: int | str = 0,
+    resolved: Address | None = None,
+    **session: Any,
+) -> Connection:
+    """Return the client connection for *target* (a config or a URL), not started yet.
+
+    Args:
+        target: the config or URL.
+        session_id: the new session's id.
+        resolved: the socket address the driver actually sends to, once it resolved the
+            host name (QUIC ignores datagrams from any other address); default: the
+            config's ``(host, port)``.
+        session: keyword arguments for :class:`~msgtrans.core.session.SessionMachine`
+            (``request_timeout`` and friends).
+
+    Raises:
+        ConfigurationError: *target* is invalid.
+    """
+    config = to_config(target)
+    machine: ProtocolMachine
+    if isinstance(config, TcpConfig):
+        machine = TcpMachine(
+            is_client=True, limits=config.limits, zero_copy_threshold=config.zero_copy_threshold
+        )
+        if config.tls is not None:
+            machine = TlsMachine(
+                machine,
+                config.tls.client_context(),
+                server_hostname=config.tls.server_name or config.host,
+                handshake_timeout=config.connect_timeout,
+            )
+    elif isinstance(config, WebSocketConfig):
+        machine = WebSocketClientMachine(
+            _host_header(config.host, config.port, 443 if config.secure else 80),
+            config.path,
+            subprotocols=config.subprotocols,
+            extra_headers=config.headers,
+            limits=config.limits,
+            zero_copy_threshold=config.zero_copy_threshold,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+            close_timeout=config.close_timeout,
+            handshake_timeout=config.connect_timeout,
+        )
+        if config.tls is not None:
+            machine = TlsMachine(
+                machine,
+                config.tls.client_context(),
+                server_hostname=config.tls.server_name or config.host,
+                handshake_timeout=config.connect_timeout,
+            )
+    else:
+        assert isinstance(config, QuicConfig)
+        machine = QuicMachine.client(
+            resolved or config.addr,
+            server_name=config.server_name or config.host,
+            cert_verification=config.cert_verification,
+            ca_file=config.ca_file,
+            alpn=config.alpn,
+            idle_timeout=config.idle_timeout,
+            handshake_timeout=config.connect_timeout,
+            limits=config.limits,
+            zero_copy_threshold=config.zero_copy_threshold,
+        )
+    return Connection(machine, SessionMachine(session_id, **session))
+
+
+def server_connection(
+    target: str | TcpServerConfig | WebSocketServerConfig,
+    *,
+    session_id: int | str = 0,
+    tls_context: Any = None,
+    **session: Any,
+) -> Connection:
+    """Return the server side of an accepted stream connection, not started yet.
+
+    Args:
+        target: the listener's config (TCP or WebSocket; QUIC uses :func:`quic_endpoint`).
+        session_id: the new session's id.
+        tls_context: an ``ssl.SSLContext`` to reuse for every accepted connection (building one
+            per connection would load the certificate each time); default: built from the
+            config's TLS settings.
+        session: keyword arguments for :class:`~msgtrans.core.session.SessionMachine`.
+
+    Raises:
+        ConfigurationError: *target* is a QUIC config or invalid.
+    """
+    config: ServerConfig = to_server_config(target)
+    machine: StreamMachine
+    if isinstance(config, TcpServerConfig):
+        machine = TcpMachine(
+            is_client=False, limits=config.limits, zero_copy_threshold=config.zero_copy_threshold
+        )
+    elif isinstance(config, WebSocketServerConfig):
+        machine = WebSocketServerMachine(
+            path=config.path,
+            subprotocols=config.subprotocols,
+            limits=config.limits,
+            zero_copy_threshold=config.zero_copy_threshold,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+            close_timeout=config.close_timeout,
+        )
+    else:
+        raise ConfigurationError(
+            "config", "QUIC servers accept through quic_endpoint(), not server_connection()"
+        )
+    if config.tls is not None:
+        context = tls_context if tls_context is not None else config.tls.server_context()
+        machine = TlsMachine(machine, context)
+    return Connection(machine, SessionMachine(session_id, **session))
+
+
+def quic_endpoint(target: str | QuicServerConfig) -> QuicEndpoint:
+    """Return the QUIC server endpoint for *target*: it routes every datagram of one UDP socket.
+
+    Wrap each connection it accepts in a :class:`Connection`
+    (``Connection(machine, session_id=...)``).
+
+    Raises:
+        ConfigurationError: *target* is not a QUIC server config, or its certificate is bad.
+    """
+    config = to_server_config(target)
+    if not isinstance(config, QuicServerConfig):
+        raise ConfigurationError("config", f"needs a QUIC server config, got {config!r}")
+    return QuicEndpoint(
+        certificate=config.cert_file,
+        private_key=config.key_file,
+        alpn=config.alpn,
+        idle_timeout=config.idle_timeout,
+        limits=config.limits,
+        zero_copy_threshold=config.zero_copy_threshold,
+        max_connections=config.max_sessions,
+    )
+
+
+def _host_header(host: str, port: int, default_port: int) -> str:
+    name = f"[{host}]" if ":" in host else host
+    return name if port == default_port else f"{name}:{port}"
+
