@@ -103,6 +103,11 @@ class ProtocolMachine(ABC):
 
         *code* is the WebSocket close code (default 1000) or the QUIC application error code
         (default 0); TCP has none and sends FIN.  Closing twice does nothing.
+
+        ``close`` takes no ``now``: a machine that needs a close timer reports the last ``now``
+        it saw as its :meth:`next_deadline`, so the driver's next ``handle_timer(now)`` (due at
+        once) arms the real timer from the true time.  Counting from a stale ``now`` instead
+        would fire the timeout early on a connection that had been idle.
         """
 
     @abstractmethod
