@@ -1,38 +1,65 @@
-"""Connection configuration: client and server configs, TLS settings and URL parsing.
+"""Connection configuration: client and server configs, TLS settings, and URLs that stand for them.
 
-Every API that takes a configuration also takes a URL string::
+A client connects with one of three configs, together :data:`ConnectionConfig`:
 
-    tcp://host:port          TcpConfig
-    tls://host:port          TcpConfig with TlsConfig() (certificates verified)
-    ws://host[:port]/path    WebSocketConfig (port 80 by default)
-    wss://host[:port]/path   WebSocketConfig with TLS (port 443 by default)
-    quic://host:port         QuicConfig
+* :class:`TcpConfig` for ``tcp://host:port`` (and ``tls://host:port`` with a :class:`TlsConfig`),
+* :class:`WebSocketConfig` for ``ws://host[:port]/path`` and ``wss://...``,
+* :class:`QuicConfig` for ``quic://host:port``.
 
-Query parameters set fields (``tls://example.com:9000?verify=false&ca=/etc/ca.pem``); see
-docs/configuration.md.  Invalid values raise :class:`~msgtrans.core.errors.ConfigurationError`
-naming the field and what would be valid.
+A server listens with one of :class:`TcpServerConfig`, :class:`WebSocketServerConfig` and
+:class:`QuicServerConfig`, together :data:`ServerConfig`; :class:`ServerTlsConfig` holds the
+certificate of a ``tls://`` or ``wss://`` server.
+
+Every API that takes a config also takes a URL string: :func:`to_config` and
+:func:`to_server_config` turn either into a config (through :func:`parse_url` and
+:func:`parse_server_url`), and every config's :meth:`~TcpConfig.to_url` gives a URL back that
+parses to an equal config.
+
+Configs are frozen, hashable values, checked when they are made: a bad value raises
+:class:`~msgtrans.core.errors.ConfigurationError` (also a ``ValueError``, code
+``configuration.invalid``) whose ``field`` names the setting and whose message says what would be
+valid.  Nothing here touches the network; :meth:`TlsConfig.client_context` and
+:meth:`ServerTlsConfig.server_context` read certificate files when they are called.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import numbers
+import operator
+import os
+import re
 import ssl
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import quote, unquote
 
 from .errors import ConfigurationError, Protocol
-from .framing import DEFAULT_ZERO_COPY_THRESHOLD
-from .packet import DEFAULT_LIMITS, Limits
+from .framing import DEFAULT_ZERO_COPY_THRESHOLD, QUIC_MAX_FRAME
+from .packet import DEFAULT_LIMITS, HEADER_SIZE, Limits
 
 __all__ = [
     "ALPN",
+    "DEFAULT_ALPN",
+    "DEFAULT_BACKLOG",
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_PING_INTERVAL",
+    "DEFAULT_PING_TIMEOUT",
+    "DEFAULT_SUBPROTOCOLS",
+    "MAX_TIMEOUT",
     "SUBPROTOCOL",
     "ConnectionConfig",
+    "ConnectionConfigLike",
+    "HeadersLike",
     "QuicConfig",
     "QuicServerConfig",
     "ServerConfig",
+    "ServerConfigLike",
     "ServerTlsConfig",
     "TcpConfig",
     "TcpServerConfig",
@@ -45,752 +72,1700 @@ __all__ = [
     "to_server_config",
 ]
 
-#: The ALPN protocol msgtrans speaks over QUIC (and offers over TLS).
+#: The ALPN protocol id msgtrans speaks over QUIC (and may offer over TLS).
 ALPN = "msgtrans.v1"
 #: The WebSocket subprotocol msgtrans clients offer and servers echo.
 SUBPROTOCOL = "msgtrans.v1"
+#: The WebSocket subprotocols a client offers and a server accepts by default.
+DEFAULT_SUBPROTOCOLS: tuple[str, ...] = (SUBPROTOCOL,)
+#: The ALPN protocols QUIC negotiates by default.
+DEFAULT_ALPN: tuple[str, ...] = (ALPN,)
+#: Seconds a client waits for the connection and its handshakes (TCP, TLS, WebSocket, QUIC).
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds a server waits for a new connection's handshake before dropping it.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: Seconds between WebSocket pings.
+DEFAULT_PING_INTERVAL = 20.0
+#: Seconds a WebSocket peer has to answer a ping.
+DEFAULT_PING_TIMEOUT = 20.0
+#: Seconds the WebSocket close handshake may take.
+DEFAULT_CLOSE_TIMEOUT = 10.0
+#: Seconds of silence after which a QUIC connection is dropped.
+DEFAULT_IDLE_TIMEOUT = 30.0
+#: Pending connections a listening socket queues.
+DEFAULT_BACKLOG = 128
+#: The largest timeout accepted, in seconds (about 11.5 days).  Drivers hand timeouts to
+#: ``socket.settimeout`` and lock waits, whose platform limits start near 49 days (Windows).
+MAX_TIMEOUT = 1_000_000.0
 
-# --- validation helpers -----------------------------------------------------------------------
+_SCHEMES = ("tcp", "tls", "ws", "wss", "quic")
+_SCHEME_LIST = "tcp://, tls://, ws://, wss:// or quic://"
+_WS_DEFAULT_PORT = {"ws": 80, "wss": 443}
+_ANY_PATH = "/*"  # a WebSocket server URL's way of saying path=None
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_SCOPE_ID = re.compile(r"[A-Za-z0-9\-._~]+")
+_MAX_HOST = 255
+#: Headers the WebSocket handshake writes itself; a second copy would break it.
+_HANDSHAKE_HEADERS = frozenset(
+    {
+        "host",
+        "upgrade",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-accept",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    }
+)
 
+#: WebSocket handshake headers: a mapping or a sequence of ``(name, value)`` pairs.
+HeadersLike: TypeAlias = Mapping[str, str] | Iterable[tuple[str, str]]
 
-def _parse_addr(value: Any, *, server: bool, name: str = "addr") -> tuple[str, int]:
-    """Turn ``"host:port"``, ``"[v6]:port"`` or ``(host, port)`` into a checked tuple."""
-    if isinstance(value, tuple):
-        if len(value) < 2:
-            raise ConfigurationError(name, f"must be (host, port), got {value!r}")
-        host, port = value[0], value[1]
-    elif isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            end = text.find("]")
-            if end < 0 or not text[end + 1 :].startswith(":"):
-                raise ConfigurationError(name, f"must be '[ipv6]:port', got {value!r}")
-            host, port_text = text[1:end], text[end + 2 :]
-        else:
-            host, sep, port_text = text.rpartition(":")
-            if not sep:
-                raise ConfigurationError(name, f"must be 'host:port', got {value!r}")
-            if ":" in host:
-                raise ConfigurationError(
-                    name, f"an IPv6 address needs brackets: '[{host}]:{port_text}'"
-                )
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise ConfigurationError(
-                "port", f"must be a number, got {port_text!r} in {value!r}"
-            ) from None
-    else:
-        raise ConfigurationError(name, f"must be 'host:port' or (host, port), got {value!r}")
-    if not isinstance(host, str) or not host:
-        raise ConfigurationError("host", f"must not be empty (in {value!r})")
-    _check_port(port, server=server)
-    return host, int(port)
-
-
-def _check_port(port: Any, *, server: bool) -> None:
-    low = 0 if server else 1
-    if isinstance(port, bool) or not isinstance(port, int) or not low <= port <= 65535:
-        what = "0..65535 (0 picks a free port)" if server else "1..65535"
-        raise ConfigurationError("port", f"must be {what}, got {port!r}")
-
-
-def _check_timeout(name: str, value: Any, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    ok = (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
-    if not ok:
-        extra = " or None (never)" if optional else ""
-        raise ConfigurationError(name, f"must be a finite number of seconds > 0{extra}, got "
-                                 f"{value!r}")
+_set = object.__setattr__
 
 
-def _check_positive_int(name: str, value: Any, *, optional: bool = False, low: int = 1) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        extra = " or None" if optional else ""
-        raise ConfigurationError(name, f"must be an integer >= {low}{extra}, got {value!r}")
+# --- value checks ---------------------------------------------------------------------------------
 
 
-def _check_common(cfg: Any) -> None:
-    if not isinstance(cfg.limits, Limits):
-        raise ConfigurationError("limits", f"must be a Limits, got {cfg.limits!r}")
-    _check_positive_int("zero_copy_threshold", cfg.zero_copy_threshold, optional=True)
+def _check_bool(name: str, value: object) -> bool:
+    # Strict on purpose: the string "false" from an environment variable is truthy.
+    if not isinstance(value, bool):
+        raise ConfigurationError(name, f"must be True or False, got {value!r}")
+    return value
 
 
-def _headers(value: Any) -> tuple[tuple[str, str], ...]:
-    items = value.items() if isinstance(value, Mapping) else value
-    out = []
+def _check_int(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise ConfigurationError(name, f"must be an integer {low}..{high}, got {value!r}")
     try:
-        for name, val in items:
-            if not isinstance(name, str) or not isinstance(val, str):
-                raise ConfigurationError("headers", f"names and values must be str: {name!r}")
-            if not name or any(c in name for c in "\r\n:") or any(c in val for c in "\r\n"):
-                raise ConfigurationError(
-                    "headers", f"header {name!r} has an empty name or a CR, LF or colon"
-                )
-            out.append((name, val))
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigurationError):
-            raise
-        raise ConfigurationError(
-            "headers", f"must be a mapping or (name, value) pairs, got {value!r}"
-        ) from None
-    return tuple(out)
-
-
-def _names(name: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = (value,)
-    try:
-        names = tuple(value)
+        number = operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        raise ConfigurationError(name, f"must be a sequence of str, got {value!r}") from None
-    if not all(isinstance(n, str) and n for n in names):
-        raise ConfigurationError(name, f"must be non-empty strings, got {value!r}")
+        raise ConfigurationError(
+            name, f"must be an integer {low}..{high}, got {value!r}"
+        ) from None
+    if not low <= number <= high:
+        raise ConfigurationError(name, f"must be {low}..{high}, got {number}")
+    return number
+
+
+def _check_optional_int(name: str, value: object, low: int, high: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        return _check_int(name, value, low, high)
+    except ConfigurationError as exc:
+        raise ConfigurationError(name, f"{exc.reason} (or None for no limit)") from None
+
+
+def _check_timeout(name: str, value: object, *, optional: bool = False) -> float | None:
+    valid = f"a number of seconds > 0 and <= {MAX_TIMEOUT:.0f}" + (" or None" if optional else "")
+    if value is None:
+        if optional:
+            return None
+        raise ConfigurationError(name, f"must be {valid}, got None")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigurationError(name, f"must be {valid}, got {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ConfigurationError(name, f"must be {valid}, got {value!r}") from None
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT):
+        raise ConfigurationError(name, f"must be {valid}, got {value!r}")
+    return seconds
+
+
+def _required_timeout(name: str, value: object) -> float:
+    seconds = _check_timeout(name, value)
+    assert seconds is not None  # _check_timeout refuses None unless optional
+    return seconds
+
+
+def _check_limits(value: object) -> Limits:
+    if not isinstance(value, Limits):
+        raise ConfigurationError(
+            "limits", f"must be a msgtrans.Limits, e.g. Limits(max_payload=...), got {value!r}"
+        )
+    return value
+
+
+def _check_zero_copy(value: object) -> int | None:
+    return _check_optional_int("zero_copy_threshold", value, 1, 2**63 - 1)
+
+
+def _check_max_frame(value: object) -> int:
+    return _check_int("max_frame", value, HEADER_SIZE, 0xFFFFFFFF)
+
+
+def _check_file(name: str, value: object, *, optional: bool = True) -> str | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ConfigurationError(name, f"must be a file path (a non-empty string), got {value!r}")
+    return value
+
+
+def _check_names(name: str, value: object, *, token: bool, required: bool) -> tuple[str, ...]:
+    """Check a sequence of ALPN protocol ids (``token=False``) or subprotocol names."""
+    example = "('msgtrans.v1',)"
+    if isinstance(value, str):
+        value = (value,)  # one name, never its characters
+    if isinstance(value, bytes) or not isinstance(value, Iterable):
+        raise ConfigurationError(
+            name, f"must be a sequence of names such as {example}, got {value!r}"
+        )
+    names = tuple(value)
+    if required and not names:
+        raise ConfigurationError(name, f"must name at least one protocol, e.g. {example}")
+    for item in names:
+        if token:
+            if not isinstance(item, str) or not _TOKEN.fullmatch(item):
+                raise ConfigurationError(
+                    name,
+                    f"each name must be an HTTP token (letters, digits, !#$%&'*+-.^_`|~), "
+                    f"got {item!r}",
+                )
+        elif not (isinstance(item, str) and item.isascii() and 1 <= len(item) <= 255):
+            raise ConfigurationError(
+                name, f"each protocol id must be 1..255 ASCII characters, got {item!r}"
+            )
     return names
 
 
-def _host_port_text(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _check_host(value: object, name: str = "host", *, server: bool = False) -> str:
+    """Return the host in canonical form: IPv6 compressed and without brackets."""
+    hint = "0.0.0.0 or :: for every interface" if server else "a host name or an IP address"
+    if not isinstance(value, str):
+        raise ConfigurationError(name, f"must be a string ({hint}), got {value!r}")
+    if not value:
+        raise ConfigurationError(name, f"must not be empty; use {hint}")
+    if ":" in value:
+        _, percent, scope = value.partition("%")
+        # The zone id is checked here because it is written into URLs unescaped but for '%'.
+        if percent and not _SCOPE_ID.fullmatch(scope):
+            raise ConfigurationError(
+                name, f"IPv6 zone id must be letters, digits or -._~, got {value!r}"
+            )
+        try:
+            return str(ipaddress.IPv6Address(value))
+        except ValueError:
+            raise ConfigurationError(
+                name, f"must be a host name, an IPv4 address or an IPv6 address, got {value!r}"
+            ) from None
+    labels = value[:-1] if value.endswith(".") else value  # a trailing dot means fully qualified
+    if (
+        len(value) > _MAX_HOST
+        or not all(labels.split("."))
+        or not all(ch.isalnum() or ch in "-._" for ch in value)
+    ):
+        raise ConfigurationError(
+            name,
+            f"must be {hint} (dot-separated labels of letters, digits, '-' and '_'; at most "
+            f"{_MAX_HOST} characters), got {value!r}",
+        )
+    return value
 
 
-# --- TLS --------------------------------------------------------------------------------------
+def _check_port(value: object, *, server: bool, name: str = "port") -> int:
+    low = 0 if server else 1
+    what = "0..65535 (0 picks a free port)" if server else "1..65535"
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()):
+            raise ConfigurationError(name, f"must be a number {what}, got {value!r}")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(name, f"must be a number {what}, got {value!r}")
+    if not low <= value <= 65535:
+        raise ConfigurationError(name, f"must be {what}, got {value}")
+    return value
 
 
-@dataclass(frozen=True)
+def _split_hostport(text: str, name: str) -> tuple[str, str | None]:
+    """Split ``host[:port]`` or ``[v6][:port]``; the port is ``None`` when absent."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigurationError(name, f"'[' without ']' in {text!r}; write '[::1]:8080'")
+        host, rest = text[1:end], text[end + 1 :]
+        if ":" not in host:
+            raise ConfigurationError(
+                "host", f"brackets are only for IPv6 addresses, got {text[: end + 1]!r}"
+            )
+        host = host.replace("%25", "%")  # RFC 6874 writes the zone id's '%' as '%25'
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise ConfigurationError(
+                name, f"expected ':port' after ']', got {rest!r} in {text!r}"
+            )
+        return host, rest[1:]
+    if text.count(":") > 1:
+        raise ConfigurationError(
+            name, f"an IPv6 address needs brackets, e.g. '[::1]:8080', got {text!r}"
+        )
+    host, sep, port = text.partition(":")
+    return host, (port if sep else None)
+
+
+def _check_addr(value: object, *, server: bool) -> tuple[str, int]:
+    forms = "'host:port', '[ipv6]:port' or a (host, port) tuple"
+    if isinstance(value, str):
+        host_text, port_text = _split_hostport(value, "addr")
+        if port_text is None:
+            raise ConfigurationError("addr", f"needs a port: {forms}, got {value!r}")
+        host = _check_host(host_text, server=server)
+        return host, _check_port(port_text, server=server)
+    if isinstance(value, tuple) and len(value) == 2:
+        return _check_host(value[0], server=server), _check_port(value[1], server=server)
+    raise ConfigurationError("addr", f"must be {forms}, got {value!r}")
+
+
+def _format_host(host: str) -> str:
+    return f"[{host.replace('%', '%25')}]" if ":" in host else host
+
+
+def _format_hostport(host: str, port: int) -> str:
+    return f"{_format_host(host)}:{port}"
+
+
+def _check_target(value: str, name: str = "path") -> str:
+    """Check an HTTP request target (path plus optional query) as it will go on the wire."""
+    if not value.startswith("/"):
+        raise ConfigurationError(name, f"must start with '/', got {value!r}")
+    if not value.isascii() or any(ch <= " " or ch in "#\x7f" for ch in value):
+        raise ConfigurationError(
+            name,
+            f"must be printable ASCII without spaces or '#'; percent-encode other characters "
+            f"(e.g. %20), got {value!r}",
+        )
+    return value
+
+
+def _check_headers(value: object) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, Mapping):
+        items: Iterable[object] = value.items()
+    elif isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigurationError(
+            "headers", f"must be a mapping or a sequence of (name, value) pairs, got {value!r}"
+        )
+    else:
+        items = value
+    headers: list[tuple[str, str]] = []
+    for item in items:
+        if not (
+            isinstance(item, (tuple, list))
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], str)
+        ):
+            raise ConfigurationError(
+                "headers", f"each header must be a (name, value) pair of strings, got {item!r}"
+            )
+        hname, hvalue = item
+        if not _TOKEN.fullmatch(hname):
+            raise ConfigurationError(
+                "headers",
+                f"header name must be an HTTP token (letters, digits, !#$%&'*+-.^_`|~), "
+                f"got {hname!r}",
+            )
+        if hname.lower() in _HANDSHAKE_HEADERS:
+            hint = "; use subprotocols=" if hname.lower() == "sec-websocket-protocol" else ""
+            raise ConfigurationError(
+                "headers", f"header {hname!r} is written by the WebSocket handshake itself{hint}"
+            )
+        if not hvalue.isascii() or any(
+            (ch < " " and ch != "\t") or ch == "\x7f" for ch in hvalue
+        ):
+            raise ConfigurationError(
+                "headers",
+                f"value of header {hname!r} must be ASCII without CR, LF or other control "
+                f"characters, got {hvalue!r}",
+            )
+        headers.append((hname, hvalue))
+    return tuple(headers)
+
+
+def _check_optional(name: str, value: object, cls: type) -> None:
+    if value is not None and not isinstance(value, cls):
+        raise ConfigurationError(name, f"must be a {cls.__name__} or None, got {value!r}")
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+
+
+def _require_file(name: str, path: str | None) -> None:
+    # The ssl module reports a missing file without its name; say which setting points nowhere.
+    if path is not None and not os.path.isfile(path):
+        raise ConfigurationError(name, f"must name an existing file, got {path!r}")
+
+
+@dataclass(frozen=True, init=False)
 class TlsConfig:
-    """Client-side TLS for ``tls://`` and ``wss://``.
+    """Client-side TLS for ``tls://`` (TCP) and ``wss://`` (WebSocket) connections.
 
-    Attributes:
-        verify: verify the server's certificate and host name (default ``True``; turning it off
-            is explicit and only for tests and first runs).
-        ca_file: a PEM file of trusted certificates; when given (or *ca_data*), only these are
-            trusted (default: the system's).
-        ca_data: PEM text of trusted certificates, instead of or besides *ca_file*.
-        cert_file: a client certificate (PEM), for servers that ask for one.
-        key_file: the key of *cert_file*.
-        server_name: the name to verify and send as SNI (default: the host connected to).
-        alpn: ALPN protocols to offer (default none).
+    Certificate and host name verification are on by default; turning them off is explicit
+    (``TlsConfig(verify=False)`` or ``?verify=false`` in the URL).
+
+    Args:
+        verify: check the server's certificate chain and that it names the host (default
+            ``True``).  ``False`` accepts any certificate: for tests only.
+        ca_file: PEM file of CA certificates to trust instead of the system store (default
+            ``None``: the system store).
+        ca_data: CA certificates to trust given inline: a PEM ``str`` or ``bytes``, or DER
+            ``bytes`` (default ``None``).  Used together with *ca_file* when both are set.
+        cert_file: PEM file with the client certificate chain, for servers that ask for one
+            (default ``None``).
+        key_file: PEM file with the client certificate's private key (default ``None``: the key
+            is in *cert_file*).
+        server_name: the name sent in SNI and checked against the certificate (default ``None``:
+            the host being connected to).
+        alpn: ALPN protocols to offer (default ``()``: none).
 
     Raises:
-        ConfigurationError: a key without a certificate or the other way round.
+        ConfigurationError: a field has the wrong type or value (``key_file`` without
+            ``cert_file``, an empty path, a bad ``server_name`` or ALPN id).
     """
 
-    verify: bool = True
-    ca_file: str | None = None
-    ca_data: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    server_name: str | None = None
-    alpn: tuple[str, ...] = ()
+    verify: bool
+    ca_file: str | None
+    ca_data: str | bytes | None = field(repr=False)
+    cert_file: str | None
+    key_file: str | None
+    server_name: str | None
+    alpn: tuple[str, ...]
 
-    def __post_init__(self) -> None:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ConfigurationError("cert_file", "cert_file and key_file go together")
-        object.__setattr__(self, "alpn", _names("alpn", self.alpn))
+    def __init__(
+        self,
+        verify: bool = True,
+        *,
+        ca_file: str | os.PathLike[str] | None = None,
+        ca_data: str | bytes | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        server_name: str | None = None,
+        alpn: Iterable[str] = (),
+    ) -> None:
+        _set(self, "verify", _check_bool("verify", verify))
+        _set(self, "ca_file", _check_file("ca_file", ca_file))
+        if ca_data is not None and not (isinstance(ca_data, (str, bytes)) and ca_data):
+            raise ConfigurationError(
+                "ca_data", f"must be PEM text or PEM/DER bytes (non-empty), got {ca_data!r}"
+            )
+        _set(self, "ca_data", ca_data)
+        _set(self, "cert_file", _check_file("cert_file", cert_file))
+        _set(self, "key_file", _check_file("key_file", key_file))
+        if self.key_file is not None and self.cert_file is None:
+            raise ConfigurationError(
+                "key_file", "needs cert_file: a client key goes with a client certificate"
+            )
+        if server_name is not None:
+            server_name = _check_host(server_name, "server_name")
+        _set(self, "server_name", server_name)
+        _set(self, "alpn", _check_names("alpn", alpn, token=False, required=False))
 
     def client_context(self) -> ssl.SSLContext:
-        """Build the ``ssl.SSLContext`` for a client (TLS 1.2 or newer).
+        """Build an :class:`ssl.SSLContext` for the client side of a connection.
+
+        TLS 1.2 is the minimum.  With :attr:`verify` the context requires a valid certificate
+        (``CERT_REQUIRED``) and checks the host name; the trusted CAs are :attr:`ca_file` and
+        :attr:`ca_data` if set, else the system store.  Without it, nothing is checked.  Pass
+        :attr:`server_name` (or the host) as ``server_hostname`` when wrapping.
 
         Raises:
-            ConfigurationError: a certificate file could not be loaded.
+            ConfigurationError: a file is missing or holds no usable certificate or key
+                (``field`` is ``ca_file``, ``ca_data`` or ``cert_file``/``key_file``).
         """
-        # PROTOCOL_TLS_CLIENT verifies certificates and host names unless told otherwise.
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            if self.ca_file or self.ca_data:
-                # A private CA replaces the system's rather than joining it.
-                ctx.load_verify_locations(cafile=self.ca_file, cadata=self.ca_data)
-            else:
-                ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-            if self.cert_file:
-                ctx.load_cert_chain(self.cert_file, self.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError("ca_file", f"could not load certificates: {exc}") from exc
+        # PROTOCOL_TLS_CLIENT starts with CERT_REQUIRED and check_hostname on.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         if not self.verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        elif self.ca_file is not None or self.ca_data is not None:
+            # A private CA replaces the system store rather than joining it: trusting both
+            # would let any public CA vouch for a private service's name.
+            _load_cas(context, self.ca_file, self.ca_data)
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert_file is not None:
+            _load_chain(context, self.cert_file, self.key_file)
         if self.alpn:
-            ctx.set_alpn_protocols(list(self.alpn))
-        return ctx
+            context.set_alpn_protocols(list(self.alpn))
+        return context
 
 
-@dataclass(frozen=True)
+def _load_cas(context: ssl.SSLContext, ca_file: str | None, ca_data: str | bytes | None) -> None:
+    if ca_file is not None:
+        _require_file("ca_file", ca_file)
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(
+                "ca_file", f"must be a PEM file of CA certificates; {ca_file!r}: {exc}"
+            ) from exc
+    if ca_data is not None:
+        data: str | bytes = ca_data
+        if isinstance(data, bytes) and b"-----BEGIN" in data:
+            data = data.decode("ascii", "replace")
+        try:
+            context.load_verify_locations(cadata=data)
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(
+                "ca_data", f"must be PEM text or DER bytes of CA certificates: {exc}"
+            ) from exc
+
+
+def _load_chain(context: ssl.SSLContext, cert_file: str, key_file: str | None) -> None:
+    _require_file("cert_file", cert_file)
+    _require_file("key_file", key_file)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ValueError) as exc:
+        where = f"{cert_file!r}" + (f" and {key_file!r}" if key_file else "")
+        raise ConfigurationError(
+            "cert_file",
+            f"must be a PEM certificate chain with its private key (in key_file or in the same "
+            f"file); loading {where} failed: {exc}",
+        ) from exc
+
+
+@dataclass(frozen=True, init=False)
 class ServerTlsConfig:
-    """Server-side TLS: the certificate and key to present.
+    """Server-side TLS for ``tls://`` and ``wss://`` listeners.
 
-    Attributes:
-        cert_file: the certificate chain (PEM).
-        key_file: its private key (PEM).
-        ca_file: when given, clients must present a certificate signed by these.
-        alpn: ALPN protocols to accept (default none).
+    The certificate and key are read from files when :meth:`server_context` is called (the
+    :mod:`ssl` module loads keys only from files; write PEM data to a file with restricted
+    permissions first, or use :mod:`msgtrans.certs` for a throwaway self-signed pair).
+
+    Args:
+        cert_file: PEM file with the server certificate chain (required).
+        key_file: PEM file with its private key (default ``None``: the key is in *cert_file*).
+        ca_file: PEM file of CAs for client certificates (default ``None``: clients present no
+            certificate).  When set, every client must present a certificate signed by one.
+        alpn: ALPN protocols to accept (default ``()``: none negotiated).
 
     Raises:
-        ConfigurationError: *cert_file* or *key_file* is empty.
+        ConfigurationError: a path is empty or not a string, or an ALPN id is invalid.
     """
 
     cert_file: str
-    key_file: str
-    ca_file: str | None = None
-    alpn: tuple[str, ...] = ()
+    key_file: str | None
+    ca_file: str | None
+    alpn: tuple[str, ...]
 
-    def __post_init__(self) -> None:
-        if not self.cert_file:
-            raise ConfigurationError("cert_file", "a server needs a certificate file")
-        if not self.key_file:
-            raise ConfigurationError("key_file", "a server needs a private key file")
-        object.__setattr__(self, "alpn", _names("alpn", self.alpn))
+    def __init__(
+        self,
+        cert_file: str | os.PathLike[str],
+        key_file: str | os.PathLike[str] | None = None,
+        *,
+        ca_file: str | os.PathLike[str] | None = None,
+        alpn: Iterable[str] = (),
+    ) -> None:
+        _set(self, "cert_file", _check_file("cert_file", cert_file, optional=False))
+        _set(self, "key_file", _check_file("key_file", key_file))
+        _set(self, "ca_file", _check_file("ca_file", ca_file))
+        _set(self, "alpn", _check_names("alpn", alpn, token=False, required=False))
 
     def server_context(self) -> ssl.SSLContext:
-        """Build the ``ssl.SSLContext`` for a server (TLS 1.2 or newer).
+        """Build an :class:`ssl.SSLContext` for the server side of a connection.
+
+        TLS 1.2 is the minimum.  Loads :attr:`cert_file` and :attr:`key_file`; with
+        :attr:`ca_file`, requires and verifies client certificates (``CERT_REQUIRED``).
 
         Raises:
-            ConfigurationError: the certificate or key could not be loaded.
+            ConfigurationError: a file is missing, or the certificate or key cannot be loaded or
+                do not match (``field`` is ``cert_file``, ``key_file`` or ``ca_file``).
         """
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
-            if self.ca_file:
-                ctx.load_verify_locations(cafile=self.ca_file)
-                ctx.verify_mode = ssl.CERT_REQUIRED
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(
-                "cert_file", f"could not load {self.cert_file} / {self.key_file}: {exc}"
-            ) from exc
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        _load_chain(context, self.cert_file, self.key_file)
+        if self.ca_file is not None:
+            _load_cas(context, self.ca_file, None)
+            context.verify_mode = ssl.CERT_REQUIRED
         if self.alpn:
-            ctx.set_alpn_protocols(list(self.alpn))
-        return ctx
+            context.set_alpn_protocols(list(self.alpn))
+        return context
 
 
-# --- client configs ---------------------------------------------------------------------------
-
-
-class _Endpoint:
-    """Shared properties of configs that hold an ``addr``."""
-
-    addr: tuple[str, int]
-
-    @property
-    def host(self) -> str:
-        """The host part of :attr:`addr`."""
-        return self.addr[0]
-
-    @property
-    def port(self) -> int:
-        """The port part of :attr:`addr`."""
-        return self.addr[1]
+# --- URL plumbing ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class TcpConfig(_Endpoint):
-    """Connect over TCP (``tcp://``), or TLS over TCP (``tls://``) when *tls* is set.
-
-    Attributes:
-        addr: ``"host:port"``, ``"[::1]:port"`` or ``(host, port)``.
-        nodelay: disable Nagle's algorithm (default ``True``: messages leave at once).
-        keepalive: enable TCP keepalive probes (default ``True``).
-        tls: TLS settings, or ``None`` for plain TCP.
-        connect_timeout: seconds allowed to connect, TLS included (default 10).
-        limits: receive limits (default 16 MiB payload, 4 KiB ext header).
-        zero_copy_threshold: payloads at least this large reach the application as views of
-            the received memory (default 64 KiB; ``None`` always copies).
-
-    Raises:
-        ConfigurationError: a field is invalid; the error names it.
-    """
-
-    addr: Any
-    nodelay: bool = True
-    keepalive: bool = True
-    tls: TlsConfig | None = None
-    connect_timeout: float = 10.0
-    limits: Limits = DEFAULT_LIMITS
-    zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "addr", _parse_addr(self.addr, server=False))
-        _check_timeout("connect_timeout", self.connect_timeout)
-        if self.tls is not None and not isinstance(self.tls, TlsConfig):
-            raise ConfigurationError("tls", f"must be a TlsConfig or None, got {self.tls!r}")
-        _check_common(self)
-
-    @property
-    def protocol(self) -> Protocol:
-        """Always :attr:`Protocol.TCP`."""
-        return Protocol.TCP
-
-    @property
-    def url(self) -> str:
-        """The ``tcp://`` or ``tls://`` URL of this config (without non-default query settings)."""
-        scheme = "tls" if self.tls else "tcp"
-        return f"{scheme}://{_host_port_text(*self.addr)}"
+class _Url:
+    scheme: str
+    netloc: str
+    path: str
+    query: str | None  # None: no '?' at all
 
 
-@dataclass(frozen=True)
-class WebSocketConfig:
-    """Connect over WebSocket (``ws://``), or over TLS (``wss://``).
-
-    Attributes:
-        url: the ``ws://`` or ``wss://`` URL to connect to.
-        headers: extra HTTP headers for the handshake (a mapping or ``(name, value)`` pairs).
-        subprotocols: subprotocols to offer (default ``("msgtrans.v1",)``).
-        tls: TLS settings; for ``wss://`` URLs the default is ``TlsConfig()`` (verified).
-        connect_timeout: seconds allowed to connect and complete the handshake (default 10).
-        ping_interval: seconds of silence before a keepalive ping (default 20; ``None``: never).
-        ping_timeout: seconds to wait for the pong (default 20; ``None``: forever).
-        close_timeout: seconds to wait for the close handshake (default 10).
-        limits: receive limits.
-        zero_copy_threshold: as for :class:`TcpConfig`.
-
-    Raises:
-        ConfigurationError: a field is invalid; the error names it.
-    """
-
-    url: str
-    headers: Any = ()
-    subprotocols: tuple[str, ...] = (SUBPROTOCOL,)
-    tls: TlsConfig | None = None
-    connect_timeout: float = 10.0
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
-    close_timeout: float = 10.0
-    limits: Limits = DEFAULT_LIMITS
-    zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD
-
-    def __post_init__(self) -> None:
-        parts = _split_url(self.url)
-        if parts.scheme not in ("ws", "wss"):
-            raise ConfigurationError("url", f"must start with ws:// or wss://, got {self.url!r}")
-        _url_host_port(parts, 443 if parts.scheme == "wss" else 80, server=False)
-        object.__setattr__(self, "headers", _headers(self.headers))
-        object.__setattr__(self, "subprotocols", _names("subprotocols", self.subprotocols))
-        if parts.scheme == "wss" and self.tls is None:
-            object.__setattr__(self, "tls", TlsConfig())
-        if self.tls is not None and not isinstance(self.tls, TlsConfig):
-            raise ConfigurationError("tls", f"must be a TlsConfig or None, got {self.tls!r}")
-        _check_timeout("connect_timeout", self.connect_timeout)
-        _check_timeout("ping_interval", self.ping_interval, optional=True)
-        _check_timeout("ping_timeout", self.ping_timeout, optional=True)
-        _check_timeout("close_timeout", self.close_timeout)
-        _check_common(self)
-
-    @property
-    def secure(self) -> bool:
-        """Whether the connection uses TLS (``wss://``)."""
-        return urlsplit(self.url).scheme == "wss"
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        """``(host, port)`` to connect to."""
-        parts = urlsplit(self.url)
-        return _url_host_port(parts, 443 if parts.scheme == "wss" else 80, server=False)
-
-    @property
-    def host(self) -> str:
-        """The host of :attr:`url`."""
-        return self.addr[0]
-
-    @property
-    def port(self) -> int:
-        """The port of :attr:`url` (80 or 443 when absent)."""
-        return self.addr[1]
-
-    @property
-    def path(self) -> str:
-        """The request target: path and query (default ``"/"``)."""
-        parts = urlsplit(self.url)
-        target = parts.path or "/"
-        return f"{target}?{parts.query}" if parts.query else target
-
-    @property
-    def protocol(self) -> Protocol:
-        """Always :attr:`Protocol.WEBSOCKET`."""
-        return Protocol.WEBSOCKET
-
-
-@dataclass(frozen=True)
-class QuicConfig(_Endpoint):
-    """Connect over QUIC (``quic://``): TLS 1.3 always, ALPN ``msgtrans.v1``.
-
-    Attributes:
-        addr: ``"host:port"``, ``"[::1]:port"`` or ``(host, port)``.
-        server_name: the name to verify and send as SNI (default: the host).
-        cert_verification: verify the server's certificate (default ``True``).
-        ca_file: a PEM file of trusted certificates (default: the system's).
-        alpn: ALPN protocols to offer (default ``("msgtrans.v1",)``).
-        idle_timeout: seconds without traffic before the connection closes (default 30).
-        connect_timeout: seconds allowed for the handshake (default 10).
-        limits: receive limits.
-        zero_copy_threshold: as for :class:`TcpConfig`.
-
-    Raises:
-        ConfigurationError: a field is invalid; the error names it.
-    """
-
-    addr: Any
-    server_name: str | None = None
-    cert_verification: bool = True
-    ca_file: str | None = None
-    alpn: tuple[str, ...] = (ALPN,)
-    idle_timeout: float = 30.0
-    connect_timeout: float = 10.0
-    limits: Limits = DEFAULT_LIMITS
-    zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "addr", _parse_addr(self.addr, server=False))
-        object.__setattr__(self, "alpn", _names("alpn", self.alpn))
-        if not self.alpn:
-            raise ConfigurationError("alpn", "QUIC needs at least one ALPN protocol")
-        if self.server_name is not None and not self.server_name:
-            raise ConfigurationError("server_name", "must not be empty (None: use the host)")
-        _check_timeout("idle_timeout", self.idle_timeout)
-        _check_timeout("connect_timeout", self.connect_timeout)
-        _check_common(self)
-
-    @property
-    def protocol(self) -> Protocol:
-        """Always :attr:`Protocol.QUIC`."""
-        return Protocol.QUIC
-
-    @property
-    def url(self) -> str:
-        """The ``quic://`` URL of this config (without non-default query settings)."""
-        return f"quic://{_host_port_text(*self.addr)}"
-
-
-ConnectionConfig: TypeAlias = TcpConfig | WebSocketConfig | QuicConfig
-
-
-# --- server configs ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TcpServerConfig(_Endpoint):
-    """Listen for TCP (or TLS over TCP when *tls* is set).
-
-    Attributes:
-        addr: where to listen (default ``"127.0.0.1:0"``: loopback, a free port).
-        tls: the certificate to present, or ``None`` for plain TCP.
-        backlog: the listen backlog (default 128).
-        max_sessions: refuse connections beyond this many sessions (default: no limit).
-        limits: receive limits.
-        zero_copy_threshold: as for :class:`TcpConfig`.
-
-    Raises:
-        ConfigurationError: a field is invalid; the error names it.
-    """
-
-    addr: Any = "127.0.0.1:0"
-    tls: ServerTlsConfig | None = None
-    backlog: int = 128
-    max_sessions: int | None = None
-    limits: Limits = DEFAULT_LIMITS
-    zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "addr", _parse_addr(self.addr, server=True))
-        if self.tls is not None and not isinstance(self.tls, ServerTlsConfig):
-            raise ConfigurationError("tls", f"must be a ServerTlsConfig or None, got {self.tls!r}")
-        _check_positive_int("backlog", self.backlog)
-        _check_positive_int("max_sessions", self.max_sessions, optional=True)
-        _check_common(self)
-
-    @property
-    def protocol(self) -> Protocol:
-        """Always :attr:`Protocol.TCP`."""
-        return Protocol.TCP
-
-
-@dataclass(frozen=True)
-class WebSocketServerConfig(_Endpoint):
-    """Listen for WebSocket (``wss`` when *tls* is set).
-
-    Attributes:
-        addr: where to listen (default ``"127.0.0.1:0"``).
-        path: the request path to accept (default ``"/"``; ``None`` accepts any path); other
-            paths get HTTP 404.
-        subprotocols: subprotocols to accept (default ``("msgtrans.v1",)``); clients that offer
-            none are accepted too.
-        tls: the certificate to present, or ``None``.
-        ping_interval: as for :class:`WebSocketConfig`.
-        ping_timeout: as for :class:`WebSocketConfig`.
-        close_timeout: as for :class:`WebSocketConfig`.
-        max_sessions: refuse connections beyond this many sessions (HTTP 503).
-        limits: receive limits.
-        zero_copy_threshold: as for :class:`TcpConfig`.
-
-    Raises:
-        ConfigurationError: a field is invalid; the error names it.
-    """
-
-    addr: Any = "127.0.0.1:0"
-    path: str | None = "/"
-    subprotocols: tuple[str, ...] = (SUBPROTOCOL,)
-    tls: ServerTlsConfig | None = None
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
-    close_timeout: float = 10.0
-    max_sessions: int | None = None
-    limits: Limits = DEFAULT_LIMITS
-    zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "addr", _parse_addr(self.addr, server=True))
-        if self.path is not None and not self.path.startswith("/"):
-            raise ConfigurationError("path", f"must start with '/' (or be None), got "
-                                     f"{self.path!r}")
-        object.__setattr__(self, "subprotocols", _names("subprotocols", self.subprotocols))
-        if self.tls is not None and not isinstance(self.tls, ServerTlsConfig):
-            raise ConfigurationError("tls", f"must be a ServerTlsConfig or None, got {self.tls!r}")
-        _check_timeout("ping_interval", self.ping_interval, optional=True)
-        _check_timeout("ping_timeout", self.ping_timeout, optional=True)
-        _check_timeout("close_timeout", self.close_timeout)
-        _check_positive_int("max_sessions", self.max_sessions, optional=True)
-        _check_common(self)
-
-    @property
-    def protocol(self) -> Protocol:
-        """Always :attr:`Protocol.WEBSOCKET`."""
-        return Protocol.WEBSOCKET
-
-
-@dataclass(frozen=True)
-class QuicServerConfig(_Endpoint):
-    """Listen for QUIC on a UDP port.
-
-    Attributes:
-        cert_file: the certificate chain to present (PEM); QUIC always needs one.
-        key_file: its private key (PEM).
-        addr: where to listen (default ``"127.0.0.1:0"``).
-        alpn: ALPN protocols to accept (default ``("msgtrans.v1",)``).
-        idle_timeout: seconds without traffic before a connection closes (default 30).
-        max_sessions: refuse connections beyond this many sessions.
-        limits: receive limits.
-        zero_copy_threshold: as for :class:`TcpConfig`.
-
-    Raises:
-        ConfigurationError: a field is invalid; the error names it.
-    """
-
-    cert_file: str
-    key_file: str
-    addr: Any = "127.0.0.1:0"
-    alpn: tuple[str, ...] = (ALPN,)
-    idle_timeout: float = 30.0
-    max_sessions: int | None = None
-    limits: Limits = DEFAULT_LIMITS
-    zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD
-
-    def __post_init__(self) -> None:
-        if not self.cert_file:
-            raise ConfigurationError("cert_file", "a QUIC server needs a certificate file")
-        if not self.key_file:
-            raise ConfigurationError("key_file", "a QUIC server needs a private key file")
-        object.__setattr__(self, "addr", _parse_addr(self.addr, server=True))
-        object.__setattr__(self, "alpn", _names("alpn", self.alpn))
-        if not self.alpn:
-            raise ConfigurationError("alpn", "QUIC needs at least one ALPN protocol")
-        _check_timeout("idle_timeout", self.idle_timeout)
-        _check_positive_int("max_sessions", self.max_sessions, optional=True)
-        _check_common(self)
-
-    @property
-    def protocol(self) -> Protocol:
-        """Always :attr:`Protocol.QUIC`."""
-        return Protocol.QUIC
-
-
-ServerConfig: TypeAlias = TcpServerConfig | WebSocketServerConfig | QuicServerConfig
-
-_CLIENT_TYPES = (TcpConfig, WebSocketConfig, QuicConfig)
-_SERVER_TYPES = (TcpServerConfig, WebSocketServerConfig, QuicServerConfig)
-
-
-# --- URLs -------------------------------------------------------------------------------------
-
-_SCHEMES = "use tcp://, tls://, ws://, wss:// or quic://"
-
-
-def _split_url(url: Any) -> Any:
-    if not isinstance(url, str) or not url:
-        raise ConfigurationError("url", f"must be a non-empty string, got {url!r}")
-    try:
-        return urlsplit(url.strip())
-    except ValueError as exc:
-        raise ConfigurationError("url", f"cannot parse {url!r}: {exc}") from None
-
-
-def _url_host_port(parts: Any, default_port: int | None, *, server: bool) -> tuple[str, int]:
-    host = parts.hostname
-    if not host:
-        raise ConfigurationError("host", f"must not be empty in {parts.geturl()!r}")
-    try:
-        port = parts.port
-    except ValueError:
+def _split_url(url: object) -> _Url:
+    if not isinstance(url, str):
+        raise ConfigurationError("url", f"must be a string such as 'tcp://host:port', got {url!r}")
+    text = url.strip()
+    if not text:
+        raise ConfigurationError("url", "must not be empty; e.g. 'tcp://127.0.0.1:8080'")
+    for index, ch in enumerate(text):
+        if ch.isspace() or ch < " " or ch == "\x7f":
+            raise ConfigurationError(
+                "url",
+                f"must not contain spaces or control characters ({ch!r} at {index}); "
+                f"percent-encode them",
+            )
+    scheme, sep, rest = text.partition("://")
+    if not sep:
         raise ConfigurationError(
-            "port", f"must be {'0' if server else '1'}..65535 in {parts.geturl()!r}"
-        ) from None
-    if port is None:
+            "url", f"needs a scheme: {_SCHEME_LIST}, e.g. 'tcp://{text}', got {text!r}"
+        )
+    scheme = scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ConfigurationError("url", f"unknown scheme {scheme!r}; use {_SCHEME_LIST}")
+    if "#" in rest:
+        raise ConfigurationError("url", f"must not contain a fragment ('#...'), got {text!r}")
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    if "@" in netloc:
+        raise ConfigurationError(
+            "url", "must not contain user info ('user@host'); pass credentials in headers"
+        )
+    path, qmark, query = tail.partition("?")
+    return _Url(scheme, netloc, path, query if qmark else None)
+
+
+def _url_hostport(
+    parts: _Url, *, server: bool, default_port: int | None
+) -> tuple[str, int]:
+    host_text, port_text = _split_hostport(parts.netloc, "url")
+    host = _check_host(host_text, server=server)
+    if port_text is None:
         if default_port is None:
-            raise ConfigurationError("port", f"is required in {parts.geturl()!r}")
-        port = default_port
-    _check_port(port, server=server)
-    return host, port
+            raise ConfigurationError(
+                "port",
+                f"{parts.scheme}:// URLs need a port: "
+                f"'{parts.scheme}://{_format_host(host)}:PORT'",
+            )
+        return host, default_port
+    return host, _check_port(port_text, server=server)
 
 
-def _bool(name: str, text: str) -> bool:
+def _no_path(parts: _Url) -> None:
+    if parts.path not in ("", "/"):
+        raise ConfigurationError(
+            "url", f"{parts.scheme}:// URLs have no path, got {parts.path!r}"
+        )
+
+
+def _query_pairs(query: str | None) -> list[tuple[str, str, str]]:
+    """Return ``(name, value, raw piece)`` for each ``name=value`` of *query*."""
+    pairs = []
+    for piece in (query or "").split("&"):
+        if piece:
+            name, _, value = piece.partition("=")
+            pairs.append((unquote(name), unquote(value), piece))
+    return pairs
+
+
+def _take_params(
+    parts: _Url,
+    allowed: tuple[str, ...],
+    *,
+    tls_only: tuple[str, ...] = (),
+    keep_unknown: bool = False,
+) -> tuple[dict[str, str], str | None]:
+    """Split the query into the parameters in *allowed* and the rest.
+
+    Names in *tls_only* get an error that points to the TLS scheme.  Other names are an error
+    unless *keep_unknown* (ws:// and wss:// clients, whose query belongs to the request target);
+    then the rest comes back as raw query text, untouched.
+    """
+    params: dict[str, str] = {}
+    kept: list[str] = []
+    for name, value, piece in _query_pairs(parts.query):
+        if name in allowed:
+            if name in params:
+                raise ConfigurationError(name, "is given more than once in the URL")
+            params[name] = value
+        elif name in tls_only:
+            raise ConfigurationError(
+                "url",
+                f"query parameter {name!r} only applies with TLS; "
+                f"use {_TLS_SCHEME[parts.scheme]}:// instead of {parts.scheme}://",
+            )
+        elif keep_unknown:
+            kept.append(piece)
+        else:
+            raise ConfigurationError(
+                "url",
+                f"unknown query parameter {name!r} for {parts.scheme}:// URLs; "
+                f"known: {', '.join(allowed) or 'none'}",
+            )
+    return params, ("&".join(kept) if kept else None)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _param_bool(name: str, text: str) -> bool:
     lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
+    if lowered in _TRUE:
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if lowered in _FALSE:
         return False
-    raise ConfigurationError(name, f"must be true or false, got {text!r}")
+    raise ConfigurationError(name, f"must be true or false (or 1/0), got {text!r}")
 
 
-def _seconds(name: str, text: str) -> float:
+def _param_float(name: str, text: str) -> float:
     try:
         return float(text)
     except ValueError:
         raise ConfigurationError(name, f"must be a number of seconds, got {text!r}") from None
 
 
-def _query(parts: Any, allowed: Iterable[str]) -> dict[str, str]:
-    allowed = set(allowed)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    unknown = sorted(set(query) - allowed)
-    if unknown:
-        raise ConfigurationError(
-            "url", f"unknown query parameter(s) {', '.join(unknown)}; known: "
-            f"{', '.join(sorted(allowed)) or 'none'}",
+def _param_int(name: str, text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigurationError(name, f"must be a whole number, got {text!r}")
+    return int(text)
+
+
+def _param_str(name: str, text: str) -> str:
+    if not text:
+        raise ConfigurationError(name, "must not be empty in the URL")
+    return text
+
+
+def _fmt_seconds(seconds: float) -> str:
+    text = repr(seconds)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _encode_query(params: list[tuple[str, str]]) -> str:
+    return "&".join(f"{name}={quote(value, safe='/:,')}" for name, value in params)
+
+
+def _with_query(base: str, params: list[tuple[str, str]]) -> str:
+    return f"{base}?{_encode_query(params)}" if params else base
+
+
+_TLS_CLIENT_PARAMS = ("verify", "ca", "cert", "key", "server_name")
+#: What parse_url reads from a wss:// query; the rest of it is the request target's.
+_WSS_TLS_PARAMS = ("verify", "ca", "server_name")
+_TLS_SCHEME = {"tcp": "tls", "ws": "wss"}
+
+
+def _tls_kwargs(params: dict[str, str]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if "verify" in params:
+        kwargs["verify"] = _param_bool("verify", params["verify"])
+    for url_name, kwarg in (("ca", "ca_file"), ("cert", "cert_file"), ("key", "key_file")):
+        if url_name in params:
+            kwargs[kwarg] = _param_str(url_name, params[url_name])
+    if "server_name" in params:
+        kwargs["server_name"] = _param_str("server_name", params["server_name"])
+    return kwargs
+
+
+def _tls_params(tls: TlsConfig, *, with_client_cert: bool = True) -> list[tuple[str, str]]:
+    params: list[tuple[str, str]] = []
+    if not tls.verify:
+        params.append(("verify", "false"))
+    if tls.ca_file is not None:
+        params.append(("ca", tls.ca_file))
+    if with_client_cert and tls.cert_file is not None:
+        params.append(("cert", tls.cert_file))
+    if with_client_cert and tls.key_file is not None:
+        params.append(("key", tls.key_file))
+    if tls.server_name is not None:
+        params.append(("server_name", tls.server_name))
+    return params
+
+
+# --- client configs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, init=False)
+class TcpConfig:
+    """Connect over TCP (``tcp://host:port``), or TLS over TCP (``tls://host:port``).
+
+    Args:
+        addr: where to connect: ``"host:port"``, ``"[ipv6]:port"`` or a ``(host, port)`` tuple
+            (required).  Kept as a ``(host, port)`` tuple, the IPv6 address without brackets.
+        nodelay: set ``TCP_NODELAY`` so small messages leave at once (default ``True``).
+        keepalive: set ``SO_KEEPALIVE`` so the OS notices dead peers (default ``True``).
+        tls: TLS settings; ``None`` (default) for plain TCP, a :class:`TlsConfig` for
+            ``tls://``.
+        connect_timeout: seconds for connecting and the TLS handshake (default 10.0).
+        limits: receive limits (default 16 MiB payload, 4 KiB ext header).
+        zero_copy_threshold: payloads of at least this many bytes are received into their own
+            buffer and handed out as views (default 64 KiB; ``None``: never).
+
+    Raises:
+        ConfigurationError: a field is invalid (``field`` is ``addr``, ``host``, ``port``,
+            ``nodelay``, ``keepalive``, ``tls``, ``connect_timeout``, ``limits`` or
+            ``zero_copy_threshold``).
+    """
+
+    addr: tuple[str, int]
+    nodelay: bool
+    keepalive: bool
+    tls: TlsConfig | None
+    connect_timeout: float
+    limits: Limits
+    zero_copy_threshold: int | None
+
+    def __init__(
+        self,
+        addr: str | tuple[str, int],
+        nodelay: bool = True,
+        keepalive: bool = True,
+        *,
+        tls: TlsConfig | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        limits: Limits = DEFAULT_LIMITS,
+        zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
+    ) -> None:
+        _set(self, "addr", _check_addr(addr, server=False))
+        _set(self, "nodelay", _check_bool("nodelay", nodelay))
+        _set(self, "keepalive", _check_bool("keepalive", keepalive))
+        _check_optional("tls", tls, TlsConfig)
+        _set(self, "tls", tls)
+        _set(self, "connect_timeout", _required_timeout("connect_timeout", connect_timeout))
+        _set(self, "limits", _check_limits(limits))
+        _set(self, "zero_copy_threshold", _check_zero_copy(zero_copy_threshold))
+
+    @property
+    def host(self) -> str:
+        """The host to connect to (an IPv6 address without brackets)."""
+        return self.addr[0]
+
+    @property
+    def port(self) -> int:
+        """The port to connect to."""
+        return self.addr[1]
+
+    @property
+    def protocol(self) -> Protocol:
+        """Always :attr:`Protocol.TCP <msgtrans.core.errors.Protocol.TCP>` (TLS or not)."""
+        return Protocol.TCP
+
+    @property
+    def scheme(self) -> str:
+        """``"tls"`` with TLS, else ``"tcp"``."""
+        return "tcp" if self.tls is None else "tls"
+
+    @property
+    def secure(self) -> bool:
+        """Whether the connection uses TLS."""
+        return self.tls is not None
+
+    @property
+    def tls_server_name(self) -> str | None:
+        """The name used for SNI and the certificate check: ``tls.server_name`` or the host;
+        ``None`` without TLS."""
+        if self.tls is None:
+            return None
+        return self.tls.server_name or self.host
+
+    @property
+    def url(self) -> str:
+        """This config as a URL; the same as :meth:`to_url`."""
+        return self.to_url()
+
+    def to_url(self) -> str:
+        """Return a ``tcp://`` or ``tls://`` URL that :func:`parse_url` turns back into an equal
+        config.
+
+        Settings without a query parameter (``limits``, ``zero_copy_threshold``, the TLS
+        ``ca_data`` and ``alpn``) are left out; the URL then stands for the defaults.
+        """
+        params: list[tuple[str, str]] = []
+        if not self.nodelay:
+            params.append(("nodelay", "0"))
+        if not self.keepalive:
+            params.append(("keepalive", "0"))
+        if self.connect_timeout != DEFAULT_CONNECT_TIMEOUT:
+            params.append(("connect_timeout", _fmt_seconds(self.connect_timeout)))
+        if self.tls is not None:
+            params += _tls_params(self.tls)
+        return _with_query(f"{self.scheme}://{_format_hostport(*self.addr)}", params)
+
+
+@dataclass(frozen=True, init=False)
+class WebSocketConfig:
+    """Connect over WebSocket (``ws://host[:port]/path?query``), or over TLS (``wss://``).
+
+    The URL is kept normalised: lower-case scheme, the default port (80 for ``ws``, 443 for
+    ``wss``) left out, an empty path written ``/``.  Its path and query are the request target,
+    sent as they are; no query parameter is read as a setting here (:func:`parse_url` does that).
+
+    Args:
+        url: the ``ws://`` or ``wss://`` URL (required).
+        headers: extra handshake headers, a mapping or a sequence of ``(name, value)`` pairs
+            (default none).  Kept as a tuple of pairs.  Headers the handshake writes itself
+            (``Host``, ``Upgrade``, ``Sec-WebSocket-*``...) are refused.
+        subprotocols: subprotocols to offer (default ``("msgtrans.v1",)``; ``()`` offers none).
+        tls: TLS settings for ``wss://`` (default ``None``, meaning ``TlsConfig()`` for
+            ``wss://``: verification on).  Must be ``None`` for ``ws://``.
+        connect_timeout: seconds for connecting and the TLS and WebSocket handshakes
+            (default 10.0).
+        ping_interval: seconds between pings (default 20.0; ``None``: never ping).
+        ping_timeout: seconds a ping may go unanswered before the connection is dropped
+            (default 20.0; ``None``: wait forever).
+        close_timeout: seconds the close handshake may take (default 10.0).
+        limits: receive limits (default 16 MiB payload, 4 KiB ext header).
+        zero_copy_threshold: as for :class:`TcpConfig` (default 64 KiB; ``None``: never).
+
+    Raises:
+        ConfigurationError: a field is invalid (``field`` is ``url``, ``host``, ``port``,
+            ``path``, ``headers``, ``subprotocols``, ``tls``, a timeout's name, ``limits`` or
+            ``zero_copy_threshold``).
+    """
+
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    subprotocols: tuple[str, ...]
+    tls: TlsConfig | None
+    connect_timeout: float
+    ping_interval: float | None
+    ping_timeout: float | None
+    close_timeout: float
+    limits: Limits
+    zero_copy_threshold: int | None
+    _addr: tuple[str, int] = field(init=False, repr=False, compare=False)
+    _target: str = field(init=False, repr=False, compare=False)
+
+    def __init__(
+        self,
+        url: str,
+        headers: HeadersLike = (),
+        subprotocols: Iterable[str] = DEFAULT_SUBPROTOCOLS,
+        *,
+        tls: TlsConfig | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        limits: Limits = DEFAULT_LIMITS,
+        zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
+    ) -> None:
+        parts = _split_url(url)
+        if parts.scheme not in _WS_DEFAULT_PORT:
+            raise ConfigurationError(
+                "url",
+                f"WebSocketConfig needs a ws:// or wss:// URL, got {parts.scheme}://; "
+                f"parse_url() handles every scheme",
+            )
+        default_port = _WS_DEFAULT_PORT[parts.scheme]
+        host, port = _url_hostport(parts, server=False, default_port=default_port)
+        target = _check_target(parts.path or "/")
+        if parts.query:
+            target += "?" + _check_target("/" + parts.query)[1:]
+        netloc = _format_host(host) if port == default_port else _format_hostport(host, port)
+        _set(self, "url", f"{parts.scheme}://{netloc}{target}")
+        _set(self, "_addr", (host, port))
+        _set(self, "_target", target)
+        _set(self, "headers", _check_headers(headers))
+        _set(self, "subprotocols", _check_names("subprotocols", subprotocols,
+                                                token=True, required=False))
+        _check_optional("tls", tls, TlsConfig)
+        if parts.scheme == "wss":
+            tls = TlsConfig() if tls is None else tls
+        elif tls is not None:
+            raise ConfigurationError("tls", "only applies to wss:// URLs; use wss:// or tls=None")
+        _set(self, "tls", tls)
+        _set(self, "connect_timeout", _required_timeout("connect_timeout", connect_timeout))
+        _set(self, "ping_interval", _check_timeout("ping_interval", ping_interval, optional=True))
+        _set(self, "ping_timeout", _check_timeout("ping_timeout", ping_timeout, optional=True))
+        _set(self, "close_timeout", _required_timeout("close_timeout", close_timeout))
+        _set(self, "limits", _check_limits(limits))
+        _set(self, "zero_copy_threshold", _check_zero_copy(zero_copy_threshold))
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        """``(host, port)`` to connect to, the port filled in from the scheme when omitted."""
+        return self._addr
+
+    @property
+    def host(self) -> str:
+        """The host to connect to (an IPv6 address without brackets)."""
+        return self._addr[0]
+
+    @property
+    def port(self) -> int:
+        """The port to connect to (80 for ``ws://``, 443 for ``wss://`` when omitted)."""
+        return self._addr[1]
+
+    @property
+    def path(self) -> str:
+        """The request target: path and query, e.g. ``"/chat?room=1"`` (``"/"`` at least)."""
+        return self._target
+
+    @property
+    def secure(self) -> bool:
+        """Whether this is ``wss://`` (TLS)."""
+        return self.tls is not None
+
+    @property
+    def scheme(self) -> str:
+        """``"wss"`` or ``"ws"``."""
+        return "wss" if self.secure else "ws"
+
+    @property
+    def protocol(self) -> Protocol:
+        """Always :attr:`Protocol.WEBSOCKET <msgtrans.core.errors.Protocol.WEBSOCKET>`."""
+        return Protocol.WEBSOCKET
+
+    @property
+    def tls_server_name(self) -> str | None:
+        """The name used for SNI and the certificate check on ``wss://``: ``tls.server_name``
+        or the host; ``None`` for ``ws://``."""
+        if self.tls is None:
+            return None
+        return self.tls.server_name or self.host
+
+    def to_url(self) -> str:
+        """Return :attr:`url` plus the query parameters that :func:`parse_url` reads as
+        settings (``connect_timeout``; for ``wss://`` also ``verify``, ``ca``, ``server_name``),
+        so that ``parse_url(config.to_url()) == config``.
+
+        Settings without a query parameter (headers, subprotocols, ping and close timeouts,
+        limits, the TLS client certificate, ``ca_data`` and ``alpn``) are left out.
+
+        Raises:
+            ConfigurationError: the URL's own query already uses one of those names (``field``
+                ``url``), so no URL can stand for this config.
+        """
+        for name, _value, _piece in _query_pairs(self._target.partition("?")[2]):
+            if name in _WS_CLIENT_PARAMS or name in _WSS_TLS_PARAMS:
+                raise ConfigurationError(
+                    "url",
+                    f"the request target uses {name!r}, which parse_url() reads as a setting; "
+                    f"this config has no URL form",
+                )
+        params: list[tuple[str, str]] = []
+        if self.connect_timeout != DEFAULT_CONNECT_TIMEOUT:
+            params.append(("connect_timeout", _fmt_seconds(self.connect_timeout)))
+        if self.tls is not None:
+            params += _tls_params(self.tls, with_client_cert=False)
+        if not params:
+            return self.url
+        return f"{self.url}{'&' if '?' in self._target else '?'}{_encode_query(params)}"
+
+
+@dataclass(frozen=True, init=False)
+class QuicConfig:
+    """Connect over QUIC (``quic://host:port``).  QUIC always runs TLS 1.3.
+
+    Args:
+        addr: where to connect: ``"host:port"``, ``"[ipv6]:port"`` or a ``(host, port)`` tuple
+            (required).
+        server_name: the name sent in SNI and checked against the certificate (default
+            ``None``: the host).
+        cert_verification: check the server's certificate and name (default ``True``).
+            ``False`` accepts any certificate: for tests only.
+        ca_file: PEM file of CAs to trust instead of the system store (default ``None``).
+        alpn: ALPN protocols to offer; QUIC needs at least one (default ``("msgtrans.v1",)``).
+        idle_timeout: seconds of silence after which the connection is dropped (default 30.0).
+        connect_timeout: seconds for the QUIC handshake (default 10.0).
+        max_frame: the largest stream frame accepted, in bytes (default 16 MiB, the spec's cap).
+        limits: receive limits (default 16 MiB payload, 4 KiB ext header).
+        zero_copy_threshold: as for :class:`TcpConfig` (default 64 KiB; ``None``: never).
+
+    Raises:
+        ConfigurationError: a field is invalid (``field`` names it).
+    """
+
+    addr: tuple[str, int]
+    server_name: str | None
+    cert_verification: bool
+    ca_file: str | None
+    alpn: tuple[str, ...]
+    idle_timeout: float
+    connect_timeout: float
+    max_frame: int
+    limits: Limits
+    zero_copy_threshold: int | None
+
+    def __init__(
+        self,
+        addr: str | tuple[str, int],
+        server_name: str | None = None,
+        cert_verification: bool = True,
+        *,
+        ca_file: str | os.PathLike[str] | None = None,
+        alpn: Iterable[str] = DEFAULT_ALPN,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        max_frame: int = QUIC_MAX_FRAME,
+        limits: Limits = DEFAULT_LIMITS,
+        zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
+    ) -> None:
+        _set(self, "addr", _check_addr(addr, server=False))
+        if server_name is not None:
+            server_name = _check_host(server_name, "server_name")
+        _set(self, "server_name", server_name)
+        _set(self, "cert_verification", _check_bool("cert_verification", cert_verification))
+        _set(self, "ca_file", _check_file("ca_file", ca_file))
+        _set(self, "alpn", _check_names("alpn", alpn, token=False, required=True))
+        _set(self, "idle_timeout", _required_timeout("idle_timeout", idle_timeout))
+        _set(self, "connect_timeout", _required_timeout("connect_timeout", connect_timeout))
+        _set(self, "max_frame", _check_max_frame(max_frame))
+        _set(self, "limits", _check_limits(limits))
+        _set(self, "zero_copy_threshold", _check_zero_copy(zero_copy_threshold))
+
+    @property
+    def host(self) -> str:
+        """The host to connect to (an IPv6 address without brackets)."""
+        return self.addr[0]
+
+    @property
+    def port(self) -> int:
+        """The UDP port to connect to."""
+        return self.addr[1]
+
+    @property
+    def protocol(self) -> Protocol:
+        """Always :attr:`Protocol.QUIC <msgtrans.core.errors.Protocol.QUIC>`."""
+        return Protocol.QUIC
+
+    @property
+    def scheme(self) -> str:
+        """Always ``"quic"``."""
+        return "quic"
+
+    @property
+    def secure(self) -> bool:
+        """Always ``True``: QUIC is always encrypted."""
+        return True
+
+    @property
+    def tls_server_name(self) -> str:
+        """The name used for SNI and the certificate check: :attr:`server_name` or the host."""
+        return self.server_name or self.host
+
+    @property
+    def url(self) -> str:
+        """This config as a URL; the same as :meth:`to_url`."""
+        return self.to_url()
+
+    def to_url(self) -> str:
+        """Return a ``quic://`` URL that :func:`parse_url` turns back into an equal config.
+
+        Settings without a query parameter (``alpn``, ``max_frame``, ``limits``,
+        ``zero_copy_threshold``) are left out.
+        """
+        params: list[tuple[str, str]] = []
+        if not self.cert_verification:
+            params.append(("verify", "false"))
+        if self.ca_file is not None:
+            params.append(("ca", self.ca_file))
+        if self.server_name is not None:
+            params.append(("server_name", self.server_name))
+        if self.connect_timeout != DEFAULT_CONNECT_TIMEOUT:
+            params.append(("connect_timeout", _fmt_seconds(self.connect_timeout)))
+        if self.idle_timeout != DEFAULT_IDLE_TIMEOUT:
+            params.append(("idle_timeout", _fmt_seconds(self.idle_timeout)))
+        return _with_query(f"quic://{_format_hostport(*self.addr)}", params)
+
+
+# --- server configs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, init=False)
+class TcpServerConfig:
+    """Listen on TCP (``tcp://host:port``), or TLS over TCP (``tls://host:port``).
+
+    Args:
+        addr: where to listen: ``"host:port"``, ``"[ipv6]:port"`` or ``(host, port)`` (default
+            ``"127.0.0.1:0"``: loopback only, a free port).  Port 0 picks a free port; host
+            ``0.0.0.0`` or ``::`` listens on every interface.
+        tls: the server certificate for ``tls://`` (default ``None``: plain TCP).
+        nodelay: set ``TCP_NODELAY`` on accepted connections (default ``True``).
+        keepalive: set ``SO_KEEPALIVE`` on accepted connections (default ``True``).
+        backlog: pending connections the listening socket queues (default 128).
+        handshake_timeout: seconds a new connection has for its TLS handshake (default 10.0).
+        max_sessions: the most sessions served at once; more are refused (default ``None``:
+            no limit).
+        limits: receive limits (default 16 MiB payload, 4 KiB ext header).
+        zero_copy_threshold: as for :class:`TcpConfig` (default 64 KiB; ``None``: never).
+
+    Raises:
+        ConfigurationError: a field is invalid (``field`` names it).
+    """
+
+    addr: tuple[str, int]
+    tls: ServerTlsConfig | None
+    nodelay: bool
+    keepalive: bool
+    backlog: int
+    handshake_timeout: float
+    max_sessions: int | None
+    limits: Limits
+    zero_copy_threshold: int | None
+
+    def __init__(
+        self,
+        addr: str | tuple[str, int] = "127.0.0.1:0",
+        *,
+        tls: ServerTlsConfig | None = None,
+        nodelay: bool = True,
+        keepalive: bool = True,
+        backlog: int = DEFAULT_BACKLOG,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_sessions: int | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
+    ) -> None:
+        _set(self, "addr", _check_addr(addr, server=True))
+        _check_optional("tls", tls, ServerTlsConfig)
+        _set(self, "tls", tls)
+        _set(self, "nodelay", _check_bool("nodelay", nodelay))
+        _set(self, "keepalive", _check_bool("keepalive", keepalive))
+        _set(self, "backlog", _check_int("backlog", backlog, 1, 65535))
+        _set(self, "handshake_timeout",
+             _required_timeout("handshake_timeout", handshake_timeout))
+        _set(self, "max_sessions", _check_optional_int("max_sessions", max_sessions, 1, 2**31))
+        _set(self, "limits", _check_limits(limits))
+        _set(self, "zero_copy_threshold", _check_zero_copy(zero_copy_threshold))
+
+    @property
+    def host(self) -> str:
+        """The address to listen on (an IPv6 address without brackets)."""
+        return self.addr[0]
+
+    @property
+    def port(self) -> int:
+        """The port to listen on (0: a free port picked when listening)."""
+        return self.addr[1]
+
+    @property
+    def protocol(self) -> Protocol:
+        """Always :attr:`Protocol.TCP <msgtrans.core.errors.Protocol.TCP>` (TLS or not)."""
+        return Protocol.TCP
+
+    @property
+    def scheme(self) -> str:
+        """``"tls"`` with TLS, else ``"tcp"``."""
+        return "tcp" if self.tls is None else "tls"
+
+    @property
+    def secure(self) -> bool:
+        """Whether connections use TLS."""
+        return self.tls is not None
+
+    @property
+    def url(self) -> str:
+        """This config as a URL; the same as :meth:`to_url`."""
+        return self.to_url()
+
+    def to_url(self) -> str:
+        """Return a ``tcp://`` or ``tls://`` URL that :func:`parse_server_url` turns back into
+        an equal config (``limits``, ``zero_copy_threshold`` and the TLS ``alpn`` are left out).
+        """
+        params: list[tuple[str, str]] = []
+        if not self.nodelay:
+            params.append(("nodelay", "0"))
+        if not self.keepalive:
+            params.append(("keepalive", "0"))
+        params += _server_params(self.tls, self.backlog, self.handshake_timeout,
+                                 self.max_sessions)
+        return _with_query(f"{self.scheme}://{_format_hostport(*self.addr)}", params)
+
+
+def _server_params(
+    tls: ServerTlsConfig | None, backlog: int, handshake_timeout: float, max_sessions: int | None
+) -> list[tuple[str, str]]:
+    params: list[tuple[str, str]] = []
+    if tls is not None:
+        params.append(("cert", tls.cert_file))
+        if tls.key_file is not None:
+            params.append(("key", tls.key_file))
+        if tls.ca_file is not None:
+            params.append(("ca", tls.ca_file))
+    if backlog != DEFAULT_BACKLOG:
+        params.append(("backlog", str(backlog)))
+    if handshake_timeout != DEFAULT_HANDSHAKE_TIMEOUT:
+        params.append(("handshake_timeout", _fmt_seconds(handshake_timeout)))
+    if max_sessions is not None:
+        params.append(("max_sessions", str(max_sessions)))
+    return params
+
+
+@dataclass(frozen=True, init=False)
+class WebSocketServerConfig:
+    """Listen for WebSocket connections (``ws://host:port/path``), or over TLS (``wss://``).
+
+    Args:
+        addr: where to listen, as for :class:`TcpServerConfig` (default ``"127.0.0.1:0"``).
+        path: the request path served, without a query; requests for other paths are refused
+            (default ``"/"``; ``None`` serves every path, written ``/*`` in a URL).
+        subprotocols: subprotocols accepted; the first one the client offers is chosen, and a
+            client offering none is still accepted (default ``("msgtrans.v1",)``).
+        tls: the server certificate for ``wss://`` (default ``None``: plain ``ws://``).
+        backlog: pending connections the listening socket queues (default 128).
+        handshake_timeout: seconds a new connection has for its TLS and WebSocket handshakes
+            (default 10.0).
+        ping_interval: seconds between pings (default 20.0; ``None``: never ping).
+        ping_timeout: seconds a ping may go unanswered (default 20.0; ``None``: wait forever).
+        close_timeout: seconds the close handshake may take (default 10.0).
+        max_sessions: the most sessions served at once (default ``None``: no limit).
+        limits: receive limits (default 16 MiB payload, 4 KiB ext header).
+        zero_copy_threshold: as for :class:`TcpConfig` (default 64 KiB; ``None``: never).
+
+    Raises:
+        ConfigurationError: a field is invalid (``field`` names it).
+    """
+
+    addr: tuple[str, int]
+    path: str | None
+    subprotocols: tuple[str, ...]
+    tls: ServerTlsConfig | None
+    backlog: int
+    handshake_timeout: float
+    ping_interval: float | None
+    ping_timeout: float | None
+    close_timeout: float
+    max_sessions: int | None
+    limits: Limits
+    zero_copy_threshold: int | None
+
+    def __init__(
+        self,
+        addr: str | tuple[str, int] = "127.0.0.1:0",
+        path: str | None = "/",
+        subprotocols: Iterable[str] = DEFAULT_SUBPROTOCOLS,
+        *,
+        tls: ServerTlsConfig | None = None,
+        backlog: int = DEFAULT_BACKLOG,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        max_sessions: int | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
+    ) -> None:
+        _set(self, "addr", _check_addr(addr, server=True))
+        if path is not None:
+            if not isinstance(path, str) or "?" in path or path == _ANY_PATH:
+                raise ConfigurationError(
+                    "path",
+                    f"must be a path such as '/' or '/chat' without a query, or None for every "
+                    f"path, got {path!r}",
+                )
+            path = _check_target(path)
+        _set(self, "path", path)
+        _set(self, "subprotocols", _check_names("subprotocols", subprotocols,
+                                                token=True, required=False))
+        _check_optional("tls", tls, ServerTlsConfig)
+        _set(self, "tls", tls)
+        _set(self, "backlog", _check_int("backlog", backlog, 1, 65535))
+        _set(self, "handshake_timeout",
+             _required_timeout("handshake_timeout", handshake_timeout))
+        _set(self, "ping_interval", _check_timeout("ping_interval", ping_interval, optional=True))
+        _set(self, "ping_timeout", _check_timeout("ping_timeout", ping_timeout, optional=True))
+        _set(self, "close_timeout", _required_timeout("close_timeout", close_timeout))
+        _set(self, "max_sessions", _check_optional_int("max_sessions", max_sessions, 1, 2**31))
+        _set(self, "limits", _check_limits(limits))
+        _set(self, "zero_copy_threshold", _check_zero_copy(zero_copy_threshold))
+
+    @property
+    def host(self) -> str:
+        """The address to listen on (an IPv6 address without brackets)."""
+        return self.addr[0]
+
+    @property
+    def port(self) -> int:
+        """The port to listen on (0: a free port picked when listening)."""
+        return self.addr[1]
+
+    @property
+    def protocol(self) -> Protocol:
+        """Always :attr:`Protocol.WEBSOCKET <msgtrans.core.errors.Protocol.WEBSOCKET>`."""
+        return Protocol.WEBSOCKET
+
+    @property
+    def scheme(self) -> str:
+        """``"wss"`` with TLS, else ``"ws"``."""
+        return "ws" if self.tls is None else "wss"
+
+    @property
+    def secure(self) -> bool:
+        """Whether connections use TLS."""
+        return self.tls is not None
+
+    @property
+    def url(self) -> str:
+        """This config as a URL; the same as :meth:`to_url`."""
+        return self.to_url()
+
+    def to_url(self) -> str:
+        """Return a ``ws://`` or ``wss://`` URL that :func:`parse_server_url` turns back into
+        an equal config (subprotocols, ping and close timeouts, ``limits``,
+        ``zero_copy_threshold`` and the TLS ``alpn`` are left out).
+        """
+        params = _server_params(self.tls, self.backlog, self.handshake_timeout,
+                                self.max_sessions)
+        netloc = (
+            _format_host(self.host)
+            if self.port == _WS_DEFAULT_PORT[self.scheme]
+            else _format_hostport(*self.addr)
         )
-    return query
+        path = _ANY_PATH if self.path is None else self.path
+        return _with_query(f"{self.scheme}://{netloc}{path}", params)
+
+
+@dataclass(frozen=True, init=False)
+class QuicServerConfig:
+    """Listen for QUIC connections (``quic://host:port``).  A QUIC server always needs a
+    certificate.
+
+    Args:
+        addr: where to listen (UDP), as for :class:`TcpServerConfig` (default
+            ``"127.0.0.1:0"``).
+        cert_file: PEM file with the server certificate chain (required, although the signature
+            says ``None`` so that *addr* can keep its default).
+        key_file: PEM file with its private key (default ``None``: the key is in *cert_file*).
+        alpn: ALPN protocols accepted; at least one (default ``("msgtrans.v1",)``).
+        idle_timeout: seconds of silence after which a connection is dropped (default 30.0).
+        max_frame: the largest stream frame accepted, in bytes (default 16 MiB, the spec's cap).
+        max_sessions: the most sessions served at once (default ``None``: no limit).
+        limits: receive limits (default 16 MiB payload, 4 KiB ext header).
+        zero_copy_threshold: as for :class:`TcpConfig` (default 64 KiB; ``None``: never).
+
+    Raises:
+        ConfigurationError: a field is invalid (``field`` names it).
+    """
+
+    addr: tuple[str, int]
+    cert_file: str
+    key_file: str | None
+    alpn: tuple[str, ...]
+    idle_timeout: float
+    max_frame: int
+    max_sessions: int | None
+    limits: Limits
+    zero_copy_threshold: int | None
+
+    def __init__(
+        self,
+        addr: str | tuple[str, int] = "127.0.0.1:0",
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        *,
+        alpn: Iterable[str] = DEFAULT_ALPN,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_frame: int = QUIC_MAX_FRAME,
+        max_sessions: int | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
+    ) -> None:
+        _set(self, "addr", _check_addr(addr, server=True))
+        if cert_file is None:
+            raise ConfigurationError(
+                "cert_file", "a QUIC server needs a certificate: pass cert_file= (and key_file=)"
+            )
+        _set(self, "cert_file", _check_file("cert_file", cert_file, optional=False))
+        _set(self, "key_file", _check_file("key_file", key_file))
+        _set(self, "alpn", _check_names("alpn", alpn, token=False, required=True))
+        _set(self, "idle_timeout", _required_timeout("idle_timeout", idle_timeout))
+        _set(self, "max_frame", _check_max_frame(max_frame))
+        _set(self, "max_sessions", _check_optional_int("max_sessions", max_sessions, 1, 2**31))
+        _set(self, "limits", _check_limits(limits))
+        _set(self, "zero_copy_threshold", _check_zero_copy(zero_copy_threshold))
+
+    @property
+    def host(self) -> str:
+        """The address to listen on (an IPv6 address without brackets)."""
+        return self.addr[0]
+
+    @property
+    def port(self) -> int:
+        """The UDP port to listen on (0: a free port picked when listening)."""
+        return self.addr[1]
+
+    @property
+    def protocol(self) -> Protocol:
+        """Always :attr:`Protocol.QUIC <msgtrans.core.errors.Protocol.QUIC>`."""
+        return Protocol.QUIC
+
+    @property
+    def scheme(self) -> str:
+        """Always ``"quic"``."""
+        return "quic"
+
+    @property
+    def secure(self) -> bool:
+        """Always ``True``: QUIC is always encrypted."""
+        return True
+
+    @property
+    def url(self) -> str:
+        """This config as a URL; the same as :meth:`to_url`."""
+        return self.to_url()
+
+    def to_url(self) -> str:
+        """Return a ``quic://`` URL that :func:`parse_server_url` turns back into an equal
+        config (``alpn``, ``max_frame``, ``limits`` and ``zero_copy_threshold`` are left out).
+        """
+        params = [("cert", self.cert_file)]
+        if self.key_file is not None:
+            params.append(("key", self.key_file))
+        if self.idle_timeout != DEFAULT_IDLE_TIMEOUT:
+            params.append(("idle_timeout", _fmt_seconds(self.idle_timeout)))
+        if self.max_sessions is not None:
+            params.append(("max_sessions", str(self.max_sessions)))
+        return _with_query(f"quic://{_format_hostport(*self.addr)}", params)
+
+
+# --- unions and entry points ----------------------------------------------------------------------
+
+#: Any client configuration.
+ConnectionConfig: TypeAlias = TcpConfig | WebSocketConfig | QuicConfig
+#: Any server configuration.
+ServerConfig: TypeAlias = TcpServerConfig | WebSocketServerConfig | QuicServerConfig
+#: What every client API accepts: a URL string or a client config.
+ConnectionConfigLike: TypeAlias = str | TcpConfig | WebSocketConfig | QuicConfig
+#: What every server API accepts: a URL string or a server config.
+ServerConfigLike: TypeAlias = str | TcpServerConfig | WebSocketServerConfig | QuicServerConfig
+
+_CONNECTION_TYPES = (TcpConfig, WebSocketConfig, QuicConfig)
+_SERVER_TYPES = (TcpServerConfig, WebSocketServerConfig, QuicServerConfig)
+
+_TCP_CLIENT_PARAMS = ("nodelay", "keepalive", "connect_timeout")
+_WS_CLIENT_PARAMS = ("connect_timeout",)
+_QUIC_CLIENT_PARAMS = ("verify", "ca", "server_name", "connect_timeout", "idle_timeout")
 
 
 def parse_url(url: str) -> ConnectionConfig:
-    """Parse a client URL into its config.
+    """Turn a client URL into its config.
 
-    ``tcp://host:port``, ``tls://host:port``, ``ws://host[:port]/path``, ``wss://...`` and
-    ``quic://host:port``.  Query parameters: ``verify``, ``ca``, ``server_name`` (tls, wss,
-    quic), ``nodelay`` (tcp, tls), ``connect_timeout`` (all but ws/wss, where the query is part of
-    the request target), ``idle_timeout`` (quic).
+    ==================================  =================================================
+    URL                                 config
+    ==================================  =================================================
+    ``tcp://host:port``                 :class:`TcpConfig`
+    ``tls://host:port``                 :class:`TcpConfig` with ``tls=TlsConfig()``
+    ``ws://host[:port]/path?query``     :class:`WebSocketConfig` (port 80 by default)
+    ``wss://host[:port]/path?query``    :class:`WebSocketConfig` with TLS (port 443)
+    ``quic://host:port``                :class:`QuicConfig`
+    ==================================  =================================================
+
+    Hosts are names, IPv4 addresses or bracketed IPv6 addresses (``[::1]``).  Query parameters
+    set fields: ``nodelay``, ``keepalive`` (tcp, tls; ``0``/``1``/``true``/``false``),
+    ``connect_timeout`` (seconds, every scheme), ``verify``, ``ca``, ``server_name`` (tls, wss,
+    quic), ``cert``, ``key`` (tls client certificate) and ``idle_timeout`` (quic).  Other
+    parameters are an error, except on ``ws://`` and ``wss://``, where they stay in the request
+    target.  Surrounding whitespace is ignored.
 
     Raises:
-        ConfigurationError: unknown scheme, bad host or port, unknown or invalid parameter.
+        ConfigurationError: unknown scheme or parameter (``field`` ``url``), a missing or bad
+            port (``port``), an empty host (``host``), or a bad parameter value (``field`` is
+            the parameter's name, or the config field it sets).
     """
     parts = _split_url(url)
-    scheme = parts.scheme.lower()
+    scheme = parts.scheme
     if scheme in ("ws", "wss"):
-        return WebSocketConfig(url.strip())
-    if scheme in ("tcp", "tls"):
-        addr = _url_host_port(parts, None, server=False)
-        known = {"nodelay", "connect_timeout"}
-        if scheme == "tls":
-            known |= {"verify", "ca", "server_name"}
-        q = _query(parts, known)
-        tls = None
-        if scheme == "tls":
-            tls = TlsConfig(
-                verify=_bool("verify", q.get("verify", "true")),
-                ca_file=q.get("ca"),
-                server_name=q.get("server_name"),
+        if scheme == "wss":
+            params, rest = _take_params(
+                parts, _WS_CLIENT_PARAMS + _WSS_TLS_PARAMS, keep_unknown=True
             )
-        return TcpConfig(
-            addr,
-            nodelay=_bool("nodelay", q.get("nodelay", "true")),
-            tls=tls,
-            connect_timeout=_seconds("connect_timeout", q.get("connect_timeout", "10")),
-        )
+        else:
+            params, rest = _take_params(
+                parts, _WS_CLIENT_PARAMS, tls_only=_WSS_TLS_PARAMS, keep_unknown=True
+            )
+        host, port = _url_hostport(parts, server=False, default_port=_WS_DEFAULT_PORT[scheme])
+        target = parts.path or "/"
+        ws_url = f"{scheme}://{_format_hostport(host, port)}{target}"
+        if rest is not None:
+            ws_url += "?" + rest
+        kwargs: dict[str, Any] = {}
+        if "connect_timeout" in params:
+            kwargs["connect_timeout"] = _param_float("connect_timeout",
+                                                     params.pop("connect_timeout"))
+        tls = TlsConfig(**_tls_kwargs(params)) if scheme == "wss" else None
+        return WebSocketConfig(ws_url, tls=tls, **kwargs)
+    _no_path(parts)
     if scheme == "quic":
-        addr = _url_host_port(parts, None, server=False)
-        q = _query(parts, {"verify", "ca", "server_name", "connect_timeout", "idle_timeout"})
-        return QuicConfig(
-            addr,
-            server_name=q.get("server_name"),
-            cert_verification=_bool("verify", q.get("verify", "true")),
-            ca_file=q.get("ca"),
-            idle_timeout=_seconds("idle_timeout", q.get("idle_timeout", "30")),
-            connect_timeout=_seconds("connect_timeout", q.get("connect_timeout", "10")),
-        )
-    raise ConfigurationError("url", f"unknown scheme {parts.scheme!r} in {url!r}; {_SCHEMES}")
+        params, _ = _take_params(parts, _QUIC_CLIENT_PARAMS)
+        kwargs = {}
+        if "verify" in params:
+            kwargs["cert_verification"] = _param_bool("verify", params["verify"])
+        if "ca" in params:
+            kwargs["ca_file"] = _param_str("ca", params["ca"])
+        if "server_name" in params:
+            kwargs["server_name"] = _param_str("server_name", params["server_name"])
+        for name in ("connect_timeout", "idle_timeout"):
+            if name in params:
+                kwargs[name] = _param_float(name, params[name])
+        addr = _url_hostport(parts, server=False, default_port=None)
+        return QuicConfig(addr, **kwargs)
+    if scheme == "tls":
+        params, _ = _take_params(parts, _TCP_CLIENT_PARAMS + _TLS_CLIENT_PARAMS)
+    else:
+        params, _ = _take_params(parts, _TCP_CLIENT_PARAMS, tls_only=_TLS_CLIENT_PARAMS)
+    kwargs = {}
+    for name in ("nodelay", "keepalive"):
+        if name in params:
+            kwargs[name] = _param_bool(name, params[name])
+    if "connect_timeout" in params:
+        kwargs["connect_timeout"] = _param_float("connect_timeout", params["connect_timeout"])
+    if scheme == "tls":
+        kwargs["tls"] = TlsConfig(**_tls_kwargs(params))
+    addr = _url_hostport(parts, server=False, default_port=None)
+    return TcpConfig(addr, **kwargs)
+
+
+_SERVER_COMMON = ("max_sessions",)
+_SERVER_STREAM = ("backlog", "handshake_timeout", *_SERVER_COMMON)
+_SERVER_CERT = ("cert", "key")
 
 
 def parse_server_url(
-    url: str, *, cert_file: str | None = None, key_file: str | None = None
+    url: str,
+    *,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
 ) -> ServerConfig:
-    """Parse a server URL (``tcp://``, ``tls://``, ``ws://``, ``wss://``, ``quic://``).
+    """Turn a server URL into its config.
 
-    The certificate and key for ``tls``, ``wss`` and ``quic`` come from the keyword arguments or
-    the ``cert`` and ``key`` query parameters.  A ``ws``/``wss`` path is the accepted path.
+    ``tcp://host:port`` and ``tls://host:port`` give a :class:`TcpServerConfig`,
+    ``ws://host[:port]/path`` and ``wss://...`` a :class:`WebSocketServerConfig` (the path is
+    the one served; port 80 or 443 when omitted), ``quic://host:port`` a
+    :class:`QuicServerConfig`.  Port 0 picks a free port.
+
+    ``tls://``, ``wss://`` and ``quic://`` need a certificate: pass *cert_file* (and *key_file*
+    unless the key is in the same file), or put them in the URL as ``?cert=PATH&key=PATH``.
+    Other query parameters: ``max_sessions`` (every scheme), ``backlog`` and
+    ``handshake_timeout`` (tcp, tls, ws, wss), ``nodelay`` and ``keepalive`` (tcp, tls), ``ca``
+    (tls, wss: require client certificates signed by these CAs) and ``idle_timeout`` (quic).
+
+    Args:
+        url: the URL to listen on.
+        cert_file: the certificate chain file (default ``None``: from ``?cert=``).
+        key_file: the private key file (default ``None``: from ``?key=``, else in *cert_file*).
 
     Raises:
-        ConfigurationError: unknown scheme, bad address, or a missing certificate.
+        ConfigurationError: as for :func:`parse_url`; also a missing certificate
+            (``cert_file``), a certificate for ``tcp://`` or ``ws://`` (``cert_file``), or the
+            same setting given twice (the setting's name).
     """
     parts = _split_url(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("tcp", "tls", "ws", "wss", "quic"):
-        raise ConfigurationError("url", f"unknown scheme {parts.scheme!r} in {url!r}; {_SCHEMES}")
-    addr = _url_host_port(parts, None, server=True)
-    q = _query(parts, {"cert", "key", "max_sessions"})
-    cert = cert_file or q.get("cert")
-    key = key_file or q.get("key")
-    max_sessions = int(q["max_sessions"]) if q.get("max_sessions", "").isdigit() else None
-    if "max_sessions" in q and max_sessions is None:
-        raise ConfigurationError("max_sessions", f"must be an integer, got {q['max_sessions']!r}")
-    tls = None
-    if scheme in ("tls", "wss", "quic"):
-        if not cert or not key:
+    scheme = parts.scheme
+    secure = scheme in ("tls", "wss", "quic")
+    if scheme == "quic":
+        allowed: tuple[str, ...] = (*_SERVER_CERT, "idle_timeout", *_SERVER_COMMON)
+    elif scheme in ("tcp", "tls"):
+        allowed = ("nodelay", "keepalive", *_SERVER_STREAM)
+    else:
+        allowed = _SERVER_STREAM
+    server_tls = (*_SERVER_CERT, "ca")
+    if scheme in ("tls", "wss"):
+        params, _ = _take_params(parts, allowed + server_tls)
+    elif scheme == "quic":
+        params, _ = _take_params(parts, allowed)
+    else:
+        params, _ = _take_params(parts, allowed, tls_only=server_tls)
+    files: dict[str, str | os.PathLike[str] | None] = {}
+    for kwarg, url_name, given in (("cert_file", "cert", cert_file), ("key_file", "key", key_file)):
+        if given is not None and not secure:
             raise ConfigurationError(
-                "cert_file", f"{scheme}:// needs a certificate and key (cert_file=, key_file=)"
+                kwarg, f"only applies to tls://, wss:// and quic:// servers, not {scheme}://"
             )
-        tls = ServerTlsConfig(cert, key)
-    if scheme in ("tcp", "tls"):
-        return TcpServerConfig(addr, tls=tls, max_sessions=max_sessions)
-    if scheme in ("ws", "wss"):
-        return WebSocketServerConfig(
-            addr, path=parts.path or "/", tls=tls, max_sessions=max_sessions
+        if given is not None and url_name in params:
+            raise ConfigurationError(
+                kwarg, f"is given both as {kwarg}= and as ?{url_name}= in the URL; give it once"
+            )
+        files[kwarg] = (
+            _param_str(url_name, params[url_name])
+            if given is None and url_name in params
+            else given
         )
-    assert cert is not None and key is not None
-    return QuicServerConfig(cert, key, addr=addr, max_sessions=max_sessions)
+    cert, key = files["cert_file"], files["key_file"]
+    if secure and cert is None:
+        raise ConfigurationError(
+            "cert_file",
+            f"{scheme}:// servers need a certificate: pass cert_file= (and key_file=) or add "
+            f"?cert=PATH&key=PATH to the URL",
+        )
+    kwargs: dict[str, Any] = {}
+    for name in ("nodelay", "keepalive"):
+        if name in params:
+            kwargs[name] = _param_bool(name, params[name])
+    for name in ("backlog", "max_sessions"):
+        if name in params:
+            kwargs[name] = _param_int(name, params[name])
+    for name in ("handshake_timeout", "idle_timeout"):
+        if name in params:
+            kwargs[name] = _param_float(name, params[name])
+    if scheme == "quic":
+        _no_path(parts)
+        addr = _url_hostport(parts, server=True, default_port=None)
+        assert cert is not None
+        return QuicServerConfig(addr, cert, key, **kwargs)
+    tls = None
+    if secure:
+        assert cert is not None
+        ca = _param_str("ca", params["ca"]) if "ca" in params else None
+        tls = ServerTlsConfig(cert, key, ca_file=ca)
+    if scheme in ("ws", "wss"):
+        addr = _url_hostport(parts, server=True, default_port=_WS_DEFAULT_PORT[scheme])
+        path = None if parts.path == _ANY_PATH else (parts.path or "/")
+        return WebSocketServerConfig(addr, path, tls=tls, **kwargs)
+    _no_path(parts)
+    addr = _url_hostport(parts, server=True, default_port=None)
+    return TcpServerConfig(addr, tls=tls, **kwargs)
 
 
-def to_config(target: str | ConnectionConfig) -> ConnectionConfig:
-    """Return *target* if it is a client config, or parse it as a URL.
+def to_config(target: ConnectionConfigLike) -> ConnectionConfig:
+    """Return *target* as a client config: a URL is parsed with :func:`parse_url`, a config is
+    returned as it is.  Every client API calls this on what it is given.
 
     Raises:
-        ConfigurationError: *target* is neither a config nor a valid URL.
+        ConfigurationError: the URL is invalid (see :func:`parse_url`), or *target* is neither
+            a URL nor a client config (``field`` ``config``; a server config is refused too).
     """
-    if isinstance(target, _CLIENT_TYPES):
-        return target
     if isinstance(target, str):
         return parse_url(target)
-    raise ConfigurationError(
-        "config", f"must be a URL or a TcpConfig, WebSocketConfig or QuicConfig, got {target!r}"
-    )
-
-
-def to_server_config(target: str | ServerConfig) -> ServerConfig:
-    """Return *target* if it is a server config, or parse it with :func:`parse_server_url`.
-
-    Raises:
-        ConfigurationError: *target* is neither a server config nor a valid URL.
-    """
-    if isinstance(target, _SERVER_TYPES):
+    if isinstance(target, _CONNECTION_TYPES):
         return target
-    if isinstance(target, str):
-        return parse_server_url(target)
+    hint = "; this is a server config" if isinstance(target, _SERVER_TYPES) else ""
     raise ConfigurationError(
         "config",
-        f"must be a URL or a TcpServerConfig, WebSocketServerConfig or QuicServerConfig, got "
-        f"{target!r}",
+        f"must be a URL string or a TcpConfig, WebSocketConfig or QuicConfig, "
+        f"got {type(target).__name__}{hint}",
     )
 
+
+def to_server_config(
+    target: ServerConfigLike,
+    *,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+) -> ServerConfig:
+    """Return *target* as a server config: a URL is parsed with :func:`parse_server_url`
+    (*cert_file* and *key_file* go with it), a config is returned as it is.  Every server API
+    calls this on what it is given.
+
+    Raises:
+        ConfigurationError: the URL is invalid (see :func:`parse_server_url`), *target* is
+            neither a URL nor a server config (``field`` ``config``), or *cert_file* /
+            *key_file* were given with a config object (set them on the config instead).
+    """
+    if isinstance(target, str):
+        return parse_server_url(target, cert_file=cert_file, key_file=key_file)
+    if isinstance(target, _SERVER_TYPES):
+        if cert_file is not None or key_file is not None:
+            raise ConfigurationError(
+                "cert_file" if cert_file is not None else "key_file",
+                "only applies with a URL; set the certificate on the config object instead",
+            )
+        return target
+    hint = "; this is a client config" if isinstance(target, _CONNECTION_TYPES) else ""
+    raise ConfigurationError(
+        "config",
+        f"must be a URL string or a TcpServerConfig, WebSocketServerConfig or "
+        f"QuicServerConfig, got {type(target).__name__}{hint}",
+    )
