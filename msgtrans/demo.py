@@ -21,8 +21,6 @@ from .core.config import (
     QuicServerConfig,
     ServerTlsConfig,
     TcpServerConfig,
-    TlsConfig,
-    WebSocketConfig,
     WebSocketServerConfig,
 )
 from .core.connection import (
@@ -241,10 +239,7 @@ def run_demo(out: TextIO, workdir: Path | None = None) -> int:
             ("ws", lambda: _Link(client_connection("ws://127.0.0.1:9003/"),
                                  server_connection(WebSocketServerConfig()))),
             ("wss", lambda: _Link(
-                # For ws:// and wss:// the query belongs to the request target, so TLS
-                # settings come as a config object rather than URL parameters.
-                client_connection(WebSocketConfig("wss://localhost:9004/",
-                                                  tls=TlsConfig(ca_file=cert))),
+                client_connection(f"wss://localhost:9004/?ca={cert}"),
                 server_connection(WebSocketServerConfig(tls=tls)))),
             ("quic", lambda: _Link(
                 client_connection(f"quic://localhost:4433?ca={cert}",

@@ -349,7 +349,7 @@ def client_connection(
             machine = TlsMachine(
                 machine,
                 config.tls.client_context(),
-                server_hostname=config.tls.server_name or config.host,
+                server_hostname=config.tls_server_name,
                 handshake_timeout=config.connect_timeout,
             )
     elif isinstance(config, WebSocketConfig):
@@ -369,14 +369,14 @@ def client_connection(
             machine = TlsMachine(
                 machine,
                 config.tls.client_context(),
-                server_hostname=config.tls.server_name or config.host,
+                server_hostname=config.tls_server_name,
                 handshake_timeout=config.connect_timeout,
             )
     else:
         assert isinstance(config, QuicConfig)
         machine = QuicMachine.client(
             resolved or config.addr,
-            server_name=config.server_name or config.host,
+            server_name=config.tls_server_name,
             cert_verification=config.cert_verification,
             ca_file=config.ca_file,
             alpn=config.alpn,
@@ -384,6 +384,7 @@ def client_connection(
             handshake_timeout=config.connect_timeout,
             limits=config.limits,
             zero_copy_threshold=config.zero_copy_threshold,
+            max_frame=config.max_frame,
         )
     return Connection(machine, SessionMachine(session_id, **session))
 
@@ -423,6 +424,7 @@ def server_connection(
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
             close_timeout=config.close_timeout,
+            handshake_timeout=config.handshake_timeout,
         )
     else:
         raise ConfigurationError(
@@ -430,7 +432,7 @@ def server_connection(
         )
     if config.tls is not None:
         context = tls_context if tls_context is not None else config.tls.server_context()
-        machine = TlsMachine(machine, context)
+        machine = TlsMachine(machine, context, handshake_timeout=config.handshake_timeout)
     return Connection(machine, SessionMachine(session_id, **session))
 
 
@@ -454,6 +456,7 @@ def quic_endpoint(target: str | QuicServerConfig) -> QuicEndpoint:
         limits=config.limits,
         zero_copy_threshold=config.zero_copy_threshold,
         max_connections=config.max_sessions,
+        max_frame=config.max_frame,
     )
 
 
