@@ -5,6 +5,24 @@ arguments, packets, events and bytes to send come out.  The asyncio, trio and bl
 are thin layers over these machines.
 """
 
+from .config import (
+    ALPN,
+    SUBPROTOCOL,
+    ConnectionConfig,
+    QuicConfig,
+    QuicServerConfig,
+    ServerConfig,
+    ServerTlsConfig,
+    TcpConfig,
+    TcpServerConfig,
+    TlsConfig,
+    WebSocketConfig,
+    WebSocketServerConfig,
+    parse_server_url,
+    parse_url,
+    to_config,
+    to_server_config,
+)
 from .errors import (
     ERROR_CODES,
     ConfigurationError,
@@ -36,14 +54,17 @@ from .packet import (
 )
 
 __all__ = [
+    "ALPN",
     "DEFAULT_MAX_EXT_HEADER",
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_ZERO_COPY_THRESHOLD",
     "ERROR_CODES",
     "HEADER_SIZE",
     "QUIC_MAX_FRAME",
+    "SUBPROTOCOL",
     "Compression",
     "ConfigurationError",
+    "ConnectionConfig",
     "ErrorKind",
     "LengthPrefixedDecoder",
     "Limits",
@@ -54,9 +75,22 @@ __all__ = [
     "PacketType",
     "Protocol",
     "ProtocolError",
+    "QuicConfig",
+    "QuicServerConfig",
     "ResourceError",
+    "ServerConfig",
+    "ServerTlsConfig",
+    "TcpConfig",
+    "TcpServerConfig",
+    "TlsConfig",
     "TransportConnectionError",
     "TransportError",
     "TransportTimeoutError",
+    "WebSocketConfig",
+    "WebSocketServerConfig",
     "length_prefix",
+    "parse_server_url",
+    "parse_url",
+    "to_config",
+    "to_server_config",
 ]
