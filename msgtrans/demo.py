@@ -24,20 +24,15 @@ from .core.config import (
     WebSocketServerConfig,
 )
 from .core.connection import (
-    Connection,
-    ConnectionEvent,
     client_connection,
     quic_endpoint,
     server_connection,
 )
 from .core.events import ConnectionClosed, ConnectionEstablished
-from .core.memory import StreamPipe
-from .core.quic_endpoint import QuicEndpoint
+from .core.pair import ConnectionPair
 from .core.session import MessageReceived, RequestReceived, ResponseReceived
 
 __all__ = ["DemoResult", "run_demo"]
-
-_STEP = 0.002  # simulated seconds per pump round: lets QUIC's pacer and timers move
 
 
 @dataclass
@@ -62,90 +57,7 @@ class DemoResult:
         self.lines.append(f"{'ok ' if condition else 'FAIL'} {what}")
 
 
-class _Link:
-    """A client and a server connection joined in memory, with a simulated clock."""
-
-    def __init__(self, client: Connection, server: Connection | None,
-                 endpoint: QuicEndpoint | None = None) -> None:
-        self.client = client
-        self.server = server
-        self.endpoint = endpoint
-        self.now = 0.0
-        self.wire = 0
-        self.inbox: dict[str, list[ConnectionEvent]] = {"client": [], "server": []}
-        self._pipe = StreamPipe(client, server) if server is not None else None
-
-    def start(self) -> None:
-        if self._pipe is not None:
-            self._pipe.start(self.now)
-        else:
-            self.client.start(self.now)
-        self.pump()
-
-    def pump(self, rounds: int = 400, until: Callable[[], bool] | None = None) -> None:
-        """Carry traffic until quiet (or until *until* holds), jumping the clock to the next
-        deadline when nothing moves (QUIC's close waits out its draining period)."""
-        for _ in range(rounds):
-            self.now += _STEP
-            moved = self._pump_once()
-            self._collect()
-            if until is not None:
-                if until():
-                    return
-                if not moved:
-                    self.now = max(self.now, self._next_deadline() or self.now)
-            elif not moved and self._quiet():
-                return
-
-    def _next_deadline(self) -> float | None:
-        deadlines = [c.next_deadline() for c in (self.client, self.server) if c is not None]
-        if self.endpoint is not None:
-            deadlines.append(self.endpoint.next_deadline())
-        return min((d for d in deadlines if d is not None), default=None)
-
-    def _pump_once(self) -> int:
-        now = self.now
-        for conn in (self.client, self.server):
-            if conn is not None:
-                deadline = conn.next_deadline()
-                if deadline is not None and deadline <= now:
-                    conn.handle_timer(now)
-        if self._pipe is not None:
-            moved = self._pipe.pump(now)
-            self.wire = self._pipe.bytes_moved
-            return moved
-        assert self.endpoint is not None
-        endpoint = self.endpoint
-        endpoint.handle_timer(now)
-        moved = 0
-        for gram, _addr in self.client.datagrams_to_send(now):
-            endpoint.receive_datagram(gram, ("127.0.0.1", 50000), now)
-            moved += len(gram)
-        for machine in endpoint.accept():
-            self.server = Connection(machine, session_id="server")
-            self.server.start(now)
-        for gram, _addr in endpoint.datagrams_to_send(now):
-            self.client.receive_datagram(gram, ("127.0.0.1", 4433), now)
-            moved += len(gram)
-        self.wire += moved
-        return moved
-
-    def _quiet(self) -> bool:
-        # QUIC keeps acknowledging for a while; stop once nothing is due before long.
-        deadline = self.client.next_deadline()
-        return deadline is None or deadline > self.now + 0.05
-
-    def _collect(self) -> None:
-        self.inbox["client"] += self.client.events()
-        if self.server is not None:
-            self.inbox["server"] += self.server.events()
-
-    def take(self, side: str) -> list[ConnectionEvent]:
-        events, self.inbox[side] = self.inbox[side], []
-        return events
-
-
-def _exercise(name: str, link: _Link, result: DemoResult) -> None:
+def _exercise(name: str, link: ConnectionPair, result: DemoResult) -> None:
     link.start()
     established = [e for e in link.take("client") if isinstance(e, ConnectionEstablished)]
     result.check(bool(established), f"handshake complete ({_describe(established)})")
@@ -214,7 +126,7 @@ def _describe(events: list[ConnectionEstablished]) -> str:
     return ", ".join(parts)
 
 
-def _close(link: _Link, result: DemoResult) -> None:
+def _close(link: ConnectionPair, result: DemoResult) -> None:
     link.client.close()
     link.pump(2000, until=lambda: link.client.is_closed)
     closed = [e for e in link.take("client") if isinstance(e, ConnectionClosed)]
@@ -231,17 +143,17 @@ def run_demo(out: TextIO, workdir: Path | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="msgtrans-demo-") as tmp:
         cert, key = (str(p) for p in write_self_signed(Path(workdir or tmp)))
         tls = ServerTlsConfig(cert, key)
-        cases: list[tuple[str, Callable[[], _Link]]] = [
-            ("tcp", lambda: _Link(client_connection("tcp://127.0.0.1:9001"),
+        cases: list[tuple[str, Callable[[], ConnectionPair]]] = [
+            ("tcp", lambda: ConnectionPair(client_connection("tcp://127.0.0.1:9001"),
                                   server_connection(TcpServerConfig()))),
-            ("tls", lambda: _Link(client_connection(f"tls://localhost:9002?ca={cert}"),
+            ("tls", lambda: ConnectionPair(client_connection(f"tls://localhost:9002?ca={cert}"),
                                   server_connection(TcpServerConfig(tls=tls)))),
-            ("ws", lambda: _Link(client_connection("ws://127.0.0.1:9003/"),
+            ("ws", lambda: ConnectionPair(client_connection("ws://127.0.0.1:9003/"),
                                  server_connection(WebSocketServerConfig()))),
-            ("wss", lambda: _Link(
+            ("wss", lambda: ConnectionPair(
                 client_connection(f"wss://localhost:9004/?ca={cert}"),
                 server_connection(WebSocketServerConfig(tls=tls)))),
-            ("quic", lambda: _Link(
+            ("quic", lambda: ConnectionPair(
                 client_connection(f"quic://localhost:4433?ca={cert}",
                                   resolved=("127.0.0.1", 4433)),
                 None,
