@@ -8,7 +8,6 @@ ending in a protocol error with the session closed and nothing pending.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,13 +72,13 @@ def make_pair(kind: str, certs: tuple[str, str], chunker: Chunker | None = None,
                           server_connection(servers[kind], **session), chunker=chunker)
 
 
-def started(kind: str, certs: tuple[str, str], **kw: object) -> Iterator[ConnectionPair]:
+def started(kind: str, certs: tuple[str, str], **kw: object) -> ConnectionPair:
     pair = make_pair(kind, certs, **kw)  # type: ignore[arg-type]
     pair.start()
     assert any(isinstance(e, ConnectionEstablished) for e in pair.take("client"))
     assert pair.server is not None
     assert any(isinstance(e, ConnectionEstablished) for e in pair.take("server"))
-    yield pair
+    return pair
 
 
 def of(events: list[ConnectionEvent], kind: type) -> list:  # type: ignore[type-arg]
@@ -90,7 +89,8 @@ def exchange(pair: ConnectionPair, count: int) -> None:
     """Messages and requests both ways; every one arrives once, in order, and is answered."""
     client, server = pair.client, pair.server
     assert server is not None
-    for a, b, sa, sb in ((client, server, "client", "server"), (server, client, "server", "client")):
+    directions = ((client, server, "client", "server"), (server, client, "server", "client"))
+    for a, b, sa, sb in directions:
         ids = []
         for i in range(count):
             a.send(f"m{i}".encode(), biz_type=i % 256, now=pair.now)
@@ -114,74 +114,74 @@ def exchange(pair: ConnectionPair, count: int) -> None:
 
 @pytest.mark.parametrize("kind", PROTOCOLS)
 def test_both_ways_then_clean_close(kind: str, certs: tuple[str, str]) -> None:
-    for pair in started(kind, certs):
-        exchange(pair, 300)
-        big = bytes(range(256)) * 2048  # 512 KiB
-        pair.client.send(big, now=pair.now)
-        pair.pump(5000)
-        [message] = of(pair.take("server"), MessageReceived)
-        assert message.packet.payload == big
-        assert isinstance(message.packet.payload, memoryview)  # zero-copy above the threshold
+    pair = started(kind, certs)
+    exchange(pair, 300)
+    big = bytes(range(256)) * 2048  # 512 KiB
+    pair.client.send(big, now=pair.now)
+    pair.pump(5000)
+    [message] = of(pair.take("server"), MessageReceived)
+    assert message.packet.payload == big
+    assert isinstance(message.packet.payload, memoryview)  # zero-copy above the threshold
 
-        pair.client.close()
-        pair.pump(5000, until=lambda: pair.client.is_closed and pair.server.is_closed)  # type: ignore[union-attr]
-        for side in ("client", "server"):
-            events = pair.take(side)
-            [closed] = of(events, ConnectionClosed)
-            assert closed.clean, (side, closed)
-            assert of(events, SessionClosed)
-            assert not of(events, ErrorOccurred)
+    pair.client.close()
+    pair.pump(5000, until=lambda: pair.client.is_closed and pair.server.is_closed)  # type: ignore[union-attr]
+    for side in ("client", "server"):
+        events = pair.take(side)
+        [closed] = of(events, ConnectionClosed)
+        assert closed.clean, (side, closed)
+        assert of(events, SessionClosed)
+        assert not of(events, ErrorOccurred)
 
 
 @pytest.mark.parametrize("kind", PROTOCOLS)
 def test_keepalive_over_long_silence(kind: str, certs: tuple[str, str]) -> None:
-    for pair in started(kind, certs):
-        # Ten simulated minutes of silence: pings (WebSocket, QUIC) keep it open.
-        end = pair.now + 600.0
-        pair.pump(100_000, until=lambda: pair.now >= end or pair.client.is_closed)
-        assert not pair.client.is_closed, pair.take("client")
-        assert pair.server is not None and not pair.server.is_closed
-        exchange(pair, 3)
+    pair = started(kind, certs)
+    # Ten simulated minutes of silence: pings (WebSocket, QUIC) keep it open.
+    end = pair.now + 600.0
+    pair.pump(100_000, until=lambda: pair.now >= end or pair.client.is_closed)
+    assert not pair.client.is_closed, pair.take("client")
+    assert pair.server is not None and not pair.server.is_closed
+    exchange(pair, 3)
 
 
 @pytest.mark.parametrize("kind", PROTOCOLS)
 def test_bad_input_closes_and_fails_pending(kind: str, certs: tuple[str, str]) -> None:
-    for pair in started(kind, certs):
-        rid = pair.client.request(b"never answered", now=pair.now)
-        # The server side's bytes are replaced by garbage on their way to the client.
-        garbage = b"\x07" * 64
-        if kind == "quic":
-            # Inside QUIC the stream is authenticated: break the msgtrans framing instead.
-            assert pair.server is not None
-            pair.server.machine._write([garbage])  # type: ignore[attr-defined]
-            pair.pump(2000, until=lambda: pair.client.is_closed)
-        else:
-            pair.pump()
-            pair.client.receive_data(garbage, pair.now)
-            pair.pump(2000)
-        events = pair.take("client")
-        errors = of(events, ErrorOccurred)
-        assert errors and isinstance(errors[0].error, TransportError)
-        [closed] = of(events, ConnectionClosed)
-        assert not closed.clean
-        [failed] = of(events, RequestFailed)
-        assert failed.request_id == rid
-        assert of(events, SessionClosed)
-        assert pair.client.session.pending_count == 0
-        assert pair.client.is_closed
+    pair = started(kind, certs)
+    rid = pair.client.request(b"never answered", now=pair.now)
+    # The server side's bytes are replaced by garbage on their way to the client.
+    garbage = b"\x07" * 64
+    if kind == "quic":
+        # Inside QUIC the stream is authenticated: break the msgtrans framing instead.
+        assert pair.server is not None
+        pair.server.machine._write([garbage])  # type: ignore[attr-defined]
+        pair.pump(2000, until=lambda: pair.client.is_closed)
+    else:
+        pair.pump()
+        pair.client.receive_data(garbage, pair.now)
+        pair.pump(2000)
+    events = pair.take("client")
+    errors = of(events, ErrorOccurred)
+    assert errors and isinstance(errors[0].error, TransportError)
+    [closed] = of(events, ConnectionClosed)
+    assert not closed.clean
+    [failed] = of(events, RequestFailed)
+    assert failed.request_id == rid
+    assert of(events, SessionClosed)
+    assert pair.client.session.pending_count == 0
+    assert pair.client.is_closed
 
 
 @pytest.mark.parametrize("kind", PROTOCOLS)
 def test_request_timeout(kind: str, certs: tuple[str, str]) -> None:
-    for pair in started(kind, certs, request_timeout=2.0):
-        rid = pair.client.request(b"slow", now=pair.now)
-        pair.pump()
-        assert of(pair.take("server"), RequestReceived)
-        end = pair.now + 3.0
-        pair.pump(10_000, until=lambda: pair.now >= end)
-        [failed] = of(pair.take("client"), RequestFailed)
-        assert failed.request_id == rid
-        assert failed.error.error_code == "timeout.request"
+    pair = started(kind, certs, request_timeout=2.0)
+    rid = pair.client.request(b"slow", now=pair.now)
+    pair.pump()
+    assert of(pair.take("server"), RequestReceived)
+    end = pair.now + 3.0
+    pair.pump(10_000, until=lambda: pair.now >= end)
+    [failed] = of(pair.take("client"), RequestFailed)
+    assert failed.request_id == rid
+    assert failed.error.error_code == "timeout.request"
 
 
 @pytest.mark.parametrize("kind", STREAMS)
@@ -198,8 +198,8 @@ def test_any_cut_of_the_stream_gives_the_same_messages(
             i += 1
         return out
 
-    for pair in started(kind, certs, chunker=chunker):
-        exchange(pair, 20)
+    pair = started(kind, certs, chunker=chunker)
+    exchange(pair, 20)
 
 
 def test_factories_refuse_the_wrong_kind(certs: tuple[str, str]) -> None:
