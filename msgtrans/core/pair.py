@@ -68,8 +68,11 @@ class ConnectionPair:
         self.pump()
 
     def pump(self, rounds: int = 400, until: Callable[[], bool] | None = None) -> None:
-        """Carry traffic until quiet (or until *until* holds), jumping the clock to the next
-        deadline when nothing moves (QUIC's close waits out its draining period)."""
+        """Carry traffic until quiet, or until *until* holds.
+
+        With *until*, the clock jumps to the next deadline whenever nothing moves (QUIC's close
+        waits out its draining period), so long simulated waits cost few rounds.
+        """
         for _ in range(rounds):
             self.now += STEP
             moved = self._pump_once()
@@ -81,6 +84,17 @@ class ConnectionPair:
                     self.now = max(self.now, self._next_deadline() or self.now)
             elif not moved and self._quiet():
                 return
+
+    def advance(self, seconds: float, max_rounds: int = 100_000) -> None:
+        """Let *seconds* of simulated time pass, firing every timer due on the way."""
+        end = self.now + seconds
+        for _ in range(max_rounds):
+            self.pump(1)
+            if self.now >= end:
+                return
+            deadline = self._next_deadline()
+            self.now = min(end, max(self.now, deadline if deadline is not None else end))
+        raise RuntimeError(f"still busy after {max_rounds} rounds")
 
     def _next_deadline(self) -> float | None:
         deadlines = [c.next_deadline() for c in (self.client, self.server) if c is not None]
