@@ -78,7 +78,10 @@ ERROR_CODES: dict[str, str] = {
     "connection.closed": "the connection is closed; no more messages can pass",
     "connection.unreachable": "the network or host cannot be reached",
     "connection.dns": "the host name could not be resolved",
-    "connection.tls_verification": "the peer's TLS certificate or host name failed verification",
+    "connection.tls_verification": (
+        "a TLS certificate or host name failed verification (the peer's by us, or ours by the "
+        "peer)"
+    ),
     "connection.tls_handshake": "the TLS handshake failed",
     "connection.handshake": "the WebSocket or QUIC handshake was refused by the peer",
     "connection.refused_by_server": "the server refused the session (for example: at capacity)",
