@@ -312,7 +312,7 @@ class ResourceError(TransportError):
         super().__init__(reason or f"{resource} limit reached", **kwargs)
 
     def _detail(self) -> str:
-        return f"{self.reason} ({self.resource}: {self.current} > limit {self.limit})"
+        return f"{self.reason} ({self.resource}: {self.current}, limit {self.limit})"
 
 
 class TransportTimeoutError(TransportError, TimeoutError):

@@ -235,7 +235,7 @@ def test_message_format_of_each_kind() -> None:
         "[configuration.invalid] url: unsupported scheme 'ftp'")
     assert str(ResourceError("payload", 20, 16, "payload too large to send",
                              code="resource.payload_too_large", retryable=False)) == (
-        "[resource.payload_too_large] payload too large to send (payload: 20 > limit 16)")
+        "[resource.payload_too_large] payload too large to send (payload: 20, limit 16)")
     assert str(TransportTimeoutError("request", 5)) == (
         "[timeout.elapsed] request did not complete within 5 s (operation request)")
     assert str(TransportTimeoutError("connect", 0.25, "SYN unanswered",
