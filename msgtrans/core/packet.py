@@ -294,7 +294,8 @@ def header_error(fields: HeaderFields, limits: Limits) -> ProtocolError:
 
 _PTYPES = (PacketType.ONE_WAY, PacketType.REQUEST, PacketType.RESPONSE)
 _COMPRESSIONS = (Compression.NONE, Compression.ZSTD, Compression.ZLIB)
-_FLAGS = {int(f): f for f in PacketFlags}
+# Iterating a flag enum skips NONE (0), the commonest value: add it by hand.
+_FLAGS = {0: PacketFlags.NONE, **{int(f): f for f in PacketFlags}}
 _new_packet = object.__new__
 _set = object.__setattr__
 
@@ -331,7 +332,8 @@ def build_packet(
     _set(packet, "payload", payload)
     _set(packet, "ext_header", ext)
     _set(packet, "compression", _COMPRESSIONS[comp])
-    _set(packet, "flags", _FLAGS.get(flags) or PacketFlags(flags))
+    flag = _FLAGS.get(flags)
+    _set(packet, "flags", PacketFlags(flags) if flag is None else flag)
     return packet
 
 

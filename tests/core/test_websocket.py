@@ -1,0 +1,1191 @@
+"""The WebSocket machines: handshake, packets as binary messages, control frames, close, limits.
+
+Everything runs in memory (StreamPipe, or a raw wsproto / websockets peer driven by hand) with
+``now`` advanced by hand: no sockets, no clock.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import h11
+import pytest
+import wsproto.events as wse
+from hypothesis import given
+from hypothesis import strategies as st
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+from wsproto import ConnectionType, WSConnection
+
+from msgtrans.core.errors import (
+    ConfigurationError,
+    Protocol,
+    ProtocolError,
+    ResourceError,
+    TransportConnectionError,
+    TransportError,
+    TransportTimeoutError,
+)
+from msgtrans.core.events import (
+    CloseStarted,
+    ConnectionClosed,
+    ConnectionEstablished,
+    ErrorOccurred,
+    Event,
+    PacketReceived,
+)
+from msgtrans.core.machine import MachineState
+from msgtrans.core.memory import StreamPipe
+from msgtrans.core.packet import Compression, Limits, Packet, PacketFlags, PacketType
+from msgtrans.core.websocket import (
+    DEFAULT_SUBPROTOCOL,
+    WebSocketClientMachine,
+    WebSocketMachine,
+    WebSocketServerMachine,
+)
+
+NO_KEEPALIVE: dict[str, Any] = {"ping_interval": None}
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def names(events: Sequence[Event]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+def out(machine: WebSocketMachine) -> bytes:
+    return b"".join(bytes(b) for b in machine.data_to_send())
+
+
+def opened(
+    client_kw: dict[str, Any] | None = None,
+    server_kw: dict[str, Any] | None = None,
+    chunker: Callable[[bytes], list[bytes]] | None = None,
+) -> tuple[WebSocketClientMachine, WebSocketServerMachine, StreamPipe]:
+    """A client and a server machine with the handshake done and its events drained."""
+    client = WebSocketClientMachine("example.com", **{**NO_KEEPALIVE, **(client_kw or {})})
+    server = WebSocketServerMachine(**{**NO_KEEPALIVE, **(server_kw or {})})
+    pipe = StreamPipe(client, server, chunker)
+    pipe.start(0.0)
+    assert names(client.events()) == ["ConnectionEstablished"]
+    assert names(server.events()) == ["ConnectionEstablished"]
+    return client, server, pipe
+
+
+def http_response(data: bytes) -> tuple[h11.Response, bytes]:
+    """Parse an HTTP/1.1 response the way an HTTP client would."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("host", "example.com")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    response = conn.next_event()
+    assert isinstance(response, h11.Response)
+    body = b""
+    while True:
+        event = conn.next_event()
+        if isinstance(event, h11.Data):
+            body += event.data
+        else:
+            assert isinstance(event, h11.EndOfMessage)
+            break
+    return response, body
+
+
+def header(response: h11.Response, name: bytes) -> bytes | None:
+    return next((v for n, v in response.headers if n == name), None)
+
+
+class RawClient:
+    """A wsproto client talking to a server machine: sends what the tests want, frame by frame."""
+
+    def __init__(
+        self,
+        server: WebSocketServerMachine,
+        subprotocols: Sequence[str] = (DEFAULT_SUBPROTOCOL,),
+        target: str = "/",
+    ) -> None:
+        self.server = server
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        server.start(0.0)
+        self.send(wse.Request(host="example.com", target=target, subprotocols=list(subprotocols)))
+        self.events = self.receive()
+        self.accepted = any(isinstance(e, wse.AcceptConnection) for e in self.events)
+
+    def send(self, event: wse.Event, now: float = 0.0) -> None:
+        self.raw(self.ws.send(event), now)
+
+    def raw(self, data: bytes, now: float = 0.0) -> None:
+        self.server.receive_data(data, now)
+
+    def receive(self) -> list[wse.Event]:
+        self.ws.receive_data(out(self.server))
+        return list(self.ws.events())
+
+
+class RawServer:
+    """A wsproto server talking to a client machine."""
+
+    def __init__(self, client: WebSocketClientMachine, subprotocol: str | None = "msgtrans.v1"):
+        self.client = client
+        self.ws = WSConnection(ConnectionType.SERVER)
+        client.start(0.0)
+        self.ws.receive_data(out(client))
+        request = next(e for e in self.ws.events() if isinstance(e, wse.Request))
+        self.request = request
+        client.receive_data(self.ws.send(wse.AcceptConnection(subprotocol=subprotocol)), 0.0)
+
+    def send(self, event: wse.Event, now: float = 0.0) -> None:
+        self.client.receive_data(self.ws.send(event), now)
+
+    def receive(self) -> list[wse.Event]:
+        self.ws.receive_data(out(self.client))
+        return list(self.ws.events())
+
+
+def frame(
+    b0: int, payload: bytes = b"", *, masked: bool = True, length: bytes | None = None
+) -> bytes:
+    """A raw frame: *b0* is FIN|RSV|opcode; a client frame is masked (with a zero key)."""
+    mask_bit = 0x80 if masked else 0
+    if length is None:
+        n = len(payload)
+        if n < 126:
+            length = bytes([mask_bit | n])
+        elif n < 65536:
+            length = bytes([mask_bit | 126]) + struct.pack("!H", n)
+        else:
+            length = bytes([mask_bit | 127]) + struct.pack("!Q", n)
+    return bytes([b0]) + length + (b"\0\0\0\0" if masked else b"") + payload
+
+
+def packet_bytes(payload: bytes = b"hi", message_id: int = 1) -> bytes:
+    return Packet(message_id=message_id, payload=payload).encode()
+
+
+def closed(events: Sequence[Event]) -> ConnectionClosed:
+    last = events[-1]
+    assert isinstance(last, ConnectionClosed)
+    return last
+
+
+def error_of(events: Sequence[Event]) -> TransportError:
+    errors = [e.error for e in events if isinstance(e, ErrorOccurred)]
+    assert len(errors) == 1, events
+    return errors[0]
+
+
+# --- handshake ---------------------------------------------------------------------------------
+
+
+def test_handshake_echoes_the_subprotocol() -> None:
+    client = WebSocketClientMachine(
+        "example.com:8080", "/chat?room=1", extra_headers=[("Authorization", "Bearer x")],
+        **NO_KEEPALIVE,
+    )
+    server = WebSocketServerMachine(path="/chat", extra_headers=[(b"X-Server", b"msgtrans")],
+                                    **NO_KEEPALIVE)
+    pipe = StreamPipe(client, server)
+    assert client.state is MachineState.IDLE
+    pipe.start(1.0)
+    (c_est,) = client.events()
+    (s_est,) = server.events()
+    assert isinstance(c_est, ConnectionEstablished) and isinstance(s_est, ConnectionEstablished)
+    assert c_est.protocol is Protocol.WEBSOCKET and not c_est.tls
+    assert c_est.subprotocol == s_est.subprotocol == "msgtrans.v1"
+    assert client.subprotocol == server.subprotocol == "msgtrans.v1"
+    assert c_est.path == s_est.path == "/chat?room=1"
+    assert ("x-server", "msgtrans") in c_est.headers
+    assert ("host", "example.com:8080") in s_est.headers
+    assert ("authorization", "Bearer x") in s_est.headers
+    assert client.state is server.state is MachineState.OPEN
+    assert client.next_deadline() is None and server.next_deadline() is None
+
+
+def test_client_offering_no_subprotocol_is_accepted() -> None:
+    client, server, _ = opened({"subprotocols": ()})
+    assert client.subprotocol is None and server.subprotocol is None
+
+
+def test_client_offering_other_subprotocols_is_accepted_without_one() -> None:
+    client, server, _ = opened({"subprotocols": ("chat",)})
+    assert client.subprotocol is None and server.subprotocol is None
+
+
+def test_server_prefers_its_own_order() -> None:
+    client, server, _ = opened(
+        {"subprotocols": ("b", "msgtrans.v1")}, {"subprotocols": ("msgtrans.v1", "b")}
+    )
+    assert client.subprotocol == server.subprotocol == "msgtrans.v1"
+
+
+def test_wrong_path_is_refused_with_404() -> None:
+    client = WebSocketClientMachine("example.com", "/other", **NO_KEEPALIVE)
+    server = WebSocketServerMachine(path="/ws", **NO_KEEPALIVE)
+    server.start(0.0)
+    client.start(0.0)
+    server.receive_data(out(client), 0.0)
+    reply = out(server)
+    response, body = http_response(reply)
+    assert response.status_code == 404 and body == b"Not found\n"
+    assert server.write_closed and server.is_closed
+    s_events = server.events()
+    assert names(s_events) == ["ErrorOccurred", "ConnectionClosed"]
+    error = error_of(s_events)
+    assert isinstance(error, TransportConnectionError)
+    assert error.error_code == "connection.handshake" and not error.retryable
+    client.receive_data(reply, 0.0)
+    c_events = client.events()
+    c_error = error_of(c_events)
+    assert c_error.error_code == "connection.handshake" and not c_error.retryable
+    assert "404" in c_error.reason
+    assert not closed(c_events).clean and client.write_closed
+
+
+def test_any_path_and_query_are_served() -> None:
+    _client, server, _ = opened({"target": "/x/y?z=1"}, {"path": None})
+    assert server.state is MachineState.OPEN
+    _client, server, _ = opened({"target": "/?z=1"})
+    assert server.state is MachineState.OPEN
+
+
+def test_plain_http_request_gets_426_and_the_connection_closes() -> None:
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    server.start(0.0)
+    server.receive_data(b"GET / HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n", 0.0)
+    response, body = http_response(out(server))
+    assert response.status_code == 426
+    assert header(response, b"upgrade") == b"websocket"
+    assert header(response, b"connection") == b"close"
+    assert b"WebSocket" in body
+    events = server.events()
+    assert names(events) == ["ErrorOccurred", "ConnectionClosed"]
+    error = error_of(events)
+    assert isinstance(error, ProtocolError) and error.error_code == "protocol.websocket"
+    assert not closed(events).clean
+    assert server.write_closed and server.state is MachineState.CLOSED
+    server.receive_data(b"more", 0.0)  # ignored after the end
+    assert server.events() == [] and out(server) == b""
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Version: 13\r\n\r\n", 400),  # no key
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n", 426),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 405),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+         b"Content-Length: 3\r\n\r\nabc", 400),  # a body
+        (b"GET / HTTP/1.0\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         400),  # no Host
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+         b"Sec-WebSocket-Protocol: \xff\r\n\r\n", 400),  # not ASCII
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000, 431),  # a head without end
+    ],
+)
+def test_bad_upgrade_requests_get_an_http_error(request_bytes: bytes, status: int) -> None:
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    server.receive_data(request_bytes, 0.0)  # data before start() starts a server
+    response, _ = http_response(out(server))
+    assert response.status_code == status
+    if status == 426:
+        assert header(response, b"sec-websocket-version") == b"13"
+    events = server.events()
+    assert error_of(events).error_code == "protocol.websocket"
+    assert server.write_closed and server.is_closed
+
+
+def test_request_in_pieces_and_frames_sent_before_the_answer() -> None:
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    server.start(0.0)
+    client.start(0.0)
+    request = out(client)
+    for i in range(len(request)):
+        server.receive_data(request[i : i + 1], 0.0)
+        if i < len(request) - 1:
+            assert server.state is MachineState.HANDSHAKING
+    assert server.state is MachineState.OPEN
+    # A client that does not wait for the 101: its first frames come with the request.
+    server2 = WebSocketServerMachine(**NO_KEEPALIVE)
+    server2.start(0.0)
+    eager = frame(0x82, packet_bytes(b"eager")) + frame(0x82, packet_bytes(b"x" * 300))[:50]
+    server2.receive_data(request + eager, 0.0)
+    events = server2.events()
+    assert names(events) == ["ConnectionEstablished", "PacketReceived"]
+    assert events[1].packet.payload == b"eager"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("status", "error_code", "retryable", "delay"),
+    [
+        (403, "connection.handshake", False, None),
+        (500, "connection.handshake", True, 7.0),
+        (503, "connection.refused_by_server", True, 7.0),
+    ],
+)
+def test_client_refused_by_the_server(
+    status: int, error_code: str, retryable: bool, delay: float | None
+) -> None:
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    client.send_packet(Packet(payload=b"queued"))
+    client.start(0.0)
+    out(client)
+    client.receive_data(
+        f"HTTP/1.1 {status} Nope\r\nRetry-After: 7\r\nContent-Length: 4\r\n\r\nnope".encode(),
+        0.0,
+    )
+    events = client.events()
+    error = error_of(events)
+    assert isinstance(error, TransportConnectionError)
+    assert error.error_code == error_code and error.retryable is retryable
+    assert error.retry_delay() == delay
+    assert client.write_closed and client.is_closed and out(client) == b""
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: wrong\r\n\r\n",
+    ],
+)
+def test_client_given_an_invalid_answer(response: bytes) -> None:
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    client.start(0.0)
+    out(client)
+    client.receive_data(response, 0.0)
+    error = error_of(client.events())
+    assert isinstance(error, ProtocolError) and error.error_code == "protocol.websocket"
+
+
+def test_client_rejects_a_subprotocol_it_did_not_offer() -> None:
+    client = WebSocketClientMachine("example.com", subprotocols=("a",), **NO_KEEPALIVE)
+    ws = WSConnection(ConnectionType.SERVER)
+    client.start(0.0)
+    ws.receive_data(out(client))
+    list(ws.events())
+    ws.handshake._initiating_request.subprotocols.append("b")  # type: ignore[union-attr]
+    client.receive_data(ws.send(wse.AcceptConnection(subprotocol="b")), 0.0)
+    assert error_of(client.events()).error_code == "protocol.websocket"
+
+
+def test_handshake_timeout_on_both_sides() -> None:
+    client = WebSocketClientMachine("example.com", handshake_timeout=5, **NO_KEEPALIVE)
+    server = WebSocketServerMachine(handshake_timeout=3, **NO_KEEPALIVE)
+    client.start(10.0)
+    server.start(10.0)
+    assert client.next_deadline() == 15.0 and server.next_deadline() == 13.0
+    server.handle_timer(12.9)
+    assert server.events() == []
+    server.handle_timer(13.0)
+    client.handle_timer(15.0)
+    for machine in (client, server):
+        events = machine.events()
+        error = error_of(events)
+        assert isinstance(error, TransportTimeoutError) and error.error_code == "timeout.handshake"
+        assert machine.write_closed and machine.next_deadline() is None
+
+
+def test_eof_during_the_handshake() -> None:
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    client.start(0.0)
+    client.receive_data(b"", 0.0)
+    events = client.events()
+    assert error_of(events).error_code == "connection.reset"
+    assert closed(events).code is None
+    client.receive_data(b"", 0.0)  # a second EOF changes nothing
+    assert client.events() == []
+
+
+def test_close_before_the_handshake_abandons_it() -> None:
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    client.send_packet(Packet(payload=b"never sent"))
+    client.start(0.0)
+    client.close()
+    events = client.events()
+    assert names(events) == ["CloseStarted", "ConnectionClosed"]
+    end = closed(events)
+    assert not end.clean and end.error is not None
+    assert end.error.error_code == "connection.aborted"
+    assert client.write_closed
+    with pytest.raises(TransportConnectionError) as info:
+        client.send_packet(Packet())
+    assert info.value.error_code == "connection.closed"
+    client.receive_data(b"HTTP/1.1 101 ...\r\n\r\n", 1.0)  # ignored
+    assert client.events() == []
+
+
+def test_start_twice_and_client_data_before_start_do_nothing() -> None:
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    client.receive_data(b"early", 0.0)
+    assert client.state is MachineState.IDLE and out(client) == b""
+    client.start(0.0)
+    first = out(client)
+    client.start(1.0)
+    assert first.startswith(b"GET / HTTP/1.1\r\n") and out(client) == b""
+
+
+# --- packets -----------------------------------------------------------------------------------
+
+
+def test_thousands_of_packets_both_ways() -> None:
+    client, server, pipe = opened()
+    sent_c = [
+        Packet(PacketType.REQUEST, i + 1, i % 256, f"request {i}".encode(),
+               ext_header=b"r" * (i % 3))
+        for i in range(3000)
+    ]
+    client.send_packets(sent_c)
+    server.send_packets(
+        Packet(PacketType.RESPONSE, i + 1, 7, f"response {i}".encode(), flags=PacketFlags(i % 8))
+        for i in range(3000)
+    )
+    pipe.pump(1.0)
+    got_s = [e.packet for e in server.events() if isinstance(e, PacketReceived)]
+    got_c = [e.packet for e in client.events() if isinstance(e, PacketReceived)]
+    assert got_s == sent_c
+    assert [p.message_id for p in got_c] == list(range(1, 3001))
+    assert all(p.packet_type is PacketType.RESPONSE for p in got_c)
+    assert got_c[5].flags == PacketFlags(5) and got_c[5].payload == b"response 5"
+
+
+@pytest.mark.parametrize("size", [0, 1, 109, 110, 65519, 65520, 70000, 1 << 20])
+def test_payload_sizes_and_zero_copy(size: int) -> None:
+    # 109/110 and 65519/65520: the 7-bit, 16-bit and 64-bit frame length boundaries.
+    client, server, pipe = opened({"zero_copy_threshold": 1000}, {"zero_copy_threshold": 1000})
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    client.send_packet(Packet(payload=payload, message_id=size % 1000))
+    server.send_packet(Packet(payload=payload))
+    pipe.pump(0.0)
+    for machine in (client, server):
+        (event,) = machine.events()
+        assert isinstance(event, PacketReceived)
+        got = event.packet.payload
+        assert bytes(got) == payload
+        assert isinstance(got, memoryview if size >= 1000 else bytes)
+        if isinstance(got, memoryview):
+            assert got.readonly
+
+
+def test_large_packets_cut_anywhere() -> None:
+    chunk = 777
+    client, server, pipe = opened(
+        chunker=lambda data: [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    )
+    payloads = [b"a" * 100_000, b"b" * 10, b"c" * 65536, b""]
+    for p in payloads:
+        client.send_packet(Packet(payload=p))
+        server.send_packet(Packet(payload=p))
+    pipe.pump(0.0)
+    for machine in (client, server):
+        got = [bytes(e.packet.payload) for e in machine.events() if isinstance(e, PacketReceived)]
+        assert got == payloads
+
+
+def test_compressed_packets_and_ext_headers() -> None:
+    client, server, pipe = opened()
+    packet = Packet(payload=b"squeeze me " * 100, compression=Compression.ZLIB, ext_header=b"rt")
+    client.send_packet(packet)
+    server.send_packet(packet)
+    big = Packet(payload=b"q" * 40_000, compression=Compression.ZLIB)
+    server.send_packet(big)
+    pipe.pump(0.0)
+    assert [e.packet for e in server.events()] == [packet]  # type: ignore[attr-defined]
+    assert [e.packet for e in client.events()] == [packet, big]  # type: ignore[attr-defined]
+
+
+def test_server_hands_large_payloads_by_reference() -> None:
+    _client, server, _ = opened()
+    payload = b"p" * 100_000
+    server.send_packet(Packet(payload=payload))
+    server.send_packet(Packet(payload=b"small"))
+    parts = server.data_to_send()
+    assert any(part is payload for part in parts)
+    assert server.data_to_send() == []
+
+
+def test_packets_sent_before_the_handshake_leave_on_establishment() -> None:
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    client.send_packets([Packet(payload=b"c1"), Packet(payload=b"c2")])
+    server.send_packets([Packet(payload=b"s1")])
+    pipe = StreamPipe(client, server)
+    pipe.start(0.0)
+    assert [bytes(e.packet.payload) for e in server.events()[1:]] == [b"c1", b"c2"]  # type: ignore[attr-defined]
+    assert [bytes(e.packet.payload) for e in client.events()[1:]] == [b"s1"]  # type: ignore[attr-defined]
+
+
+def test_sending_too_large_a_payload_is_refused() -> None:
+    limits = Limits(max_payload=100)
+    client = WebSocketClientMachine("example.com", limits=limits, **NO_KEEPALIVE)
+    with pytest.raises(ResourceError) as info:
+        client.send_packet(Packet(payload=b"x" * 101))  # before the handshake
+    assert info.value.error_code == "resource.payload_too_large"
+    client, server, _ = opened({"limits": limits}, {"limits": limits})
+    with pytest.raises(ResourceError):
+        server.send_packet(Packet(payload=b"x" * 101))
+    with pytest.raises(ResourceError):
+        server.send_packets([Packet(payload=b"ok"), Packet(payload=b"x" * 101)])
+    # The packet before the refused one stays queued.
+    assert out(server).endswith(b"ok")
+
+
+# --- fragments, limits, text ------------------------------------------------------------------
+
+
+def test_fragmented_messages_are_assembled() -> None:
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    raw = RawClient(server)
+    assert raw.accepted
+    server.events()
+    data = packet_bytes(b"0123456789" * 50, message_id=9)
+    pieces = [data[:5], data[5:200], data[200:201], data[201:]]
+    for i, piece in enumerate(pieces):
+        raw.send(wse.Message(data=piece, message_finished=i == len(pieces) - 1))
+        if i == 1:
+            raw.send(wse.Ping(payload=b"mid"))  # control frames may come between fragments
+    (event,) = server.events()
+    assert isinstance(event, PacketReceived) and event.packet.message_id == 9
+    assert event.packet.payload == b"0123456789" * 50
+    assert [type(e) for e in raw.receive()] == [wse.Pong]
+    # The next message starts afresh.
+    raw.send(wse.Message(data=packet_bytes(b"next")))
+    assert server.events()[0].packet.payload == b"next"  # type: ignore[attr-defined]
+
+
+def test_message_over_the_limit_closes_with_1009() -> None:
+    limits = Limits(max_payload=1000, max_ext_header=0)
+    # In one frame: refused from the frame header, before the payload arrives.
+    server = WebSocketServerMachine(limits=limits, **NO_KEEPALIVE)
+    raw = RawClient(server)
+    server.events()
+    assert server.max_message == 1016
+    raw.raw(frame(0x82, b"\0" * 1017)[:20])
+    events = server.events()
+    error = error_of(events)
+    assert isinstance(error, ProtocolError) and error.error_code == "protocol.frame_too_large"
+    assert closed(events).code == 1009
+    assert [e.code for e in raw.receive() if isinstance(e, wse.CloseConnection)] == [1009]
+    # In fragments: refused when the total passes the limit.
+    server = WebSocketServerMachine(limits=limits, **NO_KEEPALIVE)
+    raw = RawClient(server)
+    server.events()
+    raw.send(wse.Message(data=b"\0" * 1000, message_finished=False))
+    assert server.events() == []
+    raw.send(wse.Message(data=b"\0" * 17, message_finished=True))
+    assert closed(server.events()).code == 1009
+    # Exactly at the limit is fine.
+    server = WebSocketServerMachine(limits=limits, **NO_KEEPALIVE)
+    raw = RawClient(server)
+    server.events()
+    raw.send(wse.Message(data=packet_bytes(b"\0" * 1000)))
+    assert names(server.events()) == ["PacketReceived"]
+
+
+def test_text_messages_are_ignored_by_default() -> None:
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    raw = RawClient(server)
+    server.events()
+    raw.send(wse.Message(data="hello"))
+    raw.send(wse.Message(data="in ", message_finished=False))
+    raw.send(wse.Message(data="pieces", message_finished=True))
+    raw.send(wse.Message(data=packet_bytes(b"after")))
+    events = server.events()
+    assert names(events) == ["PacketReceived"]
+    assert server.state is MachineState.OPEN
+
+
+def test_invalid_utf8_text_still_fails() -> None:
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    RawClient(server)
+    server.events()
+    server.receive_data(frame(0x81, b"\xff\xfe"), 0.0)
+    events = server.events()
+    assert closed(events).code == 1007
+    assert error_of(events).error_code == "protocol.websocket"
+
+
+def test_text_messages_are_an_error_by_setting() -> None:
+    server = WebSocketServerMachine(text_policy="error", **NO_KEEPALIVE)
+    raw = RawClient(server)
+    server.events()
+    raw.send(wse.Message(data="hello"))
+    events = server.events()
+    error = error_of(events)
+    assert isinstance(error, ProtocolError) and error.error_code == "protocol.text_frame"
+    assert closed(events).code == 1003
+    assert [e.code for e in raw.receive() if isinstance(e, wse.CloseConnection)] == [1003]
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "error_code"),
+    [
+        (b"short", 1007, "protocol.bad_length"),
+        (packet_bytes(b"abc")[:-1], 1007, "protocol.bad_length"),
+        (b"\x02" + packet_bytes(b"abc")[1:], 1007, "protocol.bad_version"),
+        (Packet(payload=b"x" * 2000).encode(), 1009, "protocol.frame_too_large"),
+        (bytes.fromhex("01 02 00 00 00000001 0000 00000004 0000") + b"junk", 1007,
+         "protocol.decompression"),
+    ],
+)
+def test_a_message_that_is_not_a_packet(payload: bytes, code: int, error_code: str) -> None:
+    limits = Limits(max_payload=1000)
+    for fragmented in (False, True):
+        server = WebSocketServerMachine(limits=limits, **NO_KEEPALIVE)
+        raw = RawClient(server)
+        server.events()
+        if fragmented:
+            raw.send(wse.Message(data=payload[:3], message_finished=False))
+            raw.send(wse.Message(data=payload[3:]))
+        else:
+            raw.send(wse.Message(data=payload))
+        events = server.events()
+        assert error_of(events).error_code == error_code
+        assert closed(events).code == code
+
+
+# --- control frames and keepalive --------------------------------------------------------------
+
+
+def test_pings_are_answered() -> None:
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    raw = RawClient(server)
+    server.events()
+    raw.send(wse.Ping(payload=b"are you there"))
+    assert server.events() == []
+    assert raw.receive() == [wse.Pong(payload=b"are you there")]
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    raw_server = RawServer(client)
+    client.events()
+    raw_server.send(wse.Ping(payload=b"x"))
+    raw_server.send(wse.Pong(payload=b"unsolicited"))  # ignored
+    assert client.events() == []
+    assert raw_server.receive() == [wse.Pong(payload=b"x")]
+
+
+def test_keepalive_ping_and_pong() -> None:
+    client, server, pipe = opened(
+        {"ping_interval": 5.0, "ping_timeout": 2.0}, {"ping_interval": 100.0}
+    )
+    assert client.next_deadline() == 5.0
+    client.handle_timer(4.0)
+    assert out(client) == b""
+    client.handle_timer(5.0)
+    assert client.next_deadline() == 7.0  # the pong deadline
+    pipe.pump(5.5)  # the ping goes, the pong comes back
+    assert client.next_deadline() == 10.5
+    client.handle_timer(7.0)
+    assert client.state is MachineState.OPEN
+    # Any data counts: a packet received at 9 pushes the next ping to 14.
+    server.send_packet(Packet(payload=b"alive"))
+    pipe.pump(9.0)
+    assert client.next_deadline() == 14.0
+    assert names(client.events()) == ["PacketReceived"]
+    assert server.events() == []  # pings never surface
+
+
+def test_keepalive_pong_timeout_closes_with_1011() -> None:
+    client, server, _pipe = opened({"ping_interval": 5.0, "ping_timeout": 2.0})
+    client.handle_timer(5.0)
+    ping = out(client)
+    assert ping  # lost: the server never sees it
+    client.handle_timer(6.9)
+    assert client.state is MachineState.OPEN
+    client.handle_timer(7.0)
+    events = client.events()
+    error = error_of(events)
+    assert isinstance(error, TransportTimeoutError) and error.error_code == "timeout.keepalive"
+    assert closed(events).code == 1011
+    assert client.write_closed and client.next_deadline() is None
+    server.receive_data(out(client), 7.0)
+    s_events = server.events()
+    assert names(s_events) == ["CloseStarted", "ErrorOccurred", "ConnectionClosed"]
+    assert error_of(s_events).error_code == "connection.failed"
+
+
+def test_keepalive_without_pong_timeout_keeps_pinging() -> None:
+    client, _, _ = opened({"ping_interval": 5.0, "ping_timeout": None})
+    client.handle_timer(5.0)
+    assert out(client)
+    assert client.next_deadline() == 10.0
+    client.handle_timer(10.0)
+    assert out(client) and client.state is MachineState.OPEN
+
+
+# --- closing -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("closer", ["client", "server"])
+def test_close_handshake(closer: str) -> None:
+    client, server, pipe = opened()
+    a, b = (client, server) if closer == "client" else (server, client)
+    b.send_packet(Packet(payload=b"in flight"))
+    a.close(1001, "going away")
+    assert a.state is MachineState.CLOSING
+    assert a.events() == [CloseStarted(1001, "going away", by_peer=False)]
+    with pytest.raises(TransportConnectionError):
+        a.send_packet(Packet())
+    a.close()  # closing twice does nothing
+    pipe.pump(1.0)
+    a_events = a.events()
+    assert names(a_events) == ["PacketReceived", "ConnectionClosed"]  # delivered while closing
+    assert a_events[-1] == ConnectionClosed(1001, "going away", clean=True)
+    assert b.events() == [
+        CloseStarted(1001, "going away", by_peer=True),
+        ConnectionClosed(1001, "going away", clean=True),
+    ]
+    assert a.write_closed and b.write_closed and a.is_closed and b.is_closed
+    assert a.next_deadline() is None and b.next_deadline() is None
+
+
+def test_simultaneous_close() -> None:
+    client, server, pipe = opened()
+    client.close()
+    server.close(1000, "bye")
+    pipe.pump(0.0)
+    assert closed(client.events()) == ConnectionClosed(1000, "bye", clean=True)
+    assert closed(server.events()) == ConnectionClosed(1000, "", clean=True)
+
+
+def test_close_without_code_is_answered_and_clean() -> None:
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    raw = RawClient(server)
+    server.events()
+    raw.raw(frame(0x88))
+    events = server.events()
+    assert events[-1] == ConnectionClosed(1005, "", clean=True)
+    assert raw.receive() == [wse.CloseConnection(code=1005, reason="")]
+    # A client whose Close is answered without a code reports the code it sent.
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    RawServer(client)
+    client.events()
+    client.close(4001)
+    client.receive_data(frame(0x88, masked=False), 0.0)
+    assert closed(client.events()) == ConnectionClosed(4001, "", clean=True)
+
+
+def test_peer_closing_with_an_error_code() -> None:
+    client, server, pipe = opened()
+    server.close(1011, "internal")
+    pipe.pump(0.0)
+    events = client.events()
+    assert names(events) == ["CloseStarted", "ErrorOccurred", "ConnectionClosed"]
+    end = closed(events)
+    assert end.code == 1011 and not end.clean
+    assert isinstance(end.error, TransportConnectionError) and end.error.retryable
+    assert closed(server.events()).clean  # our own close was answered
+
+
+def test_close_timeout() -> None:
+    client, _server, _ = opened({"close_timeout": 4.0})
+    client.close()
+    assert client.next_deadline() == 0.0  # asks for a timer call to arm the deadline
+    client.handle_timer(10.0)
+    assert client.next_deadline() == 14.0
+    client.handle_timer(13.9)
+    assert client.state is MachineState.CLOSING
+    client.handle_timer(14.0)
+    events = client.events()
+    error = error_of(events)
+    assert isinstance(error, TransportTimeoutError) and error.error_code == "timeout.close"
+    assert closed(events).code == 1000 and client.write_closed
+
+
+def test_eof_without_close_is_1006() -> None:
+    _client, server, _ = opened()
+    server.receive_data(frame(0x82, packet_bytes())[:5], 0.0)  # half a frame, then EOF
+    server.receive_data(b"", 1.0)
+    events = server.events()
+    error = error_of(events)
+    assert isinstance(error, TransportConnectionError) and error.error_code == "connection.reset"
+    assert closed(events).code == 1006 and not closed(events).clean
+    assert server.write_closed
+
+
+def test_connection_lost() -> None:
+    client, _, _ = opened()
+    client.connection_lost(1.0)
+    assert error_of(client.events()).error_code == "connection.reset"
+    client.connection_lost(2.0)
+    assert client.events() == []
+
+
+@pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 1016, 2999, 5000])
+def test_close_codes_that_may_not_be_sent(code: int) -> None:
+    client, _, _ = opened()
+    with pytest.raises(ConfigurationError):
+        client.close(code)
+
+
+def test_close_reason_is_cut_to_fit_a_control_frame() -> None:
+    client, server, pipe = opened()
+    client.close(1000, "é" * 100)  # 200 bytes of UTF-8
+    pipe.pump(0.0)
+    reason = closed(server.events()).reason
+    assert reason == "é" * 61  # 122 bytes: the 123rd would split a character
+
+
+@pytest.mark.parametrize(
+    ("code", "error_code", "retryable"),
+    [
+        (1002, "protocol.websocket", False),
+        (1009, "protocol.frame_too_large", False),
+        (1013, "connection.refused_by_server", True),
+        (4000, "connection.closed", False),
+    ],
+)
+def test_peer_close_codes_map_to_errors(code: int, error_code: str, retryable: bool) -> None:
+    # The table itself is errormap.map_websocket_close's; here: the machine applies it.
+    client, server, pipe = opened()
+    server.close(code, "why")
+    pipe.pump(0.0)
+    error = error_of(client.events())
+    assert error.error_code == error_code and error.retryable is retryable
+    assert "why" in str(error)
+
+
+# --- invalid frames ----------------------------------------------------------------------------
+
+BAD_FRAMES = {
+    "reserved bits": frame(0xC2, packet_bytes()),
+    "reserved opcode": frame(0x83, b""),
+    "reserved control opcode": frame(0x8B, b""),
+    "unmasked": frame(0x82, packet_bytes(), masked=False),
+    "fragmented control": frame(0x09, b""),
+    "long control": frame(0x89, b"x" * 126),
+    "continuation first": frame(0x80, b"x"),
+    "new message inside one": frame(0x02, b"x") + frame(0x82, b"y"),
+    "text inside binary": frame(0x02, b"x") + frame(0x81, b"y"),
+    "16-bit length under 126": frame(0x82, b"x" * 5, length=b"\xfe\x00\x05"),
+    "64-bit length under 65536": frame(0x82, b"x" * 5, length=b"\xff" + struct.pack("!Q", 5)),
+    "64-bit length with the top bit": frame(0x82, b"", length=b"\xff" + b"\x80" + b"\0" * 7),
+    "close with 1 byte": frame(0x88, b"\x03"),
+    "close with code 999": frame(0x88, struct.pack("!H", 999)),
+    "close with code 1006": frame(0x88, struct.pack("!H", 1006)),
+    "close with code 2000": frame(0x88, struct.pack("!H", 2000)),
+    "close reason not UTF-8": frame(0x88, struct.pack("!H", 1000) + b"\xff"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FRAMES))
+def test_invalid_frames_fail_the_connection(name: str) -> None:
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    raw = RawClient(server)
+    server.events()
+    server.receive_data(BAD_FRAMES[name] + frame(0x82, packet_bytes(b"never")), 0.0)
+    events = server.events()
+    error = error_of(events)
+    assert isinstance(error, ProtocolError) and error.error_code == "protocol.websocket"
+    assert closed(events).code in (1002, 1007)
+    assert server.write_closed
+    assert "PacketReceived" not in names(events)
+    sent = raw.receive()
+    assert [e.code for e in sent if isinstance(e, wse.CloseConnection)] == [closed(events).code]
+
+
+def test_masked_frame_from_the_server_fails_the_client() -> None:
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    RawServer(client)
+    client.events()
+    client.receive_data(frame(0x82, packet_bytes(), masked=True), 0.0)
+    events = client.events()
+    assert closed(events).code == 1002
+
+
+def test_garbage_after_the_handshake_is_a_protocol_error() -> None:
+    client, server, pipe = opened()
+    server.receive_data(b"\x00\x01garbage garbage garbage", 0.0)
+    events = server.events()
+    assert error_of(events).error_code == "protocol.websocket"
+    assert closed(events).code == 1002
+    pipe.pump(0.0)
+    c_events = client.events()
+    assert closed(c_events).code == 1002
+    assert isinstance(closed(c_events).error, ProtocolError)
+
+
+def test_pings_are_not_answered_after_our_close() -> None:
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    raw = RawClient(server)
+    server.close()
+    raw.receive()
+    raw.raw(frame(0x89, b"late") + frame(0x82, packet_bytes(b"late packet")))
+    assert out(server) == b""
+    assert names(server.events()) == ["ConnectionEstablished", "CloseStarted", "PacketReceived"]
+
+
+def test_errors_while_closing_send_no_second_close() -> None:
+    _client, server, _ = opened()
+    server.close()
+    out(server)
+    server.receive_data(frame(0x83), 0.0)
+    assert closed(server.events()).code == 1002
+    assert out(server) == b""
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"ping_interval": 0}, "ping_interval"),
+        ({"ping_timeout": -1}, "ping_timeout"),
+        ({"close_timeout": float("nan")}, "close_timeout"),
+        ({"handshake_timeout": float("inf")}, "handshake_timeout"),
+        ({"zero_copy_threshold": 0}, "zero_copy_threshold"),
+        ({"text_policy": "shout"}, "text_policy"),
+        ({"subprotocols": ("a b",)}, "subprotocols"),
+        ({"subprotocols": ("",)}, "subprotocols"),
+    ],
+)
+def test_invalid_settings(kwargs: dict[str, Any], field: str) -> None:
+    for make in (lambda: WebSocketServerMachine(**kwargs),
+                 lambda: WebSocketClientMachine("h", **kwargs)):
+        with pytest.raises(ConfigurationError) as info:
+            make()
+        assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: WebSocketClientMachine(""), "host"),
+        (lambda: WebSocketClientMachine("h", "no-slash"), "target"),
+        (lambda: WebSocketClientMachine("h", "/é"), "target"),
+        (lambda: WebSocketClientMachine("h", extra_headers=[("bad name", "v")]), "extra_headers"),
+        (lambda: WebSocketClientMachine("h", extra_headers=[("x", "a\r\nb")]), "extra_headers"),
+        (lambda: WebSocketServerMachine(path="no-slash"), "path"),
+        (lambda: WebSocketServerMachine(path="/a?b"), "path"),
+    ],
+)
+def test_invalid_client_and_server_settings(make: Callable[[], Any], field: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        make()
+    assert info.value.field == field
+
+
+# --- interop with the websockets library's sans-IO layer ---------------------------------------
+
+
+def carry_from_websockets(proto: ClientProtocol | ServerProtocol, machine: WebSocketMachine,
+                          now: float = 0.0) -> None:
+    for data in proto.data_to_send():
+        machine.receive_data(data, now)  # b"" is websockets' EOF: the same convention
+
+
+def carry_to_websockets(machine: WebSocketMachine, proto: ClientProtocol | ServerProtocol) -> None:
+    data = out(machine)
+    if data:
+        proto.receive_data(data)
+    if machine.write_closed:
+        proto.receive_eof()
+
+
+def test_our_server_with_the_websockets_client() -> None:
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    server.start(0.0)
+    proto = ClientProtocol(parse_uri("ws://example.com/"), subprotocols=["msgtrans.v1"],
+                           max_size=None)
+    proto.send_request(proto.connect())
+    carry_from_websockets(proto, server)
+    carry_to_websockets(server, proto)
+    assert proto.handshake_exc is None
+    (response,) = proto.events_received()
+    assert response.headers["Sec-WebSocket-Protocol"] == "msgtrans.v1"
+    assert names(server.events()) == ["ConnectionEstablished"]
+    packets = [Packet(PacketType.REQUEST, i, 3, b"q" * (i * 997)) for i in range(1, 60)]
+    for p in packets:
+        proto.send_binary(p.encode())
+    proto.send_ping(b"hello")
+    carry_from_websockets(proto, server)
+    assert [e.packet for e in server.events()] == packets  # type: ignore[attr-defined]
+    server.send_packets(Packet(PacketType.RESPONSE, p.message_id, 3, b"r") for p in packets)
+    carry_to_websockets(server, proto)
+    frames = proto.events_received()
+    assert [f.opcode for f in frames] == [Opcode.PONG] + [Opcode.BINARY] * len(packets)
+    assert Packet.decode(frames[1].data) == Packet(PacketType.RESPONSE, 1, 3, b"r")
+    # The websockets client closes; our server answers and ends cleanly.
+    proto.send_close(1000, "done")
+    carry_from_websockets(proto, server)
+    assert closed(server.events()) == ConnectionClosed(1000, "done", clean=True)
+    carry_to_websockets(server, proto)
+    assert proto.close_code == 1000
+
+
+def test_our_client_with_the_websockets_server() -> None:
+    client = WebSocketClientMachine("example.com", "/ws", **NO_KEEPALIVE)
+    proto = ServerProtocol(subprotocols=["msgtrans.v1"], max_size=None)
+    client.start(0.0)
+    carry_to_websockets(client, proto)
+    (request,) = proto.events_received()
+    assert request.path == "/ws"
+    proto.send_response(proto.accept(request))
+    proto.send_binary(Packet(message_id=1, payload=b"greeting").encode())  # right behind the 101
+    carry_from_websockets(proto, client)
+    events = client.events()
+    assert names(events) == ["ConnectionEstablished", "PacketReceived"]
+    assert client.subprotocol == "msgtrans.v1"
+    packets = [
+        Packet(PacketType.REQUEST, i, 1, bytes([i % 256]) * (i * 1501)) for i in range(1, 50)
+    ]
+    client.send_packets(packets)
+    carry_to_websockets(client, proto)
+    got = proto.events_received()
+    assert [Packet.decode(f.data) for f in got] == packets
+    # Fragments and a ping from the websockets server.
+    data = Packet(message_id=77, payload=b"f" * 5000).encode()
+    proto.send_binary(data[:100], fin=False)
+    proto.send_ping(b"p")
+    proto.send_continuation(data[100:], fin=True)
+    carry_from_websockets(proto, client)
+    (event,) = client.events()
+    assert isinstance(event, PacketReceived) and event.packet.message_id == 77
+    carry_to_websockets(client, proto)
+    assert [f.opcode for f in proto.events_received()] == [Opcode.PONG]
+    # Our client closes; the websockets server answers and closes TCP.
+    client.close(1000, "bye")
+    carry_to_websockets(client, proto)
+    carry_from_websockets(proto, client)
+    assert closed(client.events()) == ConnectionClosed(1000, "bye", clean=True)
+    carry_to_websockets(client, proto)  # our EOF
+    assert proto.close_code == 1000
+
+
+def test_websockets_server_rejecting_our_client() -> None:
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    proto = ServerProtocol()
+    client.start(0.0)
+    carry_to_websockets(client, proto)
+    (_request,) = proto.events_received()
+    proto.send_response(proto.reject(503, "busy"))
+    carry_from_websockets(proto, client)
+    error = error_of(client.events())
+    assert error.error_code == "connection.refused_by_server" and error.retryable
+
+
+def test_websockets_frames_checked_by_our_parser() -> None:
+    # Frames the websockets library builds, fed one byte at a time.
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    proto = ServerProtocol(subprotocols=["msgtrans.v1"])
+    client.start(0.0)
+    carry_to_websockets(client, proto)
+    (request,) = proto.events_received()
+    proto.send_response(proto.accept(request))
+    carry_from_websockets(proto, client)
+    client.events()
+    proto.send_frame(Frame(Opcode.BINARY, Packet(payload=b"z" * 70000).encode()))
+    proto.send_frame(Frame(Opcode.PONG, b""))
+    data = b"".join(proto.data_to_send())
+    for i in range(0, len(data), 5000):
+        client.receive_data(data[i : i + 5000], 0.0)
+    (event,) = client.events()
+    assert isinstance(event, PacketReceived) and len(event.packet.payload) == 70000
+
+
+# --- properties --------------------------------------------------------------------------------
+
+
+def normalised(events: list[Event]) -> list[Any]:
+    """Events comparable across runs: the handshake headers carry a random key."""
+    return [
+        (type(e).__name__, e.subprotocol, e.path) if isinstance(e, ConnectionEstablished)
+        else (type(e).__name__, e.packet.message_id, bytes(e.packet.payload))
+        if isinstance(e, PacketReceived) else e
+        for e in events
+    ]
+
+
+def run_conversation(cuts: Callable[[bytes], list[bytes]]) -> tuple[list[Any], list[Any]]:
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    server = WebSocketServerMachine(**NO_KEEPALIVE, zero_copy_threshold=100)
+    client.send_packet(Packet(payload=b"before"))
+    pipe = StreamPipe(client, server, cuts)
+    pipe.start(0.0)
+    for i, size in enumerate((0, 50, 125, 126, 300, 70000)):
+        client.send_packet(Packet(PacketType.REQUEST, i + 1, 1, b"c" * size))
+        server.send_packet(Packet(PacketType.RESPONSE, i + 1, 1, b"s" * size))
+    pipe.pump(1.0)
+    client.close(1000, "end")
+    pipe.pump(2.0)
+    return normalised(client.events()), normalised(server.events())
+
+
+REFERENCE = run_conversation(lambda data: [data])
+
+
+@given(st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=30))
+def test_any_cut_points_give_the_same_events(sizes: list[int]) -> None:
+    def cuts(data: bytes) -> list[bytes]:
+        pieces, pos, i = [], 0, 0
+        while pos < len(data):
+            n = sizes[i % len(sizes)] * (37 if i % 5 == 4 else 1)
+            pieces.append(data[pos : pos + n])
+            pos += n
+            i += 1
+        return pieces
+
+    assert run_conversation(cuts) == REFERENCE
+
+
+def check_only_transport_errors(machine: WebSocketMachine, events: list[Event]) -> None:
+    for event in events:
+        if isinstance(event, ErrorOccurred | ConnectionClosed) and event.error is not None:
+            assert isinstance(event.error, TransportError)
+    if machine.is_closed:
+        assert isinstance(events[-1], ConnectionClosed)
+        assert names(events).count("ConnectionClosed") == 1
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=8))
+def test_arbitrary_bytes_before_the_handshake_never_raise(chunks: list[bytes]) -> None:
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    server.start(0.0)
+    for chunk in chunks:
+        server.receive_data(chunk, 0.0)
+    check_only_transport_errors(server, server.events())
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=8), st.booleans())
+def test_arbitrary_bytes_after_the_handshake_never_raise(chunks: list[bytes], masked: bool) -> None:
+    client, server, _ = opened()
+    machine: WebSocketMachine = server if masked else client
+    for chunk in chunks:
+        machine.receive_data(chunk, 1.0)
+    machine.receive_data(b"", 2.0)
+    events = machine.events()
+    check_only_transport_errors(machine, events)
+    assert machine.is_closed
+
+
+def test_buffer_protocol_path() -> None:
+    client, server, _ = opened()
+    client.send_packet(Packet(payload=b"via get_buffer"))
+    data = out(client)
+    buf = server.get_buffer(len(data))
+    buf[: len(data)] = data
+    server.buffer_updated(len(data), 0.0)
+    (event,) = server.events()
+    assert isinstance(event, PacketReceived) and event.packet.payload == b"via get_buffer"
+    # A reused receive buffer does not corrupt payloads handed out before.
+    big = Packet(payload=b"L" * 70000)
+    client.send_packet(big)
+    data = bytearray(out(client))
+    server.receive_data(data, 0.0)
+    data[:] = b"\0" * len(data)
+    (event,) = server.events()
+    assert bytes(event.packet.payload) == b"L" * 70000  # type: ignore[attr-defined]
+
