@@ -39,11 +39,11 @@ from .events import (
     Event,
     PacketReceived,
 )
-from .machine import Address, DatagramMachine, ProtocolMachine, StreamMachine
+from .machine import Address, DatagramMachine, MachineState, ProtocolMachine, StreamMachine
 from .packet import Buffer, Packet
 from .quic import QuicMachine
 from .quic_endpoint import QuicEndpoint
-from .session import CloseReason, SessionEvent, SessionMachine
+from .session import CloseReason, SessionEvent, SessionMachine, SessionState
 from .tcp import TcpMachine
 from .tls import TlsMachine
 from .websocket import WebSocketClientMachine, WebSocketServerMachine
@@ -55,6 +55,8 @@ __all__ = [
     "quic_endpoint",
     "server_connection",
 ]
+
+_LIVE = (MachineState.IDLE, MachineState.HANDSHAKING, MachineState.OPEN)
 
 #: What :meth:`Connection.events` returns: protocol events and session events, in order.
 ConnectionEvent = Event | SessionEvent
@@ -308,11 +310,12 @@ class Connection:
                 continue
             out.append(event)
         out.extend(session.events())
-        if session.state.value == "closed" and not self.machine.is_closed:
-            # The session gave up (idle timeout): close the connection under it.
-            self.machine.close(None, session.close_reason.value if session.close_reason else "")
-            for event in self.machine.events():
-                out.append(event)
+        if session.state is SessionState.CLOSED and self.machine.state in _LIVE:
+            # The session gave up (idle timeout): close the connection under it.  The machine is
+            # no longer live afterwards, so this runs once.
+            reason = session.close_reason
+            self.machine.close(None, reason.value if reason is not None else "")
+            self._pump(now)
 
 
 # --- factories ----------------------------------------------------------------------------------

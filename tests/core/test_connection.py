@@ -218,3 +218,82 @@ def test_factories_refuse_the_wrong_kind(certs: tuple[str, str]) -> None:
     with pytest.raises(ConfigurationError):
         quic.data_to_send()
 
+
+
+@pytest.mark.parametrize("kind", ["tcp", "quic"])
+def test_idle_session_closes_its_connection(kind: str, certs: tuple[str, str]) -> None:
+    pair = started(kind, certs, idle_timeout=5.0)
+    assert pair.client.protocol.value == ("tcp" if kind == "tcp" else "quic")
+    rid = pair.client.request(b"x", now=pair.now, timeout=60.0)
+    pair.pump()
+    pair.take("server")
+    pair.advance(6.0)
+    events = pair.take("client")
+    [failed] = of(events, RequestFailed)
+    assert failed.request_id == rid and failed.error.error_code == "timeout.idle"
+    [closed] = of(events, SessionClosed)
+    assert closed.error is not None and closed.error.error_code == "timeout.idle"
+    pair.pump(5000, until=lambda: pair.client.is_closed)
+    assert pair.client.is_closed
+
+
+def test_watermarks_and_read_bound_surface_as_events(certs: tuple[str, str]) -> None:
+    from msgtrans.core.session import ReadPaused, ReadResumed, SendPaused, SendResumed
+
+    pair = started("tcp", certs, send_high_water_messages=2, send_low_water_messages=1,
+                   receive_max_messages=2)
+    client = pair.client
+    for _ in range(3):
+        client.send(b"x", now=pair.now)
+    assert of(client.events(), SendPaused)
+    client.flushed(3 * 17, 3)
+    assert of(client.events(), SendResumed)
+    for _ in range(3):
+        client.message_delivered(10)
+    assert of(client.events(), ReadPaused)
+    for _ in range(3):
+        client.message_consumed(10)
+    assert of(client.events(), ReadResumed)
+
+
+def test_failed_send_leaves_nothing_pending(certs: tuple[str, str]) -> None:
+    from msgtrans.core.errors import ResourceError
+    from msgtrans.core.packet import Limits
+
+    client = client_connection(TcpConfig("127.0.0.1:1", limits=Limits(max_payload=10)))
+    client.start(0.0)
+    with pytest.raises(ResourceError):
+        client.request(bytes(11), now=0.0)
+    assert client.session.pending_count == 0
+    client.send(b"ok", now=0.0)
+    assert b"".join(client.data_to_send()).endswith(b"ok")
+    assert not client.write_closed
+
+
+@pytest.mark.parametrize("kind", ["tcp", "quic"])
+def test_connection_lost_fails_pending(kind: str, certs: tuple[str, str]) -> None:
+    pair = started(kind, certs)
+    rid = pair.client.request(b"x", now=pair.now)
+    pair.client.connection_lost(pair.now)
+    events = pair.client.events()
+    [failed] = of(events, RequestFailed)
+    assert failed.request_id == rid
+    assert of(events, SessionClosed)
+
+
+def test_receive_into_path(certs: tuple[str, str]) -> None:
+    client = client_connection("tcp://127.0.0.1:1")
+    server = server_connection(TcpServerConfig())
+    server.start(0.0)
+    client.start(0.0)
+    client.send(bytes(100_000), now=0.0)  # above the zero-copy threshold
+    data = memoryview(b"".join(client.data_to_send()))
+    while len(data):
+        buf = server.get_buffer()
+        n = min(len(buf), len(data))
+        buf[:n] = data[:n]
+        del buf
+        data = data[n:]
+        server.buffer_updated(n, 0.0)
+    [message] = of(server.events(), MessageReceived)
+    assert message.packet.payload == bytes(100_000)
