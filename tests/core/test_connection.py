@@ -288,7 +288,7 @@ def test_receive_into_path(certs: tuple[str, str]) -> None:
     client.start(0.0)
     client.send(bytes(100_000), now=0.0)  # above the zero-copy threshold
     data = memoryview(b"".join(client.data_to_send()))
-    while len(data):
+    while data:
         buf = server.get_buffer()
         n = min(len(buf), len(data))
         buf[:n] = data[:n]
