@@ -128,24 +128,37 @@ class PacketDecoder:
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
         out: list[Packet] = []
+        zc = self.zero_copy_threshold if isinstance(data, bytes) else None
         try:
             with view:
+                n = len(view)
+                pos = 0
                 if self._large is not None:
-                    taken = self._fill_large(view, 0, out)
-                    if taken == len(view):
-                        return out
-                    view = view[taken:]
-                if self._pos == self._end:
-                    # Nothing buffered: cut packets straight out of the caller's chunk.
-                    zc = self.zero_copy_threshold if isinstance(data, bytes) else None
-                    pos = self._cut(view, 0, len(view), out, zc)
-                    if pos < len(view):
-                        self._keep(view[pos:], out)
-                else:
-                    self._keep(view, out)
+                    pos = self._fill_large(view, 0, out)
+                while pos < n and self._pos < self._end:
+                    # Copy in only what the buffered packet still lacks, so that the packets
+                    # after it are cut from the chunk itself (views of it for a bytes chunk).
+                    take = min(self._missing(), n - pos)
+                    self._keep(view[pos : pos + take], out)
+                    pos += take
+                if pos < n and self._large is not None:
+                    pos += self._fill_large(view, pos, out)
+                if pos < n:
+                    cut = self._cut(view, pos, n, out, zc)
+                    if cut < n:
+                        self._keep(view[cut:], out)
         except ProtocolError as exc:
             self._fail(exc, out)
         return out
+
+    def _missing(self) -> int:
+        """Bytes the buffered, unfinished packet lacks (its header is checked once whole)."""
+        held = self._end - self._pos
+        need = self._prefix + HEADER_SIZE
+        if held < need:
+            return need - held
+        fields: HeaderFields = HEADER.unpack_from(self._buf, self._pos + self._prefix)
+        return need + fields[5] + fields[6] - held
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Return writable memory to receive the next bytes into (``recv_into`` / BufferedProtocol).
@@ -208,6 +221,14 @@ class PacketDecoder:
     # --- internals ---------------------------------------------------------------------------
 
     def _fail(self, exc: ProtocolError, out: list[Packet]) -> None:
+        # The kept error outlives this call: drop its tracebacks, whose frames hold views of
+        # the caller's chunk and would pin it (a bytearray could no longer be resized).
+        seen: set[int] = set()
+        link: BaseException | None = exc
+        while link is not None and id(link) not in seen:
+            seen.add(id(link))
+            link.__traceback__ = None
+            link = link.__cause__ or link.__context__
         self.error = exc
         self._buf = bytearray()
         self._pos = self._end = self._filled = 0
@@ -257,8 +278,15 @@ class PacketDecoder:
                     self._filled = have
                     return end
                 return pos
-            packet = build_packet(view, start, fields, limits, zc)
-            if zc is not None and type(packet.payload) is memoryview:
+            if zc is None and large is not None and payload_len >= large:
+                # Whole already, but in memory that is reused (the receive area, a mutable
+                # chunk): copy it once into memory of its own, as the large path would, so
+                # that a big payload is always a read-only view.
+                own = memoryview(bytearray(view[start : start + total]))
+                packet = build_packet(own, 0, fields, limits, large)
+            else:
+                packet = build_packet(view, start, fields, limits, zc)
+            if type(packet.payload) is memoryview:
                 self.zero_copy_packets += 1
             out.append(packet)
             self.packets_decoded += 1

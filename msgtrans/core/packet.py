@@ -139,8 +139,18 @@ class Packet:
             raise ConfigurationError("flags", f"must fit in u16, got {int(self.flags)}")
         # Normalise plain ints so that equality and repr are stable.
         if type(self.packet_type) is not PacketType:
+            if self.packet_type not in _PTYPES:
+                raise ConfigurationError(
+                    "packet_type",
+                    f"must be 0 (one-way), 1 (request) or 2 (response), got {self.packet_type!r}",
+                )
             object.__setattr__(self, "packet_type", PacketType(self.packet_type))
         if type(self.compression) is not Compression:
+            if self.compression not in _COMPRESSIONS:
+                raise ConfigurationError(
+                    "compression",
+                    f"must be 0 (none), 1 (zstd) or 2 (zlib), got {self.compression!r}",
+                )
             object.__setattr__(self, "compression", Compression(self.compression))
         if type(self.flags) is not PacketFlags:
             object.__setattr__(self, "flags", PacketFlags(self.flags))
