@@ -23,6 +23,8 @@ from .config import (
     to_config,
     to_server_config,
 )
+from .connection import Connection, client_connection, quic_endpoint, server_connection
+from .errormap import map_error, map_quic_close, map_websocket_close
 from .errors import (
     ERROR_CODES,
     ConfigurationError,
@@ -64,6 +66,7 @@ __all__ = [
     "SUBPROTOCOL",
     "Compression",
     "ConfigurationError",
+    "Connection",
     "ConnectionConfig",
     "ErrorKind",
     "LengthPrefixedDecoder",
@@ -88,9 +91,15 @@ __all__ = [
     "TransportTimeoutError",
     "WebSocketConfig",
     "WebSocketServerConfig",
+    "client_connection",
     "length_prefix",
+    "map_error",
+    "map_quic_close",
+    "map_websocket_close",
     "parse_server_url",
     "parse_url",
+    "quic_endpoint",
+    "server_connection",
     "to_config",
     "to_server_config",
 ]
