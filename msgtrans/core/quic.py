@@ -330,7 +330,15 @@ class QuicMachine(DatagramMachine):
     @property
     def peer_address(self) -> Address | None:
         """Where datagrams currently go (it changes when the client migrates), or ``None``."""
-        addr = self._quic.get_peer_address() if self._active else None
+        addr = None
+        if self._active:
+            # aioquic 1.3 (the newest for Python 3.10) has no get_peer_address(): fall back to
+            # the path it sends on, which is what the newer method returns.
+            getter = getattr(self._quic, "get_peer_address", None)
+            if getter is not None:
+                addr = getter()
+            elif self._quic._network_paths:
+                addr = self._quic._network_paths[0].addr
         return cast("Address | None", addr) if addr is not None else self._peer_address
 
     @property

@@ -1,0 +1,315 @@
+"""QUIC sockets: a connected UDP socket per client session, and one UDP socket per server
+listener driving the core's :class:`~msgtrans.core.quic_endpoint.QuicEndpoint`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+from ..core.config import QuicServerConfig
+from ..core.connection import Connection, quic_endpoint
+from ..core.errormap import map_error
+from ..core.machine import Address
+from ..core.quic import QuicMachine
+from ..core.quic_endpoint import QuicEndpoint
+from ..core.session import SessionMachine
+from ._session import Session
+
+__all__ = ["QuicClientIO", "QuicListener", "start_quic_listener"]
+
+logger = logging.getLogger("msgtrans.io_asyncio")
+
+
+class QuicClientIO(asyncio.DatagramProtocol):
+    """The socket side of one QUIC client session: a UDP socket connected to the server."""
+
+    def __init__(self, session: Session, peer: Address) -> None:
+        self.session = session
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._peer = peer
+        self._flush_handle: asyncio.Handle | None = None
+        self._closing = False
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The server's socket address."""
+        return self._peer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the core connection (queues the Initial packet)."""
+        self._transport = cast(asyncio.DatagramTransport, transport)
+        self.session.attach(self)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        """Feed a datagram to the core."""
+        try:
+            self.session.feed_datagram(data, addr)
+        except Exception:
+            logger.exception("session %s: driver error; dropping the connection", self.session.id)
+            self.session.abort("dropped after a driver error")
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP errors (port unreachable...): QUIC's own timers decide; only log them."""
+        logger.debug("session %s: UDP error %s", self.session.id, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is closed: end the session."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self.session.lost(exc)
+
+    def schedule_flush(self) -> None:
+        """Arrange one flush this loop iteration."""
+        if self._flush_handle is None and not self._closing:
+            self._flush_handle = self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_handle = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Send the core's datagrams; close the socket once the connection is over."""
+        transport = self._transport
+        if transport is None or self._closing:
+            return
+        for data, _addr in self.session.take_datagrams():
+            # The socket is connected: no address (asyncio refuses one that differs in form).
+            transport.sendto(data)
+        self.session.process()
+        if self.session.machine_closed:
+            self._closing = True
+            transport.close()
+
+    def pause_reading(self) -> None:
+        """QUIC's own flow control bounds what the peer may send; nothing to do."""
+
+    def resume_reading(self) -> None:
+        """See :meth:`pause_reading`."""
+
+    def abort(self) -> None:
+        """Drop the socket now."""
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+        else:
+            self.session.socket_gone()
+
+
+class _ServerSessionIO:
+    """The socket side of one accepted QUIC session: its listener's shared socket."""
+
+    def __init__(self, listener: QuicListener, session: Session, machine: QuicMachine) -> None:
+        self._listener = listener
+        self._session = session
+        self._machine = machine
+
+    @property
+    def peer_address(self) -> Address | None:
+        return self._machine.peer_address
+
+    def schedule_flush(self) -> None:
+        self._listener.schedule_flush()
+
+    def flush(self) -> None:
+        self._listener.schedule_flush()
+        if self._session.machine_closed:
+            # No socket of its own: the session is over once its machine is.
+            self._listener.forget(self._session)
+            self._session.socket_gone()
+
+    def pause_reading(self) -> None:
+        # The socket is shared by every connection; QUIC flow control bounds each peer.
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        # Tell the peer too (CONNECTION_CLOSE); the shared socket stays.
+        self._machine.close(0, "aborted")
+        self._listener.forget(self._session)
+        self._listener.schedule_flush()
+        self._session.socket_gone()
+
+
+class QuicListener(asyncio.DatagramProtocol):
+    """One UDP socket serving a :class:`QuicServerConfig` through the core's endpoint."""
+
+    def __init__(
+        self,
+        endpoint: QuicEndpoint,
+        new_session: Callable[[Callable[[int], Connection]], Session],
+        on_established: Callable[[Session], None],
+        settings: dict[str, Any],
+    ) -> None:
+        self.endpoint = endpoint
+        self.address: Address = ("", 0)
+        self._new_session = new_session
+        self._on_established = on_established
+        self._settings = settings
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._sessions: dict[QuicMachine, Session] = {}
+        self._flush_handle: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._stopping = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the socket."""
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        """Route a datagram through the endpoint; wrap new connections in sessions."""
+        now = self._loop.time()
+        self.endpoint.receive_datagram(data, addr, now)
+        self._accept(now)
+        self._pump()
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP errors from one peer must not stop the listener: log them."""
+        logger.debug("QUIC listener %s: UDP error %s", self.address, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket closed: every session still here is over."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        for session in list(self._sessions.values()):
+            session.lost(exc)
+        self._sessions.clear()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _accept(self, now: float) -> None:
+        for machine in self.endpoint.accept():
+            session = self._new_session(self._connection_for(machine))
+            self._sessions[machine] = session
+            session.when_established(self._on_established)
+            session.attach(_ServerSessionIO(self, session, machine))
+
+    def _connection_for(self, machine: QuicMachine) -> Callable[[int], Connection]:
+        def make(session_id: int) -> Connection:
+            return Connection(machine, SessionMachine(session_id, **self._settings))
+
+        return make
+
+    def _pump(self) -> None:
+        # Which connections a datagram or timer touched is the endpoint's business; ask each
+        # session's machine whether it has news (cheap: a flag).
+        for machine, session in list(self._sessions.items()):
+            if machine.has_events:
+                session.process()
+                if session.machine_closed:
+                    self.forget(session)
+                    session.socket_gone()
+        self.flush()
+
+    def forget(self, session: Session) -> None:
+        """Drop *session* from the listener's table."""
+        for machine, known in list(self._sessions.items()):
+            if known is session:
+                del self._sessions[machine]
+
+    def schedule_flush(self) -> None:
+        """Arrange one flush this loop iteration."""
+        if self._flush_handle is None and self._transport is not None:
+            self._flush_handle = self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_handle = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Send every connection's datagrams; re-arm the endpoint's timer."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        now = self._loop.time()
+        for data, addr in self.endpoint.datagrams_to_send(now):
+            transport.sendto(data, addr)
+        for machine, session in list(self._sessions.items()):
+            session.account_flushed()
+            if machine.has_events:
+                session.process()
+            if session.machine_closed:
+                self.forget(session)
+                session.socket_gone()
+        if self._stopping and self.endpoint.is_closed:
+            transport.close()
+            return
+        self._rearm()
+
+    def _rearm(self) -> None:
+        deadline = self.endpoint.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.endpoint.handle_timer(self._loop.time())
+        self._pump()
+
+    def close(self) -> None:
+        """Stop accepting new connections (sessions already accepted go on)."""
+        # The endpoint refuses new Initials with CONNECTION_REFUSED once it is closing, but its
+        # close() also closes every connection; so stop handing out new sessions instead and
+        # let the transport close sessions one by one.
+        self._on_established = _ignore
+
+    def stop(self) -> None:
+        """Close the socket once every session on it is over (call after closing them)."""
+        self._stopping = True
+        self.endpoint.close(0, "shutdown")
+        self.flush()
+
+    def abort(self) -> None:
+        """Drop the socket now."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def wait_closed(self) -> None:
+        """Wait until the socket is closed."""
+        await asyncio.shield(self._closed)
+
+
+def _ignore(session: Session) -> None:
+    session.start_close(None, "the listener is closed")
+
+
+async def start_quic_listener(
+    config: QuicServerConfig,
+    new_session: Callable[[Callable[[int], Connection]], Session],
+    on_established: Callable[[Session], None],
+    settings: dict[str, Any],
+) -> QuicListener:
+    """Listen for *config* on a UDP socket.
+
+    Raises:
+        TransportError: the address cannot be bound (mapped from the ``OSError``).
+        ConfigurationError: the certificate cannot be loaded.
+    """
+    loop = asyncio.get_running_loop()
+    endpoint = quic_endpoint(config)
+    listener = QuicListener(endpoint, new_session, on_established, settings)
+    try:
+        await loop.create_datagram_endpoint(lambda: listener, local_addr=config.addr)
+    except OSError as exc:
+        raise map_error(exc, protocol="quic", operation="listen") from exc
+    assert listener._transport is not None
+    bound = listener._transport.get_extra_info("sockname")
+    listener.address = (bound[0], bound[1])
+    return listener

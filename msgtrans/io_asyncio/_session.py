@@ -1,0 +1,604 @@
+"""One session: a core :class:`~msgtrans.core.connection.Connection` driven on the event loop.
+
+:class:`Session` turns the connection's events into awaitables (the inbox, response futures,
+the established and finished futures) and owns the connection's one timer.  The socket side is
+an :class:`IO` object (a stream protocol, a QUIC client socket or a QUIC server listener), so
+this module knows no socket and no protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from ..core.connection import Connection
+from ..core.errormap import map_error
+from ..core.errors import Protocol as WireProtocol
+from ..core.errors import TransportConnectionError, TransportError
+from ..core.events import (
+    ConnectionClosed,
+    ConnectionEstablished,
+    ErrorOccurred,
+    WritePaused,
+    WriteResumed,
+)
+from ..core.machine import Address
+from ..core.packet import Buffer, Packet
+from ..core.session import (
+    CloseReason,
+    MessageReceived,
+    ReadPaused,
+    ReadResumed,
+    RequestFailed,
+    RequestReceived,
+    ResponseReceived,
+    SendPaused,
+    SendResumed,
+    SessionClosed,
+    SessionState,
+)
+from ._message import Message
+
+__all__ = ["IO", "Session"]
+
+logger = logging.getLogger("msgtrans.io_asyncio")
+
+#: WebSocket close code for "going away": what a server that shuts down sends.
+GOING_AWAY = 1001
+
+
+class IO(Protocol):
+    """What a :class:`Session` needs from its socket side (internal)."""
+
+    def flush(self) -> None:
+        """Write what the connection has to send now; close the socket once it is over."""
+
+    def schedule_flush(self) -> None:
+        """Arrange one :meth:`flush` soon (coalesces the sends of one loop iteration)."""
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (the application fell behind)."""
+
+    def resume_reading(self) -> None:
+        """Read from the socket again."""
+
+    def abort(self) -> None:
+        """Drop the socket now, without a close handshake."""
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The peer's socket address, when known."""
+
+
+class Session:
+    """One connection to a peer, as the application sees it.
+
+    Sessions come from :meth:`Transport.connect` and from accepting (``Transport.accept`` /
+    ``Transport.serve``); they are not created directly.
+
+    Attributes:
+        id: the transport-wide session id (1, 2, ...).
+        protocol: the transport under it: ``Protocol.TCP``, ``WEBSOCKET`` or ``QUIC`` (TLS is
+            inside TCP and WebSocket; see :attr:`established`).
+        established: the core's ``ConnectionEstablished`` event (TLS version, ALPN, WebSocket
+            subprotocol and headers), once the handshake completed; else ``None``.
+        closed_event: the core's ``ConnectionClosed`` event (``clean``, close ``code`` and
+            ``reason``) once the connection ended; else ``None``.
+        error: the :class:`TransportError` that ended the session, or ``None``.
+        forced: ``True`` when the session was aborted (no close handshake).
+        packets_flushed: messages handed to the socket so far.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        session_id: int,
+        loop: asyncio.AbstractEventLoop,
+        on_finished: Callable[[Session], None] | None = None,
+    ) -> None:
+        self.id = session_id
+        self._conn = conn
+        self._loop = loop
+        self._io: IO | None = None
+        self._on_finished = on_finished
+        self._inbox: deque[Message] = deque()
+        self._inbox_event = asyncio.Event()
+        self._responses: dict[int, asyncio.Future[Message]] = {}
+        # Requests from the peer not answered yet: graceful shutdown waits for them.
+        self._unanswered: set[int] = set()
+        self._established: asyncio.Future[None] = loop.create_future()
+        self._finished: asyncio.Future[None] = loop.create_future()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._session_paused = False  # SendPaused from the session machine
+        self._machine_paused = False  # WritePaused from the protocol machine
+        self._socket_paused = False  # pause_writing from asyncio
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._unflushed_bytes = 0
+        self._unflushed_packets = 0
+        self.packets_flushed = 0
+        self.established: ConnectionEstablished | None = None
+        self.closed_event: ConnectionClosed | None = None
+        self.error: TransportError | None = None
+        self.forced = False
+        self._processing = False
+        self._work_done = asyncio.Event()
+
+    # --- what the session is -------------------------------------------------------------------
+
+    @property
+    def protocol(self) -> WireProtocol:
+        """The transport: ``TCP``, ``WEBSOCKET`` or ``QUIC``."""
+        return self._conn.protocol
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The peer's socket address, or ``None`` before the socket connected."""
+        return self._io.peer_address if self._io is not None else None
+
+    @property
+    def state(self) -> SessionState:
+        """``CONNECTING``, ``OPEN``, ``CLOSING`` or ``CLOSED``."""
+        return self._conn.session.state
+
+    @property
+    def close_reason(self) -> CloseReason | None:
+        """Why the session closed (or began closing), or ``None`` while it is open."""
+        return self._conn.session.close_reason
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the session is over and its socket released."""
+        return self._finished.done()
+
+    @property
+    def connection(self) -> Connection:
+        """The core connection under this session (for inspection and statistics)."""
+        return self._conn
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.protocol.value} {self.state.value}>"
+
+    # --- the application's operations ----------------------------------------------------------
+
+    async def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"") -> None:
+        """Send a one-way message.  Waits while the send side is paused (backpressure); returns
+        once the message is queued (it leaves within this loop iteration).
+
+        Args:
+            data: the payload.
+            biz_type: the application's type tag, 0..255 (default 0).
+            ext_header: the extension header (default empty).
+
+        Raises:
+            TransportConnectionError: the session is closing or closed.
+            ResourceError: the payload is over the limit.
+            ConfigurationError: *biz_type* or *ext_header* is out of range.
+        """
+        await self._wait_writable("send")
+        try:
+            packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
+                                     now=self._loop.time())
+        except TransportError as exc:
+            raise self._enrich(exc, "send") from None
+        self._queued(packet.wire_size)
+
+    async def request(
+        self,
+        data: Buffer,
+        *,
+        biz_type: int = 0,
+        ext_header: Buffer = b"",
+        timeout: float | None = None,
+    ) -> Message:
+        """Send a request and return the peer's response.
+
+        Args:
+            data: the payload.
+            biz_type: the application's type tag (default 0).
+            ext_header: the extension header (default empty).
+            timeout: seconds to wait for the response (default: the transport's
+                ``request_timeout``, 10 s unless the builder changed it).
+
+        Raises:
+            TransportTimeoutError: no response in time (code ``timeout.request``).
+            TransportConnectionError: the session is closing or closed, or closed before the
+                response came.
+            ResourceError: too many requests pending, or the payload is over the limit.
+
+        Cancelling the call withdraws the request: a late response is dropped.
+        """
+        await self._wait_writable("request")
+        try:
+            request_id = self._conn.request(
+                data, biz_type=biz_type, ext_header=ext_header, timeout=timeout,
+                now=self._loop.time(),
+            )
+        except TransportError as exc:
+            raise self._enrich(exc, "request") from None
+        future: asyncio.Future[Message] = self._loop.create_future()
+        self._responses[request_id] = future
+        # The packet's exact size does not matter for the watermarks, only that queued and
+        # flushed use the same measure; the payload length is close enough for requests.
+        self._queued(len(data) + 16 + len(ext_header))
+        self._rearm()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Withdraw the request so nothing stays pending in the core.
+            if self._responses.pop(request_id, None) is not None:
+                self._conn.session.cancel(request_id)
+                self._rearm()
+                self._work_done.set()
+            raise
+
+    async def receive(self) -> Message:
+        """Return the next one-way message or request from the peer (in arrival order).
+
+        Cancelling the call leaves the message in the queue for the next call.
+
+        Raises:
+            TransportConnectionError: the session closed and every message was taken (code
+                ``connection.closed``), or the error that ended the session.
+        """
+        while not self._inbox:
+            if self._finished.done() or self.closed_event is not None:
+                raise self._closed_error("receive")
+            self._inbox_event.clear()
+            await self._inbox_event.wait()
+        message = self._inbox.popleft()
+        self._conn.message_consumed(len(message.payload))
+        self._process()
+        return message
+
+    async def close(
+        self, code: int | None = None, reason: str = "", *, timeout: float = 10.0
+    ) -> None:
+        """Close gracefully: queued messages still leave, then the protocol's close handshake
+        (TCP FIN, WebSocket Close, QUIC CONNECTION_CLOSE).  Waits for the close to complete,
+        at most *timeout* seconds, then drops the connection.  Closing twice is harmless.
+
+        Args:
+            code: the WebSocket close code (default 1000) or QUIC application error code
+                (default 0); ignored on TCP.
+            reason: the reason text sent where the protocol carries one.
+            timeout: seconds to wait for the close handshake (default 10.0).
+        """
+        if not self._finished.done():
+            self.start_close(code, reason)
+            try:
+                # Shielded: cancelling close() must not cancel the session's own future.
+                await asyncio.wait_for(asyncio.shield(self._finished), timeout)
+            except asyncio.TimeoutError:
+                self.abort()
+
+    async def wait_closed(self) -> None:
+        """Wait until the session is over and its socket released."""
+        await asyncio.shield(self._finished)
+
+    def start_close(self, code: int | None = None, reason: str = "") -> None:
+        """Begin a graceful close without waiting for it (see :meth:`close`)."""
+        if self._finished.done():
+            return
+        if self._conn.machine.is_closed:
+            self._after_input()
+            return
+        self._conn.close(code, reason)
+        self._after_input()
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Drop the connection now, without a close handshake (pending requests fail with
+        ``connection.aborted``)."""
+        if self._finished.done():
+            return
+        self.forced = True
+        error = TransportConnectionError(
+            f"the session was {reason}", code="connection.aborted", retryable=False,
+            session_id=self.id,
+        )
+        self._conn.connection_lost(self._loop.time(), error)
+        self._process()
+        if self._io is not None:
+            self._io.abort()
+        else:
+            self.socket_gone()
+
+    # --- for the transport ---------------------------------------------------------------------
+
+    @property
+    def pending_work(self) -> int:
+        """Requests in flight both ways (ours waiting for a response, the peer's waiting for
+        our answer)."""
+        return len(self._responses) + len(self._unanswered)
+
+    async def wait_idle(self) -> None:
+        """Wait until no request is in flight either way (or the session is over)."""
+        while self.pending_work and not self._finished.done():
+            self._work_done.clear()
+            await self._work_done.wait()
+
+    async def wait_established(self) -> None:
+        """Wait for the handshake to complete.
+
+        Raises:
+            TransportError: the handshake failed or the connection closed first.
+        """
+        await asyncio.shield(self._established)
+
+    def when_established(self, callback: Callable[[Session], None]) -> None:
+        """Call *callback* with this session once its handshake completed; a failed handshake
+        is logged (it never reaches the application, and never stops a listener)."""
+
+        def done(future: asyncio.Future[None]) -> None:
+            if future.cancelled():
+                return
+            error = future.exception()
+            if error is not None:
+                logger.info("session %s: handshake failed: %s", self.id, error)
+                return
+            callback(self)
+
+        self._established.add_done_callback(done)
+
+    def when_finished(self, callback: Callable[[Session], None]) -> None:
+        """Call *callback* with this session once it is over and its socket released."""
+        self._finished.add_done_callback(lambda _future: callback(self))
+
+    # --- the driver's side ---------------------------------------------------------------------
+
+    def attach(self, io: IO) -> None:
+        """Give the session its socket side and start the connection."""
+        self._io = io
+        self._conn.start(self._loop.time())
+        self._after_input()
+
+    def set_socket_paused(self, paused: bool) -> None:
+        """asyncio's pause_writing / resume_writing."""
+        self._socket_paused = paused
+        self._update_writable()
+
+    def feed(self, nbytes: int) -> None:
+        """Bytes arrived in the connection's buffer (stream sockets)."""
+        self._conn.buffer_updated(nbytes, self._loop.time())
+        self._after_input()
+
+    def feed_eof(self) -> None:
+        """The peer shut its write side."""
+        self._conn.receive_data(b"", self._loop.time())
+        self._after_input()
+
+    def feed_datagram(self, data: bytes, addr: Address) -> None:
+        """A datagram arrived (QUIC client sockets)."""
+        self._conn.receive_datagram(data, addr, self._loop.time())
+        self._after_input()
+
+    def lost(self, exc: BaseException | None) -> None:
+        """The socket closed or broke."""
+        if not self._conn.machine.is_closed:
+            error = (
+                map_error(exc, protocol=self.protocol, operation="receive", session_id=self.id)
+                if exc is not None else None
+            )
+            self._conn.connection_lost(self._loop.time(), error)
+            self._process()
+        self.socket_gone()
+
+    def socket_gone(self) -> None:
+        """The socket is released: the session is over."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.closed_event is None:
+            # The core saw no close (should not happen): fail what waits all the same.
+            self._fail_waiters(self._closed_error("receive"))
+        if not self._finished.done():
+            self._finished.set_result(None)
+            if not self._established.done():
+                self._established.set_exception(self._closed_error("connect"))
+                self._established.exception()  # retrieved: nobody may be waiting
+            self._inbox_event.set()
+            self._writable.set()
+            self._work_done.set()
+            if self._on_finished is not None:
+                self._on_finished(self)
+
+    def take_output(self) -> list[Buffer]:
+        """Return the bytes to write and account them as flushed (stream sockets)."""
+        data = self._conn.data_to_send()
+        self._account_flushed()
+        return data
+
+    def take_datagrams(self) -> list[tuple[bytes, Address]]:
+        """Return the datagrams to send and account them as flushed (QUIC client)."""
+        grams = self._conn.datagrams_to_send(self._loop.time())
+        self._account_flushed()
+        return grams
+
+    def account_flushed(self) -> None:
+        """The endpoint sent this session's datagrams (QUIC server)."""
+        self._account_flushed()
+
+    def _account_flushed(self) -> None:
+        if self._unflushed_packets:
+            self.packets_flushed += self._unflushed_packets
+            self._conn.flushed(self._unflushed_bytes, self._unflushed_packets)
+            self._unflushed_bytes = self._unflushed_packets = 0
+
+    @property
+    def write_closed(self) -> bool:
+        """Whether the core wants the write side shut (stream sockets)."""
+        return self._conn.write_closed
+
+    @property
+    def machine_closed(self) -> bool:
+        """Whether the protocol machine is over (the socket may close after the last write)."""
+        return self._conn.machine.is_closed
+
+    def on_timer(self) -> None:
+        """The connection's deadline came."""
+        self._timer = None
+        self._timer_at = None
+        self._conn.handle_timer(self._loop.time())
+        self._after_input()
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _after_input(self) -> None:
+        self._process()
+        if self._io is not None:
+            self._io.flush()
+
+    def _queued(self, nbytes: int) -> None:
+        self._unflushed_bytes += nbytes
+        self._unflushed_packets += 1
+        self._process()
+        if self._io is not None:
+            self._io.schedule_flush()
+
+    def process(self) -> None:
+        """Handle the connection's pending events and re-arm its timer."""
+        self._process()
+
+    def _process(self) -> None:
+        if self._processing:
+            return  # a handler below called back in; the outer loop picks the events up
+        self._processing = True
+        try:
+            while True:
+                events = self._conn.events()
+                if not events:
+                    break
+                for event in events:
+                    self._handle(event)
+        finally:
+            self._processing = False
+        self._rearm()
+
+    def _handle(self, event: object) -> None:
+        kind = type(event)
+        if kind is MessageReceived or kind is RequestReceived:
+            packet: Packet = event.packet  # type: ignore[attr-defined]
+            responder = self._respond if kind is RequestReceived else None
+            if responder is not None:
+                self._unanswered.add(packet.message_id)
+            self._inbox.append(Message(packet, self.id, responder))
+            self._conn.message_delivered(len(packet.payload))
+            self._inbox_event.set()
+        elif kind is ResponseReceived:
+            assert isinstance(event, ResponseReceived)
+            future = self._responses.pop(event.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(Message(event.packet, self.id))
+            self._work_done.set()
+        elif kind is RequestFailed:
+            assert isinstance(event, RequestFailed)
+            future = self._responses.pop(event.request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(self._enrich(event.error, "request"))
+            self._work_done.set()
+        elif kind is ConnectionEstablished:
+            assert isinstance(event, ConnectionEstablished)
+            self.established = event
+            if not self._established.done():
+                self._established.set_result(None)
+        elif kind is SendPaused or kind is SendResumed:
+            self._session_paused = kind is SendPaused
+            self._update_writable()
+        elif kind is WritePaused or kind is WriteResumed:
+            self._machine_paused = kind is WritePaused
+            self._update_writable()
+        elif kind is ReadPaused:
+            if self._io is not None:
+                self._io.pause_reading()
+        elif kind is ReadResumed:
+            if self._io is not None:
+                self._io.resume_reading()
+        elif kind is ErrorOccurred:
+            assert isinstance(event, ErrorOccurred)
+            if self.error is None:
+                self.error = self._enrich(event.error, "receive")
+        elif kind is ConnectionClosed:
+            assert isinstance(event, ConnectionClosed)
+            self.closed_event = event
+            if event.error is not None and self.error is None:
+                self.error = self._enrich(event.error, "receive")
+            if not self._established.done():
+                error = self.error or self._closed_error("connect")
+                self._established.set_exception(self._enrich(error, "connect"))
+                self._established.exception()  # retrieved: the connect may have gone already
+            self._inbox_event.set()
+            self._update_writable()
+        elif kind is SessionClosed:
+            assert isinstance(event, SessionClosed)
+            if event.error is not None and self.error is None:
+                self.error = self._enrich(event.error, "receive")
+            self._fail_waiters(self._closed_error("request"))
+            self._inbox_event.set()
+            self._update_writable()
+        # HeartbeatDue: the protocol machines keep their own pings; nothing to do here.
+
+    def _fail_waiters(self, error: TransportError) -> None:
+        responses, self._responses = self._responses, {}
+        for future in responses.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def _update_writable(self) -> None:
+        over = self.closed_event is not None or self._finished.done()
+        if over or not (self._session_paused or self._machine_paused or self._socket_paused):
+            self._writable.set()
+        else:
+            self._writable.clear()
+
+    async def _wait_writable(self, operation: str) -> None:
+        while not self._writable.is_set():
+            await self._writable.wait()
+        if self.closed_event is not None or self._finished.done():
+            raise self._closed_error(operation)
+
+    def _rearm(self) -> None:
+        deadline = self._conn.next_deadline()
+        if deadline == self._timer_at or self._finished.done():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self.on_timer)
+
+    async def _respond(
+        self, request: Packet, data: Buffer, biz_type: int | None, ext_header: Buffer
+    ) -> None:
+        self._unanswered.discard(request.message_id)
+        self._work_done.set()
+        await self._wait_writable_for_respond()
+        try:
+            packet = self._conn.respond(
+                request, data, biz_type=biz_type, ext_header=ext_header, now=self._loop.time()
+            )
+        except TransportError as exc:
+            raise self._enrich(exc, "respond") from None
+        self._queued(packet.wire_size)
+
+    async def _wait_writable_for_respond(self) -> None:
+        # Answers are allowed while closing, so only a finished connection refuses them.
+        while not self._writable.is_set():
+            await self._writable.wait()
+        if self._finished.done() or self.closed_event is not None:
+            raise self._closed_error("respond")
+
+    def _closed_error(self, operation: str) -> TransportError:
+        if self.error is not None:
+            return self.error.with_operation(operation)
+        return TransportConnectionError(
+            f"the {self.protocol.value} session is closed", code="connection.closed",
+            retryable=False, session_id=self.id, operation=operation,
+        )
+
+    def _enrich(self, error: TransportError, operation: str) -> TransportError:
+        return map_error(error, operation=operation, session_id=self.id)

@@ -1,0 +1,217 @@
+"""Stream sockets (TCP, TLS over TCP, WebSocket, WSS): an ``asyncio.BufferedProtocol`` per
+connection, and listeners.
+
+TLS lives in the core (its ``TlsMachine``), so every stream socket here is plain TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any, cast
+
+from ..core.connection import Connection, server_connection
+from ..core.errormap import map_error
+from ..core.machine import Address
+from ._session import Session
+
+__all__ = ["StreamIO", "start_stream_listener"]
+
+logger = logging.getLogger("msgtrans.io_asyncio")
+
+
+class StreamIO(asyncio.BufferedProtocol):
+    """The socket side of one stream session: reads into the core's buffer, writes what the
+    core returns, once per loop iteration (write coalescing)."""
+
+    def __init__(self, session: Session, *, nodelay: bool = True, keepalive: bool = True) -> None:
+        self.session = session
+        self._conn = session.connection
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._nodelay = nodelay
+        self._keepalive = keepalive
+        self._flush_handle: asyncio.Handle | None = None
+        self._eof_written = False
+        self._closing = False
+        self._peer: Address | None = None
+
+    # --- asyncio's side ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Set the socket options and start the core connection."""
+        self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio turns TCP_NODELAY on by default; honour the config either way.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self._nodelay))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(self._keepalive))
+        peer = transport.get_extra_info("peername")
+        self._peer = tuple(peer) if peer is not None else None
+        self._guard(self.session.attach, self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Hand asyncio the core's receive buffer (the zero-copy path)."""
+        return self._conn.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Feed the bytes asyncio read into the core."""
+        self._guard(self.session.feed, nbytes)
+
+    def eof_received(self) -> bool:
+        """Feed EOF to the core; keep the socket open so the core can finish its half-close."""
+        self._guard(self.session.feed_eof)
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is closed: end the session."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self.session.lost(exc)
+
+    def pause_writing(self) -> None:
+        """asyncio's write buffer is over its high-water mark: hold the application's sends."""
+        self.session.set_socket_paused(True)
+
+    def resume_writing(self) -> None:
+        """asyncio's write buffer drained: sends may go on."""
+        self.session.set_socket_paused(False)
+
+    # --- the session's side --------------------------------------------------------------------
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The peer's socket address."""
+        return self._peer
+
+    def schedule_flush(self) -> None:
+        """Arrange one flush this loop iteration, however many sends come first."""
+        if self._flush_handle is None and not self._closing:
+            self._flush_handle = self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_handle = None
+        self._guard(self.flush)
+
+    def flush(self) -> None:
+        """Write what the core has; shut the write side once; close once the core is done."""
+        transport = self._transport
+        if transport is None or self._closing:
+            return
+        data = self.session.take_output()
+        if data:
+            transport.writelines(data)
+        if self.session.write_closed and not self._eof_written:
+            self._eof_written = True
+            if transport.can_write_eof():
+                # The peer may be gone already (ENOTCONN after its reset); connection_lost
+                # follows and tells the core.
+                with contextlib.suppress(OSError):
+                    transport.write_eof()
+        self.session.process()
+        if self.session.machine_closed:
+            # close() lets asyncio write what is buffered first, then connection_lost follows.
+            self._closing = True
+            transport.close()
+
+    def pause_reading(self) -> None:
+        """Stop reading: the application fell behind."""
+        if self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read again."""
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    def abort(self) -> None:
+        """Drop the socket now."""
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+        else:
+            self.session.socket_gone()
+
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        # An exception escaping a protocol callback would make asyncio close the socket with a
+        # "fatal error" log and nothing told to the core; drop the connection the same way but
+        # through the session so every waiter learns why.
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("session %s: driver error; dropping the connection", self.session.id)
+            self.session.abort("dropped after a driver error")
+
+
+class _Refuse(asyncio.Protocol):
+    """What a listener at ``max_sessions`` gives a new connection: an immediate close."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()
+
+
+class StreamListener:
+    """One listening socket for a TCP or WebSocket server config."""
+
+    def __init__(self, server: asyncio.Server, address: Address) -> None:
+        self.server = server
+        self.address = address
+
+    def close(self) -> None:
+        """Stop accepting (sessions already accepted go on)."""
+        self.server.close()
+
+
+async def start_stream_listener(
+    config: Any,
+    new_session: Callable[[Callable[[int], Connection]], Session],
+    on_established: Callable[[Session], None],
+    settings: dict[str, Any],
+) -> StreamListener:
+    """Listen for *config* (a TCP or WebSocket server config).
+
+    *new_session* makes a session from a function that builds its core :class:`Connection`
+    for a session id; *settings* are the session machine's keyword arguments;
+    *on_established* gets it once its handshake completed.  A failed handshake is logged and
+    never stops the listener.
+
+    Raises:
+        TransportError: the address cannot be bound (mapped from the ``OSError``).
+        ConfigurationError: the TLS certificate cannot be loaded.
+    """
+    loop = asyncio.get_running_loop()
+    tls_context: ssl.SSLContext | None = (
+        config.tls.server_context() if config.tls is not None else None
+    )
+
+    # Sessions of this listener, for max_sessions.
+    live: set[Session] = set()
+
+    def factory() -> asyncio.BaseProtocol:
+        if config.max_sessions is not None and len(live) >= config.max_sessions:
+            logger.warning("listener %s: refusing a connection: %d sessions (max_sessions)",
+                           config.addr, len(live))
+            return _Refuse()
+        session = new_session(
+            lambda sid: server_connection(
+                config, session_id=sid, tls_context=tls_context, **settings
+            )
+        )
+        live.add(session)
+        session.when_finished(live.discard)
+        session.when_established(on_established)
+        return StreamIO(session, nodelay=getattr(config, "nodelay", True),
+                        keepalive=getattr(config, "keepalive", True))
+
+    host, port = config.addr
+    try:
+        server = await loop.create_server(factory, host, port, backlog=config.backlog)
+    except OSError as exc:
+        raise map_error(exc, protocol=config.protocol, operation="listen") from exc
+    bound = server.sockets[0].getsockname()
+    return StreamListener(server, (bound[0], bound[1]))

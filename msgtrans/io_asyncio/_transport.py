@@ -1,0 +1,650 @@
+"""The application's entry point: :class:`Transport`, its builder, :class:`SessionStream` and
+:class:`ShutdownReport`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from ..core.config import (
+    ConnectionConfig,
+    QuicConfig,
+    QuicServerConfig,
+    ServerConfig,
+    to_config,
+    to_server_config,
+)
+from ..core.connection import Connection, client_connection
+from ..core.errormap import map_error
+from ..core.errors import (
+    ConfigurationError,
+    Protocol,
+    TransportConnectionError,
+    TransportError,
+)
+from ..core.packet import Buffer
+from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
+from ._message import Message
+from ._quic import QuicClientIO, QuicListener, start_quic_listener
+from ._session import GOING_AWAY, Session
+from ._stream import StreamIO, StreamListener, start_stream_listener
+
+__all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
+
+logger = logging.getLogger("msgtrans.io_asyncio")
+
+#: Seconds ``async with transport`` gives a graceful shutdown before forcing what is left.
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class ShutdownReport:
+    """What a shutdown did.
+
+    Attributes:
+        closed_cleanly: sessions whose close handshake completed.
+        forced: sessions that were dropped (their transport aborted) or ended uncleanly.
+        messages_flushed: messages (including responses) that left during the shutdown.
+        elapsed: seconds the shutdown took.
+    """
+
+    closed_cleanly: int
+    forced: int
+    messages_flushed: int
+    elapsed: float
+
+
+class TransportBuilder:
+    """Builds a :class:`Transport`: ``Transport.builder().request_timeout(5).build()``.
+
+    Every setter returns the builder.  Defaults: request timeout 10 s (the wire spec's), connect
+    timeout from each config (10 s unless the URL or config says otherwise), graceful shutdown
+    timeout 5 s for ``async with``.
+    """
+
+    def __init__(self) -> None:
+        self._request_timeout = DEFAULT_REQUEST_TIMEOUT
+        self._connect_timeout: float | None = None
+        self._shutdown_timeout = DEFAULT_SHUTDOWN_TIMEOUT
+        self._session: dict[str, Any] = {}
+
+    def request_timeout(self, seconds: float) -> TransportBuilder:
+        """Seconds a request waits for its response unless the call says otherwise.
+
+        Raises:
+            ConfigurationError: not a positive finite number.
+        """
+        _check_seconds("request_timeout", seconds)
+        self._request_timeout = float(seconds)
+        return self
+
+    def connect_timeout(self, seconds: float) -> TransportBuilder:
+        """Seconds :meth:`Transport.connect` may take, handshakes included (default: each
+        config's ``connect_timeout``).
+
+        Raises:
+            ConfigurationError: not a positive finite number.
+        """
+        _check_seconds("connect_timeout", seconds)
+        self._connect_timeout = float(seconds)
+        return self
+
+    def shutdown_timeout(self, seconds: float) -> TransportBuilder:
+        """Seconds the graceful shutdown at the end of ``async with`` may take (default 5).
+
+        Raises:
+            ConfigurationError: negative or not a number.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
+            0 <= seconds < float("inf")
+        ):
+            raise ConfigurationError("shutdown_timeout", f"must be >= 0 seconds, got {seconds!r}")
+        self._shutdown_timeout = float(seconds)
+        return self
+
+    def session_settings(self, **settings: Any) -> TransportBuilder:
+        """Other settings of every session's machine (``heartbeat_interval``,
+        ``idle_timeout``, ``send_high_water_bytes``, ``receive_max_messages``... see
+        :class:`~msgtrans.core.session.SessionMachine`); checked by :meth:`build`."""
+        self._session.update(settings)
+        return self
+
+    def build(self) -> Transport:
+        """Return the transport.
+
+        Raises:
+            ConfigurationError: a session setting is invalid.
+        """
+        from ..core.session import SessionMachine
+
+        settings = {"request_timeout": self._request_timeout, **self._session}
+        try:
+            SessionMachine(0, **settings)  # validates every setting now, not at first connect
+        except TypeError as exc:
+            raise ConfigurationError("session_settings", str(exc)) from exc
+        return Transport(
+            settings=settings,
+            connect_timeout=self._connect_timeout,
+            shutdown_timeout=self._shutdown_timeout,
+        )
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 < value < float("inf")
+    ):
+        raise ConfigurationError(
+            name, f"must be a positive finite number of seconds, got {value!r}"
+        )
+
+
+class SessionStream:
+    """The sessions accepted by one or more listeners, as an async iterator and an async
+    context manager (leaving it stops accepting; sessions already accepted stay open).
+
+    Attributes:
+        addresses: the bound ``(host, port)`` of each listener, in the order of the configs
+            (port 0 resolved), once entered.
+    """
+
+    def __init__(self, transport: Transport, configs: Iterable[Any]) -> None:
+        self._transport = transport
+        self._configs: list[ServerConfig] = [to_server_config(c) for c in configs]
+        self._queue: deque[Session] = deque()
+        self._event = asyncio.Event()
+        self._closed = False
+        self._started = False
+        self._stream_listeners: list[StreamListener] = []
+        self._quic_listeners: list[QuicListener] = []
+        self.addresses: list[tuple[str, int]] = []
+
+    async def start(self) -> None:
+        """Open every listener.
+
+        Raises:
+            TransportError: an address cannot be bound; listeners opened so far are closed.
+            ConfigurationError: a certificate cannot be loaded.
+        """
+        if self._started:
+            return
+        self._started = True
+        transport = self._transport
+        transport._check_open("accept")
+        transport._streams.add(self)
+        settings = transport._settings
+        try:
+            for config in self._configs:
+                if isinstance(config, QuicServerConfig):
+                    quic = await start_quic_listener(
+                        config, transport._new_session, self._deliver, settings
+                    )
+                    transport._quic_listeners.append(quic)
+                    self._quic_listeners.append(quic)
+                    self.addresses.append((quic.address[0], quic.address[1]))
+                else:
+                    listener = await start_stream_listener(
+                        config, transport._new_session, self._deliver, settings
+                    )
+                    self._stream_listeners.append(listener)
+                    self.addresses.append((listener.address[0], listener.address[1]))
+        except BaseException:
+            await self.aclose()
+            raise
+
+    def _deliver(self, session: Session) -> None:
+        if self._closed:
+            session.start_close(GOING_AWAY if session.protocol is Protocol.WEBSOCKET else None,
+                                "not accepting")
+            return
+        self._queue.append(session)
+        self._event.set()
+
+    async def aclose(self) -> None:
+        """Stop accepting: close the listening sockets and end the iteration."""
+        if self._closed:
+            return
+        self._closed = True
+        self._transport._streams.discard(self)
+        for listener in self._stream_listeners:
+            listener.close()
+        for quic in self._quic_listeners:
+            quic.close()  # the UDP socket stays for its sessions until the transport shuts down
+        self._event.set()
+
+    async def __aenter__(self) -> SessionStream:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> SessionStream:
+        return self
+
+    async def __anext__(self) -> Session:
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            self._event.clear()
+            await self._event.wait()
+        return self._queue.popleft()
+
+
+class Transport:
+    """Sessions over TCP, TLS, WebSocket and QUIC on an asyncio event loop.
+
+    Make one with :meth:`builder` (or ``Transport()`` for the defaults).  ``async with
+    transport:`` shuts it down gracefully at the end.  All methods must be called from the
+    event loop's thread.
+
+    Args:
+        settings: keyword arguments for every session's
+            :class:`~msgtrans.core.session.SessionMachine` (default: its defaults).
+        connect_timeout: seconds for :meth:`connect` (default ``None``: each config's).
+        shutdown_timeout: seconds for the graceful shutdown of ``async with`` (default 5.0).
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: dict[str, Any] | None = None,
+        connect_timeout: float | None = None,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        self._settings: dict[str, Any] = dict(settings or {})
+        self._connect_timeout = connect_timeout
+        self._shutdown_timeout = shutdown_timeout
+        self._sessions: dict[int, Session] = {}
+        self._last_id = 0
+        self._streams: set[SessionStream] = set()
+        self._quic_listeners: list[QuicListener] = []
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._shutdown: asyncio.Future[ShutdownReport] | None = None
+        self._flushed_total = 0
+
+    @staticmethod
+    def builder() -> TransportBuilder:
+        """Return a :class:`TransportBuilder` with the defaults."""
+        return TransportBuilder()
+
+    async def __aenter__(self) -> Transport:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.graceful_shutdown(self._shutdown_timeout)
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    def _check_open(self, operation: str) -> None:
+        if self._closing:
+            raise TransportConnectionError(
+                "the transport is shut down", code="connection.closed", retryable=False,
+                operation=operation,
+            )
+
+    def _new_session(self, make: Callable[[int], Connection]) -> Session:
+        self._last_id += 1
+        session_id = self._last_id
+        session = Session(make(session_id), session_id, asyncio.get_running_loop(),
+                          on_finished=self._forget)
+        self._sessions[session_id] = session
+        return session
+
+    def _forget(self, session: Session) -> None:
+        if self._sessions.pop(session.id, None) is not None:
+            self._flushed_total += session.packets_flushed
+
+    def sessions(self) -> list[Session]:
+        """The open sessions (handshake complete, not closed), oldest first."""
+        return [s for s in self._sessions.values() if s.state is SessionState.OPEN]
+
+    def session_count(self) -> int:
+        """How many sessions are open."""
+        return len(self.sessions())
+
+    async def connect(self, target: str | ConnectionConfig, *,
+                      timeout: float | None = None) -> Session:
+        """Connect to *target* (a URL such as ``"tcp://127.0.0.1:9001"``, ``tls://``,
+        ``ws://``, ``wss://``, ``quic://``, or a config) and return the open session.
+
+        Args:
+            target: where to connect.
+            timeout: seconds for connecting and every handshake (default: the builder's
+                connect timeout, else the config's ``connect_timeout``, 10 s by default).
+
+        Raises:
+            ConfigurationError: *target* is invalid.
+            TransportConnectionError: refused, unreachable, DNS failure, TLS verification or
+                handshake failure (``error_code`` says which).
+            TransportTimeoutError: not connected in time (code ``timeout.connect``).
+        """
+        self._check_open("connect")
+        config = to_config(target)
+        limit = timeout if timeout is not None else (
+            self._connect_timeout if self._connect_timeout is not None
+            else config.connect_timeout
+        )
+        holder: list[Session] = []
+        try:
+            return await asyncio.wait_for(self._open(config, holder), limit)
+        except asyncio.TimeoutError as exc:
+            session_id = holder[0].id if holder else None
+            if holder:
+                holder[0].abort("abandoned: connect timed out")
+            raise map_error(exc, protocol=config.protocol, operation="connect",
+                            session_id=session_id, timeout=limit) from None
+        except BaseException:
+            if holder:
+                holder[0].abort("abandoned during connect")
+            raise
+
+    async def _open(self, config: ConnectionConfig, holder: list[Session]) -> Session:
+        loop = asyncio.get_running_loop()
+        settings = self._settings
+        try:
+            if isinstance(config, QuicConfig):
+                infos = await loop.getaddrinfo(config.host, config.port, type=socket.SOCK_DGRAM)
+                addr = infos[0][4]
+                session = self._new_session(
+                    lambda sid: client_connection(config, session_id=sid, resolved=addr,
+                                                  **settings)
+                )
+                holder.append(session)
+                await loop.create_datagram_endpoint(
+                    lambda: QuicClientIO(session, addr), remote_addr=(str(addr[0]), int(addr[1])),
+                    family=infos[0][0],
+                )
+            else:
+                session = self._new_session(
+                    lambda sid: client_connection(config, session_id=sid, **settings)
+                )
+                holder.append(session)
+                await loop.create_connection(
+                    lambda: StreamIO(session, nodelay=getattr(config, "nodelay", True),
+                                     keepalive=getattr(config, "keepalive", True)),
+                    config.host, config.port,
+                )
+        except OSError as exc:
+            session_id = holder[0].id if holder else None
+            if holder:
+                holder[0].abort("connect failed")
+            raise map_error(exc, protocol=config.protocol, operation="connect",
+                            session_id=session_id) from None
+        await session.wait_established()
+        return session
+
+    # --- messages ------------------------------------------------------------------------------
+
+    async def send(self, session: Session, data: Buffer, *, biz_type: int = 0,
+                   ext_header: Buffer = b"") -> None:
+        """Send a one-way message on *session* (see :meth:`Session.send`)."""
+        await session.send(data, biz_type=biz_type, ext_header=ext_header)
+
+    async def request(self, session: Session, data: Buffer, *, biz_type: int = 0,
+                      ext_header: Buffer = b"", timeout: float | None = None) -> Message:
+        """Send a request on *session* and return the response (see :meth:`Session.request`)."""
+        return await session.request(data, biz_type=biz_type, ext_header=ext_header,
+                                     timeout=timeout)
+
+    async def receive(self, session: Session) -> Message:
+        """Return the next one-way message or request on *session* (see
+        :meth:`Session.receive`)."""
+        return await session.receive()
+
+    async def message_stream(self, session: Session) -> AsyncIterator[Message]:
+        """Yield the messages and requests of *session* until it closes.
+
+        Raises:
+            TransportError: the session ended with an error (a clean close just ends the
+                iteration).
+        """
+        while True:
+            try:
+                message = await session.receive()
+            except TransportError:
+                if session.error is None:
+                    return
+                raise
+            yield message
+
+    async def broadcast(self, sessions: Iterable[Session], data: Buffer, *, biz_type: int = 0,
+                        ext_header: Buffer = b"") -> list[TransportError | None]:
+        """Send one one-way message to each of *sessions*; return one result per session, in
+        order: ``None`` when it was queued, else the :class:`TransportError`."""
+        targets = list(sessions)
+        results = await asyncio.gather(
+            *(s.send(data, biz_type=biz_type, ext_header=ext_header) for s in targets),
+            return_exceptions=True,
+        )
+        out: list[TransportError | None] = []
+        for session, result in zip(targets, results, strict=True):
+            if result is None:
+                out.append(None)
+            elif isinstance(result, TransportError):
+                out.append(result)
+            elif isinstance(result, Exception):
+                out.append(map_error(result, operation="send", session_id=session.id))
+            else:
+                raise result  # cancellation and exit are not results
+        return out
+
+    async def send_to_all(self, data: Buffer, *, biz_type: int = 0,
+                          ext_header: Buffer = b"") -> list[TransportError | None]:
+        """:meth:`broadcast` to every open session (in :meth:`sessions` order)."""
+        return await self.broadcast(self.sessions(), data, biz_type=biz_type,
+                                    ext_header=ext_header)
+
+    # --- servers -------------------------------------------------------------------------------
+
+    def accept(self, configs: Iterable[ServerConfig | str]) -> SessionStream:
+        """Listen on every config (``TcpServerConfig``, ``WebSocketServerConfig``,
+        ``QuicServerConfig`` or server URLs) and return the stream of accepted sessions; use
+        it as ``async with transport.accept([...]) as sessions``.
+
+        Raises:
+            ConfigurationError: a config is invalid.
+            (When entered) TransportError: an address cannot be bound.
+        """
+        return SessionStream(self, configs)
+
+    async def serve(
+        self, configs: Iterable[ServerConfig | str] | SessionStream, handler: Any
+    ) -> None:
+        """Accept on *configs* and serve each session with *handler* until cancelled or the
+        transport shuts down.
+
+        *configs* may also be a :class:`SessionStream` from :meth:`accept`, started or not
+        (start it first to learn its :attr:`~SessionStream.addresses`); serve closes it at the
+        end.
+
+        *handler* has any of these async methods: ``on_connected(session)``,
+        ``on_message(session, message)``, ``on_request(session, message) -> bytes`` (the
+        return value is the response), ``on_disconnected(session, reason)``,
+        ``on_error(session, error)``.  Sessions are served concurrently, each one's messages in
+        order.  An exception from the handler is logged and given to ``on_error``; it never
+        ends the session or the server.
+
+        Raises:
+            TransportError: a listener cannot be opened.
+        """
+        loop = asyncio.get_running_loop()
+        tasks = self._handler_tasks
+        mine: set[asyncio.Task[None]] = set()
+        try:
+            stream = configs if isinstance(configs, SessionStream) else self.accept(configs)
+            async with stream:
+                async for session in stream:
+                    task = loop.create_task(self._serve_session(session, handler))
+                    tasks.add(task)
+                    mine.add(task)
+                    task.add_done_callback(tasks.discard)
+                    task.add_done_callback(mine.discard)
+            # Stopped by a shutdown: the sessions are closing; let the handlers see it out.
+            if mine:
+                await asyncio.gather(*mine, return_exceptions=True)
+        except asyncio.CancelledError:
+            for task in mine:
+                task.cancel()
+            if mine:
+                await asyncio.gather(*mine, return_exceptions=True)
+            raise
+
+    async def _serve_session(self, session: Session, handler: Any) -> None:
+        await _call(handler, "on_connected", session)
+        try:
+            while True:
+                try:
+                    message = await session.receive()
+                except TransportError as exc:
+                    if session.error is not None:
+                        await _call(handler, "on_error", session, exc)
+                    break
+                if message.is_request:
+                    await self._handle_request(session, handler, message)
+                else:
+                    await _call(handler, "on_message", session, message)
+        finally:
+            await _call(handler, "on_disconnected", session, session.close_reason)
+
+    async def _handle_request(self, session: Session, handler: Any, message: Message) -> None:
+        on_request = getattr(handler, "on_request", None)
+        if on_request is None:
+            logger.warning("session %s: request %s dropped: the handler has no on_request",
+                           session.id, message.message_id)
+            return
+        try:
+            result = await on_request(session, message)
+        except Exception as exc:
+            logger.exception("session %s: on_request failed", session.id)
+            await _call(handler, "on_error", session, exc)
+            return
+        if not message.responded:
+            try:
+                await message.respond(result if result is not None else b"")
+            except TransportError as exc:
+                await _call(handler, "on_error", session, exc)
+
+    # --- shutdown ------------------------------------------------------------------------------
+
+    async def graceful_shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> ShutdownReport:
+        """Shut down: stop accepting, let requests in flight finish and queued messages leave
+        until *timeout*, close every session with its protocol's close (WebSocket 1001, QUIC
+        CONNECTION_CLOSE, TCP FIN), then drop whatever is left.  Calling it again returns the
+        first call's report.
+
+        Args:
+            timeout: seconds for all of it (default 5.0).
+
+        Returns:
+            the :class:`ShutdownReport`.
+        """
+        return await self._shut(timeout, drain=True)
+
+    async def shutdown(self, timeout: float = 1.0) -> ShutdownReport:
+        """Shut down without waiting for requests in flight: close every session at once with
+        its protocol's close, wait at most *timeout* seconds (default 1.0), drop the rest.
+
+        Returns:
+            the :class:`ShutdownReport`.
+        """
+        return await self._shut(timeout, drain=False)
+
+    async def _shut(self, timeout: float, *, drain: bool) -> ShutdownReport:
+        if self._shutdown is not None:
+            return await asyncio.shield(self._shutdown)
+        loop = asyncio.get_running_loop()
+        self._shutdown = loop.create_future()
+        self._closing = True
+        try:
+            report = await self._do_shutdown(loop, timeout, drain)
+        except BaseException as exc:
+            self._shutdown.set_exception(exc)
+            self._shutdown.exception()
+            raise
+        self._shutdown.set_result(report)
+        return report
+
+    async def _do_shutdown(self, loop: asyncio.AbstractEventLoop, timeout: float,
+                           drain: bool) -> ShutdownReport:
+        start = loop.time()
+        deadline = start + max(0.0, timeout)
+        for stream in list(self._streams):
+            await stream.aclose()
+        sessions = list(self._sessions.values())
+        flushed_before = self._flushed_total + sum(s.packets_flushed for s in sessions)
+        if drain and sessions:
+            await _bounded(asyncio.gather(*(s.wait_idle() for s in sessions)), deadline, loop)
+        for session in sessions:
+            code = GOING_AWAY if session.protocol is Protocol.WEBSOCKET else None
+            session.start_close(code, "shutdown")
+        for quic in self._quic_listeners:
+            quic.stop()
+        if sessions:
+            await _bounded(asyncio.gather(*(s.wait_closed() for s in sessions)), deadline, loop)
+        for session in sessions:
+            if not session.is_closed:
+                session.abort("aborted by shutdown")
+        for quic in self._quic_listeners:
+            quic.abort()
+        # Aborted sockets report connection_lost on the next loop iteration; wait for that so
+        # nothing is left open when the caller closes the loop.
+        waits = [s.wait_closed() for s in sessions]
+        waits += [q.wait_closed() for q in self._quic_listeners]
+        if waits:
+            await _bounded(asyncio.gather(*waits), loop.time() + 1.0, loop)
+        self._quic_listeners.clear()
+        tasks = list(self._handler_tasks)
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        flushed = self._flushed_total + sum(
+            s.packets_flushed for s in sessions if s.id in self._sessions
+        ) - flushed_before
+        clean = sum(
+            1 for s in sessions
+            if not s.forced and s.closed_event is not None and s.closed_event.clean
+        )
+        return ShutdownReport(
+            closed_cleanly=clean,
+            forced=len(sessions) - clean,
+            messages_flushed=max(0, flushed),
+            elapsed=loop.time() - start,
+        )
+
+
+async def _bounded(awaitable: Any, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+    """Await *awaitable* until *deadline* (loop time); give up quietly after it."""
+    remaining = deadline - loop.time()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(awaitable, max(remaining, 0.0))
+
+
+async def _call(handler: Any, name: str, *args: Any) -> None:
+    """Call the handler's optional async method *name*; what it raises is logged and given to
+    ``on_error`` (contained: it never ends the session or the server)."""
+    method = getattr(handler, name, None)
+    if method is None:
+        return
+    try:
+        await method(*args)
+    except Exception as exc:
+        session = args[0]
+        logger.exception("handler %s raised (session %s)", name, getattr(session, "id", "?"))
+        if name != "on_error":
+            await _call(handler, "on_error", session, exc)
