@@ -3,6 +3,9 @@
 Nothing here does I/O, reads a clock or starts a thread: bytes and the current time go in as
 arguments, packets, events and bytes to send come out.  The asyncio, trio and blocking drivers
 are thin layers over these machines.
+
+The protocol machines and :mod:`msgtrans.core.connection` are imported from their modules, so that
+``import msgtrans`` stays light (no h11, wsproto or aioquic until a protocol is used).
 """
 
 from .config import (
@@ -23,7 +26,6 @@ from .config import (
     to_config,
     to_server_config,
 )
-from .connection import Connection, client_connection, quic_endpoint, server_connection
 from .errormap import map_error, map_quic_close, map_websocket_close
 from .errors import (
     ERROR_CODES,
@@ -66,7 +68,6 @@ __all__ = [
     "SUBPROTOCOL",
     "Compression",
     "ConfigurationError",
-    "Connection",
     "ConnectionConfig",
     "ErrorKind",
     "LengthPrefixedDecoder",
@@ -91,15 +92,12 @@ __all__ = [
     "TransportTimeoutError",
     "WebSocketConfig",
     "WebSocketServerConfig",
-    "client_connection",
     "length_prefix",
     "map_error",
     "map_quic_close",
     "map_websocket_close",
     "parse_server_url",
     "parse_url",
-    "quic_endpoint",
-    "server_connection",
     "to_config",
     "to_server_config",
 ]
