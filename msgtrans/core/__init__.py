@@ -8,6 +8,7 @@ The protocol machines and :mod:`msgtrans.core.connection` are imported from thei
 ``import msgtrans`` stays light (no h11, wsproto or aioquic until a protocol is used).
 """
 
+from .buffers import BufferPool, ObjectPool, ReleaseError
 from .config import (
     ALPN,
     SUBPROTOCOL,
@@ -38,6 +39,7 @@ from .errors import (
     TransportError,
     TransportTimeoutError,
 )
+from .expansion import ExpansionStrategy, FixedExpansion, NoExpansion, SmartExpansion
 from .framing import (
     DEFAULT_ZERO_COPY_THRESHOLD,
     QUIC_MAX_FRAME,
@@ -45,6 +47,7 @@ from .framing import (
     PacketDecoder,
     length_prefix,
 )
+from .metrics import TransportMetrics, render_prometheus
 from .packet import (
     DEFAULT_MAX_EXT_HEADER,
     DEFAULT_MAX_PAYLOAD,
@@ -56,6 +59,7 @@ from .packet import (
     PacketFlags,
     PacketType,
 )
+from .pool import PoolMachine, PoolStatus
 
 __all__ = [
     "ALPN",
@@ -66,29 +70,39 @@ __all__ = [
     "HEADER_SIZE",
     "QUIC_MAX_FRAME",
     "SUBPROTOCOL",
+    "BufferPool",
     "Compression",
     "ConfigurationError",
     "ConnectionConfig",
     "ErrorKind",
+    "ExpansionStrategy",
+    "FixedExpansion",
     "LengthPrefixedDecoder",
     "Limits",
     "MessageIdCounter",
+    "NoExpansion",
+    "ObjectPool",
     "Packet",
     "PacketDecoder",
     "PacketFlags",
     "PacketType",
+    "PoolMachine",
+    "PoolStatus",
     "Protocol",
     "ProtocolError",
     "QuicConfig",
     "QuicServerConfig",
+    "ReleaseError",
     "ResourceError",
     "ServerConfig",
     "ServerTlsConfig",
+    "SmartExpansion",
     "TcpConfig",
     "TcpServerConfig",
     "TlsConfig",
     "TransportConnectionError",
     "TransportError",
+    "TransportMetrics",
     "TransportTimeoutError",
     "WebSocketConfig",
     "WebSocketServerConfig",
@@ -98,6 +112,7 @@ __all__ = [
     "map_websocket_close",
     "parse_server_url",
     "parse_url",
+    "render_prometheus",
     "to_config",
     "to_server_config",
 ]
