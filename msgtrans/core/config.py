@@ -33,7 +33,7 @@ import re
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 from urllib.parse import quote, unquote
 
 from .errors import ConfigurationError, Protocol
@@ -270,6 +270,10 @@ def _check_host(value: object, name: str = "host", *, server: bool = False) -> s
     return value
 
 
+def _check_server_name(value: str | None) -> str | None:
+    return None if value is None else _check_host(value, "server_name")
+
+
 def _check_port(value: object, *, server: bool, name: str = "port") -> int:
     low = 0 if server else 1
     what = "0..65535 (0 picks a free port)" if server else "1..65535"
@@ -394,6 +398,51 @@ def _check_optional(name: str, value: object, cls: type) -> None:
         raise ConfigurationError(name, f"must be a {cls.__name__} or None, got {value!r}")
 
 
+# --- field groups ---------------------------------------------------------------------------------
+# Each sets, in the order the configs have always checked them, fields that several configs share,
+# so that a config with two bad fields still reports the same one first.
+
+
+def _set_tls(config: object, tls: object, cls: type) -> None:
+    _check_optional("tls", tls, cls)
+    _set(config, "tls", tls)
+
+
+def _set_socket_options(config: object, nodelay: object, keepalive: object) -> None:
+    _set(config, "nodelay", _check_bool("nodelay", nodelay))
+    _set(config, "keepalive", _check_bool("keepalive", keepalive))
+
+
+def _set_listen(config: object, backlog: object, handshake_timeout: object) -> None:
+    _set(config, "backlog", _check_int("backlog", backlog, 1, 65535))
+    _set(config, "handshake_timeout", _required_timeout("handshake_timeout", handshake_timeout))
+
+
+def _set_ws_timeouts(
+    config: object, ping_interval: object, ping_timeout: object, close_timeout: object
+) -> None:
+    _set(config, "ping_interval", _check_timeout("ping_interval", ping_interval, optional=True))
+    _set(config, "ping_timeout", _check_timeout("ping_timeout", ping_timeout, optional=True))
+    _set(config, "close_timeout", _required_timeout("close_timeout", close_timeout))
+
+
+def _set_quic(config: object, alpn: object, idle_timeout: object) -> None:
+    _set(config, "alpn", _check_names("alpn", alpn, token=False, required=True))
+    _set(config, "idle_timeout", _required_timeout("idle_timeout", idle_timeout))
+
+
+def _set_receive(config: object, limits: object, zero_copy_threshold: object) -> None:
+    _set(config, "limits", _check_limits(limits))
+    _set(config, "zero_copy_threshold", _check_zero_copy(zero_copy_threshold))
+
+
+def _set_server_receive(
+    config: object, max_sessions: object, limits: object, zero_copy_threshold: object
+) -> None:
+    _set(config, "max_sessions", _check_optional_int("max_sessions", max_sessions, 1, 2**31))
+    _set_receive(config, limits, zero_copy_threshold)
+
+
 # --- TLS ------------------------------------------------------------------------------------------
 
 
@@ -462,9 +511,7 @@ class TlsConfig:
             raise ConfigurationError(
                 "key_file", "needs cert_file: a client key goes with a client certificate"
             )
-        if server_name is not None:
-            server_name = _check_host(server_name, "server_name")
-        _set(self, "server_name", server_name)
+        _set(self, "server_name", _check_server_name(server_name))
         _set(self, "alpn", _check_names("alpn", alpn, token=False, required=False))
 
     def client_context(self) -> ssl.SSLContext:
@@ -750,6 +797,29 @@ def _with_query(base: str, params: list[tuple[str, str]]) -> str:
     return f"{base}?{_encode_query(params)}" if params else base
 
 
+def _socket_params(nodelay: bool, keepalive: bool) -> list[tuple[str, str]]:
+    return [(name, "0") for name, on in (("nodelay", nodelay), ("keepalive", keepalive)) if not on]
+
+
+def _seconds_param(name: str, seconds: float, default: float) -> list[tuple[str, str]]:
+    return [] if seconds == default else [(name, _fmt_seconds(seconds))]
+
+
+def _make_url(
+    scheme: str,
+    addr: tuple[str, int],
+    target: str = "",
+    params: list[tuple[str, str]] | None = None,
+    *,
+    default_port: int | None = None,
+) -> str:
+    """Write ``scheme://host:port`` + *target* + *params*, leaving out a port that is
+    *default_port*."""
+    host, port = addr
+    netloc = _format_host(host) if port == default_port else _format_hostport(host, port)
+    return _with_query(f"{scheme}://{netloc}{target}", params or [])
+
+
 _TLS_CLIENT_PARAMS = ("verify", "ca", "cert", "key", "server_name")
 #: What parse_url reads from a wss:// query; the rest of it is the request target's.
 _WSS_TLS_PARAMS = ("verify", "ca", "server_name")
@@ -783,11 +853,124 @@ def _tls_params(tls: TlsConfig, *, with_client_cert: bool = True) -> list[tuple[
     return params
 
 
+# --- properties the configs share -----------------------------------------------------------------
+# Plain classes, not dataclasses: they add no fields, so each config's fields, repr, equality and
+# pickling stay its own.  None of them may define a name that is a field of a config (such as
+# WebSocketConfig.url): dataclass would take the inherited property for the field's default.
+
+
+class _Address:
+    """``host`` and ``port``, read from ``addr``."""
+
+    if TYPE_CHECKING:
+
+        @property
+        def addr(self) -> tuple[str, int]: ...
+
+    @property
+    def host(self) -> str:
+        """The host to connect to, or the address a server listens on (an IPv6 address without
+        brackets)."""
+        return self.addr[0]
+
+    @property
+    def port(self) -> int:
+        """The port to connect to, or the port a server listens on (0: a free port picked when
+        listening).  A UDP port for QUIC; 80 for ``ws://`` and 443 for ``wss://`` when the URL
+        leaves it out."""
+        return self.addr[1]
+
+
+class _Endpoint(_Address):
+    """``url`` for a config whose URL is made by :meth:`to_url`, not kept as a field."""
+
+    if TYPE_CHECKING:
+
+        def to_url(self) -> str: ...
+
+    @property
+    def url(self) -> str:
+        """This config as a URL; the same as :meth:`to_url`."""
+        return self.to_url()
+
+
+class _OptionalTls:
+    """``scheme`` and ``secure`` of a transport that runs with or without TLS."""
+
+    _SCHEMES: ClassVar[tuple[str, str]]  # (without TLS, with TLS)
+
+    if TYPE_CHECKING:
+
+        @property
+        def tls(self) -> TlsConfig | ServerTlsConfig | None: ...
+
+    @property
+    def scheme(self) -> str:
+        """``"tls"`` (TCP) or ``"wss"`` (WebSocket) with TLS, else ``"tcp"`` or ``"ws"``."""
+        plain, with_tls = self._SCHEMES
+        return plain if self.tls is None else with_tls
+
+    @property
+    def secure(self) -> bool:
+        """Whether connections use TLS (``tls://``, ``wss://``)."""
+        return self.tls is not None
+
+
+class _ClientTls(_OptionalTls, _Address):
+    if TYPE_CHECKING:
+
+        @property
+        def tls(self) -> TlsConfig | None: ...
+
+    @property
+    def tls_server_name(self) -> str | None:
+        """The name used for SNI and the certificate check: ``tls.server_name`` or the host;
+        ``None`` without TLS (``tcp://``, ``ws://``)."""
+        if self.tls is None:
+            return None
+        return self.tls.server_name or self.host
+
+
+class _Tcp(_OptionalTls):
+    _SCHEMES = ("tcp", "tls")
+
+    @property
+    def protocol(self) -> Protocol:
+        """Always :attr:`Protocol.TCP <msgtrans.core.errors.Protocol.TCP>` (TLS or not)."""
+        return Protocol.TCP
+
+
+class _WebSocket(_OptionalTls):
+    _SCHEMES = ("ws", "wss")
+
+    @property
+    def protocol(self) -> Protocol:
+        """Always :attr:`Protocol.WEBSOCKET <msgtrans.core.errors.Protocol.WEBSOCKET>`."""
+        return Protocol.WEBSOCKET
+
+
+class _Quic:
+    @property
+    def protocol(self) -> Protocol:
+        """Always :attr:`Protocol.QUIC <msgtrans.core.errors.Protocol.QUIC>`."""
+        return Protocol.QUIC
+
+    @property
+    def scheme(self) -> str:
+        """Always ``"quic"``."""
+        return "quic"
+
+    @property
+    def secure(self) -> bool:
+        """Always ``True``: QUIC is always encrypted."""
+        return True
+
+
 # --- client configs -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, init=False)
-class TcpConfig:
+class TcpConfig(_Tcp, _ClientTls, _Endpoint):
     """Connect over TCP (``tcp://host:port``), or TLS over TCP (``tls://host:port``).
 
     Args:
@@ -828,51 +1011,10 @@ class TcpConfig:
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
     ) -> None:
         _set(self, "addr", _check_addr(addr, server=False))
-        _set(self, "nodelay", _check_bool("nodelay", nodelay))
-        _set(self, "keepalive", _check_bool("keepalive", keepalive))
-        _check_optional("tls", tls, TlsConfig)
-        _set(self, "tls", tls)
+        _set_socket_options(self, nodelay, keepalive)
+        _set_tls(self, tls, TlsConfig)
         _set(self, "connect_timeout", _required_timeout("connect_timeout", connect_timeout))
-        _set(self, "limits", _check_limits(limits))
-        _set(self, "zero_copy_threshold", _check_zero_copy(zero_copy_threshold))
-
-    @property
-    def host(self) -> str:
-        """The host to connect to (an IPv6 address without brackets)."""
-        return self.addr[0]
-
-    @property
-    def port(self) -> int:
-        """The port to connect to."""
-        return self.addr[1]
-
-    @property
-    def protocol(self) -> Protocol:
-        """Always :attr:`Protocol.TCP <msgtrans.core.errors.Protocol.TCP>` (TLS or not)."""
-        return Protocol.TCP
-
-    @property
-    def scheme(self) -> str:
-        """``"tls"`` with TLS, else ``"tcp"``."""
-        return "tcp" if self.tls is None else "tls"
-
-    @property
-    def secure(self) -> bool:
-        """Whether the connection uses TLS."""
-        return self.tls is not None
-
-    @property
-    def tls_server_name(self) -> str | None:
-        """The name used for SNI and the certificate check: ``tls.server_name`` or the host;
-        ``None`` without TLS."""
-        if self.tls is None:
-            return None
-        return self.tls.server_name or self.host
-
-    @property
-    def url(self) -> str:
-        """This config as a URL; the same as :meth:`to_url`."""
-        return self.to_url()
+        _set_receive(self, limits, zero_copy_threshold)
 
     def to_url(self) -> str:
         """Return a ``tcp://`` or ``tls://`` URL that :func:`parse_url` turns back into an equal
@@ -881,20 +1023,15 @@ class TcpConfig:
         Settings without a query parameter (``limits``, ``zero_copy_threshold``, the TLS
         ``ca_data`` and ``alpn``) are left out; the URL then stands for the defaults.
         """
-        params: list[tuple[str, str]] = []
-        if not self.nodelay:
-            params.append(("nodelay", "0"))
-        if not self.keepalive:
-            params.append(("keepalive", "0"))
-        if self.connect_timeout != DEFAULT_CONNECT_TIMEOUT:
-            params.append(("connect_timeout", _fmt_seconds(self.connect_timeout)))
+        params = _socket_params(self.nodelay, self.keepalive)
+        params += _seconds_param("connect_timeout", self.connect_timeout, DEFAULT_CONNECT_TIMEOUT)
         if self.tls is not None:
             params += _tls_params(self.tls)
-        return _with_query(f"{self.scheme}://{_format_hostport(*self.addr)}", params)
+        return _make_url(self.scheme, self.addr, params=params)
 
 
 @dataclass(frozen=True, init=False)
-class WebSocketConfig:
+class WebSocketConfig(_WebSocket, _ClientTls):
     """Connect over WebSocket (``ws://host[:port]/path?query``), or over TLS (``wss://``).
 
     The URL is kept normalised: lower-case scheme, the default port (80 for ``ws``, 443 for
@@ -963,8 +1100,7 @@ class WebSocketConfig:
         target = _check_target(parts.path or "/")
         if parts.query:
             target += "?" + _check_target("/" + parts.query)[1:]
-        netloc = _format_host(host) if port == default_port else _format_hostport(host, port)
-        _set(self, "url", f"{parts.scheme}://{netloc}{target}")
+        _set(self, "url", _make_url(parts.scheme, (host, port), target, default_port=default_port))
         _set(self, "_addr", (host, port))
         _set(self, "_target", target)
         _set(self, "headers", _check_headers(headers))
@@ -977,11 +1113,8 @@ class WebSocketConfig:
             raise ConfigurationError("tls", "only applies to wss:// URLs; use wss:// or tls=None")
         _set(self, "tls", tls)
         _set(self, "connect_timeout", _required_timeout("connect_timeout", connect_timeout))
-        _set(self, "ping_interval", _check_timeout("ping_interval", ping_interval, optional=True))
-        _set(self, "ping_timeout", _check_timeout("ping_timeout", ping_timeout, optional=True))
-        _set(self, "close_timeout", _required_timeout("close_timeout", close_timeout))
-        _set(self, "limits", _check_limits(limits))
-        _set(self, "zero_copy_threshold", _check_zero_copy(zero_copy_threshold))
+        _set_ws_timeouts(self, ping_interval, ping_timeout, close_timeout)
+        _set_receive(self, limits, zero_copy_threshold)
 
     @property
     def addr(self) -> tuple[str, int]:
@@ -989,42 +1122,9 @@ class WebSocketConfig:
         return self._addr
 
     @property
-    def host(self) -> str:
-        """The host to connect to (an IPv6 address without brackets)."""
-        return self._addr[0]
-
-    @property
-    def port(self) -> int:
-        """The port to connect to (80 for ``ws://``, 443 for ``wss://`` when omitted)."""
-        return self._addr[1]
-
-    @property
     def path(self) -> str:
         """The request target: path and query, e.g. ``"/chat?room=1"`` (``"/"`` at least)."""
         return self._target
-
-    @property
-    def secure(self) -> bool:
-        """Whether this is ``wss://`` (TLS)."""
-        return self.tls is not None
-
-    @property
-    def scheme(self) -> str:
-        """``"wss"`` or ``"ws"``."""
-        return "wss" if self.secure else "ws"
-
-    @property
-    def protocol(self) -> Protocol:
-        """Always :attr:`Protocol.WEBSOCKET <msgtrans.core.errors.Protocol.WEBSOCKET>`."""
-        return Protocol.WEBSOCKET
-
-    @property
-    def tls_server_name(self) -> str | None:
-        """The name used for SNI and the certificate check on ``wss://``: ``tls.server_name``
-        or the host; ``None`` for ``ws://``."""
-        if self.tls is None:
-            return None
-        return self.tls.server_name or self.host
 
     def to_url(self) -> str:
         """Return :attr:`url` plus the query parameters that :func:`parse_url` reads as
@@ -1045,9 +1145,7 @@ class WebSocketConfig:
                     f"the request target uses {name!r}, which parse_url() reads as a setting; "
                     f"this config has no URL form",
                 )
-        params: list[tuple[str, str]] = []
-        if self.connect_timeout != DEFAULT_CONNECT_TIMEOUT:
-            params.append(("connect_timeout", _fmt_seconds(self.connect_timeout)))
+        params = _seconds_param("connect_timeout", self.connect_timeout, DEFAULT_CONNECT_TIMEOUT)
         if self.tls is not None:
             params += _tls_params(self.tls, with_client_cert=False)
         if not params:
@@ -1056,7 +1154,7 @@ class WebSocketConfig:
 
 
 @dataclass(frozen=True, init=False)
-class QuicConfig:
+class QuicConfig(_Quic, _Endpoint):
     """Connect over QUIC (``quic://host:port``).  QUIC always runs TLS 1.3.
 
     Args:
@@ -1104,52 +1202,18 @@ class QuicConfig:
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
     ) -> None:
         _set(self, "addr", _check_addr(addr, server=False))
-        if server_name is not None:
-            server_name = _check_host(server_name, "server_name")
-        _set(self, "server_name", server_name)
+        _set(self, "server_name", _check_server_name(server_name))
         _set(self, "cert_verification", _check_bool("cert_verification", cert_verification))
         _set(self, "ca_file", _check_file("ca_file", ca_file))
-        _set(self, "alpn", _check_names("alpn", alpn, token=False, required=True))
-        _set(self, "idle_timeout", _required_timeout("idle_timeout", idle_timeout))
+        _set_quic(self, alpn, idle_timeout)
         _set(self, "connect_timeout", _required_timeout("connect_timeout", connect_timeout))
         _set(self, "max_frame", _check_max_frame(max_frame))
-        _set(self, "limits", _check_limits(limits))
-        _set(self, "zero_copy_threshold", _check_zero_copy(zero_copy_threshold))
-
-    @property
-    def host(self) -> str:
-        """The host to connect to (an IPv6 address without brackets)."""
-        return self.addr[0]
-
-    @property
-    def port(self) -> int:
-        """The UDP port to connect to."""
-        return self.addr[1]
-
-    @property
-    def protocol(self) -> Protocol:
-        """Always :attr:`Protocol.QUIC <msgtrans.core.errors.Protocol.QUIC>`."""
-        return Protocol.QUIC
-
-    @property
-    def scheme(self) -> str:
-        """Always ``"quic"``."""
-        return "quic"
-
-    @property
-    def secure(self) -> bool:
-        """Always ``True``: QUIC is always encrypted."""
-        return True
+        _set_receive(self, limits, zero_copy_threshold)
 
     @property
     def tls_server_name(self) -> str:
         """The name used for SNI and the certificate check: :attr:`server_name` or the host."""
         return self.server_name or self.host
-
-    @property
-    def url(self) -> str:
-        """This config as a URL; the same as :meth:`to_url`."""
-        return self.to_url()
 
     def to_url(self) -> str:
         """Return a ``quic://`` URL that :func:`parse_url` turns back into an equal config.
@@ -1164,18 +1228,16 @@ class QuicConfig:
             params.append(("ca", self.ca_file))
         if self.server_name is not None:
             params.append(("server_name", self.server_name))
-        if self.connect_timeout != DEFAULT_CONNECT_TIMEOUT:
-            params.append(("connect_timeout", _fmt_seconds(self.connect_timeout)))
-        if self.idle_timeout != DEFAULT_IDLE_TIMEOUT:
-            params.append(("idle_timeout", _fmt_seconds(self.idle_timeout)))
-        return _with_query(f"quic://{_format_hostport(*self.addr)}", params)
+        params += _seconds_param("connect_timeout", self.connect_timeout, DEFAULT_CONNECT_TIMEOUT)
+        params += _seconds_param("idle_timeout", self.idle_timeout, DEFAULT_IDLE_TIMEOUT)
+        return _make_url("quic", self.addr, params=params)
 
 
 # --- server configs -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, init=False)
-class TcpServerConfig:
+class TcpServerConfig(_Tcp, _Endpoint):
     """Listen on TCP (``tcp://host:port``), or TLS over TCP (``tls://host:port``).
 
     Args:
@@ -1220,59 +1282,19 @@ class TcpServerConfig:
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
     ) -> None:
         _set(self, "addr", _check_addr(addr, server=True))
-        _check_optional("tls", tls, ServerTlsConfig)
-        _set(self, "tls", tls)
-        _set(self, "nodelay", _check_bool("nodelay", nodelay))
-        _set(self, "keepalive", _check_bool("keepalive", keepalive))
-        _set(self, "backlog", _check_int("backlog", backlog, 1, 65535))
-        _set(self, "handshake_timeout",
-             _required_timeout("handshake_timeout", handshake_timeout))
-        _set(self, "max_sessions", _check_optional_int("max_sessions", max_sessions, 1, 2**31))
-        _set(self, "limits", _check_limits(limits))
-        _set(self, "zero_copy_threshold", _check_zero_copy(zero_copy_threshold))
-
-    @property
-    def host(self) -> str:
-        """The address to listen on (an IPv6 address without brackets)."""
-        return self.addr[0]
-
-    @property
-    def port(self) -> int:
-        """The port to listen on (0: a free port picked when listening)."""
-        return self.addr[1]
-
-    @property
-    def protocol(self) -> Protocol:
-        """Always :attr:`Protocol.TCP <msgtrans.core.errors.Protocol.TCP>` (TLS or not)."""
-        return Protocol.TCP
-
-    @property
-    def scheme(self) -> str:
-        """``"tls"`` with TLS, else ``"tcp"``."""
-        return "tcp" if self.tls is None else "tls"
-
-    @property
-    def secure(self) -> bool:
-        """Whether connections use TLS."""
-        return self.tls is not None
-
-    @property
-    def url(self) -> str:
-        """This config as a URL; the same as :meth:`to_url`."""
-        return self.to_url()
+        _set_tls(self, tls, ServerTlsConfig)
+        _set_socket_options(self, nodelay, keepalive)
+        _set_listen(self, backlog, handshake_timeout)
+        _set_server_receive(self, max_sessions, limits, zero_copy_threshold)
 
     def to_url(self) -> str:
         """Return a ``tcp://`` or ``tls://`` URL that :func:`parse_server_url` turns back into
         an equal config (``limits``, ``zero_copy_threshold`` and the TLS ``alpn`` are left out).
         """
-        params: list[tuple[str, str]] = []
-        if not self.nodelay:
-            params.append(("nodelay", "0"))
-        if not self.keepalive:
-            params.append(("keepalive", "0"))
+        params = _socket_params(self.nodelay, self.keepalive)
         params += _server_params(self.tls, self.backlog, self.handshake_timeout,
                                  self.max_sessions)
-        return _with_query(f"{self.scheme}://{_format_hostport(*self.addr)}", params)
+        return _make_url(self.scheme, self.addr, params=params)
 
 
 def _server_params(
@@ -1287,15 +1309,14 @@ def _server_params(
             params.append(("ca", tls.ca_file))
     if backlog != DEFAULT_BACKLOG:
         params.append(("backlog", str(backlog)))
-    if handshake_timeout != DEFAULT_HANDSHAKE_TIMEOUT:
-        params.append(("handshake_timeout", _fmt_seconds(handshake_timeout)))
+    params += _seconds_param("handshake_timeout", handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)
     if max_sessions is not None:
         params.append(("max_sessions", str(max_sessions)))
     return params
 
 
 @dataclass(frozen=True, init=False)
-class WebSocketServerConfig:
+class WebSocketServerConfig(_WebSocket, _Endpoint):
     """Listen for WebSocket connections (``ws://host:port/path``), or over TLS (``wss://``).
 
     Args:
@@ -1360,47 +1381,10 @@ class WebSocketServerConfig:
         _set(self, "path", path)
         _set(self, "subprotocols", _check_names("subprotocols", subprotocols,
                                                 token=True, required=False))
-        _check_optional("tls", tls, ServerTlsConfig)
-        _set(self, "tls", tls)
-        _set(self, "backlog", _check_int("backlog", backlog, 1, 65535))
-        _set(self, "handshake_timeout",
-             _required_timeout("handshake_timeout", handshake_timeout))
-        _set(self, "ping_interval", _check_timeout("ping_interval", ping_interval, optional=True))
-        _set(self, "ping_timeout", _check_timeout("ping_timeout", ping_timeout, optional=True))
-        _set(self, "close_timeout", _required_timeout("close_timeout", close_timeout))
-        _set(self, "max_sessions", _check_optional_int("max_sessions", max_sessions, 1, 2**31))
-        _set(self, "limits", _check_limits(limits))
-        _set(self, "zero_copy_threshold", _check_zero_copy(zero_copy_threshold))
-
-    @property
-    def host(self) -> str:
-        """The address to listen on (an IPv6 address without brackets)."""
-        return self.addr[0]
-
-    @property
-    def port(self) -> int:
-        """The port to listen on (0: a free port picked when listening)."""
-        return self.addr[1]
-
-    @property
-    def protocol(self) -> Protocol:
-        """Always :attr:`Protocol.WEBSOCKET <msgtrans.core.errors.Protocol.WEBSOCKET>`."""
-        return Protocol.WEBSOCKET
-
-    @property
-    def scheme(self) -> str:
-        """``"wss"`` with TLS, else ``"ws"``."""
-        return "ws" if self.tls is None else "wss"
-
-    @property
-    def secure(self) -> bool:
-        """Whether connections use TLS."""
-        return self.tls is not None
-
-    @property
-    def url(self) -> str:
-        """This config as a URL; the same as :meth:`to_url`."""
-        return self.to_url()
+        _set_tls(self, tls, ServerTlsConfig)
+        _set_listen(self, backlog, handshake_timeout)
+        _set_ws_timeouts(self, ping_interval, ping_timeout, close_timeout)
+        _set_server_receive(self, max_sessions, limits, zero_copy_threshold)
 
     def to_url(self) -> str:
         """Return a ``ws://`` or ``wss://`` URL that :func:`parse_server_url` turns back into
@@ -1409,17 +1393,14 @@ class WebSocketServerConfig:
         """
         params = _server_params(self.tls, self.backlog, self.handshake_timeout,
                                 self.max_sessions)
-        netloc = (
-            _format_host(self.host)
-            if self.port == _WS_DEFAULT_PORT[self.scheme]
-            else _format_hostport(*self.addr)
-        )
         path = _ANY_PATH if self.path is None else self.path
-        return _with_query(f"{self.scheme}://{netloc}{path}", params)
+        return _make_url(
+            self.scheme, self.addr, path, params, default_port=_WS_DEFAULT_PORT[self.scheme]
+        )
 
 
 @dataclass(frozen=True, init=False)
-class QuicServerConfig:
+class QuicServerConfig(_Quic, _Endpoint):
     """Listen for QUIC connections (``quic://host:port``).  A QUIC server always needs a
     certificate.
 
@@ -1470,42 +1451,9 @@ class QuicServerConfig:
             )
         _set(self, "cert_file", _check_file("cert_file", cert_file, optional=False))
         _set(self, "key_file", _check_file("key_file", key_file))
-        _set(self, "alpn", _check_names("alpn", alpn, token=False, required=True))
-        _set(self, "idle_timeout", _required_timeout("idle_timeout", idle_timeout))
+        _set_quic(self, alpn, idle_timeout)
         _set(self, "max_frame", _check_max_frame(max_frame))
-        _set(self, "max_sessions", _check_optional_int("max_sessions", max_sessions, 1, 2**31))
-        _set(self, "limits", _check_limits(limits))
-        _set(self, "zero_copy_threshold", _check_zero_copy(zero_copy_threshold))
-
-    @property
-    def host(self) -> str:
-        """The address to listen on (an IPv6 address without brackets)."""
-        return self.addr[0]
-
-    @property
-    def port(self) -> int:
-        """The UDP port to listen on (0: a free port picked when listening)."""
-        return self.addr[1]
-
-    @property
-    def protocol(self) -> Protocol:
-        """Always :attr:`Protocol.QUIC <msgtrans.core.errors.Protocol.QUIC>`."""
-        return Protocol.QUIC
-
-    @property
-    def scheme(self) -> str:
-        """Always ``"quic"``."""
-        return "quic"
-
-    @property
-    def secure(self) -> bool:
-        """Always ``True``: QUIC is always encrypted."""
-        return True
-
-    @property
-    def url(self) -> str:
-        """This config as a URL; the same as :meth:`to_url`."""
-        return self.to_url()
+        _set_server_receive(self, max_sessions, limits, zero_copy_threshold)
 
     def to_url(self) -> str:
         """Return a ``quic://`` URL that :func:`parse_server_url` turns back into an equal
@@ -1514,11 +1462,10 @@ class QuicServerConfig:
         params = [("cert", self.cert_file)]
         if self.key_file is not None:
             params.append(("key", self.key_file))
-        if self.idle_timeout != DEFAULT_IDLE_TIMEOUT:
-            params.append(("idle_timeout", _fmt_seconds(self.idle_timeout)))
+        params += _seconds_param("idle_timeout", self.idle_timeout, DEFAULT_IDLE_TIMEOUT)
         if self.max_sessions is not None:
             params.append(("max_sessions", str(self.max_sessions)))
-        return _with_query(f"quic://{_format_hostport(*self.addr)}", params)
+        return _make_url("quic", self.addr, params=params)
 
 
 # --- unions and entry points ----------------------------------------------------------------------
@@ -1578,7 +1525,7 @@ def parse_url(url: str) -> ConnectionConfig:
             )
         host, port = _url_hostport(parts, server=False, default_port=_WS_DEFAULT_PORT[scheme])
         target = parts.path or "/"
-        ws_url = f"{scheme}://{_format_hostport(host, port)}{target}"
+        ws_url = _make_url(scheme, (host, port), target)
         if rest is not None:
             ws_url += "?" + rest
         kwargs: dict[str, Any] = {}
