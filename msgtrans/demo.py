@@ -1,8 +1,8 @@
-"""``python -m msgtrans demo``: every protocol, client and server, wired together in memory.
+"""``python -m msgtrans demo --memory``: every protocol, client and server, wired in memory.
 
-Until the socket drivers land, the demo runs the real protocol and session machines over
-in-memory pipes: the same bytes a socket would carry (TLS records, WebSocket frames, QUIC
-datagrams) pass between a client and a server, with a simulated clock.  It shows one-way
+The real protocol and session machines run over in-memory pipes, with no socket: the same bytes a
+socket would carry (TLS records, WebSocket frames, QUIC datagrams) pass between a client and a
+server, with a simulated clock.  (``python -m msgtrans demo`` is the same over real sockets.)  It shows one-way
 messages, request/response in both directions and a broadcast, then closes each connection
 gracefully for its protocol and checks that nothing was lost.
 """
@@ -184,7 +184,7 @@ def run_demo(out: TextIO, workdir: Path | None = None) -> int:
 
     print("msgtrans demo: client and server machines for every protocol, joined in memory",
           file=out)
-    print("(the same bytes a socket would carry; the socket drivers are next)\n", file=out)
+    print("(the same bytes a socket would carry, with a simulated clock)\n", file=out)
     for result in results:
         print(f"{result.name}://  {result.bytes_on_wire} bytes on the wire", file=out)
         for line in result.lines:

@@ -1,0 +1,263 @@
+"""``python -m msgtrans serve``: a multi-protocol echo server on the asyncio backend.
+
+Every request is answered with its own payload and biz_type; every one-way message goes back
+to its sender as a one-way message with the same payload and biz_type.  Once every listener is
+bound, one JSON line on stdout says where (port 0 resolved), so a script or a test can start the
+server on free ports and read the addresses back::
+
+    {"tcp": "127.0.0.1:40123", "ws": "ws://127.0.0.1:40124/", "quic": "127.0.0.1:40125",
+     "ca": "/tmp/msgtrans-serve-x1y2/cert.pem"}
+
+SIGINT and SIGTERM shut the server down gracefully; it then exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = [
+    "PROTOCOLS",
+    "EchoHandler",
+    "Listener",
+    "add_arguments",
+    "format_address",
+    "listeners",
+    "main",
+    "run_server",
+]
+
+logger = logging.getLogger("msgtrans.cli.serve")
+
+#: The protocols the server speaks, in the order of the JSON line.
+PROTOCOLS = ("tcp", "tls", "ws", "wss", "quic")
+#: What ``serve`` listens on when no protocol is named.
+DEFAULT_PROTOCOLS = ("tcp", "ws", "quic")
+DEFAULT_ADDR = "127.0.0.1:0"
+#: Seconds the graceful shutdown on SIGINT/SIGTERM may take before the rest is dropped.
+SHUTDOWN_TIMEOUT = 5.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``serve``'s options to *parser*."""
+    from . import host_port
+
+    for name in PROTOCOLS:
+        parser.add_argument(f"--{name}", metavar="HOST:PORT", type=host_port,
+                            help=f"serve {name} on HOST:PORT (port 0: a free port)")
+    parser.add_argument("--tls-cert", metavar="FILE",
+                        help="certificate chain (PEM) for tls, wss and quic "
+                             "(default: a self-signed one generated at start)")
+    parser.add_argument("--tls-key", metavar="FILE",
+                        help="private key (PEM) of --tls-cert (default: in the same file)")
+    parser.add_argument("--backend", choices=["asyncio"], default="asyncio",
+                        help="the I/O backend (default asyncio)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging on stderr (default INFO)")
+
+
+class EchoHandler:
+    """The echo server's ``serve`` handler: requests are answered with their own payload and
+    biz_type, one-way messages sent back as one-way messages."""
+
+    async def on_connected(self, session: Any) -> None:
+        """Log the new session."""
+        logger.info("session %s connected (%s from %s)", session.id, session.protocol.name,
+                    session.peer_address)
+
+    async def on_message(self, session: Any, message: Any) -> None:
+        """Send the one-way *message* back to its sender."""
+        logger.debug("session %s: one-way %r", session.id, message)
+        await session.send(message.payload, biz_type=message.biz_type)
+
+    async def on_request(self, session: Any, message: Any) -> Any:
+        """Answer the request *message* with its own payload (``serve`` gives a response the
+        request's biz_type)."""
+        logger.debug("session %s: request %r", session.id, message)
+        return message.payload
+
+    async def on_disconnected(self, session: Any, reason: Any) -> None:
+        """Log the end of the session."""
+        logger.info("session %s closed (%s)", session.id, reason)
+
+    async def on_error(self, session: Any, error: BaseException) -> None:
+        """Log what went wrong; the session or the server go on as the driver decides."""
+        logger.warning("session %s: %s", session.id, error)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listener of the server.
+
+    Attributes:
+        name: ``tcp``, ``tls``, ``ws``, ``wss`` or ``quic``.
+        config: its server config.
+    """
+
+    name: str
+    config: Any
+
+
+def listeners(addrs: dict[str, str], cert: Path | None, key: Path | None) -> list[Listener]:
+    """Server configs for *addrs* (protocol name -> ``HOST:PORT``), in :data:`PROTOCOLS` order.
+
+    Args:
+        addrs: the protocols to serve and where.
+        cert: the certificate file for tls, wss and quic (needed only for those).
+        key: its key file (``None``: in the certificate file).
+
+    Raises:
+        ConfigurationError: an address or the certificate is invalid.
+    """
+    from ..core.config import (
+        QuicServerConfig,
+        ServerTlsConfig,
+        TcpServerConfig,
+        WebSocketServerConfig,
+    )
+
+    out: list[Listener] = []
+    for name in PROTOCOLS:
+        addr = addrs.get(name)
+        if addr is None:
+            continue
+        if name == "tcp":
+            config: Any = TcpServerConfig(addr)
+        elif name == "ws":
+            config = WebSocketServerConfig(addr)
+        else:
+            assert cert is not None, "tls, wss and quic need a certificate"
+            if name == "tls":
+                config = TcpServerConfig(addr, tls=ServerTlsConfig(cert, key))
+            elif name == "wss":
+                config = WebSocketServerConfig(addr, tls=ServerTlsConfig(cert, key))
+            else:
+                config = QuicServerConfig(addr, cert_file=cert, key_file=key)
+        out.append(Listener(name, config))
+    return out
+
+
+def format_address(name: str, address: tuple[str, int]) -> str:
+    """How the JSON line shows a bound *address* of protocol *name*: ``HOST:PORT``, or a URL
+    for WebSocket (``ws://HOST:PORT/``)."""
+    host, port = address[0], address[1]
+    if ":" in host:  # IPv6 literals are bracketed in URLs and HOST:PORT alike
+        host = f"[{host}]"
+    if name in ("ws", "wss"):
+        return f"{name}://{host}:{port}/"
+    return f"{host}:{port}"
+
+
+@contextlib.contextmanager
+def certificate(cert: str | None, key: str | None,
+                needed: bool) -> Iterator[tuple[Path | None, Path | None]]:
+    """The certificate and key to serve with: the given files, or a self-signed pair in a
+    temporary directory removed on exit (only when *needed*)."""
+    if cert is not None:
+        yield Path(cert), (Path(key) if key is not None else None)
+        return
+    if not needed:
+        yield None, None
+        return
+    from ..certs import write_self_signed
+
+    with tempfile.TemporaryDirectory(prefix="msgtrans-serve-") as folder:
+        made_cert, made_key = write_self_signed(folder)
+        logger.info("generated a self-signed certificate for localhost, 127.0.0.1 and ::1: %s",
+                    made_cert)
+        yield made_cert, made_key
+
+
+async def run_server(
+    configs: list[Listener],
+    ca: Path | None,
+    out: TextIO,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Serve *configs* with :class:`EchoHandler` until SIGINT, SIGTERM or *stop*; return 0.
+
+    Prints the JSON line of bound addresses (with ``"ca"`` when a TLS protocol is served) on
+    *out* once listening.
+
+    Raises:
+        TransportError: a listener cannot be opened.
+    """
+    import msgtrans.io_asyncio as mt
+
+    loop = asyncio.get_running_loop()
+    stop = stop if stop is not None else asyncio.Event()
+    signals: list[signal.Signals] = []
+    transport = mt.Transport.builder().shutdown_timeout(SHUTDOWN_TIMEOUT).build()
+    stream = transport.accept([c.config for c in configs])
+    serving: asyncio.Task[None] | None = None
+    try:
+        await stream.start()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError, ValueError):
+                # No loop signal handlers here (Windows, or not the main thread): Ctrl-C still
+                # interrupts the process, just not gracefully.
+                continue
+            signals.append(sig)
+        bound = {c.name: format_address(c.name, a)
+                 for c, a in zip(configs, stream.addresses, strict=True)}
+        if ca is not None and any(c.name in ("tls", "wss", "quic") for c in configs):
+            bound["ca"] = str(ca)
+        print(json.dumps(bound), file=out, flush=True)
+        for name, where in bound.items():
+            if name != "ca":
+                logger.info("%s listening on %s", name, where)
+        serving = loop.create_task(transport.serve(stream, EchoHandler()))
+        stopped = loop.create_task(stop.wait())
+        await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if serving.done():
+            serving.result()  # serve() ended on its own: only an error does that
+        logger.info("shutting down")
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        report = await transport.graceful_shutdown(SHUTDOWN_TIMEOUT)
+        if serving is not None and not serving.done():
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+        await stream.aclose()
+    logger.info("shut down: %d closed cleanly, %d forced, %d messages flushed in %.3f s",
+                report.closed_cleanly, report.forced, report.messages_flushed, report.elapsed)
+    return 0
+
+
+def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Run ``serve`` with parsed *args*; return the exit status (0 after a graceful stop, 1 if
+    a listener cannot be opened)."""
+    from ..core.errors import TransportError
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":
+        # aioquic logs every handshake at INFO under "quic"; that is debugging detail here.
+        logging.getLogger("quic").setLevel(logging.WARNING)
+    addrs = {name: getattr(args, name) for name in PROTOCOLS if getattr(args, name) is not None}
+    if not addrs:
+        addrs = dict.fromkeys(DEFAULT_PROTOCOLS, DEFAULT_ADDR)
+    needs_cert = any(name in addrs for name in ("tls", "wss", "quic"))
+    try:
+        with certificate(args.tls_cert, args.tls_key, needs_cert) as (cert, key):
+            configs = listeners(addrs, cert, key)
+            return asyncio.run(run_server(configs, cert, out or sys.stdout))
+    except TransportError as exc:
+        print(f"msgtrans serve: {exc}", file=sys.stderr)
+        return 1
