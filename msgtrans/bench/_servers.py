@@ -1,0 +1,187 @@
+"""The benchmark's servers, each run in its own process:
+
+    python -m msgtrans.bench._servers KIND PROTOCOL CERTDIR
+
+KIND is ``msgtrans`` or a peer (``protocol``, ``streams``, ``uvloop``, ``websockets``,
+``aioquic``, ``raw``); PROTOCOL is ``tcp``, ``tls``, ``ws`` or ``quic``.  The server prints
+``PORT <n>`` on stdout once it listens, then serves until its stdin closes (the benchmark holds
+the other end, so a dead benchmark never leaves a server behind) or it is terminated.
+
+The msgtrans server is what users deploy: ``Transport.serve`` with a handler.  It counts one-way
+messages per session; a request with ``biz_type`` 1 is answered with the count (8 bytes, reset
+after), ``biz_type`` 2 triggers ``send_to_all`` of its payload, any other request is echoed.
+
+Hook for the other backends: a trio or blocking server registers itself in :data:`SERVERS`
+under a new KIND (for example ``msgtrans-trio``) and the runner starts it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from . import _peers
+from ._peers import COUNT
+
+__all__ = ["SERVERS", "main"]
+
+BIZ_COUNT = 1
+BIZ_FANOUT = 2
+
+
+def _ready(port: int) -> None:
+    sys.stdout.write(f"PORT {port}\n")
+    sys.stdout.flush()
+
+
+def _watch_stdin(on_eof: Callable[[], None]) -> None:
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(1):
+                pass
+        finally:
+            on_eof()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+async def _until_stdin_closes() -> None:
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def eof() -> None:
+        loop.call_soon_threadsafe(finish)
+
+    _watch_stdin(eof)
+    await done
+
+
+async def serve_msgtrans(protocol: str, certdir: Path) -> None:
+    import msgtrans.io_asyncio as mt
+
+    tls = mt.ServerTlsConfig(certdir / "cert.pem", certdir / "key.pem")
+    config: Any
+    if protocol == "tcp":
+        config = mt.TcpServerConfig("127.0.0.1:0", backlog=1024)
+    elif protocol == "tls":
+        config = mt.TcpServerConfig("127.0.0.1:0", tls=tls, backlog=1024)
+    elif protocol == "ws":
+        config = mt.WebSocketServerConfig("127.0.0.1:0", path=None, backlog=1024,
+                                          ping_interval=None)
+    elif protocol == "quic":
+        config = mt.QuicServerConfig("127.0.0.1:0", certdir / "cert.pem", certdir / "key.pem")
+    else:
+        raise SystemExit(f"unknown protocol {protocol!r}")
+
+    transport = mt.Transport.builder().shutdown_timeout(0.5).build()
+    counts: dict[int, int] = {}
+
+    class Handler:
+        async def on_message(self, session: mt.Session, message: mt.Message) -> None:
+            counts[session.id] = counts.get(session.id, 0) + 1
+
+        async def on_request(self, session: mt.Session, message: mt.Message) -> bytes:
+            if message.biz_type == BIZ_COUNT:
+                return COUNT.pack(counts.pop(session.id, 0))
+            if message.biz_type == BIZ_FANOUT:
+                await transport.send_to_all(bytes(message.payload))
+                return b""
+            return bytes(message.payload)
+
+        async def on_disconnected(self, session: mt.Session, reason: object) -> None:
+            counts.pop(session.id, None)
+
+    async with transport:
+        stream = transport.accept([config])
+        await stream.start()
+        _ready(stream.addresses[0][1])
+        server = asyncio.ensure_future(transport.serve(stream, Handler()))
+        try:
+            await _until_stdin_closes()
+        finally:
+            server.cancel()
+            await asyncio.gather(server, return_exceptions=True)
+
+
+async def serve_frames(kind: str, protocol: str, certdir: Path) -> None:
+    tls = _peers.server_ssl(certdir) if protocol == "tls" else None
+    server = await _peers.serve_frames("streams" if kind == "streams" else "protocol", tls)
+    sockets: list[Any] = list(getattr(server, "sockets", None) or ())
+    _ready(int(sockets[0].getsockname()[1]))
+    async with server:
+        await _until_stdin_closes()
+
+
+async def serve_websockets(protocol: str, certdir: Path) -> None:
+    server = await _peers.serve_websockets()
+    _ready(int(next(iter(server.sockets)).getsockname()[1]))
+    try:
+        await _until_stdin_closes()
+    finally:
+        server.close()
+
+
+async def serve_aioquic(protocol: str, certdir: Path) -> None:
+    server, port = await _peers.serve_aioquic(certdir)
+    _ready(port)
+    try:
+        await _until_stdin_closes()
+    finally:
+        server.close()
+
+
+def serve_raw() -> None:
+    stop = threading.Event()
+    _watch_stdin(stop.set)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        _ready(int(listener.getsockname()[1]))
+        _peers.serve_raw(listener, stop.is_set)
+
+
+def _asyncio(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(make())
+
+
+def _uvloop(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    import uvloop  # type: ignore[import-not-found, unused-ignore]
+
+    uvloop.install()
+    asyncio.run(make())
+
+
+#: KIND -> function(protocol, certdir) that serves until stdin closes.
+SERVERS: dict[str, Callable[[str, Path], None]] = {
+    "msgtrans": lambda p, d: _asyncio(lambda: serve_msgtrans(p, d)),
+    "protocol": lambda p, d: _asyncio(lambda: serve_frames("protocol", p, d)),
+    "uvloop": lambda p, d: _uvloop(lambda: serve_frames("protocol", p, d)),
+    "streams": lambda p, d: _asyncio(lambda: serve_frames("streams", p, d)),
+    "websockets": lambda p, d: _asyncio(lambda: serve_websockets(p, d)),
+    "aioquic": lambda p, d: _asyncio(lambda: serve_aioquic(p, d)),
+    "raw": lambda p, d: serve_raw(),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[0] not in SERVERS:
+        sys.stderr.write(f"usage: KIND PROTOCOL CERTDIR; KIND in {sorted(SERVERS)}\n")
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        SERVERS[args[0]](args[1], Path(args[2]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
