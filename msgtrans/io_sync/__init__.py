@@ -1,0 +1,71 @@
+"""msgtrans with blocking calls: whole messages over TCP, TLS, WebSocket and QUIC, for code
+with no event loop (scripts, threaded web frameworks, notebooks).
+
+::
+
+    import msgtrans.io_sync as mt
+
+    with mt.Transport.builder().build() as transport:
+        session = transport.connect("tcp://127.0.0.1:9001")
+        reply = session.request(b"ping", timeout=2.0)
+        message = session.receive(timeout=1.0)   # TransportTimeoutError if nothing came
+
+The same names, defaults and errors as :mod:`msgtrans.io_asyncio`, minus ``await``: iterators
+instead of async iterators, context managers instead of async ones, and every object safe to use
+from several threads at once.  All background work (reading sockets, QUIC timers, keepalives)
+runs in one thread per transport, a ``selectors`` loop over all its sockets, stopped and joined
+by the shutdown; :meth:`Transport.serve` runs its handler in a small thread pool.  Every
+protocol decision is the core's.
+"""
+
+from ..core.config import (
+    QuicConfig,
+    QuicServerConfig,
+    ServerTlsConfig,
+    TcpConfig,
+    TcpServerConfig,
+    TlsConfig,
+    WebSocketConfig,
+    WebSocketServerConfig,
+)
+from ..core.errors import (
+    ConfigurationError,
+    Protocol,
+    ProtocolError,
+    ResourceError,
+    TransportConnectionError,
+    TransportError,
+    TransportTimeoutError,
+)
+from ..core.packet import PacketType
+from ..core.session import CloseReason, SessionState
+from ._message import Message
+from ._session import Session
+from ._transport import SessionStream, ShutdownReport, Transport, TransportBuilder
+
+__all__ = [
+    "CloseReason",
+    "ConfigurationError",
+    "Message",
+    "PacketType",
+    "Protocol",
+    "ProtocolError",
+    "QuicConfig",
+    "QuicServerConfig",
+    "ResourceError",
+    "ServerTlsConfig",
+    "Session",
+    "SessionState",
+    "SessionStream",
+    "ShutdownReport",
+    "TcpConfig",
+    "TcpServerConfig",
+    "TlsConfig",
+    "Transport",
+    "TransportBuilder",
+    "TransportConnectionError",
+    "TransportError",
+    "TransportTimeoutError",
+    "WebSocketConfig",
+    "WebSocketServerConfig",
+]

@@ -1,0 +1,664 @@
+"""The sockets: stream connections, QUIC client sockets, TCP listeners and QUIC listeners, each a
+:class:`~msgtrans.io_sync._loop.Channel` of the transport's I/O loop.
+
+Every method here runs on the I/O thread with the transport lock held, except the few marked
+"any thread" (they only set flags and ask the loop to flush).  TLS lives in the core (its
+``TlsMachine``), so every stream socket is plain TCP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..core.config import QuicServerConfig
+from ..core.connection import Connection, quic_endpoint, server_connection
+from ..core.errormap import map_error
+from ..core.machine import Address
+from ..core.packet import Buffer
+from ..core.quic import QuicMachine
+from ..core.quic_endpoint import QuicEndpoint
+from ..core.session import SessionMachine
+from ._loop import Channel, IOLoop
+from ._session import Session
+
+__all__ = [
+    "QuicClientChannel",
+    "QuicListener",
+    "StreamChannel",
+    "StreamListener",
+    "open_quic_listener",
+    "open_stream_listener",
+]
+
+logger = logging.getLogger("msgtrans.io_sync")
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+#: Reads per socket per loop iteration: a busy socket must not starve the others.
+_READS_PER_TURN = 16
+#: Buffers per ``sendmsg`` call (IOV_MAX is 1024 on Linux, less elsewhere).
+_IOV_BATCH = 512
+#: The channel's own write buffer (what the kernel did not take yet): above HIGH the
+#: application's sends wait, below LOW they go on (asyncio's transport defaults, scaled up).
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+
+NewSession = Callable[[Callable[[int], Connection]], Session]
+
+
+def _as_bytes_view(buffer: Buffer) -> memoryview:
+    view = memoryview(buffer)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+class StreamChannel(Channel):
+    """The socket of one stream session (TCP, TLS, WebSocket, WSS): reads into the core's
+    buffer (zero copy), writes the core's buffers with ``sendmsg`` and keeps the unsent tail."""
+
+    def __init__(self, loop: IOLoop, session: Session, sock: socket.socket) -> None:
+        self.loop = loop
+        self.session = session
+        self.sock = sock
+        self._conn = session.connection
+        self._out: list[memoryview] = []
+        self._out_bytes = 0
+        self._reading = True
+        self._eof_received = False
+        self._eof_written = False
+        self._aborting = False
+        self._closed = False
+        try:
+            self._peer: Address | None = tuple(sock.getpeername())
+        except OSError:
+            self._peer = None
+        session.set_io(self)
+
+    def __repr__(self) -> str:
+        return f"<StreamChannel session={self.session.id}>"
+
+    # --- the session's side (any thread) -------------------------------------------------------
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The peer's socket address."""
+        return self._peer
+
+    def request_flush(self) -> None:
+        """Have the loop write soon."""
+        if not self._closed:
+            self.loop.request_flush(self)
+
+    def pause_reading(self) -> None:
+        """Stop reading: the application fell behind."""
+        self._reading = False
+        self.request_flush()
+
+    def resume_reading(self) -> None:
+        """Read again."""
+        self._reading = True
+        self.request_flush()
+
+    def abort(self) -> None:
+        """Drop the socket (the loop closes it at its next flush)."""
+        self._aborting = True
+        if self._closed:
+            self.session.socket_gone()
+        else:
+            self.request_flush()
+
+    # --- the loop's side -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register with the loop and start the core connection."""
+        if self._aborting or not self.loop.running:
+            self._close()
+            return
+        self.loop.add(self, READ)
+        self.session.attach(self, time.monotonic())
+
+    def deadline(self) -> float | None:
+        """The session's next deadline."""
+        return self.session.deadline()
+
+    def on_timer(self, now: float) -> None:
+        """Fire the session's timers."""
+        self.session.on_timer(now)
+
+    def on_ready(self, mask: int, now: float) -> None:
+        """Read what arrived; a writable socket gets the unsent tail."""
+        if mask & READ:
+            self._read(now)
+        if mask & WRITE:
+            self.loop.request_flush(self)
+
+    def _read(self, now: float) -> None:
+        for _ in range(_READS_PER_TURN):
+            if not self._reading or self._eof_received or self._closed:
+                return
+            buffer = self._conn.get_buffer(-1)
+            try:
+                nbytes = self.sock.recv_into(buffer)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.session.lost(exc, now)
+                self._close()
+                return
+            if nbytes == 0:
+                self._eof_received = True
+                self.session.feed_eof(now)
+                self.loop.request_flush(self)
+                return
+            self.session.feed(nbytes, now)
+
+    def flush(self, now: float) -> None:
+        """Write the core's bytes; shut the write side once; close once the core is done."""
+        if self._closed:
+            return
+        if self._aborting:
+            self._close()
+            return
+        for buffer in self.session.take_output():
+            view = _as_bytes_view(buffer)
+            if view.nbytes:
+                self._out.append(view)
+                self._out_bytes += view.nbytes
+        if self._out and not self._write(now):
+            return
+        if not self._out and self.session.write_closed and not self._eof_written:
+            self._eof_written = True
+            # The peer may be gone already (ENOTCONN after its reset): the read says so.
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+        if self._out_bytes > _HIGH_WATER:
+            self.session.set_socket_paused(True)
+        elif self._out_bytes <= _LOW_WATER:
+            self.session.set_socket_paused(False)
+        self.session.process()
+        if self.session.machine_closed and not self._out:
+            self._close()
+            return
+        mask = (READ if self._reading and not self._eof_received else 0) | (
+            WRITE if self._out else 0)
+        self.loop.set_interest(self, mask)
+
+    def _write(self, now: float) -> bool:
+        sock = self.sock
+        assert sock is not None
+        while self._out:
+            batch = self._out[:_IOV_BATCH]
+            try:
+                sent = sock.sendmsg(batch)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError as exc:
+                self._out.clear()
+                self._out_bytes = 0
+                self.session.lost(exc, now)
+                self._close()
+                return False
+            self._out_bytes -= sent
+            done = 0
+            while sent:
+                head = self._out[done]
+                if sent >= head.nbytes:
+                    sent -= head.nbytes
+                    done += 1
+                else:
+                    self._out[done] = head[sent:]
+                    sent = 0
+            del self._out[:done]
+        return True
+
+    def close_now(self) -> None:
+        """The loop is ending: drop the socket."""
+        self.session.lost(None, time.monotonic())
+        self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.loop.remove(self)
+            if self.sock is not None:
+                self.sock.close()
+            self._out.clear()
+        self.session.socket_gone()
+
+
+class StreamListener(Channel):
+    """One listening socket for a TCP or WebSocket server config."""
+
+    def __init__(self, loop: IOLoop, sock: socket.socket, config: Any, *,
+                 new_session: NewSession, on_established: Callable[[Session], None],
+                 settings: dict[str, Any]) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.config = config
+        bound = sock.getsockname()
+        self.address: tuple[str, int] = (bound[0], bound[1])
+        self._new_session = new_session
+        self._on_established = on_established
+        self._settings = settings
+        self._tls_context: ssl.SSLContext | None = (
+            config.tls.server_context() if config.tls is not None else None)
+        self._live: set[Session] = set()  # for max_sessions
+
+    def __repr__(self) -> str:
+        return f"<StreamListener {self.address}>"
+
+    def start(self) -> None:
+        """Register with the loop."""
+        if not self.loop.running:
+            self.close_now()
+            return
+        self.loop.add(self, READ)
+
+    def on_ready(self, mask: int, now: float) -> None:
+        """Accept what is waiting."""
+        for _ in range(_READS_PER_TURN):
+            if self.sock is None:
+                return
+            try:
+                sock, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE and friends: the listener goes on; the next turn may succeed.
+                logger.warning("listener %s: accept failed: %s", self.address, exc)
+                return
+            self._accepted(sock)
+
+    def _accepted(self, sock: socket.socket) -> None:
+        config = self.config
+        if config.max_sessions is not None and len(self._live) >= config.max_sessions:
+            logger.warning("listener %s: refusing a connection: %d sessions (max_sessions)",
+                           self.address, len(self._live))
+            sock.close()
+            return
+        sock.setblocking(False)
+        _tune(sock, config)
+        tls_context = self._tls_context
+        settings = self._settings
+        session = self._new_session(
+            lambda sid: server_connection(config, session_id=sid, tls_context=tls_context,
+                                          **settings))
+        self._live.add(session)
+        session.when_finished(self._live.discard)
+        session.when_established(self._on_established)
+        StreamChannel(self.loop, session, sock).start()
+
+    def close_now(self) -> None:
+        """Stop accepting (sessions already accepted go on)."""
+        self.loop.remove(self)
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def _tune(sock: socket.socket, config: Any) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY,
+                        int(getattr(config, "nodelay", True)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE,
+                        int(getattr(config, "keepalive", True)))
+
+
+def tune_stream(sock: socket.socket, config: Any) -> None:
+    """Apply the config's ``nodelay`` and ``keepalive`` to a connected TCP socket."""
+    _tune(sock, config)
+
+
+def _bind(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
+    infos = socket.getaddrinfo(host or None, port, type=kind, flags=socket.AI_PASSIVE)
+    family, _type, proto, _name, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if kind == socket.SOCK_STREAM and hasattr(socket, "SO_REUSEADDR"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_stream_listener(loop: IOLoop, config: Any, new_session: NewSession,
+                         on_established: Callable[[Session], None],
+                         settings: dict[str, Any]) -> StreamListener:
+    """Bind and listen for *config* (any thread); call :meth:`StreamListener.start` on the
+    loop.
+
+    Raises:
+        TransportError: the address cannot be bound (mapped from the ``OSError``).
+        ConfigurationError: the TLS certificate cannot be loaded.
+    """
+    host, port = config.addr
+    try:
+        sock = _bind(host, port, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise map_error(exc, protocol=config.protocol, operation="listen") from exc
+    try:
+        sock.listen(config.backlog)
+        return StreamListener(loop, sock, config, new_session=new_session,
+                              on_established=on_established, settings=settings)
+    except BaseException:
+        sock.close()
+        raise
+
+
+# --- QUIC --------------------------------------------------------------------------------------
+
+
+class QuicClientChannel(Channel):
+    """The socket of one QUIC client session: a UDP socket connected to the server."""
+
+    def __init__(self, loop: IOLoop, session: Session, sock: socket.socket,
+                 peer: Address) -> None:
+        self.loop = loop
+        self.session = session
+        self.sock = sock
+        self._peer = peer
+        self._aborting = False
+        self._closed = False
+        session.set_io(self)
+
+    def __repr__(self) -> str:
+        return f"<QuicClientChannel session={self.session.id}>"
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The server's socket address."""
+        return self._peer
+
+    def request_flush(self) -> None:
+        """Have the loop send soon (any thread)."""
+        if not self._closed:
+            self.loop.request_flush(self)
+
+    def pause_reading(self) -> None:
+        """QUIC's own flow control bounds what the peer may send; nothing to do."""
+
+    def resume_reading(self) -> None:
+        """See :meth:`pause_reading`."""
+
+    def abort(self) -> None:
+        """Drop the socket (any thread)."""
+        self._aborting = True
+        if self._closed:
+            self.session.socket_gone()
+        else:
+            self.request_flush()
+
+    def start(self) -> None:
+        """Register and start the core connection (queues the Initial packet)."""
+        if self._aborting or not self.loop.running:
+            self._close()
+            return
+        self.loop.add(self, READ)
+        self.session.attach(self, time.monotonic())
+
+    def deadline(self) -> float | None:
+        """The session's next deadline."""
+        return self.session.deadline()
+
+    def on_timer(self, now: float) -> None:
+        """Fire the session's timers (QUIC recovery, idle, keepalive)."""
+        self.session.on_timer(now)
+
+    def on_ready(self, mask: int, now: float) -> None:
+        """Feed the datagrams that arrived."""
+        sock = self.sock
+        assert sock is not None
+        for _ in range(_READS_PER_TURN * 4):
+            if self._closed:
+                return
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ICMP errors (port unreachable...): QUIC's own timers decide; only log them.
+                logger.debug("session %s: UDP error %s", self.session.id, exc)
+                continue
+            self.session.feed_datagram(data, addr, now)
+
+    def flush(self, now: float) -> None:
+        """Send the core's datagrams; close the socket once the connection is over."""
+        if self._closed:
+            return
+        if self._aborting:
+            self._close()
+            return
+        sock = self.sock
+        assert sock is not None
+        for data, _addr in self.session.take_datagrams(now):
+            # A full socket buffer or an ICMP error drops the datagram: QUIC retransmits.
+            with contextlib.suppress(OSError):
+                sock.send(data)
+        self.session.process()
+        if self.session.machine_closed:
+            self._close()
+
+    def close_now(self) -> None:
+        """The loop is ending: drop the socket."""
+        self.session.lost(None, time.monotonic())
+        self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.loop.remove(self)
+            if self.sock is not None:
+                self.sock.close()
+        self.session.socket_gone()
+
+
+class _ServerSessionIO:
+    """The socket side of one accepted QUIC session: its listener's shared socket."""
+
+    def __init__(self, listener: QuicListener, session: Session, machine: QuicMachine) -> None:
+        self._listener = listener
+        self._session = session
+        self._machine = machine
+
+    @property
+    def peer_address(self) -> Address | None:
+        return self._machine.peer_address
+
+    def request_flush(self) -> None:
+        self._listener.request_flush()
+
+    def pause_reading(self) -> None:
+        # The socket is shared by every connection; QUIC flow control bounds each peer.
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        # Tell the peer too (CONNECTION_CLOSE); the shared socket stays.
+        self._machine.close(0, "aborted")
+        self._listener.forget(self._session)
+        self._listener.request_flush()
+        self._session.socket_gone()
+
+
+class QuicListener(Channel):
+    """One UDP socket serving a :class:`QuicServerConfig` through the core's endpoint."""
+
+    def __init__(self, loop: IOLoop, sock: socket.socket, endpoint: QuicEndpoint, *,
+                 new_session: NewSession, on_established: Callable[[Session], None],
+                 settings: dict[str, Any]) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.endpoint = endpoint
+        bound = sock.getsockname()
+        self.address: tuple[str, int] = (bound[0], bound[1])
+        self._new_session = new_session
+        self._on_established = on_established
+        self._settings = settings
+        self._sessions: dict[QuicMachine, Session] = {}
+        self._stopping = False
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<QuicListener {self.address}>"
+
+    def start(self) -> None:
+        """Register with the loop."""
+        if not self.loop.running:
+            self.close_now()
+            return
+        self.loop.add(self, READ)
+
+    def request_flush(self) -> None:
+        """Have the loop send soon (any thread)."""
+        if not self.closed:
+            self.loop.request_flush(self)
+
+    def on_ready(self, mask: int, now: float) -> None:
+        """Route the datagrams through the endpoint; wrap new connections in sessions."""
+        sock = self.sock
+        assert sock is not None
+        for _ in range(_READS_PER_TURN * 4):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # ICMP errors from one peer must not stop the listener: log them.
+                logger.debug("QUIC listener %s: UDP error %s", self.address, exc)
+                continue
+            self.endpoint.receive_datagram(data, addr, now)
+        self._accept(now)
+        self._pump()
+
+    def _accept(self, now: float) -> None:
+        for machine in self.endpoint.accept():
+            session = self._new_session(self._connection_for(machine))
+            self._sessions[machine] = session
+            session.when_established(self._on_established)
+            session.attach(_ServerSessionIO(self, session, machine), now)
+
+    def _connection_for(self, machine: QuicMachine) -> Callable[[int], Connection]:
+        def make(session_id: int) -> Connection:
+            return Connection(machine, SessionMachine(session_id, **self._settings))
+
+        return make
+
+    def _pump(self) -> None:
+        # Which connections a datagram or timer touched is the endpoint's business; ask each
+        # session's machine whether it has news (cheap: a flag).
+        for machine, session in list(self._sessions.items()):
+            if machine.has_events:
+                session.process()
+                if session.machine_closed:
+                    self.forget(session)
+                    session.socket_gone()
+        self.loop.request_flush(self)
+
+    def forget(self, session: Session) -> None:
+        """Drop *session* from the listener's table."""
+        for machine, known in list(self._sessions.items()):
+            if known is session:
+                del self._sessions[machine]
+
+    def deadline(self) -> float | None:
+        """The endpoint's deadline, or the soonest of its sessions'."""
+        soonest = self.endpoint.next_deadline()
+        for session in self._sessions.values():
+            deadline = session.deadline()
+            if deadline is not None and (soonest is None or deadline < soonest):
+                soonest = deadline
+        return soonest
+
+    def on_timer(self, now: float) -> None:
+        """Fire the endpoint's timers and the sessions' own."""
+        deadline = self.endpoint.next_deadline()
+        if deadline is not None and deadline <= now:
+            self.endpoint.handle_timer(now)
+        for session in list(self._sessions.values()):
+            deadline = session.deadline()
+            if deadline is not None and deadline <= now:
+                session.on_timer(now)
+        self._pump()
+
+    def flush(self, now: float) -> None:
+        """Send every connection's datagrams; close the socket once stopped and done."""
+        sock = self.sock
+        if sock is None:
+            return
+        for data, addr in self.endpoint.datagrams_to_send(now):
+            with contextlib.suppress(OSError):
+                sock.sendto(data, addr)
+        for machine, session in list(self._sessions.items()):
+            session.account_flushed()
+            if machine.has_events:
+                session.process()
+            if session.machine_closed:
+                self.forget(session)
+                session.socket_gone()
+        if self._stopping and self.endpoint.is_closed:
+            self.close_now()
+
+    def close(self) -> None:
+        """Stop handing out new sessions (those already accepted go on)."""
+        # The endpoint refuses new Initials once it is closing, but its close() also closes
+        # every connection; so stop delivering new sessions instead and let the transport
+        # close sessions one by one.
+        self._on_established = _refuse
+
+    def stop(self) -> None:
+        """Close the socket once every session on it is over (call after closing them)."""
+        self._stopping = True
+        self.endpoint.close(0, "shutdown")
+        self.request_flush()
+
+    def close_now(self) -> None:
+        """Drop the socket now; every session still on it is over."""
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove(self)
+        now = time.monotonic()
+        for session in list(self._sessions.values()):
+            session.lost(None, now)
+            session.socket_gone()
+        self._sessions.clear()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.loop.cond.notify_all()
+
+
+def _refuse(session: Session) -> None:
+    session.start_close(None, "the listener is closed")
+
+
+def open_quic_listener(loop: IOLoop, config: QuicServerConfig, new_session: NewSession,
+                       on_established: Callable[[Session], None],
+                       settings: dict[str, Any]) -> QuicListener:
+    """Bind a UDP socket for *config* (any thread); call :meth:`QuicListener.start` on the
+    loop.
+
+    Raises:
+        TransportError: the address cannot be bound (mapped from the ``OSError``).
+        ConfigurationError: the certificate cannot be loaded.
+    """
+    endpoint = quic_endpoint(config)
+    host, port = config.addr
+    try:
+        sock = _bind(host, port, socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise map_error(exc, protocol="quic", operation="listen") from exc
+    return QuicListener(loop, sock, endpoint, new_session=new_session,
+                        on_established=on_established, settings=settings)

@@ -1,0 +1,783 @@
+"""The application's entry point: :class:`Transport`, its builder, :class:`SessionStream` and
+:class:`ShutdownReport` -- blocking calls with timeouts, safe from any thread."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from ..core.config import (
+    ConnectionConfig,
+    QuicConfig,
+    QuicServerConfig,
+    ServerConfig,
+    to_config,
+    to_server_config,
+)
+from ..core.connection import Connection, client_connection
+from ..core.errormap import map_error
+from ..core.errors import (
+    ConfigurationError,
+    Protocol,
+    TransportConnectionError,
+    TransportError,
+    TransportTimeoutError,
+)
+from ..core.packet import Buffer
+from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
+from ._channels import (
+    QuicClientChannel,
+    QuicListener,
+    StreamChannel,
+    StreamListener,
+    open_quic_listener,
+    open_stream_listener,
+    tune_stream,
+)
+from ._loop import IOLoop, wait_until
+from ._message import Message
+from ._session import GOING_AWAY, Session
+
+__all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
+
+logger = logging.getLogger("msgtrans.io_sync")
+
+#: Seconds ``with transport`` gives a graceful shutdown before forcing what is left.
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+#: Handler threads of one :meth:`Transport.serve` unless it says otherwise.
+DEFAULT_SERVE_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class ShutdownReport:
+    """What a shutdown did.
+
+    Attributes:
+        closed_cleanly: sessions whose close handshake completed.
+        forced: sessions that were dropped (their transport aborted) or ended uncleanly.
+        messages_flushed: messages (including responses) that left during the shutdown.
+        elapsed: seconds the shutdown took.
+    """
+
+    closed_cleanly: int
+    forced: int
+    messages_flushed: int
+    elapsed: float
+
+
+class TransportBuilder:
+    """Builds a :class:`Transport`: ``Transport.builder().request_timeout(5).build()``.
+
+    Every setter returns the builder.  Defaults: request timeout 10 s (the wire spec's), connect
+    timeout from each config (10 s unless the URL or config says otherwise), graceful shutdown
+    timeout 5 s for ``with``.
+    """
+
+    def __init__(self) -> None:
+        self._request_timeout = DEFAULT_REQUEST_TIMEOUT
+        self._connect_timeout: float | None = None
+        self._shutdown_timeout = DEFAULT_SHUTDOWN_TIMEOUT
+        self._session: dict[str, Any] = {}
+
+    def request_timeout(self, seconds: float) -> TransportBuilder:
+        """Seconds a request waits for its response unless the call says otherwise.
+
+        Raises:
+            ConfigurationError: not a positive finite number.
+        """
+        _check_seconds("request_timeout", seconds)
+        self._request_timeout = float(seconds)
+        return self
+
+    def connect_timeout(self, seconds: float) -> TransportBuilder:
+        """Seconds :meth:`Transport.connect` may take, handshakes included (default: each
+        config's ``connect_timeout``).
+
+        Raises:
+            ConfigurationError: not a positive finite number.
+        """
+        _check_seconds("connect_timeout", seconds)
+        self._connect_timeout = float(seconds)
+        return self
+
+    def shutdown_timeout(self, seconds: float) -> TransportBuilder:
+        """Seconds the graceful shutdown at the end of ``with`` may take (default 5).
+
+        Raises:
+            ConfigurationError: negative or not a number.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
+            0 <= seconds < float("inf")
+        ):
+            raise ConfigurationError("shutdown_timeout", f"must be >= 0 seconds, got {seconds!r}")
+        self._shutdown_timeout = float(seconds)
+        return self
+
+    def session_settings(self, **settings: Any) -> TransportBuilder:
+        """Other settings of every session's machine (``heartbeat_interval``,
+        ``idle_timeout``, ``send_high_water_bytes``, ``receive_max_messages``... see
+        :class:`~msgtrans.core.session.SessionMachine`); checked by :meth:`build`."""
+        self._session.update(settings)
+        return self
+
+    def build(self) -> Transport:
+        """Return the transport.
+
+        Raises:
+            ConfigurationError: a session setting is invalid.
+        """
+        from ..core.session import SessionMachine
+
+        settings = {"request_timeout": self._request_timeout, **self._session}
+        try:
+            SessionMachine(0, **settings)  # validates every setting now, not at first connect
+        except TypeError as exc:
+            raise ConfigurationError("session_settings", str(exc)) from exc
+        return Transport(
+            settings=settings,
+            connect_timeout=self._connect_timeout,
+            shutdown_timeout=self._shutdown_timeout,
+        )
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 < value < float("inf")
+    ):
+        raise ConfigurationError(
+            name, f"must be a positive finite number of seconds, got {value!r}"
+        )
+
+
+class SessionStream:
+    """The sessions accepted by one or more listeners, as an iterator and a context manager
+    (leaving it stops accepting; sessions already accepted stay open).  Safe from any thread.
+
+    Attributes:
+        addresses: the bound ``(host, port)`` of each listener, in the order of the configs
+            (port 0 resolved), once started.
+    """
+
+    def __init__(self, transport: Transport, configs: Iterable[Any]) -> None:
+        self._transport = transport
+        self._configs: list[ServerConfig] = [to_server_config(c) for c in configs]
+        self._queue: deque[Session] = deque()
+        self._closed = False
+        self._started = False
+        self._loop: IOLoop | None = None
+        self._stream_listeners: list[StreamListener] = []
+        self._quic_listeners: list[QuicListener] = []
+        self.addresses: list[tuple[str, int]] = []
+
+    def start(self) -> None:
+        """Open every listener.
+
+        Raises:
+            TransportError: an address cannot be bound; listeners opened so far are closed.
+            ConfigurationError: a certificate cannot be loaded.
+        """
+        if self._started:
+            return
+        self._started = True
+        transport = self._transport
+        transport._check_open("accept")
+        loop = self._loop = transport._ensure_loop()
+        settings = transport._settings
+        with loop.lock:
+            transport._streams.add(self)
+        try:
+            for config in self._configs:
+                if isinstance(config, QuicServerConfig):
+                    quic = open_quic_listener(loop, config, transport._new_session,
+                                              self._deliver, settings)
+                    with loop.lock:
+                        transport._quic_listeners.append(quic)
+                    self._quic_listeners.append(quic)
+                    loop.submit(quic.start)
+                    self.addresses.append(quic.address)
+                else:
+                    listener = open_stream_listener(loop, config, transport._new_session,
+                                                    self._deliver, settings)
+                    self._stream_listeners.append(listener)
+                    loop.submit(listener.start)
+                    self.addresses.append(listener.address)
+        except BaseException:
+            self.close()
+            raise
+
+    def _deliver(self, session: Session) -> None:
+        # I/O thread, lock held.
+        if self._closed:
+            session.start_close(GOING_AWAY if session.protocol is Protocol.WEBSOCKET else None,
+                                "not accepting")
+            return
+        self._queue.append(session)
+        assert self._loop is not None
+        self._loop.cond.notify_all()
+
+    def close(self) -> None:
+        """Stop accepting: close the listening sockets and end the iteration."""
+        loop = self._loop
+        if self._closed or loop is None:
+            self._closed = True
+            return
+        with loop.lock:
+            self._closed = True
+            self._transport._streams.discard(self)
+            for listener in self._stream_listeners:
+                loop.submit(listener.close_now)
+            for quic in self._quic_listeners:
+                quic.close()  # the UDP socket stays for its sessions until the shutdown
+            loop.cond.notify_all()
+
+    def accept(self, timeout: float | None = None) -> Session:
+        """Return the next accepted session (handshake complete).
+
+        Raises:
+            TransportTimeoutError: none came within *timeout* seconds.
+            TransportConnectionError: the stream is closed (code ``connection.closed``).
+        """
+        self.start()
+        loop = self._loop
+        assert loop is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with loop.lock:
+            if not wait_until(loop.cond, lambda: bool(self._queue) or self._closed, deadline):
+                raise TransportTimeoutError("accept", timeout or 0.0)
+            if not self._queue:
+                raise TransportConnectionError(
+                    "the session stream is closed", code="connection.closed", retryable=False,
+                    operation="accept")
+            return self._queue.popleft()
+
+    def __enter__(self) -> SessionStream:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> SessionStream:
+        return self
+
+    def __next__(self) -> Session:
+        try:
+            return self.accept()
+        except TransportConnectionError:
+            raise StopIteration from None
+
+
+class _Served:
+    """What :class:`_ServeRun` knows of one session."""
+
+    __slots__ = ("busy", "done", "session")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.busy = False
+        self.done = False
+
+
+class _ServeRun:
+    """One :meth:`Transport.serve` call: a small thread pool running the handler.
+
+    A session's messages are handled one after another, in order, by at most one worker at a
+    time (a drain task is submitted when a message arrives and none is running), so any number
+    of sessions share the pool and a slow handler holds up only its own session.
+    """
+
+    def __init__(self, transport: Transport, loop: IOLoop, handler: Any, workers: int) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._handler = handler
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msgtrans-serve")
+        self._served: list[_Served] = []
+        self.finished = threading.Event()
+
+    def add(self, session: Session) -> None:
+        """Serve *session* (any thread)."""
+        served = _Served(session)
+        with self._loop.lock:
+            self._served.append(served)
+            session.inbox_listener = lambda: self._kick(served)
+            served.busy = True
+            self._pool.submit(self._run, served, True)
+
+    def _kick(self, served: _Served) -> None:
+        # Lock held (I/O thread or a receiving thread).
+        if not served.busy and not served.done:
+            served.busy = True
+            try:
+                self._pool.submit(self._run, served, False)
+            except RuntimeError:  # the pool is shutting down: the session is being dropped
+                served.busy = False
+
+    def _run(self, served: _Served, first: bool) -> None:
+        session = served.session
+        handler = self._handler
+        lock = self._loop.lock
+        if first:
+            _call(handler, "on_connected", session)
+        while True:
+            with lock:
+                message = session.take_message()
+                if message is None:
+                    ended = session.is_closed or session.closed_event is not None
+                    if not ended:
+                        served.busy = False
+                        return
+            if message is None:
+                break
+            if message.is_request:
+                self._handle_request(session, message)
+            else:
+                _call(handler, "on_message", session, message)
+        if session.error is not None:
+            _call(handler, "on_error", session, session.error.with_operation("receive"))
+        _call(handler, "on_disconnected", session, session.close_reason)
+        with lock:
+            served.done = True
+            session.inbox_listener = None
+            self._loop.cond.notify_all()
+
+    def _handle_request(self, session: Session, message: Message) -> None:
+        on_request = getattr(self._handler, "on_request", None)
+        if on_request is None:
+            logger.warning("session %s: request %s dropped: the handler has no on_request",
+                           session.id, message.message_id)
+            return
+        try:
+            result = on_request(session, message)
+        except Exception as exc:
+            logger.exception("session %s: on_request failed", session.id)
+            _call(self._handler, "on_error", session, exc)
+            return
+        if not message.responded:
+            try:
+                message.respond(result if result is not None else b"")
+            except TransportError as exc:
+                _call(self._handler, "on_error", session, exc)
+
+    def wait_sessions(self) -> None:
+        """Wait until every served session ended and its handler saw it out."""
+        with self._loop.lock:
+            wait_until(self._loop.cond, lambda: all(s.done for s in self._served), None)
+
+    def close(self) -> None:
+        """Join the pool's threads."""
+        self._pool.shutdown(wait=True)
+        self.finished.set()
+
+
+class Transport:
+    """Sessions over TCP, TLS, WebSocket and QUIC with blocking calls, safe from any thread.
+
+    Make one with :meth:`builder` (or ``Transport()`` for the defaults).  ``with transport:``
+    shuts it down gracefully at the end.  The background work (sockets, QUIC timers,
+    keepalives) runs in one I/O thread, started by the first :meth:`connect` or
+    :meth:`accept` and joined by the shutdown; :meth:`serve` adds a small handler pool, joined
+    when it returns.
+
+    Args:
+        settings: keyword arguments for every session's
+            :class:`~msgtrans.core.session.SessionMachine` (default: its defaults).
+        connect_timeout: seconds for :meth:`connect` (default ``None``: each config's).
+        shutdown_timeout: seconds for the graceful shutdown of ``with`` (default 5.0).
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: dict[str, Any] | None = None,
+        connect_timeout: float | None = None,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        self._settings: dict[str, Any] = dict(settings or {})
+        self._connect_timeout = connect_timeout
+        self._shutdown_timeout = shutdown_timeout
+        self._state_lock = threading.Lock()  # the loop's creation and the shutdown's start
+        self._loop: IOLoop | None = None
+        # Guarded by the loop's lock:
+        self._sessions: dict[int, Session] = {}
+        self._last_id = 0
+        self._streams: set[SessionStream] = set()
+        self._quic_listeners: list[QuicListener] = []
+        self._serve_runs: set[_ServeRun] = set()
+        self._flushed_total = 0
+        self._closing = False
+        self._shutdown: Future[ShutdownReport] | None = None
+
+    @staticmethod
+    def builder() -> TransportBuilder:
+        """Return a :class:`TransportBuilder` with the defaults."""
+        return TransportBuilder()
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.graceful_shutdown(self._shutdown_timeout)
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    def _check_open(self, operation: str) -> None:
+        if self._closing:
+            raise TransportConnectionError(
+                "the transport is shut down", code="connection.closed", retryable=False,
+                operation=operation,
+            )
+
+    def _ensure_loop(self) -> IOLoop:
+        with self._state_lock:
+            self._check_open("connect")
+            if self._loop is None:
+                self._loop = IOLoop(name=f"msgtrans-io-{id(self):x}")
+            return self._loop
+
+    def _new_session(self, make: Callable[[int], Connection]) -> Session:
+        loop = self._loop
+        assert loop is not None
+        with loop.lock:
+            self._last_id += 1
+            session_id = self._last_id
+            session = Session(make(session_id), session_id, loop, on_finished=self._forget)
+            self._sessions[session_id] = session
+            return session
+
+    def _forget(self, session: Session) -> None:
+        if self._sessions.pop(session.id, None) is not None:
+            self._flushed_total += session.packets_flushed
+
+    def sessions(self) -> list[Session]:
+        """The open sessions (handshake complete, not closed), oldest first."""
+        loop = self._loop
+        if loop is None:
+            return []
+        with loop.lock:
+            return [s for s in self._sessions.values() if s.state is SessionState.OPEN]
+
+    def session_count(self) -> int:
+        """How many sessions are open."""
+        return len(self.sessions())
+
+    def connect(self, target: str | ConnectionConfig, *,
+                timeout: float | None = None) -> Session:
+        """Connect to *target* (a URL such as ``"tcp://127.0.0.1:9001"``, ``tls://``,
+        ``ws://``, ``wss://``, ``quic://``, or a config) and return the open session.
+
+        Args:
+            target: where to connect.
+            timeout: seconds for connecting and every handshake (default: the builder's
+                connect timeout, else the config's ``connect_timeout``, 10 s by default).
+                Name resolution runs in the calling thread and is not bounded by it.
+
+        Raises:
+            ConfigurationError: *target* is invalid.
+            TransportConnectionError: refused, unreachable, DNS failure, TLS verification or
+                handshake failure (``error_code`` says which).
+            TransportTimeoutError: not connected in time (code ``timeout.connect``).
+        """
+        self._check_open("connect")
+        config = to_config(target)
+        limit = timeout if timeout is not None else (
+            self._connect_timeout if self._connect_timeout is not None
+            else config.connect_timeout
+        )
+        deadline = time.monotonic() + limit
+        loop = self._ensure_loop()
+        settings = self._settings
+        session: Session | None = None
+        try:
+            if isinstance(config, QuicConfig):
+                infos = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_DGRAM)
+                family, addr = infos[0][0], infos[0][4]
+                session = self._new_session(
+                    lambda sid: client_connection(config, session_id=sid, resolved=addr,
+                                                  **settings))
+                udp = socket.socket(family, socket.SOCK_DGRAM)
+                try:
+                    udp.setblocking(False)
+                    udp.connect(addr)
+                except BaseException:
+                    udp.close()
+                    raise
+                with loop.lock:
+                    channel: QuicClientChannel | StreamChannel = QuicClientChannel(
+                        loop, session, udp, addr)
+            else:
+                session = self._new_session(
+                    lambda sid: client_connection(config, session_id=sid, **settings))
+                # A blocking connect bounded by the time left (every address in turn, as
+                # asyncio does); the socket goes non-blocking to the loop once connected.
+                sock = socket.create_connection(
+                    (config.host, config.port), timeout=max(deadline - time.monotonic(), 0.001))
+                try:
+                    sock.setblocking(False)
+                    tune_stream(sock, config)
+                except BaseException:
+                    sock.close()
+                    raise
+                with loop.lock:
+                    channel = StreamChannel(loop, session, sock)
+            loop.submit(channel.start)
+        except OSError as exc:
+            session_id = session.id if session is not None else None
+            if session is not None:
+                self._abandon(session, "connect failed")
+            raise map_error(exc, protocol=config.protocol, operation="connect",
+                            session_id=session_id,
+                            timeout=limit if isinstance(exc, TimeoutError) else None) from None
+        except BaseException:
+            if session is not None:
+                self._abandon(session, "abandoned during connect")
+            raise
+        try:
+            with loop.lock:
+                if session.wait_established(deadline):
+                    return session
+        except BaseException:
+            self._abandon(session, "abandoned during connect")
+            raise
+        self._abandon(session, "abandoned: connect timed out")
+        raise map_error(TimeoutError(), protocol=config.protocol, operation="connect",
+                        session_id=session.id, timeout=limit) from None
+
+    def _abandon(self, session: Session, reason: str) -> None:
+        """Abort a session whose connect failed and wait (bounded) until the I/O thread
+        released its socket, so a failed connect leaves nothing behind."""
+        session.abort(reason)
+        loop = self._loop
+        if loop is not None and not loop.in_loop_thread():
+            with loop.lock:
+                wait_until(loop.cond, lambda: session.is_closed, time.monotonic() + 1.0)
+
+    # --- messages ------------------------------------------------------------------------------
+
+    def send(self, session: Session, data: Buffer, *, biz_type: int = 0,
+             ext_header: Buffer = b"", timeout: float | None = None) -> None:
+        """Send a one-way message on *session* (see :meth:`Session.send`)."""
+        session.send(data, biz_type=biz_type, ext_header=ext_header, timeout=timeout)
+
+    def request(self, session: Session, data: Buffer, *, biz_type: int = 0,
+                ext_header: Buffer = b"", timeout: float | None = None) -> Message:
+        """Send a request on *session* and return the response (see :meth:`Session.request`)."""
+        return session.request(data, biz_type=biz_type, ext_header=ext_header, timeout=timeout)
+
+    def receive(self, session: Session, timeout: float | None = None) -> Message:
+        """Return the next one-way message or request on *session* (see
+        :meth:`Session.receive`)."""
+        return session.receive(timeout)
+
+    def message_stream(self, session: Session,
+                       timeout: float | None = None) -> Iterator[Message]:
+        """Yield the messages and requests of *session* until it closes (see
+        :meth:`Session.messages`).
+
+        Raises:
+            TransportError: the session ended with an error (a clean close just ends the
+                iteration).
+        """
+        return session.messages(timeout)
+
+    def broadcast(self, sessions: Iterable[Session], data: Buffer, *, biz_type: int = 0,
+                  ext_header: Buffer = b"", timeout: float | None = None,
+                  ) -> list[TransportError | None]:
+        """Send one one-way message to each of *sessions*; return one result per session, in
+        order: ``None`` when it was queued, else the :class:`TransportError`.
+
+        The sends are queued one after another; *timeout* bounds each one's wait on
+        backpressure (default: no limit), so one stalled peer cannot hold up the rest for
+        ever.
+        """
+        out: list[TransportError | None] = []
+        for session in sessions:
+            try:
+                session.send(data, biz_type=biz_type, ext_header=ext_header, timeout=timeout)
+            except TransportError as exc:
+                out.append(exc)
+            except Exception as exc:
+                out.append(map_error(exc, operation="send", session_id=session.id))
+            else:
+                out.append(None)
+        return out
+
+    def send_to_all(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"",
+                    timeout: float | None = None) -> list[TransportError | None]:
+        """:meth:`broadcast` to every open session (in :meth:`sessions` order)."""
+        return self.broadcast(self.sessions(), data, biz_type=biz_type, ext_header=ext_header,
+                              timeout=timeout)
+
+    # --- servers -------------------------------------------------------------------------------
+
+    def accept(self, configs: Iterable[ServerConfig | str]) -> SessionStream:
+        """Listen on every config (``TcpServerConfig``, ``WebSocketServerConfig``,
+        ``QuicServerConfig`` or server URLs) and return the stream of accepted sessions; use
+        it as ``with transport.accept([...]) as sessions: for session in sessions: ...``.
+
+        Raises:
+            ConfigurationError: a config is invalid.
+            (When entered) TransportError: an address cannot be bound.
+        """
+        return SessionStream(self, configs)
+
+    def serve(self, configs: Iterable[ServerConfig | str] | SessionStream, handler: Any, *,
+              workers: int = DEFAULT_SERVE_WORKERS) -> None:
+        """Accept on *configs* and serve each session with *handler*; block until the
+        transport shuts down (from another thread) and the handlers saw their sessions out.
+
+        *configs* may also be a :class:`SessionStream` from :meth:`accept`, started or not
+        (start it first to learn its :attr:`~SessionStream.addresses`); serve closes it at the
+        end.
+
+        *handler* has any of these methods: ``on_connected(session)``,
+        ``on_message(session, message)``, ``on_request(session, message) -> bytes`` (the
+        return value is the response), ``on_disconnected(session, reason)``,
+        ``on_error(session, error)``.  They run in a pool of *workers* threads (never the I/O
+        thread), sessions concurrently, each one's messages in order.  An exception from the
+        handler is logged and given to ``on_error``; it never ends the session or the server.
+
+        Raises:
+            TransportError: a listener cannot be opened.
+        """
+        stream = configs if isinstance(configs, SessionStream) else self.accept(configs)
+        stream.start()
+        loop = self._loop
+        assert loop is not None
+        run = _ServeRun(self, loop, handler, workers)
+        with loop.lock:
+            self._serve_runs.add(run)
+        try:
+            with stream:
+                for session in stream:
+                    run.add(session)
+            # Stopped by a shutdown: the sessions are closing; let the handlers see it out.
+            run.wait_sessions()
+        finally:
+            run.close()
+            with loop.lock:
+                self._serve_runs.discard(run)
+
+    # --- shutdown ------------------------------------------------------------------------------
+
+    def graceful_shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> ShutdownReport:
+        """Shut down: stop accepting, let requests in flight finish and queued messages leave
+        until *timeout*, close every session with its protocol's close (WebSocket 1001, QUIC
+        CONNECTION_CLOSE, TCP FIN), then drop whatever is left and stop the I/O thread.
+        Calling it again (from any thread) returns the first call's report.
+
+        Args:
+            timeout: seconds for all of it (default 5.0).
+
+        Returns:
+            the :class:`ShutdownReport`.
+        """
+        return self._shut(timeout, drain=True)
+
+    def shutdown(self, timeout: float = 1.0) -> ShutdownReport:
+        """Shut down without waiting for requests in flight: close every session at once with
+        its protocol's close, wait at most *timeout* seconds (default 1.0), drop the rest.
+
+        Returns:
+            the :class:`ShutdownReport`.
+        """
+        return self._shut(timeout, drain=False)
+
+    def _shut(self, timeout: float, *, drain: bool) -> ShutdownReport:
+        with self._state_lock:
+            first = self._shutdown is None
+            if first:
+                self._shutdown = Future()
+                self._closing = True
+            future = self._shutdown
+            assert future is not None
+        if not first:
+            return future.result()
+        try:
+            report = self._do_shutdown(timeout, drain)
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        future.set_result(report)
+        return report
+
+    def _do_shutdown(self, timeout: float, drain: bool) -> ShutdownReport:
+        start = time.monotonic()
+        deadline = start + max(0.0, timeout)
+        loop = self._loop
+        if loop is None:
+            return ShutdownReport(0, 0, 0, time.monotonic() - start)
+        for stream in list(self._streams):
+            stream.close()
+        with loop.lock:
+            sessions = list(self._sessions.values())
+            flushed_before = self._flushed_total + sum(s.packets_flushed for s in sessions)
+            cond = loop.cond
+            if drain and sessions:
+                wait_until(cond, lambda: all(s.is_closed or not s.pending_work
+                                             for s in sessions), deadline)
+            for session in sessions:
+                code = GOING_AWAY if session.protocol is Protocol.WEBSOCKET else None
+                session.start_close(code, "shutdown")
+            for quic in self._quic_listeners:
+                quic.stop()
+            wait_until(cond, lambda: all(s.is_closed for s in sessions), deadline)
+            for session in sessions:
+                if not session.is_closed:
+                    session.abort("aborted by shutdown")
+            for quic in self._quic_listeners:
+                loop.submit(quic.close_now)
+            # The I/O thread releases aborted sockets on its next turn; wait for that.
+            wait_until(cond, lambda: all(s.is_closed for s in sessions)
+                       and all(q.closed for q in self._quic_listeners),
+                       time.monotonic() + 1.0)
+            self._quic_listeners.clear()
+            runs = list(self._serve_runs)
+        # Whatever is still open (a connect racing the shutdown) is closed by the loop's end.
+        loop.stop()
+        me = threading.current_thread().name
+        for run in runs:
+            if not me.startswith("msgtrans-serve"):  # a handler cannot wait for its own pool
+                run.finished.wait(max(deadline - time.monotonic(), 0.0) + 1.0)
+        with loop.lock:
+            flushed = self._flushed_total + sum(
+                s.packets_flushed for s in sessions if s.id in self._sessions
+            ) - flushed_before
+        clean = sum(
+            1 for s in sessions
+            if not s.forced and s.closed_event is not None and s.closed_event.clean
+        )
+        return ShutdownReport(
+            closed_cleanly=clean,
+            forced=len(sessions) - clean,
+            messages_flushed=max(0, flushed),
+            elapsed=time.monotonic() - start,
+        )
+
+
+def _call(handler: Any, name: str, *args: Any) -> None:
+    """Call the handler's optional method *name*; what it raises is logged and given to
+    ``on_error`` (contained: it never ends the session or the server)."""
+    method = getattr(handler, name, None)
+    if method is None:
+        return
+    try:
+        method(*args)
+    except Exception as exc:
+        session = args[0]
+        logger.exception("handler %s raised (session %s)", name, getattr(session, "id", "?"))
+        if name != "on_error":
+            _call(handler, "on_error", session, exc)
