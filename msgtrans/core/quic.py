@@ -48,6 +48,9 @@ from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.stream import QuicStream
 
 from .errormap import map_quic_close
 from .errors import (
@@ -112,6 +115,31 @@ _MAX_REASON = 256
 #: Called by a machine when aioquic issues (``True``) or retires (``False``) one of its
 #: connection ids; the endpoint routes datagrams with it.
 CidListener = Callable[["QuicMachine", bytes, bool], None]
+
+
+class FlowControlledQuicConnection(QuicConnection):
+    """aioquic's ``QuicConnection``, with receive windows that stop growing while reading is
+    paused.
+
+    aioquic doubles a receive window whenever the peer has used half of it, counting what
+    *arrived*, not what the application consumed, so a peer can always send more.  While
+    :attr:`read_paused` is set no MAX_DATA / MAX_STREAM_DATA update leaves, so the peer stops at
+    the window it has: that is what bounds a slow reader's memory on QUIC.
+    """
+
+    read_paused = False
+
+    def _write_connection_limits(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace
+    ) -> None:
+        if not self.read_paused:
+            super()._write_connection_limits(builder, space)
+
+    def _write_stream_limits(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
+    ) -> None:
+        if not self.read_paused:
+            super()._write_stream_limits(builder, space, stream)
 
 
 class QuicAppError(IntEnum):
@@ -307,7 +335,7 @@ class QuicMachine(DatagramMachine):
         if ca_file is not None or ca_data is not None:
             configuration.load_verify_locations(cafile=ca_file, cadata=ca_data)
         return cls(
-            QuicConnection(configuration=configuration),
+            FlowControlledQuicConnection(configuration=configuration),
             peer_address=server_addr,
             limits=limits,
             zero_copy_threshold=zero_copy_threshold,
@@ -524,6 +552,23 @@ class QuicMachine(DatagramMachine):
                 self._abandon(exc)
                 return
         self._process(now)
+
+    def pause_reading(self) -> None:
+        """Stop granting the peer more flow-control credit (the application fell behind).
+
+        What the peer may still send is bounded by the windows it already has.  Does nothing
+        for a plain aioquic ``QuicConnection`` (only :class:`FlowControlledQuicConnection`
+        can hold its windows).
+        """
+        if isinstance(self._quic, FlowControlledQuicConnection):
+            self._quic.read_paused = True
+
+    def resume_reading(self) -> None:
+        """Grant credit again after :meth:`pause_reading`; the update leaves with the next
+        datagrams."""
+        if isinstance(self._quic, FlowControlledQuicConnection) and self._quic.read_paused:
+            self._quic.read_paused = False
+            self._dirty = True
 
     def change_connection_id(self) -> None:
         """Switch to the next connection id the peer issued and retire the current one

@@ -71,6 +71,7 @@ from .quic import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LOW_WATERMARK,
     DEFAULT_PING_INTERVAL,
+    FlowControlledQuicConnection,
     QuicMachine,
 )
 
@@ -484,7 +485,7 @@ class QuicEndpoint:
         """Make the connection for an Initial sent to *dcid*; *cids* are the original
         destination id and the Retry's source id (``None`` without Retry)."""
         original_cid, retry_cid = cids
-        quic = QuicConnection(
+        quic = FlowControlledQuicConnection(
             configuration=self.configuration,
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,

@@ -85,10 +85,18 @@ class QuicClientIO(asyncio.DatagramProtocol):
             transport.close()
 
     def pause_reading(self) -> None:
-        """QUIC's own flow control bounds what the peer may send; nothing to do."""
+        """Stop granting the peer flow-control credit: the application fell behind."""
+        self._machine().pause_reading()
 
     def resume_reading(self) -> None:
-        """See :meth:`pause_reading`."""
+        """Grant credit again; the update leaves with the next datagrams."""
+        self._machine().resume_reading()
+        self.schedule_flush()
+
+    def _machine(self) -> QuicMachine:
+        machine = self.session.connection.machine
+        assert isinstance(machine, QuicMachine)
+        return machine
 
     def abort(self) -> None:
         """Drop the socket now."""
@@ -122,11 +130,13 @@ class _ServerSessionIO:
             self._session.socket_gone()
 
     def pause_reading(self) -> None:
-        # The socket is shared by every connection; QUIC flow control bounds each peer.
-        pass
+        # The socket is shared by every connection, so the pause is QUIC's own: the machine
+        # stops granting this peer credit and the peer stops at the window it has.
+        self._machine.pause_reading()
 
     def resume_reading(self) -> None:
-        pass
+        self._machine.resume_reading()
+        self._listener.schedule_flush()
 
     def abort(self) -> None:
         # Tell the peer too (CONNECTION_CLOSE); the shared socket stays.

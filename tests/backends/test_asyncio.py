@@ -576,7 +576,7 @@ def test_websockets_library_client(certs: tuple[Path, Path]) -> None:
 # --- flow control -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("proto", ["tcp", "tls", "ws", "wss"])
+@pytest.mark.parametrize("proto", ["tcp", "tls", "ws", "wss", "quic"])
 def test_slow_reader_pauses_reading(proto: str, certs: tuple[Path, Path]) -> None:
     """A server application that does not read stops the socket reads (bounded memory); the
     client's sends then wait on backpressure; nothing is lost once the reader catches up."""
