@@ -48,6 +48,9 @@ __all__ = [
 DEFAULT_ZERO_COPY_THRESHOLD = 64 * 1024
 #: The size of the receive area :meth:`PacketDecoder.get_buffer` offers by default.
 DEFAULT_RECEIVE_SIZE = 64 * 1024
+#: How much of a big packet's buffer is allocated before its bytes arrive: the rest is allocated
+#: once the peer has sent this much, so that a header claiming 16 MiB costs at most 1 MiB.
+LARGE_FIRST_STEP = 1024 * 1024
 #: The spec's cap on a QUIC stream frame.
 QUIC_MAX_FRAME = 16 * 1024 * 1024
 
@@ -98,6 +101,7 @@ class PacketDecoder:
         self._end = 0  # end of the received bytes in _buf
         self._large: bytearray | None = None  # a big packet being received in place
         self._large_fields: HeaderFields | None = None
+        self._large_total = 0  # the big packet's full size (its buffer may still be smaller)
         self._filled = 0
         self.error: ProtocolError | None = None
         #: Number of packets handed out as views of received memory (the zero-copy path).
@@ -172,6 +176,8 @@ class PacketDecoder:
         if self.error is not None:
             raise self.error
         if self._large is not None:
+            if self._filled == len(self._large):
+                self._grow_large()
             return memoryview(self._large)[self._filled :]
         want = max(sizehint, self._receive_size // 2) if sizehint > 0 else self._receive_size // 2
         if len(self._buf) - self._end < want:
@@ -191,7 +197,7 @@ class PacketDecoder:
         try:
             if self._large is not None:
                 self._filled += nbytes
-                if self._filled == len(self._large):
+                if self._filled == self._large_total:
                     self._finish_large(out)
                 return out
             self._end += nbytes
@@ -271,7 +277,10 @@ class PacketDecoder:
             if end - start < total:
                 if large is not None and payload_len >= large:
                     # A big packet: give it its own buffer now, receive the rest into it.
-                    self._large = bytearray(total)
+                    # Only the first LARGE_FIRST_STEP bytes are taken until the peer has sent
+                    # them: a 16-byte header alone must not make us hold 16 MiB.
+                    self._large = bytearray(min(total, max(end - start, LARGE_FIRST_STEP)))
+                    self._large_total = total
                     self._large_fields = fields
                     have = end - start
                     self._large[:have] = view[start:end]
@@ -332,12 +341,25 @@ class PacketDecoder:
     def _fill_large(self, view: memoryview, pos: int, out: list[Packet]) -> int:
         """Copy what *view* holds of the big packet in progress; return the bytes taken."""
         assert self._large is not None
-        take = min(len(self._large) - self._filled, len(view) - pos)
+        take = min(self._large_total - self._filled, len(view) - pos)
+        if self._filled + take > len(self._large):
+            self._grow_large()
         self._large[self._filled : self._filled + take] = view[pos : pos + take]
         self._filled += take
-        if self._filled == len(self._large):
+        if self._filled == self._large_total:
             self._finish_large(out)
         return take
+
+    def _grow_large(self) -> None:
+        """Give the big packet its full-size buffer: the peer sent the first step of it.
+
+        One copy of at most LARGE_FIRST_STEP bytes; a new buffer rather than a resize, as a
+        caller may still hold a view of the old one.
+        """
+        assert self._large is not None
+        full = bytearray(self._large_total)
+        full[: self._filled] = memoryview(self._large)[: self._filled]
+        self._large = full
 
     def _finish_large(self, out: list[Packet]) -> None:
         assert self._large is not None and self._large_fields is not None

@@ -599,3 +599,25 @@ def test_feed_eof_twice_and_empty_feeds() -> None:
     decoder.feed_eof()
     decoder.feed_eof()
     assert decoder.error is None
+
+
+def test_a_header_alone_does_not_reserve_the_whole_payload() -> None:
+    from msgtrans.core.framing import LARGE_FIRST_STEP
+
+    payload = bytes(range(256)) * (12 * 1024 * 1024 // 256)  # 12 MiB, under the 16 MiB limit
+    wire = Packet(PacketType.ONE_WAY, 1, 0, payload).encode()
+    decoder = PacketDecoder()
+    assert decoder.feed(wire[:16]) == []
+    assert decoder._large is not None and len(decoder._large) == LARGE_FIRST_STEP
+    # The rest through the receive-into path: the buffer grows once, to the full size.
+    view = memoryview(wire)[16:]
+    out: list[Packet] = []
+    while view:
+        buf = decoder.get_buffer()
+        n = min(len(buf), len(view), 300_000)
+        buf[:n] = view[:n]
+        del buf
+        view = view[n:]
+        out += decoder.buffer_updated(n)
+    assert out == [Packet(PacketType.ONE_WAY, 1, 0, payload)]
+    assert isinstance(out[0].payload, memoryview)
