@@ -1,0 +1,305 @@
+"""QUIC sockets: a connected UDP socket per client session, and one UDP socket per server
+listener driving the core's :class:`~msgtrans.core.quic_endpoint.QuicEndpoint`."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
+
+from ..core.config import QuicServerConfig
+from ..core.connection import Connection, quic_endpoint
+from ..core.errormap import map_error
+from ..core.machine import Address
+from ..core.quic import QuicMachine
+from ..core.quic_endpoint import QuicEndpoint
+from ..core.session import SessionMachine
+from ._session import Session
+from ._stream import deliver_when_established
+
+__all__ = ["QuicClientIO", "QuicListener", "open_quic_listener"]
+
+logger = logging.getLogger("msgtrans.io_trio")
+
+_MAX_DATAGRAM = 65536
+
+
+class QuicClientIO:
+    """The socket side of one QUIC client session: a UDP socket connected to the server."""
+
+    def __init__(self, session: Session, sock: trio.socket.SocketType, peer: Address) -> None:
+        self.session = session
+        self._sock = sock
+        self._peer = peer
+        self._wake = trio.Event()
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The server's socket address."""
+        return self._peer
+
+    def wake(self) -> None:
+        """Have the writer send the core's datagrams."""
+        self._wake.set()
+
+    def set_reading(self, reading: bool) -> None:
+        """QUIC's own flow control bounds what the peer may send; nothing to do."""
+
+    async def run(self) -> None:
+        """Receive and send until the connection is over."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reader)
+            await self._writer()
+            nursery.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        """Close the socket."""
+        self._sock.close()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _reader(self) -> None:
+        while True:
+            try:
+                data = await self._sock.recv(_MAX_DATAGRAM)
+            except OSError as exc:
+                # ICMP errors (port unreachable...): QUIC's own timers decide; only log them.
+                logger.debug("session %s: UDP error %s", self.session.id, exc)
+                continue
+            self.session.feed_datagram(data, self._peer)
+
+    async def _writer(self) -> None:
+        session = self.session
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            for data, _addr in session.take_datagrams():
+                try:
+                    # The socket is connected: no address.
+                    await self._sock.send(data)
+                except OSError as exc:
+                    logger.debug("session %s: UDP send failed: %s", session.id, exc)
+            session.process()
+            if session.machine_closed:
+                return
+
+
+class _ServerSessionIO:
+    """The socket side of one accepted QUIC session: a seat on its listener's shared socket."""
+
+    def __init__(self, listener: QuicListener, session: Session, machine: QuicMachine) -> None:
+        self._listener = listener
+        self._session = session
+        self._machine = machine
+        self.done = trio.Event()
+
+    @property
+    def peer_address(self) -> Address | None:
+        return self._machine.peer_address
+
+    def wake(self) -> None:
+        self._listener.wake()
+        if self._session.machine_closed:
+            # No socket of its own: the session is over once its machine is.
+            self.done.set()
+
+    def set_reading(self, reading: bool) -> None:
+        # The socket is shared by every connection; QUIC flow control bounds each peer.
+        pass
+
+    async def run(self) -> None:
+        await self.done.wait()
+
+    async def aclose(self) -> None:
+        if not self._machine.is_closed:
+            # Aborted: tell the peer too (CONNECTION_CLOSE); the shared socket stays.
+            self._machine.close(0, "aborted")
+        self._listener.forget(self._session)
+        self._listener.wake()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+class QuicListener:
+    """One UDP socket serving a :class:`QuicServerConfig` through the core's endpoint: a
+    reader task routing datagrams, a writer task sending, a timer task for the endpoint."""
+
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        endpoint: QuicEndpoint,
+        *,
+        new_session: Callable[[Callable[[int], Connection]], Session],
+        spawn: Callable[..., None],
+        on_established: Callable[[Session], None],
+        settings: dict[str, Any],
+    ) -> None:
+        self.endpoint = endpoint
+        bound = sock.getsockname()
+        self.address: Address = (bound[0], bound[1])
+        self._sock = sock
+        self._new_session = new_session
+        self._spawn = spawn
+        self._on_established = on_established
+        self._settings = settings
+        self._seats: dict[QuicMachine, tuple[Session, _ServerSessionIO]] = {}
+        self._wake = trio.Event()
+        self._timer_event = trio.Event()
+        self._stopping = False
+        self._closed = trio.Event()
+        self.scope = trio.CancelScope()
+
+    async def run(self) -> None:
+        """Serve the socket until it closes (a task in the transport's nursery)."""
+        try:
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reader)
+                    nursery.start_soon(self._timer_loop)
+                    await self._writer()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._sock.close()
+            for session, seat in list(self._seats.values()):
+                session.lost(None)
+                seat.done.set()
+            self._seats.clear()
+            self._closed.set()
+
+    async def _reader(self) -> None:
+        sock = self._sock
+        endpoint = self.endpoint
+        while True:
+            try:
+                data, addr = await sock.recvfrom(_MAX_DATAGRAM)
+            except OSError as exc:
+                # ICMP errors from one peer must not stop the listener: log them.
+                logger.debug("QUIC listener %s: UDP error %s", self.address, exc)
+                continue
+            now = trio.current_time()
+            endpoint.receive_datagram(data, addr, now)
+            for machine in endpoint.accept():
+                session = self._new_session(self._connection_for(machine))
+                seat = _ServerSessionIO(self, session, machine)
+                self._seats[machine] = (session, seat)
+                self._spawn(session.run, seat)
+                self._spawn(deliver_when_established, session, self._deliver)
+            self._pump()
+
+    def _deliver(self, session: Session) -> None:
+        self._on_established(session)
+
+    def _connection_for(self, machine: QuicMachine) -> Callable[[int], Connection]:
+        def make(session_id: int) -> Connection:
+            return Connection(machine, SessionMachine(session_id, **self._settings))
+
+        return make
+
+    def _pump(self) -> None:
+        # Which connections a datagram or timer touched is the endpoint's business; ask each
+        # session's machine whether it has news (cheap: a flag).
+        for machine, (session, seat) in list(self._seats.items()):
+            if machine.has_events:
+                session.process()
+            if session.machine_closed:
+                self._seats.pop(machine, None)
+                seat.done.set()
+        self.wake()
+
+    def forget(self, session: Session) -> None:
+        """Drop *session* from the listener's table."""
+        for machine, (known, _seat) in list(self._seats.items()):
+            if known is session:
+                del self._seats[machine]
+
+    def wake(self) -> None:
+        """Have the writer send every connection's datagrams."""
+        self._wake.set()
+        self._timer_event.set()
+
+    async def _writer(self) -> None:
+        sock = self._sock
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            for data, addr in self.endpoint.datagrams_to_send(trio.current_time()):
+                try:
+                    await sock.sendto(data, addr)
+                except OSError as exc:
+                    logger.debug("QUIC listener %s: send failed: %s", self.address, exc)
+            for machine, (session, seat) in list(self._seats.items()):
+                session.account_flushed()
+                if machine.has_events:
+                    session.process()
+                if session.machine_closed:
+                    self._seats.pop(machine, None)
+                    seat.done.set()
+            if self._stopping and self.endpoint.is_closed:
+                return
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.endpoint.next_deadline()
+            if self._timer_event.is_set():
+                self._timer_event = trio.Event()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await self._timer_event.wait()
+                continue
+            self.endpoint.handle_timer(trio.current_time())
+            self._pump()
+
+    def close(self) -> None:
+        """Stop handing out new sessions (sessions already accepted go on)."""
+        # The endpoint refuses new Initials once it is closing, but its close() also closes
+        # every connection; so close what arrives instead, one by one.
+        self._on_established = _refuse
+
+    def stop(self) -> None:
+        """Close the socket once every session on it is over (call after closing them)."""
+        self._stopping = True
+        self.endpoint.close(0, "shutdown")
+        self._pump()
+
+    def abort(self) -> None:
+        """Drop the socket now."""
+        self.scope.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait until the socket is closed."""
+        await self._closed.wait()
+
+
+def _refuse(session: Session) -> None:
+    session.start_close(None, "the listener is closed")
+
+
+async def open_quic_listener(
+    config: QuicServerConfig,
+    new_session: Callable[[Callable[[int], Connection]], Session],
+    spawn: Callable[..., None],
+    on_established: Callable[[Session], None],
+    settings: dict[str, Any],
+) -> QuicListener:
+    """Bind a UDP socket for *config*.
+
+    Raises:
+        TransportError: the address cannot be bound (mapped from the ``OSError``).
+        ConfigurationError: the certificate cannot be loaded.
+    """
+    endpoint = quic_endpoint(config)
+    host, port = config.addr
+    try:
+        infos = await trio.socket.getaddrinfo(host or None, port, type=trio.socket.SOCK_DGRAM,
+                                              flags=trio.socket.AI_PASSIVE)
+        family, kind, proto, _name, addr = infos[0]
+        sock = trio.socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise map_error(exc, protocol="quic", operation="listen") from None
+    try:
+        await sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise map_error(exc, protocol="quic", operation="listen") from None
+    return QuicListener(sock, endpoint, new_session=new_session, spawn=spawn,
+                        on_established=on_established, settings=settings)

@@ -1,0 +1,257 @@
+"""Stream sockets (TCP, TLS over TCP, WebSocket, WSS): the socket side of one session, and
+listeners.
+
+TLS lives in the core (its ``TlsMachine``), so every stream socket here is plain TCP, opened with
+:func:`trio.open_tcp_stream` or accepted from :func:`trio.open_tcp_listeners`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
+
+from ..core.connection import Connection, server_connection
+from ..core.errormap import map_error
+from ..core.machine import Address
+from ..core.packet import Buffer
+from ._session import Session
+
+__all__ = ["StreamIO", "StreamListener", "deliver_when_established", "open_stream_listener"]
+
+logger = logging.getLogger("msgtrans.io_trio")
+
+# Small buffers are joined up to this size before a send (one syscall per batch); larger ones
+# go out on their own, uncopied.
+_JOIN_LIMIT = 64 * 1024
+
+
+class StreamIO:
+    """The socket side of one stream session: a reader task receiving straight into the core's
+    buffer (zero copy) and a writer task sending what the core returns, once per batch."""
+
+    def __init__(self, session: Session, stream: trio.SocketStream, *, nodelay: bool = True,
+                 keepalive: bool = True) -> None:
+        self.session = session
+        self._stream = stream
+        self._sock = stream.socket
+        self._wake = trio.Event()
+        self._reading = trio.Event()
+        self._reading.set()
+        self._eof_written = False
+        if self._sock.family in (socket.AF_INET, socket.AF_INET6):
+            # trio turns TCP_NODELAY on; honour the config either way.
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(nodelay))
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(keepalive))
+        try:
+            peer = self._sock.getpeername()
+        except OSError:
+            peer = None
+        self._peer: Address | None = tuple(peer) if peer is not None else None
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The peer's socket address."""
+        return self._peer
+
+    def wake(self) -> None:
+        """Have the writer flush (all wake-ups before it runs make one flush)."""
+        self._wake.set()
+
+    def set_reading(self, reading: bool) -> None:
+        """Pause or resume the reader (the application fell behind / caught up)."""
+        if reading:
+            self._reading.set()
+        elif self._reading.is_set():
+            self._reading = trio.Event()
+
+    async def run(self) -> None:
+        """Read and write until the core is over (the writer decides: it sends the last bytes)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reader)
+            await self._writer()
+            nursery.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        """Close the socket (never blocks)."""
+        await trio.aclose_forcefully(self._stream)
+
+    async def _reader(self) -> None:
+        session = self.session
+        conn = session.connection
+        sock = self._sock
+        while True:
+            await self._reading.wait()
+            try:
+                nbytes = await sock.recv_into(conn.get_buffer(-1))
+            except OSError as exc:
+                session.lost(exc)
+                return
+            if not nbytes:
+                session.feed_eof()
+                return
+            session.feed(nbytes)
+
+    async def _writer(self) -> None:
+        session = self.session
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            try:
+                # Until the core has nothing more: sends and a close may come in while
+                # send_all waits, and the EOF must go after every byte queued before it.
+                while output := session.take_output():
+                    for chunk in _batches(output):
+                        if chunk:
+                            await self._stream.send_all(chunk)
+                if session.write_closed and not self._eof_written:
+                    self._eof_written = True
+                    # The peer may be gone already (its reset); the reader reports that.
+                    with contextlib.suppress(trio.BrokenResourceError, OSError):
+                        await self._stream.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                session.lost(exc)
+            session.process()
+            if session.machine_closed:
+                return
+
+
+def _batches(data: list[Buffer]) -> list[Buffer]:
+    if len(data) <= 1:
+        return data
+    out: list[Buffer] = []
+    small: list[Buffer] = []
+    size = 0
+    for chunk in data:
+        n = len(chunk)
+        if n >= _JOIN_LIMIT:
+            if small:
+                out.append(b"".join(small))
+                small, size = [], 0
+            out.append(chunk)
+            continue
+        small.append(chunk)
+        size += n
+        if size >= _JOIN_LIMIT:
+            out.append(b"".join(small))
+            small, size = [], 0
+    if small:
+        out.append(b"".join(small) if len(small) > 1 else small[0])
+    return out
+
+
+class StreamListener:
+    """The listening sockets of one TCP or WebSocket server config and their accept loop."""
+
+    def __init__(
+        self,
+        config: Any,
+        listeners: list[trio.SocketListener],
+        *,
+        new_session: Callable[[Callable[[int], Connection]], Session],
+        spawn: Callable[..., None],
+        on_established: Callable[[Session], None],
+        settings: dict[str, Any],
+    ) -> None:
+        self.config = config
+        self.listeners = listeners
+        bound = listeners[0].socket.getsockname()
+        self.address: Address = (bound[0], bound[1])
+        self._new_session = new_session
+        self._spawn = spawn
+        self._on_established = on_established
+        self._settings = settings
+        self._tls_context = config.tls.server_context() if config.tls is not None else None
+        self._live: set[Session] = set()
+        self.scope = trio.CancelScope()
+
+    async def run(self) -> None:
+        """Accept until :meth:`close` (a task in the transport's nursery)."""
+        try:
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    for listener in self.listeners:
+                        nursery.start_soon(self._accept_loop, listener)
+        finally:
+            with trio.CancelScope(shield=True):
+                for listener in self.listeners:
+                    await trio.aclose_forcefully(listener)
+
+    def close(self) -> None:
+        """Stop accepting (sessions already accepted go on)."""
+        self.scope.cancel()
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        config = self.config
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                # EMFILE and friends: log, breathe, go on (a listener must not die of it).
+                logger.warning("listener %s: accept failed: %s", self.address, exc)
+                await trio.sleep(0.1)
+                continue
+            if config.max_sessions is not None and len(self._live) >= config.max_sessions:
+                logger.warning("listener %s: refusing a connection: %d sessions (max_sessions)",
+                               config.addr, len(self._live))
+                await trio.aclose_forcefully(stream)
+                continue
+            try:
+                session = self._new_session(
+                    lambda sid: server_connection(
+                        config, session_id=sid, tls_context=self._tls_context, **self._settings
+                    )
+                )
+                io = StreamIO(session, stream, nodelay=getattr(config, "nodelay", True),
+                              keepalive=getattr(config, "keepalive", True))
+            except Exception:
+                logger.exception("listener %s: cannot set up a connection", self.address)
+                await trio.aclose_forcefully(stream)
+                continue
+            self._live.add(session)
+            session.when_finished(self._live.discard)
+            self._spawn(session.run, io)
+            self._spawn(deliver_when_established, session, self._on_established)
+
+
+async def deliver_when_established(session: Session,
+                                   deliver: Callable[[Session], None]) -> None:
+    """Hand *session* out once its handshake completed; a failed handshake is only logged (it
+    never reaches the application, and never stops a listener)."""
+    try:
+        await session.wait_established()
+    except Exception as exc:
+        logger.info("session %s: handshake failed: %s", session.id, exc)
+        return
+    deliver(session)
+
+
+async def open_stream_listener(
+    config: Any,
+    new_session: Callable[[Callable[[int], Connection]], Session],
+    spawn: Callable[..., None],
+    on_established: Callable[[Session], None],
+    settings: dict[str, Any],
+) -> StreamListener:
+    """Bind the listening sockets of *config* (a TCP or WebSocket server config).
+
+    Raises:
+        TransportError: the address cannot be bound (mapped from the ``OSError``).
+        ConfigurationError: the TLS certificate cannot be loaded.
+    """
+    host, port = config.addr
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
+    except OSError as exc:
+        raise map_error(exc, protocol=config.protocol, operation="listen") from None
+    try:
+        return StreamListener(config, listeners, new_session=new_session, spawn=spawn,
+                              on_established=on_established, settings=settings)
+    except BaseException:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+        raise

@@ -1,0 +1,753 @@
+"""The application's entry point: :class:`Transport`, its builder, :class:`SessionStream` and
+:class:`ShutdownReport`, on trio.
+
+Every task lives in a nursery the application sees: the transport's (``async with transport:``
+opens one; ``Transport(nursery=...)`` uses the caller's) holds the sessions and listeners, and
+:meth:`Transport.serve` holds the handler tasks of its sessions in its own.  Errors meant as one
+:class:`TransportError` are raised as that error, never wrapped in an exception group.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, NoReturn
+
+import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
+
+from ..core.config import (
+    ConnectionConfig,
+    QuicConfig,
+    QuicServerConfig,
+    ServerConfig,
+    to_config,
+    to_server_config,
+)
+from ..core.connection import Connection, client_connection
+from ..core.errormap import map_error
+from ..core.errors import (
+    ConfigurationError,
+    Protocol,
+    TransportConnectionError,
+    TransportError,
+)
+from ..core.packet import Buffer
+from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
+from ..io_asyncio._message import Message
+from ._quic import QuicClientIO, QuicListener, open_quic_listener
+from ._session import GOING_AWAY, Session
+from ._stream import StreamIO, StreamListener, open_stream_listener
+
+__all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
+
+logger = logging.getLogger("msgtrans.io_trio")
+
+#: Seconds ``async with transport`` gives a graceful shutdown before forcing what is left.
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class ShutdownReport:
+    """What a shutdown did.
+
+    Attributes:
+        closed_cleanly: sessions whose close handshake completed.
+        forced: sessions that were dropped (their socket closed at once) or ended uncleanly.
+        messages_flushed: messages (including responses) that left during the shutdown.
+        elapsed: seconds the shutdown took.
+    """
+
+    closed_cleanly: int
+    forced: int
+    messages_flushed: int
+    elapsed: float
+
+
+class TransportBuilder:
+    """Builds a :class:`Transport`: ``Transport.builder().request_timeout(5).build()``.
+
+    Every setter returns the builder.  Defaults: request timeout 10 s (the wire spec's), connect
+    timeout from each config (10 s unless the URL or config says otherwise), graceful shutdown
+    timeout 5 s for ``async with``.
+    """
+
+    def __init__(self) -> None:
+        self._request_timeout = DEFAULT_REQUEST_TIMEOUT
+        self._connect_timeout: float | None = None
+        self._shutdown_timeout = DEFAULT_SHUTDOWN_TIMEOUT
+        self._session: dict[str, Any] = {}
+
+    def request_timeout(self, seconds: float) -> TransportBuilder:
+        """Seconds a request waits for its response unless the call says otherwise.
+
+        Raises:
+            ConfigurationError: not a positive finite number.
+        """
+        _check_seconds("request_timeout", seconds)
+        self._request_timeout = float(seconds)
+        return self
+
+    def connect_timeout(self, seconds: float) -> TransportBuilder:
+        """Seconds :meth:`Transport.connect` may take, handshakes included (default: each
+        config's ``connect_timeout``).
+
+        Raises:
+            ConfigurationError: not a positive finite number.
+        """
+        _check_seconds("connect_timeout", seconds)
+        self._connect_timeout = float(seconds)
+        return self
+
+    def shutdown_timeout(self, seconds: float) -> TransportBuilder:
+        """Seconds the graceful shutdown at the end of ``async with`` may take (default 5).
+
+        Raises:
+            ConfigurationError: negative or not a number.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
+            0 <= seconds < float("inf")
+        ):
+            raise ConfigurationError("shutdown_timeout", f"must be >= 0 seconds, got {seconds!r}")
+        self._shutdown_timeout = float(seconds)
+        return self
+
+    def session_settings(self, **settings: Any) -> TransportBuilder:
+        """Other settings of every session's machine (``heartbeat_interval``,
+        ``idle_timeout``, ``send_high_water_bytes``, ``receive_max_messages``... see
+        :class:`~msgtrans.core.session.SessionMachine`); checked by :meth:`build`."""
+        self._session.update(settings)
+        return self
+
+    def build(self, nursery: trio.Nursery | None = None) -> Transport:
+        """Return the transport.
+
+        Args:
+            nursery: a nursery of the caller's for the transport's tasks (default: the one
+                ``async with transport:`` opens).
+
+        Raises:
+            ConfigurationError: a session setting is invalid.
+        """
+        from ..core.session import SessionMachine
+
+        settings = {"request_timeout": self._request_timeout, **self._session}
+        try:
+            SessionMachine(0, **settings)  # validates every setting now, not at first connect
+        except TypeError as exc:
+            raise ConfigurationError("session_settings", str(exc)) from exc
+        return Transport(
+            nursery=nursery,
+            settings=settings,
+            connect_timeout=self._connect_timeout,
+            shutdown_timeout=self._shutdown_timeout,
+        )
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 < value < float("inf")
+    ):
+        raise ConfigurationError(
+            name, f"must be a positive finite number of seconds, got {value!r}"
+        )
+
+
+
+def _single(exc: BaseException) -> BaseException:
+    """What to raise for *exc*: a group of one is its member (recursively); a group of several
+    ordinary errors is one :class:`TransportError`; anything else is left as it is.
+
+    Trio 0.22 raises ``MultiError`` (or, with ``strict_exception_groups``, an exception group);
+    Python 3.10 has no builtin ``ExceptionGroup``.  Both carry ``exceptions``, which is all
+    this looks at.
+    """
+    members = getattr(exc, "exceptions", None)
+    if not isinstance(members, (list, tuple)) or not members:
+        return exc
+    if len(members) == 1 and isinstance(members[0], BaseException):
+        return _single(members[0])
+    if all(isinstance(m, Exception) for m in members):
+        return map_error(exc)
+    return exc
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    single = _single(exc)
+    if single is exc:
+        raise exc
+    raise single from None
+
+
+async def _abandon(holder: list[Session], reason: str) -> None:
+    """Abort a half-open session and wait (shielded, bounded) until its task released the
+    socket, so a failed connect leaves nothing behind."""
+    if not holder:
+        return
+    session = holder[0]
+    session.abort(reason)
+    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+        await session.wait_closed()
+
+
+async def _wait_all(waits: list[Callable[[], Any]], deadline: float) -> None:
+    """Run every wait concurrently until all are done or *deadline* (trio time) passes."""
+    if not waits:
+        return
+    with trio.move_on_at(deadline):
+        async with trio.open_nursery() as nursery:
+            for wait in waits:
+                nursery.start_soon(wait)
+
+
+class SessionStream:
+    """The sessions accepted by one or more listeners, as an async iterator and an async
+    context manager (leaving it stops accepting; sessions already accepted stay open).
+
+    Attributes:
+        addresses: the bound ``(host, port)`` of each listener, in the order of the configs
+            (port 0 resolved), once entered.
+    """
+
+    def __init__(self, transport: Transport, configs: Iterable[Any]) -> None:
+        self._transport = transport
+        self._configs: list[ServerConfig] = [to_server_config(c) for c in configs]
+        self._queue: deque[Session] = deque()
+        self._event = trio.Event()
+        self._closed = False
+        self._started = False
+        self._stream_listeners: list[StreamListener] = []
+        self._quic_listeners: list[QuicListener] = []
+        self.addresses: list[tuple[str, int]] = []
+
+    async def start(self) -> None:
+        """Open every listener; their tasks run in the transport's nursery.
+
+        Raises:
+            TransportError: an address cannot be bound; listeners opened so far are closed.
+            ConfigurationError: a certificate cannot be loaded, or the transport has no nursery.
+        """
+        if self._started:
+            return
+        transport = self._transport
+        transport._check_open("accept")
+        spawn = transport._spawner("accept")
+        self._started = True
+        transport._streams.add(self)
+        settings = transport._settings
+        try:
+            for config in self._configs:
+                if isinstance(config, QuicServerConfig):
+                    quic = await open_quic_listener(
+                        config, transport._new_session, spawn, self._deliver, settings
+                    )
+                    transport._quic_listeners.append(quic)
+                    self._quic_listeners.append(quic)
+                    spawn(quic.run)
+                    self.addresses.append((quic.address[0], quic.address[1]))
+                else:
+                    listener = await open_stream_listener(
+                        config, transport._new_session, spawn, self._deliver, settings
+                    )
+                    self._stream_listeners.append(listener)
+                    spawn(listener.run)
+                    self.addresses.append((listener.address[0], listener.address[1]))
+        except BaseException:
+            await self.aclose()
+            raise
+
+    def _deliver(self, session: Session) -> None:
+        if self._closed:
+            session.start_close(GOING_AWAY if session.protocol is Protocol.WEBSOCKET else None,
+                                "not accepting")
+            return
+        self._queue.append(session)
+        self._event.set()
+
+    async def aclose(self) -> None:
+        """Stop accepting: close the listening sockets and end the iteration."""
+        if not self._closed:
+            self._closed = True
+            self._transport._streams.discard(self)
+            for listener in self._stream_listeners:
+                listener.close()
+            for quic in self._quic_listeners:
+                quic.close()  # the UDP socket stays for its sessions until the transport shuts down
+            self._event.set()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> SessionStream:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> SessionStream:
+        return self
+
+    async def __anext__(self) -> Session:
+        # Cancel-safe like Session.receive: a session leaves the queue only when returned.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._event.is_set():
+                self._event = trio.Event()
+            await self._event.wait()
+        session = self._queue.popleft()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return session
+
+
+class Transport:
+    """Sessions over TCP, TLS, WebSocket and QUIC on trio.
+
+    Make one with :meth:`builder` (or ``Transport()`` for the defaults).  Its tasks need a
+    nursery: ``async with transport:`` opens one (and shuts the transport down gracefully at
+    the end), or pass your own as ``nursery=`` (then call :meth:`graceful_shutdown` or
+    :meth:`shutdown` before that nursery can end: sessions and listeners run until then).
+
+    Args:
+        nursery: a nursery for the transport's tasks (default: the one ``async with`` opens).
+        settings: keyword arguments for every session's
+            :class:`~msgtrans.core.session.SessionMachine` (default: its defaults).
+        connect_timeout: seconds for :meth:`connect` (default ``None``: each config's).
+        shutdown_timeout: seconds for the graceful shutdown of ``async with`` (default 5.0).
+    """
+
+    def __init__(
+        self,
+        *,
+        nursery: trio.Nursery | None = None,
+        settings: dict[str, Any] | None = None,
+        connect_timeout: float | None = None,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        self._nursery = nursery
+        self._nursery_cm: Any = None
+        self._settings: dict[str, Any] = dict(settings or {})
+        self._connect_timeout = connect_timeout
+        self._shutdown_timeout = shutdown_timeout
+        self._sessions: dict[int, Session] = {}
+        self._last_id = 0
+        self._streams: set[SessionStream] = set()
+        self._quic_listeners: list[QuicListener] = []
+        self._handler_scopes: set[trio.CancelScope] = set()
+        self._closing = False
+        self._shutdown_done: trio.Event | None = None
+        self._report: ShutdownReport | None = None
+        self._flushed_total = 0
+
+    @staticmethod
+    def builder() -> TransportBuilder:
+        """Return a :class:`TransportBuilder` with the defaults."""
+        return TransportBuilder()
+
+    async def __aenter__(self) -> Transport:
+        if self._nursery is None:
+            cm = trio.open_nursery()
+            self._nursery = await cm.__aenter__()
+            self._nursery_cm = cm
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            # Shielded and bounded: leaving must clean up even when the body was cancelled
+            # (then at once, without waiting for requests in flight).
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self._shutdown_timeout + 2.0):
+                    if exc is None or isinstance(exc, Exception):
+                        await self.graceful_shutdown(self._shutdown_timeout)
+                    else:
+                        await self.shutdown(min(1.0, self._shutdown_timeout))
+        finally:
+            cm, self._nursery_cm = self._nursery_cm, None
+            if cm is not None:
+                assert self._nursery is not None
+                self._nursery.cancel_scope.cancel()
+                self._nursery = None
+                # The body's exception is not handed to the nursery: it propagates as it is,
+                # never wrapped in a group; the nursery's tasks contain their own errors.
+                try:
+                    await cm.__aexit__(None, None, None)
+                except BaseException as group:
+                    _reraise(group)
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    def _check_open(self, operation: str) -> None:
+        if self._closing:
+            raise TransportConnectionError(
+                "the transport is shut down", code="connection.closed", retryable=False,
+                operation=operation,
+            )
+
+    def _spawner(self, operation: str) -> Callable[..., None]:
+        nursery = self._nursery
+        if nursery is None:
+            raise ConfigurationError(
+                "nursery",
+                f"cannot {operation}: the transport has no nursery; use 'async with transport:' "
+                "or Transport(nursery=...)",
+            )
+        spawn: Callable[..., None] = nursery.start_soon
+        return spawn
+
+    def _new_session(self, make: Callable[[int], Connection]) -> Session:
+        self._last_id += 1
+        session_id = self._last_id
+        session = Session(make(session_id), session_id, on_finished=self._forget)
+        self._sessions[session_id] = session
+        return session
+
+    def _forget(self, session: Session) -> None:
+        if self._sessions.pop(session.id, None) is not None:
+            self._flushed_total += session.packets_flushed
+
+    def sessions(self) -> list[Session]:
+        """The open sessions (handshake complete, not closed), oldest first."""
+        return [s for s in self._sessions.values() if s.state is SessionState.OPEN]
+
+    def session_count(self) -> int:
+        """How many sessions are open."""
+        return len(self.sessions())
+
+    async def connect(self, target: str | ConnectionConfig, *,
+                      timeout: float | None = None) -> Session:
+        """Connect to *target* (a URL such as ``"tcp://127.0.0.1:9001"``, ``tls://``,
+        ``ws://``, ``wss://``, ``quic://``, or a config) and return the open session.
+
+        The session's tasks run in the transport's nursery.  Cancelling the call (or an
+        enclosing deadline) abandons the half-open connection.
+
+        Args:
+            target: where to connect.
+            timeout: seconds for connecting and every handshake (default: the builder's
+                connect timeout, else the config's ``connect_timeout``, 10 s by default).
+
+        Raises:
+            ConfigurationError: *target* is invalid, or the transport has no nursery.
+            TransportConnectionError: refused, unreachable, DNS failure, TLS verification or
+                handshake failure (``error_code`` says which).
+            TransportTimeoutError: not connected in time (code ``timeout.connect``).
+        """
+        self._check_open("connect")
+        config = to_config(target)
+        spawn = self._spawner("connect")
+        limit = timeout if timeout is not None else (
+            self._connect_timeout if self._connect_timeout is not None
+            else config.connect_timeout
+        )
+        holder: list[Session] = []
+        try:
+            with trio.fail_after(limit):
+                return await self._open(config, holder, spawn)
+        except trio.TooSlowError as exc:
+            session_id = holder[0].id if holder else None
+            await _abandon(holder, "abandoned: connect timed out")
+            raise map_error(exc, protocol=config.protocol, operation="connect",
+                            session_id=session_id, timeout=limit) from None
+        except BaseException:
+            await _abandon(holder, "abandoned during connect")
+            raise
+
+    async def _open(self, config: ConnectionConfig, holder: list[Session],
+                    spawn: Callable[..., None]) -> Session:
+        settings = self._settings
+        sock: trio.socket.SocketType | None = None
+        try:
+            if isinstance(config, QuicConfig):
+                infos = await trio.socket.getaddrinfo(config.host, config.port,
+                                                      type=trio.socket.SOCK_DGRAM)
+                family, kind, proto, _name, addr = infos[0]
+                session = self._new_session(
+                    lambda sid: client_connection(config, session_id=sid, resolved=addr,
+                                                  **settings)
+                )
+                holder.append(session)
+                sock = trio.socket.socket(family, kind, proto)
+                await sock.connect(addr)
+                spawn(session.run, QuicClientIO(session, sock, addr))
+            else:
+                session = self._new_session(
+                    lambda sid: client_connection(config, session_id=sid, **settings)
+                )
+                holder.append(session)
+                stream = await trio.open_tcp_stream(config.host, config.port)
+                try:
+                    io = StreamIO(session, stream, nodelay=getattr(config, "nodelay", True),
+                                  keepalive=getattr(config, "keepalive", True))
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+                spawn(session.run, io)
+        except Exception as exc:
+            if sock is not None:
+                sock.close()
+            if not isinstance(exc, OSError) and getattr(exc, "exceptions", None) is None:
+                raise
+            session_id = holder[0].id if holder else None
+            if holder:
+                holder[0].abort("connect failed")
+                holder.clear()
+            raise map_error(_single(exc), protocol=config.protocol, operation="connect",
+                            session_id=session_id) from None
+        await session.wait_established()
+        return session
+
+    # --- messages ------------------------------------------------------------------------------
+
+    async def send(self, session: Session, data: Buffer, *, biz_type: int = 0,
+                   ext_header: Buffer = b"") -> None:
+        """Send a one-way message on *session* (see :meth:`Session.send`)."""
+        await session.send(data, biz_type=biz_type, ext_header=ext_header)
+
+    async def request(self, session: Session, data: Buffer, *, biz_type: int = 0,
+                      ext_header: Buffer = b"", timeout: float | None = None) -> Message:
+        """Send a request on *session* and return the response (see :meth:`Session.request`)."""
+        return await session.request(data, biz_type=biz_type, ext_header=ext_header,
+                                     timeout=timeout)
+
+    async def receive(self, session: Session) -> Message:
+        """Return the next one-way message or request on *session* (see
+        :meth:`Session.receive`)."""
+        return await session.receive()
+
+    async def message_stream(self, session: Session) -> AsyncIterator[Message]:
+        """Yield the messages and requests of *session* until it closes.
+
+        Raises:
+            TransportError: the session ended with an error (a clean close just ends the
+                iteration).
+        """
+        while True:
+            try:
+                message = await session.receive()
+            except TransportError:
+                if session.error is None:
+                    return
+                raise
+            yield message
+
+    async def broadcast(self, sessions: Iterable[Session], data: Buffer, *, biz_type: int = 0,
+                        ext_header: Buffer = b"") -> list[TransportError | None]:
+        """Send one one-way message to each of *sessions* (concurrently: one slow peer does
+        not hold up the others); return one result per session, in order: ``None`` when it
+        was queued, else the :class:`TransportError`."""
+        targets = list(sessions)
+        results: list[TransportError | None] = [None] * len(targets)
+
+        async def one(index: int, session: Session) -> None:
+            try:
+                await session.send(data, biz_type=biz_type, ext_header=ext_header)
+            except TransportError as exc:
+                results[index] = exc
+            except Exception as exc:
+                results[index] = map_error(exc, operation="send", session_id=session.id)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for index, session in enumerate(targets):
+                    nursery.start_soon(one, index, session)
+        except BaseException as exc:
+            _reraise(exc)  # cancellation and exit are not results
+        return results
+
+    async def send_to_all(self, data: Buffer, *, biz_type: int = 0,
+                          ext_header: Buffer = b"") -> list[TransportError | None]:
+        """:meth:`broadcast` to every open session (in :meth:`sessions` order)."""
+        return await self.broadcast(self.sessions(), data, biz_type=biz_type,
+                                    ext_header=ext_header)
+
+    # --- servers -------------------------------------------------------------------------------
+
+    def accept(self, configs: Iterable[ServerConfig | str]) -> SessionStream:
+        """Listen on every config (``TcpServerConfig``, ``WebSocketServerConfig``,
+        ``QuicServerConfig`` or server URLs) and return the stream of accepted sessions; use
+        it as ``async with transport.accept([...]) as sessions``.
+
+        Raises:
+            ConfigurationError: a config is invalid.
+            (When entered) TransportError: an address cannot be bound.
+        """
+        return SessionStream(self, configs)
+
+    async def serve(
+        self, configs: Iterable[ServerConfig | str] | SessionStream, handler: Any
+    ) -> None:
+        """Accept on *configs* and serve each session with *handler* until cancelled or the
+        transport shuts down.
+
+        *configs* may also be a :class:`SessionStream` from :meth:`accept`, started or not
+        (start it first to learn its :attr:`~SessionStream.addresses`); serve closes it at the
+        end.
+
+        *handler* has any of these async methods: ``on_connected(session)``,
+        ``on_message(session, message)``, ``on_request(session, message) -> bytes`` (the
+        return value is the response), ``on_disconnected(session, reason)``,
+        ``on_error(session, error)``.  Sessions are served concurrently, each by a task in a
+        nursery of this call, each one's messages in order.  An exception from the handler is
+        logged and given to ``on_error``; it never ends the session or the server.
+
+        Raises:
+            TransportError: a listener cannot be opened.
+        """
+        stream = configs if isinstance(configs, SessionStream) else self.accept(configs)
+        try:
+            async with stream, trio.open_nursery() as handlers:
+                self._handler_scopes.add(handlers.cancel_scope)
+                try:
+                    async for session in stream:
+                        handlers.start_soon(self._serve_session, session, handler)
+                finally:
+                    # Stopped by a shutdown: the sessions are closing; the handlers see it
+                    # out (the shutdown cancels them once the sessions are over).
+                    await stream.aclose()
+        except BaseException as exc:
+            _reraise(exc)
+
+    async def _serve_session(self, session: Session, handler: Any) -> None:
+        await _call(handler, "on_connected", session)
+        try:
+            while True:
+                try:
+                    message = await session.receive()
+                except TransportError as exc:
+                    if session.error is not None:
+                        await _call(handler, "on_error", session, exc)
+                    break
+                if message.is_request:
+                    await self._handle_request(session, handler, message)
+                else:
+                    await _call(handler, "on_message", session, message)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                await _call(handler, "on_disconnected", session, session.close_reason)
+
+    async def _handle_request(self, session: Session, handler: Any, message: Message) -> None:
+        on_request = getattr(handler, "on_request", None)
+        if on_request is None:
+            logger.warning("session %s: request %s dropped: the handler has no on_request",
+                           session.id, message.message_id)
+            return
+        try:
+            result = await on_request(session, message)
+        except Exception as exc:
+            logger.exception("session %s: on_request failed", session.id)
+            await _call(handler, "on_error", session, exc)
+            return
+        if not message.responded:
+            try:
+                await message.respond(result if result is not None else b"")
+            except TransportError as exc:
+                await _call(handler, "on_error", session, exc)
+
+    # --- shutdown ------------------------------------------------------------------------------
+
+    async def graceful_shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> ShutdownReport:
+        """Shut down: stop accepting, let requests in flight finish and queued messages leave
+        until *timeout*, close every session with its protocol's close (WebSocket 1001, QUIC
+        CONNECTION_CLOSE, TCP FIN), then drop whatever is left.  Calling it again returns the
+        first call's report.
+
+        Args:
+            timeout: seconds for all of it (default 5.0).
+
+        Returns:
+            the :class:`ShutdownReport`.
+        """
+        return await self._shut(timeout, drain=True)
+
+    async def shutdown(self, timeout: float = 1.0) -> ShutdownReport:
+        """Shut down without waiting for requests in flight: close every session at once with
+        its protocol's close, wait at most *timeout* seconds (default 1.0), drop the rest.
+
+        Returns:
+            the :class:`ShutdownReport`.
+        """
+        return await self._shut(timeout, drain=False)
+
+    async def _shut(self, timeout: float, *, drain: bool) -> ShutdownReport:
+        if self._shutdown_done is not None:
+            await self._shutdown_done.wait()
+            if self._report is None:
+                raise TransportConnectionError(
+                    "the first shutdown did not finish", code="connection.aborted",
+                    retryable=False, operation="shutdown",
+                )
+            return self._report
+        self._shutdown_done = trio.Event()
+        self._closing = True
+        try:
+            self._report = await self._do_shutdown(timeout, drain)
+        finally:
+            self._shutdown_done.set()
+        return self._report
+
+    async def _do_shutdown(self, timeout: float, drain: bool) -> ShutdownReport:
+        start = trio.current_time()
+        deadline = start + max(0.0, timeout)
+        for stream in list(self._streams):
+            await stream.aclose()
+        sessions = list(self._sessions.values())
+        flushed_before = self._flushed_total + sum(s.packets_flushed for s in sessions)
+        if drain:
+            await _wait_all([s.wait_idle for s in sessions], deadline)
+        for session in sessions:
+            code = GOING_AWAY if session.protocol is Protocol.WEBSOCKET else None
+            session.start_close(code, "shutdown")
+        for quic in self._quic_listeners:
+            quic.stop()
+        await _wait_all([s.wait_closed for s in sessions], deadline)
+        for session in sessions:
+            if not session.is_closed:
+                session.abort("aborted by shutdown")
+        for quic in self._quic_listeners:
+            quic.abort()
+        # Aborted sessions release their sockets as their tasks unwind; wait for that so
+        # nothing is left open when the caller's nursery ends.
+        waits = [s.wait_closed for s in sessions] + [q.wait_closed for q in self._quic_listeners]
+        await _wait_all(waits, trio.current_time() + 1.0)
+        self._quic_listeners.clear()
+        for scope in list(self._handler_scopes):
+            scope.cancel()
+        self._handler_scopes.clear()
+        flushed = self._flushed_total + sum(
+            s.packets_flushed for s in sessions if s.id in self._sessions
+        ) - flushed_before
+        clean = sum(
+            1 for s in sessions
+            if not s.forced and s.closed_event is not None and s.closed_event.clean
+        )
+        return ShutdownReport(
+            closed_cleanly=clean,
+            forced=len(sessions) - clean,
+            messages_flushed=max(0, flushed),
+            elapsed=trio.current_time() - start,
+        )
+
+
+async def _call(handler: Any, name: str, *args: Any) -> None:
+    """Call the handler's optional async method *name*; what it raises is logged and given to
+    ``on_error`` (contained: it never ends the session or the server)."""
+    method = getattr(handler, name, None)
+    if method is None:
+        return
+    try:
+        await method(*args)
+    except Exception as exc:
+        session = args[0]
+        logger.exception("handler %s raised (session %s)", name, getattr(session, "id", "?"))
+        if name != "on_error":
+            await _call(handler, "on_error", session, exc)
+
+

@@ -1,0 +1,875 @@
+"""The trio driver over real sockets on loopback, written once and run for every protocol, plus
+a trio client against the asyncio server (each backend drives the same core machines, so they
+must speak the same wire).
+
+Every test runs its own ``trio.run`` under a deadline; transports are used as ``async with``
+(their nursery holds every task, so nothing outlives a test); the suite is meant to run under
+``python -X dev -W error::ResourceWarning -m pytest tests/backends`` so a leaked socket fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import trio
+
+import msgtrans.io_asyncio as amt
+import msgtrans.io_trio as mt
+from msgtrans.certs import write_self_signed
+from msgtrans.core.packet import Packet, PacketType
+
+pytestmark = [
+    pytest.mark.network,
+    pytest.mark.filterwarnings("error::ResourceWarning"),
+    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+]
+
+PROTOCOLS = ["tcp", "tls", "ws", "wss", "quic"]
+T = TypeVar("T")
+WAIT = 5.0  # seconds any single wait may take
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_self_signed(tmp_path_factory.mktemp("certs"))
+
+
+def server_config(proto: str, certs: tuple[Path, Path], m: Any = mt) -> Any:
+    cert, key = certs
+    tls = m.ServerTlsConfig(cert, key)
+    if proto == "tcp":
+        return m.TcpServerConfig("127.0.0.1:0")
+    if proto == "tls":
+        return m.TcpServerConfig("127.0.0.1:0", tls=tls)
+    if proto == "ws":
+        return m.WebSocketServerConfig("127.0.0.1:0")
+    if proto == "wss":
+        return m.WebSocketServerConfig("127.0.0.1:0", tls=tls)
+    return m.QuicServerConfig("127.0.0.1:0", cert_file=cert, key_file=key)
+
+
+def client_url(proto: str, port: int, certs: tuple[Path, Path]) -> str:
+    path = "/" if proto in ("ws", "wss") else ""
+    query = f"?ca={certs[0]}" if proto in ("tls", "wss", "quic") else ""
+    return f"{proto}://localhost:{port}{path}{query}"
+
+
+def run(main: Callable[[], Awaitable[T]], timeout: float = 20.0, *,
+        strict: bool = False) -> T:
+    """Run *main* in a fresh trio run, bounded."""
+
+    async def wrapper() -> T:
+        with trio.fail_after(timeout):
+            return await main()
+
+    return trio.run(wrapper, strict_exception_groups=strict)
+
+
+async def within(awaitable: Awaitable[T]) -> T:
+    with trio.fail_after(WAIT):
+        return await awaitable
+
+
+class Pair:
+    """A server transport listening on one protocol and a client transport connected to it."""
+
+    server: mt.Transport
+    client: mt.Transport
+    stream: mt.SessionStream
+    port: int
+    cs: mt.Session  # client side
+    ss: mt.Session  # server side
+    nursery: trio.Nursery  # for the test's own tasks
+
+    async def connect(self, proto: str, certs: tuple[Path, Path]) -> tuple[mt.Session, mt.Session]:
+        cs = await within(self.client.connect(client_url(proto, self.port, certs)))
+        ss = await within(self.stream.__anext__())
+        return cs, ss
+
+
+@contextlib.asynccontextmanager
+async def pair(proto: str, certs: tuple[Path, Path], **builder: float) -> AsyncIterator[Pair]:
+    p = Pair()
+    b = mt.Transport.builder()
+    if "request_timeout" in builder:
+        b.request_timeout(builder["request_timeout"])
+    async with b.build() as p.server, b.build() as p.client, trio.open_nursery() as nursery:
+        p.nursery = nursery
+        try:
+            async with p.server.accept([server_config(proto, certs)]) as stream:
+                p.stream = stream
+                p.port = stream.addresses[0][1]
+                p.cs, p.ss = await p.connect(proto, certs)
+                yield p
+        finally:
+            await p.client.graceful_shutdown(2.0)
+            await p.server.graceful_shutdown(2.0)
+    # Nothing left behind: every session's task ended and released its socket.
+    assert not p.server._sessions and not p.client._sessions
+
+
+async def answer(session: mt.Session, prefix: bytes = b"re:", count: int = 1) -> None:
+    for _ in range(count):
+        message = await session.receive()
+        assert message.is_request
+        await message.respond(prefix + bytes(message.payload))
+
+
+async def _send_all(session: mt.Session, payloads: list[bytes]) -> None:
+    for payload in payloads:
+        await session.send(payload)
+        await trio.lowlevel.checkpoint()
+
+
+# --- the basics, every protocol ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_send_request_both_ways(proto: str, certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with pair(proto, certs) as p:
+            assert p.cs.protocol is p.ss.protocol
+            assert p.cs.state is mt.SessionState.OPEN
+            assert p.cs.peer_address is not None and p.ss.peer_address is not None
+            await p.client.send(p.cs, b"data", biz_type=3, ext_header=b"x")
+            message = await within(p.server.receive(p.ss))
+            assert (bytes(message.payload), message.biz_type, bytes(message.ext_header)) == (
+                b"data", 3, b"x")
+            assert message.packet_type is PacketType.ONE_WAY
+            # client -> server request
+            p.nursery.start_soon(answer, p.ss)
+            reply = await within(p.client.request(p.cs, b"ping", timeout=WAIT))
+            assert reply.payload == b"re:ping" and reply.packet_type is PacketType.RESPONSE
+            # server -> client request
+            p.nursery.start_soon(answer, p.cs, b"back:")
+            reply = await within(p.ss.request(b"hi", biz_type=7))
+            assert reply.payload == b"back:hi" and reply.biz_type == 7
+            assert p.client.session_count() == 1 and p.server.session_count() == 1
+
+    run(main)
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_message_stream_and_close(proto: str, certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with pair(proto, certs) as p:
+            for i in range(5):
+                await p.cs.send(b"m%d" % i)
+            await within(p.cs.close())
+            assert p.cs.is_closed and p.cs.close_reason is mt.CloseReason.LOCAL
+            got = [bytes(m.payload) async for m in p.server.message_stream(p.ss)]
+            assert got == [b"m%d" % i for i in range(5)]
+            await within(p.ss.wait_closed())
+            assert p.ss.close_reason is mt.CloseReason.PEER_CLOSED
+            with pytest.raises(mt.TransportConnectionError) as info:
+                await p.cs.send(b"late")
+            assert info.value.error_code == "connection.closed"
+            assert info.value.session_id == p.cs.id and info.value.operation == "send"
+
+    run(main)
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_many_concurrent_requests(proto: str, certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with pair(proto, certs) as p:
+            replies: dict[int, bytes] = {}
+
+            async def one(i: int) -> None:
+                replies[i] = bytes((await p.cs.request(b"%d" % i)).payload)
+
+            with trio.fail_after(WAIT):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(answer, p.ss, b"re:", 200)
+                    for i in range(200):
+                        nursery.start_soon(one, i)
+            assert [replies[i] for i in range(200)] == [b"re:%d" % i for i in range(200)]
+            assert p.cs.pending_work == 0
+
+    run(main)
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_large_messages(proto: str, certs: tuple[Path, Path]) -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB
+
+    async def main() -> None:
+        async with pair(proto, certs) as p:
+            await p.cs.send(big)
+            await p.cs.send(big[::-1])
+            first = await within(p.ss.receive())
+            second = await within(p.ss.receive())
+            assert first.payload == big and second.payload == big[::-1]
+            p.nursery.start_soon(answer, p.ss, b"")
+            reply = await within(p.cs.request(big))
+            assert reply.payload == big
+
+    run(main)
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_several_sessions_broadcast(proto: str, certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with pair(proto, certs) as p:
+            more = [await p.connect(proto, certs) for _ in range(2)]
+            clients = [p.cs] + [c for c, _ in more]
+            servers = [p.ss] + [s for _, s in more]
+            assert len({s.id for s in servers}) == 3
+            assert p.server.session_count() == 3
+            results = await p.server.send_to_all(b"news", biz_type=1)
+            assert results == [None, None, None]
+            for c in clients:
+                assert (await within(c.receive())).payload == b"news"
+            await within(clients[1].close())
+            await within(servers[1].wait_closed())
+            results = await p.server.broadcast(servers, b"again")
+            assert results[0] is None and results[2] is None
+            assert isinstance(results[1], mt.TransportConnectionError)
+            assert results[1].session_id == servers[1].id
+            for c in (clients[0], clients[2]):
+                assert (await within(c.receive())).payload == b"again"
+
+    run(main)
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_cancel_receive_keeps_message(proto: str, certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with pair(proto, certs) as p:
+            with trio.move_on_after(0.01) as scope:
+                await p.ss.receive()
+            assert scope.cancelled_caught
+            # Cancel receives at every point of their life while messages arrive: each
+            # message is taken exactly once, in order, by a receive that completed.
+            sent = [b"m%d" % i for i in range(60)]
+            got: list[bytes] = []
+            p.nursery.start_soon(_send_all, p.cs, sent)
+            for i in range(60):
+                scope = trio.CancelScope()
+
+                async def receive_once(scope: trio.CancelScope = scope) -> None:
+                    with scope:
+                        got.append(bytes((await p.ss.receive()).payload))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(receive_once)
+                    for _ in range(i % 4):
+                        await trio.lowlevel.checkpoint()
+                    scope.cancel()
+            # Deadlines too: an expired deadline never takes a message.
+            for _ in range(20):
+                with trio.move_on_after(0):
+                    got.append(bytes((await p.ss.receive()).payload))
+            while len(got) < len(sent):
+                got.append(bytes((await within(p.ss.receive())).payload))
+            assert got == sent
+            assert p.ss.connection.session.receive_backlog == (0, 0)
+
+    run(main)
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_cancel_request_leaves_nothing_pending(proto: str, certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with pair(proto, certs) as p:
+            scope = trio.CancelScope()
+
+            async def slow() -> None:
+                with scope:
+                    await p.cs.request(b"slow")
+                    raise AssertionError("not cancelled")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(slow)
+                request = await within(p.ss.receive())
+                scope.cancel()
+            assert scope.cancelled_caught
+            core = p.cs.connection.session
+            assert core.pending_count == 0 and p.cs.pending_work == 0
+            assert core.stats.requests_cancelled == 1
+            await request.respond(b"late")  # dropped by the client, counted
+            p.nursery.start_soon(answer, p.ss)
+            assert (await within(p.cs.request(b"next"))).payload == b"re:next"
+            assert core.stats.unmatched_responses == 1
+            # A deadline around a request withdraws it the same way.
+            with trio.move_on_after(0.05):
+                await p.cs.request(b"deadline")
+            assert core.pending_count == 0 and core.stats.requests_cancelled == 2
+
+    run(main)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "quic"])
+def test_request_timeout_and_double_respond(proto: str, certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with pair(proto, certs, request_timeout=0.2) as p:
+            with pytest.raises(mt.TransportTimeoutError) as info:
+                await within(p.cs.request(b"nobody answers"))
+            assert info.value.error_code == "timeout.request"
+            assert info.value.session_id == p.cs.id
+            request = await within(p.ss.receive())
+            await request.respond(b"late")
+            with pytest.raises(mt.TransportError):
+                await request.respond(b"twice")
+            await p.cs.send(b"one-way")
+            message = await within(p.ss.receive())
+            with pytest.raises(mt.TransportError):
+                await message.respond(b"not a request")
+
+    run(main)
+
+
+# --- servers ----------------------------------------------------------------------------------
+
+
+class Handler:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.disconnected = trio.Event()
+
+    async def on_connected(self, session: mt.Session) -> None:
+        self.events.append(("connected", session.id))
+
+    async def on_message(self, session: mt.Session, message: mt.Message) -> None:
+        self.events.append(("message", bytes(message.payload)))
+        if message.payload == b"boom":
+            raise RuntimeError("handler bug")
+        await session.send(b"echo:" + bytes(message.payload))
+
+    async def on_request(self, session: mt.Session, message: mt.Message) -> bytes:
+        if message.payload == b"fail":
+            raise ValueError("bad request")
+        return b"served:" + bytes(message.payload)
+
+    async def on_error(self, session: mt.Session, error: BaseException) -> None:
+        self.events.append(("error", type(error).__name__))
+
+    async def on_disconnected(self, session: mt.Session, reason: Any) -> None:
+        self.events.append(("disconnected", reason))
+        self.disconnected.set()
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_serve_handler(proto: str, certs: tuple[Path, Path],
+                       caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        handler = Handler()
+        async with mt.Transport() as server, mt.Transport() as client:
+            stream = server.accept([server_config(proto, certs)])
+            await stream.start()  # to learn the port before serving
+            port = stream.addresses[0][1]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.serve, stream, handler)
+                session = await within(client.connect(client_url(proto, port, certs)))
+                assert (await within(session.request(b"x"))).payload == b"served:x"
+                await session.send(b"boom")  # the handler raises: contained
+                await session.send(b"hello")
+                assert (await within(session.receive())).payload == b"echo:hello"
+                with pytest.raises(mt.TransportTimeoutError):
+                    await session.request(b"fail", timeout=0.3)  # on_request raised: no answer
+                assert (await within(session.request(b"y"))).payload == b"served:y"
+                await within(session.close())
+                await within(handler.disconnected.wait())
+                await client.graceful_shutdown(2.0)
+                report = await within(server.graceful_shutdown(2.0))
+                # serve() ends with the shutdown, so this nursery closes.
+        assert handler.events[0][0] == "connected"
+        assert ("message", b"boom") in handler.events
+        assert handler.events.count(("error", "RuntimeError")) == 1
+        assert handler.events.count(("error", "ValueError")) == 1
+        assert handler.events[-1] == ("disconnected", mt.CloseReason.PEER_CLOSED)
+        assert report.forced == 0
+        assert "handler bug" in caplog.text or "on_message" in caplog.text
+
+    with caplog.at_level(logging.ERROR, logger="msgtrans.io_trio"):
+        run(main)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_serve_is_cancellable(certs: tuple[Path, Path], strict: bool) -> None:
+    async def main() -> None:
+        handler = Handler()
+        async with mt.Transport() as server, mt.Transport() as client:
+            stream = server.accept([server_config("tcp", certs)])
+            await stream.start()
+            port = stream.addresses[0][1]
+            with trio.move_on_after(0.5) as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(server.serve, stream, handler)
+                    session = await within(client.connect(client_url("tcp", port, certs)))
+                    assert (await within(session.request(b"x"))).payload == b"served:x"
+                    await trio.sleep_forever()
+            assert scope.cancelled_caught
+            # The handler task was cancelled with serve(); it still saw its session out.
+            assert handler.events[-1][0] == "disconnected"
+
+    run(main, strict=strict)
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_graceful_shutdown(proto: str, certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with mt.Transport() as server, mt.Transport() as client, \
+                trio.open_nursery() as nursery:
+            async with server.accept([server_config(proto, certs)]) as stream:
+                port = stream.addresses[0][1]
+                sessions = [await within(client.connect(client_url(proto, port, certs)))
+                            for _ in range(2)]
+                accepted = [await within(stream.__anext__()) for _ in range(2)]
+            # A request in flight when the shutdown starts is answered before the close.
+            replies: list[mt.Message] = []
+
+            async def pending() -> None:
+                replies.append(await sessions[0].request(b"in flight"))
+
+            nursery.start_soon(pending)
+            request = await within(accepted[0].receive())
+
+            async def answer_later() -> None:
+                await trio.sleep(0.05)
+                await request.respond(b"done")
+
+            nursery.start_soon(answer_later)
+            report = await within(server.graceful_shutdown(timeout=3.0))
+            for s in sessions:
+                await within(s.wait_closed())
+                assert s.close_reason is mt.CloseReason.PEER_CLOSED
+            assert [bytes(r.payload) for r in replies] == [b"done"]
+            assert report.closed_cleanly == 2 and report.forced == 0
+            assert report.messages_flushed >= 1
+            assert 0 <= report.elapsed < 3.0
+            assert server.session_count() == 0
+            if proto in ("ws", "wss"):
+                assert sessions[0].closed_event is not None
+                assert sessions[0].closed_event.code == 1001
+            with pytest.raises(mt.TransportConnectionError):
+                await server.connect(client_url(proto, port, certs))
+            again = await server.graceful_shutdown()
+            assert again is report
+            client_report = await client.graceful_shutdown(1.0)
+            assert client_report.forced == 0
+
+    run(main)
+
+
+def test_shutdown_forces_what_does_not_close(certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with mt.Transport() as server:
+            async with server.accept([server_config("tcp", certs)]) as stream:
+                port = stream.addresses[0][1]
+                # A raw peer that never answers the close (it never reads).
+                raw = await trio.open_tcp_stream("127.0.0.1", port)
+                await within(stream.__anext__())
+            report = await within(server.graceful_shutdown(timeout=0.3))
+            assert report.forced == 1 and report.closed_cleanly == 0
+            assert report.elapsed < 2.0
+            await raw.aclose()
+
+    run(main)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_leaving_the_transport_on_cancel_cleans_up(certs: tuple[Path, Path],
+                                                   strict: bool) -> None:
+    """A cancelled body still shuts the transport down (shielded, bounded) and the cancel
+    goes on as a plain Cancelled, caught by its scope."""
+
+    async def main() -> None:
+        with trio.move_on_after(0.3) as scope:
+            async with mt.Transport() as server, mt.Transport() as client, \
+                    server.accept([server_config("tcp", certs)]) as stream:
+                port = stream.addresses[0][1]
+                session = await within(client.connect(client_url("tcp", port, certs)))
+                await trio.sleep_forever()
+        assert scope.cancelled_caught
+        assert session.is_closed and server.session_count() == 0
+
+    run(main, strict=strict)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port: int = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_connect_errors_are_single(certs: tuple[Path, Path], strict: bool) -> None:
+    """Refused connections and untrusted certificates raise one TransportError, never an
+    exception group, with trio's strict exception groups on or off."""
+
+    async def main() -> None:
+        async with mt.Transport() as transport:
+            port = _free_port()
+            with pytest.raises(mt.TransportConnectionError) as info:
+                await within(transport.connect(f"tcp://127.0.0.1:{port}"))
+            assert info.value.error_code == "connection.refused"
+            assert info.value.operation == "connect" and info.value.session_id is not None
+            with pytest.raises(mt.ConfigurationError):
+                await transport.connect("bogus://x")
+            async with mt.Transport() as server, \
+                    server.accept([server_config("tls", certs)]) as stream:
+                tls_port = stream.addresses[0][1]
+                # TLS without trusting the self-signed certificate.
+                with pytest.raises(mt.TransportConnectionError) as info:
+                    await within(transport.connect(f"tls://localhost:{tls_port}"))
+                assert info.value.error_code == "connection.tls_verification"
+                # The listener survived the failed handshake.
+                ok = await within(transport.connect(client_url("tls", tls_port, certs)))
+                assert ok.state is mt.SessionState.OPEN
+        # An error raised in the body leaves 'async with' as itself, not as a group.
+        with pytest.raises(mt.TransportConnectionError) as info:
+            async with mt.Transport() as transport:
+                await transport.connect(f"tcp://127.0.0.1:{_free_port()}")
+        assert info.value.error_code == "connection.refused"
+        # Binding an address in use: one error too.
+        async with mt.Transport() as a, a.accept([server_config("tcp", certs)]) as s1:
+            taken = s1.addresses[0][1]
+            with pytest.raises(mt.TransportError):
+                await a.accept([mt.TcpServerConfig(f"127.0.0.1:{taken}")]).start()
+
+    run(main, strict=strict)
+
+
+def test_needs_a_nursery() -> None:
+    async def main() -> None:
+        transport = mt.Transport()
+        with pytest.raises(mt.ConfigurationError) as info:
+            await transport.connect("tcp://127.0.0.1:1")
+        assert info.value.field == "nursery"
+        # The caller's nursery works as well as the transport's own.
+        async with trio.open_nursery() as nursery:
+            server = mt.Transport.builder().build(nursery=nursery)
+            client = mt.Transport(nursery=nursery)
+            async with server.accept(["tcp://127.0.0.1:0"]) as stream:
+                port = stream.addresses[0][1]
+                session = await within(client.connect(f"tcp://127.0.0.1:{port}"))
+                accepted = await within(stream.__anext__())
+                await session.send(b"mine")
+                assert (await within(accepted.receive())).payload == b"mine"
+            await client.graceful_shutdown(1.0)
+            await server.graceful_shutdown(1.0)
+
+    run(main)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "tls", "ws"])
+def test_connect_timeout(proto: str, certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        # A peer that accepts and never speaks: the handshake cannot finish.
+        held: list[trio.SocketStream] = []
+
+        async def silent(stream: trio.SocketStream) -> None:
+            held.append(stream)
+            await trio.sleep_forever()
+
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, silent, 0)
+            port = listeners[0].socket.getsockname()[1]
+            async with mt.Transport.builder().connect_timeout(0.3).build() as transport:
+                if proto != "tcp":
+                    with pytest.raises(mt.TransportTimeoutError) as info:
+                        await within(transport.connect(client_url(proto, port, certs)))
+                    assert info.value.error_code == "timeout.connect"
+                    assert info.value.session_id is not None
+                    # An enclosing deadline abandons the half-open session just the same.
+                    with trio.move_on_after(0.1) as scope:
+                        await transport.connect(client_url(proto, port, certs), timeout=WAIT)
+                    assert scope.cancelled_caught and not transport._sessions
+                else:
+                    session = await within(transport.connect(client_url(proto, port, certs)))
+                    assert session.state is mt.SessionState.OPEN
+                report = await within(transport.shutdown(timeout=0.2))
+                assert report.closed_cleanly + report.forced == (1 if proto == "tcp" else 0)
+                assert transport.session_count() == 0
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "ws"])
+def test_server_survives_garbage(proto: str, certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with pair(proto, certs) as p:
+            raw = await trio.open_tcp_stream("127.0.0.1", p.port)
+            garbage = (b"\xff" * 64 if proto == "tcp"
+                       else b"GET / HTTP/1.1\r\n\x00\x01garbage\r\n\r\n")
+            await raw.send_all(garbage)
+            with contextlib.suppress(trio.BrokenResourceError):
+                while await within(raw.receive_some(65536)):
+                    pass
+            await raw.aclose()
+            if proto == "tcp":
+                bad = await within(p.stream.__anext__())
+                with pytest.raises(mt.ProtocolError) as info:
+                    await within(bad.receive())
+                assert info.value.error_code == "protocol.bad_version"
+                assert bad.close_reason is mt.CloseReason.ERROR
+            p.nursery.start_soon(answer, p.ss)
+            assert (await within(p.cs.request(b"still"))).payload == b"re:still"
+            cs2, ss2 = await p.connect(proto, certs)
+            await cs2.send(b"new")
+            assert (await within(ss2.receive())).payload == b"new"
+
+    run(main)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "ws"])
+def test_slow_reader_pauses_reading(proto: str, certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        server = mt.Transport.builder().session_settings(receive_max_messages=8).build()
+        client = (mt.Transport.builder()
+                  .session_settings(send_high_water_bytes=64 * 1024,
+                                    send_low_water_bytes=16 * 1024).build())
+        async with server, client, trio.open_nursery() as nursery:
+            async with server.accept([server_config(proto, certs)]) as stream:
+                port = stream.addresses[0][1]
+                cs = await within(client.connect(client_url(proto, port, certs)))
+                ss = await within(stream.__anext__())
+            payload = b"x" * 16384
+            count = 400  # 6.4 MiB: far more than the socket buffers hold
+            done = trio.Event()
+
+            async def sender() -> None:
+                await _send_all(cs, [payload] * count)
+                done.set()
+
+            nursery.start_soon(sender)
+            for _ in range(500):
+                if ss.connection.session.read_paused:
+                    break
+                await trio.sleep(0.01)
+            assert ss.connection.session.read_paused
+            await trio.sleep(0.1)
+            assert not done.is_set()  # the sender waits on backpressure
+            assert len(ss._inbox) <= 8 + 64
+            for _ in range(count):
+                message = await within(ss.receive())
+                assert len(message.payload) == len(payload)
+            await within(done.wait())
+            assert not ss.connection.session.read_paused
+
+    run(main)
+
+
+async def _connect_and_receive(client: mt.Transport, url: str) -> mt.Message:
+    session = await client.connect(url)
+    # TCP connects before the server refuses: the refusal shows on first use.
+    return await session.receive()
+
+
+def test_max_sessions_refuses_extra_connections(certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        config = mt.TcpServerConfig("127.0.0.1:0", max_sessions=1)
+        async with mt.Transport() as server, mt.Transport() as client, \
+                server.accept([config]) as st:
+            port = st.addresses[0][1]
+            first = await within(client.connect(client_url("tcp", port, certs)))
+            await within(st.__anext__())
+            with pytest.raises(mt.TransportError):
+                await within(_connect_and_receive(client, client_url("tcp", port, certs)))
+            await within(first.close())
+            again = await within(client.connect(client_url("tcp", port, certs)))
+            await again.send(b"ok")
+            accepted = await within(st.__anext__())
+            assert (await within(accepted.receive())).payload == b"ok"
+
+    run(main)
+
+
+# --- interop ----------------------------------------------------------------------------------
+
+
+def test_raw_socket_interop(certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with pair("tcp", certs) as p:
+            raw = await trio.open_tcp_stream("127.0.0.1", p.port)
+            await raw.send_all(Packet(PacketType.REQUEST, 5, 2, b"raw ping").encode())
+            session = await within(p.stream.__anext__())
+            request = await within(session.receive())
+            assert request.payload == b"raw ping" and request.message_id == 5
+            await request.respond(b"raw pong")
+            data = b""
+            with trio.fail_after(WAIT):
+                while len(data) < 16 + 8:
+                    data += await raw.receive_some(65536)
+            response = Packet.decode(data)
+            assert response.message_id == 5 and response.payload == b"raw pong"
+            assert response.packet_type is PacketType.RESPONSE and response.biz_type == 2
+            await raw.aclose()
+            await within(session.wait_closed())
+
+    run(main)
+
+
+class _AsyncioServer:
+    """An io_asyncio server in a thread with its own event loop: echoes one-way messages,
+    answers requests, and asks the client a question when told to."""
+
+    def __init__(self, proto: str, certs: tuple[Path, Path]) -> None:
+        self.proto = proto
+        self.certs = certs
+        self.port = 0
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _AsyncioServer:
+        self._thread.start()
+        assert self._ready.wait(WAIT), "the asyncio server did not start"
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(WAIT)
+        assert not self._thread.is_alive(), "the asyncio server did not stop"
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:
+            self.error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = amt.Transport()
+
+        class Echo:
+            async def on_message(self, session: amt.Session, message: amt.Message) -> None:
+                if message.payload == b"ask":
+                    reply = await session.request(b"question")
+                    await session.send(b"answer was " + bytes(reply.payload))
+                else:
+                    await session.send(b"echo:" + bytes(message.payload))
+
+            async def on_request(self, session: amt.Session, message: amt.Message) -> bytes:
+                return b"asyncio:" + bytes(message.payload)
+
+        stream = server.accept([server_config(self.proto, self.certs, amt)])
+        await stream.start()
+        self.port = stream.addresses[0][1]
+        serving = asyncio.ensure_future(server.serve(stream, Echo()))
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await server.graceful_shutdown(2.0)
+            await asyncio.wait_for(serving, WAIT)
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_trio_client_asyncio_server(proto: str, certs: tuple[Path, Path]) -> None:
+    big = bytes(range(256)) * 1024  # 256 KiB
+
+    with _AsyncioServer(proto, certs) as server:
+        async def main() -> None:
+            async with mt.Transport() as client:
+                session = await within(client.connect(client_url(proto, server.port, certs)))
+                assert (await within(session.request(b"hi"))).payload == b"asyncio:hi"
+                await session.send(b"one-way")
+                assert (await within(session.receive())).payload == b"echo:one-way"
+                assert (await within(session.request(big))).payload == b"asyncio:" + big
+                # The asyncio side asks; the trio side answers.
+                await session.send(b"ask")
+                question = await within(session.receive())
+                assert question.is_request and question.payload == b"question"
+                await question.respond(b"42")
+                assert (await within(session.receive())).payload == b"answer was 42"
+                await within(session.close())
+                assert session.closed_event is not None and session.closed_event.clean
+
+        run(main)
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_asyncio_client_trio_server(proto: str, certs: tuple[Path, Path]) -> None:
+    """The other way round: an io_asyncio client (in a thread) against a trio server."""
+    outcome: list[object] = []
+
+    async def asyncio_client(port: int) -> None:
+        client = amt.Transport()
+        try:
+            session = await asyncio.wait_for(
+                client.connect(client_url(proto, port, certs)), WAIT)
+            reply = await asyncio.wait_for(session.request(b"from asyncio"), WAIT)
+            outcome.append(bytes(reply.payload))
+            await session.send(b"hello")
+            outcome.append(bytes((await asyncio.wait_for(session.receive(), WAIT)).payload))
+            await session.close()
+        finally:
+            await client.graceful_shutdown(2.0)
+
+    async def main() -> None:
+        handler = Handler()
+        async with mt.Transport() as server, trio.open_nursery() as nursery:
+            stream = server.accept([server_config(proto, certs)])
+            await stream.start()
+            nursery.start_soon(server.serve, stream, handler)
+            port = stream.addresses[0][1]
+            await trio.to_thread.run_sync(lambda: asyncio.run(asyncio_client(port)))
+            await within(handler.disconnected.wait())
+            await server.graceful_shutdown(2.0)
+        assert outcome == [b"served:from asyncio", b"echo:hello"]
+        assert handler.events[-1] == ("disconnected", mt.CloseReason.PEER_CLOSED)
+
+    run(main)
+
+
+def test_quic_listener_survives_garbage(certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with pair("quic", certs) as p:
+            with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as udp:
+                await udp.connect(("127.0.0.1", p.port))
+                for size in (1, 40, 1200, 1500):
+                    await udp.send(b"\xc3" + b"\x00" * (size - 1))
+            p.nursery.start_soon(answer, p.ss)
+            assert (await within(p.cs.request(b"still"))).payload == b"re:still"
+
+    run(main)
+
+
+def test_ipv6_loopback(certs: tuple[Path, Path]) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+
+    async def main() -> None:
+        async with mt.Transport() as server, mt.Transport() as client:
+            try:
+                stream = server.accept([mt.TcpServerConfig("[::1]:0"),
+                                        mt.QuicServerConfig("[::1]:0", cert_file=certs[0],
+                                                            key_file=certs[1])])
+                await stream.start()
+            except mt.TransportError:
+                pytest.skip("::1 is not available")
+            async with stream:
+                tcp_port, quic_port = (a[1] for a in stream.addresses)
+                for url in (f"tcp://[::1]:{tcp_port}",
+                            f"quic://[::1]:{quic_port}?ca={certs[0]}"):
+                    session = await within(client.connect(url))
+                    await session.send(b"v6")
+                    accepted = await within(stream.__anext__())
+                    assert (await within(accepted.receive())).payload == b"v6"
+
+    run(main)
