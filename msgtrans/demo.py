@@ -2,9 +2,9 @@
 
 The real protocol and session machines run over in-memory pipes, with no socket: the same bytes a
 socket would carry (TLS records, WebSocket frames, QUIC datagrams) pass between a client and a
-server, with a simulated clock.  (``python -m msgtrans demo`` is the same over real sockets.)  It shows one-way
-messages, request/response in both directions and a broadcast, then closes each connection
-gracefully for its protocol and checks that nothing was lost.
+server, with a simulated clock.  (``python -m msgtrans demo`` is the same over real sockets.)
+It shows one-way messages, request/response in both directions and a broadcast, then closes each
+connection gracefully for its protocol and checks that nothing was lost.
 """
 
 from __future__ import annotations
