@@ -55,3 +55,13 @@ def test_smoke_json_has_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_bad_protocol_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         main(["--smoke", "--protocols", "carrier-pigeon"])
+
+
+def test_module_entry_point_prints_usage() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "msgtrans.bench", "--help"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0
+    assert "--quick" in result.stdout
