@@ -385,10 +385,18 @@ class QuicClientChannel(Channel):
             self.loop.request_flush(self)
 
     def pause_reading(self) -> None:
-        """QUIC's own flow control bounds what the peer may send; nothing to do."""
+        """Stop granting the peer flow-control credit: the application fell behind."""
+        self._machine().pause_reading()
 
     def resume_reading(self) -> None:
-        """See :meth:`pause_reading`."""
+        """Grant credit again; the update leaves with the next datagrams."""
+        self._machine().resume_reading()
+        self.request_flush()
+
+    def _machine(self) -> QuicMachine:
+        machine = self.session.connection.machine
+        assert isinstance(machine, QuicMachine)
+        return machine
 
     def abort(self) -> None:
         """Drop the socket (any thread)."""
@@ -478,11 +486,13 @@ class _ServerSessionIO:
         self._listener.request_flush()
 
     def pause_reading(self) -> None:
-        # The socket is shared by every connection; QUIC flow control bounds each peer.
-        pass
+        # The socket is shared by every connection, so the pause is QUIC's own: the machine
+        # stops granting this peer credit and the peer stops at the window it has.
+        self._machine.pause_reading()
 
     def resume_reading(self) -> None:
-        pass
+        self._machine.resume_reading()
+        self._listener.request_flush()
 
     def abort(self) -> None:
         # Tell the peer too (CONNECTION_CLOSE); the shared socket stays.

@@ -46,7 +46,14 @@ class QuicClientIO:
         self._wake.set()
 
     def set_reading(self, reading: bool) -> None:
-        """QUIC's own flow control bounds what the peer may send; nothing to do."""
+        """Hold or grant the peer's flow-control credit (aioquic grants on arrival otherwise)."""
+        machine = self.session.connection.machine
+        assert isinstance(machine, QuicMachine)
+        if reading:
+            machine.resume_reading()
+            self.wake()  # the credit update leaves with the next datagrams
+        else:
+            machine.pause_reading()
 
     async def run(self) -> None:
         """Receive and send until the connection is over."""
@@ -106,8 +113,13 @@ class _ServerSessionIO:
             self.done.set()
 
     def set_reading(self, reading: bool) -> None:
-        # The socket is shared by every connection; QUIC flow control bounds each peer.
-        pass
+        # The socket is shared by every connection, so the pause is QUIC's own: the machine
+        # stops granting this peer credit and the peer stops at the window it has.
+        if reading:
+            self._machine.resume_reading()
+            self.wake()
+        else:
+            self._machine.pause_reading()
 
     async def run(self) -> None:
         await self.done.wait()
