@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
              "summary",
     )
     demo.add_argument("--memory", action="store_true",
-                      help="run the protocol machines joined in memory instead (no sockets)")
+                      help="run the protocol machines joined in memory instead (no sockets, "
+                           "no backend)")
+    serve.add_backend_argument(demo)
     bench = commands.add_parser("bench", help="run the benchmarks (arguments: see bench --help)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     return parser
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(sys.stdout)
         from .cli.demo_live import run_live_demo
 
-        return run_live_demo(sys.stdout)
+        return run_live_demo(sys.stdout, args.backend)
     parser.print_help()
     return 2
 

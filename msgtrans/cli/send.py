@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["DEFAULT_TIMEOUT", "add_arguments", "client_url", "main", "send"]
+__all__ = ["DEFAULT_TIMEOUT", "add_arguments", "client_url", "main", "send", "send_sync"]
 
 #: Seconds connecting, and then the request, may each take unless ``--timeout`` says otherwise.
 DEFAULT_TIMEOUT = 10.0
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
                         help=f"seconds to connect and then for the response "
                              f"(default {DEFAULT_TIMEOUT:g})")
+    from .serve import add_backend_argument
+
+    add_backend_argument(parser)
 
 
 def client_url(url: str, ca: str | None = None, insecure: bool = False) -> str:
@@ -56,14 +60,18 @@ def client_url(url: str, ca: str | None = None, insecure: bool = False) -> str:
 
 
 async def send(url: str, data: bytes, *, request: bool, biz_type: int,
-               timeout: float) -> bytes | None:
+               timeout: float, backend: str = "asyncio") -> bytes | None:
     """Connect to *url*, send *data* (a request when *request*), close gracefully; return the
     response's payload, or ``None`` for a one-way message.
+
+    Args:
+        backend: ``asyncio`` or ``trio`` (the same code: their APIs are the same), run under
+            that event loop.
 
     Raises:
         TransportError: connecting, sending or the request failed.
     """
-    import msgtrans.io_asyncio as mt
+    mt: Any = importlib.import_module(f"msgtrans.io_{backend}")
 
     async with mt.Transport.builder().shutdown_timeout(timeout).build() as transport:
         session = await transport.connect(url, timeout=timeout)
@@ -72,6 +80,20 @@ async def send(url: str, data: bytes, *, request: bool, biz_type: int,
             return bytes(reply.payload)
         await session.send(data, biz_type=biz_type)
         # Leaving the block shuts down gracefully: the message leaves before the close.
+    return None
+
+
+def send_sync(url: str, data: bytes, *, request: bool, biz_type: int,
+              timeout: float) -> bytes | None:
+    """:func:`send` on :mod:`msgtrans.io_sync`, blocking."""
+    import msgtrans.io_sync as mt
+
+    with mt.Transport.builder().shutdown_timeout(timeout).build() as transport:
+        session = transport.connect(url, timeout=timeout)
+        if request:
+            reply = session.request(data, biz_type=biz_type, timeout=timeout)
+            return bytes(reply.payload)
+        session.send(data, biz_type=biz_type, timeout=timeout)
     return None
 
 
@@ -85,8 +107,17 @@ def main(args: argparse.Namespace, out: TextIO | None = None,
     err = err or sys.stderr
     try:
         url = client_url(args.url, args.ca, args.insecure)
-        reply = asyncio.run(send(url, args.data.encode("utf-8"), request=args.request,
-                                 biz_type=args.biz_type, timeout=args.timeout))
+        data = args.data.encode("utf-8")
+        options = {"request": args.request, "biz_type": args.biz_type, "timeout": args.timeout}
+        backend = getattr(args, "backend", "asyncio")
+        if backend == "sync":
+            reply = send_sync(url, data, **options)
+        elif backend == "trio":
+            import trio  # type: ignore[import-untyped, unused-ignore]
+
+            reply = trio.run(lambda: send(url, data, backend="trio", **options))
+        else:
+            reply = asyncio.run(send(url, data, **options))
     except TransportError as exc:
         print(f"msgtrans send: {exc}", file=err)
         return 1

@@ -1,4 +1,5 @@
-"""``python -m msgtrans serve``: a multi-protocol echo server on the asyncio backend.
+"""``python -m msgtrans serve``: a multi-protocol echo server on any backend (``--backend
+asyncio``, the default, ``trio`` or ``sync``).
 
 Every request is answered with its own payload and biz_type; every one-way message goes back
 to its sender as a one-way message with the same payload and biz_type.  Once every listener is
@@ -8,7 +9,9 @@ server on free ports and read the addresses back::
     {"tcp": "127.0.0.1:40123", "ws": "ws://127.0.0.1:40124/", "quic": "127.0.0.1:40125",
      "ca": "/tmp/msgtrans-serve-x1y2/cert.pem"}
 
-SIGINT and SIGTERM shut the server down gracefully; it then exits 0.
+SIGINT and SIGTERM shut the server down gracefully; it then exits 0.  The echo logic, the JSON
+line and the shutdown are the same on every backend; only the waiting differs (an asyncio loop
+signal handler, trio's signal receiver, or a plain signal handler and a serving thread).
 """
 
 from __future__ import annotations
@@ -21,20 +24,27 @@ import logging
 import signal
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 __all__ = [
+    "BACKENDS",
     "PROTOCOLS",
     "EchoHandler",
     "Listener",
+    "SyncEchoHandler",
     "add_arguments",
+    "announce",
     "format_address",
     "listeners",
     "main",
     "run_server",
+    "run_server_sync",
+    "run_server_trio",
 ]
 
 logger = logging.getLogger("msgtrans.cli.serve")
@@ -46,6 +56,10 @@ DEFAULT_PROTOCOLS = ("tcp", "ws", "quic")
 DEFAULT_ADDR = "127.0.0.1:0"
 #: Seconds the graceful shutdown on SIGINT/SIGTERM may take before the rest is dropped.
 SHUTDOWN_TIMEOUT = 5.0
+#: The I/O backends ``--backend`` offers: ``msgtrans.io_<name>``; the first is the default.
+BACKENDS = ("asyncio", "trio", "sync")
+#: The signals that stop the server gracefully.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,11 +74,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: a self-signed one generated at start)")
     parser.add_argument("--tls-key", metavar="FILE",
                         help="private key (PEM) of --tls-cert (default: in the same file)")
-    parser.add_argument("--backend", choices=["asyncio"], default="asyncio",
-                        help="the I/O backend (default asyncio)")
+    add_backend_argument(parser)
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging on stderr (default INFO)")
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--backend asyncio|trio|sync`` (default asyncio) to *parser*."""
+    parser.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
+                        help="the I/O backend: msgtrans.io_asyncio, io_trio or io_sync "
+                             "(default asyncio)")
 
 
 class EchoHandler:
@@ -93,6 +113,34 @@ class EchoHandler:
 
     async def on_error(self, session: Any, error: BaseException) -> None:
         """Log what went wrong; the session or the server go on as the driver decides."""
+        logger.warning("session %s: %s", session.id, error)
+
+
+class SyncEchoHandler:
+    """:class:`EchoHandler` for :mod:`msgtrans.io_sync`, whose handlers are plain methods run
+    in its serving threads; each does what the async one does."""
+
+    def on_connected(self, session: Any) -> None:
+        """Log the new session."""
+        logger.info("session %s connected (%s from %s)", session.id, session.protocol.name,
+                    session.peer_address)
+
+    def on_message(self, session: Any, message: Any) -> None:
+        """Send the one-way *message* back to its sender."""
+        logger.debug("session %s: one-way %r", session.id, message)
+        session.send(message.payload, biz_type=message.biz_type)
+
+    def on_request(self, session: Any, message: Any) -> Any:
+        """Answer the request *message* with its own payload."""
+        logger.debug("session %s: request %r", session.id, message)
+        return message.payload
+
+    def on_disconnected(self, session: Any, reason: Any) -> None:
+        """Log the end of the session."""
+        logger.info("session %s closed (%s)", session.id, reason)
+
+    def on_error(self, session: Any, error: BaseException) -> None:
+        """Log what went wrong."""
         logger.warning("session %s: %s", session.id, error)
 
 
@@ -179,16 +227,34 @@ def certificate(cert: str | None, key: str | None,
         yield made_cert, made_key
 
 
+def announce(configs: list[Listener], addresses: list[tuple[str, int]], ca: Path | None,
+             out: TextIO) -> None:
+    """Print the JSON line of bound *addresses* (with ``"ca"`` when a TLS protocol is served)
+    on *out*, flushed, and log each listener."""
+    bound = {c.name: format_address(c.name, a) for c, a in zip(configs, addresses, strict=True)}
+    if ca is not None and any(c.name in ("tls", "wss", "quic") for c in configs):
+        bound["ca"] = str(ca)
+    print(json.dumps(bound), file=out, flush=True)
+    for name, where in bound.items():
+        if name != "ca":
+            logger.info("%s listening on %s", name, where)
+
+
+def _log_report(report: Any) -> None:
+    logger.info("shut down: %d closed cleanly, %d forced, %d messages flushed in %.3f s",
+                report.closed_cleanly, report.forced, report.messages_flushed, report.elapsed)
+
+
 async def run_server(
     configs: list[Listener],
     ca: Path | None,
     out: TextIO,
     stop: asyncio.Event | None = None,
 ) -> int:
-    """Serve *configs* with :class:`EchoHandler` until SIGINT, SIGTERM or *stop*; return 0.
+    """Serve *configs* with :class:`EchoHandler` on asyncio until SIGINT, SIGTERM or *stop*;
+    return 0.
 
-    Prints the JSON line of bound addresses (with ``"ca"`` when a TLS protocol is served) on
-    *out* once listening.
+    Prints the JSON line of bound addresses (see :func:`announce`) on *out* once listening.
 
     Raises:
         TransportError: a listener cannot be opened.
@@ -203,7 +269,7 @@ async def run_server(
     serving: asyncio.Task[None] | None = None
     try:
         await stream.start()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             try:
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError, ValueError):
@@ -211,14 +277,7 @@ async def run_server(
                 # interrupts the process, just not gracefully.
                 continue
             signals.append(sig)
-        bound = {c.name: format_address(c.name, a)
-                 for c, a in zip(configs, stream.addresses, strict=True)}
-        if ca is not None and any(c.name in ("tls", "wss", "quic") for c in configs):
-            bound["ca"] = str(ca)
-        print(json.dumps(bound), file=out, flush=True)
-        for name, where in bound.items():
-            if name != "ca":
-                logger.info("%s listening on %s", name, where)
+        announce(configs, stream.addresses, ca, out)
         serving = loop.create_task(transport.serve(stream, EchoHandler()))
         stopped = loop.create_task(stop.wait())
         await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -235,8 +294,94 @@ async def run_server(
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
         await stream.aclose()
-    logger.info("shut down: %d closed cleanly, %d forced, %d messages flushed in %.3f s",
-                report.closed_cleanly, report.forced, report.messages_flushed, report.elapsed)
+    _log_report(report)
+    return 0
+
+
+async def run_server_trio(configs: list[Listener], ca: Path | None, out: TextIO) -> int:
+    """Serve *configs* with :class:`EchoHandler` on trio until SIGINT or SIGTERM; return 0.
+
+    Must run in the main thread (trio's signal receiver needs it).  Prints the JSON line as
+    :func:`run_server` does.
+
+    Raises:
+        TransportError: a listener cannot be opened.
+    """
+    import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
+
+    import msgtrans.io_trio as mt
+
+    transport = mt.Transport.builder().shutdown_timeout(SHUTDOWN_TIMEOUT).build()
+    # Leaving the transport's block shuts it down (again: the report below is the first's).
+    async with transport:
+        stream = transport.accept([c.config for c in configs])
+        await stream.start()
+        # Received, not raised: from here on a signal means "shut down gracefully" instead of
+        # trio's default KeyboardInterrupt.
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            announce(configs, stream.addresses, ca, out)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(transport.serve, stream, EchoHandler())
+                async for _ in signals:
+                    break
+                logger.info("shutting down")
+                report = await transport.graceful_shutdown(SHUTDOWN_TIMEOUT)
+                # serve() returns once the shutdown closed its stream; do not wait for it.
+                nursery.cancel_scope.cancel()
+    _log_report(report)
+    return 0
+
+
+def run_server_sync(configs: list[Listener], ca: Path | None, out: TextIO,
+                    stop: threading.Event | None = None) -> int:
+    """Serve *configs* with :class:`SyncEchoHandler` on :mod:`msgtrans.io_sync` until SIGINT,
+    SIGTERM or *stop*; return 0.
+
+    ``Transport.serve`` blocks, so it runs in a thread of its own while the calling thread
+    waits for the stop; the signal handlers (installed only in the main thread) just set
+    *stop*, and the calling thread then shuts the transport down, which ends ``serve``.
+
+    Raises:
+        TransportError: a listener cannot be opened.
+    """
+    import msgtrans.io_sync as mt
+
+    stop = stop if stop is not None else threading.Event()
+    transport = mt.Transport.builder().shutdown_timeout(SHUTDOWN_TIMEOUT).build()
+    stream = transport.accept([c.config for c in configs])
+    previous: dict[signal.Signals, Any] = {}
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            transport.serve(stream, SyncEchoHandler())
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            failure.append(exc)
+            stop.set()
+
+    serving = threading.Thread(target=serve, name="msgtrans-cli-serve")
+    try:
+        stream.start()
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                previous[sig] = signal.signal(sig, lambda _sig, _frame: stop.set())
+        announce(configs, stream.addresses, ca, out)
+        serving.start()
+        # Polled, not stop.wait(): Event.set() from a signal handler that interrupted this
+        # thread inside Event.wait() could try to take the lock this thread already holds.
+        while not stop.is_set():
+            time.sleep(0.05)
+        logger.info("shutting down")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        report = transport.graceful_shutdown(SHUTDOWN_TIMEOUT)
+        stream.close()
+        if serving.ident is not None:  # started
+            serving.join(SHUTDOWN_TIMEOUT + 2.0)
+    if failure:
+        raise failure[0]
+    _log_report(report)
     return 0
 
 
@@ -257,7 +402,14 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         with certificate(args.tls_cert, args.tls_key, needs_cert) as (cert, key):
             configs = listeners(addrs, cert, key)
-            return asyncio.run(run_server(configs, cert, out or sys.stdout))
+            out = out or sys.stdout
+            if args.backend == "trio":
+                import trio  # type: ignore[import-untyped, unused-ignore]
+
+                return int(trio.run(run_server_trio, configs, cert, out))
+            if args.backend == "sync":
+                return run_server_sync(configs, cert, out)
+            return asyncio.run(run_server(configs, cert, out))
     except TransportError as exc:
         print(f"msgtrans serve: {exc}", file=sys.stderr)
         return 1
