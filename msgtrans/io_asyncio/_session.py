@@ -26,6 +26,7 @@ from ..core.events import (
     WriteResumed,
 )
 from ..core.machine import Address
+from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer, Packet
 from ..core.session import (
     CloseReason,
@@ -98,6 +99,7 @@ class Session:
         session_id: int,
         loop: asyncio.AbstractEventLoop,
         on_finished: Callable[[Session], None] | None = None,
+        metrics: TransportMetrics | None = None,
     ) -> None:
         self.id = session_id
         self._conn = conn
@@ -127,6 +129,16 @@ class Session:
         self.forced = False
         self._processing = False
         self._work_done = asyncio.Event()
+        # Metrics are counted per batch (one flush, one _process pass), not per message: the
+        # hot path only adds to these plain ints.
+        self._metrics = metrics
+        self._metric_state: str | None = None  # the state the live-session gauge counts us in
+        self._unflushed_payload = 0
+        self._in_messages = 0
+        self._in_bytes = 0
+        if metrics is not None:
+            self._metric_state = conn.session.state.value
+            metrics.session_opened(conn.protocol, self._metric_state)
 
     # --- what the session is -------------------------------------------------------------------
 
@@ -184,8 +196,8 @@ class Session:
             packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
                                      now=self._loop.time())
         except TransportError as exc:
-            raise self._enrich(exc, "send") from None
-        self._queued(packet.wire_size)
+            raise self._count(self._enrich(exc, "send")) from None
+        self._queued(packet.wire_size, len(packet.payload))
 
     async def request(
         self,
@@ -219,15 +231,20 @@ class Session:
                 now=self._loop.time(),
             )
         except TransportError as exc:
-            raise self._enrich(exc, "request") from None
+            raise self._count(self._enrich(exc, "request")) from None
+        sent_at = self._loop.time()
         future: asyncio.Future[Message] = self._loop.create_future()
         self._responses[request_id] = future
         # The packet's exact size does not matter for the watermarks, only that queued and
         # flushed use the same measure; the payload length is close enough for requests.
-        self._queued(len(data) + 16 + len(ext_header))
+        size = len(data)
+        self._queued(size + 16 + len(ext_header), size)
         self._rearm()
         try:
-            return await future
+            response = await future
+            if self._metrics is not None:
+                self._metrics.request_latency(self._loop.time() - sent_at)
+            return response
         except asyncio.CancelledError:
             # Withdraw the request so nothing stays pending in the core.
             if self._responses.pop(request_id, None) is not None:
@@ -397,6 +414,9 @@ class Session:
             self._fail_waiters(self._closed_error("receive"))
         if not self._finished.done():
             self._finished.set_result(None)
+            if self._metrics is not None and self._metric_state is not None:
+                self._metrics.session_closed(self.protocol, self._metric_state)
+                self._metric_state = None  # out of the gauge for good
             if not self._established.done():
                 self._established.set_exception(self._closed_error("connect"))
                 self._established.exception()  # retrieved: nobody may be waiting
@@ -426,7 +446,12 @@ class Session:
         if self._unflushed_packets:
             self.packets_flushed += self._unflushed_packets
             self._conn.flushed(self._unflushed_bytes, self._unflushed_packets)
-            self._unflushed_bytes = self._unflushed_packets = 0
+            metrics = self._metrics
+            if metrics is not None:
+                # Counted when handed to the socket, once per flush.
+                metrics.messages_out += self._unflushed_packets
+                metrics.bytes_out += self._unflushed_payload
+            self._unflushed_bytes = self._unflushed_packets = self._unflushed_payload = 0
 
     @property
     def write_closed(self) -> bool:
@@ -452,8 +477,9 @@ class Session:
         if self._io is not None:
             self._io.flush()
 
-    def _queued(self, nbytes: int) -> None:
+    def _queued(self, nbytes: int, payload: int) -> None:
         self._unflushed_bytes += nbytes
+        self._unflushed_payload += payload
         self._unflushed_packets += 1
         self._process()
         if self._io is not None:
@@ -476,7 +502,34 @@ class Session:
                     self._handle(event)
         finally:
             self._processing = False
+        if self._metrics is not None:
+            self._update_metrics(self._metrics)
         self._rearm()
+
+    def _update_metrics(self, metrics: TransportMetrics) -> None:
+        # Once per _process pass: the messages of the batch, and the gauge's state.
+        if self._in_messages:
+            metrics.messages_in += self._in_messages
+            metrics.bytes_in += self._in_bytes
+            self._in_messages = self._in_bytes = 0
+        old = self._metric_state
+        if old is not None:
+            new = self._conn.session.state.value
+            if new != old:
+                metrics.session_moved(self.protocol, old, new)
+                self._metric_state = new
+
+    def _count(self, error: TransportError) -> TransportError:
+        if self._metrics is not None:
+            self._metrics.error(error)
+        return error
+
+    def _set_error(self, error: TransportError) -> None:
+        if self.error is None:
+            self.error = self._enrich(error, "receive")
+            # A session that never opened is a failed connect: connect() counts that one.
+            if self.established is not None:
+                self._count(self.error)
 
     def _handle(self, event: object) -> None:
         kind = type(event)
@@ -486,19 +539,24 @@ class Session:
             if responder is not None:
                 self._unanswered.add(packet.message_id)
             self._inbox.append(Message(packet, self.id, responder))
-            self._conn.message_delivered(len(packet.payload))
+            size = len(packet.payload)
+            self._in_messages += 1
+            self._in_bytes += size
+            self._conn.message_delivered(size)
             self._inbox_event.set()
         elif kind is ResponseReceived:
             assert isinstance(event, ResponseReceived)
             future = self._responses.pop(event.request_id, None)
             if future is not None and not future.done():
                 future.set_result(Message(event.packet, self.id))
+            self._in_messages += 1
+            self._in_bytes += len(event.packet.payload)
             self._work_done.set()
         elif kind is RequestFailed:
             assert isinstance(event, RequestFailed)
             future = self._responses.pop(event.request_id, None)
             if future is not None and not future.done():
-                future.set_exception(self._enrich(event.error, "request"))
+                future.set_exception(self._count(self._enrich(event.error, "request")))
             self._work_done.set()
         elif kind is ConnectionEstablished:
             assert isinstance(event, ConnectionEstablished)
@@ -519,13 +577,12 @@ class Session:
                 self._io.resume_reading()
         elif kind is ErrorOccurred:
             assert isinstance(event, ErrorOccurred)
-            if self.error is None:
-                self.error = self._enrich(event.error, "receive")
+            self._set_error(event.error)
         elif kind is ConnectionClosed:
             assert isinstance(event, ConnectionClosed)
             self.closed_event = event
-            if event.error is not None and self.error is None:
-                self.error = self._enrich(event.error, "receive")
+            if event.error is not None:
+                self._set_error(event.error)
             if not self._established.done():
                 error = self.error or self._closed_error("connect")
                 self._established.set_exception(self._enrich(error, "connect"))
@@ -534,8 +591,8 @@ class Session:
             self._update_writable()
         elif kind is SessionClosed:
             assert isinstance(event, SessionClosed)
-            if event.error is not None and self.error is None:
-                self.error = self._enrich(event.error, "receive")
+            if event.error is not None:
+                self._set_error(event.error)
             self._fail_waiters(self._closed_error("request"))
             self._inbox_event.set()
             self._update_writable()
@@ -582,8 +639,8 @@ class Session:
                 request, data, biz_type=biz_type, ext_header=ext_header, now=self._loop.time()
             )
         except TransportError as exc:
-            raise self._enrich(exc, "respond") from None
-        self._queued(packet.wire_size)
+            raise self._count(self._enrich(exc, "respond")) from None
+        self._queued(packet.wire_size, len(packet.payload))
 
     async def _wait_writable_for_respond(self) -> None:
         # Answers are allowed while closing, so only a finished connection refuses them.

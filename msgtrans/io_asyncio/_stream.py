@@ -172,13 +172,15 @@ async def start_stream_listener(
     new_session: Callable[[Callable[[int], Connection]], Session],
     on_established: Callable[[Session], None],
     settings: dict[str, Any],
+    on_refused: Callable[[], None] | None = None,
 ) -> StreamListener:
     """Listen for *config* (a TCP or WebSocket server config).
 
     *new_session* makes a session from a function that builds its core :class:`Connection`
     for a session id; *settings* are the session machine's keyword arguments;
     *on_established* gets it once its handshake completed.  A failed handshake is logged and
-    never stops the listener.
+    never stops the listener.  *on_refused* (optional) is called for each connection refused at
+    ``max_sessions``.
 
     Raises:
         TransportError: the address cannot be bound (mapped from the ``OSError``).
@@ -196,6 +198,8 @@ async def start_stream_listener(
         if config.max_sessions is not None and len(live) >= config.max_sessions:
             logger.warning("listener %s: refusing a connection: %d sessions (max_sessions)",
                            config.addr, len(live))
+            if on_refused is not None:
+                on_refused()
             return _Refuse()
         session = new_session(
             lambda sid: server_connection(

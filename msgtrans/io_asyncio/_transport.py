@@ -1,9 +1,14 @@
 """The application's entry point: :class:`Transport`, its builder, :class:`SessionStream` and
 :class:`ShutdownReport`."""
 
+# The metrics and pool hooks of this module: sessions get the transport's TransportMetrics (they
+# count their own traffic, per batch), listeners report refusals, pools report their decisions;
+# stats() and pool_status() only read.
+
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import socket
@@ -29,9 +34,13 @@ from ..core.errors import (
     TransportConnectionError,
     TransportError,
 )
+from ..core.expansion import ExpansionStrategy
+from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
 from ..core.packet import Buffer
+from ..core.pool import PoolMachine, PoolStatus
 from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
 from ._message import Message
+from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, start_quic_listener
 from ._session import GOING_AWAY, Session
 from ._stream import StreamIO, StreamListener, start_stream_listener
@@ -190,7 +199,8 @@ class SessionStream:
                     self.addresses.append((quic.address[0], quic.address[1]))
                 else:
                     listener = await start_stream_listener(
-                        config, transport._new_session, self._deliver, settings
+                        config, transport._new_session, self._deliver, settings,
+                        on_refused=transport._refused,
                     )
                     self._stream_listeners.append(listener)
                     self.addresses.append((listener.address[0], listener.address[1]))
@@ -272,6 +282,12 @@ class Transport:
         self._closing = False
         self._shutdown: asyncio.Future[ShutdownReport] | None = None
         self._flushed_total = 0
+        self._metrics = TransportMetrics()
+        self._pools: list[SessionPool] = []
+        self._pooled = False  # a pool was ever made: stats() then carries pool gauges
+        # Expansions and shrinks of closed pools, so the summed counters never go down.
+        self._closed_pool_counts = (0, 0)
+        self._quic_refused: dict[QuicListener, int] = {}  # refusals already counted
 
     @staticmethod
     def builder() -> TransportBuilder:
@@ -300,7 +316,7 @@ class Transport:
         self._last_id += 1
         session_id = self._last_id
         session = Session(make(session_id), session_id, asyncio.get_running_loop(),
-                          on_finished=self._forget)
+                          on_finished=self._forget, metrics=self._metrics)
         self._sessions[session_id] = session
         return session
 
@@ -345,8 +361,16 @@ class Transport:
             session_id = holder[0].id if holder else None
             if holder:
                 holder[0].abort("abandoned: connect timed out")
-            raise map_error(exc, protocol=config.protocol, operation="connect",
-                            session_id=session_id, timeout=limit) from None
+            error = map_error(exc, protocol=config.protocol, operation="connect",
+                              session_id=session_id, timeout=limit)
+            self._metrics.error(error)
+            raise error from None
+        except TransportError as exc:
+            # A session that never opened does not count its own error: this is the one count.
+            self._metrics.error(exc)
+            if holder:
+                holder[0].abort("abandoned during connect")
+            raise
         except BaseException:
             if holder:
                 holder[0].abort("abandoned during connect")
@@ -538,6 +562,130 @@ class Transport:
             except TransportError as exc:
                 await _call(handler, "on_error", session, exc)
 
+    # --- pools and metrics ----------------------------------------------------------------------
+
+    async def pool(
+        self,
+        address: str | ConnectionConfig,
+        /,
+        *,
+        min: int = 2,
+        max: int = 64,
+        target: int | None = None,
+        strategy: ExpansionStrategy | None = None,
+        **settings: Any,
+    ) -> SessionPool:
+        """Return a :class:`SessionPool` of sessions to *address*, driven by a core
+        :class:`~msgtrans.core.pool.PoolMachine`; waits until its first session opened.
+
+        Args:
+            address: where to connect (a URL or a config, as :meth:`connect`).
+            min: sessions kept open at all times (default 2).
+            max: sessions never exceeded (default 64).
+            target: the size the pool expects to need; growth slows as it nears it
+                (default 16, kept between *min* and *max*).
+            strategy: how much to grow per step (default
+                :class:`~msgtrans.core.expansion.SmartExpansion`).
+            settings: other :class:`~msgtrans.core.pool.PoolMachine` settings:
+                ``wait_threshold``, ``grow_utilisation``, ``shrink_utilisation``,
+                ``shrink_after``, ``max_leases_per_connection``, ``history``.
+
+        Raises:
+            ConfigurationError: *target* or a setting is invalid.
+            TransportError: every first open failed (the last connect error); with ``min=0``
+                nothing is opened up front and nothing is raised.
+        """
+        self._check_open("pool")
+        # min and max are the issue's names for the sizes; the builtins are reached through
+        # the builtins module in this method.
+        config = to_config(address)
+        if target is None:
+            target = builtins.max(min, builtins.min(16, max))
+        try:
+            machine = PoolMachine(min, max, target, strategy,
+                                  now=asyncio.get_running_loop().time(), **settings)
+        except TypeError as exc:
+            raise ConfigurationError("pool", str(exc)) from exc
+        pool = SessionPool(
+            self, config, machine, metrics=self._metrics,
+            request_timeout=float(self._settings.get("request_timeout", DEFAULT_REQUEST_TIMEOUT)),
+            on_closed=self._pool_closed,
+        )
+        self._pools.append(pool)
+        self._pooled = True
+        pool.start()
+        try:
+            await pool.wait_started()
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    def _pool_closed(self, pool: SessionPool) -> None:
+        if pool in self._pools:
+            self._pools.remove(pool)
+            status = pool.status()
+            grown, shrunk = self._closed_pool_counts
+            self._closed_pool_counts = (grown + status.expansion_count,
+                                        shrunk + status.shrink_count)
+
+    def pools(self) -> list[SessionPool]:
+        """The pools not closed yet, oldest first."""
+        return list(self._pools)
+
+    def pool_status(self) -> PoolStatus:
+        """The statuses of every open pool summed: connection, lease and step counts add up
+        (steps of closed pools included, so they never go down), utilisation is weighted by
+        each pool's lease capacity, ``last_decisions`` are the newest 16 of all pools."""
+        statuses = [p.status() for p in self._pools]
+        capacity = sum(
+            len(p.machine.connections) * p.machine.max_leases_per_connection for p in self._pools
+        )
+        in_use = sum(s.leases_in_use for s in statuses)
+        waiting = sum(s.waiting_leases for s in statuses)
+        # With no capacity, as the machine: 1.0 when demand waits, else 0.0.
+        utilisation = in_use / capacity if capacity else (1.0 if waiting else 0.0)
+        grown, shrunk = self._closed_pool_counts
+        decisions = tuple(d for s in statuses for d in s.last_decisions)[-16:]
+        return PoolStatus(
+            active_connections=sum(s.active_connections for s in statuses),
+            idle_connections=sum(s.idle_connections for s in statuses),
+            pending_connections=sum(s.pending_connections for s in statuses),
+            pool_utilization=utilisation,
+            expansion_count=grown + sum(s.expansion_count for s in statuses),
+            shrink_count=shrunk + sum(s.shrink_count for s in statuses),
+            waiting_leases=waiting,
+            leases_in_use=in_use,
+            last_decisions=decisions,
+        )
+
+    def stats(self) -> MetricsSnapshot:
+        """Return every metric now, as plain immutable data (``.as_dict()`` for JSON): live
+        sessions by protocol and state, sessions opened and closed, messages and payload bytes
+        in and out, errors by ``error_code`` (``connection.refused_by_server`` counts the
+        connections our listeners refused at ``max_sessions``), the request latency histogram,
+        pool expansions and shrinks by trigger, and the summed :meth:`pool_status` once a pool
+        was made."""
+        self._count_quic_refusals()
+        if self._pooled:
+            self._metrics.observe_pool(self.pool_status())
+        return self._metrics.snapshot()
+
+    def stats_prometheus(self, prefix: str = "msgtrans") -> str:
+        """Return :meth:`stats` in the Prometheus text exposition format (for ``/metrics``)."""
+        return render_prometheus(self.stats(), prefix)
+
+    def _refused(self) -> None:
+        self._metrics.error("connection.refused_by_server")
+
+    def _count_quic_refusals(self) -> None:
+        # The QUIC endpoint counts its refusals itself; pick up what is new since last time.
+        for quic in self._quic_listeners:
+            refused = quic.endpoint.connections_refused
+            for _ in range(refused - self._quic_refused.get(quic, 0)):
+                self._metrics.error("connection.refused_by_server")
+            self._quic_refused[quic] = refused
+
     # --- shutdown ------------------------------------------------------------------------------
 
     async def graceful_shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> ShutdownReport:
@@ -584,6 +732,12 @@ class Transport:
         deadline = start + max(0.0, timeout)
         for stream in list(self._streams):
             await stream.aclose()
+        # Pools stop opening and fail their waiting leases; their sessions close with the rest.
+        pools = list(self._pools)
+        for pool in pools:
+            pool._begin_close()
+        for pool in pools:
+            await pool.wait_tasks()
         sessions = list(self._sessions.values())
         flushed_before = self._flushed_total + sum(s.packets_flushed for s in sessions)
         if drain and sessions:
@@ -606,7 +760,9 @@ class Transport:
         waits += [q.wait_closed() for q in self._quic_listeners]
         if waits:
             await _bounded(asyncio.gather(*waits), loop.time() + 1.0, loop)
+        self._count_quic_refusals()
         self._quic_listeners.clear()
+        self._quic_refused.clear()
         tasks = list(self._handler_tasks)
         for task in tasks:
             if not task.done():
