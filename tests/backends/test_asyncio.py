@@ -1,4 +1,6 @@
-"""The asyncio driver over real sockets on loopback, written once and run for every protocol.
+"""What is particular to the asyncio driver: task cancellation, flow control (paused reads),
+raw-socket and ``websockets`` interop, hostile input, connect timeouts, IPv6.  The behaviour
+every backend shares is tested once for all in ``tests/backends/conformance``.
 
 Every test runs its own event loop (``asyncio.run``) under a bound, checks that no task is left
 behind, and shuts its transports down; the suite is meant to run under
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -123,142 +124,7 @@ async def _send_all(session: mt.Session, payloads: list[bytes]) -> None:
         await asyncio.sleep(0)
 
 
-# --- the basics, every protocol ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_send_request_both_ways(proto: str, certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        async with pair(proto, certs) as p:
-            assert p.cs.protocol is p.ss.protocol
-            assert p.cs.state is mt.SessionState.OPEN
-            assert p.cs.peer_address is not None and p.ss.peer_address is not None
-            await p.client.send(p.cs, b"data", biz_type=3, ext_header=b"x")
-            message = await within(p.server.receive(p.ss))
-            assert (bytes(message.payload), message.biz_type, bytes(message.ext_header)) == (
-                b"data", 3, b"x")
-            assert message.packet_type is PacketType.ONE_WAY
-            # client -> server request
-            task = asyncio.ensure_future(answer(p.ss))
-            reply = await within(p.client.request(p.cs, b"ping", timeout=WAIT))
-            await within(task)
-            assert reply.payload == b"re:ping" and reply.packet_type is PacketType.RESPONSE
-            # server -> client request
-            task = asyncio.ensure_future(answer(p.cs, b"back:"))
-            reply = await within(p.ss.request(b"hi", biz_type=7))
-            await within(task)
-            assert reply.payload == b"back:hi" and reply.biz_type == 7
-            assert p.client.session_count() == 1 and p.server.session_count() == 1
-
-    run(main)
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_message_stream_and_close(proto: str, certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        async with pair(proto, certs) as p:
-            for i in range(5):
-                await p.cs.send(b"m%d" % i)
-            await p.cs.close()
-            assert p.cs.is_closed and p.cs.close_reason is mt.CloseReason.LOCAL
-            got = [bytes(m.payload) async for m in p.server.message_stream(p.ss)]
-            assert got == [b"m%d" % i for i in range(5)]
-            await within(p.ss.wait_closed())
-            assert p.ss.close_reason is mt.CloseReason.PEER_CLOSED
-            with pytest.raises(mt.TransportConnectionError) as info:
-                await p.cs.send(b"late")
-            assert info.value.error_code == "connection.closed"
-            assert info.value.session_id == p.cs.id and info.value.operation == "send"
-
-    run(main)
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_many_concurrent_requests(proto: str, certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        async with pair(proto, certs) as p:
-            server = asyncio.ensure_future(answer(p.ss, count=200))
-            replies = await within(asyncio.gather(
-                *(p.cs.request(b"%d" % i) for i in range(200))))
-            await within(server)
-            assert [bytes(r.payload) for r in replies] == [b"re:%d" % i for i in range(200)]
-            assert p.cs.pending_work == 0
-
-    run(main)
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_large_messages(proto: str, certs: tuple[Path, Path]) -> None:
-    big = bytes(range(256)) * 4096  # 1 MiB
-
-    async def main() -> None:
-        async with pair(proto, certs) as p:
-            await p.cs.send(big)
-            await p.cs.send(big[::-1])
-            first = await within(p.ss.receive())
-            second = await within(p.ss.receive())
-            assert first.payload == big and second.payload == big[::-1]
-            server = asyncio.ensure_future(answer(p.ss, b""))
-            reply = await within(p.cs.request(big))
-            await within(server)
-            assert reply.payload == big
-
-    run(main)
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_several_sessions_broadcast(proto: str, certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        async with pair(proto, certs) as p:
-            more = [await p.connect(proto, certs) for _ in range(2)]
-            clients = [p.cs] + [c for c, _ in more]
-            servers = [p.ss] + [s for _, s in more]
-            assert len({s.id for s in servers}) == 3
-            assert p.server.session_count() == 3
-            results = await p.server.send_to_all(b"news", biz_type=1)
-            assert results == [None, None, None]
-            for c in clients:
-                assert (await within(c.receive())).payload == b"news"
-            await clients[1].close()
-            await within(servers[1].wait_closed())
-            results = await p.server.broadcast(servers, b"again")
-            assert results[0] is None and results[2] is None
-            assert isinstance(results[1], mt.TransportConnectionError)
-            assert results[1].session_id == servers[1].id
-            for c in (clients[0], clients[2]):
-                assert (await within(c.receive())).payload == b"again"
-
-    run(main)
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_cancel_receive_keeps_message(proto: str, certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        async with pair(proto, certs) as p:
-            waiter = asyncio.ensure_future(p.ss.receive())
-            await asyncio.sleep(0)
-            waiter.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await waiter
-            # Cancel receives at every point of their life while messages arrive: each
-            # message is taken exactly once, in order, by a receive that completed.
-            sent = [b"m%d" % i for i in range(60)]
-            sender = asyncio.ensure_future(_send_all(p.cs, sent))
-            got: list[bytes] = []
-            for i in range(60):
-                waiter = asyncio.ensure_future(p.ss.receive())
-                for _ in range(i % 4):
-                    await asyncio.sleep(0)
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    got.append(bytes((await waiter).payload))
-            await within(sender)
-            while len(got) < len(sent):
-                got.append(bytes((await within(p.ss.receive())).payload))
-            assert got == sent
-            assert p.ss.connection.session.receive_backlog == (0, 0)
-
-    run(main)
+# --- cancellation -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("proto", PROTOCOLS)
@@ -282,136 +148,7 @@ def test_cancel_request_leaves_nothing_pending(proto: str, certs: tuple[Path, Pa
     run(main)
 
 
-@pytest.mark.parametrize("proto", ["tcp", "quic"])
-def test_request_timeout_and_double_respond(proto: str, certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        async with pair(proto, certs, request_timeout=0.2) as p:
-            with pytest.raises(mt.TransportTimeoutError) as info:
-                await within(p.cs.request(b"nobody answers"))
-            assert info.value.error_code == "timeout.request"
-            assert info.value.session_id == p.cs.id
-            request = await within(p.ss.receive())
-            await request.respond(b"late")
-            with pytest.raises(mt.TransportError):
-                await request.respond(b"twice")
-            await p.cs.send(b"one-way")
-            message = await within(p.ss.receive())
-            with pytest.raises(mt.TransportError):
-                await message.respond(b"not a request")
-
-    run(main)
-
-
 # --- servers ----------------------------------------------------------------------------------
-
-
-class Handler:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
-        self.disconnected = asyncio.Event()
-
-    async def on_connected(self, session: mt.Session) -> None:
-        self.events.append(("connected", session.id))
-
-    async def on_message(self, session: mt.Session, message: mt.Message) -> None:
-        self.events.append(("message", bytes(message.payload)))
-        if message.payload == b"boom":
-            raise RuntimeError("handler bug")
-        await session.send(b"echo:" + bytes(message.payload))
-
-    async def on_request(self, session: mt.Session, message: mt.Message) -> bytes:
-        if message.payload == b"fail":
-            raise ValueError("bad request")
-        return b"served:" + bytes(message.payload)
-
-    async def on_error(self, session: mt.Session, error: BaseException) -> None:
-        self.events.append(("error", type(error).__name__))
-
-    async def on_disconnected(self, session: mt.Session, reason: Any) -> None:
-        self.events.append(("disconnected", reason))
-        self.disconnected.set()
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_serve_handler(proto: str, certs: tuple[Path, Path],
-                       caplog: pytest.LogCaptureFixture) -> None:
-    async def main() -> None:
-        server = mt.Transport()
-        client = mt.Transport()
-        handler = Handler()
-        stream = server.accept([server_config(proto, certs)])
-        await stream.start()  # to learn the port before serving
-        port = stream.addresses[0][1]
-        serving = asyncio.ensure_future(server.serve(stream, handler))
-        try:
-            session = await within(client.connect(client_url(proto, port, certs)))
-            assert (await within(session.request(b"x"))).payload == b"served:x"
-            await session.send(b"boom")  # the handler raises: contained
-            await session.send(b"hello")
-            assert (await within(session.receive())).payload == b"echo:hello"
-            with pytest.raises(mt.TransportTimeoutError):
-                await session.request(b"fail", timeout=0.3)  # on_request raised: no answer
-            assert (await within(session.request(b"y"))).payload == b"served:y"
-            await session.close()
-            await within(handler.disconnected.wait())
-        finally:
-            await client.graceful_shutdown(2.0)
-            report = await server.graceful_shutdown(2.0)
-            await within(serving)  # serve() ends with the shutdown
-        assert handler.events[0][0] == "connected"
-        assert ("message", b"boom") in handler.events
-        assert handler.events.count(("error", "RuntimeError")) == 1
-        assert handler.events.count(("error", "ValueError")) == 1
-        assert handler.events[-1] == ("disconnected", mt.CloseReason.PEER_CLOSED)
-        assert report.forced == 0
-        assert "handler bug" in caplog.text or "on_message" in caplog.text
-
-    with caplog.at_level(logging.ERROR, logger="msgtrans.io_asyncio"):
-        run(main)
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_graceful_shutdown(proto: str, certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        server = mt.Transport()
-        client = mt.Transport()
-        async with server.accept([server_config(proto, certs)]) as stream:
-            port = stream.addresses[0][1]
-            sessions = [await within(client.connect(client_url(proto, port, certs)))
-                        for _ in range(2)]
-            accepted = [await within(stream.__anext__()) for _ in range(2)]
-        # A request in flight when the shutdown starts is answered before the close.
-        pending = asyncio.ensure_future(sessions[0].request(b"in flight"))
-        request = await within(accepted[0].receive())
-
-        async def answer_later() -> None:
-            await asyncio.sleep(0.05)
-            await request.respond(b"done")
-
-        answering = asyncio.ensure_future(answer_later())
-        report = await within(server.graceful_shutdown(timeout=3.0))
-        await answering
-        assert (await within(pending)).payload == b"done"
-        assert report.closed_cleanly == 2 and report.forced == 0
-        assert report.messages_flushed >= 1
-        assert 0 <= report.elapsed < 3.0
-        assert server.session_count() == 0
-        for s in sessions:
-            await within(s.wait_closed())
-            assert s.close_reason is mt.CloseReason.PEER_CLOSED
-        if proto in ("ws", "wss"):
-            closed = sessions[0].connection.session  # the client saw the server's 1001
-            assert closed.state is mt.SessionState.CLOSED
-            assert sessions[0].closed_event is not None
-            assert sessions[0].closed_event.code == 1001
-        with pytest.raises(mt.TransportConnectionError):
-            await server.connect(client_url(proto, port, certs))
-        again = await server.graceful_shutdown()
-        assert again is report
-        client_report = await client.graceful_shutdown(1.0)
-        assert client_report.forced == 0
-
-    run(main)
 
 
 def test_shutdown_forces_what_does_not_close(certs: tuple[Path, Path]) -> None:
@@ -432,36 +169,6 @@ def test_shutdown_forces_what_does_not_close(certs: tuple[Path, Path]) -> None:
 
 
 # --- errors -----------------------------------------------------------------------------------
-
-
-def test_connect_errors(certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        async with mt.Transport() as transport:
-            # A free port with nothing listening.
-            probe = socket.socket()
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-            probe.close()
-            with pytest.raises(mt.TransportConnectionError) as info:
-                await within(transport.connect(f"tcp://127.0.0.1:{port}"))
-            assert info.value.error_code == "connection.refused"
-            assert info.value.operation == "connect" and info.value.session_id is not None
-            with pytest.raises(mt.ConfigurationError):
-                await transport.connect("bogus://x")
-            # TLS without trusting the self-signed certificate.
-            server = mt.Transport()
-            async with server.accept([server_config("tls", certs)]) as stream:
-                tls_port = stream.addresses[0][1]
-                with pytest.raises(mt.TransportConnectionError) as info:
-                    await within(transport.connect(f"tls://localhost:{tls_port}"))
-                assert info.value.error_code == "connection.tls_verification"
-                # The listener survived the failed handshake.
-                ok = await within(transport.connect(client_url("tls", tls_port, certs)))
-                assert ok.state is mt.SessionState.OPEN
-            await server.graceful_shutdown(1.0)
-            assert transport.session_count() in (0, 1)
-
-    run(main)
 
 
 @pytest.mark.parametrize("proto", ["tcp", "ws"])

@@ -1,6 +1,7 @@
-"""The trio driver over real sockets on loopback, written once and run for every protocol, plus
-a trio client against the asyncio server (each backend drives the same core machines, so they
-must speak the same wire).
+"""What is particular to the trio driver: cancel scopes and deadlines around receives and
+requests, nurseries (the transport's, the caller's, serve()'s), single errors rather than
+exception groups, and the listener's resilience.  The behaviour every backend shares, and each
+backend's client against each backend's server, is tested once in ``tests/backends/conformance``.
 
 Every test runs its own ``trio.run`` under a deadline; transports are used as ``async with``
 (their nursery holds every task, so nothing outlives a test); the suite is meant to run under
@@ -9,11 +10,8 @@ Every test runs its own ``trio.run`` under a deadline; transports are used as ``
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import socket
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +19,6 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
-import msgtrans.io_asyncio as amt
 import msgtrans.io_trio as mt
 from msgtrans.certs import write_self_signed
 from msgtrans.core.packet import Packet, PacketType
@@ -42,18 +39,18 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_self_signed(tmp_path_factory.mktemp("certs"))
 
 
-def server_config(proto: str, certs: tuple[Path, Path], m: Any = mt) -> Any:
+def server_config(proto: str, certs: tuple[Path, Path]) -> Any:
     cert, key = certs
-    tls = m.ServerTlsConfig(cert, key)
+    tls = mt.ServerTlsConfig(cert, key)
     if proto == "tcp":
-        return m.TcpServerConfig("127.0.0.1:0")
+        return mt.TcpServerConfig("127.0.0.1:0")
     if proto == "tls":
-        return m.TcpServerConfig("127.0.0.1:0", tls=tls)
+        return mt.TcpServerConfig("127.0.0.1:0", tls=tls)
     if proto == "ws":
-        return m.WebSocketServerConfig("127.0.0.1:0")
+        return mt.WebSocketServerConfig("127.0.0.1:0")
     if proto == "wss":
-        return m.WebSocketServerConfig("127.0.0.1:0", tls=tls)
-    return m.QuicServerConfig("127.0.0.1:0", cert_file=cert, key_file=key)
+        return mt.WebSocketServerConfig("127.0.0.1:0", tls=tls)
+    return mt.QuicServerConfig("127.0.0.1:0", cert_file=cert, key_file=key)
 
 
 def client_url(proto: str, port: int, certs: tuple[Path, Path]) -> str:
@@ -129,115 +126,7 @@ async def _send_all(session: mt.Session, payloads: list[bytes]) -> None:
         await trio.lowlevel.checkpoint()
 
 
-# --- the basics, every protocol ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_send_request_both_ways(proto: str, certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        async with pair(proto, certs) as p:
-            assert p.cs.protocol is p.ss.protocol
-            assert p.cs.state is mt.SessionState.OPEN
-            assert p.cs.peer_address is not None and p.ss.peer_address is not None
-            await p.client.send(p.cs, b"data", biz_type=3, ext_header=b"x")
-            message = await within(p.server.receive(p.ss))
-            assert (bytes(message.payload), message.biz_type, bytes(message.ext_header)) == (
-                b"data", 3, b"x")
-            assert message.packet_type is PacketType.ONE_WAY
-            # client -> server request
-            p.nursery.start_soon(answer, p.ss)
-            reply = await within(p.client.request(p.cs, b"ping", timeout=WAIT))
-            assert reply.payload == b"re:ping" and reply.packet_type is PacketType.RESPONSE
-            # server -> client request
-            p.nursery.start_soon(answer, p.cs, b"back:")
-            reply = await within(p.ss.request(b"hi", biz_type=7))
-            assert reply.payload == b"back:hi" and reply.biz_type == 7
-            assert p.client.session_count() == 1 and p.server.session_count() == 1
-
-    run(main)
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_message_stream_and_close(proto: str, certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        async with pair(proto, certs) as p:
-            for i in range(5):
-                await p.cs.send(b"m%d" % i)
-            await within(p.cs.close())
-            assert p.cs.is_closed and p.cs.close_reason is mt.CloseReason.LOCAL
-            got = [bytes(m.payload) async for m in p.server.message_stream(p.ss)]
-            assert got == [b"m%d" % i for i in range(5)]
-            await within(p.ss.wait_closed())
-            assert p.ss.close_reason is mt.CloseReason.PEER_CLOSED
-            with pytest.raises(mt.TransportConnectionError) as info:
-                await p.cs.send(b"late")
-            assert info.value.error_code == "connection.closed"
-            assert info.value.session_id == p.cs.id and info.value.operation == "send"
-
-    run(main)
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_many_concurrent_requests(proto: str, certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        async with pair(proto, certs) as p:
-            replies: dict[int, bytes] = {}
-
-            async def one(i: int) -> None:
-                replies[i] = bytes((await p.cs.request(b"%d" % i)).payload)
-
-            with trio.fail_after(WAIT):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(answer, p.ss, b"re:", 200)
-                    for i in range(200):
-                        nursery.start_soon(one, i)
-            assert [replies[i] for i in range(200)] == [b"re:%d" % i for i in range(200)]
-            assert p.cs.pending_work == 0
-
-    run(main)
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_large_messages(proto: str, certs: tuple[Path, Path]) -> None:
-    big = bytes(range(256)) * 4096  # 1 MiB
-
-    async def main() -> None:
-        async with pair(proto, certs) as p:
-            await p.cs.send(big)
-            await p.cs.send(big[::-1])
-            first = await within(p.ss.receive())
-            second = await within(p.ss.receive())
-            assert first.payload == big and second.payload == big[::-1]
-            p.nursery.start_soon(answer, p.ss, b"")
-            reply = await within(p.cs.request(big))
-            assert reply.payload == big
-
-    run(main)
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_several_sessions_broadcast(proto: str, certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        async with pair(proto, certs) as p:
-            more = [await p.connect(proto, certs) for _ in range(2)]
-            clients = [p.cs] + [c for c, _ in more]
-            servers = [p.ss] + [s for _, s in more]
-            assert len({s.id for s in servers}) == 3
-            assert p.server.session_count() == 3
-            results = await p.server.send_to_all(b"news", biz_type=1)
-            assert results == [None, None, None]
-            for c in clients:
-                assert (await within(c.receive())).payload == b"news"
-            await within(clients[1].close())
-            await within(servers[1].wait_closed())
-            results = await p.server.broadcast(servers, b"again")
-            assert results[0] is None and results[2] is None
-            assert isinstance(results[1], mt.TransportConnectionError)
-            assert results[1].session_id == servers[1].id
-            for c in (clients[0], clients[2]):
-                assert (await within(c.receive())).payload == b"again"
-
-    run(main)
+# --- cancellation -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("proto", PROTOCOLS)
@@ -307,26 +196,6 @@ def test_cancel_request_leaves_nothing_pending(proto: str, certs: tuple[Path, Pa
     run(main)
 
 
-@pytest.mark.parametrize("proto", ["tcp", "quic"])
-def test_request_timeout_and_double_respond(proto: str, certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        async with pair(proto, certs, request_timeout=0.2) as p:
-            with pytest.raises(mt.TransportTimeoutError) as info:
-                await within(p.cs.request(b"nobody answers"))
-            assert info.value.error_code == "timeout.request"
-            assert info.value.session_id == p.cs.id
-            request = await within(p.ss.receive())
-            await request.respond(b"late")
-            with pytest.raises(mt.TransportError):
-                await request.respond(b"twice")
-            await p.cs.send(b"one-way")
-            message = await within(p.ss.receive())
-            with pytest.raises(mt.TransportError):
-                await message.respond(b"not a request")
-
-    run(main)
-
-
 # --- servers ----------------------------------------------------------------------------------
 
 
@@ -357,42 +226,6 @@ class Handler:
         self.disconnected.set()
 
 
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_serve_handler(proto: str, certs: tuple[Path, Path],
-                       caplog: pytest.LogCaptureFixture) -> None:
-    async def main() -> None:
-        handler = Handler()
-        async with mt.Transport() as server, mt.Transport() as client:
-            stream = server.accept([server_config(proto, certs)])
-            await stream.start()  # to learn the port before serving
-            port = stream.addresses[0][1]
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(server.serve, stream, handler)
-                session = await within(client.connect(client_url(proto, port, certs)))
-                assert (await within(session.request(b"x"))).payload == b"served:x"
-                await session.send(b"boom")  # the handler raises: contained
-                await session.send(b"hello")
-                assert (await within(session.receive())).payload == b"echo:hello"
-                with pytest.raises(mt.TransportTimeoutError):
-                    await session.request(b"fail", timeout=0.3)  # on_request raised: no answer
-                assert (await within(session.request(b"y"))).payload == b"served:y"
-                await within(session.close())
-                await within(handler.disconnected.wait())
-                await client.graceful_shutdown(2.0)
-                report = await within(server.graceful_shutdown(2.0))
-                # serve() ends with the shutdown, so this nursery closes.
-        assert handler.events[0][0] == "connected"
-        assert ("message", b"boom") in handler.events
-        assert handler.events.count(("error", "RuntimeError")) == 1
-        assert handler.events.count(("error", "ValueError")) == 1
-        assert handler.events[-1] == ("disconnected", mt.CloseReason.PEER_CLOSED)
-        assert report.forced == 0
-        assert "handler bug" in caplog.text or "on_message" in caplog.text
-
-    with caplog.at_level(logging.ERROR, logger="msgtrans.io_trio"):
-        run(main)
-
-
 @pytest.mark.parametrize("strict", [False, True])
 def test_serve_is_cancellable(certs: tuple[Path, Path], strict: bool) -> None:
     async def main() -> None:
@@ -412,52 +245,6 @@ def test_serve_is_cancellable(certs: tuple[Path, Path], strict: bool) -> None:
             assert handler.events[-1][0] == "disconnected"
 
     run(main, strict=strict)
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_graceful_shutdown(proto: str, certs: tuple[Path, Path]) -> None:
-    async def main() -> None:
-        async with mt.Transport() as server, mt.Transport() as client, \
-                trio.open_nursery() as nursery:
-            async with server.accept([server_config(proto, certs)]) as stream:
-                port = stream.addresses[0][1]
-                sessions = [await within(client.connect(client_url(proto, port, certs)))
-                            for _ in range(2)]
-                accepted = [await within(stream.__anext__()) for _ in range(2)]
-            # A request in flight when the shutdown starts is answered before the close.
-            replies: list[mt.Message] = []
-
-            async def pending() -> None:
-                replies.append(await sessions[0].request(b"in flight"))
-
-            nursery.start_soon(pending)
-            request = await within(accepted[0].receive())
-
-            async def answer_later() -> None:
-                await trio.sleep(0.05)
-                await request.respond(b"done")
-
-            nursery.start_soon(answer_later)
-            report = await within(server.graceful_shutdown(timeout=3.0))
-            for s in sessions:
-                await within(s.wait_closed())
-                assert s.close_reason is mt.CloseReason.PEER_CLOSED
-            assert [bytes(r.payload) for r in replies] == [b"done"]
-            assert report.closed_cleanly == 2 and report.forced == 0
-            assert report.messages_flushed >= 1
-            assert 0 <= report.elapsed < 3.0
-            assert server.session_count() == 0
-            if proto in ("ws", "wss"):
-                assert sessions[0].closed_event is not None
-                assert sessions[0].closed_event.code == 1001
-            with pytest.raises(mt.TransportConnectionError):
-                await server.connect(client_url(proto, port, certs))
-            again = await server.graceful_shutdown()
-            assert again is report
-            client_report = await client.graceful_shutdown(1.0)
-            assert client_report.forced == 0
-
-    run(main)
 
 
 def test_shutdown_forces_what_does_not_close(certs: tuple[Path, Path]) -> None:
@@ -711,128 +498,6 @@ def test_raw_socket_interop(certs: tuple[Path, Path]) -> None:
             assert response.packet_type is PacketType.RESPONSE and response.biz_type == 2
             await raw.aclose()
             await within(session.wait_closed())
-
-    run(main)
-
-
-class _AsyncioServer:
-    """An io_asyncio server in a thread with its own event loop: echoes one-way messages,
-    answers requests, and asks the client a question when told to."""
-
-    def __init__(self, proto: str, certs: tuple[Path, Path]) -> None:
-        self.proto = proto
-        self.certs = certs
-        self.port = 0
-        self.error: BaseException | None = None
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> _AsyncioServer:
-        self._thread.start()
-        assert self._ready.wait(WAIT), "the asyncio server did not start"
-        if self.error is not None:
-            raise self.error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(WAIT)
-        assert not self._thread.is_alive(), "the asyncio server did not stop"
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self.error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        server = amt.Transport()
-
-        class Echo:
-            async def on_message(self, session: amt.Session, message: amt.Message) -> None:
-                if message.payload == b"ask":
-                    reply = await session.request(b"question")
-                    await session.send(b"answer was " + bytes(reply.payload))
-                else:
-                    await session.send(b"echo:" + bytes(message.payload))
-
-            async def on_request(self, session: amt.Session, message: amt.Message) -> bytes:
-                return b"asyncio:" + bytes(message.payload)
-
-        stream = server.accept([server_config(self.proto, self.certs, amt)])
-        await stream.start()
-        self.port = stream.addresses[0][1]
-        serving = asyncio.ensure_future(server.serve(stream, Echo()))
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await server.graceful_shutdown(2.0)
-            await asyncio.wait_for(serving, WAIT)
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_trio_client_asyncio_server(proto: str, certs: tuple[Path, Path]) -> None:
-    big = bytes(range(256)) * 1024  # 256 KiB
-
-    with _AsyncioServer(proto, certs) as server:
-        async def main() -> None:
-            async with mt.Transport() as client:
-                session = await within(client.connect(client_url(proto, server.port, certs)))
-                assert (await within(session.request(b"hi"))).payload == b"asyncio:hi"
-                await session.send(b"one-way")
-                assert (await within(session.receive())).payload == b"echo:one-way"
-                assert (await within(session.request(big))).payload == b"asyncio:" + big
-                # The asyncio side asks; the trio side answers.
-                await session.send(b"ask")
-                question = await within(session.receive())
-                assert question.is_request and question.payload == b"question"
-                await question.respond(b"42")
-                assert (await within(session.receive())).payload == b"answer was 42"
-                await within(session.close())
-                assert session.closed_event is not None and session.closed_event.clean
-
-        run(main)
-
-
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_asyncio_client_trio_server(proto: str, certs: tuple[Path, Path]) -> None:
-    """The other way round: an io_asyncio client (in a thread) against a trio server."""
-    outcome: list[object] = []
-
-    async def asyncio_client(port: int) -> None:
-        client = amt.Transport()
-        try:
-            session = await asyncio.wait_for(
-                client.connect(client_url(proto, port, certs)), WAIT)
-            reply = await asyncio.wait_for(session.request(b"from asyncio"), WAIT)
-            outcome.append(bytes(reply.payload))
-            await session.send(b"hello")
-            outcome.append(bytes((await asyncio.wait_for(session.receive(), WAIT)).payload))
-            await session.close()
-        finally:
-            await client.graceful_shutdown(2.0)
-
-    async def main() -> None:
-        handler = Handler()
-        async with mt.Transport() as server, trio.open_nursery() as nursery:
-            stream = server.accept([server_config(proto, certs)])
-            await stream.start()
-            nursery.start_soon(server.serve, stream, handler)
-            port = stream.addresses[0][1]
-            await trio.to_thread.run_sync(lambda: asyncio.run(asyncio_client(port)))
-            await within(handler.disconnected.wait())
-            await server.graceful_shutdown(2.0)
-        assert outcome == [b"served:from asyncio", b"echo:hello"]
-        assert handler.events[-1] == ("disconnected", mt.CloseReason.PEER_CLOSED)
 
     run(main)
 

@@ -1,0 +1,475 @@
+"""What every backend must do, written once and run on each backend over each protocol, plus
+each backend's client against each backend's server (they drive the same core machines, so
+they must speak the same wire).
+
+Each test body is async and drives its backend through :mod:`.adapters`; the suite is meant to
+run under ``python -X dev -W error::ResourceWarning -m pytest tests/backends`` so a leaked
+socket fails, and every test checks that no task and no thread outlived it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from msgtrans.certs import write_self_signed
+
+from .adapters import (
+    BACKENDS,
+    PROTOCOLS,
+    TLS_PROTOCOLS,
+    WAIT,
+    Backend,
+    Certs,
+    CloseReason,
+    ConfigurationError,
+    Listener,
+    Msg,
+    PacketType,
+    Session,
+    SessionState,
+    TransportConnectionError,
+    TransportError,
+    TransportTimeoutError,
+    client_url,
+    make_backend,
+    server_thread,
+)
+
+pytestmark = [
+    pytest.mark.network,
+    pytest.mark.filterwarnings("error::ResourceWarning"),
+    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return write_self_signed(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return make_backend(request.param)
+
+
+@pytest.fixture(params=PROTOCOLS)
+def proto(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def _threads() -> set[threading.Thread]:
+    # trio resolves names ("localhost") in its own cached worker threads, which idle on for a
+    # while after a run by design: they belong to trio, not to a backend, so they don't count.
+    return {t for t in threading.enumerate() if not t.name.startswith("Trio thread")}
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left() -> Iterator[None]:
+    # The sync backend's I/O thread and serve() workers, the adapter's pool and the matrix's
+    # server threads must all be joined by the end of a test.
+    before = _threads()
+    yield
+    end = time.monotonic() + WAIT
+    while _threads() - before and time.monotonic() < end:
+        time.sleep(0.01)
+    assert not _threads() - before, [t.name for t in _threads() - before]
+
+
+async def answer(session: Session, prefix: bytes = b"re:", count: int = 1) -> None:
+    for _ in range(count):
+        message = await session.receive()
+        assert message.is_request
+        await message.respond(prefix + message.payload)
+
+
+async def send_all(session: Session, payloads: list[bytes]) -> None:
+    for payload in payloads:
+        await session.send(payload)
+        await anyio.sleep(0)  # let the receiver run between sends
+
+
+async def connect(client: Any, listener: Listener, proto: str, certs: Certs
+                  ) -> tuple[Session, Session]:
+    cs = await client.connect(client_url(proto, listener.port, certs))
+    ss = await listener.accept()
+    return cs, ss
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+def test_one_way_and_requests_both_ways(backend: Backend, proto: str, certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen(proto, certs) as listener:
+            cs, ss = await connect(client, listener, proto, certs)
+            assert cs.protocol is ss.protocol
+            assert cs.state is SessionState.OPEN
+            assert cs.peer_address is not None and ss.peer_address is not None
+            # one-way, both ways, through the transport's and the session's methods
+            await client.send(cs, b"data", biz_type=3, ext_header=b"x")
+            message = await server.receive(ss)
+            assert (message.payload, message.biz_type, message.ext_header) == (b"data", 3, b"x")
+            assert message.packet_type is PacketType.ONE_WAY
+            await ss.send(b"down")
+            assert (await cs.receive()).payload == b"down"
+            async with anyio.create_task_group() as tg:
+                # client -> server request
+                tg.start_soon(answer, ss)
+                reply = await client.request(cs, b"ping", timeout=WAIT)
+                assert reply.payload == b"re:ping" and reply.packet_type is PacketType.RESPONSE
+                # server -> client request
+                tg.start_soon(answer, cs, b"back:")
+                reply = await ss.request(b"hi", biz_type=7)
+                assert reply.payload == b"back:hi" and reply.biz_type == 7
+            assert client.session_count() == 1 and server.session_count() == 1
+
+    backend.run(body)
+
+
+def test_message_stream_order_and_close(backend: Backend, proto: str, certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen(proto, certs) as listener:
+            cs, ss = await connect(client, listener, proto, certs)
+            for i in range(20):
+                await cs.send(b"m%d" % i)
+            await cs.close()
+            assert cs.is_closed and cs.close_reason is CloseReason.LOCAL
+            # The stream yields everything sent before the close, in order, then ends.
+            got = [m.payload for m in await server.messages_until_closed(ss)]
+            assert got == [b"m%d" % i for i in range(20)]
+            await ss.wait_closed()
+            assert ss.close_reason is CloseReason.PEER_CLOSED
+            with pytest.raises(TransportConnectionError) as info:
+                await cs.send(b"late")
+            assert info.value.error_code == "connection.closed"
+            assert info.value.session_id == cs.id and info.value.operation == "send"
+
+    backend.run(body)
+
+
+def test_concurrent_requests_on_one_session(backend: Backend, proto: str, certs: Certs) -> None:
+    count = 100
+
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen(proto, certs) as listener:
+            cs, ss = await connect(client, listener, proto, certs)
+            replies: dict[int, bytes] = {}
+
+            async def one(i: int) -> None:
+                replies[i] = (await cs.request(b"%d" % i)).payload
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer, ss, b"re:", count)
+                for i in range(count):
+                    tg.start_soon(one, i)
+            assert [replies[i] for i in range(count)] == [b"re:%d" % i for i in range(count)]
+            assert cs.pending_work == 0
+
+    backend.run(body)
+
+
+def test_large_messages(backend: Backend, proto: str, certs: Certs) -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB
+
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen(proto, certs) as listener:
+            cs, ss = await connect(client, listener, proto, certs)
+            await cs.send(big)
+            await cs.send(big[::-1])
+            assert (await ss.receive()).payload == big
+            assert (await ss.receive()).payload == big[::-1]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer, ss, b"")
+                assert (await cs.request(big)).payload == big
+
+    backend.run(body)
+
+
+def test_broadcast_and_send_to_all(backend: Backend, proto: str, certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen(proto, certs) as listener:
+            pairs = [await connect(client, listener, proto, certs) for _ in range(3)]
+            clients = [c for c, _ in pairs]
+            servers = [s for _, s in pairs]
+            assert len({s.id for s in servers}) == 3
+            assert server.session_count() == 3
+            assert await server.send_to_all(b"news", biz_type=1) == [None, None, None]
+            for c in clients:
+                message = await c.receive()
+                assert message.payload == b"news" and message.biz_type == 1
+            await clients[1].close()
+            await servers[1].wait_closed()
+            # A closed session's failure is reported in its slot; the others still get it.
+            results = await server.broadcast(servers, b"again")
+            assert results[0] is None and results[2] is None
+            assert isinstance(results[1], TransportConnectionError)
+            assert results[1].session_id == servers[1].id
+            for c in (clients[0], clients[2]):
+                assert (await c.receive()).payload == b"again"
+
+    backend.run(body)
+
+
+def test_timed_out_receive_loses_no_message(backend: Backend, proto: str, certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen(proto, certs) as listener:
+            cs, ss = await connect(client, listener, proto, certs)
+            assert await ss.receive_within(0.05) is None
+            await cs.send(b"later")
+            assert (await ss.receive()).payload == b"later"
+            # Timeouts (cancellations, on the async backends) racing arrivals, expiring at
+            # different points of a receive's life: each message is taken exactly once, in
+            # order, by a receive that completed.
+            sent = [b"m%d" % i for i in range(40)]
+            got: list[bytes] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_all, cs, sent)
+                for i in range(len(sent)):
+                    message = await ss.receive_within((0, 0.0002, 0.001, 0.003)[i % 4])
+                    if message is not None:
+                        got.append(message.payload)
+            while len(got) < len(sent):
+                got.append((await ss.receive()).payload)
+            assert got == sent
+            assert ss.connection.session.receive_backlog == (0, 0)
+
+    backend.run(body)
+
+
+def test_request_timeout_and_double_respond(backend: Backend, proto: str,
+                                            certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport(request_timeout=0.15) as server, \
+                backend.transport(request_timeout=0.15) as client, \
+                server.listen(proto, certs) as listener:
+            cs, ss = await connect(client, listener, proto, certs)
+            with pytest.raises(TransportTimeoutError) as info:
+                await cs.request(b"nobody answers")
+            assert info.value.error_code == "timeout.request"
+            assert info.value.session_id == cs.id
+            assert cs.pending_work == 0
+            request = await ss.receive()
+            await request.respond(b"late")  # dropped by the client
+            with pytest.raises(TransportError):
+                await request.respond(b"twice")
+            await cs.send(b"one-way")
+            message = await ss.receive()
+            with pytest.raises(TransportError):
+                await message.respond(b"not a request")
+
+    backend.run(body)
+
+
+# --- serve() ----------------------------------------------------------------------------------
+
+
+class Handler:
+    """Records what serve() calls; raises on b"boom" (a message) and b"fail" (a request)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.disconnected = anyio.Event()
+
+    async def on_connected(self, session: Session) -> None:
+        self.events.append(("connected", session.id))
+
+    async def on_message(self, session: Session, message: Msg) -> None:
+        self.events.append(("message", message.payload))
+        if message.payload == b"boom":
+            raise RuntimeError("handler bug")
+        await session.send(b"echo:" + message.payload)
+
+    async def on_request(self, session: Session, message: Msg) -> bytes:
+        if message.payload == b"fail":
+            raise ValueError("bad request")
+        return b"served:" + message.payload
+
+    async def on_error(self, session: Session, error: BaseException) -> None:
+        self.events.append(("error", type(error).__name__))
+
+    async def on_disconnected(self, session: Session, reason: Any) -> None:
+        self.events.append(("disconnected", reason))
+        self.disconnected.set()
+
+
+def test_serve_contains_handler_errors(backend: Backend, proto: str, certs: Certs,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    handler_box: list[Handler] = []
+    reports: list[Any] = []
+
+    async def body() -> None:
+        handler = Handler()
+        handler_box.append(handler)
+        async with backend.transport() as server, backend.transport() as client, \
+                server.serve(proto, certs, handler) as port:
+            session = await client.connect(client_url(proto, port, certs))
+            assert (await session.request(b"x")).payload == b"served:x"
+            await session.send(b"boom")  # the handler raises: contained
+            await session.send(b"hello")
+            assert (await session.receive()).payload == b"echo:hello"
+            with pytest.raises(TransportTimeoutError):
+                await session.request(b"fail", timeout=0.15)  # on_request raised: no answer
+            assert (await session.request(b"y")).payload == b"served:y"
+            await session.close()
+            with anyio.fail_after(WAIT):
+                await handler.disconnected.wait()
+            await client.graceful_shutdown(2.0)
+            reports.append(await server.graceful_shutdown(2.0))
+            # Leaving serve() waited for serve() to end with the shutdown.
+
+    with caplog.at_level(logging.ERROR, logger=backend.logger):
+        backend.run(body)
+    events = handler_box[0].events
+    assert events[0][0] == "connected"
+    assert ("message", b"boom") in events
+    assert events.count(("error", "RuntimeError")) == 1
+    assert events.count(("error", "ValueError")) == 1
+    assert events[-1] == ("disconnected", CloseReason.PEER_CLOSED)
+    assert reports[0].forced == 0
+    assert "handler bug" in caplog.text or "on_message" in caplog.text
+
+
+# --- connection errors ------------------------------------------------------------------------
+
+
+def _free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_refused_connection(backend: Backend, proto: str, certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport(connect_timeout=0.3) as client:
+            if proto == "quic":
+                # UDP has no refusal (an ICMP "port unreachable" is not reported): nothing
+                # answers, so the handshake times out instead.
+                with pytest.raises(TransportTimeoutError) as timed_out:
+                    await client.connect(client_url(proto, _free_port(socket.SOCK_DGRAM), certs))
+                assert timed_out.value.error_code == "timeout.connect"
+            else:
+                with pytest.raises(TransportConnectionError) as info:
+                    await client.connect(client_url(proto, _free_port(), certs))
+                assert info.value.error_code == "connection.refused"
+                assert info.value.operation == "connect" and info.value.session_id is not None
+            with pytest.raises(ConfigurationError):
+                await client.connect("bogus://x")
+            assert client.session_count() == 0
+
+    backend.run(body)
+
+
+@pytest.mark.parametrize("proto", TLS_PROTOCOLS)
+def test_untrusted_certificate(backend: Backend, proto: str, certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen(proto, certs) as listener:
+            with pytest.raises(TransportConnectionError) as info:
+                await client.connect(client_url(proto, listener.port, certs, trusted=False))
+            assert info.value.error_code == "connection.tls_verification"
+            # The listener survived the failed handshake.
+            ok = await client.connect(client_url(proto, listener.port, certs))
+            assert ok.state is SessionState.OPEN
+
+    backend.run(body)
+
+
+# --- shutdown ---------------------------------------------------------------------------------
+
+
+def test_graceful_shutdown_report(backend: Backend, proto: str, certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client:
+            async with server.listen(proto, certs) as listener:
+                port = listener.port
+                pairs = [await connect(client, listener, proto, certs) for _ in range(2)]
+            sessions = [c for c, _ in pairs]
+            # A request in flight when the shutdown starts is answered before the close.
+            replies: list[bytes] = []
+
+            async def pending() -> None:
+                replies.append((await sessions[0].request(b"in flight")).payload)
+
+            async def answer_later(request: Msg) -> None:
+                await anyio.sleep(0.05)
+                await request.respond(b"done")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pending)
+                request = await pairs[0][1].receive()
+                tg.start_soon(answer_later, request)
+                report = await server.graceful_shutdown(timeout=3.0)
+            assert replies == [b"done"]
+            assert report.closed_cleanly == 2 and report.forced == 0
+            assert report.messages_flushed >= 1
+            assert 0 <= report.elapsed < 3.0
+            assert server.session_count() == 0
+            for s in sessions:
+                await s.wait_closed()
+                assert s.close_reason is CloseReason.PEER_CLOSED
+            if proto in ("ws", "wss"):  # the client saw the server's "going away"
+                assert sessions[0].closed_event is not None
+                assert sessions[0].closed_event.code == 1001
+            with pytest.raises(TransportConnectionError):
+                await server.connect(client_url(proto, port, certs))
+            assert await server.graceful_shutdown() is report  # once only
+            assert (await client.graceful_shutdown(1.0)).forced == 0
+
+    backend.run(body)
+
+
+# --- every client backend against every server backend ----------------------------------------
+
+
+class CrossHandler:
+    """Answers requests, echoes one-way messages, and asks the client a question on b"ask"."""
+
+    async def on_request(self, session: Session, message: Msg) -> bytes:
+        return b"served:" + message.payload
+
+    async def on_message(self, session: Session, message: Msg) -> None:
+        if message.payload == b"ask":
+            reply = await session.request(b"question")
+            await session.send(b"answer was " + reply.payload)
+        else:
+            await session.send(b"echo:" + message.payload)
+
+
+@pytest.mark.parametrize("server_backend", BACKENDS)
+def test_cross_backend(backend: Backend, server_backend: str, proto: str, certs: Certs) -> None:
+    big = bytes(range(256)) * 1024  # 256 KiB
+
+    async def body(port: int) -> None:
+        async with backend.transport() as client:
+            session = await client.connect(client_url(proto, port, certs))
+            assert (await session.request(b"hi")).payload == b"served:hi"
+            await session.send(b"one-way")
+            assert (await session.receive()).payload == b"echo:one-way"
+            assert (await session.request(big)).payload == b"served:" + big
+            # The server asks; the client answers.
+            await session.send(b"ask")
+            question = await session.receive()
+            assert question.is_request and question.payload == b"question"
+            await question.respond(b"42")
+            assert (await session.receive()).payload == b"answer was 42"
+            await session.close()
+            assert session.closed_event is not None and session.closed_event.clean
+
+    with server_thread(server_backend, proto, certs, CrossHandler) as server:
+        backend.run(lambda: body(server.port))
