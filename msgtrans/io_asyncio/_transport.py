@@ -14,10 +14,10 @@ import logging
 import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReportBase, TransportBuilderBase
 from ..core.config import (
     ConnectionConfig,
     QuicConfig,
@@ -49,12 +49,8 @@ __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
 
 logger = logging.getLogger("msgtrans.io_asyncio")
 
-#: Seconds ``async with transport`` gives a graceful shutdown before forcing what is left.
-DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 
-
-@dataclass(frozen=True)
-class ShutdownReport:
+class ShutdownReport(ShutdownReportBase):
     """What a shutdown did.
 
     Attributes:
@@ -64,13 +60,8 @@ class ShutdownReport:
         elapsed: seconds the shutdown took.
     """
 
-    closed_cleanly: int
-    forced: int
-    messages_flushed: int
-    elapsed: float
 
-
-class TransportBuilder:
+class TransportBuilder(TransportBuilderBase):
     """Builds a :class:`Transport`: ``Transport.builder().request_timeout(5).build()``.
 
     Every setter returns the builder.  Defaults: request timeout 10 s (the wire spec's), connect
@@ -78,79 +69,17 @@ class TransportBuilder:
     timeout 5 s for ``async with``.
     """
 
-    def __init__(self) -> None:
-        self._request_timeout = DEFAULT_REQUEST_TIMEOUT
-        self._connect_timeout: float | None = None
-        self._shutdown_timeout = DEFAULT_SHUTDOWN_TIMEOUT
-        self._session: dict[str, Any] = {}
-
-    def request_timeout(self, seconds: float) -> TransportBuilder:
-        """Seconds a request waits for its response unless the call says otherwise.
-
-        Raises:
-            ConfigurationError: not a positive finite number.
-        """
-        _check_seconds("request_timeout", seconds)
-        self._request_timeout = float(seconds)
-        return self
-
-    def connect_timeout(self, seconds: float) -> TransportBuilder:
-        """Seconds :meth:`Transport.connect` may take, handshakes included (default: each
-        config's ``connect_timeout``).
-
-        Raises:
-            ConfigurationError: not a positive finite number.
-        """
-        _check_seconds("connect_timeout", seconds)
-        self._connect_timeout = float(seconds)
-        return self
-
-    def shutdown_timeout(self, seconds: float) -> TransportBuilder:
-        """Seconds the graceful shutdown at the end of ``async with`` may take (default 5).
-
-        Raises:
-            ConfigurationError: negative or not a number.
-        """
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
-            0 <= seconds < float("inf")
-        ):
-            raise ConfigurationError("shutdown_timeout", f"must be >= 0 seconds, got {seconds!r}")
-        self._shutdown_timeout = float(seconds)
-        return self
-
-    def session_settings(self, **settings: Any) -> TransportBuilder:
-        """Other settings of every session's machine (``heartbeat_interval``,
-        ``idle_timeout``, ``send_high_water_bytes``, ``receive_max_messages``... see
-        :class:`~msgtrans.core.session.SessionMachine`); checked by :meth:`build`."""
-        self._session.update(settings)
-        return self
-
     def build(self) -> Transport:
         """Return the transport.
 
         Raises:
             ConfigurationError: a session setting is invalid.
         """
-        from ..core.session import SessionMachine
-
-        settings = {"request_timeout": self._request_timeout, **self._session}
-        try:
-            SessionMachine(0, **settings)  # validates every setting now, not at first connect
-        except TypeError as exc:
-            raise ConfigurationError("session_settings", str(exc)) from exc
+        settings = self._checked_settings()
         return Transport(
             settings=settings,
             connect_timeout=self._connect_timeout,
             shutdown_timeout=self._shutdown_timeout,
-        )
-
-
-def _check_seconds(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        0 < value < float("inf")
-    ):
-        raise ConfigurationError(
-            name, f"must be a positive finite number of seconds, got {value!r}"
         )
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
+from .._backend import MessageBase
 from ..core.errors import TransportConnectionError
-from ..core.packet import Buffer, Packet, PacketType
+from ..core.packet import Buffer, Packet
 
 __all__ = ["Message"]
 
@@ -19,7 +19,7 @@ _RESPOND_LOCK = threading.Lock()
 Responder = Callable[[Packet, Buffer, "int | None", Buffer], None]
 
 
-class Message:
+class Message(MessageBase[Responder]):
     """One whole message from the peer: a one-way message, a request, or the response to our
     request.  Read-only.
 
@@ -34,55 +34,7 @@ class Message:
         session_id: the id of the session it arrived on.
     """
 
-    __slots__ = ("_packet", "_responded", "_responder", "session_id")
-
-    def __init__(
-        self, packet: Packet, session_id: int, responder: Responder | None = None
-    ) -> None:
-        self._packet = packet
-        self._responder = responder
-        self._responded = False
-        self.session_id = session_id
-
-    @property
-    def payload(self) -> Buffer:
-        """The message body."""
-        return self._packet.payload
-
-    @property
-    def biz_type(self) -> int:
-        """The application's type tag, 0..255."""
-        return self._packet.biz_type
-
-    @property
-    def ext_header(self) -> Buffer:
-        """The extension header (possibly empty)."""
-        return self._packet.ext_header
-
-    @property
-    def message_id(self) -> int:
-        """The wire message id."""
-        return self._packet.message_id
-
-    @property
-    def packet_type(self) -> PacketType:
-        """``ONE_WAY``, ``REQUEST`` or ``RESPONSE``."""
-        return self._packet.packet_type
-
-    @property
-    def packet(self) -> Packet:
-        """The underlying wire packet."""
-        return self._packet
-
-    @property
-    def is_request(self) -> bool:
-        """Whether the peer expects a response (:meth:`respond`)."""
-        return self._packet.packet_type is PacketType.REQUEST
-
-    @property
-    def responded(self) -> bool:
-        """Whether :meth:`respond` was already called on this request."""
-        return self._responded
+    __slots__ = ()
 
     def respond(
         self, data: Buffer, *, biz_type: int | None = None, ext_header: Buffer = b""
@@ -113,17 +65,3 @@ class Message:
                 retryable=False, session_id=self.session_id, operation="respond",
             )
         self._responder(self._packet, data, biz_type, ext_header)
-
-    def __repr__(self) -> str:
-        return (
-            f"<Message {self.packet_type.name} id={self.message_id} biz_type={self.biz_type} "
-            f"{len(self.payload)} bytes session={self.session_id}>"
-        )
-
-    def __eq__(self, other: Any) -> bool:
-        if not isinstance(other, Message):
-            return NotImplemented
-        return self._packet == other._packet and self.session_id == other.session_id
-
-    def __hash__(self) -> int:
-        return hash((self.session_id, self.packet_type, self.message_id))

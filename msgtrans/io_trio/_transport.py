@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
+from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReportBase, TransportBuilderBase
 from ..core.config import (
     ConnectionConfig,
     QuicConfig,
@@ -35,7 +35,7 @@ from ..core.errors import (
     TransportError,
 )
 from ..core.packet import Buffer
-from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
+from ..core.session import SessionState
 from ..io_asyncio._message import Message
 from ._quic import QuicClientIO, QuicListener, open_quic_listener
 from ._session import GOING_AWAY, Session
@@ -45,12 +45,8 @@ __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
 
 logger = logging.getLogger("msgtrans.io_trio")
 
-#: Seconds ``async with transport`` gives a graceful shutdown before forcing what is left.
-DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 
-
-@dataclass(frozen=True)
-class ShutdownReport:
+class ShutdownReport(ShutdownReportBase):
     """What a shutdown did.
 
     Attributes:
@@ -60,66 +56,14 @@ class ShutdownReport:
         elapsed: seconds the shutdown took.
     """
 
-    closed_cleanly: int
-    forced: int
-    messages_flushed: int
-    elapsed: float
 
-
-class TransportBuilder:
+class TransportBuilder(TransportBuilderBase):
     """Builds a :class:`Transport`: ``Transport.builder().request_timeout(5).build()``.
 
     Every setter returns the builder.  Defaults: request timeout 10 s (the wire spec's), connect
     timeout from each config (10 s unless the URL or config says otherwise), graceful shutdown
     timeout 5 s for ``async with``.
     """
-
-    def __init__(self) -> None:
-        self._request_timeout = DEFAULT_REQUEST_TIMEOUT
-        self._connect_timeout: float | None = None
-        self._shutdown_timeout = DEFAULT_SHUTDOWN_TIMEOUT
-        self._session: dict[str, Any] = {}
-
-    def request_timeout(self, seconds: float) -> TransportBuilder:
-        """Seconds a request waits for its response unless the call says otherwise.
-
-        Raises:
-            ConfigurationError: not a positive finite number.
-        """
-        _check_seconds("request_timeout", seconds)
-        self._request_timeout = float(seconds)
-        return self
-
-    def connect_timeout(self, seconds: float) -> TransportBuilder:
-        """Seconds :meth:`Transport.connect` may take, handshakes included (default: each
-        config's ``connect_timeout``).
-
-        Raises:
-            ConfigurationError: not a positive finite number.
-        """
-        _check_seconds("connect_timeout", seconds)
-        self._connect_timeout = float(seconds)
-        return self
-
-    def shutdown_timeout(self, seconds: float) -> TransportBuilder:
-        """Seconds the graceful shutdown at the end of ``async with`` may take (default 5).
-
-        Raises:
-            ConfigurationError: negative or not a number.
-        """
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
-            0 <= seconds < float("inf")
-        ):
-            raise ConfigurationError("shutdown_timeout", f"must be >= 0 seconds, got {seconds!r}")
-        self._shutdown_timeout = float(seconds)
-        return self
-
-    def session_settings(self, **settings: Any) -> TransportBuilder:
-        """Other settings of every session's machine (``heartbeat_interval``,
-        ``idle_timeout``, ``send_high_water_bytes``, ``receive_max_messages``... see
-        :class:`~msgtrans.core.session.SessionMachine`); checked by :meth:`build`."""
-        self._session.update(settings)
-        return self
 
     def build(self, nursery: trio.Nursery | None = None) -> Transport:
         """Return the transport.
@@ -131,27 +75,12 @@ class TransportBuilder:
         Raises:
             ConfigurationError: a session setting is invalid.
         """
-        from ..core.session import SessionMachine
-
-        settings = {"request_timeout": self._request_timeout, **self._session}
-        try:
-            SessionMachine(0, **settings)  # validates every setting now, not at first connect
-        except TypeError as exc:
-            raise ConfigurationError("session_settings", str(exc)) from exc
+        settings = self._checked_settings()
         return Transport(
             nursery=nursery,
             settings=settings,
             connect_timeout=self._connect_timeout,
             shutdown_timeout=self._shutdown_timeout,
-        )
-
-
-def _check_seconds(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        0 < value < float("inf")
-    ):
-        raise ConfigurationError(
-            name, f"must be a positive finite number of seconds, got {value!r}"
         )
 
 

@@ -1,0 +1,180 @@
+"""What the io backends (``io_asyncio``, ``io_trio``, ``io_sync``) share: the transport builder's
+settings, the shutdown report and the data half of a received message.
+
+Private: each backend subclasses these so its public classes keep their own module, docstrings
+and identity; only the I/O-bound parts (building a transport, answering a request) differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from .core.errors import ConfigurationError
+from .core.packet import Buffer, Packet, PacketType
+from .core.session import DEFAULT_REQUEST_TIMEOUT, SessionMachine
+
+__all__ = [
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+    "MessageBase",
+    "ShutdownReportBase",
+    "TransportBuilderBase",
+]
+
+#: Seconds the graceful shutdown at the end of a transport's ``with`` block may take.
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+
+_B = TypeVar("_B", bound="TransportBuilderBase")
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True)
+class ShutdownReportBase:
+    """What a shutdown did (see each backend's ``ShutdownReport``)."""
+
+    closed_cleanly: int
+    forced: int
+    messages_flushed: int
+    elapsed: float
+
+
+class TransportBuilderBase:
+    """The settings of a backend's ``TransportBuilder``; the backend adds ``build()``."""
+
+    def __init__(self) -> None:
+        self._request_timeout = DEFAULT_REQUEST_TIMEOUT
+        self._connect_timeout: float | None = None
+        self._shutdown_timeout = DEFAULT_SHUTDOWN_TIMEOUT
+        self._session: dict[str, Any] = {}
+
+    def request_timeout(self: _B, seconds: float) -> _B:
+        """Seconds a request waits for its response unless the call says otherwise.
+
+        Raises:
+            ConfigurationError: not a positive finite number.
+        """
+        _check_seconds("request_timeout", seconds)
+        self._request_timeout = float(seconds)
+        return self
+
+    def connect_timeout(self: _B, seconds: float) -> _B:
+        """Seconds :meth:`Transport.connect` may take, handshakes included (default: each
+        config's ``connect_timeout``).
+
+        Raises:
+            ConfigurationError: not a positive finite number.
+        """
+        _check_seconds("connect_timeout", seconds)
+        self._connect_timeout = float(seconds)
+        return self
+
+    def shutdown_timeout(self: _B, seconds: float) -> _B:
+        """Seconds the graceful shutdown at the end of ``async with`` may take (default 5).
+
+        Raises:
+            ConfigurationError: negative or not a number.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
+            0 <= seconds < float("inf")
+        ):
+            raise ConfigurationError("shutdown_timeout", f"must be >= 0 seconds, got {seconds!r}")
+        self._shutdown_timeout = float(seconds)
+        return self
+
+    def session_settings(self: _B, **settings: Any) -> _B:
+        """Other settings of every session's machine (``heartbeat_interval``,
+        ``idle_timeout``, ``send_high_water_bytes``, ``receive_max_messages``... see
+        :class:`~msgtrans.core.session.SessionMachine`); checked by :meth:`build`."""
+        self._session.update(settings)
+        return self
+
+    def _checked_settings(self) -> dict[str, Any]:
+        """The session settings for ``Transport(settings=...)``.
+
+        Raises:
+            ConfigurationError: a session setting is invalid.
+        """
+        settings = {"request_timeout": self._request_timeout, **self._session}
+        try:
+            SessionMachine(0, **settings)  # validates every setting now, not at first connect
+        except TypeError as exc:
+            raise ConfigurationError("session_settings", str(exc)) from exc
+        return settings
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 < value < float("inf")
+    ):
+        raise ConfigurationError(
+            name, f"must be a positive finite number of seconds, got {value!r}"
+        )
+
+
+class MessageBase(Generic[_R]):
+    """A backend's ``Message`` without ``respond()``, which each backend adds (async or
+    blocking) using the responder (of type *_R*) it was given."""
+
+    # The backend subclass declares ``__slots__ = ()`` so messages stay dict-free.
+    __slots__ = ("_packet", "_responded", "_responder", "session_id")
+
+    def __init__(self, packet: Packet, session_id: int, responder: _R | None = None) -> None:
+        self._packet = packet
+        self._responder = responder
+        self._responded = False
+        self.session_id = session_id
+
+    @property
+    def payload(self) -> Buffer:
+        """The message body."""
+        return self._packet.payload
+
+    @property
+    def biz_type(self) -> int:
+        """The application's type tag, 0..255."""
+        return self._packet.biz_type
+
+    @property
+    def ext_header(self) -> Buffer:
+        """The extension header (possibly empty)."""
+        return self._packet.ext_header
+
+    @property
+    def message_id(self) -> int:
+        """The wire message id."""
+        return self._packet.message_id
+
+    @property
+    def packet_type(self) -> PacketType:
+        """``ONE_WAY``, ``REQUEST`` or ``RESPONSE``."""
+        return self._packet.packet_type
+
+    @property
+    def packet(self) -> Packet:
+        """The underlying wire packet."""
+        return self._packet
+
+    @property
+    def is_request(self) -> bool:
+        """Whether the peer expects a response (:meth:`respond`)."""
+        return self._packet.packet_type is PacketType.REQUEST
+
+    @property
+    def responded(self) -> bool:
+        """Whether :meth:`respond` was already called on this request."""
+        return self._responded
+
+    def __repr__(self) -> str:
+        return (
+            f"<Message {self.packet_type.name} id={self.message_id} biz_type={self.biz_type} "
+            f"{len(self.payload)} bytes session={self.session_id}>"
+        )
+
+    def __eq__(self, other: Any) -> bool:
+        # type(self), not MessageBase: messages of different backends never compared equal.
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        return self._packet == other._packet and self.session_id == other.session_id
+
+    def __hash__(self) -> int:
+        return hash((self.session_id, self.packet_type, self.message_id))
