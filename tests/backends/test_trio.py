@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,7 +68,13 @@ def run(main: Callable[[], Awaitable[T]], timeout: float = 20.0, *,
         with trio.fail_after(timeout):
             return await main()
 
-    return trio.run(wrapper, strict_exception_groups=strict)
+    if strict:
+        return trio.run(wrapper, strict_exception_groups=True)
+    # Loose exception groups are deprecated since trio 0.25 but still what users of trio 0.22-0.24
+    # run by default, so the backend must keep behaving under them; the warning is expected.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", trio.TrioDeprecationWarning)
+        return trio.run(wrapper, strict_exception_groups=False)
 
 
 async def within(awaitable: Awaitable[T]) -> T:
