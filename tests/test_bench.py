@@ -1,20 +1,40 @@
 """The benchmark runs end to end in its smallest configuration (``--smoke``) for TCP and
-WebSocket and writes every row; nothing here asserts on speed."""
+WebSocket on every backend and writes every row; the rows, targets and progress bar are built
+as documented.  Nothing here asserts on speed; clients whose libraries are missing (trio,
+pyzmq, uvloop...) are left out of the expected rows as the benchmark leaves them out."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 
 from msgtrans.bench import main
-from msgtrans.bench._report import SCENARIO_METRICS
-from msgtrans.bench._runner import PLANS, available
+from msgtrans.bench._report import SCENARIO_METRICS, TARGETS, build_rows, targets_table
+from msgtrans.bench._runner import PLANS, Measurement, Progress, available, backends_of
+from msgtrans.bench._scenarios import BACKENDS, COMPARED_WITH, MSGTRANS
 
-pytestmark = pytest.mark.network  # the run itself is bounded (counts and seconds)
+
+def _expected_rows(protocols: tuple[str, ...],
+                   backends: tuple[str, ...]) -> set[tuple[str, str, str, str, str | None]]:
+    expected: set[tuple[str, str, str, str, str | None]] = set()
+    for (protocol, scenario), clients in PLANS["smoke"].matrix.items():
+        if protocol not in protocols:
+            continue
+        for backend in backends:
+            if MSGTRANS[backend] not in clients or not available(MSGTRANS[backend]):
+                continue
+            peers = [c for c in clients if c not in MSGTRANS.values() and available(c)
+                     and backend in COMPARED_WITH[c]]
+            for metric in SCENARIO_METRICS[scenario]:
+                for peer in peers or [None]:
+                    expected.add((backend, protocol, scenario, metric, peer))
+    return expected
 
 
+@pytest.mark.network  # the run itself is bounded (counts and seconds)
 def test_smoke_json_has_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     status = main(["--smoke", "--protocols", "tcp,ws", "--json", str(out)])
@@ -25,36 +45,108 @@ def test_smoke_json_has_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[
 
     doc = json.loads(out.read_text())
     assert doc["plan"] == "smoke"
+    assert doc["backends"] == list(BACKENDS)
     rows = doc["rows"]
-    plan = PLANS["smoke"]
-    expected = set()
-    for (protocol, scenario), clients in plan.matrix.items():
-        if protocol not in ("tcp", "ws"):
-            continue
-        for peer in clients:
-            if peer == "msgtrans" or not available(peer):
-                continue
-            for metric in SCENARIO_METRICS[scenario]:
-                expected.add((protocol, scenario, metric, peer))
-    got = {(r["protocol"], r["scenario"], r["metric"], r["peer"]) for r in rows}
-    assert got == expected
+    got = {(r["backend"], r["protocol"], r["scenario"], r["metric"], r["peer"]) for r in rows}
+    assert got == _expected_rows(("tcp", "ws"), BACKENDS)
     for row in rows:
         assert row["error"] is None, row
         assert row["msgtrans"] > 0, row
-        assert row["peer_value"] > 0, row
-        assert row["ratio"] > 0, row
-    targets = [r for r in rows if r["target"]]
-    assert {(r["protocol"], r["metric"], r["peer"]) for r in targets} == {
-        ("tcp", "msg_s", "asyncio-protocol"), ("tcp", "mb_s", "raw-socket"),
-        ("tcp", "p50_us", "asyncio-protocol"), ("ws", "msg_s", "websockets"),
-        ("ws", "mb_s", "websockets"), ("ws", "conn_s", "websockets"),
-    }
-    assert all(isinstance(r["met"], bool) for r in targets)
+        if row["peer"] is not None:
+            assert row["peer_value"] > 0, row
+            assert row["ratio"] > 0, row
+    targets = {(r["backend"], r["protocol"], r["metric"], r["peer"]) for r in rows
+               if r["target"]}
+    wanted = {key for key in TARGETS if key[1] in ("tcp", "ws")
+              and available(MSGTRANS[key[0]]) and available(key[3])}
+    assert targets == wanted
+    assert ("trio", "tcp", "msg_s", "trio-streams") in TARGETS
+    assert ("sync", "tcp", "msg_s", "blocking-socket") in TARGETS
+    assert all(isinstance(r["met"], bool) for r in rows if r["target"])
+    # The targets table lists every target, measured or not.
+    assert captured.out.count("| not run |") == sum(1 for k in TARGETS if k not in wanted)
+
+
+@pytest.mark.network
+def test_backends_narrow_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    status = main(["--smoke", "--protocols", "tcp", "--scenarios", "oneway_64,latency",
+                   "--backends", "sync", "--json", str(out)])
+    assert status == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert {r["backend"] for r in doc["rows"]} == {"sync"}
+    measured = {m["client"] for m in doc["measurements"]}
+    assert "msgtrans-blocking" in measured
+    assert all("sync" in backends_of(c) for c in measured)
+    assert "asyncio-protocol" not in measured
+    got = {(r["backend"], r["protocol"], r["scenario"], r["metric"], r["peer"])
+           for r in doc["rows"]}
+    assert got == {row for row in _expected_rows(("tcp",), ("sync",))
+                   if row[2] in ("oneway_64", "latency")}
+
+
+def test_rows_compare_each_backend_with_its_own_peers() -> None:
+    results = [
+        Measurement("tcp", "oneway_64", "msgtrans", {"msg_s": 100.0}),
+        Measurement("tcp", "oneway_64", "msgtrans-trio", {"msg_s": 90.0}),
+        Measurement("tcp", "oneway_64", "msgtrans-blocking", {"msg_s": 70.0}),
+        Measurement("tcp", "oneway_64", "asyncio-protocol", {"msg_s": 200.0}),
+        Measurement("tcp", "oneway_64", "trio-streams", {"msg_s": 60.0}),
+        Measurement("tcp", "oneway_64", "blocking-socket", {"msg_s": 100.0}),
+        Measurement("ws", "latency", "msgtrans-trio", {"p50_us": 10.0, "p99_us": 20.0,
+                                                        "p999_us": 30.0}),
+    ]
+    rows = build_rows(results)
+    by = {(r["backend"], r["protocol"], r["metric"], r["peer"]): r for r in rows}
+    assert by[("asyncio", "tcp", "msg_s", "asyncio-protocol")]["ratio"] == pytest.approx(0.5)
+    assert by[("asyncio", "tcp", "msg_s", "asyncio-protocol")]["met"] is False
+    assert by[("trio", "tcp", "msg_s", "trio-streams")]["ratio"] == pytest.approx(1.5)
+    assert by[("trio", "tcp", "msg_s", "trio-streams")]["met"] is True
+    assert by[("sync", "tcp", "msg_s", "blocking-socket")]["met"] is False  # 0.7 < 0.8
+    assert ("trio", "tcp", "msg_s", "asyncio-protocol") not in by
+    # No peer measured for trio over WebSocket: one row with msgtrans alone per metric.
+    alone = [r for r in rows if r["protocol"] == "ws"]
+    assert [(r["peer"], r["metric"]) for r in alone] == [
+        (None, "p50_us"), (None, "p99_us"), (None, "p999_us")]
+    table = targets_table(rows)
+    assert "| trio TCP one-way 64 B | trio-streams | 1.50x | >= 1x | met |" in table
+    assert "| sync TCP one-way 64 B | blocking-socket | 0.70x | >= 0.8x | MISSED |" in table
+    assert "| asyncio WS one-way 64 B | websockets | - | >= 1.5x | not run |" in table
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_redraws_on_a_terminal_and_only_logs_elsewhere() -> None:
+    tty = _Terminal()
+    bar = Progress(tty, 4)
+    bar.running("tcp oneway_64 msgtrans")
+    bar.step()
+    bar.line("[bench] done")
+    bar.close()
+    text = tty.getvalue()
+    assert "\r\x1b[K[bench] [" + "." * Progress.WIDTH + "] 0/4" in text
+    assert "tcp oneway_64 msgtrans" in text
+    assert "[bench] done\n" in text
+
+    plain = io.StringIO()
+    bar = Progress(plain, 4)
+    bar.running("tcp oneway_64 msgtrans")
+    bar.step()
+    bar.step()
+    assert bar.bar() == "[" + "#" * (Progress.WIDTH // 2) + "." * (Progress.WIDTH // 2) + "] 2/4"
+    bar.line("[bench] done")
+    bar.close()
+    assert plain.getvalue() == "[bench] done\n"
 
 
 def test_bad_protocol_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         main(["--smoke", "--protocols", "carrier-pigeon"])
+    with pytest.raises(SystemExit):
+        main(["--smoke", "--backends", "gevent"])
 
 
 def test_module_entry_point_prints_usage() -> None:
@@ -65,3 +157,4 @@ def test_module_entry_point_prints_usage() -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0
     assert "--quick" in result.stdout
+    assert "--backends" in result.stdout

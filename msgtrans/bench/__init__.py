@@ -1,17 +1,17 @@
 """``python -m msgtrans bench``: msgtrans against the peers people use today.
 
-One invocation starts each server in its own process, runs msgtrans and the hand-written peers
-side by side on 127.0.0.1, and prints one row per comparison with both figures and the ratio
-msgtrans/peer (``--json FILE`` writes the same as data).  See bench/README.md, section "Peers".
+One invocation starts each server in its own process, runs msgtrans (asyncio, trio and
+blocking backends) and the hand-written peers side by side on 127.0.0.1, and prints one row per
+comparison with both figures and the ratio msgtrans/peer, then the targets (``--json FILE``
+writes the same as data).  See bench/README.md, section "Peers".
 
 ::
 
     python -m msgtrans bench --quick                       # under a minute
-    python -m msgtrans bench --protocols tcp,ws --json out.json
+    python -m msgtrans bench --backends trio,sync --protocols tcp --json out.json
     python -m msgtrans bench --smoke                       # tiny counts, for the tests
 
-Only the asyncio backend is measured so far; the trio and blocking backends plug in through
-``_scenarios.CLIENTS`` and ``_servers.SERVERS`` (see those modules).
+Clients and servers register in ``_scenarios.CLIENTS`` and ``_servers.SERVERS``.
 """
 
 from __future__ import annotations
@@ -47,15 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     whether or not the targets are met; 1 when a measurement failed)."""
     from ._report import build_rows, print_table, to_json
     from ._runner import PLANS, run_plan
-    from ._scenarios import SCENARIOS
+    from ._scenarios import BACKENDS, SCENARIOS
 
     parser = argparse.ArgumentParser(
         prog="python -m msgtrans bench",
-        description="msgtrans (asyncio backend) against asyncio Protocol/streams, websockets, "
-                    "aioquic and raw sockets, servers in another process, on 127.0.0.1.",
+        description="msgtrans (asyncio, trio and blocking backends) against asyncio "
+                    "Protocol/streams, trio streams, blocking sockets, websockets (asyncio and "
+                    "sync), aioquic, pyzmq and raw sockets, servers in another process, on "
+                    "127.0.0.1.",
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="a run under a minute")
+    size.add_argument("--quick", action="store_true",
+                      help="a run under a minute: every target row, fewer peers and scenarios")
     size.add_argument("--smoke", action="store_true", help="tiny counts: checks it all runs")
     parser.add_argument("--json", metavar="FILE", help="also write the rows and figures as JSON")
     parser.add_argument("--protocols", type=_list(PROTOCOLS, "protocol"),
@@ -63,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", type=_list(tuple(SCENARIOS), "scenario"),
                         default=list(SCENARIOS),
                         help="comma-separated: " + ",".join(SCENARIOS))
+    parser.add_argument("--backends", type=_list(BACKENDS, "backend"), default=list(BACKENDS),
+                        help="comma-separated msgtrans backends to measure (with their peers): "
+                             + ",".join(BACKENDS))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
 
@@ -72,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="msgtrans-bench-") as tmp:
         certdir = Path(tmp)
         write_self_signed(certdir)  # cert.pem and key.pem, as the servers expect
-        results = run_plan(plan, args.protocols, args.scenarios, certdir, sys.stderr)
+        results = run_plan(plan, args.protocols, args.scenarios, certdir, sys.stderr,
+                           backends=args.backends)
     rows = build_rows(results)
     elapsed = time.perf_counter() - started
     print_table(rows, sys.stdout)
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": "python -m msgtrans bench " + " ".join(
                 sys.argv[1:] if argv is None else argv),
-            "plan": plan.name, "backend": "asyncio", "python": platform.python_version(),
+            "plan": plan.name, "backends": args.backends, "python": platform.python_version(),
             "platform": platform.platform(), "cpus": os.cpu_count(), "seconds": elapsed,
         }
         Path(args.json).write_text(to_json(rows, results, meta) + "\n")

@@ -35,6 +35,7 @@ __all__ = [
     "FrameClient",
     "FrameServer",
     "aioquic_configuration",
+    "msgtrans_server_config",
     "raw_oneway",
     "serve_raw",
     "stream_handler",
@@ -65,6 +66,23 @@ def aioquic_configuration(certdir: Path, *, server: bool) -> Any:
     else:
         config.load_verify_locations(str(certdir / "cert.pem"))
     return config
+
+
+def msgtrans_server_config(mt: Any, protocol: str, certdir: Path) -> Any:
+    """The server config of *protocol* for a msgtrans backend module *mt* (all three take the
+    same core configs)."""
+    tls = mt.ServerTlsConfig(certdir / "cert.pem", certdir / "key.pem")
+    if protocol == "tcp":
+        return mt.TcpServerConfig("127.0.0.1:0", backlog=1024)
+    if protocol == "tls":
+        return mt.TcpServerConfig("127.0.0.1:0", tls=tls, backlog=1024)
+    if protocol == "ws":
+        return mt.WebSocketServerConfig("127.0.0.1:0", path=None, backlog=1024,
+                                        ping_interval=None)
+    if protocol == "quic":
+        return mt.QuicServerConfig("127.0.0.1:0", certdir / "cert.pem", certdir / "key.pem")
+    raise SystemExit(f"unknown protocol {protocol!r}")
+
 
 
 # --- asyncio Protocol, server side -------------------------------------------------------------

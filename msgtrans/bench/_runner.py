@@ -16,13 +16,23 @@ import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._scenarios import CLIENTS, UVLOOP_CLIENTS
+from ._scenarios import (
+    BACKENDS,
+    CLIENT_SCENARIOS,
+    CLIENTS,
+    COMPARED_WITH,
+    MSGTRANS,
+    REQUIRES,
+    SCENARIOS,
+    UVLOOP_CLIENTS,
+)
 
 __all__ = ["Measurement", "Plan", "ServerProcess", "run_plan"]
 
@@ -46,42 +56,48 @@ class Plan:
     matrix: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
 
-_TCP = ("msgtrans", "asyncio-protocol", "uvloop-protocol", "asyncio-streams")
-FULL_MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
-    ("tcp", "oneway_64"): _TCP,
-    ("tcp", "oneway_64k"): (*_TCP, "raw-socket"),
-    ("tcp", "latency"): _TCP,
-    ("tcp", "pipelined"): _TCP,
-    ("tcp", "connections"): _TCP,
-    ("tcp", "fanout"): ("msgtrans", "asyncio-protocol"),
-    ("tls", "oneway_64"): ("msgtrans", "asyncio-protocol", "asyncio-streams"),
-    ("tls", "oneway_64k"): ("msgtrans", "asyncio-protocol", "asyncio-streams"),
-    ("tls", "latency"): ("msgtrans", "asyncio-protocol", "asyncio-streams"),
-    ("tls", "pipelined"): ("msgtrans", "asyncio-protocol", "asyncio-streams"),
-    ("tls", "connections"): ("msgtrans", "asyncio-protocol", "asyncio-streams"),
-    ("tls", "fanout"): ("msgtrans", "asyncio-protocol"),
-    ("ws", "oneway_64"): ("msgtrans", "websockets"),
-    ("ws", "oneway_64k"): ("msgtrans", "websockets"),
-    ("ws", "latency"): ("msgtrans", "websockets"),
-    ("ws", "pipelined"): ("msgtrans", "websockets"),
-    ("ws", "connections"): ("msgtrans", "websockets"),
-    ("ws", "fanout"): ("msgtrans", "websockets"),
-    ("quic", "oneway_64"): ("msgtrans", "aioquic"),
-    ("quic", "oneway_64k"): ("msgtrans", "aioquic"),
-    ("quic", "latency"): ("msgtrans", "aioquic"),
-    ("quic", "pipelined"): ("msgtrans", "aioquic"),
-    ("quic", "connections"): ("msgtrans", "aioquic"),
-}
+def _full_matrix() -> dict[tuple[str, str], tuple[str, ...]]:
+    matrix: dict[tuple[str, str], tuple[str, ...]] = {}
+    for protocol in ("tcp", "tls", "ws", "quic"):
+        for scenario in SCENARIOS:
+            if protocol == "quic" and scenario == "fanout":
+                continue
+            clients = tuple(name for name, (_, protocols, _f) in CLIENTS.items()
+                            if protocol in protocols and scenario in CLIENT_SCENARIOS[name])
+            if clients:
+                matrix[(protocol, scenario)] = clients
+    return matrix
+
+
+FULL_MATRIX = _full_matrix()
+
+# The quick run keeps every target row and the main figures of each backend; it leaves out
+# the slow pure-Python corners (TLS and QUIC beyond one-way and latency) and the second peer
+# of a kind (streams beside Protocol, websockets-sync beside the blocking TCP peers).
 QUICK_SKIP = {("tls", "pipelined"), ("tls", "connections"), ("tls", "fanout"),
-              ("quic", "pipelined")}
+              ("quic", "pipelined"), ("quic", "connections")}
+_QUICK_TCP_ONLY = {"asyncio-streams", "trio-streams", "blocking-socket"}
+_QUICK_TRIO_SYNC = {"oneway_64", "oneway_64k", "latency", "pipelined"}
+
+
+def _quick_keep(key: tuple[str, str], client: str) -> bool:
+    protocol, scenario = key
+    if client in _QUICK_TCP_ONLY and protocol != "tcp":
+        return False
+    if client in ("msgtrans-trio", "msgtrans-blocking", "trio-streams", "blocking-socket",
+                  "websockets-sync", "zmq"):
+        return scenario in _QUICK_TRIO_SYNC and protocol in ("tcp", "ws")
+    return True
+
+
 QUICK_MATRIX = {
-    key: tuple(c for c in clients if c != "asyncio-streams" or key[0] == "tcp")
-    for key, clients in FULL_MATRIX.items() if key not in QUICK_SKIP
+    key: kept for key, clients in FULL_MATRIX.items() if key not in QUICK_SKIP
+    if (kept := tuple(c for c in clients if _quick_keep(key, c)))
 }
 
 PLANS = {
     "smoke": Plan("smoke", 0.1, 300, 20, 100, 300, 5, 10, 1, QUICK_MATRIX),
-    "quick": Plan("quick", 0.6, 150_000, 4_000, 5_000, 40_000, 300, 100, 3, QUICK_MATRIX),
+    "quick": Plan("quick", 0.5, 150_000, 4_000, 5_000, 40_000, 300, 100, 3, QUICK_MATRIX),
     "full": Plan("full", 2.0, 400_000, 20_000, 20_000, 200_000, 2_000, 1_000, 5, FULL_MATRIX),
 }
 
@@ -101,10 +117,38 @@ class Measurement:
 
 
 def available(client: str) -> bool:
-    """Whether a client's libraries are installed (uvloop, pyzmq are optional)."""
-    if client in UVLOOP_CLIENTS:
-        return importlib.util.find_spec("uvloop") is not None
-    return client in CLIENTS
+    """Whether a client's libraries are installed (trio, uvloop, pyzmq... are optional)."""
+    if client not in CLIENTS:
+        return False
+    module = REQUIRES.get(client)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def backends_of(client: str) -> tuple[str, ...]:
+    """The backends a client's figures count for: its own (msgtrans) or those it is compared
+    with (a peer)."""
+    for backend, name in MSGTRANS.items():
+        if name == client:
+            return (backend,)
+    return COMPARED_WITH.get(client, BACKENDS)
+
+
+def selected(plan: Plan, protocols: list[str], scenarios: list[str],
+             backends: list[str]) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    """What a run measures: per protocol, per scenario, the clients (installed ones only, and
+    only those counting for one of *backends*)."""
+    out: list[tuple[str, list[tuple[str, list[str]]]]] = []
+    for protocol in protocols:
+        wanted = []
+        for scenario in scenarios:
+            clients = [c for c in plan.matrix.get((protocol, scenario), ())
+                       if available(c) and any(b in backends for b in backends_of(c))]
+            # A peer alone (its msgtrans client filtered out) has nothing to be compared with.
+            if any(c in MSGTRANS.values() for c in clients):
+                wanted.append((scenario, clients))
+        if wanted:
+            out.append((protocol, wanted))
+    return out
 
 
 class ServerProcess:
@@ -124,6 +168,7 @@ class ServerProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env,
         )
         self.port = 0
+        self.ports: tuple[int, ...] = ()
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> int:
         assert self.proc.stdout is not None
@@ -139,7 +184,8 @@ class ServerProcess:
                 if not chunk:
                     raise RuntimeError(f"server {self.kind} exited: {self.tail()}")
                 line += chunk
-        self.port = int(line.split()[1])
+        self.ports = tuple(int(p) for p in line.split()[1:])
+        self.port = self.ports[0]
         return self.port
 
     def tail(self) -> str:
@@ -168,13 +214,16 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def servers(kinds: list[str], protocol: str, certdir: Path) -> Iterator[dict[str, int]]:
-    """Start one server per kind (in parallel), yield kind -> port, stop them all."""
+def servers(kinds: list[str], protocol: str,
+            certdir: Path) -> Iterator[dict[str, tuple[int, ...]]]:
+    """Start one server per kind (in parallel), yield kind -> ports, stop them all."""
     started: list[ServerProcess] = []
     try:
         for kind in kinds:
             started.append(ServerProcess(kind, protocol, certdir))
-        yield {s.kind: s.wait_ready() for s in started}
+        for server in started:
+            server.wait_ready()
+        yield {s.kind: s.ports for s in started}
     finally:
         for server in started:
             server.stop()
@@ -192,6 +241,46 @@ def _run_coro(make: Callable[[], Coroutine[Any, Any, Any]], timeout: float,
     return asyncio.run(bounded())
 
 
+def _run_trio(make: Callable[[], Coroutine[Any, Any, Any]], timeout: float) -> Any:
+    import trio  # type: ignore[import-untyped, unused-ignore]
+
+    async def bounded() -> Any:
+        with trio.fail_after(timeout):
+            return await make()
+
+    return trio.run(bounded)
+
+
+def _run_thread(make: Callable[[], Any], timeout: float) -> Any:
+    # Blocking clients run in a daemon thread so that a hung one costs its timeout, not the run.
+    result: list[Any] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(make())
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=target, name="msgtrans-bench-client", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"no result after {timeout:.0f} s")
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def _runner_for(client_name: str, client: Any) -> Callable[[Callable[[], Any], float], Any]:
+    kind = "uvloop" if client_name in UVLOOP_CLIENTS else getattr(client, "runner", "asyncio")
+    if kind == "trio":
+        return _run_trio
+    if kind == "sync":
+        return _run_thread
+    return lambda make, timeout: _run_coro(make, timeout, kind == "uvloop")
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     """The *q*-quantile (0..1) of *sorted_values*, nearest rank."""
     if not sorted_values:
@@ -200,22 +289,23 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def measure(plan: Plan, protocol: str, scenario: str, client_name: str, *, port: int,
-            certdir: Path) -> Measurement:
+def measure(plan: Plan, protocol: str, scenario: str, client_name: str, *,
+            port: int | tuple[int, ...], certdir: Path) -> Measurement:
     """Run one client on one scenario; never raises (errors are recorded)."""
-    factory = CLIENTS[client_name][2]
-    client = factory(protocol, port, certdir)
+    ports = (port,) if isinstance(port, int) else port
     m = Measurement(protocol, scenario, client_name)
     budget = plan.budget
     timeout = budget * 10 + 20
-    uv = client_name in UVLOOP_CLIENTS
     try:
+        client = CLIENTS[client_name][2](protocol, ports[0], certdir)
+        client.extra_ports = ports[1:]
+        run = _runner_for(client_name, client)
         if scenario in ("oneway_64", "oneway_64k"):
             size = 64 if scenario == "oneway_64" else 65536
             count = plan.small_count if size == 64 else plan.big_count
             if protocol == "quic":  # pure-Python QUIC moves ~10-50 MB/s: keep the run short
                 count = max(1, count // (20 if size > 64 else 4))
-            n, secs = _run_coro(lambda: client.oneway(size, count, budget), timeout, uv)
+            n, secs = run(lambda: client.oneway(size, count, budget), timeout)
             m.count, m.seconds = n, secs
             if size == 64:
                 m.values["msg_s"] = n / secs
@@ -223,25 +313,22 @@ def measure(plan: Plan, protocol: str, scenario: str, client_name: str, *, port:
                 m.values["mb_s"] = n * size / secs / 1e6
                 m.values["msg_s"] = n / secs
         elif scenario == "latency":
-            samples = sorted(_run_coro(lambda: client.latency(plan.latency_count, budget),
-                                       timeout, uv))
+            samples = sorted(run(lambda: client.latency(plan.latency_count, budget), timeout))
             m.count, m.seconds = len(samples), sum(samples)
             m.values["p50_us"] = percentile(samples, 0.5) * 1e6
             m.values["p99_us"] = percentile(samples, 0.99) * 1e6
             m.values["p999_us"] = percentile(samples, 0.999) * 1e6
         elif scenario == "pipelined":
-            n, secs = _run_coro(lambda: client.pipelined(64, plan.pipelined_count, budget),
-                                timeout, uv)
+            n, secs = run(lambda: client.pipelined(64, plan.pipelined_count, budget), timeout)
             m.count, m.seconds = n, secs
             m.values["req_s"] = n / secs
         elif scenario == "connections":
-            n, secs = _run_coro(lambda: client.connections(plan.connection_count, budget),
-                                timeout, uv)
+            n, secs = run(lambda: client.connections(plan.connection_count, budget), timeout)
             m.count, m.seconds = n, secs
             m.values["conn_s"] = n / secs
         elif scenario == "fanout":
-            times = sorted(_run_coro(lambda: client.fanout(plan.fanout_n, plan.fanout_rounds),
-                                     timeout + plan.fanout_n * 0.05, uv))
+            times = sorted(run(lambda: client.fanout(plan.fanout_n, plan.fanout_rounds),
+                               timeout + plan.fanout_n * 0.05))
             m.count, m.seconds = plan.fanout_n, sum(times)
             m.values["fanout_ms"] = percentile(times, 0.5) * 1e3
         else:
@@ -254,33 +341,75 @@ def measure(plan: Plan, protocol: str, scenario: str, client_name: str, *, port:
     return m
 
 
+class Progress:
+    """What is running, on *out* (stderr): a bar redrawn in place on a terminal, plus one line
+    per finished scenario with its figures (only those lines when *out* is not a terminal)."""
+
+    WIDTH = 30
+
+    def __init__(self, out: TextIO, total: int) -> None:
+        self.out = out
+        self.total = max(1, total)
+        self.done = 0
+        self.started = time.perf_counter()
+        try:
+            self.tty = out.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+
+    def bar(self) -> str:
+        filled = self.WIDTH * self.done // self.total
+        return f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total}"
+
+    def running(self, what: str) -> None:
+        if self.tty:
+            elapsed = time.perf_counter() - self.started
+            self.out.write(f"\r\x1b[K[bench] {self.bar()} {elapsed:5.0f} s  {what}")
+            self.out.flush()
+
+    def step(self) -> None:
+        self.done += 1
+
+    def line(self, text: str) -> None:
+        self.out.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+
+
 def run_plan(plan: Plan, protocols: list[str], scenarios: list[str], certdir: Path,
-             progress: TextIO) -> list[Measurement]:
-    """Run every (protocol, scenario, client) of *plan* selected; one progress line per
-    scenario on *progress*."""
+             progress: TextIO, *, backends: list[str] | None = None) -> list[Measurement]:
+    """Run every (protocol, scenario, client) of *plan* selected (clients counting for one of
+    *backends*, default all); a progress bar and one line per scenario on *progress*."""
+    chosen = selected(plan, protocols, scenarios, list(backends or BACKENDS))
+    bar = Progress(progress, sum(len(cs) for _, wanted in chosen for _, cs in wanted))
     results: list[Measurement] = []
-    for protocol in protocols:
-        wanted = [(s, [c for c in plan.matrix.get((protocol, s), ()) if available(c)])
-                  for s in scenarios]
-        wanted = [(s, cs) for s, cs in wanted if cs]
-        if not wanted:
-            continue
-        kinds = sorted({CLIENTS[c][0] for _, cs in wanted for c in cs})
-        t0 = time.perf_counter()
-        with servers(kinds, protocol, certdir) as ports:
-            progress.write(f"[bench] {protocol}: servers up ({', '.join(kinds)}) in "
-                           f"{time.perf_counter() - t0:.1f} s\n")
-            for scenario, clients in wanted:
-                t1 = time.perf_counter()
-                done = [measure(plan, protocol, scenario, c, port=ports[CLIENTS[c][0]],
-                                certdir=certdir)
-                        for c in clients]
-                results += done
-                summary = "; ".join(
-                    f"{m.client} " + (f"ERROR {m.error}" if m.error else ", ".join(
-                        f"{k}={v:,.1f}" for k, v in m.values.items()))
-                    for m in done)
-                progress.write(f"[bench] {protocol} {scenario} "
-                               f"({time.perf_counter() - t1:.1f} s): {summary}\n")
-                progress.flush()
+    try:
+        for protocol, wanted in chosen:
+            kinds = sorted({CLIENTS[c][0] for _, cs in wanted for c in cs})
+            t0 = time.perf_counter()
+            bar.running(f"{protocol}: starting {len(kinds)} servers")
+            with servers(kinds, protocol, certdir) as ports:
+                bar.line(f"[bench] {protocol}: servers up ({', '.join(kinds)}) in "
+                         f"{time.perf_counter() - t0:.1f} s")
+                for scenario, clients in wanted:
+                    t1 = time.perf_counter()
+                    done = []
+                    for c in clients:
+                        bar.running(f"{protocol} {scenario} {c}")
+                        done.append(measure(plan, protocol, scenario, c,
+                                            port=ports[CLIENTS[c][0]], certdir=certdir))
+                        bar.step()
+                    results += done
+                    summary = "; ".join(
+                        f"{m.client} " + (f"ERROR {m.error}" if m.error else ", ".join(
+                            f"{k}={v:,.1f}" for k, v in m.values.items()))
+                        for m in done)
+                    bar.line(f"[bench] {protocol} {scenario} "
+                             f"({time.perf_counter() - t1:.1f} s) {bar.bar()}: {summary}")
+    finally:
+        bar.close()
     return results

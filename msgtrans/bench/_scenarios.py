@@ -1,4 +1,5 @@
-"""The scenarios, as client code for msgtrans (asyncio backend) and for each peer.
+"""The scenarios, as client code for msgtrans and for each peer (the asyncio ones here; trio's
+in :mod:`._trio`, the blocking ones in :mod:`._blocking`).
 
 A client implements any of these coroutines (a missing one means "not measured"):
 
@@ -12,15 +13,21 @@ A client implements any of these coroutines (a missing one means "not measured")
   send one message to all of them; seconds until the last one has it (one request's round trip
   included).
 
-Hook for the other backends: :data:`CLIENTS` maps a client name to a factory
-``(protocol, port, certdir) -> client``; a trio or blocking msgtrans client registers itself as
-``msgtrans-trio`` / ``msgtrans-blocking`` (with a server KIND of the same name in
-``_servers.SERVERS``) and the runner measures it against the same peers.
+A client's ``runner`` attribute says how the runner calls it: ``"asyncio"`` (the default:
+coroutines under ``asyncio.run``), ``"uvloop"``, ``"trio"`` (coroutines under ``trio.run``) or
+``"sync"`` (plain functions, in a worker thread).
+
+:data:`CLIENTS` maps a client name to ``(server KIND, protocols, factory(protocol, port,
+certdir))``; :data:`MSGTRANS` names the msgtrans client of each backend (``msgtrans``,
+``msgtrans-trio``, ``msgtrans-blocking``), :data:`COMPARED_WITH` the backends each peer is
+compared with, :data:`CLIENT_SCENARIOS` what each client measures and :data:`REQUIRES` the
+optional library it needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +36,16 @@ from typing import Any
 from . import _peers
 from ._peers import COUNT, LEN
 
-__all__ = ["CLIENTS", "SCENARIOS", "Scenario"]
+__all__ = [
+    "BACKENDS",
+    "CLIENTS",
+    "CLIENT_SCENARIOS",
+    "COMPARED_WITH",
+    "MSGTRANS",
+    "REQUIRES",
+    "SCENARIOS",
+    "Scenario",
+]
 
 BIZ_COUNT = 1
 BIZ_FANOUT = 2
@@ -539,15 +555,91 @@ class RawPeer:
         return _peers.raw_oneway(self.port, size, count, budget)
 
 
+def _lazy(module: str, name: str) -> Callable[[str, int, Path], Any]:
+    # trio, pyzmq and websockets are optional: import their clients only when measured.
+    def make(protocol: str, port: int, certdir: Path) -> Any:
+        cls = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+        return cls(protocol, port, certdir)
+
+    return make
+
+
+_ALL = ("tcp", "tls", "ws", "quic")
+
 #: client name -> (server KIND, protocols it speaks, factory(protocol, port, certdir)).
 CLIENTS: dict[str, tuple[str, tuple[str, ...], Callable[[str, int, Path], Any]]] = {
-    "msgtrans": ("msgtrans", ("tcp", "tls", "ws", "quic"), MsgtransAsyncio),
+    "msgtrans": ("msgtrans", _ALL, MsgtransAsyncio),
+    "msgtrans-trio": ("msgtrans-trio", _ALL, _lazy("_trio", "MsgtransTrio")),
+    "msgtrans-blocking": ("msgtrans-blocking", _ALL, _lazy("_blocking", "MsgtransBlocking")),
     "asyncio-protocol": ("protocol", ("tcp", "tls"), ProtocolPeer),
     "uvloop-protocol": ("uvloop", ("tcp",), ProtocolPeer),
     "asyncio-streams": ("streams", ("tcp", "tls"), StreamsPeer),
+    "trio-streams": ("trio-streams", ("tcp", "tls"), _lazy("_trio", "TrioStreamsPeer")),
+    "blocking-socket": ("blocking-socket", ("tcp", "tls"),
+                        _lazy("_blocking", "BlockingSocketPeer")),
     "websockets": ("websockets", ("ws",), WebsocketsPeer),
+    "websockets-sync": ("websockets-sync", ("ws",), _lazy("_blocking", "WebsocketsSyncPeer")),
     "aioquic": ("aioquic", ("quic",), AioquicPeer),
+    "zmq": ("zmq", ("tcp",), _lazy("_blocking", "ZmqPeer")),
     "raw-socket": ("raw", ("tcp",), RawPeer),
+}
+
+#: The backends, in the order of the table.
+BACKENDS = ("asyncio", "trio", "sync")
+
+#: backend -> the msgtrans client that measures it.
+MSGTRANS: dict[str, str] = {
+    "asyncio": "msgtrans",
+    "trio": "msgtrans-trio",
+    "sync": "msgtrans-blocking",
+}
+
+#: peer -> the backends whose msgtrans figures are divided by the peer's.  A backend with no
+#: peer of its own for a protocol (trio has no WebSocket or QUIC library here) is compared with
+#: the asyncio one; the raw ceiling is everybody's.
+COMPARED_WITH: dict[str, tuple[str, ...]] = {
+    "asyncio-protocol": ("asyncio",),
+    "uvloop-protocol": ("asyncio",),
+    "asyncio-streams": ("asyncio",),
+    "trio-streams": ("trio",),
+    "blocking-socket": ("sync",),
+    "websockets": ("asyncio", "trio"),
+    "websockets-sync": ("sync",),
+    "aioquic": BACKENDS,
+    "zmq": ("sync",),
+    "raw-socket": BACKENDS,
+}
+
+_EVERY = ("oneway_64", "oneway_64k", "latency", "pipelined", "connections", "fanout")
+_NO_FANOUT = _EVERY[:-1]
+
+#: client -> the scenarios it measures (QUIC fan-out is not run: 1000 pure-Python QUIC
+#: handshakes take minutes).
+CLIENT_SCENARIOS: dict[str, tuple[str, ...]] = {
+    "msgtrans": _EVERY,
+    "msgtrans-trio": _EVERY,
+    "msgtrans-blocking": _EVERY,
+    "asyncio-protocol": _EVERY,
+    "uvloop-protocol": _NO_FANOUT,
+    "asyncio-streams": _NO_FANOUT,
+    "trio-streams": _EVERY,
+    "blocking-socket": _EVERY,
+    "websockets": _EVERY,
+    "websockets-sync": _EVERY,
+    "aioquic": _NO_FANOUT,
+    "zmq": ("oneway_64", "oneway_64k", "latency"),
+    "raw-socket": ("oneway_64k",),
+}
+
+#: client -> the module it needs beyond msgtrans's own dependencies (checked with find_spec).
+REQUIRES: dict[str, str] = {
+    "msgtrans-trio": "trio",
+    "trio-streams": "trio",
+    "uvloop-protocol": "uvloop",
+    "websockets": "websockets",
+    "websockets-sync": "websockets",
+    "aioquic": "aioquic",
+    "zmq": "zmq",
 }
 
 #: Clients whose event loop is uvloop (client and server alike).

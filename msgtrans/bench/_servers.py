@@ -2,17 +2,18 @@
 
     python -m msgtrans.bench._servers KIND PROTOCOL CERTDIR
 
-KIND is ``msgtrans`` or a peer (``protocol``, ``streams``, ``uvloop``, ``websockets``,
-``aioquic``, ``raw``); PROTOCOL is ``tcp``, ``tls``, ``ws`` or ``quic``.  The server prints
-``PORT <n>`` on stdout once it listens, then serves until its stdin closes (the benchmark holds
-the other end, so a dead benchmark never leaves a server behind) or it is terminated.
+KIND is a msgtrans server (``msgtrans`` on asyncio, ``msgtrans-trio``, ``msgtrans-blocking``)
+or a peer's (``protocol``, ``streams``, ``uvloop``, ``websockets``, ``aioquic``, ``raw``,
+``trio-streams``, ``blocking-socket``, ``websockets-sync``, ``zmq``); PROTOCOL is ``tcp``,
+``tls``, ``ws`` or ``quic``.  The server prints ``PORT <n> [<n2>...]`` on stdout once it
+listens (pyzmq needs two), then serves until its stdin closes (the benchmark holds the other
+end, so a dead benchmark never leaves a server behind) or it is terminated.
 
-The msgtrans server is what users deploy: ``Transport.serve`` with a handler.  It counts one-way
-messages per session; a request with ``biz_type`` 1 is answered with the count (8 bytes, reset
-after), ``biz_type`` 2 triggers ``send_to_all`` of its payload, any other request is echoed.
-
-Hook for the other backends: a trio or blocking server registers itself in :data:`SERVERS`
-under a new KIND (for example ``msgtrans-trio``) and the runner starts it the same way.
+The msgtrans servers are what users deploy: ``Transport.serve`` with a handler.  They count
+one-way messages per session; a request with ``biz_type`` 1 is answered with the count (8 bytes,
+reset after), ``biz_type`` 2 triggers ``send_to_all`` of its payload, any other request is
+echoed.  Every backend's server lives in a :data:`SERVERS` entry; the runner starts them all
+the same way.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ BIZ_COUNT = 1
 BIZ_FANOUT = 2
 
 
-def _ready(port: int) -> None:
-    sys.stdout.write(f"PORT {port}\n")
+def _ready(*ports: int) -> None:
+    sys.stdout.write("PORT " + " ".join(str(p) for p in ports) + "\n")
     sys.stdout.flush()
 
 
@@ -69,19 +70,7 @@ async def _until_stdin_closes() -> None:
 async def serve_msgtrans(protocol: str, certdir: Path) -> None:
     import msgtrans.io_asyncio as mt
 
-    tls = mt.ServerTlsConfig(certdir / "cert.pem", certdir / "key.pem")
-    config: Any
-    if protocol == "tcp":
-        config = mt.TcpServerConfig("127.0.0.1:0", backlog=1024)
-    elif protocol == "tls":
-        config = mt.TcpServerConfig("127.0.0.1:0", tls=tls, backlog=1024)
-    elif protocol == "ws":
-        config = mt.WebSocketServerConfig("127.0.0.1:0", path=None, backlog=1024,
-                                          ping_interval=None)
-    elif protocol == "quic":
-        config = mt.QuicServerConfig("127.0.0.1:0", certdir / "cert.pem", certdir / "key.pem")
-    else:
-        raise SystemExit(f"unknown protocol {protocol!r}")
+    config = _peers.msgtrans_server_config(mt, protocol, certdir)
 
     transport = mt.Transport.builder().shutdown_timeout(0.5).build()
     counts: dict[int, int] = {}
@@ -150,6 +139,38 @@ def serve_raw() -> None:
         _peers.serve_raw(listener, stop.is_set)
 
 
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+    _watch_stdin(stop.set)
+    return stop
+
+
+def _on_stdin_eof(callback: Callable[[], None]) -> None:
+    _watch_stdin(callback)
+
+
+def _trio_run(name: str, protocol: str, certdir: Path) -> None:
+    import trio  # type: ignore[import-untyped, unused-ignore]
+
+    from . import _trio
+
+    serve = _trio.serve_msgtrans_trio if name == "msgtrans" else _trio.serve_trio_streams
+    trio.run(serve, protocol, certdir, _ready)
+
+
+def _blocking(name: str, protocol: str, certdir: Path) -> None:
+    from . import _blocking as b
+
+    if name == "msgtrans":
+        b.serve_msgtrans_blocking(protocol, certdir, _ready, _on_stdin_eof)
+    elif name == "websockets":
+        b.serve_websockets_sync(protocol, certdir, _ready, _on_stdin_eof)
+    elif name == "sockets":
+        b.serve_blocking_sockets(protocol, certdir, _ready, _stop_event().is_set)
+    else:
+        b.serve_zmq(protocol, certdir, _ready, _stop_event().is_set)
+
+
 def _asyncio(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(make())
 
@@ -170,6 +191,12 @@ SERVERS: dict[str, Callable[[str, Path], None]] = {
     "websockets": lambda p, d: _asyncio(lambda: serve_websockets(p, d)),
     "aioquic": lambda p, d: _asyncio(lambda: serve_aioquic(p, d)),
     "raw": lambda p, d: serve_raw(),
+    "msgtrans-trio": lambda p, d: _trio_run("msgtrans", p, d),
+    "trio-streams": lambda p, d: _trio_run("streams", p, d),
+    "msgtrans-blocking": lambda p, d: _blocking("msgtrans", p, d),
+    "blocking-socket": lambda p, d: _blocking("sockets", p, d),
+    "websockets-sync": lambda p, d: _blocking("websockets", p, d),
+    "zmq": lambda p, d: _blocking("zmq", p, d),
 }
 
 
