@@ -63,10 +63,27 @@ def new_server() -> WebSocketServerMachine:
     return WebSocketServerMachine(path="/ws", limits=LIMITS, ping_interval=None)
 
 
-def feed(machine: WebSocketMachine, chunks: Sequence[bytes], now: float = 0.0) -> list[Event]:
+def feed(
+    machine: WebSocketMachine, chunks: Sequence[bytes], now: float = 0.0, via_buffer: bool = False
+) -> list[Event]:
+    """Give *machine* the chunks, by ``receive_data`` or, as the drivers do, through
+    ``get_buffer`` / ``buffer_updated`` (each buffer poisoned first, so that input parsed from
+    stale memory would show)."""
     for chunk in chunks:
-        if chunk:
+        if not chunk:
+            continue
+        if not via_buffer:
             machine.receive_data(chunk, now)
+            continue
+        rest = memoryview(chunk)
+        while rest:
+            buf = machine.get_buffer(-1)
+            buf[:] = b"\xaa" * len(buf)
+            n = min(len(buf), len(rest))
+            buf[:n] = rest[:n]
+            buf.release()
+            machine.buffer_updated(n, now)
+            rest = rest[n:]
     return machine.events()
 
 
@@ -91,6 +108,8 @@ def check_memory(machine: WebSocketMachine) -> None:
     assert rbuf is None or len(rbuf) < 14
     msg = machine._msg
     assert msg is None or len(msg) <= machine.max_message
+    area = machine._area
+    assert area is None or len(area) <= 256 * 1024
 
 
 def check_handshake_answer(server: WebSocketServerMachine, answer: bytes) -> None:
@@ -188,14 +207,15 @@ def test_fuzz_server_handshake_valid_request_is_accepted() -> None:
 # --- target 2: frames after a valid handshake -------------------------------------------------
 
 
-def fuzz_server_frames(data: bytes, sizes: Sequence[int] = ()) -> None:
-    """A server that accepted a valid request, then given *data* as frames, cut at *sizes*."""
+def fuzz_server_frames(data: bytes, sizes: Sequence[int] = (), via_buffer: bool = False) -> None:
+    """A server that accepted a valid request, then given *data* as frames, cut at *sizes*
+    (through get_buffer / buffer_updated if *via_buffer*)."""
     server = new_server()
     server.start(0.0)
     events = feed(server, [VALID_REQUEST])
     assert server.state is MachineState.OPEN
     server.data_to_send()
-    events += feed(server, cut(data, sizes), 1.0)
+    events += feed(server, cut(data, sizes), 1.0, via_buffer)
     check_memory(server)
     server.handle_timer(2.0)
     server.receive_data(b"", 3.0)
@@ -235,20 +255,25 @@ def frames() -> st.SearchStrategy[bytes]:
     return st.builds(b"".join, st.lists(one, max_size=8))
 
 
-@given(st.one_of(frames(), st.binary(max_size=500)), st.lists(st.integers(1, 300), max_size=6))
-def test_fuzz_server_frames(data: bytes, sizes: list[int]) -> None:
-    fuzz_server_frames(data, sizes)
+@given(
+    st.one_of(frames(), st.binary(max_size=500)),
+    st.lists(st.integers(1, 300), max_size=6),
+    st.booleans(),
+)
+def test_fuzz_server_frames(data: bytes, sizes: list[int], via_buffer: bool) -> None:
+    fuzz_server_frames(data, sizes, via_buffer)
 
 
 # --- target 3: the client side of the handshake and its frames --------------------------------
 
 
-def fuzz_client(data: bytes, sizes: Sequence[int] = ()) -> None:
-    """A client that sent its request, given *data* as the server's answer."""
+def fuzz_client(data: bytes, sizes: Sequence[int] = (), via_buffer: bool = False) -> None:
+    """A client that sent its request, given *data* as the server's answer (through
+    get_buffer / buffer_updated if *via_buffer*)."""
     client = WebSocketClientMachine("example.com", limits=LIMITS, ping_interval=None)
     client.start(0.0)
     client.data_to_send()
-    events = feed(client, cut(data, sizes))
+    events = feed(client, cut(data, sizes), via_buffer=via_buffer)
     check_memory(client)
     client.receive_data(b"", 1.0)
     events += client.events()
@@ -267,9 +292,10 @@ def fuzz_client(data: bytes, sizes: Sequence[int] = ()) -> None:
         st.binary(max_size=400),
     ),
     st.lists(st.integers(1, 64), max_size=6),
+    st.booleans(),
 )
-def test_fuzz_client(data: bytes, sizes: list[int]) -> None:
-    fuzz_client(data, sizes)
+def test_fuzz_client(data: bytes, sizes: list[int], via_buffer: bool) -> None:
+    fuzz_client(data, sizes, via_buffer)
 
 
 # --- atheris -----------------------------------------------------------------------------------
@@ -278,9 +304,17 @@ TARGETS = (fuzz_server_handshake, fuzz_server_frames, fuzz_client)
 
 
 def one_input(data: bytes) -> None:
-    """libFuzzer entry: the first byte picks the target, the rest is its input."""
-    if data:
-        TARGETS[data[0] % len(TARGETS)](data[1:])
+    """libFuzzer entry: the first byte picks the target (and, for the frame targets, whether
+    input goes through get_buffer), the rest is its input."""
+    if not data:
+        return
+    pick, via_buffer = data[0] % len(TARGETS), bool(data[0] & 0x80)
+    if pick == 0:
+        fuzz_server_handshake(data[1:])
+    elif pick == 1:
+        fuzz_server_frames(data[1:], (), via_buffer)
+    else:
+        fuzz_client(data[1:], (), via_buffer)
 
 
 def main() -> None:

@@ -6,7 +6,9 @@ Everything runs in memory (StreamPipe, or a raw wsproto / websockets peer driven
 
 from __future__ import annotations
 
+import importlib.util
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +23,7 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 from wsproto import ConnectionType, WSConnection
 
+from msgtrans.core import websocket as ws
 from msgtrans.core.errors import (
     ConfigurationError,
     Protocol,
@@ -1189,3 +1192,156 @@ def test_buffer_protocol_path() -> None:
     (event,) = server.events()
     assert bytes(event.packet.payload) == b"L" * 70000  # type: ignore[attr-defined]
 
+
+
+# --- masking and the read area -----------------------------------------------------------------
+
+
+def reference_mask(data: bytes, key: bytes) -> bytes:
+    return bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+
+@given(st.binary(max_size=3000), st.binary(min_size=4, max_size=4), st.integers(0, 7))
+def test_masking_matches_the_rfc_definition(data: bytes, key: bytes, offset: int) -> None:
+    expected = reference_mask(data, key)
+    # The parser hands masking a slice of a larger buffer: mask a view at an offset too.
+    view = memoryview(b"\xee" * offset + data)[offset:]
+    for mask in {ws._mask, ws._mask_py}:
+        assert bytes(mask(data, key)) == expected
+        assert bytes(mask(view, key)) == expected
+        assert bytes(mask(mask(data, key), key)) == data
+
+
+@given(st.integers(0, 40_000), st.integers(0, 7), st.sampled_from(["c", "py"]))
+def test_client_masking_of_any_packet_shape(size: int, ext: int, which: str) -> None:
+    # Payloads from _SPLIT_MASK_LIMIT on are masked apart from the header, with the key turned
+    # by the header's length modulo 4: an ext header of 0-7 bytes tries every turn.
+    mask = ws._mask if which == "c" else ws._mask_py
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ws, "_mask", mask)
+        client, server, pipe = opened()
+        payload = bytes(range(256)) * (size // 256) + b"t" * (size % 256)
+        client.send_packet(Packet(payload=payload, ext_header=b"e" * ext))
+        pipe.pump(1.0)
+    (event,) = server.events()
+    assert isinstance(event, PacketReceived)
+    assert bytes(event.packet.payload) == payload and event.packet.ext_header == b"e" * ext
+
+
+class ViaBuffer:
+    """Feeds a machine through get_buffer()/buffer_updated(), as the drivers do, poisoning each
+    buffer first so that a machine reusing memory a packet still holds would be caught."""
+
+    def __init__(self, machine: WebSocketMachine) -> None:
+        self.machine = machine
+
+    def start(self, now: float) -> None:
+        self.machine.start(now)
+
+    def data_to_send(self) -> list[Any]:
+        return self.machine.data_to_send()
+
+    @property
+    def write_closed(self) -> bool:
+        return self.machine.write_closed
+
+    @property
+    def is_closed(self) -> bool:
+        return self.machine.is_closed
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        if not data:
+            self.machine.receive_data(b"", now)
+            return
+        rest = memoryview(data)
+        while rest:
+            buf = self.machine.get_buffer(-1)
+            buf[:] = b"\xaa" * len(buf)
+            n = min(len(buf), len(rest))
+            buf[:n] = rest[:n]
+            buf.release()
+            self.machine.buffer_updated(n, now)
+            rest = rest[n:]
+
+
+def run_conversation_via_buffers(
+    cuts: Callable[[bytes], list[bytes]],
+) -> tuple[list[Any], list[Any]]:
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    server = WebSocketServerMachine(**NO_KEEPALIVE, zero_copy_threshold=100)
+    client.send_packet(Packet(payload=b"before"))
+    pipe = StreamPipe(ViaBuffer(client), ViaBuffer(server), cuts)  # type: ignore[arg-type]
+    pipe.start(0.0)
+    for i, size in enumerate((0, 50, 125, 126, 300, 70000)):
+        client.send_packet(Packet(PacketType.REQUEST, i + 1, 1, b"c" * size))
+        server.send_packet(Packet(PacketType.RESPONSE, i + 1, 1, b"s" * size))
+    pipe.pump(1.0)
+    client.close(1000, "end")
+    pipe.pump(2.0)
+    return normalised(client.events()), normalised(server.events())
+
+
+@given(st.lists(st.integers(min_value=1, max_value=20_000), min_size=1, max_size=10))
+def test_the_buffer_path_gives_the_same_events(sizes: list[int]) -> None:
+    def cuts(data: bytes) -> list[bytes]:
+        pieces, pos, i = [], 0, 0
+        while pos < len(data):
+            pieces.append(data[pos : pos + sizes[i % len(sizes)]])
+            pos += sizes[i % len(sizes)]
+            i += 1
+        return pieces
+
+    assert run_conversation_via_buffers(cuts) == REFERENCE
+
+
+def test_the_buffer_path_in_one_piece_and_without_the_c_extension() -> None:
+    assert run_conversation_via_buffers(lambda data: [data]) == REFERENCE
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ws, "_mask", ws._mask_py)
+        assert run_conversation_via_buffers(lambda data: [data]) == REFERENCE
+        assert run_conversation(lambda data: [data]) == REFERENCE
+
+
+def test_client_payload_views_outlive_the_read_area() -> None:
+    client, server, _ = opened()
+    payloads = [bytes([i]) * 70_000 for i in range(3)]
+    for payload in payloads:
+        server.send_packet(Packet(payload=payload))
+    feeder = ViaBuffer(client)
+    feeder.receive_data(out(server), 1.0)
+    # More reads after the zero-copy packets were handed out must not touch their memory.
+    server.send_packet(Packet(payload=b"later"))
+    feeder.receive_data(out(server), 1.0)
+    events = client.events()
+    assert [bytes(e.packet.payload) for e in events if isinstance(e, PacketReceived)] == [
+        *payloads, b"later",
+    ]
+    assert isinstance(events[0], PacketReceived)
+    assert isinstance(events[0].packet.payload, memoryview)
+
+
+def test_the_buffer_path_after_the_end_ignores_input() -> None:
+    client, server, _ = opened()
+    client.send_packet(Packet(payload=b"x" * 70_000))
+    data = out(client)
+    feeder = ViaBuffer(server)
+    feeder.receive_data(data[:100], 1.0)
+    buf = server.get_buffer(-1)  # the rest of the frame, straight into its buffer
+    assert len(buf) == len(data) - 100
+    server.connection_lost(1.0)
+    buf[:10] = data[100:110]
+    server.buffer_updated(10, 1.0)
+    assert names(server.events()) == ["ErrorOccurred", "ConnectionClosed"]
+    feeder.receive_data(b"more", 2.0)
+    assert server.events() == []
+
+
+def test_the_c_masking_loader() -> None:
+    # websockets is installed for these tests, so its extension is found and checked...
+    loaded = ws._load_c_mask()
+    assert loaded is not None and loaded(b"\0\0\0\0\0", b"abcd") == b"abcda"
+    # ...and anything amiss falls back to pure Python rather than failing the import.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delitem(sys.modules, "websockets.speedups", raising=False)
+        mp.setattr(importlib.util, "find_spec", lambda name: None)
+        assert ws._load_c_mask() is None
