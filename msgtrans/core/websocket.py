@@ -153,10 +153,13 @@ _MASK_KEY_BATCH = 4096
 # Payloads from this size on are masked apart from the packet header (with the key turned to
 # the payload's phase) instead of after joining both: that saves a copy of the payload.
 _SPLIT_MASK_LIMIT = 1024
-# get_buffer() hands out a read area of this size; the rest of an unfinished frame at least
-# _DIRECT_LIMIT bytes long is received straight into that frame's buffer (smaller rests are
-# not, so that a read is not cut short for a few bytes).
-_READ_SIZE = 256 * 1024
+# get_buffer() hands out a read area of _READ_SIZE bytes, four times larger (up to
+# _READ_SIZE_MAX) each time a read fills it: an idle connection holds little, a busy one reads
+# many frames per system call.  The rest of an unfinished frame at least _DIRECT_LIMIT bytes
+# long is received straight into that frame's buffer (smaller rests are not, so that a read is
+# not cut short for a few bytes).
+_READ_SIZE = 16 * 1024
+_READ_SIZE_MAX = 256 * 1024
 _DIRECT_LIMIT = 16 * 1024
 
 
@@ -382,6 +385,7 @@ class WebSocketMachine(StreamMachine):
         # The read area get_buffer() hands out, whether the last call handed out the rest of
         # _big instead, and whether a packet took a view of the area (client side).
         self._area: bytearray | None = None
+        self._area_size = _READ_SIZE
         self._into_big = False
         self._lent = False
         self._msg: bytearray | None = None  # a binary message arriving in fragments
@@ -468,9 +472,9 @@ class WebSocketMachine(StreamMachine):
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Return memory to receive into, then call :meth:`buffer_updated` (the zero-copy path).
 
-        Usually a read area the machine reuses (at least 256 KiB, or *sizehint*): whole frames
-        are parsed straight out of it.  When a large frame is unfinished, the rest of it is
-        received straight into that frame's own buffer instead.
+        Usually a read area the machine reuses (16 KiB, growing to 256 KiB while reads fill it,
+        or *sizehint* bytes): whole frames are parsed straight out of it.  When a large frame
+        is unfinished, the rest of it is received straight into that frame's own buffer.
         """
         big = self._big
         if big is not None and self.state is not _CLOSED:
@@ -481,7 +485,7 @@ class WebSocketMachine(StreamMachine):
         self._into_big = False
         area = self._area
         if area is None or len(area) < sizehint:
-            area = self._area = bytearray(max(sizehint, _READ_SIZE))
+            area = self._area = bytearray(max(sizehint, self._area_size))
         # A new view each time: the TLS machine releases the one it is given.
         return memoryview(area)
 
@@ -514,6 +518,10 @@ class WebSocketMachine(StreamMachine):
             self._parse(memoryview(big))
             return
         area = cast(bytearray, self._area)
+        if nbytes == len(area) and len(area) < _READ_SIZE_MAX:
+            # The peer sends faster than we read: read more at a time from now on.
+            self._area_size = min(len(area) * 4, _READ_SIZE_MAX)
+            self._area = None
         self._lent = False
         self._read(memoryview(area)[:nbytes])
         if self._lent:
