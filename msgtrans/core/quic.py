@@ -23,12 +23,17 @@ How the aioquic life maps onto the machine's events:
   and a graceful close from our side.
 * ``ConnectionTerminated`` -> :class:`~msgtrans.core.events.ConnectionClosed`.  aioquic
   reports the end after QUIC's closing or draining period (three probe timeouts, RFC 9000
-  section 10.2), so ``ConnectionClosed`` comes from :meth:`QuicMachine.handle_timer` a little
-  after the CONNECTION_CLOSE left or arrived.  Its ``code`` and ``reason`` are those of the
-  application close; ``clean`` is true only for code 0 (``NO_ERROR``).  A peer's close adds a
-  :class:`~msgtrans.core.events.CloseStarted` (``by_peer=True``) first; a failure (idle timeout,
-  certificate verification, a transport error of either side, a protocol error we found) is an
-  :class:`~msgtrans.core.events.ErrorOccurred` instead, with ``ConnectionClosed.error`` set.
+  section 10.2), so on a server connection ``ConnectionClosed`` comes from
+  :meth:`QuicMachine.handle_timer` a little after the CONNECTION_CLOSE left or arrived.  A
+  client has a UDP socket of its own, which its driver closes once the machine is closed, and
+  RFC 9000 section 10.2 lets such an endpoint end those periods early: a client reports
+  ``ConnectionClosed`` as soon as its CONNECTION_CLOSE is handed out (or the peer's arrived)
+  rather than some 100 ms later (see ``closing_period``).  Its ``code`` and ``reason`` are
+  those of the application close; ``clean`` is true only for code 0 (``NO_ERROR``).  A peer's
+  close adds a :class:`~msgtrans.core.events.CloseStarted` (``by_peer=True``) first; a failure
+  (idle timeout, certificate verification, a transport error of either side, a protocol error
+  we found) is an :class:`~msgtrans.core.events.ErrorOccurred` instead, with
+  ``ConnectionClosed.error`` set.
   Errors map through :func:`~msgtrans.core.errormap.map_quic_close`.
 
 aioquic has no public measure of the bytes a stream holds until they are acknowledged, nor a way
@@ -46,10 +51,10 @@ from typing import Any, cast
 
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
-from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.recovery import QuicPacketPacer, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
 from .errormap import map_quic_close
@@ -89,6 +94,9 @@ __all__ = [
     "DEFAULT_LOW_WATERMARK",
     "DEFAULT_PING_INTERVAL",
     "STREAM_ID",
+    "TIMER_GRANULARITY",
+    "BurstPacer",
+    "FlowControlledQuicConnection",
     "QuicAppError",
     "QuicMachine",
 ]
@@ -117,9 +125,40 @@ _MAX_REASON = 256
 CidListener = Callable[["QuicMachine", bytes, bool], None]
 
 
+#: The coarsest a driver's timer may fire late: epoll and most event loops sleep in whole
+#: milliseconds, so a pacing wait of a few microseconds lasts a millisecond.
+TIMER_GRANULARITY = 0.001
+# A paced burst covers this many timer granularities (quinn uses 2 ms likewise), and holds at
+# most this many datagrams.
+_BURST_GRANULARITIES = 2
+_MAX_BURST_DATAGRAMS = 256
+
+
+class BurstPacer(QuicPacketPacer):
+    """aioquic's pacer with bursts sized to the timer granularity of an event loop.
+
+    aioquic lets a burst hold at most 16 datagrams; its pacing timer then asks to be woken a
+    few microseconds later, which an event loop rounds up to a millisecond.  So a paced sender
+    never moves more than 16 datagrams a millisecond (about 19 MB/s of 1200-byte datagrams),
+    whatever the congestion window says.  Here a burst may cover two timer granularities at
+    the pacing rate (at most 256 datagrams, and never more than the congestion window), so the
+    pacing rate itself is what limits the sender, as RFC 9002 section 7.7 intends.
+    """
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        super().update_rate(congestion_window, smoothed_rtt)
+        pacing_rate = congestion_window / max(smoothed_rtt, 1e-6)
+        burst = min(
+            pacing_rate * TIMER_GRANULARITY * _BURST_GRANULARITIES,
+            float(congestion_window),
+            float(_MAX_BURST_DATAGRAMS * self._max_datagram_size),
+        )
+        self.bucket_max = max(self.bucket_max, burst / pacing_rate)
+
+
 class FlowControlledQuicConnection(QuicConnection):
     """aioquic's ``QuicConnection``, with receive windows that stop growing while reading is
-    paused.
+    paused, and a pacer made for an event loop's timers (:class:`BurstPacer`).
 
     aioquic doubles a receive window whenever the peer has used half of it, counting what
     *arrived*, not what the application consumed, so a peer can always send more.  While
@@ -128,6 +167,16 @@ class FlowControlledQuicConnection(QuicConnection):
     """
 
     read_paused = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # aioquic keeps its pacer in a private attribute; a different aioquic keeps its own.
+        loss = getattr(self, "_loss", None)
+        pacer = getattr(loss, "_pacer", None)
+        if isinstance(pacer, QuicPacketPacer) and pacer.packet_time is None:
+            loss._pacer = BurstPacer(  # type: ignore[union-attr]
+                max_datagram_size=pacer._max_datagram_size
+            )
 
     def _write_connection_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace
@@ -192,6 +241,11 @@ class QuicMachine(DatagramMachine):
             :class:`~msgtrans.core.events.WritePaused` is emitted (default 1 MiB).
         low_watermark: bytes at or below which :class:`~msgtrans.core.events.WriteResumed`
             follows (default 256 KiB).
+        closing_period: wait out QUIC's closing or draining period (three probe timeouts)
+            before :class:`~msgtrans.core.events.ConnectionClosed`, answering late packets with
+            CONNECTION_CLOSE meanwhile.  Default ``None``: servers do (their socket is shared
+            and stays), clients do not (their driver closes their own socket, which RFC 9000
+            section 10.2 allows to end the period early).
 
     Raises:
         ConfigurationError: a setting is out of range, or a client has no peer address.
@@ -217,6 +271,7 @@ class QuicMachine(DatagramMachine):
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         high_watermark: int = DEFAULT_HIGH_WATERMARK,
         low_watermark: int = DEFAULT_LOW_WATERMARK,
+        closing_period: bool | None = None,
     ) -> None:
         is_client = bool(quic.configuration.is_client)
         if is_client and peer_address is None:
@@ -242,6 +297,7 @@ class QuicMachine(DatagramMachine):
         self.ping_interval = None if ping_interval is None else float(ping_interval)
         self.high_watermark = high_watermark
         self.low_watermark = low_watermark
+        self.closing_period = not is_client if closing_period is None else bool(closing_period)
         self.alpn: str | None = None
         self._established = False
         self.packets_sent = 0
@@ -290,6 +346,7 @@ class QuicMachine(DatagramMachine):
         max_frame: int = QUIC_MAX_FRAME,
         high_watermark: int = DEFAULT_HIGH_WATERMARK,
         low_watermark: int = DEFAULT_LOW_WATERMARK,
+        closing_period: bool = False,
     ) -> QuicMachine:
         """Make a client connection to *server_addr*; call :meth:`start` to begin the handshake.
 
@@ -308,6 +365,8 @@ class QuicMachine(DatagramMachine):
                 dropped (default 30; the smaller of both sides' values applies).
             handshake_timeout, close_timeout, ping_interval, limits, zero_copy_threshold,
             max_frame, high_watermark, low_watermark: as for :class:`QuicMachine`.
+            closing_period: wait out QUIC's closing period before ``ConnectionClosed``
+                (default ``False``: the driver closes the client's own socket instead).
 
         Raises:
             ConfigurationError: a setting is invalid.
@@ -345,6 +404,7 @@ class QuicMachine(DatagramMachine):
             ping_interval=ping_interval,
             high_watermark=high_watermark,
             low_watermark=low_watermark,
+            closing_period=closing_period,
         )
 
     # --- read-only facts -------------------------------------------------------------------------
@@ -475,6 +535,10 @@ class QuicMachine(DatagramMachine):
             self._abandon(exc)
             return
         self._process(now)
+        if not self.closing_period:
+            # The peer's CONNECTION_CLOSE puts aioquic in its draining period, in which it
+            # sends nothing more: end it now.
+            self._skip_closing_period(now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
         """Return the datagrams to send now, each with its destination, and forget them."""
@@ -491,6 +555,8 @@ class QuicMachine(DatagramMachine):
         # aioquic announces the connection ids it issues (ConnectionIdIssued) while it writes
         # them into packets, so the endpoint must hear of them now, before the peer uses them.
         self._process(now)
+        if not self.closing_period:
+            self._skip_closing_period(now)
         return cast("list[tuple[bytes, Address]]", datagrams)
 
     def next_deadline(self) -> float | None:
@@ -668,6 +734,27 @@ class QuicMachine(DatagramMachine):
         self.state = MachineState.CLOSING
         self._close_request = (int(code), error.reason)
         self._close_now()
+
+    def _skip_closing_period(self, now: float) -> None:
+        """End aioquic's closing or draining period now (``closing_period=False``).
+
+        aioquic has no call for it; its own end of the period is :meth:`handle_timer` at the
+        deadline, which in those states is the only timer it reports.
+        """
+        state = getattr(self._quic, "_state", None)
+        if state not in (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING):
+            return
+        if self.state is MachineState.CLOSED:
+            return
+        deadline = self._quic.get_timer()
+        if deadline is None:  # pragma: no cover - aioquic always times the period
+            return
+        try:
+            self._quic.handle_timer(max(now, deadline))
+        except Exception as exc:  # see receive_datagram
+            self._abandon(exc)
+            return
+        self._process(now)
 
     def _abandon(self, exc: Exception) -> None:
         """aioquic failed: report it and stop driving this connection."""

@@ -480,6 +480,38 @@ def test_close_with_code_and_reason_is_seen_by_the_peer() -> None:
     assert world.server.connections == []
 
 
+@pytest.mark.parametrize("closer", ["client", "server"])
+def test_a_client_skips_the_closing_period_and_a_server_waits_it_out(closer: str) -> None:
+    world = one().connect()
+    cl, conn = world.clients[0], world.conn
+    assert not cl.closing_period and conn.closing_period
+    (cl if closer == "client" else conn).close(0, "bye")
+    start = world.now
+    world.run(lambda: world.closed(cl))
+    # The client is done as soon as the CONNECTION_CLOSE left (or arrived): no time passed,
+    # where aioquic alone waits three probe timeouts.
+    assert world.now == start
+    assert cl.next_deadline() is None
+    closed = world.closed_event(cl)
+    assert (closed.code, closed.reason, closed.clean, closed.error) == (0, "bye", True, None)
+    assert_event_order(world.events_of(cl))
+    # The server's connection shares its socket, so it answers late packets until the period
+    # is over.
+    world.run(lambda: world.closed(conn))
+    assert world.now > start
+    assert world.closed_event(conn).clean
+
+
+def test_a_client_may_wait_out_the_closing_period() -> None:
+    world = one(closing_period=True).connect()
+    cl = world.clients[0]
+    assert cl.closing_period
+    cl.close()
+    start = world.now
+    world.run(lambda: world.closed(cl))
+    assert world.now > start
+
+
 def test_clean_close_by_the_server_after_queued_packets() -> None:
     world = one().connect()
     cl, conn = world.clients[0], world.conn
