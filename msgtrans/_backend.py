@@ -7,9 +7,11 @@ and identity; only the I/O-bound parts (building a transport, answering a reques
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from .core.buffers import PoolBuffer, install_default_receive_pool, receive_pool, release_view
 from .core.errors import ConfigurationError
 from .core.packet import Buffer, Packet, PacketType
 from .core.session import DEFAULT_REQUEST_TIMEOUT, SessionMachine
@@ -21,11 +23,16 @@ __all__ = [
     "TransportBuilderBase",
 ]
 
+# The core makes no locks (it is sans-IO); the backends share one receive pool per process,
+# given back to from application threads (Message.release), so it gets a real lock here.
+install_default_receive_pool(receive_pool(lock=threading.Lock()))
+
 #: Seconds the graceful shutdown at the end of a transport's ``with`` block may take.
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 
 _B = TypeVar("_B", bound="TransportBuilderBase")
 _R = TypeVar("_R")
+_M = TypeVar("_M", bound="MessageBase[Any]")
 
 
 @dataclass(frozen=True)
@@ -164,10 +171,52 @@ class MessageBase(Generic[_R]):
         """Whether :meth:`respond` was already called on this request."""
         return self._responded
 
+    @property
+    def pooled(self) -> bool:
+        """Whether the payload is a view of a pooled receive buffer that :meth:`release` gives
+        back (large payloads received zero-copy through a buffer pool; ``False`` once
+        released)."""
+        payload = self._packet.payload
+        if type(payload) is not memoryview:
+            return False
+        try:
+            buf = payload.obj
+        except ValueError:  # released
+            return False
+        return type(buf) is PoolBuffer and buf.lender is not None
+
+    def release(self) -> None:
+        """Give the payload's pooled buffer back for reuse; the message's payload can no longer
+        be read afterwards (a released ``memoryview`` raises ``ValueError``).
+
+        Safe to call on any message, any number of times, from any thread: a payload that holds
+        no pooled memory (``bytes``, or zero-copy without a pool) is left alone.  Keep what you
+        need first (``bytes(message.payload)``).  ``with message:`` releases at the end of the
+        block.  A message never released is freed by the garbage collector as usual; its
+        buffer is then lost to the pool (see ``docs/buffers.md``).
+
+        Raises:
+            BufferError: views taken from the payload (slices, ``memoryview(payload)``, numpy
+                arrays) are still alive.  The buffer is then never reused: it is freed when the
+                last of those views goes.  Nothing is released when the payload object itself
+                is exported (a numpy array over it): drop it and call again.
+        """
+        release_view(self._packet.payload)
+
+    def __enter__(self: _M) -> _M:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
     def __repr__(self) -> str:
+        try:
+            size = f"{len(self.payload)} bytes"
+        except ValueError:  # a released payload
+            size = "released"
         return (
             f"<Message {self.packet_type.name} id={self.message_id} biz_type={self.biz_type} "
-            f"{len(self.payload)} bytes session={self.session_id}>"
+            f"{size} session={self.session_id}>"
         )
 
     def __eq__(self, other: Any) -> bool:

@@ -6,28 +6,48 @@ default): :meth:`BufferPool.acquire` hands out a ``bytearray`` from the smallest
 the message, and a global memory limit makes it refuse with a
 :class:`~msgtrans.core.errors.ResourceError` rather than grow past what was allowed.
 
-Both pools are plain data structures with no locks: a driver that shares one between threads
-guards it itself (the asyncio and trio drivers use one per event loop and need none).
+:class:`ObjectPool` is a plain data structure with no lock: a driver that shares one between
+threads guards it itself.  :class:`BufferPool` takes a lock (``lock=``, any context manager; the
+core is sans-IO and makes none), because the buffers it *lends* (:meth:`BufferPool.lend`) leave
+the driver: the application gives them back from any thread (``Message.release()``), or drops
+them and the garbage collector does.  The io backends install a process-wide receive pool with
+a ``threading.Lock`` (:func:`install_default_receive_pool`).
+
+No buffer is ever reused while a view of it is alive: :meth:`BufferPool.release` refuses a buffer
+that still has exports (``memoryview`` objects of it) with :class:`BufferError`, so a payload
+view the application kept can never see the bytes of a later message.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import ConfigurationError, ResourceError
 
 __all__ = [
     "DEFAULT_BUFFER_COUNTS",
     "DEFAULT_BUFFER_SIZES",
+    "RECEIVE_BUFFER_COUNTS",
+    "RECEIVE_BUFFER_SIZES",
     "BufferClassStats",
     "BufferPool",
     "BufferPoolStats",
     "ObjectPool",
+    "PoolBuffer",
     "ReleaseError",
+    "default_receive_pool",
+    "has_exports",
+    "install_default_receive_pool",
+    "receive_pool",
+    "release_view",
 ]
 
 T = TypeVar("T")
@@ -38,6 +58,17 @@ DEFAULT_BUFFER_SIZES: tuple[int, ...] = (1024, 8192, 65536)
 #: Buffers preallocated (and kept at most) per class: 64 KiB + 128 KiB + 256 KiB = 448 KiB.
 DEFAULT_BUFFER_COUNTS: tuple[int, ...] = (64, 16, 4)
 
+# A received big packet is its payload, a 16-byte header and an ext header of up to 4 KiB.
+_PACKET_SLACK = 16 + 4096
+#: The classes of the receive pool big packets are lent from: a 64 KiB, 256 KiB, 1 MiB and 4 MiB
+#: payload each fit whole with their header (payloads start at the zero-copy threshold, 64 KiB,
+#: so smaller classes would never be used).
+RECEIVE_BUFFER_SIZES: tuple[int, ...] = tuple(
+    n * 1024 + _PACKET_SLACK for n in (64, 256, 1024, 4096)
+)
+#: Free buffers the receive pool keeps per class (at most ~7.6 MiB); none is preallocated.
+RECEIVE_BUFFER_COUNTS: tuple[int, ...] = (8, 4, 2, 1)
+
 
 class ReleaseError(ValueError):
     """An object was given back that the pool did not hand out, or was given back twice.
@@ -45,6 +76,65 @@ class ReleaseError(ValueError):
     Accepting it would let two users share one buffer later (double release) or grow the pool
     with memory it never accounted for (foreign object), so the pool refuses.
     """
+
+
+class PoolBuffer(bytearray):
+    """The ``bytearray`` a :class:`BufferPool` hands out: weakly referenceable, so that a lent
+    buffer the application drops is noticed, and knowing its lender while it is lent."""
+
+    __slots__ = ("__weakref__", "lender")
+
+    def __init__(self, size: int = 0) -> None:
+        super().__init__(size)
+        #: The pool this buffer is lent by (:meth:`BufferPool.lend`), else ``None``.
+        self.lender: BufferPool | None = None
+
+
+def has_exports(buf: bytearray) -> bool:
+    """Return whether a view (``memoryview``, ``numpy`` array...) of *buf* is alive.
+
+    CPython has no public export count, but a ``bytearray`` refuses to change size while
+    exported: shrinking by one byte and growing back is refused with no change (and costs no
+    reallocation otherwise), so it tells without side effects.  An empty buffer has nothing a
+    view could see change: ``False``.
+    """
+    if not buf:
+        return False
+    try:
+        last = buf.pop()
+    except BufferError:
+        return True
+    buf.append(last)
+    return False
+
+
+def release_view(view: object) -> bool:
+    """Give back the pooled buffer behind *view* (a payload handed out by a pooled decoder).
+
+    Releases *view* itself, then returns its buffer to the lending pool.  Anything else (``bytes``,
+    a view of unpooled memory, an already released view) is left alone.  Return ``True`` when a
+    buffer went back to its pool.
+
+    Raises:
+        BufferError: a view was made *of view* itself (``memoryview.release`` refuses; nothing
+            changed), or other views of the same buffer are still alive: the buffer is then never
+            reused, and is freed when the last of them goes (the pool counts it as collected).
+    """
+    if type(view) is not memoryview:
+        return False
+    try:
+        buf = view.obj
+    except ValueError:  # released already
+        return False
+    if type(buf) is not PoolBuffer:
+        return False
+    lender = buf.lender
+    if lender is None:
+        return False
+    view.release()
+    del view
+    lender.release(buf)
+    return True
 
 
 class ObjectPool(Generic[T]):
@@ -205,6 +295,9 @@ class BufferPoolStats:
         memory_limit: the limit, or ``None``.
         refused: acquires refused by the memory limit.
         classes: per size class, smallest first.
+        lent: buffers lent (:meth:`BufferPool.lend`) and not yet given back.
+        collected: lent buffers never given back: dropped by their holder and freed by the
+            garbage collector (or pinned by a view at release), so lost to reuse.
     """
 
     hits: int
@@ -215,6 +308,8 @@ class BufferPoolStats:
     memory_limit: int | None
     refused: int
     classes: tuple[BufferClassStats, ...]
+    lent: int = 0
+    collected: int = 0
 
 
 class BufferPool:
@@ -227,6 +322,13 @@ class BufferPool:
     Buffers are not zeroed on release: clearing 64 KiB per message would cost more than the pool
     saves, and the bytes never leave the process.
 
+    :meth:`acquire` is for memory its caller keeps to itself and gives back with :meth:`release`.
+    :meth:`lend` is for memory that leaves it (a received payload handed to the application as a
+    view): the pool holds a lent buffer only weakly, so one the application drops without giving
+    it back is freed by the garbage collector and written off (``collected``) instead of leaking.
+    Every method runs under *lock* (held for no allocation larger than one buffer), so the pool
+    is thread-safe when given a real lock.
+
     Args:
         sizes: the class sizes in bytes, strictly increasing, each >= 1 (default
             :data:`DEFAULT_BUFFER_SIZES`).
@@ -234,10 +336,15 @@ class BufferPool:
             :data:`DEFAULT_BUFFER_COUNTS`; must match *sizes* in length).
         memory_limit: bytes the pool may hold at once, free buffers included, or ``None`` for no
             limit (default).
+        preallocate: buffers made at construction per class, each between 0 and its count
+            (default: the counts, so the first users hit).
+        lock: a context manager every method holds, such as a ``threading.Lock`` (default: none;
+            the pool is then for one thread).
 
     Raises:
         ConfigurationError: sizes empty, not increasing or below 1; counts of the wrong length or
-            negative; a limit below 0 or below what preallocation needs.
+            negative; *preallocate* of the wrong length or outside ``[0, count]``; a limit below
+            0 or below what preallocation needs.
     """
 
     def __init__(
@@ -245,9 +352,12 @@ class BufferPool:
         sizes: Sequence[int] = DEFAULT_BUFFER_SIZES,
         counts: Sequence[int] = DEFAULT_BUFFER_COUNTS,
         memory_limit: int | None = None,
+        preallocate: Sequence[int] | None = None,
+        lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         sizes = tuple(sizes)
         counts = tuple(counts)
+        made = counts if preallocate is None else tuple(preallocate)
         if not sizes or any(s < 1 for s in sizes) or any(
             b <= a for a, b in pairwise(sizes)
         ):
@@ -258,7 +368,13 @@ class BufferPool:
             raise ConfigurationError(
                 "counts", f"need {len(sizes)} counts >= 0 (one per size), got {counts}"
             )
-        preallocated = sum(s * c for s, c in zip(sizes, counts, strict=True))
+        if len(made) != len(counts) or any(
+            not 0 <= m <= c for m, c in zip(made, counts, strict=True)
+        ):
+            raise ConfigurationError(
+                "preallocate", f"need {len(sizes)} counts between 0 and {counts}, got {made}"
+            )
+        preallocated = sum(s * m for s, m in zip(sizes, made, strict=True))
         if memory_limit is not None and not 0 <= preallocated <= memory_limit:
             raise ConfigurationError(
                 "memory_limit",
@@ -267,22 +383,33 @@ class BufferPool:
         self.sizes = sizes
         self.memory_limit = memory_limit
         self._pools = [
-            ObjectPool(_zeroed(size), capacity=count, preallocate=count)
-            for size, count in zip(sizes, counts, strict=True)
+            ObjectPool(_zeroed(size), capacity=count, preallocate=m)
+            for size, count, m in zip(sizes, counts, made, strict=True)
         ]
         # id(buffer) -> (class index or -1 for oversize, bytes accounted, the buffer).  The
         # accounted size is recorded, not re-read on release: a caller that resized the buffer
         # must not skew the books.
-        self._out: dict[int, tuple[int, int, bytearray]] = {}
+        # A lent buffer is held through a weak reference instead.
+        self._out: dict[int, tuple[int, int, PoolBuffer | weakref.ref[PoolBuffer]]] = {}
         self._classes = len(sizes)
         self._allocated = preallocated
         self._in_use = 0
         self._oversize_misses = 0
         self.refused = 0
+        self._lock: AbstractContextManager[Any] = (
+            lock if lock is not None else contextlib.nullcontext()
+        )
+        # Weak references of lent buffers that died unreleased.  The weakref callback may run
+        # on any thread, even inside a locked method of this pool (a collection triggered by
+        # an allocation), so it only appends here; the next locked call writes them off.
+        self._dead: deque[weakref.ref[PoolBuffer]] = deque()
+        self._ref_key: dict[int, int] = {}  # id(weak reference) -> id(lent buffer)
+        self._lent = 0
+        self.collected = 0
 
     def acquire(self, nbytes: int) -> bytearray:
         """Return a buffer of at least *nbytes* bytes (its class's full size; exactly *nbytes*
-        above the largest class).
+        above the largest class), to give back with :meth:`release`.
 
         Raises:
             ValueError: *nbytes* is negative.
@@ -290,16 +417,43 @@ class BufferPool:
                 ``"memory"``, code ``resource.memory``), even after dropping free buffers of
                 other classes.
         """
+        with self._lock:
+            if self._dead:
+                self._write_off()
+            buf, index, size = self._take(nbytes)
+            self._out[id(buf)] = (index, size, buf)
+            return buf
+
+    def lend(self, nbytes: int) -> PoolBuffer:
+        """As :meth:`acquire`, for a buffer that leaves its taker: the pool holds it weakly, and
+        it knows its lender (``buf.lender``) so that :func:`release_view` can give it back from
+        a view.  A lent buffer dropped without :meth:`release` is freed by the garbage collector
+        and counted in ``collected``; it is never reused.
+
+        Raises:
+            ValueError: *nbytes* is negative.
+            ResourceError: as :meth:`acquire`.
+        """
+        with self._lock:
+            if self._dead:
+                self._write_off()
+            buf, index, size = self._take(nbytes)
+            buf.lender = self
+            ref = weakref.ref(buf, self._dead.append)
+            self._out[id(buf)] = (index, size, ref)
+            self._ref_key[id(ref)] = id(buf)
+            self._lent += 1
+            return buf
+
+    def _take(self, nbytes: int) -> tuple[PoolBuffer, int, int]:
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         index = bisect.bisect_left(self.sizes, nbytes)
         if index == self._classes:
             self._reserve(nbytes)
-            buf = bytearray(nbytes)
             self._oversize_misses += 1
-            self._out[id(buf)] = (-1, nbytes, buf)
             self._in_use += nbytes
-            return buf
+            return PoolBuffer(nbytes), -1, nbytes
         pool = self._pools[index]
         size = self.sizes[index]
         if not pool._free:
@@ -307,31 +461,67 @@ class BufferPool:
         # The class pool keeps the free list and the counts; this pool alone tracks what is out
         # (with the class and size), so each buffer is indexed once on the hot path.
         buf = pool._take()
-        self._out[id(buf)] = (index, size, buf)
         self._in_use += size
-        return buf
+        return buf, index, size
 
     def release(self, buf: bytearray) -> None:
         """Give *buf* back to its class (or drop it: oversize, resized, or the class is full).
 
         Raises:
             ReleaseError: *buf* was released already or did not come from this pool.
+            BufferError: a view of *buf* is still alive: reusing it would let that view see the
+                next user's bytes.  Nothing changed; release it again once the views are gone
+                (a lent buffer may also simply be dropped).
         """
-        entry = self._out.pop(id(buf), None)
-        if entry is None:
-            if any(p.is_free(buf) for p in self._pools):
-                raise ReleaseError("buffer released twice")
-            raise ReleaseError("buffer was not acquired from this pool (or already released)")
-        index, size, _ = entry
-        self._in_use -= size
-        if index < 0:
+        with self._lock:
+            if self._dead:
+                self._write_off()
+            entry = self._out.get(id(buf))
+            held = None if entry is None else entry[2]
+            if held is not buf and (not isinstance(held, weakref.ref) or held() is not buf):
+                if isinstance(buf, PoolBuffer) and any(p.is_free(buf) for p in self._pools):
+                    raise ReleaseError("buffer released twice")
+                raise ReleaseError("buffer was not acquired from this pool (or already released)")
+            if has_exports(buf):
+                raise BufferError(
+                    "a view of the buffer is still alive: it cannot be reused until it is gone"
+                )
+            assert entry is not None and isinstance(buf, PoolBuffer)
+            del self._out[id(buf)]
+            index, size, _ = entry
+            if held is not buf:
+                del self._ref_key[id(held)]
+                self._lent -= 1
+                buf.lender = None
+            self._in_use -= size
+            if index < 0:
+                self._allocated -= size
+            elif len(buf) != size:
+                # Resized by its user: unfit for its class.  The pool lets go of it.
+                self._pools[index].discarded += 1
+                self._allocated -= size
+            elif not self._pools[index]._give(buf):
+                self._allocated -= size
+
+    def _write_off(self) -> None:
+        """Forget the lent buffers that died unreleased (their memory is gone with them)."""
+        dead = self._dead
+        while dead:
+            ref = dead.popleft()
+            key = self._ref_key.pop(id(ref), None)
+            if key is None:
+                continue
+            entry = self._out.get(key)
+            if entry is None or entry[2] is not ref:
+                continue
+            del self._out[key]
+            index, size, _ = entry
+            self._lent -= 1
+            self._in_use -= size
             self._allocated -= size
-        elif len(buf) != size:
-            # Resized by its user: unfit for its class.  The pool lets go of it.
-            self._pools[index].discarded += 1
-            self._allocated -= size
-        elif not self._pools[index]._give(buf):
-            self._allocated -= size
+            self.collected += 1
+            if index >= 0:
+                self._pools[index].discarded += 1
 
     def _reserve(self, nbytes: int, keep: int = -1) -> None:
         """Account for *nbytes* more, first dropping free buffers of other classes (largest
@@ -394,6 +584,11 @@ class BufferPool:
         hits, total = self.hits, self.hits + self.misses
         return hits / total if total else 0.0
 
+    @property
+    def lent(self) -> int:
+        """Buffers lent and not yet given back (nor collected)."""
+        return self._lent
+
     def _class_in_use(self) -> list[int]:
         counts = [0] * self._classes
         for index, _, _ in self._out.values():
@@ -403,6 +598,12 @@ class BufferPool:
 
     def stats(self) -> BufferPoolStats:
         """Return a snapshot of the pool's counters."""
+        with self._lock:
+            if self._dead:
+                self._write_off()
+            return self._stats()
+
+    def _stats(self) -> BufferPoolStats:
         return BufferPoolStats(
             hits=self.hits,
             misses=self.misses,
@@ -416,12 +617,58 @@ class BufferPool:
                 for size, p, in_use in zip(self.sizes, self._pools, self._class_in_use(),
                                            strict=True)
             ),
+            lent=self._lent,
+            collected=self.collected,
         )
 
 
-def _zeroed(size: int) -> Callable[[], bytearray]:
+def _zeroed(size: int) -> Callable[[], PoolBuffer]:
     # A named factory per class: a lambda in the comprehension would capture the loop variable.
-    def make() -> bytearray:
-        return bytearray(size)
+    def make() -> PoolBuffer:
+        return PoolBuffer(size)
 
     return make
+
+
+# The process-wide receive pool, once made or installed (a dict: setdefault is one atomic step,
+# so two threads making it at once still agree on one pool, with no lock in the core).
+_DEFAULT: dict[str, BufferPool] = {}
+
+
+def receive_pool(
+    memory_limit: int | None = None, lock: AbstractContextManager[Any] | None = None
+) -> BufferPool:
+    """Return a new pool with the receive classes (:data:`RECEIVE_BUFFER_SIZES`, keeping
+    :data:`RECEIVE_BUFFER_COUNTS` free), nothing preallocated.
+
+    Args:
+        memory_limit: as for :class:`BufferPool` (default none).
+        lock: as for :class:`BufferPool` (default none).
+    """
+    return BufferPool(
+        RECEIVE_BUFFER_SIZES,
+        RECEIVE_BUFFER_COUNTS,
+        memory_limit=memory_limit,
+        preallocate=(0,) * len(RECEIVE_BUFFER_SIZES),
+        lock=lock,
+    )
+
+
+def default_receive_pool() -> BufferPool:
+    """Return the process-wide receive pool the connection factories give every decoder by
+    default: the one installed by :func:`install_default_receive_pool` (the io backends install
+    one with a ``threading.Lock`` when imported), else a :func:`receive_pool` made on first use.
+    It has no memory limit, so applications that keep payloads behave as without a pool."""
+    pool = _DEFAULT.get("receive")
+    if pool is None:
+        pool = _DEFAULT.setdefault("receive", receive_pool())
+    return pool
+
+
+def install_default_receive_pool(pool: BufferPool, *, replace: bool = False) -> BufferPool:
+    """Make *pool* the process-wide receive pool unless one is in place (or *replace*); return
+    the pool in place afterwards.  Connections made earlier keep the pool they got."""
+    if replace:
+        _DEFAULT["receive"] = pool
+        return pool
+    return _DEFAULT.setdefault("receive", pool)

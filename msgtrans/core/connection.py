@@ -13,12 +13,19 @@ operations (``send``, ``request``, ``respond``, ``close``).  Its events are the 
 that concern the application (established, close started, closed, write paused and resumed,
 errors) interleaved, in order, with the session events (messages, requests, responses, failed
 requests, read pause and resume, session closed).
+
+Every connection receives big packets (payloads at or above the zero-copy threshold) into
+buffers lent by a :class:`~msgtrans.core.buffers.BufferPool`: by default the process-wide
+:func:`~msgtrans.core.buffers.default_receive_pool`, or the one given as ``buffer_pool=`` (``None``
+turns pooling off).  The application gives a buffer back with ``Message.release()``; see
+``docs/buffers.md``.  WebSocket connections reassemble frames themselves and take no pool yet.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
+from .buffers import BufferPool, default_receive_pool
 from .config import (
     ConnectionConfig,
     QuicConfig,
@@ -39,6 +46,7 @@ from .events import (
     Event,
     PacketReceived,
 )
+from .framing import PacketDecoder
 from .machine import Address, DatagramMachine, MachineState, ProtocolMachine, StreamMachine
 from .packet import Buffer, Packet
 from .quic import QuicMachine
@@ -49,6 +57,7 @@ from .tls import TlsMachine
 from .websocket import WebSocketClientMachine, WebSocketServerMachine
 
 __all__ = [
+    "DEFAULT_POOL",
     "Connection",
     "ConnectionEvent",
     "client_connection",
@@ -57,6 +66,43 @@ __all__ = [
 ]
 
 _LIVE = (MachineState.IDLE, MachineState.HANDSHAKING, MachineState.OPEN)
+
+
+class _DefaultPool:
+    """The type of :data:`DEFAULT_POOL`."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT_POOL"
+
+
+#: ``buffer_pool=DEFAULT_POOL`` (the default): the process-wide
+#: :func:`~msgtrans.core.buffers.default_receive_pool`.
+DEFAULT_POOL: Final = _DefaultPool()
+
+#: What ``buffer_pool=`` takes: a pool, ``None`` (no pooling) or :data:`DEFAULT_POOL`.
+PoolChoice = BufferPool | None | _DefaultPool
+
+
+def _attach_pool(machine: ProtocolMachine, choice: PoolChoice) -> BufferPool | None:
+    """Give the machine's packet decoder its buffer pool; return the pool (``None`` when the
+    machine has no decoder of ours, as WebSocket, or pooling is off).
+
+    The decoder sits one or two layers down (TLS wraps the TCP machine) and the machines do
+    not take a pool themselves yet, so it is found here: a decoder is the ``_decoder``
+    attribute of a TCP or QUIC machine, reached through a TLS machine's ``inner``.
+    """
+    pool = default_receive_pool() if isinstance(choice, _DefaultPool) else choice
+    layer: object = machine
+    for _ in range(3):
+        decoder = getattr(layer, "_decoder", None)
+        if isinstance(decoder, PacketDecoder):
+            if decoder.buffer_pool is None:
+                decoder.buffer_pool = pool
+            return decoder.buffer_pool
+        layer = getattr(layer, "inner", None)
+        if layer is None:
+            break
+    return None
 
 #: What :meth:`Connection.events` returns: protocol events and session events, in order.
 ConnectionEvent = Event | SessionEvent
@@ -69,11 +115,15 @@ class Connection:
         machine: the protocol machine (not started yet).
         session: the session machine; by default a new one with the spec's defaults.
         session_id: the id for a default session machine.
+        buffer_pool: lends the buffers big received packets land in (default
+            :data:`DEFAULT_POOL`, the process-wide receive pool; ``None``: no pooling).  A
+            decoder that already has a pool keeps it.
 
     Attributes:
         machine: the protocol machine.
         session: the session machine.
         established: the ``ConnectionEstablished`` event once the handshake completed.
+        buffer_pool: the pool big packets are received into, or ``None``.
     """
 
     def __init__(
@@ -82,8 +132,10 @@ class Connection:
         session: SessionMachine | None = None,
         *,
         session_id: int | str = 0,
+        buffer_pool: PoolChoice = DEFAULT_POOL,
     ) -> None:
         self.machine = machine
+        self.buffer_pool = _attach_pool(machine, buffer_pool)
         self.session = session if session is not None else SessionMachine(session_id)
         self.established: ConnectionEstablished | None = None
         self._events: list[ConnectionEvent] = []
@@ -326,6 +378,7 @@ def client_connection(
     *,
     session_id: int | str = 0,
     resolved: Address | None = None,
+    buffer_pool: PoolChoice = DEFAULT_POOL,
     **session: Any,
 ) -> Connection:
     """Return the client connection for *target* (a config or a URL), not started yet.
@@ -336,6 +389,7 @@ def client_connection(
         resolved: the socket address the driver actually sends to, once it resolved the
             host name (QUIC ignores datagrams from any other address); default: the
             config's ``(host, port)``.
+        buffer_pool: see :class:`Connection` (default: the process-wide receive pool).
         session: keyword arguments for :class:`~msgtrans.core.session.SessionMachine`
             (``request_timeout`` and friends).
 
@@ -389,7 +443,7 @@ def client_connection(
             zero_copy_threshold=config.zero_copy_threshold,
             max_frame=config.max_frame,
         )
-    return Connection(machine, SessionMachine(session_id, **session))
+    return Connection(machine, SessionMachine(session_id, **session), buffer_pool=buffer_pool)
 
 
 def server_connection(
@@ -397,6 +451,7 @@ def server_connection(
     *,
     session_id: int | str = 0,
     tls_context: Any = None,
+    buffer_pool: PoolChoice = DEFAULT_POOL,
     **session: Any,
 ) -> Connection:
     """Return the server side of an accepted stream connection, not started yet.
@@ -407,6 +462,7 @@ def server_connection(
         tls_context: an ``ssl.SSLContext`` to reuse for every accepted connection (building one
             per connection would load the certificate each time); default: built from the
             config's TLS settings.
+        buffer_pool: see :class:`Connection` (default: the process-wide receive pool).
         session: keyword arguments for :class:`~msgtrans.core.session.SessionMachine`.
 
     Raises:
@@ -436,7 +492,7 @@ def server_connection(
     if config.tls is not None:
         context = tls_context if tls_context is not None else config.tls.server_context()
         machine = TlsMachine(machine, context, handshake_timeout=config.handshake_timeout)
-    return Connection(machine, SessionMachine(session_id, **session))
+    return Connection(machine, SessionMachine(session_id, **session), buffer_pool=buffer_pool)
 
 
 def quic_endpoint(target: str | QuicServerConfig) -> QuicEndpoint:

@@ -12,6 +12,16 @@ before any body byte is buffered.  A packet of at least ``zero_copy_threshold`` 
 buffer of its own as soon as its header is seen; the rest of it is received straight into that
 buffer, and its payload is handed out as a read-only view of it, never copied again.
 
+Given a :class:`~msgtrans.core.buffers.BufferPool` (``buffer_pool=``), a big packet's buffer is
+*lent* by the pool instead of allocated: the payload view handed out keeps it, and
+:func:`~msgtrans.core.buffers.release_view` (``Message.release()``) gives it back for the next big
+packet.  A payload never released is freed by the garbage collector as before; the pool only
+loses a buffer (see ``docs/buffers.md`` for the rule).
+
+Every decoder adds its big packets to the process-wide :data:`ZERO_COPY` counters: payloads at or
+above the zero-copy threshold, how many reached the application as views, and the bytes of them
+the decoder copied (the part of a packet that had arrived before its own buffer existed).
+
 Invalid input raises :class:`~msgtrans.core.errors.ProtocolError`; packets completed before the
 bad bytes in the same call are returned first, the error is kept in :attr:`~PacketDecoder.error`
 and raised by every later call: the decoder refuses further input.
@@ -19,9 +29,12 @@ and raised by every later call: the decoder refuses further input.
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from dataclasses import dataclass
 
-from .errors import ConfigurationError, Protocol, ProtocolError
+from .buffers import BufferPool, PoolBuffer
+from .errors import ConfigurationError, Protocol, ProtocolError, ResourceError
 from .packet import (
     DEFAULT_LIMITS,
     HEADER,
@@ -39,8 +52,11 @@ __all__ = [
     "DEFAULT_RECEIVE_SIZE",
     "DEFAULT_ZERO_COPY_THRESHOLD",
     "QUIC_MAX_FRAME",
+    "ZERO_COPY",
     "LengthPrefixedDecoder",
     "PacketDecoder",
+    "ZeroCopyCounters",
+    "ZeroCopyStats",
     "length_prefix",
 ]
 
@@ -57,9 +73,86 @@ QUIC_MAX_FRAME = 16 * 1024 * 1024
 _U32 = struct.Struct(">I")
 
 
+@dataclass(frozen=True, slots=True)
+class ZeroCopyStats:
+    """The zero-copy path's counters at one moment (plain data).
+
+    Attributes:
+        large_payloads: received payloads at or above their decoder's zero-copy threshold (the
+            default threshold when zero-copy is off, so that "off" is measured the same way).
+        zero_copy_payloads: those of them handed to the application as views of the memory
+            they were received into, with at most half of their packet copied on the way.
+        bytes_viewed: payload bytes handed out as views.
+        bytes_copied: bytes of those packets the decoder copied (staging before a packet had its
+            own buffer; the whole payload when it was handed out as ``bytes``).
+    """
+
+    large_payloads: int = 0
+    zero_copy_payloads: int = 0
+    bytes_viewed: int = 0
+    bytes_copied: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        """zero_copy_payloads / large_payloads, 0.0 before the first large payload."""
+        n = self.large_payloads
+        return self.zero_copy_payloads / n if n else 0.0
+
+
+class ZeroCopyCounters:
+    """Mutable totals behind :class:`ZeroCopyStats`; decoders add to :data:`ZERO_COPY`.
+
+    Only big packets touch them (never the small-message hot path).  Additions from several
+    threads are not locked: a lost increment is possible under free threading and harmless for
+    a metric.
+    """
+
+    __slots__ = ("bytes_copied", "bytes_viewed", "large_payloads", "zero_copy_payloads")
+
+    def __init__(self) -> None:
+        self.large_payloads = 0
+        self.zero_copy_payloads = 0
+        self.bytes_viewed = 0
+        self.bytes_copied = 0
+
+    def add(self, payload_len: int, viewed: bool, copied: int, total: int) -> None:
+        """Count one large payload of a *total*-byte packet, of which *copied* bytes were copied."""
+        self.large_payloads += 1
+        self.bytes_copied += copied
+        if viewed:
+            self.bytes_viewed += payload_len
+            if 2 * copied <= total:
+                self.zero_copy_payloads += 1
+
+    def snapshot(self) -> ZeroCopyStats:
+        """Return the counters as plain data."""
+        return ZeroCopyStats(
+            self.large_payloads, self.zero_copy_payloads, self.bytes_viewed, self.bytes_copied
+        )
+
+    def reset(self) -> None:
+        """Start again from zero (benchmarks and tests)."""
+        self.__init__()  # type: ignore[misc]
+
+
+#: The process-wide zero-copy counters every decoder adds to (``transport.stats()`` shows them).
+ZERO_COPY = ZeroCopyCounters()
+
+
 def length_prefix(packet_size: int) -> bytes:
     """Return the u32 big-endian prefix that frames a packet of *packet_size* bytes on QUIC."""
     return _U32.pack(packet_size)
+
+
+def _copy(dst: bytearray, at: int, src: memoryview) -> None:
+    """Copy *src* into *dst* at *at*, once.
+
+    Through a memoryview: ``bytearray[a:b] = memoryview`` first copies the view into a temporary
+    ``bytearray`` (CPython's slice assignment only reads ``bytearray`` values directly), which
+    would double every copy and allocate as much again.
+    """
+    with memoryview(dst) as out:
+        out[at : at + len(src)] = src
 
 
 class PacketDecoder:
@@ -71,6 +164,12 @@ class PacketDecoder:
             into a buffer of their own and their payload handed out as a read-only
             ``memoryview`` of it; ``None`` copies every payload to ``bytes``.  Default 64 KiB.
         receive_size: the size of the area :meth:`get_buffer` offers (default 64 KiB).
+        buffer_pool: lends the buffers big packets are received into (default ``None``:
+            allocated per packet).  A packet larger than the pool's largest class is still
+            received in steps (1 MiB first) and its full buffer lent at the second step, so the
+            pool's memory limit bounds it; a refusal fails the decoder (``resource.memory``).
+            Also settable later as the :attr:`buffer_pool` attribute, before the first packet.
+        counters: where big packets are counted (default :data:`ZERO_COPY`).
 
     Raises:
         ConfigurationError: a setting is out of range.
@@ -83,6 +182,9 @@ class PacketDecoder:
         limits: Limits = DEFAULT_LIMITS,
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
         receive_size: int = DEFAULT_RECEIVE_SIZE,
+        *,
+        buffer_pool: BufferPool | None = None,
+        counters: ZeroCopyCounters = ZERO_COPY,
     ) -> None:
         if zero_copy_threshold is not None and zero_copy_threshold < 1:
             raise ConfigurationError(
@@ -102,14 +204,49 @@ class PacketDecoder:
         self._large: bytearray | None = None  # a big packet being received in place
         self._large_fields: HeaderFields | None = None
         self._large_total = 0  # the big packet's full size (its buffer may still be smaller)
+        self._large_off = 0  # where the big packet starts in its buffer
         self._filled = 0
         self.error: ProtocolError | None = None
         #: Number of packets handed out as views of received memory (the zero-copy path).
         self.zero_copy_packets = 0
         #: Number of packets decoded in all.
         self.packets_decoded = 0
+        self._pool: BufferPool | None = None
+        self.buffer_pool = buffer_pool
+        self.counters = counters
+        #: Bytes the decoder copied from one place of its own to another (compacting or growing
+        #: the receive area, copying a chunk in): the cost zero-copy avoids for big packets.
+        self.bytes_moved = 0
+        self._large_copied = 0  # bytes of the big packet in progress copied into its buffer
 
     # --- public face -------------------------------------------------------------------------
+
+    @property
+    def buffer_pool(self) -> BufferPool | None:
+        """The pool big packets' buffers and the receive area are lent by, or ``None``.
+
+        Setting it while nothing is buffered also takes the receive area from the pool: a big
+        packet that starts in it and fits is then received in that very area, which becomes
+        the packet's buffer (no copy at all), and a new area is lent.
+        """
+        return self._pool
+
+    @buffer_pool.setter
+    def buffer_pool(self, pool: BufferPool | None) -> None:
+        self._pool = pool
+        if pool is not None and self._end == 0 and self._large is None:
+            area = self._area()
+            if area is not None:
+                self._buf = area
+
+    def _area(self) -> bytearray | None:
+        """A receive area lent by the pool (its class for receive_size), or ``None`` when the
+        pool refuses (memory limit): the plain area is kept then."""
+        assert self._pool is not None
+        try:
+            return self._pool.lend(self._receive_size)
+        except ResourceError:
+            return None
 
     @property
     def buffered(self) -> int:
@@ -176,9 +313,13 @@ class PacketDecoder:
         if self.error is not None:
             raise self.error
         if self._large is not None:
-            if self._filled == len(self._large):
+            off = self._large_off
+            if off + self._filled == len(self._large):
                 self._grow_large()
-            return memoryview(self._large)[self._filled :]
+                off = 0
+            # Up to the packet's end only: a pooled buffer may be longer than the packet, and
+            # the next packet's bytes belong in the receive area.
+            return memoryview(self._large)[off + self._filled : off + self._large_total]
         want = max(sizehint, self._receive_size // 2) if sizehint > 0 else self._receive_size // 2
         if len(self._buf) - self._end < want:
             self._make_room(want)
@@ -236,8 +377,10 @@ class PacketDecoder:
             link.__traceback__ = None
             link = link.__cause__ or link.__context__
         self.error = exc
+        self._give_back(self._buf)
         self._buf = bytearray()
         self._pos = self._end = self._filled = 0
+        self._give_back(self._large)
         self._large = None
         if not out:
             raise exc
@@ -259,6 +402,9 @@ class PacketDecoder:
         unpack_from = HEADER.unpack_from
         need = self._prefix + HEADER_SIZE
         large = zc if zc is not None else self.zero_copy_threshold
+        # Payloads this big are counted in the zero-copy counters (with zero-copy off too, at
+        # the default threshold, so that "off" is measured on the same messages).
+        count_from = large if large is not None else DEFAULT_ZERO_COPY_THRESHOLD
         while end - pos >= need:
             start = self._frame_start(view, pos)
             fields: HeaderFields = unpack_from(view, start)
@@ -279,24 +425,44 @@ class PacketDecoder:
                     # A big packet: give it its own buffer now, receive the rest into it.
                     # Only the first LARGE_FIRST_STEP bytes are taken until the peer has sent
                     # them: a 16-byte header alone must not make us hold 16 MiB.
-                    self._large = bytearray(min(total, max(end - start, LARGE_FIRST_STEP)))
+                    have = end - start
                     self._large_total = total
                     self._large_fields = fields
-                    have = end - start
-                    self._large[:have] = view[start:end]
                     self._filled = have
+                    area = self._buf
+                    if (
+                        type(area) is PoolBuffer
+                        and start + total <= len(area)
+                        and view.obj is area
+                        and self._pool is not None
+                    ):
+                        # It fits in the pooled receive area it started in: the area becomes
+                        # its buffer, nothing is copied, and a new area is lent.
+                        self._large = area
+                        self._large_off = start
+                        self._large_copied = 0
+                        new = self._area()
+                        self._buf = new if new is not None else bytearray(self._receive_size)
+                        return end
+                    self._large = self._new_large(total, have)
+                    self._large_off = 0
+                    _copy(self._large, 0, view[start:end])
+                    self._large_copied = have
                     return end
                 return pos
             if zc is None and large is not None and payload_len >= large:
                 # Whole already, but in memory that is reused (the receive area, a mutable
                 # chunk): copy it once into memory of its own, as the large path would, so
                 # that a big payload is always a read-only view.
-                own = memoryview(bytearray(view[start : start + total]))
-                packet = build_packet(own, 0, fields, limits, large)
+                own_buf = self._new_large(total, total)
+                _copy(own_buf, 0, view[start : start + total])
+                packet = build_packet(memoryview(own_buf), 0, fields, limits, large)
+                if payload_len >= count_from:
+                    self._count(packet, own_buf, payload_len, total, total)
             else:
                 packet = build_packet(view, start, fields, limits, zc)
-            if type(packet.payload) is memoryview:
-                self.zero_copy_packets += 1
+                if payload_len >= count_from:
+                    self._count(packet, None, payload_len, total, 0)
             out.append(packet)
             self.packets_decoded += 1
             pos = start + total
@@ -310,8 +476,9 @@ class PacketDecoder:
         n = len(view)
         if len(self._buf) - self._end < n:
             self._make_room(n)
-        self._buf[self._end : self._end + n] = view
+        _copy(self._buf, self._end, view)
         self._end += n
+        self.bytes_moved += n
         self._drain(out)
 
     def _drain(self, out: list[Packet]) -> None:
@@ -325,16 +492,20 @@ class PacketDecoder:
     def _make_room(self, n: int) -> None:
         """Make *n* free bytes after the buffered ones, moving them to the front of a buffer."""
         held = self._end - self._pos
+        self.bytes_moved += held
         size = max(self._receive_size, held + n)
         if size <= len(self._buf) and self._pos:
             # Compact in place: only the unfinished packet moves, and it is bounded by the
             # zero-copy threshold (bigger ones have a buffer of their own).
-            self._buf[:held] = self._buf[self._pos : self._end]
+            with memoryview(self._buf) as area:
+                area[:held] = area[self._pos : self._end]  # memmove: the ranges may overlap
         else:
             # A new buffer rather than a resize: a caller may still hold a view of the old one.
             new = bytearray(size)
-            new[:held] = self._buf[self._pos : self._end]
-            self._buf = new
+            with memoryview(self._buf) as area:
+                _copy(new, 0, area[self._pos : self._end])
+            old, self._buf = self._buf, new
+            self._give_back(old)
         self._pos = 0
         self._end = held
 
@@ -342,10 +513,12 @@ class PacketDecoder:
         """Copy what *view* holds of the big packet in progress; return the bytes taken."""
         assert self._large is not None
         take = min(self._large_total - self._filled, len(view) - pos)
-        if self._filled + take > len(self._large):
+        if self._large_off + self._filled + take > len(self._large):
             self._grow_large()
-        self._large[self._filled : self._filled + take] = view[pos : pos + take]
+        at = self._large_off + self._filled
+        _copy(self._large, at, view[pos : pos + take])
         self._filled += take
+        self._large_copied += take
         if self._filled == self._large_total:
             self._finish_large(out)
         return take
@@ -357,22 +530,67 @@ class PacketDecoder:
         caller may still hold a view of the old one.
         """
         assert self._large is not None
-        full = bytearray(self._large_total)
-        full[: self._filled] = memoryview(self._large)[: self._filled]
-        self._large = full
+        total = self._large_total
+        full = self._lend(total) if self.buffer_pool is not None else bytearray(total)
+        off = self._large_off
+        with memoryview(self._large) as old_view:
+            _copy(full, 0, old_view[off : off + self._filled])
+        self._large_copied += self._filled
+        old, self._large, self._large_off = self._large, full, 0
+        self._give_back(old)
 
     def _finish_large(self, out: list[Packet]) -> None:
         assert self._large is not None and self._large_fields is not None
-        packet = build_packet(
-            memoryview(self._large), 0, self._large_fields, self.limits, self.zero_copy_threshold
-        )
-        if isinstance(packet.payload, memoryview):
-            self.zero_copy_packets += 1
-        self.packets_decoded += 1
-        out.append(packet)
+        buf = self._large
+        fields = self._large_fields
         self._large = None
         self._large_fields = None
         self._filled = 0
+        packet = build_packet(
+            memoryview(buf), self._large_off, fields, self.limits, self.zero_copy_threshold
+        )
+        self._count(packet, buf, fields[6], self._large_total, self._large_copied)
+        self.packets_decoded += 1
+        out.append(packet)
+
+    def _new_large(self, total: int, have: int) -> bytearray:
+        """Return the buffer a big packet is received into: lent by the pool when one of its
+        classes holds the packet, else its first step (all of it when *have* is that much)."""
+        pool = self.buffer_pool
+        if pool is not None and total <= pool.sizes[-1]:
+            return self._lend(total)
+        return bytearray(min(total, max(have, LARGE_FIRST_STEP)))
+
+    def _lend(self, nbytes: int) -> bytearray:
+        assert self.buffer_pool is not None
+        try:
+            return self.buffer_pool.lend(nbytes)
+        except ResourceError as exc:
+            raise ProtocolError(
+                Protocol.WIRE,
+                f"no memory for a {nbytes}-byte packet: {exc}",
+                code="resource.memory",
+            ) from exc
+
+    def _count(
+        self, packet: Packet, buf: bytearray | None, payload_len: int, total: int, copied: int
+    ) -> None:
+        """Count a big packet; give its pooled *buf* back at once when its payload did not
+        stay in it (decompressed, or copied to ``bytes``)."""
+        viewed = type(packet.payload) is memoryview
+        if viewed:
+            self.zero_copy_packets += 1
+        else:
+            copied += payload_len
+            self._give_back(buf)
+        self.counters.add(payload_len, viewed, copied, total)
+
+    @staticmethod
+    def _give_back(buf: bytearray | None) -> None:
+        if type(buf) is PoolBuffer and buf.lender is not None:
+            # Still viewed somewhere: the pool writes it off once it is collected.
+            with contextlib.suppress(BufferError):
+                buf.lender.release(buf)
 
 
 class LengthPrefixedDecoder(PacketDecoder):
@@ -392,8 +610,13 @@ class LengthPrefixedDecoder(PacketDecoder):
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
         receive_size: int = DEFAULT_RECEIVE_SIZE,
         max_frame: int = QUIC_MAX_FRAME,
+        *,
+        buffer_pool: BufferPool | None = None,
+        counters: ZeroCopyCounters = ZERO_COPY,
     ) -> None:
-        super().__init__(limits, zero_copy_threshold, receive_size)
+        super().__init__(
+            limits, zero_copy_threshold, receive_size, buffer_pool=buffer_pool, counters=counters
+        )
         if max_frame < HEADER_SIZE:
             raise ConfigurationError(
                 "max_frame", f"must be at least {HEADER_SIZE} bytes, got {max_frame}"

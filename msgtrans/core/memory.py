@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
+from typing import cast
 
 from .machine import Address
 from .packet import Buffer
 
-__all__ = ["DatagramParty", "DatagramPipe", "StreamParty", "StreamPipe"]
+__all__ = ["DatagramParty", "DatagramPipe", "RecvIntoParty", "StreamParty", "StreamPipe"]
 
 #: Cuts one write into the chunks the reader receives.  Default: one chunk.
 Chunker = Callable[[bytes], list[bytes]]
@@ -36,6 +37,14 @@ class StreamParty(TypingProtocol):
     def data_to_send(self) -> list[Buffer]: ...
 
 
+class RecvIntoParty(StreamParty, TypingProtocol):
+    """A stream party that also receives in place (``StreamPipe(recv_into=...)``)."""
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview: ...
+
+    def buffer_updated(self, nbytes: int, now: float) -> None: ...
+
+
 class StreamPipe:
     """A socket pair in memory between *client* and *server*.
 
@@ -43,14 +52,25 @@ class StreamPipe:
         client: the machine on the connecting side.
         server: the machine on the accepting side.
         chunker: how each write is cut on its way (default: delivered whole).
+        recv_into: deliver through the receiver's ``get_buffer()`` / ``buffer_updated()`` (the
+            ``recv_into`` and ``BufferedProtocol`` path of the drivers), at most this many bytes
+            per call, as a socket would; default ``None``: ``receive_data(chunk)``.
 
     Attributes:
         bytes_moved: every byte carried so far, both ways.
     """
 
     def __init__(
-        self, client: StreamParty, server: StreamParty, chunker: Chunker | None = None
+        self,
+        client: StreamParty,
+        server: StreamParty,
+        chunker: Chunker | None = None,
+        *,
+        recv_into: int | None = None,
     ) -> None:
+        if recv_into is not None and recv_into < 1:
+            raise ValueError(f"recv_into must be a positive byte count, got {recv_into}")
+        self.recv_into = recv_into
         self.client = client
         self.server = server
         self.chunker = chunker or (lambda data: [data])
@@ -69,13 +89,28 @@ class StreamPipe:
         if data and not dst.is_closed:
             for chunk in self.chunker(data):
                 if chunk:
-                    dst.receive_data(chunk, now)
+                    self._deliver(dst, chunk, now)
         if src.write_closed and id(src) not in self._eof_sent:
             self._eof_sent.add(id(src))
             if not dst.is_closed:
                 dst.receive_data(b"", now)
             moved += 1  # an EOF is progress too
         return moved
+
+    def _deliver(self, dst: StreamParty, chunk: bytes, now: float) -> None:
+        step = self.recv_into
+        if step is None:
+            dst.receive_data(chunk, now)
+            return
+        party = cast(RecvIntoParty, dst)
+        with memoryview(chunk) as data:
+            pos, end = 0, len(data)
+            while pos < end and not party.is_closed:
+                with party.get_buffer(-1) as buf:
+                    n = min(len(buf), end - pos, step)
+                    buf[:n] = data[pos : pos + n]
+                party.buffer_updated(n, now)
+                pos += n
 
     def pump(self, now: float = 0.0, max_rounds: int = 10_000) -> int:
         """Carry bytes both ways until neither side has anything to say; return bytes carried.
