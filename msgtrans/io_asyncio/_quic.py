@@ -4,7 +4,9 @@ listener driving the core's :class:`~msgtrans.core.quic_endpoint.QuicEndpoint`."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -21,6 +23,51 @@ __all__ = ["QuicClientIO", "QuicListener", "start_quic_listener"]
 
 logger = logging.getLogger("msgtrans.io_asyncio")
 
+#: Datagrams read in one go once the socket is readable, before the connections' events are
+#: handled and their answers (acknowledgements, flow-control credit) sent.
+DRAIN_MAX = 64
+#: Receive buffer asked of the kernel (it grants at most ``net.core.rmem_max``): a burst of a
+#: congestion window must not overflow the socket while the loop is busy elsewhere.
+RECEIVE_BUFFER = 4 * 1024 * 1024
+_MAX_DATAGRAM = 65536
+
+
+def _drain_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
+    """A duplicate of *transport*'s socket to read further datagrams from in one go, or
+    ``None`` when the loop does not show its socket.
+
+    asyncio hands a datagram protocol one datagram per readiness, so a burst costs one loop
+    iteration (a poll) per datagram; reading the queue dry first lets one pass over the
+    connections answer the whole burst.  The duplicate shares the kernel socket, so the
+    transport sees exactly what is left.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    try:
+        dup = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.dup().detach())
+    except (OSError, AttributeError):
+        return None
+    dup.setblocking(False)
+    return dup
+
+
+def _more_datagrams(sock: socket.socket | None) -> list[tuple[bytes, Any]]:
+    """Up to :data:`DRAIN_MAX` datagrams already queued on *sock* (none on an error: the
+    transport reports it when it reads next)."""
+    out: list[tuple[bytes, Any]] = []
+    if sock is None:
+        return out
+    recvfrom = sock.recvfrom
+    for _ in range(DRAIN_MAX):
+        try:
+            out.append(recvfrom(_MAX_DATAGRAM))
+        except OSError:  # BlockingIOError: nothing more; anything else: the transport's
+            break
+    return out
+
 
 class QuicClientIO(asyncio.DatagramProtocol):
     """The socket side of one QUIC client session: a UDP socket connected to the server."""
@@ -32,6 +79,7 @@ class QuicClientIO(asyncio.DatagramProtocol):
         self._peer = peer
         self._flush_handle: asyncio.Handle | None = None
         self._closing = False
+        self._sock: socket.socket | None = None
 
     @property
     def peer_address(self) -> Address | None:
@@ -41,11 +89,20 @@ class QuicClientIO(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the core connection (queues the Initial packet)."""
         self._transport = cast(asyncio.DatagramTransport, transport)
+        self._sock = _drain_socket(transport)
         self.session.attach(self)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        """Feed a datagram to the core."""
+        """Feed a datagram, and any others already queued, to the core; then handle the
+        events and send the answers once."""
         try:
+            more = _more_datagrams(self._sock)
+            if more:
+                connection = self.session.connection
+                now = self._loop.time()
+                for data_, addr_ in [(data, addr), *more[:-1]]:
+                    connection.receive_datagram(data_, addr_, now)
+                data, addr = more[-1]
             self.session.feed_datagram(data, addr)
         except Exception:
             logger.exception("session %s: driver error; dropping the connection", self.session.id)
@@ -57,6 +114,9 @@ class QuicClientIO(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The socket is closed: end the session."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -169,15 +229,21 @@ class QuicListener(asyncio.DatagramProtocol):
         self._timer_at: float | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._stopping = False
+        self._sock: socket.socket | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the socket."""
         self._transport = cast(asyncio.DatagramTransport, transport)
+        self._sock = _drain_socket(transport)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        """Route a datagram through the endpoint; wrap new connections in sessions."""
+        """Route a datagram, and any others already queued, through the endpoint; wrap new
+        connections in sessions; then handle the events and send the answers once."""
         now = self._loop.time()
-        self.endpoint.receive_datagram(data, addr, now)
+        receive = self.endpoint.receive_datagram
+        receive(data, addr, now)
+        for data_, addr_ in _more_datagrams(self._sock):
+            receive(data_, addr_, now)
         self._accept(now)
         self._pump()
 
@@ -187,6 +253,9 @@ class QuicListener(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The socket closed: every session still here is over."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         if self._timer is not None:
             self._timer.cancel()
         if self._flush_handle is not None:
