@@ -28,6 +28,9 @@ logger = logging.getLogger("msgtrans.io_trio")
 # Small buffers are joined up to this size before a send (one syscall per batch); larger ones
 # go out on their own, uncopied.
 _JOIN_LIMIT = 64 * 1024
+# How many scheduler rounds the writer lets other ready tasks add to a batch before it writes
+# (see StreamIO._writer); each round costs one trio checkpoint, far less than a send().
+_BATCH_ROUNDS = 64
 
 
 class StreamIO:
@@ -104,7 +107,7 @@ class StreamIO:
             try:
                 # Until the core has nothing more: sends and a close may come in while
                 # send_all waits, and the EOF must go after every byte queued before it.
-                while output := session.take_output():
+                while output := await self._gather(session.take_output()):
                     for chunk in _batches(output):
                         if chunk:
                             await self._stream.send_all(chunk)
@@ -118,6 +121,27 @@ class StreamIO:
             session.process()
             if session.machine_closed:
                 return
+
+    async def _gather(self, output: list[Buffer]) -> list[Buffer]:
+        """Grow *output* into a batch: yield to the other ready tasks and take what they
+        queued meanwhile, for as long as each round brings more (an application sending in a
+        loop yields once per message), up to ``_JOIN_LIMIT`` bytes or ``_BATCH_ROUNDS``
+        rounds.  A lone request costs one scheduler round before it leaves; a stream of sends
+        costs one ``send()`` per batch instead of one per message.
+        """
+        if not output:
+            return output
+        size = sum(len(chunk) for chunk in output)
+        rounds = 0
+        while size < _JOIN_LIMIT and rounds < _BATCH_ROUNDS:
+            rounds += 1
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            more = self.session.take_output()
+            if not more:
+                break
+            output += more
+            size += sum(len(chunk) for chunk in more)
+        return output
 
 
 def _batches(data: list[Buffer]) -> list[Buffer]:
