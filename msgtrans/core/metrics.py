@@ -18,15 +18,16 @@ import bisect
 import math
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
 from itertools import pairwise
 from types import MappingProxyType
 from typing import Any
 
-from .buffers import BufferPoolStats
+from .buffers import BufferPool, BufferPoolStats, default_receive_pool
 from .errors import ConfigurationError, TransportError
+from .framing import ZERO_COPY, ZeroCopyCounters, ZeroCopyStats
 from .pool import CloseConnections, OpenConnections, PoolDecision, PoolStatus, Trigger
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "PoolEvent",
     "PoolStatus",
     "TransportMetrics",
+    "ZeroCopyStats",
     "render_prometheus",
 ]
 
@@ -147,8 +149,11 @@ class MetricsSnapshot:
         request_latency: the request latency histogram (seconds).
         pool_events: pool expansions and shrinks by ``(kind, trigger)``.
         recent_pool_events: the last pool events with their reasons, oldest first.
-        buffer_pool: the buffer pool's stats last observed, or ``None``.
+        buffer_pool: the buffer pool's stats (last observed, else read from the metrics'
+            live pool, by default the process-wide receive pool), or ``None``.
         pool: the connection pool's status last observed, or ``None``.
+        zero_copy: the zero-copy counters (payloads at or above the zero-copy threshold:
+            how many, how many handed out as views, bytes viewed and copied), or ``None``.
     """
 
     sessions: Mapping[tuple[str, str], int]
@@ -164,11 +169,17 @@ class MetricsSnapshot:
     recent_pool_events: tuple[PoolEvent, ...]
     buffer_pool: BufferPoolStats | None
     pool: PoolStatus | None
+    zero_copy: ZeroCopyStats | None = None
 
     @property
     def buffer_hit_rate(self) -> float | None:
         """The buffer pool's hit rate, or ``None`` when no buffer pool was observed."""
         return None if self.buffer_pool is None else self.buffer_pool.hit_rate
+
+    @property
+    def zero_copy_hit_rate(self) -> float | None:
+        """The share of large payloads handed out zero-copy, or ``None`` without counters."""
+        return None if self.zero_copy is None else self.zero_copy.hit_rate
 
     def as_dict(self) -> dict[str, Any]:
         """Return the snapshot as nested dicts, lists, strings and numbers (JSON-ready;
@@ -218,8 +229,15 @@ class MetricsSnapshot:
             },
             "pool_events": events,
             "recent_pool_events": [asdict(e) for e in self.recent_pool_events],
-            "buffer_pool": None if self.buffer_pool is None else asdict(self.buffer_pool),
+            "buffer_pool": (
+                None if self.buffer_pool is None
+                else {**asdict(self.buffer_pool), "hit_rate": self.buffer_pool.hit_rate}
+            ),
             "pool": pool,
+            "zero_copy": (
+                None if self.zero_copy is None
+                else {**asdict(self.zero_copy), "hit_rate": self.zero_copy.hit_rate}
+            ),
         }
 
 
@@ -235,6 +253,12 @@ class TransportMetrics:
         latency_buckets: upper bounds of the request latency histogram (default
             :data:`DEFAULT_LATENCY_BUCKETS`).
         recent_events: pool events remembered with their reasons (default 32).
+        buffer_pool: the buffer pool whose stats each snapshot reads unless
+            :meth:`observe_buffer_pool` gave some: a pool, a function returning one, or
+            ``None`` (default :func:`~msgtrans.core.buffers.default_receive_pool`, the pool
+            every connection receives into unless told otherwise; process-wide).
+        zero_copy: the zero-copy counters each snapshot reads (default
+            :data:`~msgtrans.core.framing.ZERO_COPY`, process-wide; ``None``: none).
 
     Raises:
         ConfigurationError: bad buckets, or *recent_events* below 1.
@@ -244,6 +268,9 @@ class TransportMetrics:
         self,
         latency_buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS,
         recent_events: int = 32,
+        *,
+        buffer_pool: BufferPool | Callable[[], BufferPool] | None = default_receive_pool,
+        zero_copy: ZeroCopyCounters | None = ZERO_COPY,
     ) -> None:
         if recent_events < 1:
             raise ConfigurationError("recent_events", f"must be at least 1, got {recent_events}")
@@ -260,6 +287,8 @@ class TransportMetrics:
         self._recent: deque[PoolEvent] = deque(maxlen=recent_events)
         self._buffer_pool: BufferPoolStats | None = None
         self._pool: PoolStatus | None = None
+        self._buffer_source = buffer_pool
+        self._zero_copy = zero_copy
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -338,8 +367,18 @@ class TransportMetrics:
         self._pool = status
 
     def observe_buffer_pool(self, stats: BufferPoolStats) -> None:
-        """Keep *stats* as the buffer pool's current state (hit rate, memory in use)."""
+        """Keep *stats* as the buffer pool's current state (hit rate, memory in use), instead of
+        reading the live pool given at construction."""
         self._buffer_pool = stats
+
+    def _buffer_stats(self) -> BufferPoolStats | None:
+        if self._buffer_pool is not None:
+            return self._buffer_pool
+        source = self._buffer_source
+        if source is None:
+            return None
+        pool = source if isinstance(source, BufferPool) else source()
+        return pool.stats()
 
     # --- output --------------------------------------------------------------------------------
 
@@ -357,8 +396,9 @@ class TransportMetrics:
             request_latency=self._latency.snapshot(),
             pool_events=MappingProxyType(dict(self._pool_events)),
             recent_pool_events=tuple(self._recent),
-            buffer_pool=self._buffer_pool,
+            buffer_pool=self._buffer_stats(),
             pool=self._pool,
+            zero_copy=None if self._zero_copy is None else self._zero_copy.snapshot(),
         )
 
     def render_prometheus(self, prefix: str = "msgtrans") -> str:
@@ -477,6 +517,25 @@ def render_prometheus(source: MetricsSnapshot | TransportMetrics, prefix: str = 
                    buf.bytes_allocated)
         out.single("buffer_pool_refused_total", "counter",
                    "Buffer acquires refused by the memory limit.", buf.refused)
+        out.single("buffer_pool_lent", "gauge",
+                   "Buffers lent to received messages and not given back.", buf.lent)
+        out.single("buffer_pool_collected_total", "counter",
+                   "Lent buffers never given back (freed by the garbage collector).",
+                   buf.collected)
+    zc = snap.zero_copy
+    if zc is not None:
+        out.single("zero_copy_large_payloads_total", "counter",
+                   "Received payloads at or above the zero-copy threshold.", zc.large_payloads)
+        out.single("zero_copy_payloads_total", "counter",
+                   "Large payloads handed out as views of the memory they were received into.",
+                   zc.zero_copy_payloads)
+        out.single("zero_copy_hit_ratio", "gauge",
+                   "Zero-copy payloads / large payloads.", zc.hit_rate)
+        out.family("zero_copy_bytes_total", "counter",
+                   "Bytes of large payloads, by how they reached the application.", [
+            ("", {"mode": "viewed"}, zc.bytes_viewed),
+            ("", {"mode": "copied"}, zc.bytes_copied),
+        ])
     pool = snap.pool
     if pool is not None:
         out.family("pool_connections", "gauge", "Pooled connections, by state.", [

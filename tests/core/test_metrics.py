@@ -199,9 +199,11 @@ def test_gauges_never_go_negative_and_empty_snapshot() -> None:
     m = TransportMetrics()
     m.session_closed("tcp")
     assert dict(m.snapshot().sessions) == {("tcp", "open"): 0}
-    empty = TransportMetrics().snapshot()
-    assert empty.buffer_hit_rate is None
+    # With no live sources, nothing about buffers is reported.
+    empty = TransportMetrics(buffer_pool=None, zero_copy=None).snapshot()
+    assert empty.buffer_hit_rate is None and empty.zero_copy_hit_rate is None
     assert empty.as_dict()["pool"] is None and empty.as_dict()["buffer_pool"] is None
+    assert empty.as_dict()["zero_copy"] is None
     with pytest.raises(ConfigurationError):
         TransportMetrics(recent_events=0)
 
@@ -243,9 +245,10 @@ def test_prometheus_text_parses_back() -> None:
 
 
 def test_prometheus_empty_and_prefix() -> None:
-    text = render_prometheus(TransportMetrics(), prefix="app:mt")
+    text = render_prometheus(TransportMetrics(buffer_pool=None, zero_copy=None), prefix="app:mt")
     families = parse(text)
     assert "app:mt_buffer_pool_hits_total" not in families
+    assert "app:mt_zero_copy_hit_ratio" not in families
     assert "app:mt_pool_utilization" not in families
     assert value(families, "app:mt_messages_total", direction="in") == 0
     assert value(families, "app:mt_request_latency_seconds_count") == 0
