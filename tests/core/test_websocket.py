@@ -1345,3 +1345,192 @@ def test_the_c_masking_loader() -> None:
         mp.delitem(sys.modules, "websockets.speedups", raising=False)
         mp.setattr(importlib.util, "find_spec", lambda name: None)
         assert ws._load_c_mask() is None
+
+
+# --- the handshake written here against the h11 / wsproto path --------------------------------
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 section 1.3's example
+
+
+def outcome(machine: WebSocketMachine, events: list[Event]) -> list[Any]:
+    """What a handshake did, comparable between the two paths."""
+    summary: list[Any] = [machine.state]
+    for e in events:
+        if isinstance(e, ConnectionEstablished):
+            summary.append(("open", e.subprotocol, e.path, e.headers))
+        elif isinstance(e, ConnectionClosed | ErrorOccurred) and e.error is not None:
+            summary.append((type(e).__name__, e.error.error_code, str(e.error)))
+        elif isinstance(e, PacketReceived):
+            summary.append(("packet", bytes(e.packet.payload)))
+        else:
+            summary.append(type(e).__name__)
+    return summary
+
+
+def serve_request(request: bytes, *, h11_only: bool, **kw: Any) -> tuple[bytes, list[Any]]:
+    server = WebSocketServerMachine(**{**NO_KEEPALIVE, **kw})
+    with pytest.MonkeyPatch.context() as mp:
+        if h11_only:
+            mp.setattr(WebSocketServerMachine, "_accept_plain", lambda *a: False)
+        server.start(0.0)
+        server.receive_data(request, 0.0)
+    return out(server), outcome(server, server.events())
+
+
+header_case = st.sampled_from([bytes.lower, bytes.upper, bytes.title, lambda b: b])
+ows = st.sampled_from([b"", b" ", b"\t", b"  "])
+trailing_frames = st.sampled_from([b"", frame(0x82, packet_bytes(b"early"), masked=True)])
+
+
+@st.composite
+def upgrade_requests(draw: st.DrawFn) -> bytes:
+    """Upgrade requests, mostly valid, sometimes not: field order, case, spacing, duplicates,
+    odd values, line ends; every one must get the same answer from both paths."""
+    fields = [
+        (b"Host", draw(st.sampled_from([b"example.com", b"xn--bcher-kva.example", b"a:1", b""]))),
+        (b"Upgrade", draw(st.sampled_from([b"websocket", b"WebSocket", b"h2c", b"websocket, x"]))),
+        (b"Connection", draw(st.sampled_from([b"Upgrade", b"keep-alive, upgrade", b"close"]))),
+        (b"Sec-WebSocket-Key", KEY),
+        (b"Sec-WebSocket-Version", draw(st.sampled_from([b"13", b"8", b" 13"]))),
+    ]
+    protocols = draw(st.lists(st.sampled_from(["msgtrans.v1", "x", "", "msgtrans.v2"]),
+                              max_size=3))
+    if protocols:
+        fields.append((b"Sec-WebSocket-Protocol", ", ".join(protocols).encode()))
+    fields += draw(st.lists(st.tuples(
+        st.sampled_from([b"X-A", b"Origin", b"Sec-WebSocket-Extensions", b"Host",
+                         b"Content-Length", b"Upgrade"]),
+        st.sampled_from([b"1", b"permessage-deflate", b"v a l", b"\xe9", b"0", b"websocket"]),
+    ), max_size=3))
+    if draw(st.booleans()):
+        fields = draw(st.permutations(fields))
+    drop = draw(st.integers(-1, len(fields) - 1))
+    if drop >= 0 and draw(st.booleans()):
+        del fields[drop]
+    case = draw(header_case)
+    eol = draw(st.sampled_from([b"\r\n"] * 6 + [b"\n"]))
+    line = draw(st.sampled_from([b"GET / HTTP/1.1", b"GET /?q=1 HTTP/1.1", b"GET /x HTTP/1.1",
+                                 b"POST / HTTP/1.1", b"GET / HTTP/1.0", b"GET  / HTTP/1.1"]))
+    head = [line] + [case(n) + b":" + draw(ows) + v + draw(ows) for n, v in fields]
+    return eol.join(head) + eol + eol + draw(trailing_frames)
+
+
+@given(upgrade_requests(), st.sampled_from([(), ((b"X-Server", b"1"),)]))
+def test_server_handshake_matches_the_h11_path(request: bytes, extra: Any) -> None:
+    kw = {"extra_headers": extra}
+    assert serve_request(request, h11_only=False, **kw) == serve_request(
+        request, h11_only=True, **kw
+    )
+
+
+def test_server_handshake_plain_request_takes_the_fast_path() -> None:
+    request = (b"GET /?a=b HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY + b"\r\n"
+               b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: x, msgtrans.v1\r\n\r\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ws.h11, "Connection", None)  # h11 is not used at all
+        answer, result = serve_request(request, h11_only=False, path="/")
+    assert answer == (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + ACCEPT + b"\r\n"
+                      b"Sec-WebSocket-Protocol: msgtrans.v1\r\n\r\n")
+    assert result[1][:3] == ("open", "msgtrans.v1", "/?a=b")
+    # Byte for byte what wsproto writes.
+    assert serve_request(request, h11_only=True, path="/")[0] == answer
+
+
+def test_server_extra_headers_h11_would_refuse_take_the_h11_path() -> None:
+    request = (b"GET / HTTP/1.1\r\nHost: e\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    kw = {"extra_headers": [("X-Bad", "a\r\nInjected: 1")]}
+    answer, result = serve_request(request, h11_only=False, **kw)
+    assert (answer, result) == serve_request(request, h11_only=True, **kw)
+    assert b"Injected" not in answer.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+
+
+def client_given(response: bytes, *, h11_only: bool) -> tuple[list[Any], Any]:
+    client = WebSocketClientMachine("example.com", **NO_KEEPALIVE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ws.os, "urandom", lambda n: b"the sample nonce"[:n])  # the RFC's key
+        client.start(0.0)
+        if h11_only:
+            mp.setattr(ws, "_parse_head", lambda *a: None)
+        out(client)
+        client.receive_data(response, 0.0)
+    return outcome(client, client.events()), client.subprotocol
+
+
+@st.composite
+def upgrade_responses(draw: st.DrawFn) -> bytes:
+    fields = [
+        (b"Upgrade", draw(st.sampled_from([b"websocket", b"WEBSOCKET", b"h2c"]))),
+        (b"Connection", draw(st.sampled_from([b"Upgrade", b"x, upgrade", b"close", b"\xff"]))),
+        (b"Sec-WebSocket-Accept", draw(st.sampled_from([ACCEPT, b"wrong", ACCEPT + b"x"]))),
+    ]
+    fields += draw(st.lists(st.tuples(
+        st.sampled_from([b"Sec-WebSocket-Protocol", b"Sec-WebSocket-Extensions", b"Server",
+                         b"Content-Length", b"Retry-After", b"Upgrade"]),
+        st.sampled_from([b"msgtrans.v1", b"other", b"permessage-deflate; x=1", b"3", b"",
+                         b"\xe9"]),
+    ), max_size=3))
+    if draw(st.booleans()):
+        fields = draw(st.permutations(fields))
+    drop = draw(st.integers(-1, len(fields) - 1))
+    if drop >= 0:
+        del fields[drop]
+    case = draw(header_case)
+    eol = draw(st.sampled_from([b"\r\n"] * 6 + [b"\n"]))
+    line = draw(st.sampled_from([b"HTTP/1.1 101 Switching Protocols", b"HTTP/1.1 101 ",
+                                 b"HTTP/1.1 101", b"HTTP/1.0 101 OK", b"HTTP/1.1 503 Busy",
+                                 b"HTTP/1.1 100 Continue", b"HTTP/1.1 404 Not Found",
+                                 b"HTTP/1.1  101 x", b"garbage"]))
+    head = [line] + [case(n) + b":" + draw(ows) + v + draw(ows) for n, v in fields]
+    return eol.join(head) + eol + eol + draw(st.sampled_from([b"", frame(0x82, packet_bytes())]))
+
+
+@given(upgrade_responses())
+def test_client_handshake_matches_the_h11_path(response: bytes) -> None:
+    assert client_given(response, h11_only=False) == client_given(response, h11_only=True)
+
+
+def test_client_request_is_what_wsproto_sends() -> None:
+    client = WebSocketClientMachine(
+        "example.com", "/p?q", extra_headers=[("Origin", "http://o"), (b"X-B", b"2")],
+        **NO_KEEPALIVE,
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ws.os, "urandom", lambda n: b"the sample nonce"[:n])
+        client.start(0.0)
+    ours = out(client)
+    theirs = WSConnection(ConnectionType.CLIENT)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("wsproto.handshake.generate_nonce", lambda: KEY)
+        expected = theirs.send(wse.Request(
+            host="example.com", target="/p?q", subprotocols=["msgtrans.v1"],
+            extra_headers=[(b"Origin", b"http://o"), (b"X-B", b"2")],
+        ))
+    assert ours == expected
+    assert b"Sec-WebSocket-Key: " + KEY + b"\r\n" in ours
+
+
+def test_handshake_heads_cut_anywhere_and_too_long() -> None:
+    request = (b"GET / HTTP/1.1\r\nHost: e\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    for cut_at in range(1, len(request)):
+        server = WebSocketServerMachine(**NO_KEEPALIVE)
+        server.start(0.0)
+        server.receive_data(request[:cut_at], 0.0)
+        assert server.state is MachineState.HANDSHAKING and out(server) == b""
+        server.receive_data(request[cut_at:], 0.0)
+        assert server.state is MachineState.OPEN
+    # A head that never ends: h11's 431 once it passes 16 KiB, as before.
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    server.start(0.0)
+    server.receive_data(b"GET / HTTP/1.1\r\nX: " + b"a" * 17_000, 0.0)
+    response, _ = http_response(out(server))
+    assert response.status_code == 431 and server.is_closed
+    client = WebSocketClientMachine("e", **NO_KEEPALIVE)
+    client.start(0.0)
+    client.receive_data(b"HTTP/1.1 101 OK\r\nX: " + b"a" * 17_000, 0.0)
+    error = error_of(client.events())
+    assert error.error_code == "protocol.websocket" and "16 KiB" in str(error)
