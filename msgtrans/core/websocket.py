@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import functools
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -165,10 +166,9 @@ _HANDSHAKE_ERRORS = (WsProtocolError, h11.ProtocolError, ValueError)
 # anything but plain goes to h11, which answers it as before.  Patterns as h11's (RFC 9110/9112).
 _HEAD_END = re.compile(rb"\n\r?\n")  # h11 ends a head at a blank line, CRLF or bare LF
 _MAX_HEAD = 16 * 1024  # h11's default max_incomplete_event_size
-_FIELD_LINE = re.compile(
-    rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*"
-    rb"((?:[\x21-\x7e\x80-\xff](?:[ \t]*[\x21-\x7e\x80-\xff])*)?)[ \t]*"
-)
+# A field line: a token, a colon, then visible characters, spaces and tabs; the value is what
+# is left once the spaces and tabs around it are stripped (h11's field-value, matched faster).
+_FIELD_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):([\t \x21-\x7e\x80-\xff]*)")
 _STATUS_101 = re.compile(rb"HTTP/1\.1 101 [\t \x21-\x7e\x80-\xff]*")
 _REQUEST_LINE = re.compile(rb"GET (/[\x21-\x7e]*) HTTP/1\.1")
 _BODY_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
@@ -204,7 +204,7 @@ def _parse_head(
         name = m[1].lower()
         if name in _BODY_FIELDS:
             return None
-        fields.append((name, m[2]))
+        fields.append((name, m[2].strip(b" \t")))
     return start, fields
 
 
@@ -356,15 +356,42 @@ def _check_seconds(field: str, value: float | None, optional: bool) -> float | N
     return float(value)
 
 
+# Subprotocol lists already checked: a connection usually has the same as the one before.
+_CHECKED_SUBPROTOCOLS: set[tuple[str, ...]] = {(DEFAULT_SUBPROTOCOL,), ()}
+
+
 def _check_subprotocols(subprotocols: Iterable[str]) -> tuple[str, ...]:
     result = tuple(subprotocols)
+    if result in _CHECKED_SUBPROTOCOLS:
+        return result
     for name in result:
         # RFC 6455 section 4.1: a subprotocol is an HTTP token.
         if not isinstance(name, str) or not name or not all(
             33 <= ord(c) < 127 and c not in '()<>@,;:\\"/[]?={}' for c in name
         ):
             raise ConfigurationError("subprotocols", f"{name!r} is not a valid HTTP token")
+    if len(_CHECKED_SUBPROTOCOLS) < 64:
+        _CHECKED_SUBPROTOCOLS.add(result)
     return result
+
+
+@functools.lru_cache(maxsize=64)
+def _request_head(host: str, target: str, extra_headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """The host as sent, after h11 judged the request it makes (so that a bad header fails in
+    the constructor, not in start()); cached, as a client usually connects to one place.
+
+    Raises:
+        ConfigurationError: h11 refuses the request, or *host* has no IDNA form.
+    """
+    try:
+        host_bytes = host.encode("idna")
+        h11.Request(
+            method=b"GET", target=target.encode("ascii"),
+            headers=[(b"host", host_bytes), *extra_headers],
+        )
+    except (h11.LocalProtocolError, UnicodeError) as exc:
+        raise ConfigurationError("extra_headers", f"invalid request: {exc}") from None
+    return host_bytes
 
 
 def _header_bytes(value: str | bytes) -> bytes:
@@ -1260,14 +1287,7 @@ class WebSocketClientMachine(WebSocketMachine):
         self.extra_headers = [
             (_header_bytes(name), _header_bytes(value)) for name, value in extra_headers
         ]
-        try:
-            # Let h11 judge the request now, so that a bad header fails here and not in start().
-            h11.Request(
-                method=b"GET", target=target.encode("ascii"),
-                headers=[(b"host", host.encode("idna")), *self.extra_headers],
-            )
-        except (h11.LocalProtocolError, UnicodeError) as exc:
-            raise ConfigurationError("extra_headers", f"invalid request: {exc}") from None
+        self._host_bytes = _request_head(host, target, tuple(self.extra_headers))
 
     def _begin_handshake(self) -> None:
         # The request wsproto would send, byte for byte (the headers were checked by h11 in
@@ -1276,7 +1296,7 @@ class WebSocketClientMachine(WebSocketMachine):
         self._key = key
         request = [
             b"GET ", self.target.encode("ascii"), b" HTTP/1.1\r\nHost: ",
-            self.host.encode("idna"),
+            self._host_bytes,
             b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ", key,
             b"\r\nSec-WebSocket-Version: 13\r\n",
         ]
@@ -1431,7 +1451,7 @@ class WebSocketServerMachine(WebSocketMachine):
         fast: bytes | None = b"".join(n + b": " + v + b"\r\n" for n, v in self.extra_headers)
         for name, value in self.extra_headers:
             line = _FIELD_LINE.fullmatch(name + b": " + value)
-            if line is None or line[2] != value or name.lower() in _BODY_FIELDS:
+            if line is None or line[2].strip(b" \t") != value or name.lower() in _BODY_FIELDS:
                 fast = None
         self._extra_fast = fast
         # A request that is not a plain, valid upgrade for our path is read by an h11
