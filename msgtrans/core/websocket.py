@@ -151,6 +151,7 @@ _CLOSING = MachineState.CLOSING
 _CLOSED = MachineState.CLOSED
 _NO_COMPRESSION = Compression.NONE
 _pack_header = HEADER.pack
+_SMALL_MASKED = struct.Struct("!BB4s")  # the header of a short masked frame, key included
 _H16 = struct.Struct("!BBH")
 _H64 = struct.Struct("!BBQ")
 _U16 = struct.Struct("!H")
@@ -839,11 +840,19 @@ class WebSocketMachine(StreamMachine):
             # written.  A small packet is joined and masked in one call; a larger payload is
             # masked apart from the header, with the key turned to where the payload begins,
             # and a large one is handed on by reference like the server's.
-            key = self._mask_key()
+            pos = self._mask_pos  # _mask_key(), inline on the hot path
+            if pos == 0:
+                self._mask_keys = os.urandom(_MASK_KEY_BATCH)
+            self._mask_pos = (pos + 4) % _MASK_KEY_BATCH
+            key = self._mask_keys[pos : pos + 4]
+            if total < 126:
+                buf += _SMALL_MASKED.pack(0x82, 0x80 | total, key)
+                buf += _mask(head + payload if size else head, key)
+                return
             buf += _frame_header(total, 0x80)
             buf += key
             if size < _SPLIT_MASK_LIMIT:
-                buf += _mask(head + payload if size else head, key)
+                buf += _mask(head + payload, key)
                 return
             buf += _mask(head, key)
             turn = len(head) & 3
