@@ -75,6 +75,7 @@ class StreamChannel(Channel):
         self._eof_written = False
         self._aborting = False
         self._closed = False
+        self._started = False  # registered and the connection started (I/O thread)
         try:
             self._peer: Address | None = tuple(sock.getpeername())
         except OSError:
@@ -92,19 +93,44 @@ class StreamChannel(Channel):
         return self._peer
 
     def request_flush(self) -> None:
-        """Have the loop write soon."""
+        """Have the loop write soon (lock held, any thread).
+
+        From an application thread while the loop sleeps, the core's bytes are taken here
+        first, and the loop is woken only when there is something for it to do: bytes to
+        write, the close, a deadline sooner than its planned wake-up.  Taking a message from
+        the inbox (once per message on a server) then costs no wake-up of the I/O thread; a
+        sender wakes it once per batch as before (later sends find it woken already).
+        """
+        if self._closed:
+            return
+        loop = self.loop
+        if (loop.woken or self._aborting or not self._started or not loop.running
+                or loop.in_loop_thread()):
+            loop.request_flush(self)
+            return
+        session = self.session
+        for buffer in session.take_output():
+            view = _as_bytes_view(buffer)
+            if view.nbytes:
+                self._out.append(view)
+                self._out_bytes += view.nbytes
+        if (self._out or session.write_closed or session.machine_closed
+                or not loop.wakes_before(session.deadline())):
+            loop.request_flush(self)
+
+    def _loop_flush(self) -> None:
         if not self._closed:
             self.loop.request_flush(self)
 
     def pause_reading(self) -> None:
         """Stop reading: the application fell behind."""
         self._reading = False
-        self.request_flush()
+        self._loop_flush()
 
     def resume_reading(self) -> None:
         """Read again."""
         self._reading = True
-        self.request_flush()
+        self._loop_flush()
 
     def abort(self) -> None:
         """Drop the socket (the loop closes it at its next flush)."""
@@ -112,7 +138,7 @@ class StreamChannel(Channel):
         if self._closed:
             self.session.socket_gone()
         else:
-            self.request_flush()
+            self._loop_flush()
 
     # --- the loop's side -----------------------------------------------------------------------
 
@@ -123,6 +149,7 @@ class StreamChannel(Channel):
             return
         self.loop.add(self, READ)
         self.session.attach(self, time.monotonic())
+        self._started = True
 
     def deadline(self) -> float | None:
         """The session's next deadline."""

@@ -14,7 +14,10 @@ Threading model (the one rule every other module of this package follows):
 * Sockets and the selector are touched only by the I/O thread.  Application threads change
   core state, then call :meth:`IOLoop.request_flush`: the channel is marked dirty and the loop
   woken; the loop writes what the core produced and updates the selector at the end of its
-  iteration, so the sends of many threads are coalesced into one vectored write.
+  iteration, so the sends of many threads are coalesced into one vectored write.  A channel
+  may spare the loop a wake-up that would find nothing to do (a message taken from the inbox
+  produces no bytes): :attr:`IOLoop.woken` and :meth:`IOLoop.wakes_before` tell it when the
+  loop will look anyway.
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ class IOLoop:
         self._channels: dict[Channel, int] = {}  # channel -> registered mask (0: unregistered)
         self._stopping = False
         self._stopped = False
+        # When the selector wakes up at the latest (monotonic), set before each select.
+        self._sleep_until = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -155,6 +160,17 @@ class IOLoop:
         self._dirty[channel] = None
         if not self.in_loop_thread():
             self._wake()
+
+    @property
+    def woken(self) -> bool:
+        """Whether the loop already has a wake-up or work pending (lock held): a channel marked
+        dirty now is flushed without another wake-up."""
+        return self._wake_pending or bool(self._dirty) or bool(self._calls)
+
+    def wakes_before(self, deadline: float | None) -> bool:
+        """Whether the loop looks at the deadlines again by *deadline* without a wake-up (lock
+        held): its select ends no later than that, or it is awake and recomputes them."""
+        return deadline is None or deadline >= self._sleep_until
 
     def wake(self) -> None:
         """Make the loop recompute its deadlines now (lock held)."""
@@ -219,6 +235,7 @@ class IOLoop:
                     if self._stopping:
                         break
                     timeout = self._timeout()
+                    self._sleep_until = time.monotonic() + timeout
                 ready = self._selector.select(timeout)
                 with self.lock:
                     now = time.monotonic()
