@@ -88,7 +88,10 @@ class StreamIO:
         conn = session.connection
         sock = self._sock
         while True:
-            await self._reading.wait()
+            if not self._reading.is_set():
+                # Only when paused: Event.wait() is a checkpoint even when set, and recv_into
+                # below is one already, so a set event would cost a scheduler round per read.
+                await self._reading.wait()
             try:
                 nbytes = await sock.recv_into(conn.get_buffer(-1))
             except OSError as exc:
