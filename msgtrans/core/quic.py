@@ -44,15 +44,17 @@ server that waits for the client's first packet) rather than fails.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from collections.abc import Callable, Sequence
 from enum import IntEnum
 from typing import Any, cast
 
+from aioquic._buffer import Buffer as QuicBuffer
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
-from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, pull_quic_transport_parameters
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketPacer, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
@@ -93,6 +95,7 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_LOW_WATERMARK",
     "DEFAULT_PING_INTERVAL",
+    "LOOPBACK_DATAGRAM_SIZE",
     "STREAM_ID",
     "TIMER_GRANULARITY",
     "BurstPacer",
@@ -117,9 +120,21 @@ DEFAULT_PING_INTERVAL = 10.0
 DEFAULT_HIGH_WATERMARK = 1024 * 1024
 #: ... and at or below which :class:`WriteResumed` follows.
 DEFAULT_LOW_WATERMARK = 256 * 1024
+#: The UDP payload size used once the handshake is over when the peer is on a loopback address
+#: (and allows it): the loopback interface carries 64 KiB, so there is no path MTU to discover.
+#: aioquic writes a STREAM frame's length in two bytes (at most 16383), so a datagram must not
+#: leave room for more: this is also the largest size allowed.
+LOOPBACK_DATAGRAM_SIZE = 16384
+# RFC 9002 section 7.2: the initial window is min(10 * size, max(14720, 2 * size)).
+_INITIAL_WINDOW_PACKETS = 10
+_INITIAL_WINDOW_BYTES = 14720
 
 # The longest reason phrase we put in a CONNECTION_CLOSE, so that the frame fits a packet.
 _MAX_REASON = 256
+# Framed packets smaller than this are joined into one piece and gathered until the next
+# datagrams_to_send, which hands them to aioquic in one write: aioquic's write costs far more
+# than a small copy.  Larger ones go to aioquic at once, with no extra copy.
+_GATHER_BELOW = 16 * 1024
 #: Called by a machine when aioquic issues (``True``) or retires (``False``) one of its
 #: connection ids; the endpoint routes datagrams with it.
 CidListener = Callable[["QuicMachine", bytes, bool], None]
@@ -167,6 +182,8 @@ class FlowControlledQuicConnection(QuicConnection):
     """
 
     read_paused = False
+    #: The peer's max_udp_payload_size transport parameter once known (RFC 9000 section 18.2).
+    peer_max_udp_payload_size = 65527
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -177,6 +194,33 @@ class FlowControlledQuicConnection(QuicConnection):
             loss._pacer = BurstPacer(  # type: ignore[union-attr]
                 max_datagram_size=pacer._max_datagram_size
             )
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        super()._parse_transport_parameters(data, from_session_ticket)
+        # aioquic checks the peer's max_udp_payload_size but keeps it nowhere; it only matters
+        # once we send datagrams over 1200 bytes (see QuicMachine's loopback_datagram_size).
+        params = pull_quic_transport_parameters(QuicBuffer(data=data))
+        if params.max_udp_payload_size is not None:
+            self.peer_max_udp_payload_size = params.max_udp_payload_size
+
+    def widen_datagrams(self, size: int) -> bool:
+        """Send datagrams of up to *size* bytes from now on (never more than the peer accepts),
+        and recompute the initial congestion window for that size if it is still larger (RFC
+        9002 section 7.2).  Returns whether the size changed."""
+        size = min(size, self.peer_max_udp_payload_size, LOOPBACK_DATAGRAM_SIZE)
+        loss = getattr(self, "_loss", None)
+        cc = getattr(loss, "_cc", None)
+        pacer = getattr(loss, "_pacer", None)
+        old = getattr(self, "_max_datagram_size", None)
+        if not isinstance(old, int) or size <= old or cc is None or pacer is None:
+            return False  # pragma: no cover - a different aioquic, or already wide
+        self._max_datagram_size = size
+        for holder in (cc, pacer):
+            if hasattr(holder, "_max_datagram_size"):
+                holder._max_datagram_size = size
+        initial = min(_INITIAL_WINDOW_PACKETS * size, max(_INITIAL_WINDOW_BYTES, 2 * size))
+        cc.congestion_window = max(cc.congestion_window, initial)
+        return True
 
     def _write_connection_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace
@@ -246,6 +290,12 @@ class QuicMachine(DatagramMachine):
             CONNECTION_CLOSE meanwhile.  Default ``None``: servers do (their socket is shared
             and stays), clients do not (their driver closes their own socket, which RFC 9000
             section 10.2 allows to end the period early).
+        loopback_datagram_size: once the handshake is over, send datagrams of up to this many
+            bytes when the peer is on a loopback address (default and most 16384; ``None``: 1200
+            bytes always).  The loopback interface carries 64 KiB datagrams, so the path needs no
+            MTU discovery, and one datagram then does the work of 13: QUIC's cost is per
+            datagram.  Never more than the peer's ``max_udp_payload_size``, and only for an
+            aioquic connection made by msgtrans (:class:`FlowControlledQuicConnection`).
 
     Raises:
         ConfigurationError: a setting is out of range, or a client has no peer address.
@@ -272,6 +322,7 @@ class QuicMachine(DatagramMachine):
         high_watermark: int = DEFAULT_HIGH_WATERMARK,
         low_watermark: int = DEFAULT_LOW_WATERMARK,
         closing_period: bool | None = None,
+        loopback_datagram_size: int | None = LOOPBACK_DATAGRAM_SIZE,
     ) -> None:
         is_client = bool(quic.configuration.is_client)
         if is_client and peer_address is None:
@@ -280,6 +331,14 @@ class QuicMachine(DatagramMachine):
         _check_positive("close_timeout", close_timeout)
         if ping_interval is not None:
             _check_positive("ping_interval", ping_interval)
+        if loopback_datagram_size is not None and not (
+            1200 <= loopback_datagram_size <= LOOPBACK_DATAGRAM_SIZE
+        ):
+            raise ConfigurationError(
+                "loopback_datagram_size",
+                f"must be between 1200 and {LOOPBACK_DATAGRAM_SIZE} bytes, "
+                f"got {loopback_datagram_size!r}",
+            )
         if not 0 <= low_watermark <= high_watermark:
             raise ConfigurationError(
                 "low_watermark",
@@ -298,6 +357,7 @@ class QuicMachine(DatagramMachine):
         self.high_watermark = high_watermark
         self.low_watermark = low_watermark
         self.closing_period = not is_client if closing_period is None else bool(closing_period)
+        self.loopback_datagram_size = loopback_datagram_size
         self.alpn: str | None = None
         self._established = False
         self.packets_sent = 0
@@ -307,10 +367,17 @@ class QuicMachine(DatagramMachine):
         self._active = False
         # Whether stream 0 can take writes.  A client creates it itself; a server can only write
         # once the client's first frame for it arrived (RFC 9000 section 3.2), so until then the
-        # server keeps what it sends in _backlog.
+        # server keeps what it sends in _backlog.  Small packets wait there too until the next
+        # datagrams_to_send (see _GATHER_BELOW).
         self._stream_ready = is_client
         self._backlog: list[Buffer] = []
         self._backlog_bytes = 0
+        # aioquic's unacknowledged bytes as of the last call into aioquic (only such a call
+        # changes them), so that a send need not look them up.
+        self._unacked = 0
+        # aioquic's get_timer() costs a walk over its packet spaces; it can only change when
+        # aioquic is called, so it is cached until then (None: look it up again).
+        self._quic_timer: tuple[float | None] | None = None
         self._paused = False
         self._close_started = False  # CloseStarted (or the ErrorOccurred of an abort) emitted
         self._close_request: tuple[int, str] | None = None  # waiting for queued data to leave
@@ -347,6 +414,7 @@ class QuicMachine(DatagramMachine):
         high_watermark: int = DEFAULT_HIGH_WATERMARK,
         low_watermark: int = DEFAULT_LOW_WATERMARK,
         closing_period: bool = False,
+        loopback_datagram_size: int | None = LOOPBACK_DATAGRAM_SIZE,
     ) -> QuicMachine:
         """Make a client connection to *server_addr*; call :meth:`start` to begin the handshake.
 
@@ -367,6 +435,7 @@ class QuicMachine(DatagramMachine):
             max_frame, high_watermark, low_watermark: as for :class:`QuicMachine`.
             closing_period: wait out QUIC's closing period before ``ConnectionClosed``
                 (default ``False``: the driver closes the client's own socket instead).
+            loopback_datagram_size: as for :class:`QuicMachine`.
 
         Raises:
             ConfigurationError: a setting is invalid.
@@ -405,6 +474,7 @@ class QuicMachine(DatagramMachine):
             high_watermark=high_watermark,
             low_watermark=low_watermark,
             closing_period=closing_period,
+            loopback_datagram_size=loopback_datagram_size,
         )
 
     # --- read-only facts -------------------------------------------------------------------------
@@ -412,7 +482,11 @@ class QuicMachine(DatagramMachine):
     @property
     def quic(self) -> QuicConnection:
         """The aioquic connection underneath (for inspection; sending through it bypasses the
-        msgtrans mapping)."""
+        msgtrans mapping).  Packets gathered for the next datagrams are handed to it first, so
+        that whatever is written to it directly comes after them on the stream."""
+        if self._backlog and self._stream_ready and self.state is not MachineState.CLOSED:
+            self._quic_timer = None
+            self._flush_backlog()
         return self._quic
 
     @property
@@ -457,6 +531,7 @@ class QuicMachine(DatagramMachine):
         self._handshake_deadline = now + self.handshake_timeout
         self._last_heard = now
         if self.is_client:
+            self._quic_timer = None
             self._quic.connect(self._peer_address, now)
             self._active = True
             self._dirty = True
@@ -480,11 +555,16 @@ class QuicMachine(DatagramMachine):
                 "frame", size, self.max_frame, "packet too large for one QUIC frame",
                 code="resource.payload_too_large", retryable=False,
             )
-        # Prefix and header are small: join them; the payload goes in as it is, so a large one
-        # is copied once (into aioquic's send buffer) and never joined.
-        self._write([length_prefix(size) + bytes(parts[0]), *parts[1:]])
+        if size < _GATHER_BELOW:
+            self._backlog.append(b"".join((length_prefix(size), *parts)))
+            self._backlog_bytes += size + 4
+            self._dirty = True
+        else:
+            # Prefix and header are small: join them; the payload goes in as it is, so a large
+            # one is copied once (into aioquic's send buffer) and never joined.
+            self._write([length_prefix(size) + bytes(parts[0]), *parts[1:]])
         self.packets_sent += 1
-        if not self._paused and self.buffered_amount > self.high_watermark:
+        if not self._paused and self._backlog_bytes + self._unacked > self.high_watermark:
             self._paused = True
             self._events.append(WritePaused())
 
@@ -526,6 +606,7 @@ class QuicMachine(DatagramMachine):
             return
         self._active = True
         self._dirty = True
+        self._quic_timer = None
         self._last_heard = max(self._last_heard, now)
         try:
             self._quic.receive_datagram(bytes(data), addr, now)
@@ -547,7 +628,9 @@ class QuicMachine(DatagramMachine):
             return []
         if self._close_request is not None and self._close_deadline is None:
             self._close_deadline = now + self.close_timeout
+        self._quic_timer = None
         try:
+            self._flush_backlog()
             datagrams = self._quic.datagrams_to_send(now)
         except Exception as exc:  # see receive_datagram
             self._abandon(exc)
@@ -564,10 +647,13 @@ class QuicMachine(DatagramMachine):
         pacing, keepalive pings, idle, handshake and close timeouts), or ``None``."""
         if not self._active or self.state is MachineState.CLOSED:
             return None
+        cached = self._quic_timer
+        if cached is None:
+            cached = self._quic_timer = (self._quic.get_timer(),)
         deadlines = [
             d
             for d in (
-                self._quic.get_timer(),
+                cached[0],
                 self._handshake_deadline,
                 self._close_deadline,
                 self._ping_deadline(),
@@ -585,6 +671,7 @@ class QuicMachine(DatagramMachine):
         """Fire the timers due at *now*."""
         if not self._active or self.state is MachineState.CLOSED:
             return
+        self._quic_timer = None
         if (
             self._handshake_deadline is not None
             and now >= self._handshake_deadline
@@ -641,6 +728,7 @@ class QuicMachine(DatagramMachine):
         (RFC 9000 section 5.1.2), for privacy across network changes.  Does nothing when the
         peer has issued no spare id."""
         if self._active and self.state is not MachineState.CLOSED:
+            self._quic_timer = None
             self._quic.change_connection_id()
             self._dirty = True
 
@@ -663,14 +751,27 @@ class QuicMachine(DatagramMachine):
             stream.max_stream_data_local_sent = 0
 
     def _write(self, chunks: list[Buffer]) -> None:
+        """Hand *chunks* to aioquic now, after what waits in the backlog."""
+        self._dirty = True
         if not self._stream_ready:
             self._backlog.extend(chunks)
             self._backlog_bytes += sum(len(chunk) for chunk in chunks)
             return
+        self._flush_backlog()
         for chunk in chunks:
             # aioquic appends the data to a bytearray, which takes any buffer: no copy here.
             self._quic.send_stream_data(STREAM_ID, cast(bytes, chunk))
-        self._dirty = True
+        self._unacked = self._stream_unacked()
+
+    def _flush_backlog(self) -> None:
+        """Hand the gathered packets to aioquic in one write (once the stream is ready)."""
+        backlog = self._backlog
+        if not backlog or not self._stream_ready:
+            return
+        self._backlog, self._backlog_bytes = [], 0
+        data = backlog[0] if len(backlog) == 1 else b"".join(backlog)
+        self._quic.send_stream_data(STREAM_ID, cast(bytes, data))
+        self._unacked = self._stream_unacked()
 
     def _try_open_server_stream(self) -> None:
         """Whether the client's stream exists yet: aioquic refuses a write otherwise."""
@@ -679,9 +780,8 @@ class QuicMachine(DatagramMachine):
         except ValueError:
             return
         self._stream_ready = True
-        backlog, self._backlog, self._backlog_bytes = self._backlog, [], 0
-        if backlog:
-            self._write(backlog)
+        if self._backlog:
+            self._dirty = True  # the next datagrams_to_send hands it over
 
     def _stream_unacked(self) -> int:
         # aioquic's QuicStreamSender keeps every byte until the peer acknowledged it, in
@@ -721,6 +821,10 @@ class QuicMachine(DatagramMachine):
         self._close_deadline = None
         self._close_code = code
         self._close_reason = reason
+        # Only an abort closes with packets still gathered: they are dropped, as aioquic drops
+        # what it holds.
+        self._backlog, self._backlog_bytes = [], 0
+        self._quic_timer = None
         self._quic.close(error_code=code, reason_phrase=_truncate_reason(reason))
         self._dirty = True
 
@@ -782,6 +886,7 @@ class QuicMachine(DatagramMachine):
 
     def _process(self, now: float) -> None:
         quic = self._quic
+        self._quic_timer = None  # aioquic was just called
         event = quic.next_event()
         while event is not None:
             if self.state is not MachineState.CLOSED:  # nothing comes after ConnectionClosed
@@ -789,6 +894,7 @@ class QuicMachine(DatagramMachine):
             event = quic.next_event()
         if self.state is MachineState.CLOSED:
             return
+        self._unacked = self._stream_unacked()
         if not self._stream_ready and self.state is not MachineState.HANDSHAKING:
             self._try_open_server_stream()
         self._maybe_close(now)
@@ -830,6 +936,7 @@ class QuicMachine(DatagramMachine):
         self._established = True
         self._handshake_deadline = None
         self.alpn = event.alpn_protocol
+        self._maybe_widen_datagrams()
         self._events.append(
             ConnectionEstablished(
                 protocol=Protocol.QUIC,
@@ -839,6 +946,21 @@ class QuicMachine(DatagramMachine):
                 cipher=self._cipher(),
             )
         )
+
+    def _maybe_widen_datagrams(self) -> None:
+        """Use large datagrams to a loopback peer (see ``loopback_datagram_size``).  Only after
+        the handshake: aioquic pads Initial datagrams to the full datagram size."""
+        size = self.loopback_datagram_size
+        quic = self._quic
+        if size is None or not isinstance(quic, FlowControlledQuicConnection):
+            return
+        addr = self.peer_address
+        try:
+            loopback = addr is not None and ipaddress.ip_address(str(addr[0])).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            quic.widen_datagrams(size)
 
     def _cipher(self) -> str | None:
         schedule = getattr(getattr(self._quic, "tls", None), "key_schedule", None)

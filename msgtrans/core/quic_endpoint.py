@@ -71,6 +71,7 @@ from .quic import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LOW_WATERMARK,
     DEFAULT_PING_INTERVAL,
+    LOOPBACK_DATAGRAM_SIZE,
     FlowControlledQuicConnection,
     QuicMachine,
 )
@@ -148,8 +149,8 @@ class QuicEndpoint:
             a client offering none of them is refused during the handshake).
         idle_timeout: seconds without a datagram before a connection is dropped (default 30).
         handshake_timeout, close_timeout, ping_interval, limits, zero_copy_threshold,
-        max_frame, high_watermark, low_watermark: per connection, as for
-            :class:`~msgtrans.core.quic.QuicMachine`.
+        max_frame, high_watermark, low_watermark, loopback_datagram_size: per connection, as
+            for :class:`~msgtrans.core.quic.QuicMachine`.
         max_connections: the most connections at once (default ``None``: no limit).  Initial
             packets beyond it are answered with CONNECTION_CLOSE ``CONNECTION_REFUSED`` and
             counted in :attr:`connections_refused`.
@@ -187,6 +188,7 @@ class QuicEndpoint:
         max_frame: int = QUIC_MAX_FRAME,
         high_watermark: int = DEFAULT_HIGH_WATERMARK,
         low_watermark: int = DEFAULT_LOW_WATERMARK,
+        loopback_datagram_size: int | None = LOOPBACK_DATAGRAM_SIZE,
         max_connections: int | None = None,
         retry: bool = False,
     ) -> None:
@@ -215,6 +217,7 @@ class QuicEndpoint:
             "ping_interval": ping_interval,
             "high_watermark": high_watermark,
             "low_watermark": low_watermark,
+            "loopback_datagram_size": loopback_datagram_size,
         }
         # Fail on bad settings now, not at the first client.
         QuicMachine(

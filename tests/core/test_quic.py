@@ -49,7 +49,14 @@ from msgtrans.core.events import (
 from msgtrans.core.machine import MachineState
 from msgtrans.core.memory import DatagramPipe
 from msgtrans.core.packet import Limits, Packet, PacketType
-from msgtrans.core.quic import ALPN, STREAM_ID, QuicAppError, QuicMachine
+from msgtrans.core.quic import (
+    ALPN,
+    LOOPBACK_DATAGRAM_SIZE,
+    STREAM_ID,
+    FlowControlledQuicConnection,
+    QuicAppError,
+    QuicMachine,
+)
 from msgtrans.core.quic_endpoint import MAX_PENDING_REPLIES, QuicEndpoint
 
 SERVER = ("127.0.0.1", 4433)
@@ -1289,3 +1296,56 @@ def test_an_encrypted_private_key() -> None:
     assert server.configuration.private_key is not None
     with pytest.raises(ConfigurationError, match="cannot load"):
         QuicEndpoint(certificate=CERT.cert_pem, private_key=encrypted, password="wrong")
+
+
+# --- datagram size ---------------------------------------------------------------------------
+
+
+def _largest_datagram(world: World, sent: list[Packet]) -> int:
+    cl, conn = world.clients[0], world.conn
+    largest = 0
+    original = cl.datagrams_to_send
+
+    def spy(now: float) -> list[tuple[bytes, Any]]:
+        nonlocal largest
+        grams = original(now)
+        largest = max([largest, *(len(data) for data, _addr in grams)])
+        return grams
+
+    cl.datagrams_to_send = spy  # type: ignore[method-assign]
+    cl.send_packets(sent)
+    world.run(lambda: len(world.received(conn)) == len(sent))
+    assert payloads(world.received(conn)) == payloads(sent)
+    return largest
+
+
+def test_loopback_peers_use_large_datagrams_after_the_handshake() -> None:
+    world = one().connect()
+    for machine in (world.clients[0], world.conn):
+        assert machine.quic._max_datagram_size == LOOPBACK_DATAGRAM_SIZE
+    sent = [Packet(payload=bytes([i]) * 40_000) for i in range(20)]
+    largest = _largest_datagram(world, sent)
+    assert 1200 < largest <= LOOPBACK_DATAGRAM_SIZE
+
+
+def test_large_datagrams_can_be_turned_off() -> None:
+    world = one(loopback_datagram_size=None, server={"loopback_datagram_size": None}).connect()
+    sent = [Packet(payload=bytes([i]) * 40_000) for i in range(5)]
+    assert _largest_datagram(world, sent) <= 1200
+
+
+def test_widening_respects_the_peers_limit_and_resizes_the_initial_window() -> None:
+    quic = FlowControlledQuicConnection(configuration=QuicConfiguration(is_client=True))
+    quic.peer_max_udp_payload_size = 3000
+    assert quic.widen_datagrams(LOOPBACK_DATAGRAM_SIZE)
+    assert quic._max_datagram_size == 3000
+    # RFC 9002 section 7.2: min(10 * 3000, max(14720, 2 * 3000)).
+    assert quic._loss.congestion_window == 14720
+    assert not quic.widen_datagrams(2000)  # never narrower
+    assert quic._max_datagram_size == 3000
+
+
+@pytest.mark.parametrize("size", [1199, LOOPBACK_DATAGRAM_SIZE + 1])
+def test_loopback_datagram_size_is_checked(size: int) -> None:
+    with pytest.raises(ConfigurationError):
+        client(loopback_datagram_size=size)
