@@ -69,10 +69,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, cast
 
 import h11
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, RejectConnection, Request
-from wsproto.utilities import ProtocolError as WsProtocolError
-from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from .errormap import map_websocket_close, map_websocket_reject
 from .errors import (
@@ -159,9 +155,6 @@ _U64 = struct.Struct("!Q")
 _PING = struct.Struct("!Q")
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
-# What wsproto and h11 raise on input they refuse (ValueError covers the UnicodeDecodeError
-# both raise on non-ASCII header values and targets).
-_HANDSHAKE_ERRORS = (WsProtocolError, h11.ProtocolError, ValueError)
 
 # The opening handshake, written here for the common case (see _parse_head): a head that is
 # anything but plain goes to h11, which answers it as before.  Patterns as h11's (RFC 9110/9112).
@@ -222,7 +215,7 @@ def _comma_tokens(value: bytes) -> list[str]:
 
 # Masking: XOR as one big integer wins for short frames, 256-entry translate tables over the four
 # byte lanes win for long ones (measured: 0.5 us vs 1 us at 64 bytes, 1.1 ms vs 3.5 ms at 1 MiB).
-_XOR_TABLES = [bytes(a ^ b for a in range(256)) for b in range(256)]
+_XOR_TABLES: list[bytes] = []  # filled on first use: building them takes some 20 ms
 _INT_MASK_LIMIT = 512
 _MASK_KEY_BATCH = 4096
 # Payloads from this size on are masked apart from the packet header (with the key turned to
@@ -320,6 +313,8 @@ def _mask_py(data: Buffer, key: bytes | bytearray) -> bytes | bytearray:
         return (int.from_bytes(data, "little") ^ int.from_bytes(keys, "little")).to_bytes(
             n, "little"
         )
+    if not _XOR_TABLES:
+        _XOR_TABLES.extend(bytes(a ^ b for a in range(256)) for b in range(256))
     out = bytearray(data)
     for lane in range(4):
         out[lane::4] = out[lane::4].translate(_XOR_TABLES[key[lane]])
@@ -1628,6 +1623,13 @@ class WebSocketServerMachine(WebSocketMachine):
         return True
 
     def _upgrade(self, request: h11.Request, now: float) -> None:
+        # wsproto is imported here, for the requests _accept_plain leaves to it: importing it
+        # costs some 20 ms that most processes never need.
+        from wsproto import ConnectionType, WSConnection
+        from wsproto.events import AcceptConnection, RejectConnection, Request
+        from wsproto.utilities import ProtocolError as WsProtocolError
+        from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+
         ws = WSConnection(ConnectionType.SERVER)
         try:
             ws.initiate_upgrade_connection(list(request.headers), request.target)
@@ -1641,7 +1643,9 @@ class WebSocketServerMachine(WebSocketMachine):
                     subprotocol=subprotocol, extensions=[], extra_headers=self.extra_headers
                 )
             )
-        except _HANDSHAKE_ERRORS as exc:
+        # What wsproto and h11 raise on input they refuse (ValueError covers the
+        # UnicodeDecodeError both raise on non-ASCII header values and targets).
+        except (WsProtocolError, h11.ProtocolError, ValueError) as exc:
             hint = exc.event_hint if isinstance(exc, WsRemoteProtocolError) else None
             if isinstance(hint, RejectConnection):
                 status, headers = hint.status_code, tuple(hint.headers)
