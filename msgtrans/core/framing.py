@@ -317,9 +317,14 @@ class PacketDecoder:
             if off + self._filled == len(self._large):
                 self._grow_large()
                 off = 0
-            # Up to the packet's end only: a pooled buffer may be longer than the packet, and
-            # the next packet's bytes belong in the receive area.
-            return memoryview(self._large)[off + self._filled : off + self._large_total]
+            end = off + self._large_total
+            if type(self._large) is PoolBuffer:
+                # A pooled buffer is longer than its packet: let the read run on into the next
+                # packet's first bytes (a quarter of the receive area at most), which
+                # buffer_updated moves to the receive area.  A small copy instead of a read of
+                # a few bytes per big packet.
+                end = min(len(self._large), end + self._receive_size // 4)
+            return memoryview(self._large)[off + self._filled : end]
         want = max(sizehint, self._receive_size // 2) if sizehint > 0 else self._receive_size // 2
         if len(self._buf) - self._end < want:
             self._make_room(want)
@@ -337,9 +342,18 @@ class PacketDecoder:
         out: list[Packet] = []
         try:
             if self._large is not None:
-                self._filled += nbytes
-                if self._filled == self._large_total:
-                    self._finish_large(out)
+                filled = self._filled + nbytes
+                total = self._large_total
+                if filled < total:
+                    self._filled = filled
+                    return out
+                large, after = self._large, self._large_off + total
+                self._filled = total
+                self._finish_large(out)
+                if filled > total:
+                    # The read ran past the packet (see get_buffer): the rest is the stream's.
+                    with memoryview(large) as rest:
+                        self._keep(rest[after : after + filled - total], out)
                 return out
             self._end += nbytes
             self._drain(out)
