@@ -223,7 +223,10 @@ class StreamChannel(Channel):
         while self._out:
             batch = self._out[:_IOV_BATCH]
             try:
-                sent = sock.sendmsg(batch)
+                # The buffers are ours (the core forgot them) and only this thread writes to
+                # the socket, so the kernel's time need not hold up the application's sends.
+                with self.loop.unlocked():
+                    sent = sock.sendmsg(batch)
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError as exc:

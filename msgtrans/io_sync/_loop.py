@@ -17,7 +17,8 @@ Threading model (the one rule every other module of this package follows):
   iteration, so the sends of many threads are coalesced into one vectored write.  A channel
   may spare the loop a wake-up that would find nothing to do (a message taken from the inbox
   produces no bytes): :attr:`IOLoop.woken` and :meth:`IOLoop.wakes_before` tell it when the
-  loop will look anyway.
+  loop will look anyway.  The I/O thread lets go of the lock while the kernel takes a write
+  (:meth:`IOLoop.unlocked`): the buffers are its own by then, and senders go on queueing.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -194,6 +195,17 @@ class IOLoop:
                 self._wake()
         if not self.in_loop_thread():
             self._thread.join(timeout)
+
+    @contextlib.contextmanager
+    def unlocked(self) -> Iterator[None]:
+        """I/O thread only, lock held once: release the lock for a system call that touches no
+        core state (writing buffers the core already handed over), so that application threads
+        can queue their next messages meanwhile instead of waiting for the kernel."""
+        self.lock.release()
+        try:
+            yield
+        finally:
+            self.lock.acquire()
 
     def _set_stopping(self) -> None:
         self._stopping = True
