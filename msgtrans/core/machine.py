@@ -75,6 +75,12 @@ class ProtocolMachine(ABC):
         self._events = []
         return events
 
+    @property
+    def has_events(self) -> bool:
+        """Whether :meth:`events` would return anything (a cheap check for drivers' hot
+        paths; a wrapping machine also looks at the machine it wraps)."""
+        return bool(self._events)
+
     @abstractmethod
     def start(self, now: float) -> None:
         """Begin the connection: a client queues its first handshake bytes.

@@ -524,6 +524,18 @@ class SessionMachine:
         self._events = []
         return events
 
+    @property
+    def request_timeout(self) -> float:
+        """Seconds a request waits for its response when :meth:`request` is given no timeout."""
+        return self._request_timeout
+
+    @property
+    def has_events(self) -> bool:
+        """Whether :meth:`events` would return anything: a driver on its hot path may skip the
+        events round trip after a call that usually emits nothing (``packet_queued``,
+        ``message_consumed``)."""
+        return bool(self._events)
+
     # --- lifecycle -----------------------------------------------------------------------------
 
     def _move(self, target: SessionState) -> None:

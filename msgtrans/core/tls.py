@@ -167,6 +167,11 @@ class TlsMachine(StreamMachine):
         self._collect()
         return super().events()
 
+    @property
+    def has_events(self) -> bool:
+        """Whether :meth:`events` would return anything, the inner machine's included."""
+        return bool(self._events) or self.inner.has_events
+
     def start(self, now: float) -> None:
         """Begin the TLS handshake (a client queues its ClientHello); the inner machine starts
         when it completes.  Calling it again does nothing."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..core.connection import Connection
@@ -25,7 +25,7 @@ from ..core.events import (
     WritePaused,
     WriteResumed,
 )
-from ..core.machine import Address
+from ..core.machine import Address, StreamMachine
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer, Packet
 from ..core.session import (
@@ -105,6 +105,20 @@ class Session:
         self._conn = conn
         self._loop = loop
         self._io: IO | None = None
+        self._sm = conn.session
+        # Stream machines (TCP, TLS, WebSocket) emit nothing when a packet is queued, so a send
+        # only needs the events round trip when the session machine itself emitted (SendPaused);
+        # QUIC may pause on flow control, so it always takes it.
+        machine = conn.machine
+        self._lazy_send = isinstance(machine, StreamMachine)
+        # Held typed so the per-write calls skip Connection's isinstance check on an ABC (a
+        # slow path in CPython, several per message otherwise).
+        self._stream_machine: StreamMachine | None = (
+            machine if isinstance(machine, StreamMachine) else None
+        )
+        # True while input is processed: sends made meanwhile (handlers run from the protocol
+        # callback, future callbacks) leave with the one flush that ends the batch.
+        self._batching = False
         self._on_finished = on_finished
         self._inbox: deque[Message] = deque()
         self._inbox_event = asyncio.Event()
@@ -128,6 +142,7 @@ class Session:
         self.error: TransportError | None = None
         self.forced = False
         self._processing = False
+        self._again = False  # a nested _process call was folded into the running one
         self._work_done = asyncio.Event()
         # Metrics are counted per batch (one flush, one _process pass), not per message: the
         # hot path only adds to these plain ints.
@@ -191,13 +206,69 @@ class Session:
             ResourceError: the payload is over the limit.
             ConfigurationError: *biz_type* or *ext_header* is out of range.
         """
-        await self._wait_writable("send")
+        if not self._writable.is_set() or self.closed_event is not None \
+                or self._finished.done():
+            await self._wait_writable("send")
         try:
             packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
                                      now=self._loop.time())
         except TransportError as exc:
             raise self._count(self._enrich(exc, "send")) from None
         self._queued(packet.wire_size, len(packet.payload))
+
+    async def send_many(self, payloads: Iterable[Buffer], *, biz_type: int = 0) -> None:
+        """Send each of *payloads* as its own one-way message, in order, in one write.
+
+        The same as ``await send(p, biz_type=biz_type)`` for each payload (consecutive message
+        ids, the peer receives them one by one, no extension header) but it waits for
+        backpressure once, before the first, and hands the whole batch to the socket in one
+        write: the batch may take the send backlog over its high watermark, and the next send
+        waits for it to drain.  An empty iterable sends nothing.  Returns once the messages are
+        queued.
+
+        Args:
+            payloads: the message bodies (any buffers; read before this returns, except that
+                payloads of 16 KiB or more on TCP are written by reference: do not modify them
+                until the next send returns).
+            biz_type: the type tag of every message, 0..255 (default 0).
+
+        Raises:
+            TransportConnectionError: the session is closing or closed (nothing was sent).
+            ResourceError: a payload is over the limit; the messages before it are sent, it and
+                the ones after it are not.
+            ConfigurationError: *biz_type* is out of range (nothing was sent).
+        """
+        if not self._writable.is_set() or self.closed_event is not None \
+                or self._finished.done():
+            await self._wait_writable("send")
+        sm = self._sm
+        now = self._loop.time()
+        make = sm.send
+        packets: list[Packet] = []
+        wire = payload_bytes = 0
+        try:
+            for data in payloads:
+                packet = make(data, biz_type=biz_type, now=now)
+                packets.append(packet)
+                size = len(data)
+                payload_bytes += size
+                wire += size + 16
+        except TransportError as exc:
+            raise self._count(self._enrich(exc, "send")) from None
+        finally:
+            # Whatever was made is sent, so the peer sees consecutive ids and nothing the
+            # session counted as sent goes missing.
+            if packets:
+                self._send_batch(packets, wire, payload_bytes)
+
+    def _send_batch(self, packets: list[Packet], wire: int, payload_bytes: int) -> None:
+        try:
+            self._conn.machine.send_packets(packets)
+        except TransportError as exc:
+            raise self._count(self._enrich(exc, "send")) from None
+        finally:
+            self._sm.packet_queued(wire, len(packets))
+            self._queued(wire, payload_bytes, len(packets))
 
     async def request(
         self,
@@ -224,22 +295,30 @@ class Session:
 
         Cancelling the call withdraws the request: a late response is dropped.
         """
-        await self._wait_writable("request")
+        if not self._writable.is_set() or self.closed_event is not None \
+                or self._finished.done():
+            await self._wait_writable("request")
+        loop = self._loop
+        sent_at = loop.time()
         try:
             request_id = self._conn.request(
-                data, biz_type=biz_type, ext_header=ext_header, timeout=timeout,
-                now=self._loop.time(),
+                data, biz_type=biz_type, ext_header=ext_header, timeout=timeout, now=sent_at,
             )
         except TransportError as exc:
             raise self._count(self._enrich(exc, "request")) from None
-        sent_at = self._loop.time()
-        future: asyncio.Future[Message] = self._loop.create_future()
+        future: asyncio.Future[Message] = loop.create_future()
         self._responses[request_id] = future
         # The packet's exact size does not matter for the watermarks, only that queued and
         # flushed use the same measure; the payload length is close enough for requests.
         size = len(data)
+        # The timer only ever moves earlier (see _rearm): a request whose deadline is not
+        # before the armed one costs no timer work at all.
+        at = self._timer_at
+        if at is None or sent_at + (
+            timeout if timeout is not None else self._sm.request_timeout
+        ) < at:
+            self._rearm()
         self._queued(size + 16 + len(ext_header), size)
-        self._rearm()
         try:
             response = await future
             if self._metrics is not None:
@@ -267,9 +346,21 @@ class Session:
                 raise self._closed_error("receive")
             self._inbox_event.clear()
             await self._inbox_event.wait()
+        return self._take()
+
+    def receive_nowait(self) -> Message | None:
+        """Return the next message if one is waiting, else ``None`` (never waits; a closed
+        session with nothing left also gives ``None``: :meth:`receive` says why)."""
+        return self._take() if self._inbox else None
+
+    def _take(self) -> Message:
         message = self._inbox.popleft()
-        self._conn.message_consumed(len(message.payload))
-        self._process()
+        sm = self._sm
+        # What Connection.message_consumed does, minus the events round trip when the session
+        # machine emitted nothing (it only may when reading was paused).
+        sm.message_consumed(len(message.payload))
+        if sm.has_events:
+            self._process()
         return message
 
     async def close(
@@ -428,8 +519,10 @@ class Session:
 
     def take_output(self) -> list[Buffer]:
         """Return the bytes to write and account them as flushed (stream sockets)."""
-        data = self._conn.data_to_send()
-        self._account_flushed()
+        machine = self._stream_machine
+        data = machine.data_to_send() if machine is not None else self._conn.data_to_send()
+        if self._unflushed_packets:
+            self._account_flushed()
         return data
 
     def take_datagrams(self) -> list[tuple[bytes, Address]]:
@@ -445,7 +538,9 @@ class Session:
     def _account_flushed(self) -> None:
         if self._unflushed_packets:
             self.packets_flushed += self._unflushed_packets
-            self._conn.flushed(self._unflushed_bytes, self._unflushed_packets)
+            # The session machine directly (what Connection.flushed does, minus draining its
+            # events): process_if_pending sees whether it emitted SendResumed.
+            self._sm.flushed(self._unflushed_bytes, self._unflushed_packets)
             metrics = self._metrics
             if metrics is not None:
                 # Counted when handed to the socket, once per flush.
@@ -456,7 +551,8 @@ class Session:
     @property
     def write_closed(self) -> bool:
         """Whether the core wants the write side shut (stream sockets)."""
-        return self._conn.write_closed
+        machine = self._stream_machine
+        return machine.write_closed if machine is not None else self._conn.write_closed
 
     @property
     def machine_closed(self) -> bool:
@@ -473,33 +569,61 @@ class Session:
     # --- plumbing ------------------------------------------------------------------------------
 
     def _after_input(self) -> None:
-        self._process()
+        if self._batching:
+            self._process()  # re-entered from a handler: the outer call flushes
+            return
+        self._batching = True
+        try:
+            self._process()
+        finally:
+            self._batching = False
         if self._io is not None:
             self._io.flush()
 
-    def _queued(self, nbytes: int, payload: int) -> None:
+    def _queued(self, nbytes: int, payload: int, packets: int = 1) -> None:
         self._unflushed_bytes += nbytes
         self._unflushed_payload += payload
-        self._unflushed_packets += 1
-        self._process()
-        if self._io is not None:
-            self._io.schedule_flush()
+        self._unflushed_packets += packets
+        if not self._lazy_send or self._sm.has_events:
+            self._process()
+        if self._batching:
+            return  # the flush that ends this batch takes it
+        io = self._io
+        if io is not None:
+            io.schedule_flush()
 
     def process(self) -> None:
         """Handle the connection's pending events and re-arm its timer."""
         self._process()
 
+    def process_if_pending(self) -> None:
+        """:meth:`process`, skipped on stream connections when no machine has an event (the
+        flush after a write usually has none)."""
+        if not self._lazy_send or self._sm.has_events or self._conn.machine.has_events:
+            self._process()
+
     def _process(self) -> None:
         if self._processing:
-            return  # a handler below called back in; the outer loop picks the events up
+            self._again = True  # a handler below called back in; the outer loop goes on
+            return
         self._processing = True
+        conn = self._conn
+        sm = self._sm
+        machine = conn.machine
+        handle = self._handle
+        lazy = self._lazy_send
         try:
             while True:
-                events = self._conn.events()
+                self._again = False
+                events = conn.events()
                 if not events:
                     break
                 for event in events:
-                    self._handle(event)
+                    handle(event)
+                # Another round only when handling the batch emitted something (one
+                # Connection.events() round trip less per batch on the hot path).
+                if lazy and not (self._again or sm.has_events or machine.has_events):
+                    break
         finally:
             self._processing = False
         if self._metrics is not None:
@@ -542,7 +666,9 @@ class Session:
             size = len(packet.payload)
             self._in_messages += 1
             self._in_bytes += size
-            self._conn.message_delivered(size)
+            # The session machine directly (Connection.message_delivered would drain its
+            # events, hiding a ReadPaused from the check that ends _process's loop).
+            self._sm.message_delivered(size)
             self._inbox_event.set()
         elif kind is ResponseReceived:
             assert isinstance(event, ResponseReceived)
@@ -618,22 +744,61 @@ class Session:
             raise self._closed_error(operation)
 
     def _rearm(self) -> None:
+        # One timer per session, moved only when the earliest deadline moves earlier.  A
+        # deadline that went away or moved later (a request answered, a handshake done) keeps
+        # the timer: it fires early, handle_timer does nothing harmful then (the machines allow
+        # early calls) and on_timer re-arms at the real deadline.  So a request/response costs
+        # no call_at/cancel pair, only this comparison.
         deadline = self._conn.next_deadline()
-        if deadline == self._timer_at or self._finished.done():
+        at = self._timer_at
+        if deadline is None or (at is not None and deadline >= at) or self._finished.done():
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self.on_timer)
+        self._timer = self._loop.call_at(deadline, self.on_timer)
 
     async def _respond(
         self, request: Packet, data: Buffer, biz_type: int | None, ext_header: Buffer
     ) -> None:
         self._unanswered.discard(request.message_id)
         self._work_done.set()
-        await self._wait_writable_for_respond()
+        if not self._writable.is_set() or self.closed_event is not None \
+                or self._finished.done():
+            await self._wait_writable_for_respond()
+        self._respond_now(request, data, biz_type, ext_header)
+
+    def try_respond(self, message: Message, data: Buffer) -> bool:
+        """Answer the request *message* with *data* at once, if nothing holds sends back.
+
+        For servers answering from their receive loop: it skips ``Message.respond``'s await.
+        Returns ``False`` and does nothing while the send side is paused (await
+        ``message.respond(data)`` then, which waits).
+
+        Raises:
+            TransportConnectionError: *message* is not a request or was already answered
+                (code ``connection.failed``), or the session is closed.
+        """
+        if not message.is_request or message.responded:
+            raise TransportConnectionError(
+                f"message {message.message_id} is not an unanswered request",
+                code="connection.failed", retryable=False, session_id=self.id,
+                operation="respond",
+            )
+        if not self._writable.is_set():
+            return False
+        message._responded = True
+        packet = message.packet
+        self._unanswered.discard(packet.message_id)
+        self._work_done.set()
+        if self._finished.done() or self.closed_event is not None:
+            raise self._closed_error("respond")
+        self._respond_now(packet, data, None, b"")
+        return True
+
+    def _respond_now(
+        self, request: Packet, data: Buffer, biz_type: int | None, ext_header: Buffer
+    ) -> None:
         try:
             packet = self._conn.respond(
                 request, data, biz_type=biz_type, ext_header=ext_header, now=self._loop.time()

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from ..core.connection import Connection, server_connection
 from ..core.errormap import map_error
-from ..core.machine import Address
+from ..core.machine import Address, StreamMachine
 from ._session import Session
 
 __all__ = ["StreamIO", "start_stream_listener"]
@@ -31,11 +31,17 @@ class StreamIO(asyncio.BufferedProtocol):
     def __init__(self, session: Session, *, nodelay: bool = True, keepalive: bool = True) -> None:
         self.session = session
         self._conn = session.connection
+        # The machine itself, typed: get_buffer goes straight to it (Connection.get_buffer
+        # would check isinstance against an ABC on every read).
+        self._machine = cast(StreamMachine, self._conn.machine)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._nodelay = nodelay
         self._keepalive = keepalive
         self._flush_handle: asyncio.Handle | None = None
+        # A send was written through since the last input or scheduled flush: the next sends
+        # coalesce into one scheduled flush instead of one write each.
+        self._wrote_through = False
         self._eof_written = False
         self._closing = False
         self._peer: Address | None = None
@@ -56,10 +62,11 @@ class StreamIO(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         """Hand asyncio the core's receive buffer (the zero-copy path)."""
-        return self._conn.get_buffer(sizehint)
+        return self._machine.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         """Feed the bytes asyncio read into the core."""
+        self._wrote_through = False
         self._guard(self.session.feed, nbytes)
 
     def eof_received(self) -> bool:
@@ -90,12 +97,25 @@ class StreamIO(asyncio.BufferedProtocol):
         return self._peer
 
     def schedule_flush(self) -> None:
-        """Arrange one flush this loop iteration, however many sends come first."""
-        if self._flush_handle is None and not self._closing:
+        """Write the send now, or arrange one flush soon for it and whatever follows.
+
+        The first send after input (or after a scheduled flush) is written through at once: a
+        request or a response waits for no loop pass, and no callback is scheduled for it.
+        A second send before the next input schedules one flush with ``call_soon`` that takes
+        every send made until then in one write, so a burst of small sends costs two writes,
+        not one each.
+        """
+        if self._flush_handle is not None or self._closing:
+            return
+        if self._wrote_through:
             self._flush_handle = self._loop.call_soon(self._scheduled_flush)
+        else:
+            self._wrote_through = True
+            self._guard(self.flush)
 
     def _scheduled_flush(self) -> None:
         self._flush_handle = None
+        self._wrote_through = False
         self._guard(self.flush)
 
     def flush(self) -> None:
@@ -113,7 +133,7 @@ class StreamIO(asyncio.BufferedProtocol):
                 # follows and tells the core.
                 with contextlib.suppress(OSError):
                     transport.write_eof()
-        self.session.process()
+        self.session.process_if_pending()
         if self.session.machine_closed:
             # close() lets asyncio write what is buffered first, then connection_lost follows.
             self._closing = True

@@ -458,23 +458,36 @@ class Transport:
 
     async def _serve_session(self, session: Session, handler: Any) -> None:
         await _call(handler, "on_connected", session)
+        # Looked up once per session, not per message.
+        on_message = getattr(handler, "on_message", None)
+        on_request = getattr(handler, "on_request", None)
+        take = session.receive_nowait
         try:
             while True:
-                try:
-                    message = await session.receive()
-                except TransportError as exc:
-                    if session.error is not None:
-                        await _call(handler, "on_error", session, exc)
-                    break
+                # Take what is already queued without a coroutine round trip per message; wait
+                # (one wake-up per received batch) only when the queue is empty.
+                message = take()
+                if message is None:
+                    try:
+                        message = await session.receive()
+                    except TransportError as exc:
+                        if session.error is not None:
+                            await _call(handler, "on_error", session, exc)
+                        break
                 if message.is_request:
-                    await self._handle_request(session, handler, message)
-                else:
-                    await _call(handler, "on_message", session, message)
+                    await self._handle_request(session, handler, on_request, message)
+                elif on_message is not None:
+                    try:
+                        await on_message(session, message)
+                    except Exception as exc:
+                        logger.exception("handler on_message raised (session %s)", session.id)
+                        await _call(handler, "on_error", session, exc)
         finally:
             await _call(handler, "on_disconnected", session, session.close_reason)
 
-    async def _handle_request(self, session: Session, handler: Any, message: Message) -> None:
-        on_request = getattr(handler, "on_request", None)
+    async def _handle_request(
+        self, session: Session, handler: Any, on_request: Any, message: Message
+    ) -> None:
         if on_request is None:
             logger.warning("session %s: request %s dropped: the handler has no on_request",
                            session.id, message.message_id)
@@ -486,8 +499,10 @@ class Transport:
             await _call(handler, "on_error", session, exc)
             return
         if not message.responded:
+            data = result if result is not None else b""
             try:
-                await message.respond(result if result is not None else b"")
+                if not session.try_respond(message, data):
+                    await message.respond(data)
             except TransportError as exc:
                 await _call(handler, "on_error", session, exc)
 

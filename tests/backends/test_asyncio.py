@@ -435,3 +435,139 @@ def test_ipv6_loopback(certs: tuple[Path, Path]) -> None:
             await server.graceful_shutdown(2.0)
 
     run(main)
+
+
+# --- the hot path: batch sends, immediate answers, timers ------------------------------------
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_send_many_delivers_each_payload_in_order(proto: str, certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with pair(proto, certs) as p:
+            payloads = [b"a" * n for n in (0, 1, 100, 20_000, 70_000)] + [b"end"]
+            await within(p.cs.send_many(iter(payloads), biz_type=7))
+            await within(p.cs.send_many([]))  # nothing, and no error
+            got = [await within(p.ss.receive()) for _ in payloads]
+            assert [bytes(m.payload) for m in got] == payloads
+            assert {m.biz_type for m in got} == {7}
+            ids = [m.message_id for m in got]
+            assert ids == list(range(ids[0], ids[0] + len(payloads)))
+            assert p.ss.receive_nowait() is None
+
+    run(main)
+
+
+def test_send_many_refuses_a_closed_session(certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with pair("tcp", certs) as p:
+            await within(p.cs.close())
+            with pytest.raises(mt.TransportConnectionError):
+                await p.cs.send_many([b"x"])
+
+    run(main)
+
+
+def test_send_many_past_the_high_watermark_pauses_later_sends(
+    certs: tuple[Path, Path],
+) -> None:
+    async def main() -> None:
+        async with pair("tcp", certs) as p:
+            # 3000 messages: over the 1024-message high watermark, taken as one batch.
+            await within(p.cs.send_many([b"m"] * 3000))
+            await within(p.cs.send(b"last"))  # waits for the drain, then goes
+            for _ in range(3000):
+                assert (await within(p.ss.receive())).payload == b"m"
+            assert (await within(p.ss.receive())).payload == b"last"
+
+    run(main)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "quic"])
+def test_try_respond_answers_once(proto: str, certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with pair(proto, certs) as p:
+            task = asyncio.ensure_future(p.cs.request(b"q"))
+            request = await within(p.ss.receive())
+            assert p.ss.try_respond(request, b"now")
+            assert request.responded
+            assert (await within(task)).payload == b"now"
+            with pytest.raises(mt.TransportConnectionError):
+                p.ss.try_respond(request, b"again")
+            await within(p.cs.send(b"one-way"))
+            message = await within(p.ss.receive())
+            with pytest.raises(mt.TransportConnectionError):
+                p.ss.try_respond(message, b"no")
+
+    run(main)
+
+
+def test_burst_of_sends_and_requests_in_one_iteration(certs: tuple[Path, Path]) -> None:
+    # The first send of a burst is written through, the rest coalesce into one flush: every
+    # message still arrives once and in order, and every request gets its own response.
+    async def main() -> None:
+        async with pair("tcp", certs) as p:
+            server = asyncio.ensure_future(answer(p.ss, count=50))
+            replies = await within(
+                asyncio.gather(*(p.cs.request(str(i).encode()) for i in range(50)))
+            )
+            assert [bytes(r.payload) for r in replies] == [f"re:{i}".encode() for i in range(50)]
+            await within(server)
+            for i in range(10):
+                await p.cs.send(str(i).encode())
+            got = [bytes((await within(p.ss.receive())).payload) for _ in range(10)]
+            assert got == [str(i).encode() for i in range(10)]
+
+    run(main)
+
+
+def test_short_request_timeout_fires_though_a_longer_one_is_armed(
+    certs: tuple[Path, Path],
+) -> None:
+    # The session timer only moves earlier: a request with a shorter timeout than the one the
+    # timer is armed for must still time out on time.
+    async def main() -> None:
+        async with pair("tcp", certs) as p:
+            slow = asyncio.ensure_future(p.cs.request(b"slow", timeout=30.0))
+            await asyncio.sleep(0)
+            with pytest.raises(mt.TransportTimeoutError):
+                await within(p.cs.request(b"fast", timeout=0.05))
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+
+    run(main)
+
+
+def test_serve_answers_queued_requests_in_order(certs: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        server = mt.Transport.builder().build()
+        seen: list[bytes] = []
+
+        class Handler:
+            async def on_message(self, session: mt.Session, message: mt.Message) -> None:
+                seen.append(bytes(message.payload))
+
+            async def on_request(self, session: mt.Session, message: mt.Message) -> bytes:
+                if message.payload == b"yield":
+                    await asyncio.sleep(0)  # an answer that suspends takes the slow path
+                return b"re:" + bytes(message.payload) + b":" + str(len(seen)).encode()
+
+        async with server:
+            stream = server.accept([server_config("tcp", certs)])
+            await stream.start()
+            task = asyncio.ensure_future(server.serve(stream, Handler()))
+            async with mt.Transport.builder().build() as client:
+                s = await within(client.connect(client_url("tcp", stream.addresses[0][1], certs)))
+                await s.send_many([b"a", b"b"])
+                replies = await within(asyncio.gather(
+                    s.request(b"x"), s.request(b"yield"), s.request(b"y"),
+                ))
+                assert [bytes(r.payload) for r in replies] == [
+                    b"re:x:2", b"re:yield:2", b"re:y:2",
+                ]
+                assert seen == [b"a", b"b"]
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    run(main)

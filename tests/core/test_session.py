@@ -931,3 +931,19 @@ class SessionRules(RuleBasedStateMachine):
 
 
 TestSessionRules = SessionRules.TestCase
+
+
+def test_has_events_tracks_what_events_would_return() -> None:
+    machine = SessionMachine("s1", send_high_water_messages=2, send_low_water_messages=1)
+    assert machine.request_timeout == 10.0
+    assert machine.has_events is False
+    machine.established(0.0)
+    machine.events()
+    assert machine.has_events is False
+    machine.packet_queued(10)  # under the watermark: nothing emitted
+    assert machine.has_events is False
+    machine.packet_queued(10, 2)  # over it: SendPaused
+    assert machine.has_events is True
+    assert machine.events() == [SendPaused()]
+    assert machine.has_events is False
+    assert SessionMachine("s2", request_timeout=2.5).request_timeout == 2.5

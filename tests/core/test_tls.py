@@ -818,3 +818,16 @@ def test_arbitrary_bytes_never_raise(
         assert closed[0] == len(events) - 1
     if eof:
         assert closed
+
+
+def test_has_events_sees_the_inner_machines_events(
+    client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext
+) -> None:
+    client, server, pipe = open_pair(client_ctx, server_ctx)
+    assert not client.has_events and not server.has_events
+    client.send_packet(Packet(PacketType.ONE_WAY, 1, 0, b"hello"))
+    assert not client.has_events  # queueing a packet emits nothing
+    pipe.pump()
+    assert server.has_events  # the packet, decoded by the inner TCP machine
+    assert packets_of(server.events())[0].payload == b"hello"
+    assert not server.has_events
