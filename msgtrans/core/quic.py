@@ -378,6 +378,7 @@ class QuicMachine(DatagramMachine):
         # aioquic's get_timer() costs a walk over its packet spaces; it can only change when
         # aioquic is called, so it is cached until then (None: look it up again).
         self._quic_timer: tuple[float | None] | None = None
+        self._sent_any = False  # datagrams_to_send ran
         self._paused = False
         self._close_started = False  # CloseStarted (or the ErrorOccurred of an abort) emitted
         self._close_request: tuple[int, str] | None = None  # waiting for queued data to leave
@@ -629,6 +630,7 @@ class QuicMachine(DatagramMachine):
         if self._close_request is not None and self._close_deadline is None:
             self._close_deadline = now + self.close_timeout
         self._quic_timer = None
+        self._sent_any = True
         try:
             self._flush_backlog()
             datagrams = self._quic.datagrams_to_send(now)
@@ -649,7 +651,10 @@ class QuicMachine(DatagramMachine):
             return None
         cached = self._quic_timer
         if cached is None:
-            cached = self._quic_timer = (self._quic.get_timer(),)
+            # Before its first datagrams leave, a client's aioquic reports a loss timer counted
+            # from time 0, which would fire at once and back off the first probe timeout.
+            timer = self._quic.get_timer() if self._sent_any else None
+            cached = self._quic_timer = (timer,)
         deadlines = [
             d
             for d in (

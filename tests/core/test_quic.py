@@ -1349,3 +1349,13 @@ def test_widening_respects_the_peers_limit_and_resizes_the_initial_window() -> N
 def test_loopback_datagram_size_is_checked(size: int) -> None:
     with pytest.raises(ConfigurationError):
         client(loopback_datagram_size=size)
+
+
+def test_a_starting_client_sets_no_timer_before_its_first_datagrams() -> None:
+    cl = client(handshake_timeout=5.0)
+    cl.start(100.0)
+    # Only the handshake timeout: aioquic's loss timer would count from time 0 here.
+    assert cl.next_deadline() == 105.0
+    assert cl.datagrams_to_send(100.0)
+    deadline = cl.next_deadline()
+    assert deadline is not None and 100.0 < deadline < 105.0  # the probe timeout now
