@@ -147,6 +147,7 @@ _CLOSING = MachineState.CLOSING
 _CLOSED = MachineState.CLOSED
 _NO_COMPRESSION = Compression.NONE
 _pack_header = HEADER.pack
+_key_at = struct.Struct("4s").unpack_from  # a masking key out of a buffer, as bytes
 _SMALL_MASKED = struct.Struct("!BB4s")  # the header of a short masked frame, key included
 _H16 = struct.Struct("!BBH")
 _H64 = struct.Struct("!BBQ")
@@ -985,7 +986,7 @@ class WebSocketMachine(StreamMachine):
                     pos = stop
                     if expect_mask:
                         packet_view = memoryview(
-                            _mask(view[start:stop], bytes(view[key_at:start]))
+                            _mask(view[start:stop], _key_at(view, key_at)[0])
                         )
                         start = 0
                     else:
@@ -1035,7 +1036,7 @@ class WebSocketMachine(StreamMachine):
                     break
                 payload: Buffer = view[start:stop]
                 if expect_mask:
-                    payload = _mask(payload, bytes(view[key_at:start]))
+                    payload = _mask(payload, _key_at(view, key_at)[0])
                 pos = stop
                 if not self._frame(opcode, b0 & 0x80, payload):
                     return -1
