@@ -83,26 +83,33 @@ DEFAULT_POOL: Final = _DefaultPool()
 PoolChoice = BufferPool | None | _DefaultPool
 
 
+def _decoder_of(machine: ProtocolMachine) -> PacketDecoder | None:
+    """The machine's packet decoder: the ``_decoder`` of a TCP or QUIC machine, reached
+    through a TLS machine's ``inner`` (the machines do not expose it; WebSocket has none)."""
+    layer: object = machine
+    for _ in range(3):
+        decoder = getattr(layer, "_decoder", None)
+        if isinstance(decoder, PacketDecoder):
+            return decoder
+        layer = getattr(layer, "inner", None)
+        if layer is None:
+            break
+    return None
+
+
 def _attach_pool(machine: ProtocolMachine, choice: PoolChoice) -> BufferPool | None:
     """Give the machine's packet decoder its buffer pool; return the pool (``None`` when the
     machine has no decoder of ours, as WebSocket, or pooling is off).
 
     The decoder sits one or two layers down (TLS wraps the TCP machine) and the machines do
-    not take a pool themselves yet, so it is found here: a decoder is the ``_decoder``
-    attribute of a TCP or QUIC machine, reached through a TLS machine's ``inner``.
+    not take a pool themselves yet, so it is found here (:func:`_decoder_of`).
     """
-    pool = default_receive_pool() if isinstance(choice, _DefaultPool) else choice
-    layer: object = machine
-    for _ in range(3):
-        decoder = getattr(layer, "_decoder", None)
-        if isinstance(decoder, PacketDecoder):
-            if decoder.buffer_pool is None:
-                decoder.buffer_pool = pool
-            return decoder.buffer_pool
-        layer = getattr(layer, "inner", None)
-        if layer is None:
-            break
-    return None
+    decoder = _decoder_of(machine)
+    if decoder is None:
+        return None
+    if decoder.buffer_pool is None:
+        decoder.buffer_pool = default_receive_pool() if isinstance(choice, _DefaultPool) else choice
+    return decoder.buffer_pool
 
 #: What :meth:`Connection.events` returns: protocol events and session events, in order.
 ConnectionEvent = Event | SessionEvent
@@ -351,6 +358,11 @@ class Connection:
                     CloseReason.PEER_CLOSED if event.by_peer else CloseReason.LOCAL, event.reason
                 )
             elif isinstance(event, ConnectionClosed):
+                if self.buffer_pool is not None:
+                    # The receive area goes back to the pool for the next connection.
+                    decoder = _decoder_of(self.machine)
+                    if decoder is not None:
+                        decoder.release_buffers()
                 out.append(event)
                 reason = (
                     CloseReason.ERROR if event.error is not None

@@ -361,6 +361,21 @@ class PacketDecoder:
             self._fail(exc, out)
         return out
 
+    def release_buffers(self) -> None:
+        """Give the pooled memory the decoder holds (its receive area, a big packet in
+        progress) back to its pool: the connection is over.  Bytes not yet decoded are dropped;
+        the decoder still works afterwards, with a plain receive area made on demand.  Memory
+        a view is still using (a buffer a driver has not let go of) is left to the collector."""
+        if self._pool is None:
+            return
+        self._give_back(self._buf)
+        self._give_back(self._large)
+        self._pool = None
+        self._buf = bytearray()
+        self._pos = self._end = self._filled = 0
+        self._large = None
+        self._large_fields = None
+
     def feed_eof(self) -> None:
         """Say the stream has ended.
 

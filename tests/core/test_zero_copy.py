@@ -390,3 +390,25 @@ def test_metrics_show_the_live_pool_and_the_zero_copy_counters() -> None:
     release_view(packet.payload)
     assert TransportMetrics(buffer_pool=lambda: pool).snapshot().buffer_pool.lent == 1  # type: ignore[union-attr]
     assert TransportMetrics().snapshot().buffer_pool == default_receive_pool().stats()
+
+
+def test_a_closed_connection_gives_its_receive_area_back() -> None:
+    pool = receive_pool()
+    client = client_connection(TcpConfig("127.0.0.1:9"), buffer_pool=pool)
+    server = server_connection(TcpServerConfig(), buffer_pool=pool)
+    pipe = StreamPipe(client, server, recv_into=64 * KiB)
+    pipe.start()
+    assert pool.stats().lent == 2  # one receive area each
+    client.send(b"k" * (80 * KiB), now=0.0)
+    pipe.pump()
+    (message,) = [e for e in server.events() if isinstance(e, MessageReceived)]
+    client.close()
+    pipe.pump()
+    server.close()
+    pipe.pump()
+    assert client.is_closed and server.is_closed
+    stats = pool.stats()
+    assert stats.lent == 1 and stats.collected == 0  # only the message the application holds
+    assert message.packet.payload == b"k" * (80 * KiB)
+    assert release_view(message.packet.payload)
+    assert pool.stats().lent == 0 and pool.stats().bytes_in_use == 0
