@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+import struct
 from collections.abc import Callable, Sequence
 from enum import IntEnum
 from typing import Any, cast
@@ -131,6 +132,8 @@ _INITIAL_WINDOW_BYTES = 14720
 
 # The longest reason phrase we put in a CONNECTION_CLOSE, so that the frame fits a packet.
 _MAX_REASON = 256
+# The frame length prefix (framing.length_prefix, without the call).
+_U32 = struct.Struct(">I")
 # Framed packets smaller than this are joined into one piece and gathered until the next
 # datagrams_to_send, which hands them to aioquic in one write: aioquic's write costs far more
 # than a small copy.  Larger ones go to aioquic at once, with no extra copy.
@@ -547,17 +550,18 @@ class QuicMachine(DatagramMachine):
             ResourceError: the payload is over ``limits.max_payload`` or the framed packet
                 over ``max_frame`` (code ``resource.payload_too_large``).
         """
-        if self.state in (MachineState.CLOSING, MachineState.CLOSED):
+        state = self.state
+        if state is MachineState.CLOSING or state is MachineState.CLOSED:
             raise self._closed_error()
         parts = packet.encode_parts(self.limits.max_payload)
-        size = sum(len(part) for part in parts)
+        size = len(parts[0]) + len(parts[1]) if len(parts) > 1 else len(parts[0])
         if size > self.max_frame:
             raise ResourceError(
                 "frame", size, self.max_frame, "packet too large for one QUIC frame",
                 code="resource.payload_too_large", retryable=False,
             )
         if size < _GATHER_BELOW:
-            self._backlog.append(b"".join((length_prefix(size), *parts)))
+            self._backlog.append(b"".join((_U32.pack(size), *parts)))
             self._backlog_bytes += size + 4
             self._dirty = True
         else:
@@ -655,17 +659,16 @@ class QuicMachine(DatagramMachine):
             # from time 0, which would fire at once and back off the first probe timeout.
             timer = self._quic.get_timer() if self._sent_any else None
             cached = self._quic_timer = (timer,)
-        deadlines = [
-            d
-            for d in (
-                cached[0],
-                self._handshake_deadline,
-                self._close_deadline,
-                self._ping_deadline(),
-            )
-            if d is not None
-        ]
-        return min(deadlines) if deadlines else None
+        # Called after every send by the drivers: no list, no call per candidate.
+        best = cached[0]
+        for d in (self._handshake_deadline, self._close_deadline):
+            if d is not None and (best is None or d < best):
+                best = d
+        if self.ping_interval is not None and self.state is MachineState.OPEN:
+            d = self._last_heard + self.ping_interval
+            if best is None or d < best:
+                best = d
+        return best
 
     def _ping_deadline(self) -> float | None:
         if self.ping_interval is None or self.state is not MachineState.OPEN:
@@ -987,7 +990,7 @@ class QuicMachine(DatagramMachine):
                 self._abort(exc, QuicAppError.PROTOCOL_ERROR)
                 return
             self.packets_received += len(packets)
-            self._events.extend(PacketReceived(packet) for packet in packets)
+            self._events.extend(map(PacketReceived, packets))
             if decoder.error is not None:
                 self._abort(decoder.error, QuicAppError.PROTOCOL_ERROR)
                 return
