@@ -32,6 +32,7 @@ __all__ = [
     "Packet",
     "PacketFlags",
     "PacketType",
+    "outgoing_packet",
 ]
 
 #: Anything msgtrans accepts or hands out as message bytes.
@@ -344,6 +345,37 @@ def build_packet(
     _set(packet, "compression", _COMPRESSIONS[comp])
     flag = _FLAGS.get(flags)
     _set(packet, "flags", PacketFlags(flags) if flag is None else flag)
+    return packet
+
+
+_NO_COMPRESSION = Compression.NONE
+_NO_FLAGS = PacketFlags.NONE
+
+
+def outgoing_packet(
+    packet_type: PacketType, message_id: int, biz_type: int, payload: Buffer, ext_header: Buffer
+) -> Packet:
+    """Return an uncompressed packet without flags, as ``Packet(...)`` would, but checking only
+    what an application can get wrong (*biz_type*, the ext header's length): the session
+    machine's send path, where *packet_type* and *message_id* are its own and valid.
+
+    Raises:
+        ConfigurationError: *biz_type* is not 0..255 or *ext_header* is over 65535 bytes.
+    """
+    if not 0 <= biz_type <= 0xFF:
+        raise ConfigurationError("biz_type", f"must be 0..255, got {biz_type}")
+    if len(ext_header) > MAX_U16:
+        raise ConfigurationError(
+            "ext_header", f"must be at most {MAX_U16} bytes, got {len(ext_header)}"
+        )
+    packet: Packet = _new_packet(Packet)
+    _set(packet, "packet_type", packet_type)
+    _set(packet, "message_id", message_id)
+    _set(packet, "biz_type", biz_type)
+    _set(packet, "payload", payload)
+    _set(packet, "ext_header", ext_header)
+    _set(packet, "compression", _NO_COMPRESSION)
+    _set(packet, "flags", _NO_FLAGS)
     return packet
 
 

@@ -46,6 +46,7 @@ from .errors import (
     TransportTimeoutError,
 )
 from .packet import MAX_U32, Buffer, MessageIdCounter, Packet, PacketType
+from .packet import outgoing_packet as _outgoing
 
 __all__ = [
     "DEFAULT_RECEIVE_MAX_BYTES",
@@ -668,7 +669,7 @@ class SessionMachine:
         """
         if not self._can_send:
             raise self._refuse("send")
-        packet = Packet(_ONE_WAY, self._ids.next(), biz_type, payload, ext_header)
+        packet = _outgoing(_ONE_WAY, self._ids.next(), biz_type, payload, ext_header)
         self._last_send = now
         stats = self.stats
         stats.messages_sent += 1
@@ -721,7 +722,7 @@ class SessionMachine:
         request_id = ids.next()
         while request_id in pending:
             request_id = ids.next()
-        packet = Packet(_REQUEST, request_id, biz_type, payload, ext_header)
+        packet = _outgoing(_REQUEST, request_id, biz_type, payload, ext_header)
         self._seq = seq = self._seq + 1
         entry = (now + timeout, seq, request_id, timeout)
         pending[request_id] = entry
@@ -775,7 +776,7 @@ class SessionMachine:
             raise ConfigurationError(
                 "request", f"must be a message id 1..{MAX_U32}, got {request_id}"
             )
-        packet = Packet(_RESPONSE, request_id, biz_type, payload, ext_header)
+        packet = _outgoing(_RESPONSE, request_id, biz_type, payload, ext_header)
         self._last_send = now
         stats = self.stats
         stats.messages_sent += 1
