@@ -3,8 +3,10 @@ listener driving the core's :class:`~msgtrans.core.quic_endpoint.QuicEndpoint`."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +27,14 @@ __all__ = ["QuicClientIO", "QuicListener", "open_quic_listener"]
 logger = logging.getLogger("msgtrans.io_trio")
 
 _MAX_DATAGRAM = 65536
+#: Receive buffer asked of the kernel (it grants at most ``net.core.rmem_max``): a burst of a
+#: congestion window of 16 KiB loopback datagrams must not overflow the socket.
+RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def _grow_receive_buffer(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
 class QuicClientIO:
@@ -35,6 +45,7 @@ class QuicClientIO:
         self._sock = sock
         self._peer = peer
         self._wake = trio.Event()
+        _grow_receive_buffer(sock)
 
     @property
     def peer_address(self) -> Address | None:
@@ -313,5 +324,6 @@ async def open_quic_listener(
     except OSError as exc:
         sock.close()
         raise map_error(exc, protocol="quic", operation="listen") from None
+    _grow_receive_buffer(sock)
     return QuicListener(sock, endpoint, new_session=new_session, spawn=spawn,
                         on_established=on_established, settings=settings)
