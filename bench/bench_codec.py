@@ -8,7 +8,9 @@ Measures 64-byte and 64 KiB payloads:
 * encode: ``Packet.encode()`` and ``Packet.encode_parts()`` (the vectored-write form);
 * decode: a stream of back-to-back packets cut into 64 KiB chunks, given to ``PacketDecoder``
   through ``feed(bytes)`` and through ``get_buffer()`` / ``buffer_updated()`` (the recv_into
-  path; the copy into the offered buffer stands in for the kernel's);
+  path; the copy into the offered buffer stands in for the kernel's), the latter also with a
+  receive pool (``pool``: big packets received into lent buffers, each payload released as soon
+  as it is decoded, as ``Message.release()`` would);
 * baseline: a minimal hand-written ``struct.unpack_from`` loop decoding the same chunks, with no
   limits, no validation and no zero copy, to show what the decoder's checks and bookkeeping cost.
   ``vs baseline`` is msgtrans throughput divided by the baseline's (above 1: msgtrans is faster).
@@ -31,6 +33,7 @@ if importlib.util.find_spec("msgtrans") is None:  # run from a checkout without 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from msgtrans.core import Packet, PacketDecoder, PacketType
+from msgtrans.core.buffers import BufferPool, receive_pool, release_view
 
 CHUNK = 64 * 1024
 STREAM_BYTES = 8 * 1024 * 1024  # per pass over the decode stream
@@ -81,18 +84,25 @@ def feed_bench(chunks: list[bytes], per_pass: int) -> Callable[[], int]:
     return run
 
 
-def receive_into_bench(chunks: list[bytes], per_pass: int) -> Callable[[], int]:
+def receive_into_bench(
+    chunks: list[bytes], per_pass: int, pool: BufferPool | None = None
+) -> Callable[[], int]:
     def run() -> int:
-        decoder = PacketDecoder()
+        decoder = PacketDecoder(buffer_pool=pool)
         n = 0
         for chunk in chunks:
             view = memoryview(chunk)
             while view:
-                area = decoder.get_buffer()
-                k = min(len(area), len(view))
-                area[:k] = view[:k]  # what recv_into would have the kernel do
+                with decoder.get_buffer() as area:
+                    k = min(len(area), len(view))
+                    area[:k] = view[:k]  # what recv_into would have the kernel do
                 view = view[k:]
-                n += len(decoder.buffer_updated(k))
+                packets = decoder.buffer_updated(k)
+                n += len(packets)
+                if pool is not None:
+                    for packet in packets:
+                        release_view(packet.payload)
+        decoder.release_buffers()
         assert n == per_pass, (n, per_pass)
         return n
 
@@ -160,6 +170,8 @@ def main() -> None:
         show("decode feed(bytes)", label, n, measure(feed_bench(chunks, per_pass), seconds), base)
         show("decode get_buffer/updated", label, n,
              measure(receive_into_bench(chunks, per_pass), seconds), base)
+        show("decode get_buffer, pool", label, n,
+             measure(receive_into_bench(chunks, per_pass, receive_pool()), seconds), base)
         show("baseline struct loop", label, n, base, base)
 
 

@@ -21,14 +21,13 @@ view the application kept can never see the bytes of a later message.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from .errors import ConfigurationError, ResourceError
 
@@ -396,13 +395,12 @@ class BufferPool:
         self._in_use = 0
         self._oversize_misses = 0
         self.refused = 0
-        self._lock: AbstractContextManager[Any] = (
-            lock if lock is not None else contextlib.nullcontext()
-        )
+        self._lock = lock
         # Weak references of lent buffers that died unreleased.  The weakref callback may run
         # on any thread, even inside a locked method of this pool (a collection triggered by
         # an allocation), so it only appends here; the next locked call writes them off.
         self._dead: deque[weakref.ref[PoolBuffer]] = deque()
+        self._on_dead = self._dead.append  # made once: a bound method per lend costs
         self._ref_key: dict[int, int] = {}  # id(weak reference) -> id(lent buffer)
         self._lent = 0
         self.collected = 0
@@ -417,12 +415,11 @@ class BufferPool:
                 ``"memory"``, code ``resource.memory``), even after dropping free buffers of
                 other classes.
         """
-        with self._lock:
-            if self._dead:
-                self._write_off()
-            buf, index, size = self._take(nbytes)
-            self._out[id(buf)] = (index, size, buf)
-            return buf
+        lock = self._lock
+        if lock is None:
+            return self._acquire(nbytes, False)
+        with lock:
+            return self._acquire(nbytes, False)
 
     def lend(self, nbytes: int) -> PoolBuffer:
         """As :meth:`acquire`, for a buffer that leaves its taker: the pool holds it weakly, and
@@ -434,35 +431,47 @@ class BufferPool:
             ValueError: *nbytes* is negative.
             ResourceError: as :meth:`acquire`.
         """
-        with self._lock:
-            if self._dead:
-                self._write_off()
-            buf, index, size = self._take(nbytes)
-            buf.lender = self
-            ref = weakref.ref(buf, self._dead.append)
-            self._out[id(buf)] = (index, size, ref)
-            self._ref_key[id(ref)] = id(buf)
-            self._lent += 1
-            return buf
+        lock = self._lock
+        if lock is None:
+            return self._acquire(nbytes, True)
+        with lock:
+            return self._acquire(nbytes, True)
 
-    def _take(self, nbytes: int) -> tuple[PoolBuffer, int, int]:
+    def _acquire(self, nbytes: int, lend: bool) -> PoolBuffer:
+        if self._dead:
+            self._write_off()
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         index = bisect.bisect_left(self.sizes, nbytes)
+        buf: PoolBuffer
         if index == self._classes:
             self._reserve(nbytes)
             self._oversize_misses += 1
-            self._in_use += nbytes
-            return PoolBuffer(nbytes), -1, nbytes
-        pool = self._pools[index]
-        size = self.sizes[index]
-        if not pool._free:
-            self._reserve(size, keep=index)
-        # The class pool keeps the free list and the counts; this pool alone tracks what is out
-        # (with the class and size), so each buffer is indexed once on the hot path.
-        buf = pool._take()
+            size = nbytes
+            buf = PoolBuffer(nbytes)
+            index = -1
+        else:
+            # The class pool keeps the free list and the counts; this pool alone tracks what
+            # is out (with the class and size), so each buffer is indexed once.
+            pool = self._pools[index]
+            size = self.sizes[index]
+            if pool._free:
+                pool.hits += 1
+                buf = pool._free.pop()
+            else:
+                self._reserve(size, keep=index)
+                buf = pool._take()
         self._in_use += size
-        return buf, index, size
+        key = id(buf)
+        if lend:
+            buf.lender = self
+            ref = weakref.ref(buf, self._on_dead)
+            self._out[key] = (index, size, ref)
+            self._ref_key[id(ref)] = key
+            self._lent += 1
+        else:
+            self._out[key] = (index, size, buf)
+        return buf
 
     def release(self, buf: bytearray) -> None:
         """Give *buf* back to its class (or drop it: oversize, resized, or the class is full).
@@ -473,35 +482,56 @@ class BufferPool:
                 next user's bytes.  Nothing changed; release it again once the views are gone
                 (a lent buffer may also simply be dropped).
         """
-        with self._lock:
-            if self._dead:
-                self._write_off()
-            entry = self._out.get(id(buf))
-            held = None if entry is None else entry[2]
-            if held is not buf and (not isinstance(held, weakref.ref) or held() is not buf):
-                if isinstance(buf, PoolBuffer) and any(p.is_free(buf) for p in self._pools):
-                    raise ReleaseError("buffer released twice")
-                raise ReleaseError("buffer was not acquired from this pool (or already released)")
-            if has_exports(buf):
+        lock = self._lock
+        if lock is None:
+            self._release(buf)
+            return
+        with lock:
+            self._release(buf)
+
+    def _release(self, buf: bytearray) -> None:
+        if self._dead:
+            self._write_off()
+        key = id(buf)
+        entry = self._out.get(key)
+        if entry is None:
+            self._refuse(buf)
+        index, size, held = entry
+        if held is not buf and (type(held) is not weakref.ReferenceType or held() is not buf):
+            self._refuse(buf)  # an entry for another object that had this id
+        # has_exports(buf), inlined: this runs once per big message.
+        if buf:
+            try:
+                last = buf.pop()
+            except BufferError:
                 raise BufferError(
                     "a view of the buffer is still alive: it cannot be reused until it is gone"
-                )
-            assert entry is not None and isinstance(buf, PoolBuffer)
-            del self._out[id(buf)]
-            index, size, _ = entry
-            if held is not buf:
-                del self._ref_key[id(held)]
-                self._lent -= 1
-                buf.lender = None
-            self._in_use -= size
-            if index < 0:
+                ) from None
+            buf.append(last)
+        del self._out[key]
+        if held is not buf:
+            del self._ref_key[id(held)]
+            self._lent -= 1
+            buf.lender = None
+        self._in_use -= size
+        if index < 0:
+            self._allocated -= size
+        elif len(buf) != size:
+            # Resized by its user: unfit for its class.  The pool lets go of it.
+            self._pools[index].discarded += 1
+            self._allocated -= size
+        else:
+            pool = self._pools[index]
+            if len(pool._free) < pool.capacity:
+                pool._free.append(buf)
+            else:
+                pool.discarded += 1
                 self._allocated -= size
-            elif len(buf) != size:
-                # Resized by its user: unfit for its class.  The pool lets go of it.
-                self._pools[index].discarded += 1
-                self._allocated -= size
-            elif not self._pools[index]._give(buf):
-                self._allocated -= size
+
+    def _refuse(self, buf: bytearray) -> NoReturn:
+        if isinstance(buf, PoolBuffer) and any(p.is_free(buf) for p in self._pools):
+            raise ReleaseError("buffer released twice")
+        raise ReleaseError("buffer was not acquired from this pool (or already released)")
 
     def _write_off(self) -> None:
         """Forget the lent buffers that died unreleased (their memory is gone with them)."""
@@ -598,12 +628,15 @@ class BufferPool:
 
     def stats(self) -> BufferPoolStats:
         """Return a snapshot of the pool's counters."""
-        with self._lock:
-            if self._dead:
-                self._write_off()
+        lock = self._lock
+        if lock is None:
+            return self._stats()
+        with lock:
             return self._stats()
 
     def _stats(self) -> BufferPoolStats:
+        if self._dead:
+            self._write_off()
         return BufferPoolStats(
             hits=self.hits,
             misses=self.misses,
