@@ -144,6 +144,7 @@ class Session:
         self._processing = False
         self._again = False  # a nested _process call was folded into the running one
         self._work_done = asyncio.Event()
+        self._idle_waiters = 0  # wait_idle calls: _work_done is only set when someone waits
         # Metrics are counted per batch (one flush, one _process pass), not per message: the
         # hot path only adds to these plain ints.
         self._metrics = metrics
@@ -314,10 +315,27 @@ class Session:
             await self._wait_writable("request")
         loop = self._loop
         sent_at = loop.time()
+        machine = self._stream_machine
         try:
-            request_id = self._conn.request(
-                data, biz_type=biz_type, ext_header=ext_header, timeout=timeout, now=sent_at,
-            )
+            if machine is None:
+                request_id = self._conn.request(
+                    data, biz_type=biz_type, ext_header=ext_header, timeout=timeout,
+                    now=sent_at,
+                )
+            else:
+                # Connection.request, inlined for stream machines (see send).
+                sm = self._sm
+                packet = sm.request(
+                    data, biz_type=biz_type, ext_header=ext_header, timeout=timeout,
+                    now=sent_at,
+                )
+                request_id = packet.message_id
+                try:
+                    machine.send_packet(packet)
+                except TransportError:
+                    sm.cancel(request_id)
+                    raise
+                sm.packet_queued(len(data) + 16 + len(ext_header))
         except TransportError as exc:
             raise self._count(self._enrich(exc, "request")) from None
         future: asyncio.Future[Message] = loop.create_future()
@@ -439,9 +457,13 @@ class Session:
 
     async def wait_idle(self) -> None:
         """Wait until no request is in flight either way (or the session is over)."""
-        while self.pending_work and not self._finished.done():
-            self._work_done.clear()
-            await self._work_done.wait()
+        self._idle_waiters += 1
+        try:
+            while self.pending_work and not self._finished.done():
+                self._work_done.clear()
+                await self._work_done.wait()
+        finally:
+            self._idle_waiters -= 1
 
     async def wait_established(self) -> None:
         """Wait for the handshake to complete.
@@ -691,7 +713,8 @@ class Session:
                 future.set_result(Message(event.packet, self.id))
             self._in_messages += 1
             self._in_bytes += len(event.packet.payload)
-            self._work_done.set()
+            if self._idle_waiters:
+                self._work_done.set()
         elif kind is RequestFailed:
             assert isinstance(event, RequestFailed)
             future = self._responses.pop(event.request_id, None)
@@ -804,7 +827,8 @@ class Session:
         message._responded = True
         packet = message.packet
         self._unanswered.discard(packet.message_id)
-        self._work_done.set()
+        if self._idle_waiters:
+            self._work_done.set()
         if self._finished.done() or self.closed_event is not None:
             raise self._closed_error("respond")
         self._respond_now(packet, data, None, b"")
@@ -813,13 +837,24 @@ class Session:
     def _respond_now(
         self, request: Packet, data: Buffer, biz_type: int | None, ext_header: Buffer
     ) -> None:
+        machine = self._stream_machine
         try:
-            packet = self._conn.respond(
-                request, data, biz_type=biz_type, ext_header=ext_header, now=self._loop.time()
-            )
+            if machine is None:
+                packet = self._conn.respond(
+                    request, data, biz_type=biz_type, ext_header=ext_header,
+                    now=self._loop.time(),
+                )
+            else:
+                # Connection.respond, inlined for stream machines (see send).
+                packet = self._sm.respond(
+                    request, data, biz_type=biz_type, ext_header=ext_header,
+                    now=self._loop.time(),
+                )
+                machine.send_packet(packet)
+                self._sm.packet_queued(len(data) + 16 + len(ext_header))
         except TransportError as exc:
             raise self._count(self._enrich(exc, "respond")) from None
-        self._queued(packet.wire_size, len(packet.payload))
+        self._queued(len(data) + 16 + len(ext_header), len(data))
 
     async def _wait_writable_for_respond(self) -> None:
         # Answers are allowed while closing, so only a finished connection refuses them.
