@@ -23,6 +23,12 @@ class Message(MessageBase[Responder]):
     """One whole message from the peer: a one-way message, a request, or the response to our
     request.  Read-only.
 
+    A large payload (at least the config's ``zero_copy_threshold``, 64 KiB by default) is a
+    view of a buffer lent by the receive pool: :meth:`release` (or ``with message:``) gives it
+    back for the next large message once you are done; copy what you keep first
+    (``bytes(message.payload)``).  A message never released is simply freed by the garbage
+    collector (see ``docs/buffers.md``).
+
     Attributes:
         payload: the message body (``bytes``, or a read-only ``memoryview`` for large payloads
             received zero-copy; both compare equal to ``bytes``).
@@ -32,6 +38,7 @@ class Message(MessageBase[Responder]):
         packet_type: :class:`~msgtrans.core.packet.PacketType` ``ONE_WAY``, ``REQUEST`` or
             ``RESPONSE``.
         session_id: the id of the session it arrived on.
+        pooled: whether :meth:`release` has a pooled buffer to give back.
     """
 
     __slots__ = ()
