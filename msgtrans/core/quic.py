@@ -86,7 +86,16 @@ from .framing import (
     length_prefix,
 )
 from .machine import Address, DatagramMachine, MachineState
-from .packet import DEFAULT_LIMITS, Buffer, Limits, Packet
+from .packet import (
+    DEFAULT_LIMITS,
+    HEADER,
+    HEADER_SIZE,
+    VERSION,
+    Buffer,
+    Compression,
+    Limits,
+    Packet,
+)
 
 __all__ = [
     "ALPN",
@@ -132,8 +141,10 @@ _INITIAL_WINDOW_BYTES = 14720
 
 # The longest reason phrase we put in a CONNECTION_CLOSE, so that the frame fits a packet.
 _MAX_REASON = 256
-# The frame length prefix (framing.length_prefix, without the call).
+# The frame length prefix (framing.length_prefix, without the call), and the prefix with the
+# packet's fixed header after it, packed at once (Packet.header's fields, in its order).
 _U32 = struct.Struct(">I")
+_FRAMED_HEADER = struct.Struct(">I" + HEADER.format.lstrip("><!=@"))
 # Framed packets smaller than this are joined into one piece and gathered until the next
 # datagrams_to_send, which hands them to aioquic in one write: aioquic's write costs far more
 # than a small copy.  Larger ones go to aioquic at once, with no extra copy.
@@ -553,6 +564,29 @@ class QuicMachine(DatagramMachine):
         state = self.state
         if state is MachineState.CLOSING or state is MachineState.CLOSED:
             raise self._closed_error()
+        payload = packet.payload
+        if (
+            len(payload) < _GATHER_BELOW
+            and packet.compression is Compression.NONE
+            and not packet.ext_header
+            and len(payload) <= self.limits.max_payload
+            and HEADER_SIZE + len(payload) <= self.max_frame
+        ):
+            # The common small packet: prefix and header in one pack, the payload after them.
+            n = len(payload)
+            self._backlog.append(
+                _FRAMED_HEADER.pack(
+                    HEADER_SIZE + n, VERSION, Compression.NONE, packet.packet_type,
+                    packet.biz_type, packet.message_id, 0, n, packet.flags,
+                ) + payload
+            )
+            self._backlog_bytes += HEADER_SIZE + n + 4
+            self._dirty = True
+            self.packets_sent += 1
+            if not self._paused and self._backlog_bytes + self._unacked > self.high_watermark:
+                self._paused = True
+                self._events.append(WritePaused())
+            return
         parts = packet.encode_parts(self.limits.max_payload)
         size = len(parts[0]) + len(parts[1]) if len(parts) > 1 else len(parts[0])
         if size > self.max_frame:

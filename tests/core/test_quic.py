@@ -1359,3 +1359,29 @@ def test_a_starting_client_sets_no_timer_before_its_first_datagrams() -> None:
     assert cl.datagrams_to_send(100.0)
     deadline = cl.next_deadline()
     assert deadline is not None and 100.0 < deadline < 105.0  # the probe timeout now
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    payload=st.binary(max_size=20_000),
+    biz_type=st.integers(0, 255),
+    message_id=st.integers(0, 2**32 - 1),
+    packet_type=st.sampled_from(list(PacketType)),
+    ext_header=st.one_of(st.just(b""), st.binary(min_size=1, max_size=40)),
+)
+def test_queued_packets_are_framed_as_the_wire_format_says(
+    payload: bytes, biz_type: int, message_id: int, packet_type: PacketType, ext_header: bytes
+) -> None:
+    machine = QuicMachine.client(SERVER, cert_verification=False)
+    machine.start(0.0)
+    packet = Packet(
+        packet_type=packet_type, message_id=message_id, biz_type=biz_type, payload=payload,
+        ext_header=ext_header,
+    )
+    machine.send_packet(packet)
+    encoded = packet.encode()
+    framed = len(encoded).to_bytes(4, "big") + encoded
+    assert machine.buffered_amount == len(framed)
+    machine.datagrams_to_send(0.0)  # hands the gathered bytes to aioquic's stream
+    stream = machine.quic._streams[STREAM_ID]
+    assert bytes(stream.sender._buffer) == framed
