@@ -350,6 +350,11 @@ class BlockingSocketPeer(_SyncDuplexPeer):
             sock = self.tls.wrap_socket(sock, server_hostname="127.0.0.1")
         pipe = _SockFramed(sock)
         pipe.send(mode)
+        if mode == FANOUT:
+            # The server says when this connection joined the group: a thread per connection
+            # may start late on a busy machine, and a member that joins after the trigger
+            # would wait for ever.
+            pipe.recv()
         return pipe
 
 
@@ -405,6 +410,7 @@ def serve_blocking_sockets(protocol: str, certdir: Path, ready: Callable[[int], 
                         if mode == FANOUT:
                             with group_lock:
                                 group.add(conn)
+                            out.append(LEN.pack(0))  # joined (see BlockingSocketPeer._open)
                 if pos:
                     del buf[:pos]
                 if out:
@@ -461,7 +467,10 @@ class WebsocketsSyncPeer(_SyncDuplexPeer):
 
         ws = connect(f"ws://127.0.0.1:{self.port}/{mode.decode()}", compression=None,
                      max_size=None, open_timeout=TIMEOUT)
-        return _WsSync(ws)
+        pipe = _WsSync(ws)
+        if mode == FANOUT:
+            pipe.recv()  # joined the group (the handler runs in a thread of its own)
+        return pipe
 
 
 def serve_websockets_sync(protocol: str, certdir: Path, ready: Callable[[int], None],
@@ -478,6 +487,7 @@ def serve_websockets_sync(protocol: str, certdir: Path, ready: Callable[[int], N
         if path == "/F":
             with group_lock:
                 group.add(ws)
+            ws.send(b"")  # joined (see WebsocketsSyncPeer._open)
         try:
             for message in ws:
                 if path == "/O":
