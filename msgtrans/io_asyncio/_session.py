@@ -122,6 +122,9 @@ class Session:
         self._on_finished = on_finished
         self._inbox: deque[Message] = deque()
         self._inbox_event = asyncio.Event()
+        # Set by Transport.serve while its loop for this session waits: takes a message
+        # straight from the protocol callback (True) or declines it (False: queued as usual).
+        self.dispatch: Callable[[Message], bool] | None = None
         self._responses: dict[int, asyncio.Future[Message]] = {}
         # Requests from the peer not answered yet: graceful shutdown waits for them.
         self._unanswered: set[int] = set()
@@ -384,6 +387,18 @@ class Session:
         """Return the next message if one is waiting, else ``None`` (never waits; a closed
         session with nothing left also gives ``None``: :meth:`receive` says why)."""
         return self._take() if self._inbox else None
+
+    async def wait_inbox(self) -> None:
+        """Wait until a message is queued, the session is over, or :meth:`kick` is called
+        (returns at once if one of those is already so)."""
+        if not self._inbox and not (self._finished.done() or self.closed_event is not None):
+            self._inbox_event.clear()
+            await self._inbox_event.wait()
+
+    def kick(self) -> None:
+        """Wake :meth:`wait_inbox` (and :meth:`receive`, which goes back to waiting if nothing
+        is queued)."""
+        self._inbox_event.set()
 
     def _take(self) -> Message:
         message = self._inbox.popleft()
@@ -696,12 +711,16 @@ class Session:
         if kind is MessageReceived or kind is RequestReceived:
             packet: Packet = event.packet  # type: ignore[attr-defined]
             responder = self._respond if kind is RequestReceived else None
-            if responder is not None:
-                self._unanswered.add(packet.message_id)
-            self._inbox.append(Message(packet, self.id, responder))
+            message = Message(packet, self.id, responder)
             size = len(packet.payload)
             self._in_messages += 1
             self._in_bytes += size
+            if responder is not None:
+                self._unanswered.add(packet.message_id)
+            dispatch = self.dispatch
+            if dispatch is not None and not self._inbox and dispatch(message):
+                return  # taken from this callback: never queued, no task woken for it
+            self._inbox.append(message)
             # The session machine directly (Connection.message_delivered would drain its
             # events, hiding a ReadPaused from the check that ends _process's loop).
             self._sm.message_delivered(size)

@@ -12,8 +12,10 @@ import builtins
 import contextlib
 import logging
 import socket
+import types
+from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -461,19 +463,80 @@ class Transport:
         # Looked up once per session, not per message.
         on_message = getattr(handler, "on_message", None)
         on_request = getattr(handler, "on_request", None)
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task(loop)
+        # Work the protocol callback handed over, in arrival order: the rest of a handler that
+        # suspended, or what its first step left to do (an error to report, a paused answer).
+        later: deque[Coroutine[Any, Any, None]] = deque()
+        idle = False
+
+        def dispatch(message: Message) -> bool:
+            # Runs a handler's first step right in the protocol callback while this loop waits
+            # (one wake-up and one loop pass less per message); the handler runs as this task
+            # (current_task() is it), so what it does is what it would do here.  Declines
+            # (the message is queued as usual) unless this loop is idle with nothing pending.
+            if not idle or later or me is None or asyncio.current_task(loop) is not None:
+                return False
+            is_request = message.is_request
+            method = on_request if is_request else on_message
+            if method is None:
+                return False
+            coro = method(session, message)
+            _enter_task(loop, me)
+            try:
+                yielded = coro.send(None)
+            except StopIteration as stop:
+                if is_request and not message.responded:
+                    result = stop.value
+                    data = result if result is not None else b""
+                    try:
+                        if not session.try_respond(message, data):
+                            later.append(_answer(handler, session, message, data))
+                    except TransportError as exc:
+                        later.append(_call(handler, "on_error", session, exc))
+                return True
+            except Exception as exc:
+                logger.exception("session %s: %s failed", session.id,
+                                 "on_request" if is_request else "on_message")
+                later.append(_call(handler, "on_error", session, exc))
+            except BaseException as exc:
+                # CancelledError and friends end this loop, as they would have raised here.
+                later.append(_reraise(exc))
+            else:
+                rest = _resume(coro, yielded)
+                later.append(
+                    self._handle_request(session, handler, None, message, rest) if is_request
+                    else _finish_message(handler, session, rest)
+                )
+            finally:
+                _leave_task(loop, me)
+            session.kick()
+            return True
+
         take = session.receive_nowait
+        session.dispatch = dispatch
         try:
             while True:
+                while later:
+                    await later.popleft()
                 # Take what is already queued without a coroutine round trip per message; wait
                 # (one wake-up per received batch) only when the queue is empty.
                 message = take()
                 if message is None:
-                    try:
-                        message = await session.receive()
-                    except TransportError as exc:
-                        if session.error is not None:
-                            await _call(handler, "on_error", session, exc)
-                        break
+                    if session.closed_event is not None or session.is_closed:
+                        try:
+                            message = await session.receive()
+                        except TransportError as exc:
+                            if session.error is not None:
+                                await _call(handler, "on_error", session, exc)
+                            break
+                    else:
+                        idle = True
+                        try:
+                            await session.wait_inbox()
+                        finally:
+                            idle = False
+                        continue
                 if message.is_request:
                     await self._handle_request(session, handler, on_request, message)
                 elif on_message is not None:
@@ -483,17 +546,22 @@ class Transport:
                         logger.exception("handler on_message raised (session %s)", session.id)
                         await _call(handler, "on_error", session, exc)
         finally:
+            session.dispatch = None
+            while later:
+                later.popleft().close()
             await _call(handler, "on_disconnected", session, session.close_reason)
 
     async def _handle_request(
-        self, session: Session, handler: Any, on_request: Any, message: Message
+        self, session: Session, handler: Any, on_request: Any, message: Message,
+        started: Awaitable[Any] | None = None,
     ) -> None:
-        if on_request is None:
+        # started: the rest of an on_request the protocol callback began (see dispatch).
+        if started is None and on_request is None:
             logger.warning("session %s: request %s dropped: the handler has no on_request",
                            session.id, message.message_id)
             return
         try:
-            result = await on_request(session, message)
+            result = await (started if started is not None else on_request(session, message))
         except Exception as exc:
             logger.exception("session %s: on_request failed", session.id)
             await _call(handler, "on_error", session, exc)
@@ -733,6 +801,51 @@ async def _bounded(awaitable: Any, deadline: float, loop: asyncio.AbstractEventL
     remaining = deadline - loop.time()
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(awaitable, max(remaining, 0.0))
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Go on with *coro*, which already ran up to yielding *yielded*, inside the awaiting
+    task: what ``await coro`` would do had the task started it (values and exceptions the
+    task sends are passed on; the coroutine's return value is returned)."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # every exception the task throws goes to the coroutine
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _finish_message(handler: Any, session: Session, rest: Awaitable[Any]) -> None:
+    """The rest of an ``on_message`` the protocol callback began; errors as :func:`_call`."""
+    try:
+        await rest
+    except Exception as exc:
+        logger.exception("handler on_message raised (session %s)", session.id)
+        await _call(handler, "on_error", session, exc)
+
+
+async def _reraise(exc: BaseException) -> None:
+    """Raise *exc* in the awaiting task."""
+    raise exc
+
+
+async def _answer(handler: Any, session: Session, message: Message, data: Buffer) -> None:
+    """Send an answer that had to wait (the send side was paused)."""
+    try:
+        await message.respond(data)
+    except TransportError as exc:
+        await _call(handler, "on_error", session, exc)
 
 
 async def _call(handler: Any, name: str, *args: Any) -> None:

@@ -571,3 +571,52 @@ def test_serve_answers_queued_requests_in_order(certs: tuple[Path, Path]) -> Non
                 await task
 
     run(main)
+
+
+def test_serve_runs_handlers_as_the_session_task(certs: tuple[Path, Path]) -> None:
+    # serve starts handlers from the protocol callback when the session's loop is idle: they
+    # must still see a current task (asyncio.timeout works), keep the order of messages when
+    # one suspends, and report their errors to on_error without ending the session.
+    async def main() -> None:
+        server = mt.Transport.builder().build()
+        log: list[str] = []
+        errors: list[BaseException] = []
+
+        class Handler:
+            async def on_message(self, session: mt.Session, message: mt.Message) -> None:
+                text = bytes(message.payload).decode()
+                if text.startswith("slow"):
+                    await asyncio.sleep(0.01)
+                log.append(text)
+
+            async def on_request(self, session: mt.Session, message: mt.Message) -> bytes:
+                assert asyncio.current_task() is not None
+                if message.payload == b"boom":
+                    raise ValueError("boom")
+                async with asyncio.timeout(WAIT):
+                    if message.payload == b"wait":
+                        await asyncio.sleep(0.01)
+                return b"log=" + ",".join(log).encode()
+
+            async def on_error(self, session: mt.Session, error: BaseException) -> None:
+                errors.append(error)
+
+        async with server:
+            stream = server.accept([server_config("tcp", certs)])
+            await stream.start()
+            task = asyncio.ensure_future(server.serve(stream, Handler()))
+            async with mt.Transport.builder().request_timeout(0.5).build() as client:
+                s = await within(client.connect(client_url("tcp", stream.addresses[0][1], certs)))
+                await s.send(b"slow1")
+                await s.send(b"fast2")
+                assert (await within(s.request(b"wait"))).payload == b"log=slow1,fast2"
+                with pytest.raises(mt.TransportTimeoutError):
+                    await within(s.request(b"boom"))  # never answered
+                assert [type(e) for e in errors] == [ValueError]
+                await s.send(b"fast3")
+                assert (await within(s.request(b"x"))).payload == b"log=slow1,fast2,fast3"
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    run(main)
