@@ -264,6 +264,9 @@ def _load_c_mask() -> Callable[[Buffer, bytes], bytes] | None:
                 return None
             loaded = importlib.util.module_from_spec(ext_spec)
             ext_spec.loader.exec_module(loaded)
+            # Loading registered it without its package: leave sys.modules as it was, so that
+            # importing websockets later goes the normal way.
+            sys.modules.pop("websockets.speedups", None)
         except Exception:  # an incompatible or broken build: the fallback is always right
             return None
     apply_mask = getattr(loaded, "apply_mask", None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import struct
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -1534,3 +1535,16 @@ def test_handshake_heads_cut_anywhere_and_too_long() -> None:
     client.receive_data(b"HTTP/1.1 101 OK\r\nX: " + b"a" * 17_000, 0.0)
     error = error_of(client.events())
     assert error.error_code == "protocol.websocket" and "16 KiB" in str(error)
+
+
+def test_importing_the_machines_imports_neither_websockets_nor_wsproto() -> None:
+    # Both cost tens of milliseconds at import: the C masking is loaded from its file, and
+    # wsproto only for the requests the server leaves to it.
+    code = (
+        "import sys, msgtrans.core.websocket as ws\n"
+        "assert ws._c_mask is not None\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('websockets', 'wsproto')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert result.stdout.strip() == "[]"
