@@ -195,11 +195,13 @@ class MessageBase(Generic[_R]):
         block.  A message never released is freed by the garbage collector as usual; its
         buffer is then lost to the pool (see ``docs/buffers.md``).
 
+        The buffer is never reused while a view of it is alive: when you kept slices of the
+        payload (``message.payload[:16]``, ``memoryview(message.payload)``), it goes back to the
+        pool only once the last of them is gone.
+
         Raises:
-            BufferError: views taken from the payload (slices, ``memoryview(payload)``, numpy
-                arrays) are still alive.  The buffer is then never reused: it is freed when the
-                last of those views goes.  Nothing is released when the payload object itself
-                is exported (a numpy array over it): drop it and call again.
+            BufferError: the payload object itself is exported (a numpy array made from it):
+                nothing is released; drop the array and call again.
         """
         release_view(self._packet.payload)
 

@@ -34,6 +34,7 @@ from .errors import ConfigurationError, ResourceError
 __all__ = [
     "DEFAULT_BUFFER_COUNTS",
     "DEFAULT_BUFFER_SIZES",
+    "PENDING_LIMIT",
     "RECEIVE_BUFFER_COUNTS",
     "RECEIVE_BUFFER_SIZES",
     "BufferClassStats",
@@ -56,6 +57,9 @@ _MISSING: object = object()  # tells "not handed out" from a pooled object that 
 DEFAULT_BUFFER_SIZES: tuple[int, ...] = (1024, 8192, 65536)
 #: Buffers preallocated (and kept at most) per class: 64 KiB + 128 KiB + 256 KiB = 448 KiB.
 DEFAULT_BUFFER_COUNTS: tuple[int, ...] = (64, 16, 4)
+
+#: Buffers :meth:`BufferPool.release_later` keeps aside at most, waiting for their views to go.
+PENDING_LIMIT = 16
 
 # A received big packet is its payload, a 16-byte header and an ext header of up to 4 KiB.
 _PACKET_SLACK = 16 + 4096
@@ -110,14 +114,16 @@ def has_exports(buf: bytearray) -> bool:
 def release_view(view: object) -> bool:
     """Give back the pooled buffer behind *view* (a payload handed out by a pooled decoder).
 
-    Releases *view* itself, then returns its buffer to the lending pool.  Anything else (``bytes``,
-    a view of unpooled memory, an already released view) is left alone.  Return ``True`` when a
-    buffer went back to its pool.
+    Releases *view* itself, then hands its buffer to the lending pool's
+    :meth:`BufferPool.release_later`: reused at once when no other view of it is alive, else
+    as soon as none is (a slice the application kept, or the driver's view of its last read,
+    which may still be alive while a handler runs inside the read callback).  Anything else
+    (``bytes``, a view of unpooled memory, an already released view) is left alone.  Return
+    ``True`` when a buffer went to its pool.
 
     Raises:
-        BufferError: a view was made *of view* itself (``memoryview.release`` refuses; nothing
-            changed), or other views of the same buffer are still alive: the buffer is then never
-            reused, and is freed when the last of them goes (the pool counts it as collected).
+        BufferError: an export was made *of view* itself (a numpy array over it):
+            ``memoryview.release`` refuses, and nothing changed.
     """
     if type(view) is not memoryview:
         return False
@@ -132,7 +138,7 @@ def release_view(view: object) -> bool:
         return False
     view.release()
     del view
-    lender.release(buf)
+    lender.release_later(buf)
     return True
 
 
@@ -402,6 +408,7 @@ class BufferPool:
         self._dead: deque[weakref.ref[PoolBuffer]] = deque()
         self._on_dead = self._dead.append  # made once: a bound method per lend costs
         self._ref_key: dict[int, int] = {}  # id(weak reference) -> id(lent buffer)
+        self._pending: list[bytearray] = []  # release_later: given back once unviewed
         self._lent = 0
         self.collected = 0
 
@@ -440,6 +447,8 @@ class BufferPool:
     def _acquire(self, nbytes: int, lend: bool) -> PoolBuffer:
         if self._dead:
             self._write_off()
+        if self._pending:
+            self._retry_pending()
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         index = bisect.bisect_left(self.sizes, nbytes)
@@ -527,6 +536,53 @@ class BufferPool:
             else:
                 pool.discarded += 1
                 self._allocated -= size
+
+    def release_later(self, buf: bytearray) -> None:
+        """Give *buf* back now, or, while a view of it is alive, as soon as none is: the pool
+        keeps it aside and looks again at each later acquire, lend and stats (for the receive
+        area of a closed connection, which the driver's last read may still be viewing).  At
+        most :data:`PENDING_LIMIT` wait; the oldest beyond that is given up (``collected``).
+
+        Raises:
+            ReleaseError: as :meth:`release`.
+        """
+        lock = self._lock
+        if lock is None:
+            self._release_later(buf)
+            return
+        with lock:
+            self._release_later(buf)
+
+    def _release_later(self, buf: bytearray) -> None:
+        try:
+            self._release(buf)
+        except BufferError:
+            pending = self._pending
+            pending.append(buf)
+            if len(pending) > PENDING_LIMIT:
+                self._forget(pending.pop(0))
+
+    def _retry_pending(self) -> None:
+        waiting, self._pending = self._pending, []
+        for buf in waiting:
+            try:
+                self._release(buf)
+            except BufferError:
+                self._pending.append(buf)
+
+    def _forget(self, buf: bytearray) -> None:
+        """Stop accounting for the handed-out *buf* (left to its viewers and the collector)."""
+        index, size, held = self._out.pop(id(buf))
+        if held is not buf:
+            del self._ref_key[id(held)]
+            self._lent -= 1
+            if isinstance(buf, PoolBuffer):
+                buf.lender = None
+        self._in_use -= size
+        self._allocated -= size
+        self.collected += 1
+        if index >= 0:
+            self._pools[index].discarded += 1
 
     def _refuse(self, buf: bytearray) -> NoReturn:
         if isinstance(buf, PoolBuffer) and any(p.is_free(buf) for p in self._pools):
@@ -637,6 +693,8 @@ class BufferPool:
     def _stats(self) -> BufferPoolStats:
         if self._dead:
             self._write_off()
+        if self._pending:
+            self._retry_pending()
         return BufferPoolStats(
             hits=self.hits,
             misses=self.misses,

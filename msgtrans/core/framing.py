@@ -29,7 +29,6 @@ and raised by every later call: the decoder refuses further input.
 
 from __future__ import annotations
 
-import contextlib
 import struct
 from dataclasses import dataclass
 
@@ -617,9 +616,8 @@ class PacketDecoder:
     @staticmethod
     def _give_back(buf: bytearray | None) -> None:
         if type(buf) is PoolBuffer and buf.lender is not None:
-            # Still viewed somewhere: the pool writes it off once it is collected.
-            with contextlib.suppress(BufferError):
-                buf.lender.release(buf)
+            # Still viewed (by the driver's last read, say): the pool takes it back once not.
+            buf.lender.release_later(buf)
 
 
 class LengthPrefixedDecoder(PacketDecoder):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gc
+import pickle
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from hypothesis.stateful import (
 )
 
 from msgtrans.core.buffers import (
+    PENDING_LIMIT,
     BufferPool,
     PoolBuffer,
     ReleaseError,
@@ -309,21 +311,34 @@ def test_message_release_gives_the_buffer_back(message_type: type[AsyncMessage])
     assert pool.stats().hits >= 1
 
 
-def test_message_release_with_a_view_alive_refuses_to_reuse() -> None:
+def test_message_release_with_a_view_alive_waits_for_it() -> None:
     pool = receive_pool()
     decoder = PacketDecoder(buffer_pool=pool)
     payload = b"q" * (100 * KiB)
     message = AsyncMessage(recv_into(decoder, wire(payload))[0], 1)
     part = message.payload[:10]
-    with pytest.raises(BufferError):
-        message.release()
-    assert part == b"q" * 10  # the slice still reads the message's bytes
-    # The next big message must not land in the pinned buffer.
+    message.release()  # set aside: the slice still views the buffer
+    assert not message.pooled and part == b"q" * 10
+    # The next big message must not land in the buffer the slice views.
     other = AsyncMessage(recv_into(decoder, wire(b"r" * (100 * KiB)))[0], 1)
     assert part == b"q" * 10 and other.payload == b"r" * (100 * KiB)
-    del part, message
-    gc.collect()
-    assert pool.stats().collected == 1
+    other.release()
+    assert pool.stats().lent == 2  # the receive area and the buffer the slice pins
+    part.release()
+    stats = pool.stats()
+    assert (stats.lent, stats.collected) == (1, 0)  # given back once unviewed
+
+
+def test_release_refuses_when_the_payload_object_itself_is_exported() -> None:
+    decoder = PacketDecoder(buffer_pool=receive_pool())
+    message = SyncMessage(recv_into(decoder, wire(b"n" * (100 * KiB)))[0], 1)
+    exported = pickle.PickleBuffer(message.payload)  # holds an export of the payload object
+    with pytest.raises(BufferError):
+        message.release()
+    assert message.pooled and message.payload == b"n" * (100 * KiB)  # nothing changed
+    exported.release()
+    message.release()
+    assert not message.pooled
 
 
 def test_small_and_unpooled_messages_ignore_release() -> None:
@@ -412,3 +427,35 @@ def test_a_closed_connection_gives_its_receive_area_back() -> None:
     assert message.packet.payload == b"k" * (80 * KiB)
     assert release_view(message.packet.payload)
     assert pool.stats().lent == 0 and pool.stats().bytes_in_use == 0
+
+
+def test_release_later_waits_for_the_last_view() -> None:
+    pool = BufferPool(sizes=(1 * KiB,), counts=(PENDING_LIMIT + 2,), preallocate=(0,))
+    buf = pool.lend(10)
+    view = memoryview(buf)
+    pool.release_later(buf)
+    assert pool.stats().lent == 1  # still viewed: set aside, not reused
+    other = pool.lend(10)
+    assert other is not buf
+    view.release()
+    stats = pool.stats()
+    assert (stats.lent, stats.collected, stats.classes[0].free) == (1, 0, 1)
+    assert pool.lend(10) is buf  # given back once unviewed
+    pool.release(other)
+    with pytest.raises(ReleaseError):
+        pool.release_later(other)
+
+
+def test_release_later_gives_up_beyond_its_limit() -> None:
+    pool = BufferPool(sizes=(1 * KiB,), counts=(PENDING_LIMIT + 2,), preallocate=(0,))
+    bufs = [pool.lend(1) for _ in range(PENDING_LIMIT + 1)]
+    views = [memoryview(b) for b in bufs]
+    for b in bufs:
+        pool.release_later(b)
+    stats = pool.stats()
+    assert stats.collected == 1 and stats.lent == PENDING_LIMIT
+    assert bufs[0].lender is None and views[0][0] == 0  # forgotten, still readable
+    for v in views:
+        v.release()
+    stats = pool.stats()
+    assert stats.lent == 0 and stats.classes[0].free == PENDING_LIMIT
