@@ -77,7 +77,9 @@ FULL_MATRIX = _full_matrix()
 QUICK_SKIP = {("tls", "pipelined"), ("tls", "connections"), ("tls", "fanout"),
               ("quic", "pipelined"), ("quic", "connections")}
 _QUICK_TCP_ONLY = {"asyncio-streams", "trio-streams", "blocking-socket"}
-_QUICK_TRIO_SYNC = {"oneway_64", "oneway_64k", "latency", "pipelined"}
+# trio, blocking and their peers: what each protocol keeps in a quick run.
+_QUICK_TRIO_SYNC = {"tcp": {"oneway_64", "oneway_64k", "latency", "pipelined"},
+                    "ws": {"oneway_64", "latency"}}
 
 
 def _quick_keep(key: tuple[str, str], client: str) -> bool:
@@ -86,7 +88,7 @@ def _quick_keep(key: tuple[str, str], client: str) -> bool:
         return False
     if client in ("msgtrans-trio", "msgtrans-blocking", "trio-streams", "blocking-socket",
                   "websockets-sync", "zmq"):
-        return scenario in _QUICK_TRIO_SYNC and protocol in ("tcp", "ws")
+        return scenario in _QUICK_TRIO_SYNC.get(protocol, set())
     return True
 
 
@@ -97,7 +99,7 @@ QUICK_MATRIX = {
 
 PLANS = {
     "smoke": Plan("smoke", 0.1, 300, 20, 100, 300, 5, 10, 1, QUICK_MATRIX),
-    "quick": Plan("quick", 0.5, 150_000, 4_000, 5_000, 40_000, 300, 100, 3, QUICK_MATRIX),
+    "quick": Plan("quick", 0.4, 150_000, 4_000, 5_000, 40_000, 300, 100, 3, QUICK_MATRIX),
     "full": Plan("full", 2.0, 400_000, 20_000, 20_000, 200_000, 2_000, 1_000, 5, FULL_MATRIX),
 }
 
