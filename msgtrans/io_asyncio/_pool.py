@@ -11,43 +11,33 @@ lease per session, a burst of concurrent requests fills the sessions, makes leas
 the pool.  (Shared use through :meth:`PoolMachine.pick` is invisible to the machine's
 utilisation, so it could neither balance requests nor grow the pool; only :meth:`SessionPool.send`
 uses it, because a one-way send holds nothing once queued.)
+
+The machine bookkeeping is :class:`msgtrans._pool_base.PoolDriverBase`, shared with the trio
+and blocking pools; this module adds the asyncio tasks, futures and timer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import TYPE_CHECKING
 
+from .._pool_base import MAX_RETRY_BACKOFF, RETRY_BACKOFF, PoolDriverBase, closed_error, retry_delay
 from ..core.config import ConnectionConfig
-from ..core.errors import ResourceError, TransportConnectionError
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer
-from ..core.pool import (
-    AssignLease,
-    CloseConnections,
-    OpenConnections,
-    PoolMachine,
-    PoolStatus,
-)
-from ..core.session import SessionState
+from ..core.pool import PoolMachine
 from ._message import Message
 from ._session import Session
 
 if TYPE_CHECKING:
     from ._transport import Transport
 
-__all__ = ["SessionPool"]
-
-#: Seconds before a failed open is reported (and so retried); doubles per consecutive failure.
-RETRY_BACKOFF = 0.05
-#: The most a failed open waits before it is reported.
-MAX_RETRY_BACKOFF = 2.0
+__all__ = ["MAX_RETRY_BACKOFF", "RETRY_BACKOFF", "SessionPool"]
 
 
-class SessionPool:
+class SessionPool(PoolDriverBase[Session]):
     """Sessions to one endpoint, opened and closed as the load asks.
 
     Made by :meth:`Transport.pool <msgtrans.io_asyncio.Transport.pool>`, never directly.  Use
@@ -67,60 +57,18 @@ class SessionPool:
         request_timeout: float,
         on_closed: Callable[[SessionPool], None],
     ) -> None:
+        super().__init__(config, machine, metrics)
         self._transport = transport
-        self._config = config
-        self._machine = machine
-        self._metrics = metrics
         self._request_timeout = request_timeout
         self._on_closed = on_closed
         self._loop = asyncio.get_running_loop()
-        self._sessions: dict[Hashable, Session] = {}
-        self._closing_sessions: set[Session] = set()
         self._waiters: dict[Hashable, asyncio.Future[Hashable]] = {}
-        self._lease_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._driving = False
-        self._closed = False
-        self._failures = 0  # consecutive failed opens, for the backoff
-        self._last_error: BaseException | None = None
         # The first opens: transport.pool() waits until one succeeded or all failed.
         self._first: asyncio.Future[None] = self._loop.create_future()
         self._first_left = 0
-
-    # --- what the pool is ----------------------------------------------------------------------
-
-    @property
-    def config(self) -> ConnectionConfig:
-        """Where the pool connects."""
-        return self._config
-
-    @property
-    def machine(self) -> PoolMachine:
-        """The core machine deciding for this pool (for inspection; feed it nothing)."""
-        return self._machine
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called (or the transport shut down)."""
-        return self._closed
-
-    def sessions(self) -> list[Session]:
-        """The pooled sessions that are open, oldest first."""
-        return [self._sessions[c] for c in self._machine.connections if c in self._sessions]
-
-    def status(self) -> PoolStatus:
-        """Return the machine's :class:`~msgtrans.core.pool.PoolStatus` now."""
-        return self._machine.status()
-
-    def __repr__(self) -> str:
-        s = self._machine.status()
-        return (
-            f"<SessionPool {self._config.protocol.value}://{self._config.host}:"
-            f"{self._config.port} size={s.size} leases={s.leases_in_use}"
-            f"{' closed' if self._closed else ''}>"
-        )
 
     # --- the application's operations ----------------------------------------------------------
 
@@ -238,13 +186,10 @@ class SessionPool:
         """Stop everything that does not need awaiting; return the sessions to close."""
         if self._closed:
             return []
-        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        error = TransportConnectionError(
-            "the pool is closed", code="connection.closed", retryable=False, operation="lease"
-        )
+        error = closed_error()
         for future in self._waiters.values():
             if not future.done():
                 future.set_exception(error)
@@ -254,9 +199,7 @@ class SessionPool:
             self._first.exception()  # retrieved: pool() may be gone already
         for task in self._tasks:
             task.cancel()
-        sessions = [*self._sessions.values(), *self._closing_sessions]
-        self._sessions.clear()
-        self._closing_sessions.clear()
+        sessions = self._take_sessions()
         self._on_closed(self)
         return sessions
 
@@ -267,46 +210,15 @@ class SessionPool:
 
     # --- leases --------------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise TransportConnectionError(
-                "the pool is closed", code="connection.closed", retryable=False,
-                operation="lease",
-            )
-
-    def _usable(self, conn_id: Hashable | None) -> Session | None:
-        """The session behind *conn_id* if it may be handed out; a session found closing is
-        reported broken at once (its finish callback may not have run yet)."""
-        if conn_id is None:
-            return None
-        session = self._sessions.get(conn_id)
-        if session is not None and session.state is SessionState.OPEN:
-            return session
-        self._sessions.pop(conn_id, None)
-        if session is not None:
-            self._closing_sessions.add(session)
-        self._machine.connection_failed(conn_id, self._loop.time())
-        return None
-
-    def _pick(self) -> Session | None:
-        self._check_open()
-        while True:
-            conn_id = self._machine.pick(self._loop.time())
-            if conn_id is None:
-                return None
-            session = self._usable(conn_id)
-            self._drive()
-            if session is not None:
-                return session
+    def _now(self) -> float:
+        return self._loop.time()
 
     async def _acquire(self, timeout: float) -> tuple[Hashable, Session]:
         loop = self._loop
         deadline = loop.time() + timeout
         while True:
-            self._check_open()
-            lease_id = next(self._lease_ids)
             start = loop.time()
-            conn_id = self._machine.acquire(lease_id, start)
+            lease_id, conn_id = self._try_acquire()
             if conn_id is None:
                 future: asyncio.Future[Hashable] = loop.create_future()
                 self._waiters[lease_id] = future
@@ -315,13 +227,7 @@ class SessionPool:
                     conn_id = await asyncio.wait_for(future, max(deadline - start, 0.0))
                 except asyncio.TimeoutError:
                     self._release(lease_id)
-                    error = ResourceError(
-                        "pool", self._machine.size, self._machine.max_size,
-                        f"no pooled session became free within {timeout:g} s",
-                        code="resource.pool_exhausted", operation="lease",
-                    )
-                    self._metrics.error(error)
-                    raise error from None
+                    raise self._exhausted(timeout) from None
                 except BaseException:
                     self._release(lease_id)  # cancelled, or the pool closed
                     raise
@@ -337,50 +243,16 @@ class SessionPool:
             self._drive()
             return lease_id, session
 
-    def _release(self, lease_id: Hashable) -> None:
-        if self._closed:
-            return
-        self._machine.release(lease_id, self._loop.time())
-        self._drive()
-
-    # --- carrying out decisions ----------------------------------------------------------------
-
-    def _drive(self) -> None:
-        if self._driving or self._closed:
-            return  # the outer call picks the new decisions up
-        self._driving = True
-        try:
-            while True:
-                decisions = self._machine.decisions()
-                if not decisions:
-                    break
-                for decision in decisions:
-                    if isinstance(decision, AssignLease):
-                        self._assign(decision)
-                    elif isinstance(decision, OpenConnections):
-                        self._metrics.pool_decision(decision)
-                        for _ in range(decision.count):
-                            self._spawn_open()
-                    elif isinstance(decision, CloseConnections):
-                        self._metrics.pool_decision(decision)
-                        for conn_id in decision.conn_ids:
-                            session = self._sessions.pop(conn_id, None)
-                            if session is not None:
-                                self._closing_sessions.add(session)
-                                session.start_close(None, "pool shrink")
-        finally:
-            self._driving = False
-        self._rearm()
-
-    def _assign(self, decision: AssignLease) -> None:
-        future = self._waiters.get(decision.lease_id)
+    def _wake_lease(self, lease_id: Hashable, conn_id: Hashable) -> bool:
+        future = self._waiters.get(lease_id)
         if future is None or future.done():
-            # The waiter gave up (timeout, cancel) as the connection came: give it back.
-            self._machine.release(decision.lease_id, self._loop.time())
-        else:
-            future.set_result(decision.conn_id)
+            return False
+        future.set_result(conn_id)
+        return True
 
-    def _spawn_open(self) -> None:
+    # --- opens ---------------------------------------------------------------------------------
+
+    def _start_open(self) -> None:
         if not self._first.done():
             self._first_left += 1
         task = self._loop.create_task(self._open_one())
@@ -407,30 +279,15 @@ class SessionPool:
             self._failures += 1
             # Reported only after the backoff: until then the open counts as pending, so the
             # machine plans no other open and a dead server is retried at a bounded rate.
-            await asyncio.sleep(min(MAX_RETRY_BACKOFF, RETRY_BACKOFF * 2 ** (self._failures - 1)))
-            if not self._closed:
-                self._machine.connection_failed(None, self._loop.time())
-                self._drive()
+            await asyncio.sleep(retry_delay(self._failures))
+            self._open_failed()
             return
         if self._closed:
             await session.close(timeout=1.0)
             return
-        self._failures = 0
-        self._sessions[session.id] = session
         session.when_finished(self._on_finished)
-        self._machine.connection_opened(session.id, self._loop.time())
+        self._opened(session)
         self._first_settled(None)
-        self._drive()
-
-    def _on_finished(self, session: Session) -> None:
-        self._closing_sessions.discard(session)
-        if self._sessions.pop(session.id, None) is None or self._closed:
-            return  # closed by the pool (shrink, close), or already reported broken
-        if session.error is not None or session.forced:
-            self._machine.connection_failed(session.id, self._loop.time())
-        else:
-            self._machine.connection_closed(session.id, self._loop.time())
-        self._drive()
 
     # --- the timer -----------------------------------------------------------------------------
 
@@ -452,5 +309,4 @@ class SessionPool:
         now = max(self._loop.time(), self._timer_at or 0.0)
         self._timer = None
         self._timer_at = None
-        self._machine.tick(now)
-        self._drive()
+        self._tick(now)

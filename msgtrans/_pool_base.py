@@ -1,0 +1,362 @@
+"""What the three session pools share: the bookkeeping around the core's
+:class:`~msgtrans.core.pool.PoolMachine`, the transport-side summing of pool statuses, and
+the making of a machine from ``transport.pool()``'s arguments.
+
+A driver (asyncio, trio, blocking) subclasses :class:`PoolDriverBase` and supplies only what
+depends on its concurrency model: the clock (:meth:`~PoolDriverBase._now`), how an open runs
+(:meth:`~PoolDriverBase._start_open`), how a waiting lease is woken
+(:meth:`~PoolDriverBase._wake_lease`) and how the timer at the machine's next deadline is kept
+(:meth:`~PoolDriverBase._rearm`).  Everything else (which session a lease gets, broken
+sessions never handed out, decisions carried out in order, pool events counted into the
+transport's metrics) is written once here, so the backends cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+from collections.abc import Hashable, Iterable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
+
+from .core.config import ConnectionConfig
+from .core.errors import ConfigurationError, ResourceError, TransportConnectionError
+from .core.expansion import ExpansionStrategy
+from .core.metrics import TransportMetrics
+from .core.pool import (
+    AssignLease,
+    CloseConnections,
+    OpenConnections,
+    PoolMachine,
+    PoolStatus,
+)
+from .core.session import SessionState
+
+__all__ = [
+    "DEFAULT_POOL_MAX",
+    "DEFAULT_POOL_MIN",
+    "DEFAULT_POOL_TARGET",
+    "MAX_RETRY_BACKOFF",
+    "RETRY_BACKOFF",
+    "PoolDriverBase",
+    "PoolTracker",
+    "make_machine",
+    "sum_pool_status",
+]
+
+#: Seconds before a failed open is reported (and so retried); doubles per consecutive failure.
+RETRY_BACKOFF = 0.05
+#: The most a failed open waits before it is reported.
+MAX_RETRY_BACKOFF = 2.0
+#: ``transport.pool()`` defaults: sessions kept open, never exceeded, and the expected need.
+DEFAULT_POOL_MIN = 2
+DEFAULT_POOL_MAX = 64
+DEFAULT_POOL_TARGET = 16
+
+
+class PooledSession(Protocol):
+    """What the pool needs of a backend's session."""
+
+    id: int
+    error: Any
+    forced: bool
+
+    @property
+    def state(self) -> SessionState: ...
+
+    def start_close(self, code: int | None = None, reason: str = "") -> None: ...
+
+
+S = TypeVar("S", bound=PooledSession)
+
+
+def make_machine(
+    min_size: int,
+    max_size: int,
+    target: int | None,
+    *,
+    strategy: ExpansionStrategy | None,
+    now: float,
+    settings: dict[str, Any],
+) -> PoolMachine:
+    """Build the :class:`PoolMachine` for ``transport.pool(min=, max=, target=, strategy=,
+    **settings)``: *target* defaults to 16 kept between *min_size* and *max_size*.
+
+    Raises:
+        ConfigurationError: a size, the target or a setting is invalid (an unknown setting
+            included).
+    """
+    if target is None:
+        target = builtins.max(min_size, builtins.min(DEFAULT_POOL_TARGET, max_size))
+    try:
+        return PoolMachine(min_size, max_size, target, strategy, now=now, **settings)
+    except TypeError as exc:
+        raise ConfigurationError("pool", str(exc)) from exc
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds a failed open waits before it is reported, after *failures* in a row."""
+    return float(builtins.min(MAX_RETRY_BACKOFF,
+                             RETRY_BACKOFF * 2.0 ** builtins.max(failures - 1, 0)))
+
+
+def closed_error() -> TransportConnectionError:
+    """The error of any operation on a closed pool."""
+    return TransportConnectionError(
+        "the pool is closed", code="connection.closed", retryable=False, operation="lease"
+    )
+
+
+class PoolDriverBase(Generic[S]):
+    """The backend-independent half of a session pool (see the module text).
+
+    Subclasses implement :meth:`_now`, :meth:`_start_open`, :meth:`_wake_lease` and
+    :meth:`_rearm`, and call :meth:`_opened`, :meth:`_open_failed` and :meth:`_on_finished` as
+    opens and sessions end.  Every method here must run where the backend allows touching the
+    machine (the event loop; the blocking backend's transport lock).
+    """
+
+    def __init__(
+        self, config: ConnectionConfig, machine: PoolMachine, metrics: TransportMetrics
+    ) -> None:
+        self._config = config
+        self._machine = machine
+        self._metrics = metrics
+        self._sessions: dict[Hashable, S] = {}
+        self._closing_sessions: set[S] = set()
+        self._lease_ids = itertools.count(1)
+        self._driving = False
+        self._closed = False
+        self._failures = 0  # consecutive failed opens, for the backoff
+        self._last_error: BaseException | None = None
+
+    # --- what the pool is ----------------------------------------------------------------------
+
+    @property
+    def config(self) -> ConnectionConfig:
+        """Where the pool connects."""
+        return self._config
+
+    @property
+    def machine(self) -> PoolMachine:
+        """The core machine deciding for this pool (for inspection; feed it nothing)."""
+        return self._machine
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (or the transport shut down)."""
+        return self._closed
+
+    def sessions(self) -> list[S]:
+        """The pooled sessions that are open, oldest first."""
+        return [self._sessions[c] for c in self._machine.connections if c in self._sessions]
+
+    def status(self) -> PoolStatus:
+        """Return the machine's :class:`~msgtrans.core.pool.PoolStatus` now."""
+        return self._machine.status()
+
+    def __repr__(self) -> str:
+        s = self._machine.status()
+        return (
+            f"<SessionPool {self._config.protocol.value}://{self._config.host}:"
+            f"{self._config.port} size={s.size} leases={s.leases_in_use}"
+            f"{' closed' if self._closed else ''}>"
+        )
+
+    # --- for the backend -----------------------------------------------------------------------
+
+    def _now(self) -> float:
+        raise NotImplementedError
+
+    def _start_open(self) -> None:
+        """Open one session; call :meth:`_opened` or :meth:`_open_failed` when done."""
+        raise NotImplementedError
+
+    def _wake_lease(self, lease_id: Hashable, conn_id: Hashable) -> bool:
+        """Hand *conn_id* to the waiting lease; ``False`` when nobody waits for it any more."""
+        raise NotImplementedError
+
+    def _rearm(self) -> None:
+        """Keep one timer at ``machine.next_deadline()`` (calling :meth:`_tick` then)."""
+        raise NotImplementedError
+
+    # --- leases --------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise closed_error()
+
+    def _exhausted(self, timeout: float) -> ResourceError:
+        error = ResourceError(
+            "pool", self._machine.size, self._machine.max_size,
+            f"no pooled session became free within {timeout:g} s",
+            code="resource.pool_exhausted", operation="lease",
+        )
+        self._metrics.error(error)
+        return error
+
+    def _usable(self, conn_id: Hashable | None) -> S | None:
+        """The session behind *conn_id* if it may be handed out; a session found closing is
+        reported broken at once (its finish callback may not have run yet)."""
+        if conn_id is None:
+            return None
+        session = self._sessions.get(conn_id)
+        if session is not None and session.state is SessionState.OPEN:
+            return session
+        self._sessions.pop(conn_id, None)
+        if session is not None:
+            self._closing_sessions.add(session)
+        self._machine.connection_failed(conn_id, self._now())
+        return None
+
+    def _pick(self) -> S | None:
+        self._check_open()
+        while True:
+            conn_id = self._machine.pick(self._now())
+            if conn_id is None:
+                return None
+            session = self._usable(conn_id)
+            self._drive()
+            if session is not None:
+                return session
+
+    def _try_acquire(self) -> tuple[Hashable, Hashable | None]:
+        """Ask the machine for a lease: (lease id, its connection or ``None`` to wait)."""
+        self._check_open()
+        lease_id = next(self._lease_ids)
+        return lease_id, self._machine.acquire(lease_id, self._now())
+
+    def _release(self, lease_id: Hashable) -> None:
+        if self._closed:
+            return
+        self._machine.release(lease_id, self._now())
+        self._drive()
+
+    # --- carrying out decisions ----------------------------------------------------------------
+
+    def _drive(self) -> None:
+        if self._driving or self._closed:
+            return  # the outer call picks the new decisions up
+        self._driving = True
+        try:
+            while True:
+                decisions = self._machine.decisions()
+                if not decisions:
+                    break
+                for decision in decisions:
+                    if isinstance(decision, AssignLease):
+                        if not self._wake_lease(decision.lease_id, decision.conn_id):
+                            # The waiter gave up (timeout, cancel) as the connection came.
+                            self._machine.release(decision.lease_id, self._now())
+                    elif isinstance(decision, OpenConnections):
+                        self._metrics.pool_decision(decision)
+                        for _ in range(decision.count):
+                            self._start_open()
+                    elif isinstance(decision, CloseConnections):
+                        self._metrics.pool_decision(decision)
+                        for conn_id in decision.conn_ids:
+                            session = self._sessions.pop(conn_id, None)
+                            if session is not None:
+                                self._closing_sessions.add(session)
+                                session.start_close(None, "pool shrink")
+        finally:
+            self._driving = False
+        self._rearm()
+
+    def _tick(self, now: float) -> None:
+        """The machine's deadline came (*now* at least that deadline)."""
+        if self._closed:
+            return
+        self._machine.tick(now)
+        self._drive()
+
+    def _opened(self, session: S) -> None:
+        """An open succeeded: the session joins the pool (or is given back when closed)."""
+        self._failures = 0
+        self._sessions[session.id] = session
+        self._machine.connection_opened(session.id, self._now())
+        self._drive()
+
+    def _open_failed(self) -> None:
+        """A failed open's backoff is over: the machine may plan another."""
+        if not self._closed:
+            self._machine.connection_failed(None, self._now())
+            self._drive()
+
+    def _on_finished(self, session: S) -> None:
+        self._closing_sessions.discard(session)
+        if self._sessions.pop(session.id, None) is None or self._closed:
+            return  # closed by the pool (shrink, close), or already reported broken
+        if session.error is not None or session.forced:
+            self._machine.connection_failed(session.id, self._now())
+        else:
+            self._machine.connection_closed(session.id, self._now())
+        self._drive()
+
+    def _take_sessions(self) -> list[S]:
+        """Mark the pool closed; return every session it still holds (to close)."""
+        self._closed = True
+        sessions = [*self._sessions.values(), *self._closing_sessions]
+        self._sessions.clear()
+        self._closing_sessions.clear()
+        return sessions
+
+
+def sum_pool_status(statuses: Iterable[PoolStatus], capacity: int,
+                    closed_counts: tuple[int, int] = (0, 0)) -> PoolStatus:
+    """Sum pool statuses: connection, lease and step counts add up (plus *closed_counts*, the
+    expansions and shrinks of pools already closed), utilisation is leases in use over
+    *capacity* (1.0 with no capacity and a waiting lease, else 0.0), ``last_decisions`` are the
+    newest 16 of all pools."""
+    statuses = list(statuses)
+    in_use = sum(s.leases_in_use for s in statuses)
+    waiting = sum(s.waiting_leases for s in statuses)
+    utilisation = in_use / capacity if capacity else (1.0 if waiting else 0.0)
+    grown, shrunk = closed_counts
+    decisions = tuple(d for s in statuses for d in s.last_decisions)[-16:]
+    return PoolStatus(
+        active_connections=sum(s.active_connections for s in statuses),
+        idle_connections=sum(s.idle_connections for s in statuses),
+        pending_connections=sum(s.pending_connections for s in statuses),
+        pool_utilization=utilisation,
+        expansion_count=grown + sum(s.expansion_count for s in statuses),
+        shrink_count=shrunk + sum(s.shrink_count for s in statuses),
+        waiting_leases=waiting,
+        leases_in_use=in_use,
+        last_decisions=decisions,
+    )
+
+
+P = TypeVar("P", bound=PoolDriverBase[Any])
+
+
+class PoolTracker(Generic[P]):
+    """A transport's open pools and the steps of the closed ones (for ``pool_status()``)."""
+
+    def __init__(self) -> None:
+        self._pools: list[P] = []
+        self._closed_counts = (0, 0)
+        self.used = False  # whether a pool was ever made (stats() then reports pools)
+
+    def __iter__(self) -> Iterator[P]:
+        return iter(list(self._pools))
+
+    def add(self, pool: P) -> None:
+        """Track a new pool."""
+        self._pools.append(pool)
+        self.used = True
+
+    def closed(self, pool: P) -> None:
+        """*pool* closed: keep its step counts, forget it."""
+        if pool in self._pools:
+            self._pools.remove(pool)
+            status = pool.status()
+            grown, shrunk = self._closed_counts
+            self._closed_counts = (grown + status.expansion_count,
+                                   shrunk + status.shrink_count)
+
+    def status(self) -> PoolStatus:
+        """Every open pool's status summed (see :func:`sum_pool_status`)."""
+        capacity = sum(
+            len(p.machine.connections) * p.machine.max_leases_per_connection for p in self._pools
+        )
+        return sum_pool_status((p.status() for p in self._pools), capacity, self._closed_counts)
