@@ -524,6 +524,13 @@ class QuicMachine(DatagramMachine):
         return self._backlog_bytes + self._stream_unacked()
 
     @property
+    def gathered_bytes(self) -> int:
+        """Bytes of packets queued since the last :meth:`datagrams_to_send` (small packets
+        wait to be handed to aioquic in one write there).  A driver can watch it grow to
+        tell a sender that is still producing from one that stopped."""
+        return self._backlog_bytes
+
+    @property
     def is_write_paused(self) -> bool:
         """Whether :class:`~msgtrans.core.events.WritePaused` is in force."""
         return self._paused

@@ -30,6 +30,11 @@ _MAX_DATAGRAM = 65536
 #: Receive buffer asked of the kernel (it grants at most ``net.core.rmem_max``): a burst of a
 #: congestion window of 16 KiB loopback datagrams must not overflow the socket.
 RECEIVE_BUFFER = 4 * 1024 * 1024
+#: A client's writer lets a sender that is still producing queue up to this many bytes (or
+#: for this many scheduling rounds) before it cuts datagrams: every trio send is a checkpoint,
+#: so without it each datagram would carry one or two small messages.
+GATHER_BYTES = 16 * 1024
+GATHER_ROUNDS = 64
 
 
 def _grow_receive_buffer(sock: Any) -> None:
@@ -88,11 +93,31 @@ class QuicClientIO:
                 continue
             self.session.feed_datagram(data, self._peer)
 
+    async def _gather(self) -> None:
+        """Yield while the sender keeps queueing, up to :data:`GATHER_BYTES`."""
+        machine = self.session.connection.machine
+        if not isinstance(machine, QuicMachine):  # pragma: no cover - always QUIC here
+            return
+        queued = machine.gathered_bytes
+        idle = 0
+        for _ in range(GATHER_ROUNDS):
+            if queued == 0 or queued >= GATHER_BYTES:
+                return
+            await trio.lowlevel.checkpoint()
+            now = machine.gathered_bytes
+            # trio may run this task before the sender in a round: only two rounds in a row
+            # without growth mean the sender stopped (or waits), so send what there is.
+            idle = idle + 1 if now == queued else 0
+            if idle == 2:
+                return
+            queued = now
+
     async def _writer(self) -> None:
         session = self.session
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            await self._gather()
             for data, _addr in session.take_datagrams():
                 try:
                     # The socket is connected: no address.
