@@ -544,7 +544,7 @@ class BufferPool:
         most :data:`PENDING_LIMIT` wait; the oldest beyond that is given up (``collected``).
 
         Raises:
-            ReleaseError: as :meth:`release`.
+            ReleaseError: as :meth:`release`, and for a buffer already waiting.
         """
         lock = self._lock
         if lock is None:
@@ -554,6 +554,8 @@ class BufferPool:
             self._release_later(buf)
 
     def _release_later(self, buf: bytearray) -> None:
+        if any(waiting is buf for waiting in self._pending):
+            raise ReleaseError("buffer released twice (it waits for its views to go)")
         try:
             self._release(buf)
         except BufferError:
@@ -569,6 +571,8 @@ class BufferPool:
                 self._release(buf)
             except BufferError:
                 self._pending.append(buf)
+            except ReleaseError:
+                pass  # no longer out (cannot happen through release_later): nothing to do
 
     def _forget(self, buf: bytearray) -> None:
         """Stop accounting for the handed-out *buf* (left to its viewers and the collector)."""

@@ -105,6 +105,7 @@ class LendingMachine(RuleBasedStateMachine):
         self.pool = BufferPool(sizes=(1 * KiB, 8 * KiB), counts=(4, 2), memory_limit=self.limit,
                                preallocate=(1, 0))
         self.held: dict[int, tuple[bytearray, int, bool]] = {}  # id -> (buf, asked, lent)
+        self.waiting: dict[int, tuple[bytearray, int, bool]] = {}  # released later, viewed
         self.views: dict[int, memoryview] = {}
 
     @rule(target=out, nbytes=st.integers(0, 20 * KiB), lend=st.booleans())
@@ -117,6 +118,7 @@ class LendingMachine(RuleBasedStateMachine):
             assert self.pool.bytes_in_use + needed > self.limit
             return -1
         assert id(buf) not in self.held, "a buffer handed out twice"
+        assert id(buf) not in self.waiting, "a viewed buffer handed out again"
         assert len(buf) >= nbytes
         if lend:
             assert isinstance(buf, PoolBuffer) and buf.lender is self.pool
@@ -126,7 +128,7 @@ class LendingMachine(RuleBasedStateMachine):
 
     @rule(key=out)
     def view(self, key: int) -> None:
-        if key in self.held and key not in self.views:
+        if key in self.held and key not in self.views and self.held[key][0]:
             self.views[key] = memoryview(self.held[key][0])[:1]
 
     @rule(key=out)
@@ -151,6 +153,25 @@ class LendingMachine(RuleBasedStateMachine):
         with pytest.raises(ReleaseError):
             self.pool.release(buf)
 
+    @rule(key=consumes(out))
+    def give_back_later(self, key: int) -> None:
+        if key not in self.held:
+            return
+        buf, asked, lent = self.held.pop(key)
+        self.pool.release_later(buf)
+        if key in self.views:
+            # Set aside while viewed: still out, still counted, never handed out again yet.
+            self.waiting[key] = (buf, asked, lent)
+        with pytest.raises(ReleaseError):  # twice, waiting or not
+            self.pool.release_later(buf)
+
+    @rule()
+    def views_go(self) -> None:
+        for key in list(self.waiting):
+            self.views.pop(key).release()
+            del self.waiting[key]
+        self.pool.stats()  # the pool looks at what waits
+
     @precondition(lambda self: any(lent for _, _, lent in self.held.values()))
     @rule()
     def drop_a_lent_buffer(self) -> None:
@@ -165,13 +186,11 @@ class LendingMachine(RuleBasedStateMachine):
     @invariant()
     def books_balance(self) -> None:
         stats = self.pool.stats()
-        in_use = sum(
-            next((s for s in self.pool.sizes if s >= asked), asked)
-            for _, asked, _ in self.held.values()
-        )
+        out = [*self.held.values(), *self.waiting.values()]
+        in_use = sum(next((s for s in self.pool.sizes if s >= asked), asked) for _, asked, _ in out)
         assert stats.bytes_in_use == in_use
-        assert self.pool.in_use == len(self.held)
-        assert stats.lent == sum(1 for _, _, lent in self.held.values() if lent)
+        assert self.pool.in_use == len(out)
+        assert stats.lent == sum(1 for _, _, lent in out if lent)
         assert stats.bytes_in_use <= stats.bytes_allocated <= self.limit
 
 
