@@ -110,6 +110,10 @@ def check_memory(machine: WebSocketMachine) -> None:
     assert msg is None or len(msg) <= machine.max_message
     area = machine._area
     assert area is None or len(area) <= 256 * 1024
+    # An unfinished handshake head: at most h11's 16 KiB and the chunk that went past it.
+    assert len(machine._head) <= 16 * 1024 + 1024
+    if machine.state is not MachineState.HANDSHAKING:
+        assert not machine._head
 
 
 def check_handshake_answer(server: WebSocketServerMachine, answer: bytes) -> None:

@@ -1234,6 +1234,7 @@ class WebSocketMachine(StreamMachine):
         self._pending.clear()
         self._big = self._msg = None
         self._rbuf = None
+        self._head = bytearray()
         self._close_deadline = self._pong_deadline = self._handshake_deadline = None
         self._fail(error, code)
         self.write_closed = True
@@ -1504,6 +1505,7 @@ class WebSocketServerMachine(WebSocketMachine):
         upgrade_any = False
         upgrade = connection = version = key = None
         offered: list[bytes] = []
+        offered_extensions: list[bytes] = []
         for name, value in fields:
             if name == b"host":
                 hosts += 1
@@ -1519,6 +1521,8 @@ class WebSocketServerMachine(WebSocketMachine):
                 key = value
             elif name == b"sec-websocket-protocol":
                 offered += value.split(b",")
+            elif name == b"sec-websocket-extensions":
+                offered_extensions.append(value)  # none is accepted, but wsproto reads them
         if (
             hosts != 1
             or not upgrade_any
@@ -1534,6 +1538,8 @@ class WebSocketServerMachine(WebSocketMachine):
                 return False
             host.decode("idna")
             protocols = [p.decode("ascii").strip() for p in offered]
+            for value in offered_extensions:
+                _comma_tokens(value)
         except ValueError:  # UnicodeError included: h11 and wsproto refuse it
             return False
         subprotocol = next((p for p in self.subprotocols if p in protocols), None)
