@@ -522,6 +522,13 @@ class PacketDecoder:
         held = self._end - self._pos
         self.bytes_moved += held
         size = max(self._receive_size, held + n)
+        if held >= self._prefix + HEADER_SIZE and size > len(self._buf):
+            # Growing for a packet bigger than the area (zero-copy off): double towards its
+            # size, so that receiving it moves its bytes O(1) times rather than once per read,
+            # and a bare header claiming 16 MiB still gets no more than twice what was sent.
+            whole = held + self._missing()
+            if whole > size:
+                size = min(whole, max(size, 2 * held))
         if size <= len(self._buf) and self._pos:
             # Compact in place: only the unfinished packet moves, and it is bounded by the
             # zero-copy threshold (bigger ones have a buffer of their own).
