@@ -19,7 +19,12 @@ from collections.abc import Hashable, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 from .core.config import ConnectionConfig
-from .core.errors import ConfigurationError, ResourceError, TransportConnectionError
+from .core.errors import (
+    ConfigurationError,
+    ResourceError,
+    TransportConnectionError,
+    TransportError,
+)
 from .core.expansion import ExpansionStrategy
 from .core.metrics import TransportMetrics
 from .core.pool import (
@@ -39,6 +44,7 @@ __all__ = [
     "RETRY_BACKOFF",
     "PoolDriverBase",
     "PoolTracker",
+    "SessionMetrics",
     "make_machine",
     "sum_pool_status",
 ]
@@ -67,6 +73,7 @@ class PooledSession(Protocol):
 
 
 S = TypeVar("S", bound=PooledSession)
+T_err = TypeVar("T_err", bound=TransportError)
 
 
 def make_machine(
@@ -360,3 +367,37 @@ class PoolTracker(Generic[P]):
             len(p.machine.connections) * p.machine.max_leases_per_connection for p in self._pools
         )
         return sum_pool_status((p.status() for p in self._pools), capacity, self._closed_counts)
+
+
+class SessionMetrics:
+    """A trio or blocking session's share of the transport's :class:`TransportMetrics`: it
+    keeps the session in the live gauge under its current state and counts its errors once.
+
+    Traffic is added by the session straight to the metrics' counters (plain ints, no call on
+    the hot path)."""
+
+    __slots__ = ("_state", "metrics", "protocol")
+
+    def __init__(self, metrics: TransportMetrics, protocol: Any, state: SessionState) -> None:
+        self.metrics = metrics
+        self.protocol = protocol
+        self._state: str | None = state.value
+        metrics.session_opened(protocol, state.value)
+
+    def state(self, state: SessionState) -> None:
+        """The session is now in *state* (moves the gauge when it changed)."""
+        old = self._state
+        if old is not None and state.value != old:
+            self.metrics.session_moved(self.protocol, old, state.value)
+            self._state = state.value
+
+    def closed(self) -> None:
+        """The session is over: it leaves the gauge (once)."""
+        if self._state is not None:
+            self.metrics.session_closed(self.protocol, self._state)
+            self._state = None
+
+    def error(self, error: T_err) -> T_err:
+        """Count *error* by its code and return it."""
+        self.metrics.error(error)
+        return error

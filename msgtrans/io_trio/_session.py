@@ -17,6 +17,7 @@ from typing import Protocol
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
+from .._pool_base import SessionMetrics
 from ..core.connection import Connection
 from ..core.errormap import map_error
 from ..core.errors import Protocol as WireProtocol
@@ -29,6 +30,7 @@ from ..core.events import (
     WriteResumed,
 )
 from ..core.machine import Address
+from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer, Packet
 from ..core.session import (
     CloseReason,
@@ -106,6 +108,7 @@ class Session:
         conn: Connection,
         session_id: int,
         on_finished: Callable[[Session], None] | None = None,
+        metrics: TransportMetrics | None = None,
     ) -> None:
         self.id = session_id
         self._conn = conn
@@ -137,6 +140,10 @@ class Session:
         self.closed_event: ConnectionClosed | None = None
         self.error: TransportError | None = None
         self.forced = False
+        # The transport's metrics (None: not counted); messages out are counted per flush.
+        self._metrics = (SessionMetrics(metrics, conn.protocol, conn.session.state)
+                         if metrics is not None else None)
+        self._unflushed_payload = 0
 
     # --- what the session is -------------------------------------------------------------------
 
@@ -189,8 +196,8 @@ class Session:
             packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
                                      now=trio.current_time())
         except TransportError as exc:
-            raise self._enrich(exc, "send") from None
-        self._queued(packet.wire_size)
+            raise self._count(self._enrich(exc, "send")) from None
+        self._queued(packet.wire_size, len(packet.payload))
 
     async def request(
         self,
@@ -219,17 +226,19 @@ class Session:
         is dropped and nothing stays pending in the core.
         """
         await self._wait_writable("request")
+        sent_at = trio.current_time()
         try:
             request_id = self._conn.request(
                 data, biz_type=biz_type, ext_header=ext_header, timeout=timeout,
                 now=trio.current_time(),
             )
         except TransportError as exc:
-            raise self._enrich(exc, "request") from None
+            raise self._count(self._enrich(exc, "request")) from None
         slot = _Slot()
         self._responses[request_id] = slot
         # Queued and flushed only need the same measure; this one is close to the wire size.
-        self._queued(len(data) + 16 + len(ext_header))
+        size = len(memoryview(data))
+        self._queued(size + 16 + len(ext_header), size)
         try:
             await slot.event.wait()
         except BaseException:
@@ -242,6 +251,8 @@ class Session:
         if slot.error is not None:
             raise slot.error
         assert slot.message is not None
+        if self._metrics is not None:
+            self._metrics.metrics.request_latency(trio.current_time() - sent_at)
         return slot.message
 
     async def receive(self) -> Message:
@@ -416,6 +427,8 @@ class Session:
         self._writable.set()
         self._work_done.set()
         self._timer_event.set()
+        if self._metrics is not None:
+            self._metrics.closed()
         if self._on_finished is not None:
             self._on_finished(self)
         for callback in self._finish_callbacks:
@@ -442,7 +455,11 @@ class Session:
         if self._unflushed_packets:
             self.packets_flushed += self._unflushed_packets
             self._conn.flushed(self._unflushed_bytes, self._unflushed_packets)
-            self._unflushed_bytes = self._unflushed_packets = 0
+            if self._metrics is not None:
+                # Counted when handed to the socket, once per flush.
+                self._metrics.metrics.messages_out += self._unflushed_packets
+                self._metrics.metrics.bytes_out += self._unflushed_payload
+            self._unflushed_bytes = self._unflushed_packets = self._unflushed_payload = 0
 
     @property
     def write_closed(self) -> bool:
@@ -476,7 +493,8 @@ class Session:
         if self._io is not None:
             self._io.wake()
 
-    def _queued(self, nbytes: int) -> None:
+    def _queued(self, nbytes: int, payload: int) -> None:
+        self._unflushed_payload += payload
         self._unflushed_bytes += nbytes
         self._unflushed_packets += 1
         self._after_input()
@@ -498,6 +516,8 @@ class Session:
                     self._handle(event)
         finally:
             self._processing = False
+        if self._metrics is not None:
+            self._metrics.state(self._conn.session.state)
         self._rearm()
 
     def _handle(self, event: object) -> None:
@@ -509,9 +529,13 @@ class Session:
                 self._unanswered.add(packet.message_id)
             self._inbox.append(Message(packet, self.id, responder))
             self._conn.message_delivered(len(packet.payload))
+            if self._metrics is not None:
+                self._metrics.metrics.message_in(len(packet.payload))
             self._inbox_event.set()
         elif kind is ResponseReceived:
             assert isinstance(event, ResponseReceived)
+            if self._metrics is not None:
+                self._metrics.metrics.message_in(len(event.packet.payload))
             slot = self._responses.pop(event.request_id, None)
             if slot is not None:
                 slot.message = Message(event.packet, self.id)
@@ -521,7 +545,7 @@ class Session:
             assert isinstance(event, RequestFailed)
             slot = self._responses.pop(event.request_id, None)
             if slot is not None:
-                slot.error = self._enrich(event.error, "request")
+                slot.error = self._count(self._enrich(event.error, "request"))
                 slot.event.set()
             self._work_done.set()
         elif kind is ConnectionEstablished:
@@ -540,12 +564,12 @@ class Session:
         elif kind is ErrorOccurred:
             assert isinstance(event, ErrorOccurred)
             if self.error is None:
-                self.error = self._enrich(event.error, "receive")
+                self.error = self._count(self._enrich(event.error, "receive"))
         elif kind is ConnectionClosed:
             assert isinstance(event, ConnectionClosed)
             self.closed_event = event
             if event.error is not None and self.error is None:
-                self.error = self._enrich(event.error, "receive")
+                self.error = self._count(self._enrich(event.error, "receive"))
             if not self._established.is_set():
                 error = self.error or self._closed_error("connect")
                 self._established_error = self._enrich(error, "connect")
@@ -555,7 +579,7 @@ class Session:
         elif kind is SessionClosed:
             assert isinstance(event, SessionClosed)
             if event.error is not None and self.error is None:
-                self.error = self._enrich(event.error, "receive")
+                self.error = self._count(self._enrich(event.error, "receive"))
             self._fail_waiters(self._closed_error("request"))
             self._inbox_event.set()
             self._update_writable()
@@ -605,8 +629,8 @@ class Session:
                 request, data, biz_type=biz_type, ext_header=ext_header, now=trio.current_time()
             )
         except TransportError as exc:
-            raise self._enrich(exc, "respond") from None
-        self._queued(packet.wire_size)
+            raise self._count(self._enrich(exc, "respond")) from None
+        self._queued(packet.wire_size, len(packet.payload))
 
     def _closed_error(self, operation: str) -> TransportError:
         if self.error is not None:
@@ -615,6 +639,11 @@ class Session:
             f"the {self.protocol.value} session is closed", code="connection.closed",
             retryable=False, session_id=self.id, operation=operation,
         )
+
+    def _count(self, error: TransportError) -> TransportError:
+        if self._metrics is not None:
+            self._metrics.error(error)
+        return error
 
     def _enrich(self, error: TransportError, operation: str) -> TransportError:
         return map_error(error, operation=operation, session_id=self.id)

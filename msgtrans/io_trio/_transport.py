@@ -18,6 +18,12 @@ from typing import Any, NoReturn
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
 from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReportBase, TransportBuilderBase
+from .._pool_base import (
+    DEFAULT_POOL_MAX,
+    DEFAULT_POOL_MIN,
+    PoolTracker,
+    make_machine,
+)
 from ..core.config import (
     ConnectionConfig,
     QuicConfig,
@@ -34,9 +40,13 @@ from ..core.errors import (
     TransportConnectionError,
     TransportError,
 )
+from ..core.expansion import ExpansionStrategy
+from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
 from ..core.packet import Buffer
-from ..core.session import SessionState
+from ..core.pool import PoolStatus
+from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
 from ..io_asyncio._message import Message
+from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, open_quic_listener
 from ._session import GOING_AWAY, Session
 from ._stream import StreamIO, StreamListener, open_stream_listener
@@ -272,6 +282,9 @@ class Transport:
         self._shutdown_done: trio.Event | None = None
         self._report: ShutdownReport | None = None
         self._flushed_total = 0
+        # Every session counts into these (see stats()); pools are tracked for pool_status().
+        self._metrics = TransportMetrics()
+        self._pools: PoolTracker[SessionPool] = PoolTracker()
 
     @staticmethod
     def builder() -> TransportBuilder:
@@ -334,7 +347,8 @@ class Transport:
     def _new_session(self, make: Callable[[int], Connection]) -> Session:
         self._last_id += 1
         session_id = self._last_id
-        session = Session(make(session_id), session_id, on_finished=self._forget)
+        session = Session(make(session_id), session_id, on_finished=self._forget,
+                          metrics=self._metrics)
         self._sessions[session_id] = session
         return session
 
@@ -383,8 +397,14 @@ class Transport:
         except trio.TooSlowError as exc:
             session_id = holder[0].id if holder else None
             await _abandon(holder, "abandoned: connect timed out")
-            raise map_error(exc, protocol=config.protocol, operation="connect",
-                            session_id=session_id, timeout=limit) from None
+            error = map_error(exc, protocol=config.protocol, operation="connect",
+                              session_id=session_id, timeout=limit)
+            self._metrics.error(error)
+            raise error from None
+        except TransportError as exc:
+            self._metrics.error(exc)
+            await _abandon(holder, "abandoned during connect")
+            raise
         except BaseException:
             await _abandon(holder, "abandoned during connect")
             raise
@@ -580,6 +600,84 @@ class Transport:
             except TransportError as exc:
                 await _call(handler, "on_error", session, exc)
 
+    # --- pools and metrics ----------------------------------------------------------------------
+
+    async def pool(
+        self,
+        address: str | ConnectionConfig,
+        /,
+        *,
+        min: int = DEFAULT_POOL_MIN,
+        max: int = DEFAULT_POOL_MAX,
+        target: int | None = None,
+        strategy: ExpansionStrategy | None = None,
+        **settings: Any,
+    ) -> SessionPool:
+        """Return a :class:`SessionPool` of sessions to *address*, driven by a core
+        :class:`~msgtrans.core.pool.PoolMachine`; waits until its first session opened.  Its
+        tasks run in the transport's nursery.
+
+        Args:
+            address: where to connect (a URL or a config, as :meth:`connect`).
+            min: sessions kept open at all times (default 2).
+            max: sessions never exceeded (default 64).
+            target: the size the pool expects to need; growth slows as it nears it
+                (default 16, kept between *min* and *max*).
+            strategy: how much to grow per step (default
+                :class:`~msgtrans.core.expansion.SmartExpansion`).
+            settings: other :class:`~msgtrans.core.pool.PoolMachine` settings:
+                ``wait_threshold``, ``grow_utilisation``, ``shrink_utilisation``,
+                ``shrink_after``, ``max_leases_per_connection``, ``history``.
+
+        Raises:
+            ConfigurationError: *target* or a setting is invalid, or the transport has no
+                nursery.
+            TransportError: every first open failed (the last connect error); with ``min=0``
+                nothing is opened up front and nothing is raised.
+        """
+        self._check_open("pool")
+        config = to_config(address)
+        spawn = self._spawner("pool")
+        machine = make_machine(min, max, target, strategy=strategy, now=trio.current_time(),
+                               settings=settings)
+        pool = SessionPool(
+            self, config, machine, metrics=self._metrics,
+            request_timeout=float(self._settings.get("request_timeout", DEFAULT_REQUEST_TIMEOUT)),
+            spawn=spawn, on_closed=self._pools.closed,
+        )
+        self._pools.add(pool)
+        pool.start()
+        try:
+            await pool.wait_started()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await pool.close()
+            raise
+        return pool
+
+    def pools(self) -> list[SessionPool]:
+        """The pools not closed yet, oldest first."""
+        return list(self._pools)
+
+    def pool_status(self) -> PoolStatus:
+        """The statuses of every open pool summed: connection, lease and step counts add up
+        (steps of closed pools included, so they never go down), utilisation is weighted by
+        each pool's lease capacity, ``last_decisions`` are the newest 16 of all pools."""
+        return self._pools.status()
+
+    def stats(self) -> MetricsSnapshot:
+        """Return every metric now, as plain immutable data (``.as_dict()`` for JSON): live
+        sessions by protocol and state, sessions opened and closed, messages and payload bytes
+        in and out, errors by ``error_code``, the request latency histogram, pool expansions
+        and shrinks by trigger, and the summed :meth:`pool_status` once a pool was made."""
+        if self._pools.used:
+            self._metrics.observe_pool(self.pool_status())
+        return self._metrics.snapshot()
+
+    def stats_prometheus(self, prefix: str = "msgtrans") -> str:
+        """Return :meth:`stats` in the Prometheus text exposition format (for ``/metrics``)."""
+        return render_prometheus(self.stats(), prefix)
+
     # --- shutdown ------------------------------------------------------------------------------
 
     async def graceful_shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> ShutdownReport:
@@ -625,6 +723,13 @@ class Transport:
     async def _do_shutdown(self, timeout: float, drain: bool) -> ShutdownReport:
         start = trio.current_time()
         deadline = start + max(0.0, timeout)
+        # Pools first: their waiting leases fail and their opens stop; their sessions are the
+        # transport's and close with the rest below.
+        pools = list(self._pools)
+        for pool in pools:
+            pool._begin_close()
+        for pool in pools:
+            await pool.wait_tasks()
         for stream in list(self._streams):
             await stream.aclose()
         sessions = list(self._sessions.values())
