@@ -37,6 +37,7 @@ __all__ = [
 
 BIZ_COUNT = 1
 BIZ_FANOUT = 2
+BIZ_SESSIONS = 3  # how many sessions the server has open (the fan-out waits for all)
 PAYLOAD_64 = b"m" * 64
 RECV_SIZE = 256 * 1024
 TIMEOUT = 60.0
@@ -136,7 +137,10 @@ class MsgtransBlocking:
     def fanout(self, n: int, rounds: int) -> list[float]:
         with self._transport() as transport:
             sessions = [transport.connect(self.url) for _ in range(n)]
-            time.sleep(0.2)  # let the server register every session as open
+            # Until the server has every session open: a late one would never get the message.
+            while COUNT.unpack(bytes(sessions[0].request(
+                    b"", biz_type=BIZ_SESSIONS).payload))[0] < n:
+                time.sleep(0.05)
             times: list[float] = []
             for _ in range(rounds):
                 t0 = time.perf_counter()
@@ -185,6 +189,8 @@ def serve_msgtrans_blocking(protocol: str, certdir: Path, ready: Callable[[int],
             if message.biz_type == BIZ_FANOUT:
                 transport.send_to_all(bytes(message.payload))
                 return b""
+            if message.biz_type == BIZ_SESSIONS:
+                return COUNT.pack(transport.session_count())
             return bytes(message.payload)
 
         def on_disconnected(self, session: mt.Session, reason: object) -> None:

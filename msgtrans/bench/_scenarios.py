@@ -49,6 +49,7 @@ __all__ = [
 
 BIZ_COUNT = 1
 BIZ_FANOUT = 2
+BIZ_SESSIONS = 3
 PAYLOAD_64 = b"m" * 64
 CONNECT_BATCH = 50
 
@@ -157,7 +158,10 @@ class MsgtransAsyncio:
     async def fanout(self, n: int, rounds: int) -> list[float]:
         async with self._transport() as transport:
             sessions = await _connect_many(n, lambda: transport.connect(self.url))
-            await asyncio.sleep(0.2)  # let the server register every session as open
+            # Until the server has every session open: a late one would never get the message.
+            while COUNT.unpack(bytes((await sessions[0].request(
+                    b"", biz_type=BIZ_SESSIONS)).payload))[0] < n:
+                await asyncio.sleep(0.05)
             loop = asyncio.get_running_loop()
             got = 0
             all_in: asyncio.Future[None] = loop.create_future()

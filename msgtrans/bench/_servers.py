@@ -11,7 +11,8 @@ end, so a dead benchmark never leaves a server behind) or it is terminated.
 
 The msgtrans servers are what users deploy: ``Transport.serve`` with a handler.  They count
 one-way messages per session; a request with ``biz_type`` 1 is answered with the count (8 bytes,
-reset after), ``biz_type`` 2 triggers ``send_to_all`` of its payload, any other request is
+reset after), ``biz_type`` 2 triggers ``send_to_all`` of its payload, ``biz_type`` 3 is answered
+with the number of open sessions (a fan-out waits until it has them all), any other request is
 echoed.  Every backend's server lives in a :data:`SERVERS` entry; the runner starts them all
 the same way.
 """
@@ -34,6 +35,7 @@ __all__ = ["SERVERS", "main"]
 
 BIZ_COUNT = 1
 BIZ_FANOUT = 2
+BIZ_SESSIONS = 3  # how many sessions the server has open (the fan-out waits for all)
 
 
 def _ready(*ports: int) -> None:
@@ -85,6 +87,8 @@ async def serve_msgtrans(protocol: str, certdir: Path) -> None:
             if message.biz_type == BIZ_FANOUT:
                 await transport.send_to_all(bytes(message.payload))
                 return b""
+            if message.biz_type == BIZ_SESSIONS:
+                return COUNT.pack(transport.session_count())
             return bytes(message.payload)
 
         async def on_disconnected(self, session: mt.Session, reason: object) -> None:

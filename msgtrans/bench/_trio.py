@@ -26,6 +26,7 @@ __all__ = ["MsgtransTrio", "TrioStreamsPeer", "serve_msgtrans_trio", "serve_trio
 
 BIZ_COUNT = 1
 BIZ_FANOUT = 2
+BIZ_SESSIONS = 3  # how many sessions the server has open (the fan-out waits for all)
 PAYLOAD_64 = b"m" * 64
 CONNECT_BATCH = 50
 RECV_SIZE = 256 * 1024
@@ -135,7 +136,10 @@ class MsgtransTrio:
     async def fanout(self, n: int, rounds: int) -> list[float]:
         async with self._transport() as transport:
             sessions = await _connect_many(n, lambda: transport.connect(self.url))
-            await trio.sleep(0.2)  # let the server register every session as open
+            # Until the server has every session open: a late one would never get the message.
+            while COUNT.unpack(bytes((await sessions[0].request(
+                    b"", biz_type=BIZ_SESSIONS)).payload))[0] < n:
+                await trio.sleep(0.05)
             got = 0
             all_in = trio.Event()
 
@@ -196,6 +200,8 @@ async def serve_msgtrans_trio(protocol: str, certdir: Path, ready: Callable[[int
             if message.biz_type == BIZ_FANOUT:
                 await transport.send_to_all(bytes(message.payload))
                 return b""
+            if message.biz_type == BIZ_SESSIONS:
+                return COUNT.pack(transport.session_count())
             return bytes(message.payload)
 
         async def on_disconnected(self, session: mt.Session, reason: object) -> None:
