@@ -37,9 +37,12 @@ from ..core.errors import (
     TransportError,
     TransportTimeoutError,
 )
+from ..core.metrics import MetricsSnapshot
 from ..core.packet import PacketType
+from ..core.pool import PoolStatus
 from ..core.session import CloseReason, SessionState
 from ._message import Message
+from ._pool import SessionPool
 from ._session import Session
 from ._transport import SessionStream, ShutdownReport, Transport, TransportBuilder
 
@@ -47,7 +50,9 @@ __all__ = [
     "CloseReason",
     "ConfigurationError",
     "Message",
+    "MetricsSnapshot",
     "PacketType",
+    "PoolStatus",
     "Protocol",
     "ProtocolError",
     "QuicConfig",
@@ -55,6 +60,7 @@ __all__ = [
     "ResourceError",
     "ServerTlsConfig",
     "Session",
+    "SessionPool",
     "SessionState",
     "SessionStream",
     "ShutdownReport",

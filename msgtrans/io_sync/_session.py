@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from .._pool_base import SessionMetrics
 from ..core.connection import Connection
 from ..core.errormap import map_error
 from ..core.errors import Protocol as WireProtocol
@@ -26,6 +27,7 @@ from ..core.events import (
     WriteResumed,
 )
 from ..core.machine import Address
+from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer, Packet
 from ..core.session import (
     CloseReason,
@@ -109,6 +111,7 @@ class Session:
         session_id: int,
         loop: IOLoop,
         on_finished: Callable[[Session], None] | None = None,
+        metrics: TransportMetrics | None = None,
     ) -> None:
         self.id = session_id
         self._conn = conn
@@ -139,6 +142,10 @@ class Session:
         self.closed_event: ConnectionClosed | None = None
         self.error: TransportError | None = None
         self.forced = False
+        # The transport's metrics (None: not counted); messages out are counted per flush.
+        self._metrics = (SessionMetrics(metrics, conn.protocol, conn.session.state)
+                         if metrics is not None else None)
+        self._unflushed_payload = 0
 
     # --- what the session is -------------------------------------------------------------------
 
@@ -206,8 +213,8 @@ class Session:
                 packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
                                          now=time.monotonic())
             except TransportError as exc:
-                raise self._enrich(exc, "send") from None
-            self._queued(packet.wire_size)
+                raise self._count(self._enrich(exc, "send")) from None
+            self._queued(packet.wire_size, len(packet.payload))
 
     def request(
         self,
@@ -237,18 +244,20 @@ class Session:
         """
         with self._lock:
             self._wait_writable("request", _deadline(timeout), timeout)
+            sent_at = time.monotonic()
             try:
                 request_id = self._conn.request(
                     data, biz_type=biz_type, ext_header=ext_header, timeout=timeout,
                     now=time.monotonic(),
                 )
             except TransportError as exc:
-                raise self._enrich(exc, "request") from None
+                raise self._count(self._enrich(exc, "request")) from None
             reply = _Reply()
             self._responses[request_id] = reply
             # Only queued and flushed using the same measure matters for the watermarks; the
             # payload length is close enough for requests.
-            self._queued(len(data) + 16 + len(ext_header))
+            size = len(memoryview(data))
+            self._queued(size + 16 + len(ext_header), size)
             try:
                 # The core's request timer ends the wait (RequestFailed) as does the close
                 # (SessionClosed): no timeout of our own is needed here.
@@ -262,6 +271,8 @@ class Session:
             if reply.error is not None:
                 raise reply.error
             assert reply.message is not None
+            if self._metrics is not None:
+                self._metrics.metrics.request_latency(time.monotonic() - sent_at)
             return reply.message
 
     def receive(self, timeout: float | None = None) -> Message:
@@ -454,6 +465,8 @@ class Session:
             # The core saw no close (should not happen): fail what waits all the same.
             self._fail_waiters(self._closed_error("receive"))
         self._finished = True
+        if self._metrics is not None:
+            self._metrics.closed()
         if not self._established_done:
             self._established_done = True
             self._established_error = self._closed_error("connect")
@@ -483,7 +496,11 @@ class Session:
         if self._unflushed_packets:
             self.packets_flushed += self._unflushed_packets
             self._conn.flushed(self._unflushed_bytes, self._unflushed_packets)
-            self._unflushed_bytes = self._unflushed_packets = 0
+            if self._metrics is not None:
+                # Counted when handed to the socket, once per flush.
+                self._metrics.metrics.messages_out += self._unflushed_packets
+                self._metrics.metrics.bytes_out += self._unflushed_payload
+            self._unflushed_bytes = self._unflushed_packets = self._unflushed_payload = 0
 
     @property
     def write_closed(self) -> bool:
@@ -521,7 +538,8 @@ class Session:
         self._process()
         self._touch()
 
-    def _queued(self, nbytes: int) -> None:
+    def _queued(self, nbytes: int, payload: int) -> None:
+        self._unflushed_payload += payload
         self._unflushed_bytes += nbytes
         self._unflushed_packets += 1
         self._process()
@@ -540,6 +558,8 @@ class Session:
                     self._handle(event)
         finally:
             self._processing = False
+        if self._metrics is not None:
+            self._metrics.state(self._conn.session.state)
         self._cond.notify_all()
 
     def _notify_inbox(self) -> None:
@@ -556,9 +576,13 @@ class Session:
                 self._unanswered.add(packet.message_id)
             self._inbox.append(Message(packet, self.id, responder))
             self._conn.message_delivered(len(packet.payload))
+            if self._metrics is not None:
+                self._metrics.metrics.message_in(len(packet.payload))
             self._notify_inbox()
         elif kind is ResponseReceived:
             assert isinstance(event, ResponseReceived)
+            if self._metrics is not None:
+                self._metrics.metrics.message_in(len(event.packet.payload))
             reply = self._responses.pop(event.request_id, None)
             if reply is not None:
                 reply.message = Message(event.packet, self.id)
@@ -567,7 +591,7 @@ class Session:
             assert isinstance(event, RequestFailed)
             reply = self._responses.pop(event.request_id, None)
             if reply is not None:
-                reply.error = self._enrich(event.error, "request")
+                reply.error = self._count(self._enrich(event.error, "request"))
                 reply.done = True
         elif kind is ConnectionEstablished:
             assert isinstance(event, ConnectionEstablished)
@@ -589,12 +613,12 @@ class Session:
         elif kind is ErrorOccurred:
             assert isinstance(event, ErrorOccurred)
             if self.error is None:
-                self.error = self._enrich(event.error, "receive")
+                self.error = self._count(self._enrich(event.error, "receive"))
         elif kind is ConnectionClosed:
             assert isinstance(event, ConnectionClosed)
             self.closed_event = event
             if event.error is not None and self.error is None:
-                self.error = self._enrich(event.error, "receive")
+                self.error = self._count(self._enrich(event.error, "receive"))
             if not self._established_done:
                 self._established_done = True
                 error = self.error or self._closed_error("connect")
@@ -604,7 +628,7 @@ class Session:
         elif kind is SessionClosed:
             assert isinstance(event, SessionClosed)
             if event.error is not None and self.error is None:
-                self.error = self._enrich(event.error, "receive")
+                self.error = self._count(self._enrich(event.error, "receive"))
             self._fail_waiters(self._closed_error("request"))
             self._notify_inbox()
         # HeartbeatDue: the protocol machines keep their own pings; nothing to do here.
@@ -643,8 +667,8 @@ class Session:
                     now=time.monotonic(),
                 )
             except TransportError as exc:
-                raise self._enrich(exc, "respond") from None
-            self._queued(packet.wire_size)
+                raise self._count(self._enrich(exc, "respond")) from None
+            self._queued(packet.wire_size, len(packet.payload))
 
     def _closed_error(self, operation: str) -> TransportError:
         if self.error is not None:
@@ -653,6 +677,11 @@ class Session:
             f"the {self.protocol.value} session is closed", code="connection.closed",
             retryable=False, session_id=self.id, operation=operation,
         )
+
+    def _count(self, error: TransportError) -> TransportError:
+        if self._metrics is not None:
+            self._metrics.error(error)
+        return error
 
     def _enrich(self, error: TransportError, operation: str) -> TransportError:
         return map_error(error, operation=operation, session_id=self.id)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -14,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReportBase, TransportBuilderBase
+from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, PoolTracker, make_machine
 from ..core.config import (
     ConnectionConfig,
     QuicConfig,
@@ -30,8 +32,11 @@ from ..core.errors import (
     TransportError,
     TransportTimeoutError,
 )
+from ..core.expansion import ExpansionStrategy
+from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
 from ..core.packet import Buffer
-from ..core.session import SessionState
+from ..core.pool import PoolStatus
+from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
 from ._channels import (
     QuicClientChannel,
     QuicListener,
@@ -43,6 +48,7 @@ from ._channels import (
 )
 from ._loop import IOLoop, wait_until
 from ._message import Message
+from ._pool import SessionPool
 from ._session import GOING_AWAY, Session
 
 __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
@@ -354,6 +360,9 @@ class Transport:
         self._flushed_total = 0
         self._closing = False
         self._shutdown: Future[ShutdownReport] | None = None
+        # Every session counts into these (see stats()); pools are tracked for pool_status().
+        self._metrics = TransportMetrics()
+        self._pools: PoolTracker[SessionPool] = PoolTracker()
 
     @staticmethod
     def builder() -> TransportBuilder:
@@ -391,7 +400,8 @@ class Transport:
         with loop.lock:
             self._last_id += 1
             session_id = self._last_id
-            session = Session(make(session_id), session_id, loop, on_finished=self._forget)
+            session = Session(make(session_id), session_id, loop, on_finished=self._forget,
+                              metrics=self._metrics)
             self._sessions[session_id] = session
             return session
 
@@ -475,9 +485,11 @@ class Transport:
             session_id = session.id if session is not None else None
             if session is not None:
                 self._abandon(session, "connect failed")
-            raise map_error(exc, protocol=config.protocol, operation="connect",
-                            session_id=session_id,
-                            timeout=limit if isinstance(exc, TimeoutError) else None) from None
+            error = map_error(exc, protocol=config.protocol, operation="connect",
+                              session_id=session_id,
+                              timeout=limit if isinstance(exc, TimeoutError) else None)
+            self._metrics.error(error)
+            raise error from None
         except BaseException:
             if session is not None:
                 self._abandon(session, "abandoned during connect")
@@ -490,8 +502,10 @@ class Transport:
             self._abandon(session, "abandoned during connect")
             raise
         self._abandon(session, "abandoned: connect timed out")
-        raise map_error(TimeoutError(), protocol=config.protocol, operation="connect",
-                        session_id=session.id, timeout=limit) from None
+        error = map_error(TimeoutError(), protocol=config.protocol, operation="connect",
+                          session_id=session.id, timeout=limit)
+        self._metrics.error(error)
+        raise error from None
 
     def _abandon(self, session: Session, reason: str) -> None:
         """Abort a session whose connect failed and wait (bounded) until the I/O thread
@@ -610,6 +624,86 @@ class Transport:
 
     # --- shutdown ------------------------------------------------------------------------------
 
+    # --- pools and metrics ----------------------------------------------------------------------
+
+    def pool(
+        self,
+        address: str | ConnectionConfig,
+        /,
+        *,
+        min: int = DEFAULT_POOL_MIN,
+        max: int = DEFAULT_POOL_MAX,
+        target: int | None = None,
+        strategy: ExpansionStrategy | None = None,
+        **settings: Any,
+    ) -> SessionPool:
+        """Return a :class:`SessionPool` of sessions to *address*, driven by a core
+        :class:`~msgtrans.core.pool.PoolMachine`; blocks until its first session opened.
+
+        Args:
+            address: where to connect (a URL or a config, as :meth:`connect`).
+            min: sessions kept open at all times (default 2).
+            max: sessions never exceeded (default 64).
+            target: the size the pool expects to need; growth slows as it nears it
+                (default 16, kept between *min* and *max*).
+            strategy: how much to grow per step (default
+                :class:`~msgtrans.core.expansion.SmartExpansion`).
+            settings: other :class:`~msgtrans.core.pool.PoolMachine` settings:
+                ``wait_threshold``, ``grow_utilisation``, ``shrink_utilisation``,
+                ``shrink_after``, ``max_leases_per_connection``, ``history``.
+
+        Raises:
+            ConfigurationError: *target* or a setting is invalid.
+            TransportError: every first open failed (the last connect error); with ``min=0``
+                nothing is opened up front and nothing is raised.
+        """
+        self._check_open("pool")
+        config = to_config(address)
+        loop = self._ensure_loop()
+        machine = make_machine(min, max, target, strategy=strategy, now=time.monotonic(),
+                               settings=settings)
+        pool = SessionPool(
+            self, config, machine, metrics=self._metrics,
+            request_timeout=float(self._settings.get("request_timeout", DEFAULT_REQUEST_TIMEOUT)),
+            loop=loop, on_closed=self._pools.closed,
+        )
+        with loop.lock:
+            self._pools.add(pool)
+        pool.start()
+        try:
+            pool.wait_started()
+        except BaseException:
+            pool.close()
+            raise
+        return pool
+
+    def pools(self) -> list[SessionPool]:
+        """The pools not closed yet, oldest first."""
+        return list(self._pools)
+
+    def pool_status(self) -> PoolStatus:
+        """The statuses of every open pool summed: connection, lease and step counts add up
+        (steps of closed pools included, so they never go down), utilisation is weighted by
+        each pool's lease capacity, ``last_decisions`` are the newest 16 of all pools."""
+        loop = self._loop
+        with loop.lock if loop is not None else contextlib.nullcontext():
+            return self._pools.status()
+
+    def stats(self) -> MetricsSnapshot:
+        """Return every metric now, as plain immutable data (``.as_dict()`` for JSON): live
+        sessions by protocol and state, sessions opened and closed, messages and payload bytes
+        in and out, errors by ``error_code``, the request latency histogram, pool expansions
+        and shrinks by trigger, and the summed :meth:`pool_status` once a pool was made."""
+        loop = self._loop
+        with loop.lock if loop is not None else contextlib.nullcontext():
+            if self._pools.used:
+                self._metrics.observe_pool(self._pools.status())
+            return self._metrics.snapshot()
+
+    def stats_prometheus(self, prefix: str = "msgtrans") -> str:
+        """Return :meth:`stats` in the Prometheus text exposition format (for ``/metrics``)."""
+        return render_prometheus(self.stats(), prefix)
+
     def graceful_shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> ShutdownReport:
         """Shut down: stop accepting, let requests in flight finish and queued messages leave
         until *timeout*, close every session with its protocol's close (WebSocket 1001, QUIC
@@ -659,6 +753,14 @@ class Transport:
             return ShutdownReport(0, 0, 0, time.monotonic() - start)
         for stream in list(self._streams):
             stream.close()
+        with loop.lock:
+            # Pools first: their waiting leases fail and their opens stop; their sessions are
+            # the transport's and close with the rest below.
+            pools = list(self._pools)
+            for pool in pools:
+                pool._begin_close()
+        for pool in pools:
+            pool.wait_tasks(0.5)
         with loop.lock:
             sessions = list(self._sessions.values())
             flushed_before = self._flushed_total + sum(s.packets_flushed for s in sessions)
