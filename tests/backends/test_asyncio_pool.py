@@ -1,4 +1,9 @@
-"""The asyncio session pool and metrics over real TCP on 127.0.0.1.
+"""What only the asyncio session pool and metrics do, over real TCP on 127.0.0.1.
+
+What every backend does (growth, shrink, broken sessions, leases, a dead server, the counters
+and the Prometheus text) is in ``tests/backends/conformance/test_pool_conformance.py``; here
+stay a bigger burst watched from a task of the same loop (the size never passes ``max`` at
+any moment) and the refusals at ``max_sessions`` (the asyncio listeners count them).
 
 Real time with small values (a 10 ms server, shrink_after 0.2 s); every test runs its own loop,
 bounded, checks that no task is left behind and shuts its transports down.  Meant to run under
@@ -9,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -142,159 +145,6 @@ def test_pool_grows_under_a_burst_following_the_schedule() -> None:
     run(main)
 
 
-def test_pool_shrinks_after_low_utilisation() -> None:
-    async def main() -> None:
-        async with echo_server(Echo(delay=0.01)) as (_server, client, url):
-            pool = await client.pool(url, min=2, max=16, target=8, shrink_after=0.2)
-            await asyncio.wait_for(asyncio.gather(
-                *(pool.request(b"x") for _ in range(100))
-            ), 10.0)
-            grown = pool.status().size
-            assert grown > 2
-            await eventually(lambda: pool.status().size == 2, "the shrink to the minimum")
-            status = pool.status()
-            assert status.shrink_count > 0
-            assert len(pool.sessions()) == 2
-            # The closed sessions really closed.
-            await eventually(lambda: client.session_count() == 2, "closed sessions to go")
-            stats = client.stats()
-            assert stats.pool_events[("shrink", "low_utilisation")] == status.shrink_count
-            assert stats.pool is not None
-            assert stats.pool.shrink_count == status.shrink_count
-
-    run(main)
-
-
-def test_broken_session_is_replaced_and_never_handed_out() -> None:
-    async def main() -> None:
-        handler = Echo()
-        async with echo_server(handler) as (_server, client, url):
-            pool = await client.pool(url, min=2, max=4)
-            await eventually(lambda: len(pool.sessions()) == 2, "two sessions")
-            await eventually(lambda: len(handler.sessions) == 2, "the server to see both")
-            before = {s.id for s in pool.sessions()}
-            handler.sessions[0].abort("killed by the test")
-            await eventually(
-                lambda: len(pool.sessions()) == 2 and {s.id for s in pool.sessions()} != before,
-                "the replacement",
-            )
-            live = pool.sessions()
-            assert all(s.state is mt.SessionState.OPEN for s in live)
-            # Every lease and request gets a working session.
-            for i in range(10):
-                async with pool.lease() as session:
-                    assert session in live
-                assert bytes((await pool.request(b"%d" % i)).payload) == b"re:%d" % i
-            await pool.send(b"one-way")
-            await eventually(lambda: handler.received >= 11, "the one-way message")
-
-    run(main)
-
-
-def test_lease_is_exclusive() -> None:
-    async def main() -> None:
-        async with echo_server(Echo()) as (_server, client, url):
-            pool = await client.pool(url, min=1, max=1, target=1)
-            order: list[str] = []
-            entered = asyncio.Event()
-
-            async def first() -> None:
-                async with pool.lease() as session:
-                    order.append(f"first in {session.id}")
-                    entered.set()
-                    await asyncio.sleep(0.05)
-                    order.append("first out")
-
-            async def second() -> None:
-                await entered.wait()
-                async with pool.lease() as session:
-                    order.append(f"second in {session.id}")
-
-            await asyncio.wait_for(asyncio.gather(first(), second()), WAIT)
-            sid = pool.sessions()[0].id
-            assert order == [f"first in {sid}", "first out", f"second in {sid}"]
-            # A full pool of one times out a second lease.
-            async with pool.lease():
-                with pytest.raises(mt.ResourceError) as info:
-                    async with pool.lease(timeout=0.05):
-                        pass
-                assert info.value.error_code == "resource.pool_exhausted"
-            assert pool.status().leases_in_use == 0
-            # Two leases at once on a pool of two: two different sessions.
-            pool2 = await client.pool(url, min=2, max=2, target=2)
-            async with pool2.lease() as a, pool2.lease() as b:
-                assert a is not b
-            assert len(client.pools()) == 2
-            assert client.pool_status().leases_in_use == 0
-            assert client.pool_status().idle_connections == 3
-        # The transport's shutdown closed both pools.
-        assert pool.closed
-        assert pool2.closed
-
-    run(main)
-
-
-def test_dead_server_fails_fast_and_retries_slowly() -> None:
-    async def main() -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]  # nothing listens there once closed
-        client = mt.Transport()
-        try:
-            with pytest.raises(mt.TransportConnectionError):
-                await client.pool(f"tcp://127.0.0.1:{port}", min=2, max=4)
-            assert client.pools() == []
-            # min=0 opens nothing up front; a request waits, the opens fail with a backoff.
-            pool = await client.pool(f"tcp://127.0.0.1:{port}", min=0, max=4)
-            with pytest.raises(mt.ResourceError):
-                await pool.request(b"x", timeout=0.3)
-            refused = client.stats().errors.get("connection.refused", 0)
-            assert 1 <= refused <= 10  # a few tries in 0.3 s, not a spin
-        finally:
-            await client.graceful_shutdown(1.0)
-
-    run(main)
-
-
-def test_stats_count_what_was_sent() -> None:
-    async def main() -> None:
-        handler = Echo()
-        async with echo_server(handler) as (server, client, url):
-            session = await client.connect(url)
-            payloads = [b"a" * n for n in (1, 10, 100, 1000)]
-            for p in payloads:
-                await session.send(p)
-            for p in payloads:
-                assert bytes((await session.request(p)).payload) == b"re:" + p
-            await eventually(lambda: handler.received == 8, "the server to receive all")
-            stats = client.stats()
-            assert stats.messages_out == 8
-            assert stats.bytes_out == 2 * sum(map(len, payloads))
-            assert stats.messages_in == 4
-            assert stats.bytes_in == sum(len(p) + 3 for p in payloads)
-            assert stats.request_latency.count == 4
-            assert stats.sessions[("tcp", "open")] == 1
-            assert stats.sessions_opened["tcp"] == 1
-            assert stats.errors == {}
-            served = server.stats()
-            assert served.messages_in == 8
-            assert served.bytes_in == 2 * sum(map(len, payloads))
-            assert served.messages_out == 4
-            assert served.pool is None
-            await session.close()
-            await eventually(lambda: client.stats().sessions_closed.get("tcp") == 1, "closed")
-            assert client.stats().sessions.get(("tcp", "open"), 0) == 0
-            # A request that times out is an error by its code.
-            silent = await client.connect(url)
-            handler.delay = 1.0
-            with pytest.raises(mt.TransportTimeoutError):
-                await silent.request(b"slow", timeout=0.05)
-            assert client.stats().errors["timeout.request"] == 1
-            assert client.stats().as_dict()["messages"]["out"] == 9
-
-    run(main)
-
-
 def test_refusals_at_max_sessions_are_counted() -> None:
     async def main() -> None:
         async with echo_server(Echo(), max_sessions=1) as (server, client, url):
@@ -305,48 +155,5 @@ def test_refusals_at_max_sessions_are_counted() -> None:
                 await asyncio.wait_for(second.receive(), WAIT)
             assert server.stats().errors["connection.refused_by_server"] == 1
             await first.close()
-
-    run(main)
-
-
-_SAMPLE = re.compile(
-    r'(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?P<labels>[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"'
-    r'(,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*")*)\})? (?P<value>\S+)'
-)
-
-
-def test_prometheus_text_parses() -> None:
-    async def main() -> None:
-        async with echo_server(Echo(delay=0.005)) as (_server, client, url):
-            pool = await client.pool(url, min=2, max=8, target=4)
-            await asyncio.gather(*(pool.request(b"p") for _ in range(40)))
-            text = client.stats_prometheus()
-        assert text.endswith("\n")
-        names: set[str] = set()
-        typed: set[str] = set()
-        for line in text.splitlines():
-            if line.startswith("# HELP "):
-                continue
-            if line.startswith("# TYPE "):
-                _, _, name, kind = line.split(" ")
-                assert kind in ("counter", "gauge", "histogram")
-                typed.add(name)
-                continue
-            match = _SAMPLE.fullmatch(line)
-            assert match, f"not a sample line: {line!r}"
-            float(match["value"])  # +Inf and NaN parse too
-            names.add(match["name"])
-        for expected in (
-            "msgtrans_sessions", "msgtrans_sessions_opened_total", "msgtrans_messages_total",
-            "msgtrans_bytes_total", "msgtrans_request_latency_seconds_bucket",
-            "msgtrans_request_latency_seconds_count", "msgtrans_pool_events_total",
-            "msgtrans_pool_connections", "msgtrans_pool_utilization",
-            "msgtrans_pool_expansions_total",
-        ):
-            assert expected in names, expected
-        assert "msgtrans_request_latency_seconds" in typed
-        assert 'msgtrans_messages_total{direction="out"} 40' in text
-        assert 'msgtrans_request_latency_seconds_count 40' in text
-        assert 'msgtrans_pool_events_total{kind="expand",trigger=' in text
 
     run(main)

@@ -480,3 +480,52 @@ def server_thread(backend: str, proto: str, certs: Certs,
         yield server
     finally:
         server.stop()
+
+
+# --- session pools (transport.pool) ------------------------------------------------------------
+
+
+class Pool:
+    """A ``transport.pool()`` of any backend; ``lease`` is an async context manager on all."""
+
+    def __init__(self, backend: Backend, raw: Any) -> None:
+        self._backend = backend
+        self.raw = raw
+
+    def status(self) -> Any:
+        return self.raw.status()
+
+    @property
+    def closed(self) -> bool:
+        closed: bool = self.raw.closed
+        return closed
+
+    def sessions(self) -> list[Session]:
+        return [Session(self._backend, s) for s in self.raw.sessions()]
+
+    async def request(self, data: bytes, **kw: Any) -> Msg:
+        return Msg(self._backend, await self._backend.call(self.raw.request, data, **kw))
+
+    async def send(self, data: bytes, **kw: Any) -> None:
+        await self._backend.call(self.raw.send, data, **kw)
+
+    @contextlib.asynccontextmanager
+    async def lease(self, timeout: float | None = None) -> AsyncIterator[Session]:
+        if isinstance(self._backend, SyncBackend):
+            cm = self.raw.lease(timeout)
+            session = await self._backend.call(cm.__enter__)
+            try:
+                yield Session(self._backend, session)
+            finally:
+                await self._backend.call(cm.__exit__, None, None, None)
+        else:
+            async with self.raw.lease(timeout) as session:
+                yield Session(self._backend, session)
+
+    async def close(self) -> None:
+        await self._backend.call(self.raw.close, 2.0)
+
+
+async def open_pool(backend: Backend, transport: Transport, url: str, **kw: Any) -> Pool:
+    """``transport.pool(url, **kw)`` on any backend."""
+    return Pool(backend, await backend.call(transport.raw.pool, url, **kw))
