@@ -159,7 +159,8 @@ class IOLoop:
     def request_flush(self, channel: Channel) -> None:
         """Mark *channel* dirty: the loop flushes it at the end of its iteration (lock held)."""
         self._dirty[channel] = None
-        if not self.in_loop_thread():
+        # A sender in a loop finds the wake-up pending: skip the thread lookup then.
+        if not self._wake_pending and not self.in_loop_thread():
             self._wake()
 
     @property
