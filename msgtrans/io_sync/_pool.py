@@ -90,6 +90,7 @@ class SessionPool(PoolDriverBase[Session]):
         self._assigned: dict[Hashable, Hashable] = {}
         self._threads: set[threading.Thread] = set()
         self._timer = _PoolTimer(self)
+        self._seen: float | None = None  # the deadline the I/O loop last read
         # The first opens: transport.pool() waits until one succeeded or all failed.
         self._first_done = False
         self._first_error: BaseException | None = None
@@ -342,7 +343,9 @@ class SessionPool(PoolDriverBase[Session]):
     # --- the timer (I/O thread, lock held) -----------------------------------------------------
 
     def _deadline(self) -> float | None:
-        return None if self._closed else self._machine.next_deadline()
+        # What the loop sleeps towards (it asks on every turn): _rearm compares against it.
+        self._seen = None if self._closed else self._machine.next_deadline()
+        return self._seen
 
     def _on_timer(self, now: float) -> None:
         deadline = self._machine.next_deadline()
@@ -350,7 +353,10 @@ class SessionPool(PoolDriverBase[Session]):
         self._tick(max(now, deadline if deadline is not None else 0.0))
 
     def _rearm(self) -> None:
-        # The loop reads the deadline itself on each turn; it only needs waking when it
-        # sleeps past the new one.
-        if not self._io.wakes_before(self._machine.next_deadline()):
+        # The loop reads the deadline itself on each turn; it only needs waking when the new
+        # one comes before the one it sleeps towards (a lease taken or given back mostly
+        # changes nothing, so costs no wake-up).
+        deadline = self._machine.next_deadline()
+        if deadline is not None and (self._seen is None or deadline < self._seen):
+            self._seen = deadline
             self._io.wake()

@@ -146,6 +146,9 @@ class Session:
         self._metrics = (SessionMetrics(metrics, conn.protocol, conn.session.state)
                          if metrics is not None else None)
         self._unflushed_payload = 0
+        # Received messages are added up here and handed to the metrics once per _process.
+        self._in_messages = 0
+        self._in_bytes = 0
 
     # --- what the session is -------------------------------------------------------------------
 
@@ -559,7 +562,7 @@ class Session:
         finally:
             self._processing = False
         if self._metrics is not None:
-            self._metrics.state(self._conn.session.state)
+            self._update_metrics(self._metrics)
         self._cond.notify_all()
 
     def _notify_inbox(self) -> None:
@@ -576,13 +579,13 @@ class Session:
                 self._unanswered.add(packet.message_id)
             self._inbox.append(Message(packet, self.id, responder))
             self._conn.message_delivered(len(packet.payload))
-            if self._metrics is not None:
-                self._metrics.metrics.message_in(len(packet.payload))
+            self._in_messages += 1
+            self._in_bytes += len(packet.payload)
             self._notify_inbox()
         elif kind is ResponseReceived:
             assert isinstance(event, ResponseReceived)
-            if self._metrics is not None:
-                self._metrics.metrics.message_in(len(event.packet.payload))
+            self._in_messages += 1
+            self._in_bytes += len(event.packet.payload)
             reply = self._responses.pop(event.request_id, None)
             if reply is not None:
                 reply.message = Message(event.packet, self.id)
@@ -677,6 +680,14 @@ class Session:
             f"the {self.protocol.value} session is closed", code="connection.closed",
             retryable=False, session_id=self.id, operation=operation,
         )
+
+    def _update_metrics(self, counted: SessionMetrics) -> None:
+        # Once per _process pass: the messages of the batch, and the gauge's state.
+        if self._in_messages:
+            counted.metrics.messages_in += self._in_messages
+            counted.metrics.bytes_in += self._in_bytes
+            self._in_messages = self._in_bytes = 0
+        counted.state(self._conn.session.state)
 
     def _count(self, error: TransportError) -> TransportError:
         if self._metrics is not None:

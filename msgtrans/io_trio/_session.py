@@ -144,6 +144,9 @@ class Session:
         self._metrics = (SessionMetrics(metrics, conn.protocol, conn.session.state)
                          if metrics is not None else None)
         self._unflushed_payload = 0
+        # Received messages are added up here and handed to the metrics once per _process.
+        self._in_messages = 0
+        self._in_bytes = 0
 
     # --- what the session is -------------------------------------------------------------------
 
@@ -517,7 +520,7 @@ class Session:
         finally:
             self._processing = False
         if self._metrics is not None:
-            self._metrics.state(self._conn.session.state)
+            self._update_metrics(self._metrics)
         self._rearm()
 
     def _handle(self, event: object) -> None:
@@ -529,13 +532,13 @@ class Session:
                 self._unanswered.add(packet.message_id)
             self._inbox.append(Message(packet, self.id, responder))
             self._conn.message_delivered(len(packet.payload))
-            if self._metrics is not None:
-                self._metrics.metrics.message_in(len(packet.payload))
+            self._in_messages += 1
+            self._in_bytes += len(packet.payload)
             self._inbox_event.set()
         elif kind is ResponseReceived:
             assert isinstance(event, ResponseReceived)
-            if self._metrics is not None:
-                self._metrics.metrics.message_in(len(event.packet.payload))
+            self._in_messages += 1
+            self._in_bytes += len(event.packet.payload)
             slot = self._responses.pop(event.request_id, None)
             if slot is not None:
                 slot.message = Message(event.packet, self.id)
@@ -639,6 +642,14 @@ class Session:
             f"the {self.protocol.value} session is closed", code="connection.closed",
             retryable=False, session_id=self.id, operation=operation,
         )
+
+    def _update_metrics(self, counted: SessionMetrics) -> None:
+        # Once per _process pass: the messages of the batch, and the gauge's state.
+        if self._in_messages:
+            counted.metrics.messages_in += self._in_messages
+            counted.metrics.bytes_in += self._in_bytes
+            self._in_messages = self._in_bytes = 0
+        counted.state(self._conn.session.state)
 
     def _count(self, error: TransportError) -> TransportError:
         if self._metrics is not None:
