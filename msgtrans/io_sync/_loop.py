@@ -115,6 +115,9 @@ class IOLoop:
         self._stopped = False
         # When the selector wakes up at the latest (monotonic), set before each select.
         self._sleep_until = 0.0
+        # Writing (the lock may be let go meanwhile, see unlocked()): a sender leaves its bytes
+        # in the core to join the next batch instead of taking them one message at a time.
+        self._flushing = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -167,7 +170,7 @@ class IOLoop:
     def woken(self) -> bool:
         """Whether the loop already has a wake-up or work pending (lock held): a channel marked
         dirty now is flushed without another wake-up."""
-        return self._wake_pending or bool(self._dirty) or bool(self._calls)
+        return self._wake_pending or self._flushing or bool(self._dirty) or bool(self._calls)
 
     def wakes_before(self, deadline: float | None) -> bool:
         """Whether the loop looks at the deadlines again by *deadline* without a wake-up (lock
@@ -297,14 +300,18 @@ class IOLoop:
                 logger.exception("msgtrans I/O loop: a submitted call failed")
 
     def _flush_dirty(self, now: float) -> None:
-        for _ in range(_FLUSH_ROUNDS):
-            if not self._dirty:
-                return
-            dirty = list(self._dirty)
-            self._dirty.clear()
-            for channel in dirty:
-                if channel in self._channels:
-                    self._guard(channel, channel.flush, now)
+        self._flushing = True
+        try:
+            for _ in range(_FLUSH_ROUNDS):
+                if not self._dirty:
+                    return
+                dirty = list(self._dirty)
+                self._dirty.clear()
+                for channel in dirty:
+                    if channel in self._channels:
+                        self._guard(channel, channel.flush, now)
+        finally:
+            self._flushing = False
 
     def _guard(self, channel: Channel, fn: Callable[..., None], *args: Any) -> None:
         # An exception escaping a hook would end the thread and strand every other socket;
