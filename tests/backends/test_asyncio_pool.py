@@ -3,7 +3,7 @@
 What every backend does (growth, shrink, broken sessions, leases, a dead server, the counters
 and the Prometheus text) is in ``tests/backends/conformance/test_pool_conformance.py``; here
 stay a bigger burst watched from a task of the same loop (the size never passes ``max`` at
-any moment) and the refusals at ``max_sessions`` (the asyncio listeners count them).
+any moment).
 
 Real time with small values (a 10 ms server, shrink_after 0.2 s); every test runs its own loop,
 bounded, checks that no task is left behind and shuts its transports down.  Meant to run under
@@ -141,19 +141,5 @@ def test_pool_grows_under_a_burst_following_the_schedule() -> None:
             assert client.pools() == []
             with pytest.raises(mt.TransportConnectionError):
                 await pool.request(b"late")
-
-    run(main)
-
-
-def test_refusals_at_max_sessions_are_counted() -> None:
-    async def main() -> None:
-        async with echo_server(Echo(), max_sessions=1) as (server, client, url):
-            first = await client.connect(url)
-            await eventually(lambda: server.session_count() == 1, "the first session")
-            second = await client.connect(url)
-            with pytest.raises(mt.TransportError):
-                await asyncio.wait_for(second.receive(), WAIT)
-            assert server.stats().errors["connection.refused_by_server"] == 1
-            await first.close()
 
     run(main)

@@ -50,18 +50,19 @@ SessionState = amt.SessionState
 PacketType = amt.PacketType
 
 
-def server_config(lib: ModuleType, proto: str, certs: Certs) -> Any:
+def server_config(lib: ModuleType, proto: str, certs: Certs, **options: Any) -> Any:
+    """A loopback server config for *proto* on a free port; *options* go to the config."""
     cert, key = certs
     tls = lib.ServerTlsConfig(cert, key)
     if proto == "tcp":
-        return lib.TcpServerConfig("127.0.0.1:0")
+        return lib.TcpServerConfig("127.0.0.1:0", **options)
     if proto == "tls":
-        return lib.TcpServerConfig("127.0.0.1:0", tls=tls)
+        return lib.TcpServerConfig("127.0.0.1:0", tls=tls, **options)
     if proto == "ws":
-        return lib.WebSocketServerConfig("127.0.0.1:0")
+        return lib.WebSocketServerConfig("127.0.0.1:0", **options)
     if proto == "wss":
-        return lib.WebSocketServerConfig("127.0.0.1:0", tls=tls)
-    return lib.QuicServerConfig("127.0.0.1:0", cert_file=cert, key_file=key)
+        return lib.WebSocketServerConfig("127.0.0.1:0", tls=tls, **options)
+    return lib.QuicServerConfig("127.0.0.1:0", cert_file=cert, key_file=key, **options)
 
 
 def client_url(proto: str, port: int, certs: Certs, *, trusted: bool = True) -> str:
@@ -174,8 +175,9 @@ class Transport:
         return await self._backend.call(self.raw.graceful_shutdown, timeout)
 
     @contextlib.asynccontextmanager
-    async def listen(self, proto: str, certs: Certs) -> AsyncIterator[Listener]:
-        stream = self.raw.accept([server_config(self._backend.lib, proto, certs)])
+    async def listen(self, proto: str, certs: Certs, **options: Any) -> AsyncIterator[Listener]:
+        """Listen on *proto* (a free loopback port); *options* go to the server config."""
+        stream = self.raw.accept([server_config(self._backend.lib, proto, certs, **options)])
         await self._backend.call(stream.start)
         try:
             yield Listener(self._backend, stream)

@@ -3,8 +3,8 @@ blocking) over TCP, WebSocket and QUIC.
 
 Real sockets on 127.0.0.1 with small values (a 10 ms server, ``shrink_after`` 0.2 s); each
 body is bounded by the adapters' run limit, checks that no task and no thread outlived it, and
-shuts its transports down.  What only asyncio has (its tasks, its refusal counting at
-``max_sessions``) stays in ``tests/backends/test_asyncio_pool.py``.
+shuts its transports down.  What only asyncio has (its tasks) stays in
+``tests/backends/test_asyncio_pool.py``.
 """
 
 from __future__ import annotations
@@ -337,6 +337,34 @@ def test_stats_count_what_was_sent(backend: Backend, proto: str, certs: Certs) -
                 await slow.request(b"slow", timeout=0.05)
             assert client.raw.stats().errors["timeout.request"] == 1
             assert client.raw.stats().as_dict()["messages"]["out"] == 9
+
+    backend.run(body)
+
+
+def test_refusals_at_max_sessions_are_counted(backend: Backend, proto: str, certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen(proto, certs, max_sessions=1) as listener:
+            url = client_url(proto, listener.port, certs)
+            first = await client.connect(url)
+            served = await listener.accept()
+            # The second is refused in its protocol's way: TCP and QUIC close (TCP may connect
+            # first and learn it on first use), WebSocket answers 503.
+            with pytest.raises(TransportError):
+                second = await client.connect(url)
+                await second.receive()
+            await eventually(
+                lambda: server.raw.stats().errors.get("connection.refused_by_server") == 1,
+                "the refusal counted")
+            assert server.session_count() == 1
+            # The slot frees when the first session goes.
+            await first.close()
+            await served.wait_closed()
+            await eventually(lambda: server.session_count() == 0, "the first session gone")
+            again = await client.connect(url)
+            await again.send(b"ok")
+            assert (await (await listener.accept()).receive()).payload == b"ok"
+            assert server.raw.stats().errors["connection.refused_by_server"] == 1
 
     backend.run(body)
 
