@@ -341,6 +341,13 @@ def test_stats_count_what_was_sent(backend: Backend, proto: str, certs: Certs) -
     backend.run(body)
 
 
+async def _connect_and_receive(client: Any, url: str) -> Msg:
+    # TCP connects before the server refuses: the refusal shows on first use.
+    session = await client.connect(url)
+    message: Msg = await session.receive()
+    return message
+
+
 def test_refusals_at_max_sessions_are_counted(backend: Backend, proto: str, certs: Certs) -> None:
     async def body() -> None:
         async with backend.transport() as server, backend.transport() as client, \
@@ -351,8 +358,7 @@ def test_refusals_at_max_sessions_are_counted(backend: Backend, proto: str, cert
             # The second is refused in its protocol's way: TCP and QUIC close (TCP may connect
             # first and learn it on first use), WebSocket answers 503.
             with pytest.raises(TransportError):
-                second = await client.connect(url)
-                await second.receive()
+                await _connect_and_receive(client, url)
             await eventually(
                 lambda: server.raw.stats().errors.get("connection.refused_by_server") == 1,
                 "the refusal counted")
