@@ -346,6 +346,7 @@ class TlsMachine(StreamMachine):
                 f"TLS certificate verification failed: {exc.verify_message or _describe(exc)}",
                 code="connection.tls_verification",
                 retryable=False,
+                operation="handshake",
             )
             error.__cause__ = exc
             self._abort(error)
@@ -359,7 +360,8 @@ class TlsMachine(StreamMachine):
             else:
                 code = "connection.tls_handshake"
             error = TransportConnectionError(
-                f"the TLS handshake failed: {_describe(exc)}", code=code, retryable=False
+                f"the TLS handshake failed: {_describe(exc)}", code=code, retryable=False,
+                operation="handshake",
             )
             error.__cause__ = exc
             self._abort(error)
@@ -403,6 +405,7 @@ class TlsMachine(StreamMachine):
                 TransportConnectionError(
                     "the peer closed the connection during the TLS handshake",
                     code="connection.tls_handshake",
+                    operation="handshake",
                 )
             )
             return
