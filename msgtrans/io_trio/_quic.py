@@ -15,7 +15,7 @@ import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typ
 from ..core.config import QuicServerConfig
 from ..core.connection import Connection, quic_endpoint
 from ..core.errormap import map_error
-from ..core.machine import Address
+from ..core.machine import Address, MachineState
 from ..core.quic import QuicMachine
 from ..core.quic_endpoint import QuicEndpoint
 from ..core.session import SessionMachine
@@ -194,6 +194,8 @@ class QuicListener:
         self._seats: dict[QuicMachine, tuple[Session, _ServerSessionIO]] = {}
         self._wake = trio.Event()
         self._timer_event = trio.Event()
+        # The deadline the timer task sleeps until (inf: none); see _rearm.
+        self._timer_at = math.inf
         self._stopping = False
         self._closed = trio.Event()
         self.scope = trio.CancelScope()
@@ -262,16 +264,30 @@ class QuicListener:
                 del self._seats[machine]
 
     def wake(self) -> None:
-        """Have the writer send every connection's datagrams."""
+        """Have the writer send every connection's datagrams (it re-arms the timer after)."""
         self._wake.set()
-        self._timer_event.set()
+
+    def _rearm(self) -> None:
+        # A flush moves deadlines (a CONNECTION_CLOSE that just left starts the closing
+        # period; acknowledgements arm loss timers): wake the timer task when the endpoint's
+        # next deadline is earlier than the one it sleeps until.  A later one needs nothing:
+        # firing early is harmless, the task re-reads.  Without this the timer task could
+        # sleep past a closing period until an old ping deadline, depending on which of the
+        # two tasks trio ran first after a wake-up.
+        deadline = self.endpoint.next_deadline()
+        if deadline is not None and deadline < self._timer_at:
+            self._timer_event.set()
 
     async def _writer(self) -> None:
         sock = self._sock
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            for data, addr in self.endpoint.datagrams_to_send(trio.current_time()):
+            now = trio.current_time()
+            datagrams = self.endpoint.datagrams_to_send(now)
+            if self._stopping:
+                datagrams += self._end_closing_periods(now)
+            for data, addr in datagrams:
                 try:
                     await sock.sendto(data, addr)
                 except OSError as exc:
@@ -285,15 +301,28 @@ class QuicListener:
                     seat.done.set()
             if self._stopping and self.endpoint.is_closed:
                 return
+            self._rearm()
+
+    def _end_closing_periods(self, now: float) -> list[tuple[bytes, Address]]:
+        # A connection whose CONNECTION_CLOSE left before stop() sits in its closing period
+        # with nothing to send, so the endpoint does not flush it again; its own flush ends
+        # the period now that closing_period is off (what it returns still goes out).
+        out: list[tuple[bytes, Address]] = []
+        for machine in self.endpoint.connections:
+            if machine.state is MachineState.CLOSING and not machine.closing_period:
+                out += machine.datagrams_to_send(now)
+        return out
 
     async def _timer_loop(self) -> None:
         while True:
             deadline = self.endpoint.next_deadline()
+            self._timer_at = deadline if deadline is not None else math.inf
             if self._timer_event.is_set():
                 self._timer_event = trio.Event()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
+            with trio.move_on_at(self._timer_at):
                 await self._timer_event.wait()
                 continue
+            self._timer_at = math.inf
             self.endpoint.handle_timer(trio.current_time())
             self._pump()
 
@@ -304,8 +333,16 @@ class QuicListener:
         self._on_established = _refuse
 
     def stop(self) -> None:
-        """Close the socket once every session on it is over (call after closing them)."""
+        """Close the socket once every session on it is over (call after closing them).
+
+        The connections skip QUIC's closing and draining periods: the socket closes right
+        after, which RFC 9000 section 10.2 accepts instead of the period (late packets then
+        find no socket and induce no answer), so a shutdown never waits three probe timeouts
+        for a peer that is gone.
+        """
         self._stopping = True
+        for machine in self.endpoint.connections:
+            machine.closing_period = False
         self.endpoint.close(0, "shutdown")
         self._pump()
 
