@@ -12,6 +12,7 @@ import builtins
 import contextlib
 import logging
 import socket
+import sys
 import types
 from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
@@ -103,6 +104,9 @@ class SessionStream:
         self._started = False
         self._stream_listeners: list[StreamListener] = []
         self._quic_listeners: list[QuicListener] = []
+        # Set by Transport.serve: each accepted session is handed straight to it from the
+        # accepting callback, rather than queued for the iterator to wake up and take.
+        self._on_session: Callable[[Session], None] | None = None
         self.addresses: list[tuple[str, int]] = []
 
     async def start(self) -> None:
@@ -143,6 +147,9 @@ class SessionStream:
         if self._closed:
             session.start_close(GOING_AWAY if session.protocol is Protocol.WEBSOCKET else None,
                                 "not accepting")
+            return
+        if self._on_session is not None:
+            self._on_session(session)
             return
         self._queue.append(session)
         self._event.set()
@@ -287,7 +294,13 @@ class Transport:
         )
         holder: list[Session] = []
         try:
-            return await asyncio.wait_for(self._open(config, holder), limit)
+            if sys.version_info >= (3, 11):
+                # A timeout scope runs _open in this task; wait_for would wrap it in a task of
+                # its own (one more task and loop pass per connect).
+                async with asyncio.timeout(limit):
+                    return await self._open(config, holder)
+            else:  # pragma: no cover - Python 3.10
+                return await asyncio.wait_for(self._open(config, holder), limit)
         except asyncio.TimeoutError as exc:
             session_id = holder[0].id if holder else None
             if holder:
@@ -439,15 +452,26 @@ class Transport:
         loop = asyncio.get_running_loop()
         tasks = self._handler_tasks
         mine: set[asyncio.Task[None]] = set()
+        def start(session: Session) -> None:
+            task = loop.create_task(self._serve_session(session, handler))
+            tasks.add(task)
+            mine.add(task)
+            task.add_done_callback(tasks.discard)
+            task.add_done_callback(mine.discard)
+
         try:
             stream = configs if isinstance(configs, SessionStream) else self.accept(configs)
             async with stream:
-                async for session in stream:
-                    task = loop.create_task(self._serve_session(session, handler))
-                    tasks.add(task)
-                    mine.add(task)
-                    task.add_done_callback(tasks.discard)
-                    task.add_done_callback(mine.discard)
+                # Sessions queued before serve began go first, in order; later ones are
+                # started from the accepting callback itself (no wake-up of this loop each).
+                while stream._queue:
+                    start(stream._queue.popleft())
+                stream._on_session = start
+                try:
+                    async for session in stream:
+                        start(session)
+                finally:
+                    stream._on_session = None
             # Stopped by a shutdown: the sessions are closing; let the handlers see it out.
             if mine:
                 await asyncio.gather(*mine, return_exceptions=True)
