@@ -255,6 +255,33 @@ class TcpMachine(StreamMachine):
         if decoder.error is not None:
             self._broken(decoder.error)
 
+    def receive_packets(self, nbytes: int, now: float) -> list[Packet] | None:
+        """:meth:`buffer_updated`, returning the packets completed instead of emitting
+        ``PacketReceived`` events: a driver's hot path hands them to the session machine
+        itself.
+
+        Returns:
+            The packets, in order (possibly none), when nothing else happened; ``None`` when
+            the bytes also did something else (broke the format, arrived after the close):
+            then every packet and the rest are queued as events, in order, as
+            :meth:`buffer_updated` would have left them, for the driver's usual round trip.
+        """
+        self._now = now
+        if self.state is _CLOSED or not nbytes:
+            return []
+        decoder = self._decoder
+        try:
+            packets = decoder.buffer_updated(nbytes)
+        except ProtocolError as exc:
+            self._broken(exc)
+            return None
+        if decoder.error is not None:
+            # Good packets before bad bytes still go first (see receive_data).
+            self._events += map(PacketReceived, packets)
+            self._broken(decoder.error)
+            return None
+        return packets
+
     def close(self, code: int | None = None, reason: str = "") -> None:
         """Start a graceful close: a FIN after the queued bytes, then wait for the peer's EOF.
 

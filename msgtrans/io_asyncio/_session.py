@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Protocol
 
 from ..core.connection import Connection
@@ -41,6 +43,7 @@ from ..core.session import (
     SessionClosed,
     SessionState,
 )
+from ..core.tcp import TcpMachine
 from ._message import Message
 
 __all__ = ["IO", "Session"]
@@ -116,6 +119,11 @@ class Session:
         self._stream_machine: StreamMachine | None = (
             machine if isinstance(machine, StreamMachine) else None
         )
+        # Plain TCP (not TLS over it): feed takes the machine's packets directly.
+        self._tcp: TcpMachine | None = machine if type(machine) is TcpMachine else None
+        # The timer is re-armed after input only when something other than messages and
+        # responses happened (those never bring a deadline nearer; see _rearm).
+        self._deadline_moved = True
         # True while input is processed: sends made meanwhile (handlers run from the protocol
         # callback, future callbacks) leave with the one flush that ends the batch.
         self._batching = False
@@ -132,13 +140,31 @@ class Session:
         self._finished: asyncio.Future[None] = loop.create_future()
         self._writable = asyncio.Event()
         self._writable.set()
+        # True while a send must wait or fail: not writable, or the connection is over.  One
+        # attribute for the hot paths to test instead of three calls.
+        self._blocked = False
+        # The loop's clock: asyncio's own loop.time() is time.monotonic() behind a Python
+        # call; read the clock directly then (uvloop and others keep their own).
+        self._time: Callable[[], float] = (
+            time.monotonic
+            if getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time
+            else loop.time
+        )
+        # The same for loop.create_future() (a Python call around asyncio.Future).
+        self._new_future: Callable[[], asyncio.Future[Message]] = (
+            partial(asyncio.Future, loop=loop)
+            if getattr(type(loop), "create_future", None) is asyncio.BaseEventLoop.create_future
+            else loop.create_future
+        )
         self._session_paused = False  # SendPaused from the session machine
         self._machine_paused = False  # WritePaused from the protocol machine
         self._socket_paused = False  # pause_writing from asyncio
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._unflushed_bytes = 0
-        self._unflushed_packets = 0
+        # Packets queued since the last take_output (the stream driver's flush skips the
+        # output round trip on a TCP connection when there are none).
+        self.unflushed_packets = 0
         self.packets_flushed = 0
         self.established: ConnectionEstablished | None = None
         self.closed_event: ConnectionClosed | None = None
@@ -152,6 +178,7 @@ class Session:
         # hot path only adds to these plain ints.
         self._metrics = metrics
         self._metric_state: str | None = None  # the state the live-session gauge counts us in
+        self._metric_state_seen: SessionState | None = None  # ... as an enum, compared cheaply
         self._unflushed_payload = 0
         self._in_messages = 0
         self._in_bytes = 0
@@ -210,14 +237,13 @@ class Session:
             ResourceError: the payload is over the limit.
             ConfigurationError: *biz_type* or *ext_header* is out of range.
         """
-        if not self._writable.is_set() or self.closed_event is not None \
-                or self._finished.done():
+        if self._blocked:
             await self._wait_writable("send")
         machine = self._stream_machine
         try:
             if machine is None:
                 packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
-                                         now=self._loop.time())
+                                         now=self._time())
                 size = len(data)
                 wire = packet.wire_size
             else:
@@ -225,7 +251,7 @@ class Session:
                 # lookups less per message): make the packet, queue it, count the backlog.
                 sm = self._sm
                 machine.send_packet(
-                    sm.send(data, biz_type=biz_type, ext_header=ext_header, now=self._loop.time())
+                    sm.send(data, biz_type=biz_type, ext_header=ext_header, now=self._time())
                 )
                 size = len(data)
                 wire = size + 16 + len(ext_header)
@@ -256,11 +282,10 @@ class Session:
                 the ones after it are not.
             ConfigurationError: *biz_type* is out of range (nothing was sent).
         """
-        if not self._writable.is_set() or self.closed_event is not None \
-                or self._finished.done():
+        if self._blocked:
             await self._wait_writable("send")
         sm = self._sm
-        now = self._loop.time()
+        now = self._time()
         make = sm.send
         packets: list[Packet] = []
         wire = payload_bytes = 0
@@ -313,11 +338,9 @@ class Session:
 
         Cancelling the call withdraws the request: a late response is dropped.
         """
-        if not self._writable.is_set() or self.closed_event is not None \
-                or self._finished.done():
+        if self._blocked:
             await self._wait_writable("request")
-        loop = self._loop
-        sent_at = loop.time()
+        sent_at = self._time()
         machine = self._stream_machine
         try:
             if machine is None:
@@ -341,7 +364,7 @@ class Session:
                 sm.packet_queued(len(data) + 16 + len(ext_header))
         except TransportError as exc:
             raise self._count(self._enrich(exc, "request")) from None
-        future: asyncio.Future[Message] = loop.create_future()
+        future: asyncio.Future[Message] = self._new_future()
         self._responses[request_id] = future
         # The packet's exact size does not matter for the watermarks, only that queued and
         # flushed use the same measure; the payload length is close enough for requests.
@@ -357,7 +380,7 @@ class Session:
         try:
             response = await future
             if self._metrics is not None:
-                self._metrics.request_latency(self._loop.time() - sent_at)
+                self._metrics.request_latency(self._time() - sent_at)
             return response
         except asyncio.CancelledError:
             # Withdraw the request so nothing stays pending in the core.
@@ -455,7 +478,7 @@ class Session:
             f"the session was {reason}", code="connection.aborted", retryable=False,
             session_id=self.id,
         )
-        self._conn.connection_lost(self._loop.time(), error)
+        self._conn.connection_lost(self._time(), error)
         self._process()
         if self._io is not None:
             self._io.abort()
@@ -512,7 +535,7 @@ class Session:
     def attach(self, io: IO) -> None:
         """Give the session its socket side and start the connection."""
         self._io = io
-        self._conn.start(self._loop.time())
+        self._conn.start(self._time())
         self._after_input()
 
     def set_socket_paused(self, paused: bool) -> None:
@@ -522,17 +545,32 @@ class Session:
 
     def feed(self, nbytes: int) -> None:
         """Bytes arrived in the connection's buffer (stream sockets)."""
-        self._conn.buffer_updated(nbytes, self._loop.time())
+        now = self._time()
+        tcp = self._tcp
+        if tcp is None:
+            self._conn.buffer_updated(nbytes, now)
+        else:
+            # Plain TCP: the packets go straight to the session machine, which is all
+            # Connection does with PacketReceived (no event objects, no second events
+            # round trip).  Anything else the bytes caused is left queued in the machine and
+            # pumped through Connection as usual (buffer_updated(0) only pumps).
+            packets = tcp.receive_packets(nbytes, now)
+            if packets is None:
+                self._conn.buffer_updated(0, now)
+            elif packets:
+                receive = self._sm.receive_packet
+                for packet in packets:
+                    receive(packet, now)
         self._after_input()
 
     def feed_eof(self) -> None:
         """The peer shut its write side."""
-        self._conn.receive_data(b"", self._loop.time())
+        self._conn.receive_data(b"", self._time())
         self._after_input()
 
     def feed_datagram(self, data: bytes, addr: Address) -> None:
         """A datagram arrived (QUIC client sockets)."""
-        self._conn.receive_datagram(data, addr, self._loop.time())
+        self._conn.receive_datagram(data, addr, self._time())
         self._after_input()
 
     def lost(self, exc: BaseException | None) -> None:
@@ -542,7 +580,7 @@ class Session:
                 map_error(exc, protocol=self.protocol, operation="receive", session_id=self.id)
                 if exc is not None else None
             )
-            self._conn.connection_lost(self._loop.time(), error)
+            self._conn.connection_lost(self._time(), error)
             self._process()
         self.socket_gone()
 
@@ -563,6 +601,7 @@ class Session:
                 self._established.set_exception(self._closed_error("connect"))
                 self._established.exception()  # retrieved: nobody may be waiting
             self._inbox_event.set()
+            self._blocked = True
             self._writable.set()
             self._work_done.set()
             if self._on_finished is not None:
@@ -572,13 +611,13 @@ class Session:
         """Return the bytes to write and account them as flushed (stream sockets)."""
         machine = self._stream_machine
         data = machine.data_to_send() if machine is not None else self._conn.data_to_send()
-        if self._unflushed_packets:
+        if self.unflushed_packets:
             self._account_flushed()
         return data
 
     def take_datagrams(self) -> list[tuple[bytes, Address]]:
         """Return the datagrams to send and account them as flushed (QUIC client)."""
-        grams = self._conn.datagrams_to_send(self._loop.time())
+        grams = self._conn.datagrams_to_send(self._time())
         self._account_flushed()
         return grams
 
@@ -587,17 +626,17 @@ class Session:
         self._account_flushed()
 
     def _account_flushed(self) -> None:
-        if self._unflushed_packets:
-            self.packets_flushed += self._unflushed_packets
+        if self.unflushed_packets:
+            self.packets_flushed += self.unflushed_packets
             # The session machine directly (what Connection.flushed does, minus draining its
             # events): process_if_pending sees whether it emitted SendResumed.
-            self._sm.flushed(self._unflushed_bytes, self._unflushed_packets)
+            self._sm.flushed(self._unflushed_bytes, self.unflushed_packets)
             metrics = self._metrics
             if metrics is not None:
                 # Counted when handed to the socket, once per flush.
-                metrics.messages_out += self._unflushed_packets
+                metrics.messages_out += self.unflushed_packets
                 metrics.bytes_out += self._unflushed_payload
-            self._unflushed_bytes = self._unflushed_packets = self._unflushed_payload = 0
+            self._unflushed_bytes = self.unflushed_packets = self._unflushed_payload = 0
 
     @property
     def write_closed(self) -> bool:
@@ -614,7 +653,8 @@ class Session:
         """The connection's deadline came."""
         self._timer = None
         self._timer_at = None
-        self._conn.handle_timer(self._loop.time())
+        self._deadline_moved = True
+        self._conn.handle_timer(self._time())
         self._after_input()
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -634,7 +674,7 @@ class Session:
     def _queued(self, nbytes: int, payload: int, packets: int = 1) -> None:
         self._unflushed_bytes += nbytes
         self._unflushed_payload += payload
-        self._unflushed_packets += packets
+        self.unflushed_packets += packets
         if not self._lazy_send or self._sm.has_events:
             self._process()
         if self._batching:
@@ -679,7 +719,9 @@ class Session:
             self._processing = False
         if self._metrics is not None:
             self._update_metrics(self._metrics)
-        self._rearm()
+        if self._deadline_moved:
+            self._deadline_moved = False
+            self._rearm()
 
     def _update_metrics(self, metrics: TransportMetrics) -> None:
         # Once per _process pass: the messages of the batch, and the gauge's state.
@@ -689,10 +731,13 @@ class Session:
             self._in_messages = self._in_bytes = 0
         old = self._metric_state
         if old is not None:
-            new = self._conn.session.state.value
-            if new != old:
-                metrics.session_moved(self.protocol, old, new)
-                self._metric_state = new
+            state = self._sm.state
+            if state is not self._metric_state_seen:
+                self._metric_state_seen = state
+                new = state.value
+                if new != old:
+                    metrics.session_moved(self.protocol, old, new)
+                    self._metric_state = new
 
     def _count(self, error: TransportError) -> TransportError:
         if self._metrics is not None:
@@ -725,16 +770,20 @@ class Session:
             # events, hiding a ReadPaused from the check that ends _process's loop).
             self._sm.message_delivered(size)
             self._inbox_event.set()
-        elif kind is ResponseReceived:
-            assert isinstance(event, ResponseReceived)
-            future = self._responses.pop(event.request_id, None)
+            return
+        if kind is ResponseReceived:
+            response: ResponseReceived = event  # type: ignore[assignment]
+            future = self._responses.pop(response.request_id, None)
             if future is not None and not future.done():
-                future.set_result(Message(event.packet, self.id))
+                future.set_result(Message(response.packet, self.id))
             self._in_messages += 1
-            self._in_bytes += len(event.packet.payload)
+            self._in_bytes += len(response.packet.payload)
             if self._idle_waiters:
                 self._work_done.set()
-        elif kind is RequestFailed:
+            return
+        # Anything else may bring a deadline nearer (a close, a handshake, a state change).
+        self._deadline_moved = True
+        if kind is RequestFailed:
             assert isinstance(event, RequestFailed)
             future = self._responses.pop(event.request_id, None)
             if future is not None and not future.done():
@@ -792,6 +841,7 @@ class Session:
             self._writable.set()
         else:
             self._writable.clear()
+        self._blocked = over or not self._writable.is_set()
 
     async def _wait_writable(self, operation: str) -> None:
         while not self._writable.is_set():
@@ -819,8 +869,7 @@ class Session:
     ) -> None:
         self._unanswered.discard(request.message_id)
         self._work_done.set()
-        if not self._writable.is_set() or self.closed_event is not None \
-                or self._finished.done():
+        if self._blocked:
             await self._wait_writable_for_respond()
         self._respond_now(request, data, biz_type, ext_header)
 
@@ -841,14 +890,14 @@ class Session:
                 code="connection.failed", retryable=False, session_id=self.id,
                 operation="respond",
             )
-        if not self._writable.is_set():
+        if self._blocked and not self._writable.is_set():
             return False
         message._responded = True
         packet = message.packet
         self._unanswered.discard(packet.message_id)
         if self._idle_waiters:
             self._work_done.set()
-        if self._finished.done() or self.closed_event is not None:
+        if self._blocked and (self._finished.done() or self.closed_event is not None):
             raise self._closed_error("respond")
         self._respond_now(packet, data, None, b"")
         return True
@@ -861,13 +910,13 @@ class Session:
             if machine is None:
                 packet = self._conn.respond(
                     request, data, biz_type=biz_type, ext_header=ext_header,
-                    now=self._loop.time(),
+                    now=self._time(),
                 )
             else:
                 # Connection.respond, inlined for stream machines (see send).
                 packet = self._sm.respond(
                     request, data, biz_type=biz_type, ext_header=ext_header,
-                    now=self._loop.time(),
+                    now=self._time(),
                 )
                 machine.send_packet(packet)
                 self._sm.packet_queued(len(data) + 16 + len(ext_header))

@@ -11,17 +11,42 @@ import contextlib
 import logging
 import socket
 import ssl
+import sys
+from asyncio import selector_events
 from collections.abc import Callable
 from typing import Any, cast
 
 from ..core.connection import Connection, server_connection
 from ..core.errormap import map_error
-from ..core.machine import Address, StreamMachine
+from ..core.machine import Address, MachineState, StreamMachine
+from ..core.packet import Buffer
+from ..core.tcp import TcpMachine
 from ._session import Session
 
 __all__ = ["StreamIO", "start_stream_listener"]
 
 logger = logging.getLogger("msgtrans.io_asyncio")
+
+_CLOSED = MachineState.CLOSED
+
+#: Up to Python 3.11, asyncio's selector transport joins the parts given to writelines() into
+#: one bytes object: a copy of every large payload.  There the parts are written with one
+#: sendmsg() of our own while asyncio's buffer is empty (3.12 does that itself).
+_JOINING_WRITELINES = sys.version_info < (3, 12)
+_SELECTOR_TRANSPORT: type | None = getattr(selector_events, "_SelectorSocketTransport", None)
+#: Parts per sendmsg(): well under every platform's IOV_MAX (1024 on Linux).
+_MAX_IOV = 512
+
+
+def _raw_sendmsg(transport: asyncio.BaseTransport) -> Callable[[list[Buffer]], int] | None:
+    """The socket's ``sendmsg`` when *transport* is asyncio's plain selector socket transport
+    on a Python whose writelines() copies, else ``None`` (uvloop, 3.12+, Windows' proactor:
+    their own writelines() is used)."""
+    if not _JOINING_WRITELINES or type(transport) is not _SELECTOR_TRANSPORT:
+        return None
+    sock = getattr(transport, "_sock", None)
+    sendmsg = getattr(sock, "sendmsg", None)
+    return cast("Callable[[list[Buffer]], int] | None", sendmsg)
 
 
 class StreamIO(asyncio.BufferedProtocol):
@@ -45,12 +70,21 @@ class StreamIO(asyncio.BufferedProtocol):
         self._eof_written = False
         self._closing = False
         self._peer: Address | None = None
+        # A TCP machine writes only the packets the session queued: the flush after input
+        # skips the output round trip when none were.  TLS and WebSocket machines have bytes
+        # of their own (handshakes, pongs, closes), so they always ask.
+        self._packets_only = type(self._machine) is TcpMachine
+        self._sendmsg: Callable[[list[Buffer]], int] | None = None
+        # asyncio calls protocol.get_buffer(); the machine's own method answers it directly
+        # (one Python call less per read).
+        self.get_buffer = self._machine.get_buffer  # type: ignore[method-assign]
 
     # --- asyncio's side ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Set the socket options and start the core connection."""
         self._transport = cast(asyncio.Transport, transport)
+        self._sendmsg = _raw_sendmsg(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # asyncio turns TCP_NODELAY on by default; honour the config either way.
@@ -67,7 +101,11 @@ class StreamIO(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         """Feed the bytes asyncio read into the core."""
         self._wrote_through = False
-        self._guard(self.session.feed, nbytes)
+        # _guard, inlined: this runs once per read.
+        try:
+            self.session.feed(nbytes)
+        except Exception:
+            self._dropped()
 
     def eof_received(self) -> bool:
         """Feed EOF to the core; keep the socket open so the core can finish its half-close."""
@@ -111,7 +149,10 @@ class StreamIO(asyncio.BufferedProtocol):
             self._flush_handle = self._loop.call_soon(self._scheduled_flush)
         else:
             self._wrote_through = True
-            self._guard(self.flush)
+            try:
+                self.flush()
+            except Exception:
+                self._dropped()
 
     def _scheduled_flush(self) -> None:
         self._flush_handle = None
@@ -123,21 +164,69 @@ class StreamIO(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is None or self._closing:
             return
-        data = self.session.take_output()
-        if data:
-            transport.writelines(data)
-        if self.session.write_closed and not self._eof_written:
+        session = self.session
+        machine = self._machine
+        if session.unflushed_packets or not self._packets_only:
+            data = session.take_output()
+            if data:
+                if len(data) == 1:
+                    transport.write(data[0])
+                elif self._sendmsg is not None:
+                    self._write_parts(transport, self._sendmsg, data)
+                else:
+                    transport.writelines(data)
+        if machine.write_closed and not self._eof_written:
             self._eof_written = True
             if transport.can_write_eof():
                 # The peer may be gone already (ENOTCONN after its reset); connection_lost
                 # follows and tells the core.
                 with contextlib.suppress(OSError):
                     transport.write_eof()
-        self.session.process_if_pending()
-        if self.session.machine_closed:
+        session.process_if_pending()
+        if machine.state is _CLOSED:
             # close() lets asyncio write what is buffered first, then connection_lost follows.
             self._closing = True
             transport.close()
+
+    @staticmethod
+    def _write_parts(
+        transport: asyncio.Transport, sendmsg: Callable[[list[Buffer]], int], parts: list[Buffer]
+    ) -> None:
+        """Write *parts* in order without joining them (asyncio 3.11's writelines would).
+
+        While asyncio holds nothing unsent, the parts go to the socket in one ``sendmsg``
+        straight from their own memory (a large payload is never copied on its way out);
+        what the socket does not take, and everything while asyncio's buffer is not empty,
+        goes through ``transport.write`` part by part, so asyncio keeps the order, the
+        write-ready callback and the pause_writing / resume_writing signals as usual.
+        """
+        i = 0
+        n = len(parts)
+        while i < n and not transport.get_write_buffer_size() and not transport.is_closing():
+            batch = parts[i : i + _MAX_IOV]
+            try:
+                sent = sendmsg(batch)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                # A broken socket: transport.write below meets the same error and reports it
+                # the asyncio way (connection_lost follows).
+                break
+            for part in batch:
+                size = len(part)
+                if sent < size:
+                    if sent:
+                        parts[i] = memoryview(part)[sent:]
+                    break
+                sent -= size
+                i += 1
+            else:
+                continue
+            break
+        write = transport.write
+        while i < n:
+            write(parts[i])
+            i += 1
 
     def pause_reading(self) -> None:
         """Stop reading: the application fell behind."""
@@ -164,8 +253,12 @@ class StreamIO(asyncio.BufferedProtocol):
         try:
             fn(*args)
         except Exception:
-            logger.exception("session %s: driver error; dropping the connection", self.session.id)
-            self.session.abort("dropped after a driver error")
+            self._dropped()
+
+    def _dropped(self) -> None:
+        # Called from an except block: logs the exception being handled.
+        logger.exception("session %s: driver error; dropping the connection", self.session.id)
+        self.session.abort("dropped after a driver error")
 
 
 class _Refuse(asyncio.Protocol):
