@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PING_TIMEOUT",
     "DEFAULT_SUBPROTOCOLS",
+    "LOOPBACK_DATAGRAM_SIZE",
     "MAX_TIMEOUT",
     "SUBPROTOCOL",
     "ConnectionConfig",
@@ -95,6 +96,13 @@ DEFAULT_CLOSE_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 30.0
 #: Pending connections a listening socket queues.
 DEFAULT_BACKLOG = 128
+#: The UDP payload size QUIC uses once the handshake is over when the peer is on a loopback
+#: address (and allows it): the loopback interface carries 64 KiB, so there is no path MTU to
+#: discover.  aioquic writes a STREAM frame's length in two bytes (at most 16383), so a datagram
+#: must not leave room for more: this is also the largest size allowed.
+LOOPBACK_DATAGRAM_SIZE = 16384
+#: The smallest datagram size QUIC allows (RFC 9000 section 14): the size before widening.
+_MIN_QUIC_DATAGRAM = 1200
 #: The largest timeout accepted, in seconds (about 11.5 days).  Drivers hand timeouts to
 #: ``socket.settimeout`` and lock waits, whose platform limits start near 49 days (Windows).
 MAX_TIMEOUT = 1_000_000.0
@@ -198,6 +206,19 @@ def _check_zero_copy(value: object) -> int | None:
 
 def _check_max_frame(value: object) -> int:
     return _check_int("max_frame", value, HEADER_SIZE, 0xFFFFFFFF)
+
+
+def _check_loopback_datagram_size(value: object) -> int | None:
+    if value is None:
+        return None
+    try:
+        return _check_int(
+            "loopback_datagram_size", value, _MIN_QUIC_DATAGRAM, LOOPBACK_DATAGRAM_SIZE
+        )
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            "loopback_datagram_size", f"{exc.reason} bytes (or None: 1200-byte datagrams always)"
+        ) from None
 
 
 def _check_file(name: str, value: object, *, optional: bool = True) -> str | None:
@@ -430,6 +451,38 @@ def _set_ws_timeouts(
 def _set_quic(config: object, alpn: object, idle_timeout: object) -> None:
     _set(config, "alpn", _check_names("alpn", alpn, token=False, required=True))
     _set(config, "idle_timeout", _required_timeout("idle_timeout", idle_timeout))
+
+
+def _set_quic_datagrams(config: object, loopback_datagram_size: object,
+                        closing_period: object) -> None:
+    _set(config, "loopback_datagram_size", _check_loopback_datagram_size(loopback_datagram_size))
+    _set(config, "closing_period", _check_bool("closing_period", closing_period))
+
+
+def _quic_datagram_params(loopback_datagram_size: int | None, closing_period: bool,
+                          default_closing_period: bool) -> list[tuple[str, str]]:
+    params: list[tuple[str, str]] = []
+    if loopback_datagram_size != LOOPBACK_DATAGRAM_SIZE:
+        params.append(("loopback_datagram_size", _NONE if loopback_datagram_size is None
+                       else str(loopback_datagram_size)))
+    if closing_period != default_closing_period:
+        params.append(("closing_period", "true" if closing_period else "false"))
+    return params
+
+
+def _quic_datagram_kwargs(params: dict[str, str]) -> dict[str, Any]:
+    """``loopback_datagram_size`` (a whole number or ``none``) and ``closing_period`` from a
+    URL query."""
+    kwargs: dict[str, Any] = {}
+    if "loopback_datagram_size" in params:
+        text = params["loopback_datagram_size"]
+        kwargs["loopback_datagram_size"] = (
+            None if text.lower() == _NONE
+            else _param_int("loopback_datagram_size", text, or_none=True)
+        )
+    if "closing_period" in params:
+        kwargs["closing_period"] = _param_bool("closing_period", params["closing_period"])
+    return kwargs
 
 
 def _set_receive(config: object, limits: object, zero_copy_threshold: object) -> None:
@@ -773,9 +826,10 @@ def _param_float(name: str, text: str) -> float:
         raise ConfigurationError(name, f"must be a number of seconds, got {text!r}") from None
 
 
-def _param_int(name: str, text: str) -> int:
+def _param_int(name: str, text: str, *, or_none: bool = False) -> int:
     if not (text.isascii() and text.isdigit()):
-        raise ConfigurationError(name, f"must be a whole number, got {text!r}")
+        hint = " or none" if or_none else ""
+        raise ConfigurationError(name, f"must be a whole number{hint}, got {text!r}")
     return int(text)
 
 
@@ -1172,6 +1226,14 @@ class QuicConfig(_Quic, _Endpoint):
         max_frame: the largest stream frame accepted, in bytes (default 16 MiB, the spec's cap).
         limits: receive limits (default 16 MiB payload, 4 KiB ext header).
         zero_copy_threshold: as for :class:`TcpConfig` (default 64 KiB; ``None``: never).
+        loopback_datagram_size: once the handshake is over, send UDP datagrams of up to this
+            many bytes when the server is on a loopback address (default 16384, also the
+            most; at least 1200; ``None``: 1200-byte datagrams always).  QUIC's cost is per
+            datagram and loopback has no path MTU to discover; never more than the peer
+            allows.
+        closing_period: wait out QUIC's closing period (three probe timeouts, answering late
+            packets) before the session counts as closed (default ``False``: the client closes
+            its own UDP socket at once, which RFC 9000 section 10.2 allows).
 
     Raises:
         ConfigurationError: a field is invalid (``field`` names it).
@@ -1187,6 +1249,8 @@ class QuicConfig(_Quic, _Endpoint):
     max_frame: int
     limits: Limits
     zero_copy_threshold: int | None
+    loopback_datagram_size: int | None
+    closing_period: bool
 
     def __init__(
         self,
@@ -1201,6 +1265,8 @@ class QuicConfig(_Quic, _Endpoint):
         max_frame: int = QUIC_MAX_FRAME,
         limits: Limits = DEFAULT_LIMITS,
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
+        loopback_datagram_size: int | None = LOOPBACK_DATAGRAM_SIZE,
+        closing_period: bool = False,
     ) -> None:
         _set(self, "addr", _check_addr(addr, server=False))
         _set(self, "server_name", _check_server_name(server_name))
@@ -1210,6 +1276,7 @@ class QuicConfig(_Quic, _Endpoint):
         _set(self, "connect_timeout", _required_timeout("connect_timeout", connect_timeout))
         _set(self, "max_frame", _check_max_frame(max_frame))
         _set_receive(self, limits, zero_copy_threshold)
+        _set_quic_datagrams(self, loopback_datagram_size, closing_period)
 
     @property
     def tls_server_name(self) -> str:
@@ -1231,6 +1298,8 @@ class QuicConfig(_Quic, _Endpoint):
             params.append(("server_name", self.server_name))
         params += _seconds_param("connect_timeout", self.connect_timeout, DEFAULT_CONNECT_TIMEOUT)
         params += _seconds_param("idle_timeout", self.idle_timeout, DEFAULT_IDLE_TIMEOUT)
+        params += _quic_datagram_params(self.loopback_datagram_size, self.closing_period,
+                                        default_closing_period=False)
         return _make_url("quic", self.addr, params=params)
 
 
@@ -1417,6 +1486,12 @@ class QuicServerConfig(_Quic, _Endpoint):
         max_sessions: the most sessions served at once (default ``None``: no limit).
         limits: receive limits (default 16 MiB payload, 4 KiB ext header).
         zero_copy_threshold: as for :class:`TcpConfig` (default 64 KiB; ``None``: never).
+        loopback_datagram_size: as for :class:`QuicConfig`, towards clients on a loopback
+            address (default 16384; ``None``: 1200-byte datagrams always).
+        closing_period: wait out each connection's closing or draining period (three probe
+            timeouts, answering late packets with CONNECTION_CLOSE) before its session counts
+            as closed (default ``True``: the UDP socket is shared and stays, so late packets
+            would otherwise go unanswered; ``False`` ends sessions a few milliseconds sooner).
 
     Raises:
         ConfigurationError: a field is invalid (``field`` names it).
@@ -1431,6 +1506,8 @@ class QuicServerConfig(_Quic, _Endpoint):
     max_sessions: int | None
     limits: Limits
     zero_copy_threshold: int | None
+    loopback_datagram_size: int | None
+    closing_period: bool
 
     def __init__(
         self,
@@ -1444,6 +1521,8 @@ class QuicServerConfig(_Quic, _Endpoint):
         max_sessions: int | None = None,
         limits: Limits = DEFAULT_LIMITS,
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
+        loopback_datagram_size: int | None = LOOPBACK_DATAGRAM_SIZE,
+        closing_period: bool = True,
     ) -> None:
         _set(self, "addr", _check_addr(addr, server=True))
         if cert_file is None:
@@ -1455,6 +1534,7 @@ class QuicServerConfig(_Quic, _Endpoint):
         _set_quic(self, alpn, idle_timeout)
         _set(self, "max_frame", _check_max_frame(max_frame))
         _set_server_receive(self, max_sessions, limits, zero_copy_threshold)
+        _set_quic_datagrams(self, loopback_datagram_size, closing_period)
 
     def to_url(self) -> str:
         """Return a ``quic://`` URL that :func:`parse_server_url` turns back into an equal
@@ -1466,6 +1546,8 @@ class QuicServerConfig(_Quic, _Endpoint):
         params += _seconds_param("idle_timeout", self.idle_timeout, DEFAULT_IDLE_TIMEOUT)
         if self.max_sessions is not None:
             params.append(("max_sessions", str(self.max_sessions)))
+        params += _quic_datagram_params(self.loopback_datagram_size, self.closing_period,
+                                        default_closing_period=True)
         return _make_url("quic", self.addr, params=params)
 
 
@@ -1483,9 +1565,12 @@ ServerConfigLike: TypeAlias = str | TcpServerConfig | WebSocketServerConfig | Qu
 _CONNECTION_TYPES = (TcpConfig, WebSocketConfig, QuicConfig)
 _SERVER_TYPES = (TcpServerConfig, WebSocketServerConfig, QuicServerConfig)
 
+_NONE = "none"  # a URL's way of saying None (loopback_datagram_size)
 _TCP_CLIENT_PARAMS = ("nodelay", "keepalive", "connect_timeout")
 _WS_CLIENT_PARAMS = ("connect_timeout",)
-_QUIC_CLIENT_PARAMS = ("verify", "ca", "server_name", "connect_timeout", "idle_timeout")
+_QUIC_DATAGRAM_PARAMS = ("loopback_datagram_size", "closing_period")
+_QUIC_CLIENT_PARAMS = ("verify", "ca", "server_name", "connect_timeout", "idle_timeout",
+                       *_QUIC_DATAGRAM_PARAMS)
 
 
 #: How many distinct client URLs :func:`parse_url` remembers.  An application connects to a
@@ -1514,7 +1599,8 @@ def parse_url(url: str) -> ConnectionConfig:
     Hosts are names, IPv4 addresses or bracketed IPv6 addresses (``[::1]``).  Query parameters
     set fields: ``nodelay``, ``keepalive`` (tcp, tls; ``0``/``1``/``true``/``false``),
     ``connect_timeout`` (seconds, every scheme), ``verify``, ``ca``, ``server_name`` (tls, wss,
-    quic), ``cert``, ``key`` (tls client certificate) and ``idle_timeout`` (quic).  Other
+    quic), ``cert``, ``key`` (tls client certificate), ``idle_timeout``, ``closing_period`` and
+    ``loopback_datagram_size`` (quic; a whole number of bytes, or ``none``).  Other
     parameters are an error, except on ``ws://`` and ``wss://``, where they stay in the request
     target.  Surrounding whitespace is ignored.
 
@@ -1569,6 +1655,7 @@ def _parse_url(url: str) -> ConnectionConfig:
         for name in ("connect_timeout", "idle_timeout"):
             if name in params:
                 kwargs[name] = _param_float(name, params[name])
+        kwargs.update(_quic_datagram_kwargs(params))
         addr = _url_hostport(parts, server=False, default_port=None)
         return QuicConfig(addr, **kwargs)
     if scheme == "tls":
@@ -1609,7 +1696,8 @@ def parse_server_url(
     unless the key is in the same file), or put them in the URL as ``?cert=PATH&key=PATH``.
     Other query parameters: ``max_sessions`` (every scheme), ``backlog`` and
     ``handshake_timeout`` (tcp, tls, ws, wss), ``nodelay`` and ``keepalive`` (tcp, tls), ``ca``
-    (tls, wss: require client certificates signed by these CAs) and ``idle_timeout`` (quic).
+    (tls, wss: require client certificates signed by these CAs), ``idle_timeout``,
+    ``closing_period`` and ``loopback_datagram_size`` (quic).
 
     Args:
         url: the URL to listen on.
@@ -1625,7 +1713,8 @@ def parse_server_url(
     scheme = parts.scheme
     secure = scheme in ("tls", "wss", "quic")
     if scheme == "quic":
-        allowed: tuple[str, ...] = (*_SERVER_CERT, "idle_timeout", *_SERVER_COMMON)
+        allowed: tuple[str, ...] = (*_SERVER_CERT, "idle_timeout", *_QUIC_DATAGRAM_PARAMS,
+                                    *_SERVER_COMMON)
     elif scheme in ("tcp", "tls"):
         allowed = ("nodelay", "keepalive", *_SERVER_STREAM)
     else:
@@ -1671,6 +1760,7 @@ def parse_server_url(
             kwargs[name] = _param_float(name, params[name])
     if scheme == "quic":
         _no_path(parts)
+        kwargs.update(_quic_datagram_kwargs(params))
         addr = _url_hostport(parts, server=True, default_port=None)
         assert cert is not None
         return QuicServerConfig(addr, cert, key, **kwargs)

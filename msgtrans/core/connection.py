@@ -454,6 +454,8 @@ def client_connection(
             limits=config.limits,
             zero_copy_threshold=config.zero_copy_threshold,
             max_frame=config.max_frame,
+            loopback_datagram_size=config.loopback_datagram_size,
+            closing_period=config.closing_period,
         )
     return Connection(machine, SessionMachine(session_id, **session), buffer_pool=buffer_pool)
 
@@ -528,6 +530,8 @@ def quic_endpoint(target: str | QuicServerConfig) -> QuicEndpoint:
         zero_copy_threshold=config.zero_copy_threshold,
         max_connections=config.max_sessions,
         max_frame=config.max_frame,
+        loopback_datagram_size=config.loopback_datagram_size,
+        closing_period=config.closing_period,
     )
 
 

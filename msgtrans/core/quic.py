@@ -60,6 +60,7 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketPacer, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
+from .config import LOOPBACK_DATAGRAM_SIZE  # defined with the configs that default to it
 from .errormap import map_quic_close
 from .errors import (
     ConfigurationError,
@@ -130,11 +131,6 @@ DEFAULT_PING_INTERVAL = 10.0
 DEFAULT_HIGH_WATERMARK = 1024 * 1024
 #: ... and at or below which :class:`WriteResumed` follows.
 DEFAULT_LOW_WATERMARK = 256 * 1024
-#: The UDP payload size used once the handshake is over when the peer is on a loopback address
-#: (and allows it): the loopback interface carries 64 KiB, so there is no path MTU to discover.
-#: aioquic writes a STREAM frame's length in two bytes (at most 16383), so a datagram must not
-#: leave room for more: this is also the largest size allowed.
-LOOPBACK_DATAGRAM_SIZE = 16384
 # RFC 9002 section 7.2: the initial window is min(10 * size, max(14720, 2 * size)).
 _INITIAL_WINDOW_PACKETS = 10
 _INITIAL_WINDOW_BYTES = 14720

@@ -151,6 +151,9 @@ class QuicEndpoint:
         handshake_timeout, close_timeout, ping_interval, limits, zero_copy_threshold,
         max_frame, high_watermark, low_watermark, loopback_datagram_size: per connection, as
             for :class:`~msgtrans.core.quic.QuicMachine`.
+        closing_period: each connection waits out its closing or draining period before
+            ``ConnectionClosed`` (default ``True``: the socket is shared and stays open, so late
+            packets are answered meanwhile; a driver may still end the periods at shutdown).
         max_connections: the most connections at once (default ``None``: no limit).  Initial
             packets beyond it are answered with CONNECTION_CLOSE ``CONNECTION_REFUSED`` and
             counted in :attr:`connections_refused`.
@@ -189,6 +192,7 @@ class QuicEndpoint:
         high_watermark: int = DEFAULT_HIGH_WATERMARK,
         low_watermark: int = DEFAULT_LOW_WATERMARK,
         loopback_datagram_size: int | None = LOOPBACK_DATAGRAM_SIZE,
+        closing_period: bool = True,
         max_connections: int | None = None,
         retry: bool = False,
     ) -> None:
@@ -218,6 +222,7 @@ class QuicEndpoint:
             "high_watermark": high_watermark,
             "low_watermark": low_watermark,
             "loopback_datagram_size": loopback_datagram_size,
+            "closing_period": closing_period,
         }
         # Fail on bad settings now, not at the first client.
         QuicMachine(
