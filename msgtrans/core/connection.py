@@ -142,6 +142,14 @@ class Connection:
         buffer_pool: PoolChoice = DEFAULT_POOL,
     ) -> None:
         self.machine = machine
+        # The machine's kind, found once: isinstance() against the ABCs costs more than the
+        # calls it guards, and every received chunk and write passes through one.
+        self._stream_machine = machine if isinstance(machine, StreamMachine) else None
+        self._datagram_machine = machine if isinstance(machine, DatagramMachine) else None
+        # Whether the machine's events() only hands over its list (TCP, WebSocket, QUIC), so
+        # that has_events being false means there is nothing to do.  TLS's also moves the
+        # inner machine's events and state up: it is always called.
+        self._plain_events = type(machine).events is ProtocolMachine.events
         self.buffer_pool = _attach_pool(machine, buffer_pool)
         self.session = session if session is not None else SessionMachine(session_id)
         self.established: ConnectionEstablished | None = None
@@ -330,14 +338,16 @@ class Connection:
     # --- plumbing ------------------------------------------------------------------------------
 
     def _stream(self) -> StreamMachine:
-        if not isinstance(self.machine, StreamMachine):
+        machine = self._stream_machine
+        if machine is None:
             raise ConfigurationError("transport", "this connection needs a datagram socket")
-        return self.machine
+        return machine
 
     def _datagram(self) -> DatagramMachine:
-        if not isinstance(self.machine, DatagramMachine):
+        machine = self._datagram_machine
+        if machine is None:
             raise ConfigurationError("transport", "this connection needs a stream socket")
-        return self.machine
+        return machine
 
     def _drain_session(self) -> None:
         self._events.extend(self.session.events())
@@ -345,7 +355,16 @@ class Connection:
     def _pump(self, now: float) -> None:
         session = self.session
         out = self._events
-        for event in self.machine.events():
+        machine = self.machine
+        # Most calls (a write flushed, a chunk that completed nothing) leave both machines
+        # quiet: then only the idle-close check below remains.
+        if self._plain_events and not machine.has_events:
+            if session.has_events:
+                out.extend(session.events())
+            if session.state is SessionState.CLOSED and machine.state in _LIVE:
+                self._close_under_session(now)
+            return
+        for event in machine.events():
             if type(event) is PacketReceived:
                 session.receive_packet(event.packet, now)
                 out.extend(session.events())
@@ -374,12 +393,15 @@ class Connection:
                 continue
             out.append(event)
         out.extend(session.events())
-        if session.state is SessionState.CLOSED and self.machine.state in _LIVE:
-            # The session gave up (idle timeout): close the connection under it.  The machine is
-            # no longer live afterwards, so this runs once.
-            reason = session.close_reason
-            self.machine.close(None, reason.value if reason is not None else "")
-            self._pump(now)
+        if session.state is SessionState.CLOSED and machine.state in _LIVE:
+            self._close_under_session(now)
+
+    def _close_under_session(self, now: float) -> None:
+        # The session gave up (idle timeout): close the connection under it.  The machine is no
+        # longer live afterwards, so this runs once.
+        reason = self.session.close_reason
+        self.machine.close(None, reason.value if reason is not None else "")
+        self._pump(now)
 
 
 # --- factories ----------------------------------------------------------------------------------
