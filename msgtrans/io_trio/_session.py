@@ -29,7 +29,7 @@ from ..core.events import (
     WritePaused,
     WriteResumed,
 )
-from ..core.machine import Address
+from ..core.machine import Address, StreamMachine
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer, Packet
 from ..core.session import (
@@ -50,6 +50,12 @@ from ..io_asyncio._message import Message
 __all__ = ["GOING_AWAY", "IO", "Session"]
 
 logger = logging.getLogger("msgtrans.io_trio")
+
+#: How many calls in a row :meth:`Session.send` and :meth:`Session.receive` may return without
+#: a schedule point while they need not wait (each call is always a cancel point).  Yielding on
+#: every call costs a trip through trio's scheduler per message, and lets the writer task wake
+#: once per message; once per batch keeps other tasks fair and the writer's batches full.
+BATCH_CALLS = 64
 
 #: WebSocket close code for "going away": what a server that shuts down sends.
 GOING_AWAY = 1001
@@ -112,6 +118,17 @@ class Session:
     ) -> None:
         self.id = session_id
         self._conn = conn
+        self._sm = conn.session
+        # Stream machines (TCP, TLS, WebSocket) emit nothing when a packet is queued, so a send
+        # needs the events round trip only when the session machine emitted (SendPaused);
+        # held typed so the hot path skips Connection's isinstance checks on an ABC.
+        machine = conn.machine
+        self._stream_machine: StreamMachine | None = (
+            machine if isinstance(machine, StreamMachine) else None
+        )
+        # Calls of send() / receive() since their last schedule point (see BATCH_CALLS).
+        self._sends = 0
+        self._receives = 0
         self._io: IO | None = None
         self._on_finished = on_finished
         self._finish_callbacks: list[Callable[[Session], None]] = []
@@ -189,18 +206,43 @@ class Session:
         """Send a one-way message.  Waits while the send side is paused (backpressure); returns
         once the message is queued (the writer task sends it with the rest of the batch).
 
+        Every call is a cancel point; while the session is writable, only every
+        :data:`BATCH_CALLS`-th call is also a schedule point (yields to other tasks), so a
+        loop of sends queues a batch that the writer task sends in one write.
+
         Raises:
             TransportConnectionError: the session is closing or closed.
             ResourceError: the payload is over the limit.
             ConfigurationError: *biz_type* or *ext_header* is out of range.
         """
-        await self._wait_writable("send")
+        if self._sends < BATCH_CALLS and self._writable.is_set():
+            self._sends += 1
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self.closed_event is not None or self._finished.is_set():
+                raise self._closed_error("send")
+        else:
+            self._sends = 0
+            await self._wait_writable("send")
+        machine = self._stream_machine
         try:
-            packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
-                                     now=trio.current_time())
+            if machine is None:
+                packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
+                                         now=trio.current_time())
+                size = len(packet.payload)
+                wire = packet.wire_size
+            else:
+                # Connection.send, inlined for stream machines: make the packet, queue it,
+                # count the backlog.
+                sm = self._sm
+                packet = sm.send(data, biz_type=biz_type, ext_header=ext_header,
+                                 now=trio.current_time())
+                machine.send_packet(packet)
+                size = len(packet.payload)
+                wire = size + 16 + len(ext_header)
+                sm.packet_queued(wire)
         except TransportError as exc:
             raise self._count(self._enrich(exc, "send")) from None
-        self._queued(packet.wire_size, len(packet.payload))
+        self._queued(wire, size)
 
     async def request(
         self,
@@ -242,6 +284,7 @@ class Session:
         # Queued and flushed only need the same measure; this one is close to the wire size.
         size = len(memoryview(data))
         self._queued(size + 16 + len(ext_header), size)
+        self._rearm()  # the request's deadline
         try:
             await slot.event.wait()
         except BaseException:
@@ -268,19 +311,75 @@ class Session:
             TransportConnectionError: the session closed and every message was taken (code
                 ``connection.closed``), or the error that ended the session.
         """
+        if await self._wait_inbox():
+            self._receives = 0
+        elif self._receives < BATCH_CALLS:
+            # A message was waiting: no trip through the scheduler, but once per batch.
+            self._receives += 1
+        else:
+            self._receives = 0
+            # Nothing can be cancelled from here until the message is handed over.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        message = self._inbox.popleft()
+        sm = self._sm
+        sm.message_consumed(len(message.payload))
+        if sm.has_events:  # ReadResumed: the reader goes on
+            self._process()
+        return message
+
+    async def receive_many(self, max_messages: int | None = None) -> list[Message]:
+        """Return every one-way message and request queued from the peer (at least one, in
+        arrival order), waiting for the first if none is queued.  A server loop that handles
+        what arrived in one batch costs one wake-up per batch instead of one per message.
+
+        Args:
+            max_messages: take at most this many (default ``None``: all that are queued).
+
+        Cancelling the call never loses a message: messages are only taken from the queue by
+        a call that returns them.  Always a checkpoint.
+
+        Raises:
+            ValueError: *max_messages* is below 1.
+            TransportConnectionError: the session closed and every message was taken (code
+                ``connection.closed``), or the error that ended the session.
+        """
+        if max_messages is not None and max_messages < 1:
+            raise ValueError(f"max_messages must be 1 or more, got {max_messages}")
+        waited = await self._wait_inbox()
+        self._receives = 0
+        if not waited:
+            # The checkpoint: nothing can be cancelled from here until the batch is handed over.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        inbox = self._inbox
+        if max_messages is None or max_messages >= len(inbox):
+            messages = list(inbox)
+            inbox.clear()
+        else:
+            messages = [inbox.popleft() for _ in range(max_messages)]
+        consumed = self._sm.message_consumed
+        for message in messages:
+            consumed(len(message.payload))
+        if self._sm.has_events:
+            self._process()
+        return messages
+
+    async def _wait_inbox(self) -> bool:
+        """Wait until a message is queued (a cancel point); return whether it had to wait (then
+        it was also a schedule point).
+
+        Raises:
+            TransportConnectionError: the session is over and the queue is empty.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
         while not self._inbox:
             if self._finished.is_set() or self.closed_event is not None:
                 raise self._closed_error("receive")
             if self._inbox_event.is_set():
                 self._inbox_event = trio.Event()
             await self._inbox_event.wait()
-        # From here on nothing can be cancelled until the message is handed over.
-        message = self._inbox.popleft()
-        self._conn.message_consumed(len(message.payload))
-        self._process()
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return message
+            waited = True
+        return waited
 
     async def close(
         self, code: int | None = None, reason: str = "", *, timeout: float = 10.0
@@ -390,9 +489,10 @@ class Session:
     # --- the driver's side ---------------------------------------------------------------------
 
     def feed(self, nbytes: int) -> None:
-        """Bytes arrived in the connection's buffer (stream sockets)."""
+        """Bytes arrived in the connection's buffer (stream sockets).  The caller wakes its
+        writer if the connection has something to send now (:meth:`take_output`) or is over."""
         self._conn.buffer_updated(nbytes, trio.current_time())
-        self._after_input()
+        self._process()
 
     def feed_eof(self) -> None:
         """The peer shut its write side."""
@@ -500,7 +600,11 @@ class Session:
         self._unflushed_payload += payload
         self._unflushed_bytes += nbytes
         self._unflushed_packets += 1
-        self._after_input()
+        if self._stream_machine is None or self._sm.has_events:
+            # QUIC may pause on flow control; a stream machine only when the session did.
+            self._process()
+        if self._io is not None:
+            self._io.wake()
 
     def process(self) -> None:
         """Handle the connection's pending events and re-arm its timer."""
@@ -531,9 +635,12 @@ class Session:
             if responder is not None:
                 self._unanswered.add(packet.message_id)
             self._inbox.append(Message(packet, self.id, responder))
-            self._conn.message_delivered(len(packet.payload))
+            size = len(packet.payload)
+            # The session machine's events (ReadPaused) come with the next events() call of
+            # the loop in _process.
+            self._sm.message_delivered(size)
             self._in_messages += 1
-            self._in_bytes += len(packet.payload)
+            self._in_bytes += size
             self._inbox_event.set()
         elif kind is ResponseReceived:
             assert isinstance(event, ResponseReceived)

@@ -43,6 +43,8 @@ class StreamIO:
         self._stream = stream
         self._sock = stream.socket
         self._wake = trio.Event()
+        # Output the reader took from the connection, to go before what the writer takes next.
+        self._carry: list[Buffer] = []
         self._reading = trio.Event()
         self._reading.set()
         self._eof_written = False
@@ -101,6 +103,14 @@ class StreamIO:
                 session.feed_eof()
                 return
             session.feed(nbytes)
+            # Most input has nothing to answer (TCP never does): wake the writer only when
+            # there is output (TLS, WebSocket control frames) or the connection ended.
+            output = session.take_output()
+            if output:
+                self._carry += output
+                self._wake.set()
+            elif session.machine_closed or session.write_closed:
+                self._wake.set()
 
     async def _writer(self) -> None:
         session = self.session
@@ -110,7 +120,7 @@ class StreamIO:
             try:
                 # Until the core has nothing more: sends and a close may come in while
                 # send_all waits, and the EOF must go after every byte queued before it.
-                while output := await self._gather(session.take_output()):
+                while output := await self._gather(self._take()):
                     for chunk in _batches(output):
                         if chunk:
                             await self._stream.send_all(chunk)
@@ -124,6 +134,13 @@ class StreamIO:
             session.process()
             if session.machine_closed:
                 return
+
+    def _take(self) -> list[Buffer]:
+        # The reader's carry first: it left the connection before what take_output returns.
+        if self._carry:
+            carried, self._carry = self._carry, []
+            return carried + self.session.take_output()
+        return self.session.take_output()
 
     async def _gather(self, output: list[Buffer]) -> list[Buffer]:
         """Grow *output* into a batch: yield to the other ready tasks and take what they
@@ -139,7 +156,7 @@ class StreamIO:
         while size < _JOIN_LIMIT and rounds < _BATCH_ROUNDS:
             rounds += 1
             await trio.lowlevel.cancel_shielded_checkpoint()
-            more = self.session.take_output()
+            more = self._take()
             if not more:
                 break
             output += more

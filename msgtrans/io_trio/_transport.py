@@ -566,18 +566,26 @@ class Transport:
 
     async def _serve_session(self, session: Session, handler: Any) -> None:
         await _call(handler, "on_connected", session)
+        on_message = getattr(handler, "on_message", None)  # looked up once per session
         try:
             while True:
+                # Everything queued at once: one wake-up per batch, not one per message.
                 try:
-                    message = await session.receive()
+                    batch = await session.receive_many()
                 except TransportError as exc:
                     if session.error is not None:
                         await _call(handler, "on_error", session, exc)
                     break
-                if message.is_request:
-                    await self._handle_request(session, handler, message)
-                else:
-                    await _call(handler, "on_message", session, message)
+                for message in batch:
+                    if message.is_request:
+                        await self._handle_request(session, handler, message)
+                    elif on_message is not None:
+                        try:
+                            await on_message(session, message)
+                        except Exception as exc:
+                            logger.exception("handler on_message raised (session %s)",
+                                             session.id)
+                            await _call(handler, "on_error", session, exc)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await _call(handler, "on_disconnected", session, session.close_reason)
