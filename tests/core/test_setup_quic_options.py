@@ -195,3 +195,32 @@ def test_the_cache_answers_like_parsing(ports: list[int]) -> None:
         url = f"tcp://127.0.0.1:{port}?nodelay=0"
         assert parse_url(url) == cfg._parse_url(url)
     assert cfg._parse_url_cached.cache_info().currsize <= cfg._URL_CACHE_SIZE
+
+
+@pytest.mark.parametrize("size", [LOOPBACK_DATAGRAM_SIZE, 4000])
+def test_the_last_handshake_flight_is_not_padded_to_the_loopback_size(
+    cert_files: tuple[Path, Path], size: int
+) -> None:
+    # aioquic pads a client datagram holding an Initial packet to the full datagram size: the
+    # flight that completes the handshake still holds one (its Initial ACK), so widening waits
+    # for the Initial space to be discarded.
+    cert, key = cert_files
+    endpoint = quic_endpoint(QuicServerConfig("127.0.0.1:4433", cert, key))
+    client = client_connection(
+        QuicConfig("127.0.0.1:4433", ca_file=str(cert), loopback_datagram_size=size),
+        resolved=("127.0.0.1", 4433),
+    ).machine
+    assert isinstance(client, QuicMachine)
+    client.start(0.0)
+    sizes: list[int] = []
+    for _ in range(6):
+        grams = client.datagrams_to_send(0.0)
+        sizes += [len(data) for data, _addr in grams]
+        for data, _addr in grams:
+            endpoint.receive_datagram(data, ("127.0.0.1", 50000), 0.0)
+        for data, _addr in endpoint.datagrams_to_send(0.0):
+            client.receive_datagram(data, ("127.0.0.1", 4433), 0.0)
+    opened = client.state
+    assert opened is MachineState.OPEN
+    assert sizes and max(sizes) <= 1200
+    assert client.quic._max_datagram_size == size  # widened once the Initial space went
