@@ -433,8 +433,10 @@ class PacketDecoder:
         # Payloads this big are counted in the zero-copy counters (with zero-copy off too, at
         # the default threshold, so that "off" is measured on the same messages).
         count_from = large if large is not None else DEFAULT_ZERO_COPY_THRESHOLD
+        # The framing hooks do nothing without a length prefix (TCP): skip two calls a packet.
+        framed = self._prefix != 0
         while end - pos >= need:
-            start = self._frame_start(view, pos)
+            start = self._frame_start(view, pos) if framed else pos
             fields: HeaderFields = unpack_from(view, start)
             ext_len = fields[5]
             payload_len = fields[6]
@@ -447,7 +449,8 @@ class PacketDecoder:
             ):
                 raise header_error(fields, limits)
             total = HEADER_SIZE + ext_len + payload_len
-            self._check_frame(view, pos, total)
+            if framed:
+                self._check_frame(view, pos, total)
             if end - start < total:
                 if large is not None and payload_len >= large:
                     # A big packet: give it its own buffer now, receive the rest into it.
