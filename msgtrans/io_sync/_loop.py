@@ -13,12 +13,14 @@ Threading model (the one rule every other module of this package follows):
   shutdown) plain condition waits.
 * Sockets and the selector are touched only by the I/O thread.  Application threads change
   core state, then call :meth:`IOLoop.request_flush`: the channel is marked dirty and the loop
-  woken; the loop writes what the core produced and updates the selector at the end of its
-  iteration, so the sends of many threads are coalesced into one vectored write.  A channel
-  may spare the loop a wake-up that would find nothing to do (a message taken from the inbox
-  produces no bytes): :attr:`IOLoop.woken` and :meth:`IOLoop.wakes_before` tell it when the
-  loop will look anyway.  The I/O thread lets go of the lock while the kernel takes a write
-  (:meth:`IOLoop.unlocked`): the buffers are its own by then, and senders go on queueing.
+  woken if it sleeps in ``select`` (an awake loop looks at the dirty set before it sleeps
+  again, so a burst of sends costs one wake-up byte at most); the loop writes what the core
+  produced and updates the selector at the end of its iteration, so the sends of many threads
+  are coalesced into one vectored write.  A channel may spare the loop a wake-up that would
+  find nothing to do (a message taken from the inbox produces no bytes): :attr:`IOLoop.woken`
+  and :meth:`IOLoop.wakes_before` tell it when the loop will look anyway.  The I/O thread lets
+  go of the lock while the kernel takes a write (:meth:`IOLoop.unlocked`): the buffers are its
+  own by then, and senders go on queueing.
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ class IOLoop:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._wake_pending = False
+        # Between the last look at the work (lock held) and the end of select(): only then
+        # does new work need a wake-up; an awake loop sees the dirty set before it sleeps.
+        self._sleeping = False
         self._calls: deque[Callable[[], None]] = deque()
         self._dirty: dict[Channel, None] = {}  # ordered set
         self._channels: dict[Channel, int] = {}  # channel -> registered mask (0: unregistered)
@@ -115,9 +120,6 @@ class IOLoop:
         self._stopped = False
         # When the selector wakes up at the latest (monotonic), set before each select.
         self._sleep_until = 0.0
-        # Writing (the lock may be let go meanwhile, see unlocked()): a sender leaves its bytes
-        # in the core to join the next batch instead of taking them one message at a time.
-        self._flushing = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -162,15 +164,16 @@ class IOLoop:
     def request_flush(self, channel: Channel) -> None:
         """Mark *channel* dirty: the loop flushes it at the end of its iteration (lock held)."""
         self._dirty[channel] = None
-        # A sender in a loop finds the wake-up pending: skip the thread lookup then.
-        if not self._wake_pending and not self.in_loop_thread():
+        # An awake loop (reading, flushing, or writing with the lock let go) looks at the dirty
+        # set before it sleeps again: only a sleeping one needs the wake-up byte.
+        if self._sleeping:
             self._wake()
 
     @property
     def woken(self) -> bool:
-        """Whether the loop already has a wake-up or work pending (lock held): a channel marked
-        dirty now is flushed without another wake-up."""
-        return self._wake_pending or self._flushing or bool(self._dirty) or bool(self._calls)
+        """Whether the loop is awake or already woken (lock held): a channel marked dirty now
+        is flushed without another wake-up."""
+        return not self._sleeping or self._wake_pending
 
     def wakes_before(self, deadline: float | None) -> bool:
         """Whether the loop looks at the deadlines again by *deadline* without a wake-up (lock
@@ -179,7 +182,7 @@ class IOLoop:
 
     def wake(self) -> None:
         """Make the loop recompute its deadlines now (lock held)."""
-        if not self.in_loop_thread():
+        if self._sleeping:  # an awake loop recomputes them before it sleeps
             self._wake()
 
     def _wake(self) -> None:
@@ -252,8 +255,10 @@ class IOLoop:
                         break
                     timeout = self._timeout()
                     self._sleep_until = time.monotonic() + timeout
+                    self._sleeping = True
                 ready = self._selector.select(timeout)
                 with self.lock:
+                    self._sleeping = False
                     now = time.monotonic()
                     for key, mask in ready:
                         channel = key.data
@@ -300,18 +305,14 @@ class IOLoop:
                 logger.exception("msgtrans I/O loop: a submitted call failed")
 
     def _flush_dirty(self, now: float) -> None:
-        self._flushing = True
-        try:
-            for _ in range(_FLUSH_ROUNDS):
-                if not self._dirty:
-                    return
-                dirty = list(self._dirty)
-                self._dirty.clear()
-                for channel in dirty:
-                    if channel in self._channels:
-                        self._guard(channel, channel.flush, now)
-        finally:
-            self._flushing = False
+        for _ in range(_FLUSH_ROUNDS):
+            if not self._dirty:
+                return
+            dirty = list(self._dirty)
+            self._dirty.clear()
+            for channel in dirty:
+                if channel in self._channels:
+                    self._guard(channel, channel.flush, now)
 
     def _guard(self, channel: Channel, fn: Callable[..., None], *args: Any) -> None:
         # An exception escaping a hook would end the thread and strand every other socket;

@@ -26,7 +26,7 @@ from ..core.events import (
     WritePaused,
     WriteResumed,
 )
-from ..core.machine import Address
+from ..core.machine import Address, StreamMachine
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer, Packet
 from ..core.session import (
@@ -115,6 +115,14 @@ class Session:
     ) -> None:
         self.id = session_id
         self._conn = conn
+        self._sm = conn.session
+        # Stream machines (TCP, TLS, WebSocket) emit nothing when a packet is queued, so a send
+        # needs the events round trip only when the session machine emitted (SendPaused); QUIC
+        # may pause on flow control, so it always takes it.  Held typed so the per-send call
+        # skips Connection's isinstance check on an ABC (a slow path in CPython).
+        machine = conn.machine
+        self._stream_machine: StreamMachine | None = (
+            machine if isinstance(machine, StreamMachine) else None)
         self._loop = loop
         self._lock = loop.lock
         self._cond = loop.cond
@@ -132,6 +140,8 @@ class Session:
         self._unflushed_bytes = 0
         self._unflushed_packets = 0
         self._processing = False
+        # Any of the three pauses, the end of the session: what makes send() take the slow path.
+        self._blocked = False
         self._on_established: list[Callable[[Session], None]] = []
         self._on_finished: list[Callable[[Session], None]] = (
             [on_finished] if on_finished is not None else [])
@@ -209,15 +219,29 @@ class Session:
             ResourceError: the payload is over the limit.
             ConfigurationError: *biz_type* or *ext_header* is out of range.
         """
-        deadline = _deadline(timeout)
         with self._lock:
-            self._wait_writable("send", deadline, timeout)
+            if self._blocked:
+                self._wait_writable("send", _deadline(timeout), timeout)
+            machine = self._stream_machine
             try:
-                packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
-                                         now=time.monotonic())
+                if machine is None:
+                    packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
+                                             now=time.monotonic())
+                    size = len(packet.payload)
+                    wire = packet.wire_size
+                else:
+                    # Connection.send inlined for stream machines (two calls and two wire_size
+                    # lookups less per message): make the packet, queue it, count the backlog.
+                    sm = self._sm
+                    packet = sm.send(data, biz_type=biz_type, ext_header=ext_header,
+                                     now=time.monotonic())
+                    machine.send_packet(packet)
+                    size = len(packet.payload)
+                    wire = size + 16 + len(packet.ext_header)
+                    sm.packet_queued(wire)
             except TransportError as exc:
                 raise self._count(self._enrich(exc, "send")) from None
-            self._queued(packet.wire_size, len(packet.payload))
+            self._queued(wire, size)
 
     def request(
         self,
@@ -246,7 +270,8 @@ class Session:
         late response is dropped.
         """
         with self._lock:
-            self._wait_writable("request", _deadline(timeout), timeout)
+            if self._blocked:
+                self._wait_writable("request", _deadline(timeout), timeout)
             sent_at = time.monotonic()
             try:
                 request_id = self._conn.request(
@@ -391,10 +416,36 @@ class Session:
         if not self._inbox:
             return None
         message = self._inbox.popleft()
-        self._conn.message_consumed(len(message.payload))
-        self._process()
-        self._touch()
+        self._sm.message_consumed(len(message.payload))
+        self._consumed()
         return message
+
+    def take_messages(self) -> list[Message]:
+        """Pop every queued message at once, oldest first (lock held); an empty list when
+        there is none.
+
+        One call accounts the whole batch to the receive bound (reading resumes once, if it
+        was paused) where :meth:`take_message` does it message by message: a consumer that
+        handles messages outside the lock (``Transport.serve``) takes the lock once per batch
+        instead of once per message.
+        """
+        inbox = self._inbox
+        if not inbox:
+            return []
+        messages = list(inbox)
+        inbox.clear()
+        consumed = self._sm.message_consumed
+        for message in messages:
+            consumed(len(message.payload))
+        self._consumed()
+        return messages
+
+    def _consumed(self) -> None:
+        # Taking messages changes no output and no deadline; it emits only ReadResumed (when
+        # the inbox fell to half its bound): the I/O thread hears of it only then.
+        if self._sm.has_events:
+            self._process()
+            self._touch()
 
     def wait_established(self, deadline: float | None) -> bool:
         """Wait (lock held) until the handshake completed or failed; ``False`` on timeout.
@@ -433,6 +484,7 @@ class Session:
         """The channel's write buffer crossed a watermark."""
         if paused != self._socket_paused:
             self._socket_paused = paused
+            self._update_blocked()
             self._cond.notify_all()
 
     def feed(self, nbytes: int, now: float) -> None:
@@ -468,6 +520,7 @@ class Session:
             # The core saw no close (should not happen): fail what waits all the same.
             self._fail_waiters(self._closed_error("receive"))
         self._finished = True
+        self._blocked = True
         if self._metrics is not None:
             self._metrics.closed()
         if not self._established_done:
@@ -545,25 +598,33 @@ class Session:
         self._unflushed_payload += payload
         self._unflushed_bytes += nbytes
         self._unflushed_packets += 1
-        self._process()
+        # Queueing a packet on a stream machine emits nothing unless the session machine
+        # paused: the events round trip (and its wake-ups) is skipped on the hot path.
+        if self._stream_machine is None or self._sm.has_events:
+            self._process()
         self._touch()
 
     def _process(self) -> None:
         if self._processing:
             return  # a callback below called back in; the outer loop picks the events up
         self._processing = True
+        handled = False
         try:
             while True:
                 events = self._conn.events()
                 if not events:
                     break
+                handled = True
                 for event in events:
                     self._handle(event)
         finally:
             self._processing = False
         if self._metrics is not None:
             self._update_metrics(self._metrics)
-        self._cond.notify_all()
+        if handled:
+            # Every waiter's predicate is moved by an event (or by a path that notifies on its
+            # own: the socket's pause, the end of the session): no event, no wake-up.
+            self._cond.notify_all()
 
     def _notify_inbox(self) -> None:
         listener = self.inbox_listener
@@ -605,8 +666,10 @@ class Session:
                     callback(self)
         elif kind is SendPaused or kind is SendResumed:
             self._session_paused = kind is SendPaused
+            self._update_blocked()
         elif kind is WritePaused or kind is WriteResumed:
             self._machine_paused = kind is WritePaused
+            self._update_blocked()
         elif kind is ReadPaused:
             if self._io is not None:
                 self._io.pause_reading()
@@ -620,6 +683,7 @@ class Session:
         elif kind is ConnectionClosed:
             assert isinstance(event, ConnectionClosed)
             self.closed_event = event
+            self._blocked = True
             if event.error is not None and self.error is None:
                 self.error = self._count(self._enrich(event.error, "receive"))
             if not self._established_done:
@@ -641,6 +705,10 @@ class Session:
         for reply in responses.values():
             reply.error = error
             reply.done = True
+
+    def _update_blocked(self) -> None:
+        self._blocked = (self._session_paused or self._machine_paused or self._socket_paused
+                         or self.closed_event is not None or self._finished)
 
     def _writable(self) -> bool:
         over = self.closed_event is not None or self._finished

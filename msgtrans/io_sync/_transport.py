@@ -270,22 +270,30 @@ class _ServeRun:
         session = served.session
         handler = self._handler
         lock = self._loop.lock
+        # Looked up once per drain task, not once per message.
+        on_message = getattr(handler, "on_message", None)
+        handle_request = self._handle_request
         if first:
             _call(handler, "on_connected", session)
         while True:
+            # Every queued message in one lock round trip; the handler runs without the lock,
+            # so the I/O thread queues the next batch meanwhile.
             with lock:
-                message = session.take_message()
-                if message is None:
-                    ended = session.is_closed or session.closed_event is not None
-                    if not ended:
+                messages = session.take_messages()
+                if not messages:
+                    if not (session.is_closed or session.closed_event is not None):
                         served.busy = False
                         return
-            if message is None:
-                break
-            if message.is_request:
-                self._handle_request(session, message)
-            else:
-                _call(handler, "on_message", session, message)
+                    break
+            for message in messages:
+                if message.is_request:
+                    handle_request(session, message)
+                elif on_message is not None:
+                    try:
+                        on_message(session, message)
+                    except Exception as exc:
+                        logger.exception("handler on_message raised (session %s)", session.id)
+                        _call(handler, "on_error", session, exc)
         if session.error is not None:
             _call(handler, "on_error", session, session.error.with_operation("receive"))
         _call(handler, "on_disconnected", session, session.close_reason)
