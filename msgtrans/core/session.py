@@ -669,7 +669,13 @@ class SessionMachine:
         """
         if not self._can_send:
             raise self._refuse("send")
-        packet = _outgoing(_ONE_WAY, self._ids.next(), biz_type, payload, ext_header)
+        # MessageIdCounter.next, inlined (a call less per message).
+        ids = self._ids
+        message_id = ids._last + 1
+        if message_id > MAX_U32:
+            message_id = 1
+        ids._last = message_id
+        packet = _outgoing(_ONE_WAY, message_id, biz_type, payload, ext_header)
         self._last_send = now
         stats = self.stats
         stats.messages_sent += 1
@@ -719,7 +725,11 @@ class SessionMachine:
                 "timeout", f"must be a positive finite number of seconds, got {timeout!r}"
             )
         ids = self._ids
-        request_id = ids.next()
+        # MessageIdCounter.next, inlined for the common case (a call less per request).
+        request_id = ids._last + 1
+        if request_id > MAX_U32:
+            request_id = 1
+        ids._last = request_id
         while request_id in pending:
             request_id = ids.next()
         packet = _outgoing(_REQUEST, request_id, biz_type, payload, ext_header)

@@ -109,6 +109,7 @@ class Session:
         self._loop = loop
         self._io: IO | None = None
         self._sm = conn.session
+        self._request_timeout = conn.session.request_timeout  # fixed for the session's life
         # Stream machines (TCP, TLS, WebSocket) emit nothing when a packet is queued, so a send
         # only needs the events round trip when the session machine itself emitted (SendPaused);
         # QUIC may pause on flow control, so it always takes it.
@@ -373,7 +374,7 @@ class Session:
         # before the armed one costs no timer work at all.
         at = self._timer_at
         if at is None or sent_at + (
-            timeout if timeout is not None else self._sm.request_timeout
+            timeout if timeout is not None else self._request_timeout
         ) < at:
             self._rearm()
         self._queued(size + 16 + len(ext_header), size)
