@@ -142,6 +142,7 @@ class Session:
         self._processing = False
         # Any of the three pauses, the end of the session: what makes send() take the slow path.
         self._blocked = False
+        self._arrived = False  # a message was queued during this _process pass
         self._on_established: list[Callable[[Session], None]] = []
         self._on_finished: list[Callable[[Session], None]] = (
             [on_finished] if on_finished is not None else [])
@@ -619,6 +620,10 @@ class Session:
                     self._handle(event)
         finally:
             self._processing = False
+        if self._arrived:
+            # The listener (serve's drain task) hears once per batch of messages.
+            self._arrived = False
+            self._notify_inbox()
         if self._metrics is not None:
             self._update_metrics(self._metrics)
         if handled:
@@ -639,10 +644,13 @@ class Session:
             if responder is not None:
                 self._unanswered.add(packet.message_id)
             self._inbox.append(Message(packet, self.id, responder))
-            self._conn.message_delivered(len(packet.payload))
+            size = len(packet.payload)
+            # The session machine's own call: a ReadPaused it emits is picked up by the next
+            # round of _process (no events round trip per message).
+            self._sm.message_delivered(size)
             self._in_messages += 1
-            self._in_bytes += len(packet.payload)
-            self._notify_inbox()
+            self._in_bytes += size
+            self._arrived = True
         elif kind is ResponseReceived:
             assert isinstance(event, ResponseReceived)
             self._in_messages += 1

@@ -116,6 +116,9 @@ class SessionStream:
         self._closed = False
         self._started = False
         self._loop: IOLoop | None = None
+        # Its own condition on the transport lock: the thread waiting in accept() is woken by
+        # a session delivered or the stream closed, not by every event of every session.
+        self._cond: threading.Condition | None = None
         self._stream_listeners: list[StreamListener] = []
         self._quic_listeners: list[QuicListener] = []
         self.addresses: list[tuple[str, int]] = []
@@ -133,6 +136,7 @@ class SessionStream:
         transport = self._transport
         transport._check_open("accept")
         loop = self._loop = transport._ensure_loop()
+        self._cond = threading.Condition(loop.lock)
         settings = transport._settings
         with loop.lock:
             transport._streams.add(self)
@@ -163,8 +167,8 @@ class SessionStream:
                                 "not accepting")
             return
         self._queue.append(session)
-        assert self._loop is not None
-        self._loop.cond.notify_all()
+        assert self._cond is not None
+        self._cond.notify_all()
 
     def close(self) -> None:
         """Stop accepting: close the listening sockets and end the iteration."""
@@ -179,7 +183,8 @@ class SessionStream:
                 loop.submit(listener.close_now)
             for quic in self._quic_listeners:
                 quic.close()  # the UDP socket stays for its sessions until the shutdown
-            loop.cond.notify_all()
+            assert self._cond is not None
+            self._cond.notify_all()
 
     def accept(self, timeout: float | None = None) -> Session:
         """Return the next accepted session (handshake complete).
@@ -189,11 +194,11 @@ class SessionStream:
             TransportConnectionError: the stream is closed (code ``connection.closed``).
         """
         self.start()
-        loop = self._loop
-        assert loop is not None
+        loop, cond = self._loop, self._cond
+        assert loop is not None and cond is not None
         deadline = None if timeout is None else time.monotonic() + timeout
         with loop.lock:
-            if not wait_until(loop.cond, lambda: bool(self._queue) or self._closed, deadline):
+            if not wait_until(cond, lambda: bool(self._queue) or self._closed, deadline):
                 raise TransportTimeoutError("accept", timeout or 0.0)
             if not self._queue:
                 raise TransportConnectionError(
