@@ -132,6 +132,8 @@ DEFAULT_PING_INTERVAL = 10.0
 DEFAULT_HIGH_WATERMARK = 1024 * 1024
 #: ... and at or below which :class:`WriteResumed` follows.
 DEFAULT_LOW_WATERMARK = 256 * 1024
+# The key exchange groups a client offers key shares for (see FlowControlledQuicConnection).
+_CLIENT_KEY_SHARE_GROUPS = frozenset({tls.Group.SECP256R1, tls.Group.X25519})
 # RFC 9002 section 7.2: the initial window is min(10 * size, max(14720, 2 * size)).
 _INITIAL_WINDOW_PACKETS = 10
 _INITIAL_WINDOW_BYTES = 14720
@@ -205,6 +207,19 @@ class FlowControlledQuicConnection(QuicConnection):
             loss._pacer = BurstPacer(  # type: ignore[union-attr]
                 max_datagram_size=pacer._max_datagram_size
             )
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        context = getattr(self, "tls", None)
+        groups = getattr(context, "_supported_groups", None)
+        if self._is_client and isinstance(groups, list):
+            # aioquic's client makes a key share for every group it supports, P-384 and X448
+            # included (some 0.45 ms of key generation per connect), and servers take P-256 or
+            # X25519 (RFC 8446 section 9.1 makes P-256 mandatory); aioquic has no
+            # HelloRetryRequest, so the groups offered stay the ones every server has.
+            kept = [group for group in groups if group in _CLIENT_KEY_SHARE_GROUPS]
+            if kept:
+                context._supported_groups = kept  # type: ignore[union-attr]
 
     def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
         super()._parse_transport_parameters(data, from_session_ticket)

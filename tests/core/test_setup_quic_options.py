@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from aioquic import tls
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -224,3 +225,21 @@ def test_the_last_handshake_flight_is_not_padded_to_the_loopback_size(
     assert opened is MachineState.OPEN
     assert sizes and max(sizes) <= 1200
     assert client.quic._max_datagram_size == size  # widened once the Initial space went
+
+
+def test_a_client_makes_key_shares_for_p256_and_x25519_only(cert_files: tuple[Path, Path]) -> None:
+    cert, key = cert_files
+    endpoint = quic_endpoint(QuicServerConfig("127.0.0.1:4433", cert, key))
+    client = client_connection(QuicConfig("127.0.0.1:4433", ca_file=str(cert)),
+                               resolved=("127.0.0.1", 4433)).machine
+    assert isinstance(client, QuicMachine)
+    client.start(0.0)
+    context = client.quic.tls
+    assert set(context._supported_groups) == {tls.Group.SECP256R1, tls.Group.X25519}
+    assert context._x448_private_key is None and len(context._ec_private_keys) == 1
+    DatagramPipe(client, endpoint).pump(0.0)
+    opened = client.state
+    assert opened is MachineState.OPEN
+    (server,) = endpoint.connections
+    # The server keeps every group it knows, to answer any client.
+    assert tls.Group.X448 in server.quic.tls._supported_groups
