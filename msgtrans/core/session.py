@@ -848,6 +848,36 @@ class SessionMachine:
         else:
             self._events.append(MessageReceived(packet))
 
+    def accept_packet(self, packet: Packet, now: float) -> PacketType | None:
+        """:meth:`receive_packet` without the event: for a driver's hot path that hands the
+        packet on itself.
+
+        Returns:
+            ``PacketType.ONE_WAY`` or ``REQUEST``: deliver it to the application (the driver
+            does what :class:`MessageReceived` / :class:`RequestReceived` would have it do);
+            ``RESPONSE``: it answers our pending request ``packet.message_id``, which is no
+            longer pending (what :class:`ResponseReceived` says); ``None``: dropped (an
+            unmatched response, or the session is closed).  The counters and the idle deadline
+            move exactly as with :meth:`receive_packet`.
+        """
+        if not self._can_respond:
+            return None
+        self._last_recv = now
+        stats = self.stats
+        stats.messages_received += 1
+        stats.bytes_received += len(packet.payload)
+        packet_type = packet.packet_type
+        if packet_type is _RESPONSE:
+            if self._pending.pop(packet.message_id, None) is None:
+                stats.unmatched_responses += 1
+                return None
+            stats.requests_completed += 1
+            if len(self._heap) > 2 * len(self._pending) + 64:
+                self._maybe_compact()
+        elif packet_type is _REQUEST:
+            stats.requests_received += 1
+        return packet_type
+
     def peer_activity(self, now: float) -> None:
         """Note that the peer showed signs of life without a packet (a pong, a keepalive,
         any bytes read): refreshes the idle deadline like a received packet does."""

@@ -29,7 +29,7 @@ from ..core.events import (
 )
 from ..core.machine import Address, StreamMachine
 from ..core.metrics import TransportMetrics
-from ..core.packet import Buffer, Packet
+from ..core.packet import Buffer, Packet, PacketType
 from ..core.session import (
     CloseReason,
     MessageReceived,
@@ -47,6 +47,9 @@ from ..core.tcp import TcpMachine
 from ._message import Message
 
 __all__ = ["IO", "Session"]
+
+_REQUEST = PacketType.REQUEST
+_RESPONSE = PacketType.RESPONSE
 
 logger = logging.getLogger("msgtrans.io_asyncio")
 
@@ -550,19 +553,45 @@ class Session:
         tcp = self._tcp
         if tcp is None:
             self._conn.buffer_updated(nbytes, now)
-        else:
-            # Plain TCP: the packets go straight to the session machine, which is all
-            # Connection does with PacketReceived (no event objects, no second events
-            # round trip).  Anything else the bytes caused is left queued in the machine and
-            # pumped through Connection as usual (buffer_updated(0) only pumps).
-            packets = tcp.receive_packets(nbytes, now)
-            if packets is None:
-                self._conn.buffer_updated(0, now)
-            elif packets:
-                receive = self._sm.receive_packet
+            self._after_input()
+            return
+        # Plain TCP: the packets go from the machine to the session machine and on to the
+        # application here, which is all Connection and the events would do with them (no
+        # PacketReceived, MessageReceived or ResponseReceived objects, no events round trip).
+        # Anything else the bytes caused is left queued in the machine and pumped through
+        # Connection as usual (buffer_updated(0) only pumps).
+        packets = tcp.receive_packets(nbytes, now)
+        if packets is None:
+            self._conn.buffer_updated(0, now)
+            self._after_input()
+            return
+        if not packets:
+            self._after_input()
+            return
+        # As _after_input and _process would: sends made by handlers leave with the one flush
+        # at the end, and a nested _process call is folded into the _process below.
+        self._batching = True
+        try:
+            self._processing = True
+            self._again = False
+            try:
+                accept = self._sm.accept_packet
                 for packet in packets:
-                    receive(packet, now)
-        self._after_input()
+                    kind = accept(packet, now)
+                    if kind is _RESPONSE:
+                        self._response(packet.message_id, packet)
+                    elif kind is not None:
+                        self._deliver(packet, kind is _REQUEST)
+            finally:
+                self._processing = False
+            if self._again or self._sm.has_events or tcp.has_events:
+                self._process()
+            else:
+                self._after_process()
+        finally:
+            self._batching = False
+        if self._io is not None:
+            self._io.flush()
 
     def feed_eof(self) -> None:
         """The peer shut its write side."""
@@ -718,6 +747,9 @@ class Session:
                     break
         finally:
             self._processing = False
+        self._after_process()
+
+    def _after_process(self) -> None:
         if self._metrics is not None:
             self._update_metrics(self._metrics)
         if self._deadline_moved:
@@ -754,33 +786,15 @@ class Session:
 
     def _handle(self, event: object) -> None:
         kind = type(event)
-        if kind is MessageReceived or kind is RequestReceived:
-            packet: Packet = event.packet  # type: ignore[attr-defined]
-            responder = self._respond if kind is RequestReceived else None
-            message = Message(packet, self.id, responder)
-            size = len(packet.payload)
-            self._in_messages += 1
-            self._in_bytes += size
-            if responder is not None:
-                self._unanswered.add(packet.message_id)
-            dispatch = self.dispatch
-            if dispatch is not None and not self._inbox and dispatch(message):
-                return  # taken from this callback: never queued, no task woken for it
-            self._inbox.append(message)
-            # The session machine directly (Connection.message_delivered would drain its
-            # events, hiding a ReadPaused from the check that ends _process's loop).
-            self._sm.message_delivered(size)
-            self._inbox_event.set()
+        if kind is MessageReceived:
+            self._deliver(event.packet, False)  # type: ignore[attr-defined]
+            return
+        if kind is RequestReceived:
+            self._deliver(event.packet, True)  # type: ignore[attr-defined]
             return
         if kind is ResponseReceived:
             response: ResponseReceived = event  # type: ignore[assignment]
-            future = self._responses.pop(response.request_id, None)
-            if future is not None and not future.done():
-                future.set_result(Message(response.packet, self.id))
-            self._in_messages += 1
-            self._in_bytes += len(response.packet.payload)
-            if self._idle_waiters:
-                self._work_done.set()
+            self._response(response.request_id, response.packet)
             return
         # Anything else may bring a deadline nearer (a close, a handshake, a state change).
         self._deadline_moved = True
@@ -829,6 +843,35 @@ class Session:
             self._inbox_event.set()
             self._update_writable()
         # HeartbeatDue: the protocol machines keep their own pings; nothing to do here.
+
+    def _deliver(self, packet: Packet, is_request: bool) -> None:
+        """A one-way message or a request for the application (MessageReceived /
+        RequestReceived)."""
+        responder = self._respond if is_request else None
+        message = Message(packet, self.id, responder)
+        size = len(packet.payload)
+        self._in_messages += 1
+        self._in_bytes += size
+        if is_request:
+            self._unanswered.add(packet.message_id)
+        dispatch = self.dispatch
+        if dispatch is not None and not self._inbox and dispatch(message):
+            return  # taken from this callback: never queued, no task woken for it
+        self._inbox.append(message)
+        # The session machine directly (Connection.message_delivered would drain its
+        # events, hiding a ReadPaused from the check that ends _process's loop).
+        self._sm.message_delivered(size)
+        self._inbox_event.set()
+
+    def _response(self, request_id: int, packet: Packet) -> None:
+        """The response to our request *request_id* (ResponseReceived)."""
+        future = self._responses.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_result(Message(packet, self.id))
+        self._in_messages += 1
+        self._in_bytes += len(packet.payload)
+        if self._idle_waiters:
+            self._work_done.set()
 
     def _fail_waiters(self, error: TransportError) -> None:
         responses, self._responses = self._responses, {}
