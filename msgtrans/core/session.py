@@ -682,6 +682,31 @@ class SessionMachine:
         stats.bytes_sent += len(payload)
         return packet
 
+    def stamp_send(self, payload_len: int, now: float) -> int:
+        """:meth:`send` without making the packet: allocate the next message id and count a
+        one-way message of *payload_len* bytes as sent; return the id.
+
+        For a driver that checked *biz_type* and the ext header itself and writes the header
+        from the fields (:meth:`TcpMachine.queue_message
+        <msgtrans.core.tcp.TcpMachine.queue_message>`): no :class:`Packet` is made.
+
+        Raises:
+            TransportConnectionError: the session is closing or closed (code
+                ``connection.closed``, not retryable).
+        """
+        if not self._can_send:
+            raise self._refuse("send")
+        ids = self._ids
+        message_id = ids._last + 1
+        if message_id > MAX_U32:
+            message_id = 1
+        ids._last = message_id
+        self._last_send = now
+        stats = self.stats
+        stats.messages_sent += 1
+        stats.bytes_sent += payload_len
+        return message_id
+
     def request(
         self,
         payload: Buffer,
@@ -964,12 +989,13 @@ class SessionMachine:
 
     # --- flow control ----------------------------------------------------------------------------
 
-    def packet_queued(self, nbytes: int, packets: int = 1) -> None:
+    def packet_queued(self, nbytes: int, packets: int = 1) -> bool:
         """The driver handed *packets* packets of *nbytes* bytes towards the socket.
 
         Emits :class:`SendPaused` when the backlog goes above ``send_high_water_bytes`` or
-        ``send_high_water_messages``.  Use the same byte measure here and in :meth:`flushed`
-        (``packet.wire_size`` is a good one).
+        ``send_high_water_messages``, and returns ``True`` then (``False`` otherwise: a
+        driver may skip its events round trip).  Use the same byte measure here and in
+        :meth:`flushed` (``packet.wire_size`` is a good one).
         """
         self._send_bytes += nbytes
         self._send_messages += packets
@@ -979,6 +1005,8 @@ class SessionMachine:
         ) and self._can_respond:
             self._send_paused = True
             self._events.append(_SEND_PAUSED)
+            return True
+        return False
 
     def flushed(self, nbytes: int, packets: int = 1) -> None:
         """The operating system took *packets* packets of *nbytes* bytes off the backlog.

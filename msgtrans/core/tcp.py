@@ -20,13 +20,23 @@ from .errors import (
     ConfigurationError,
     Protocol,
     ProtocolError,
+    ResourceError,
     TransportError,
     TransportTimeoutError,
 )
 from .events import CloseStarted, ConnectionClosed, ConnectionEstablished, PacketReceived
 from .framing import DEFAULT_ZERO_COPY_THRESHOLD, PacketDecoder
 from .machine import MachineState, StreamMachine
-from .packet import DEFAULT_LIMITS, HEADER, VERSION, Buffer, Compression, Limits, Packet
+from .packet import (
+    DEFAULT_LIMITS,
+    HEADER,
+    VERSION,
+    Buffer,
+    Compression,
+    Limits,
+    Packet,
+    PacketType,
+)
 
 __all__ = ["COALESCE_LIMIT", "TcpMachine"]
 
@@ -137,6 +147,46 @@ class TcpMachine(StreamMachine):
         )
         if ext:
             buf += ext
+        if size < COALESCE_LIMIT:
+            buf += payload
+        else:
+            self._parts.append(buf)
+            self._parts.append(payload)
+            self._buf = bytearray()
+
+    def queue_message(
+        self,
+        packet_type: PacketType,
+        message_id: int,
+        biz_type: int,
+        payload: Buffer,
+        ext_header: Buffer = b"",
+    ) -> None:
+        """:meth:`send_packet` for an uncompressed packet without flags, from its fields: the
+        same bytes, and no :class:`Packet` made (the drivers' hot send path).
+
+        The caller has checked the fields as ``Packet`` would (*message_id* a u32, *biz_type*
+        0..255, *ext_header* at most 65535 bytes).
+
+        Raises:
+            TransportConnectionError: the connection is closing or closed
+                (code ``connection.closed``).
+            ResourceError: the payload is larger than ``limits.max_payload``
+                (code ``resource.payload_too_large``, not retryable).
+        """
+        state = self.state
+        if state is _CLOSING or state is _CLOSED:
+            raise self._closed_error()
+        size = len(payload)
+        if size > self._max_payload:
+            raise ResourceError(
+                "payload", size, self._max_payload, "payload too large to send",
+                code="resource.payload_too_large", retryable=False,
+            )
+        buf = self._buf
+        buf += _pack(VERSION, 0, packet_type, biz_type, message_id, len(ext_header), size, 0)
+        if ext_header:
+            buf += ext_header
         if size < COALESCE_LIMIT:
             buf += payload
         else:

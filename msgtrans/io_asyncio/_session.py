@@ -48,6 +48,7 @@ from ._message import Message
 
 __all__ = ["IO", "Session"]
 
+_ONE_WAY = PacketType.ONE_WAY
 _REQUEST = PacketType.REQUEST
 _RESPONSE = PacketType.RESPONSE
 
@@ -243,6 +244,28 @@ class Session:
         """
         if self._blocked:
             await self._wait_writable("send")
+        tcp = self._tcp
+        if tcp is not None and 0 <= biz_type <= 0xFF and len(ext_header) <= 0xFFFF:
+            # Plain TCP: the header is written from the fields, no Packet is made (the checks
+            # above are Packet's; anything out of range takes the general path, which raises).
+            sm = self._sm
+            size = len(data)
+            wire = size + 16 + len(ext_header)
+            try:
+                tcp.queue_message(_ONE_WAY, sm.stamp_send(size, self._time()), biz_type, data,
+                                  ext_header)
+                paused = sm.packet_queued(wire)
+            except TransportError as exc:
+                raise self._count(self._enrich(exc, "send")) from None
+            # _queued, inlined; a stream machine emits nothing when a packet is queued.
+            self._unflushed_bytes += wire
+            self._unflushed_payload += size
+            self.unflushed_packets += 1
+            if paused:
+                self._process()
+            if not self._batching and self._io is not None:
+                self._io.schedule_flush()
+            return
         machine = self._stream_machine
         try:
             if machine is None:
