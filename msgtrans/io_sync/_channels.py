@@ -101,6 +101,20 @@ class StreamChannel(Channel):
         the inbox (once per message on a server) then costs no wake-up of the I/O thread; a
         sender wakes it once per batch as before (later sends find it woken already).
         """
+        self._flush_here(False)
+
+    def write_now(self) -> None:
+        """:meth:`request_flush`, and while the loop sleeps, write the core's bytes from this
+        thread (lock held, any thread).
+
+        The loop sleeping means it is not writing (it writes only awake), so this thread may
+        use the socket: a non-blocking ``sendmsg`` of what the core has.  What the kernel does
+        not take (or an error) is left to the loop, woken for it as by :meth:`request_flush`.
+        A request or a response then leaves without waking the I/O thread at all.
+        """
+        self._flush_here(True)
+
+    def _flush_here(self, write: bool) -> None:
         if self._closed:
             return
         loop = self.loop
@@ -114,6 +128,13 @@ class StreamChannel(Channel):
             if view.nbytes:
                 self._out.append(view)
                 self._out_bytes += view.nbytes
+        if write and self._out:
+            try:
+                sent = self.sock.sendmsg(self._out[:_IOV_BATCH])  # type: ignore[union-attr]
+            except OSError:
+                pass  # EAGAIN, or an error the loop's own write meets and handles
+            else:
+                self._advance(sent)
         if (self._out or session.write_closed or session.machine_closed
                 or not loop.wakes_before(session.deadline())):
             loop.request_flush(self)
@@ -235,18 +256,23 @@ class StreamChannel(Channel):
                 self.session.lost(exc, now)
                 self._close()
                 return False
-            self._out_bytes -= sent
-            done = 0
-            while sent:
-                head = self._out[done]
-                if sent >= head.nbytes:
-                    sent -= head.nbytes
-                    done += 1
-                else:
-                    self._out[done] = head[sent:]
-                    sent = 0
-            del self._out[:done]
+            self._advance(sent)
         return True
+
+    def _advance(self, sent: int) -> None:
+        # The kernel took *sent* bytes from the front of the unsent buffers.
+        self._out_bytes -= sent
+        out = self._out
+        done = 0
+        while sent:
+            head = out[done]
+            if sent >= head.nbytes:
+                sent -= head.nbytes
+                done += 1
+            else:
+                out[done] = head[sent:]
+                sent = 0
+        del out[:done]
 
     def close_now(self) -> None:
         """The loop is ending: drop the socket."""
@@ -414,6 +440,10 @@ class QuicClientChannel(Channel):
         if not self._closed:
             self.loop.request_flush(self)
 
+    def write_now(self) -> None:
+        """The same as :meth:`request_flush` (QUIC datagrams leave from the I/O thread)."""
+        self.request_flush()
+
     def pause_reading(self) -> None:
         """Stop granting the peer flow-control credit: the application fell behind."""
         self._machine().pause_reading()
@@ -513,6 +543,9 @@ class _ServerSessionIO:
         return self._machine.peer_address
 
     def request_flush(self) -> None:
+        self._listener.request_flush()
+
+    def write_now(self) -> None:
         self._listener.request_flush()
 
     def pause_reading(self) -> None:

@@ -9,6 +9,7 @@ knows no socket and no protocol.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -59,6 +60,10 @@ class IO(Protocol):
     def request_flush(self) -> None:
         """Have the I/O thread write what the connection has (coalesced per iteration)."""
 
+    def write_now(self) -> None:
+        """As :meth:`request_flush`, but a caller that will wait for the peer (a request, a
+        response) may write the bytes itself when the I/O thread sleeps: no thread hop."""
+
     def pause_reading(self) -> None:
         """Stop reading from the socket (the application fell behind)."""
 
@@ -74,14 +79,27 @@ class IO(Protocol):
 
 
 class _Reply:
-    """Where the I/O thread leaves the outcome of one request."""
+    """Where the I/O thread leaves the outcome of one request.
 
-    __slots__ = ("done", "error", "message")
+    Its own condition on the transport lock: the response wakes the one thread that waits for
+    it, not every thread waiting on the transport (64 threads with a request each would all
+    wake for each response otherwise).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("cond", "done", "error", "message")
+
+    def __init__(self, lock: threading.RLock) -> None:
+        self.cond = threading.Condition(lock)
         self.done = False
         self.message: Message | None = None
         self.error: TransportError | None = None
+
+    def finish(self, message: Message | None, error: TransportError | None) -> None:
+        """Record the outcome and wake the waiter (lock held)."""
+        self.message = message
+        self.error = error
+        self.done = True
+        self.cond.notify()
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -281,16 +299,16 @@ class Session:
                 )
             except TransportError as exc:
                 raise self._count(self._enrich(exc, "request")) from None
-            reply = _Reply()
+            reply = _Reply(self._lock)
             self._responses[request_id] = reply
             # Only queued and flushed using the same measure matters for the watermarks; the
             # payload length is close enough for requests.
             size = len(memoryview(data))
-            self._queued(size + 16 + len(ext_header), size)
+            self._queued(size + 16 + len(ext_header), size, direct=True)
             try:
                 # The core's request timer ends the wait (RequestFailed) as does the close
                 # (SessionClosed): no timeout of our own is needed here.
-                wait_until(self._cond, lambda: reply.done, None)
+                wait_until(reply.cond, lambda: reply.done, None)
             except BaseException:
                 if self._responses.pop(request_id, None) is not None:
                     self._conn.session.cancel(request_id)
@@ -595,7 +613,7 @@ class Session:
         self._process()
         self._touch()
 
-    def _queued(self, nbytes: int, payload: int) -> None:
+    def _queued(self, nbytes: int, payload: int, *, direct: bool = False) -> None:
         self._unflushed_payload += payload
         self._unflushed_bytes += nbytes
         self._unflushed_packets += 1
@@ -603,7 +621,16 @@ class Session:
         # paused: the events round trip (and its wake-ups) is skipped on the hot path.
         if self._stream_machine is None or self._sm.has_events:
             self._process()
-        self._touch()
+        io = self._io
+        if io is None:
+            self._loop.wake()
+        elif direct:
+            # A request or a response: someone waits for the peer's answer, so the bytes leave
+            # from this thread when the I/O thread sleeps (one thread hop less each way).
+            # One-way sends stay with the I/O thread, which batches a burst into one write.
+            io.write_now()
+        else:
+            io.request_flush()
 
     def _process(self) -> None:
         if self._processing:
@@ -657,14 +684,12 @@ class Session:
             self._in_bytes += len(event.packet.payload)
             reply = self._responses.pop(event.request_id, None)
             if reply is not None:
-                reply.message = Message(event.packet, self.id)
-                reply.done = True
+                reply.finish(Message(event.packet, self.id), None)
         elif kind is RequestFailed:
             assert isinstance(event, RequestFailed)
             reply = self._responses.pop(event.request_id, None)
             if reply is not None:
-                reply.error = self._count(self._enrich(event.error, "request"))
-                reply.done = True
+                reply.finish(None, self._count(self._enrich(event.error, "request")))
         elif kind is ConnectionEstablished:
             assert isinstance(event, ConnectionEstablished)
             self.established = event
@@ -711,8 +736,7 @@ class Session:
     def _fail_waiters(self, error: TransportError) -> None:
         responses, self._responses = self._responses, {}
         for reply in responses.values():
-            reply.error = error
-            reply.done = True
+            reply.finish(None, error)
 
     def _update_blocked(self) -> None:
         self._blocked = (self._session_paused or self._machine_paused or self._socket_paused
@@ -747,7 +771,7 @@ class Session:
                 )
             except TransportError as exc:
                 raise self._count(self._enrich(exc, "respond")) from None
-            self._queued(packet.wire_size, len(packet.payload))
+            self._queued(packet.wire_size, len(packet.payload), direct=True)
 
     def _closed_error(self, operation: str) -> TransportError:
         if self.error is not None:
