@@ -294,10 +294,12 @@ class StreamListener(Channel):
 
     def __init__(self, loop: IOLoop, sock: socket.socket, config: Any, *,
                  new_session: NewSession, on_established: Callable[[Session], None],
-                 settings: dict[str, Any]) -> None:
+                 settings: dict[str, Any],
+                 on_refused: Callable[[], None] | None = None) -> None:
         self.loop = loop
         self.sock = sock
         self.config = config
+        self._on_refused = on_refused
         bound = sock.getsockname()
         self.address: tuple[str, int] = (bound[0], bound[1])
         self._new_session = new_session
@@ -338,6 +340,8 @@ class StreamListener(Channel):
             logger.warning("listener %s: refusing a connection: %d sessions (max_sessions)",
                            self.address, len(self._live))
             sock.close()
+            if self._on_refused is not None:
+                self._on_refused()
             return
         sock.setblocking(False)
         _tune(sock, config)
@@ -389,9 +393,11 @@ def _bind(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
 
 def open_stream_listener(loop: IOLoop, config: Any, new_session: NewSession,
                          on_established: Callable[[Session], None],
-                         settings: dict[str, Any]) -> StreamListener:
+                         settings: dict[str, Any], *,
+                         on_refused: Callable[[], None] | None = None) -> StreamListener:
     """Bind and listen for *config* (any thread); call :meth:`StreamListener.start` on the
-    loop.
+    loop.  *on_refused* (optional) is called (I/O thread, lock held) for each connection
+    refused at ``max_sessions``.
 
     Raises:
         TransportError: the address cannot be bound (mapped from the ``OSError``).
@@ -405,7 +411,8 @@ def open_stream_listener(loop: IOLoop, config: Any, new_session: NewSession,
     try:
         sock.listen(config.backlog)
         return StreamListener(loop, sock, config, new_session=new_session,
-                              on_established=on_established, settings=settings)
+                              on_established=on_established, settings=settings,
+                              on_refused=on_refused)
     except BaseException:
         sock.close()
         raise

@@ -152,7 +152,8 @@ class SessionStream:
                     self.addresses.append(quic.address)
                 else:
                     listener = open_stream_listener(loop, config, transport._new_session,
-                                                    self._deliver, settings)
+                                                    self._deliver, settings,
+                                                    on_refused=transport._refused)
                     self._stream_listeners.append(listener)
                     loop.submit(listener.start)
                     self.addresses.append(listener.address)
@@ -376,6 +377,8 @@ class Transport:
         # Every session counts into these (see stats()); pools are tracked for pool_status().
         self._metrics = TransportMetrics()
         self._pools: PoolTracker[SessionPool] = PoolTracker()
+        # QUIC refusals are counted by each endpoint; what was already added to the metrics.
+        self._quic_refused: dict[QuicListener, int] = {}
 
     @staticmethod
     def builder() -> TransportBuilder:
@@ -711,7 +714,21 @@ class Transport:
         with loop.lock if loop is not None else contextlib.nullcontext():
             if self._pools.used:
                 self._metrics.observe_pool(self._pools.status())
+            self._count_quic_refusals()
             return self._metrics.snapshot()
+
+    def _refused(self) -> None:
+        # A stream listener refused a connection at max_sessions (I/O thread, lock held).
+        self._metrics.error("connection.refused_by_server")
+
+    def _count_quic_refusals(self) -> None:
+        # The QUIC endpoint counts its refusals itself (lock held); add what is new since the
+        # last look.
+        for quic in self._quic_listeners:
+            refused = quic.endpoint.connections_refused
+            for _ in range(refused - self._quic_refused.get(quic, 0)):
+                self._metrics.error("connection.refused_by_server")
+            self._quic_refused[quic] = refused
 
     def stats_prometheus(self, prefix: str = "msgtrans") -> str:
         """Return :meth:`stats` in the Prometheus text exposition format (for ``/metrics``)."""
@@ -792,11 +809,13 @@ class Transport:
                     session.abort("aborted by shutdown")
             for quic in self._quic_listeners:
                 loop.submit(quic.close_now)
+            self._count_quic_refusals()  # before the listeners are forgotten
             # The I/O thread releases aborted sockets on its next turn; wait for that.
             wait_until(cond, lambda: all(s.is_closed for s in sessions)
                        and all(q.closed for q in self._quic_listeners),
                        time.monotonic() + 1.0)
             self._quic_listeners.clear()
+            self._quic_refused.clear()
             runs = list(self._serve_runs)
         # Whatever is still open (a connect racing the shutdown) is closed by the loop's end.
         loop.stop()
