@@ -550,11 +550,15 @@ class Transport:
                 message = take()
                 if message is None:
                     if session.closed_event is not None or session.is_closed:
+                        # Nothing queued and the session closing: receive() could only raise.
+                        # A clean close ends here without making that error (one exception
+                        # per served session less).
+                        if session.error is None:
+                            break
                         try:
                             message = await session.receive()
                         except TransportError as exc:
-                            if session.error is not None:
-                                await _call(handler, "on_error", session, exc)
+                            await _call(handler, "on_error", session, exc)
                             break
                     else:
                         idle = True
