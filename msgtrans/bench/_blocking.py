@@ -447,8 +447,12 @@ def serve_blocking_sockets(protocol: str, certdir: Path, ready: Callable[[int], 
 
 
 class _WsSync:
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
+    def __init__(self, opened: Any) -> None:
+        # Entered as a context manager: websockets 17.1+ warns (DeprecationWarning) when
+        # connect()'s connection is used without one, and its way out, legacy=True, is an
+        # argument 13-16 do not take; entering works the same on every version.
+        self._stack = contextlib.ExitStack()
+        self.ws = self._stack.enter_context(opened)
 
     def send(self, payload: bytes) -> None:
         self.ws.send(payload)
@@ -458,7 +462,7 @@ class _WsSync:
         return data if isinstance(data, bytes) else data.encode()
 
     def close(self) -> None:
-        self.ws.close()
+        self._stack.close()  # the connection's __exit__: close()
 
 
 class WebsocketsSyncPeer(_SyncDuplexPeer):
@@ -471,9 +475,8 @@ class WebsocketsSyncPeer(_SyncDuplexPeer):
     def _open(self, mode: bytes) -> _WsSync:
         from websockets.sync.client import connect
 
-        ws = connect(f"ws://127.0.0.1:{self.port}/{mode.decode()}", compression=None,
-                     max_size=None, open_timeout=TIMEOUT)
-        pipe = _WsSync(ws)
+        pipe = _WsSync(connect(f"ws://127.0.0.1:{self.port}/{mode.decode()}",
+                               compression=None, max_size=None, open_timeout=TIMEOUT))
         if mode == FANOUT:
             pipe.recv()  # joined the group (the handler runs in a thread of its own)
         return pipe
