@@ -36,6 +36,19 @@ _JOINING_WRITELINES = sys.version_info < (3, 12)
 _SELECTOR_TRANSPORT: type | None = getattr(selector_events, "_SelectorSocketTransport", None)
 #: Parts per sendmsg(): well under every platform's IOV_MAX (1024 on Linux).
 _MAX_IOV = 512
+#: A read at least this big suggests a bulk stream: read on at once (see StreamIO._read_on),
+#: at most _READ_ON_MAX more times per readiness event (fair to the loop's other sockets).
+_READ_ON_FROM = 16 * 1024
+_READ_ON_MAX = 16
+
+
+def _raw_recv_into(transport: asyncio.BaseTransport) -> Callable[[memoryview], int] | None:
+    """The socket's ``recv_into`` when *transport* is asyncio's plain selector socket
+    transport (the one that reads once per readiness event), else ``None``."""
+    if type(transport) is not _SELECTOR_TRANSPORT:
+        return None
+    sock = getattr(transport, "_sock", None)
+    return cast("Callable[[memoryview], int] | None", getattr(sock, "recv_into", None))
 
 
 def _raw_sendmsg(transport: asyncio.BaseTransport) -> Callable[[list[Buffer]], int] | None:
@@ -75,6 +88,7 @@ class StreamIO(asyncio.BufferedProtocol):
         # of their own (handshakes, pongs, closes), so they always ask.
         self._packets_only = type(self._machine) is TcpMachine
         self._sendmsg: Callable[[list[Buffer]], int] | None = None
+        self._recv_into: Callable[[memoryview], int] | None = None
         # asyncio calls protocol.get_buffer(); the machine's own method answers it directly
         # (one Python call less per read).
         self.get_buffer = self._machine.get_buffer  # type: ignore[method-assign]
@@ -85,6 +99,7 @@ class StreamIO(asyncio.BufferedProtocol):
         """Set the socket options and start the core connection."""
         self._transport = cast(asyncio.Transport, transport)
         self._sendmsg = _raw_sendmsg(transport)
+        self._recv_into = _raw_recv_into(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # asyncio turns TCP_NODELAY on by default; honour the config either way.
@@ -99,13 +114,45 @@ class StreamIO(asyncio.BufferedProtocol):
         return self._machine.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        """Feed the bytes asyncio read into the core."""
+        """Feed the bytes asyncio read into the core (and, after a big read, read on)."""
         self._wrote_through = False
         # _guard, inlined: this runs once per read.
         try:
             self.session.feed(nbytes)
+            if nbytes >= _READ_ON_FROM and self._recv_into is not None:
+                self._read_on(self._recv_into)
         except Exception:
             self._dropped()
+
+    def _read_on(self, recv_into: Callable[[memoryview], int]) -> None:
+        """Read again at once, a few times, while reads come back big.
+
+        asyncio reads once per readiness event, so a bulk stream costs a loop pass and an
+        epoll_wait per read; a big payload is received into its own buffer, one read per
+        message.  Reading on here while the socket has more saves those for each further read.
+        What is unusual is left to asyncio's own next read, which reports it its usual way:
+        nothing to read (EAGAIN), EOF, an error.  Stops when reading is paused or the
+        connection is closing.
+        """
+        transport = self._transport
+        assert transport is not None
+        machine = self._machine
+        feed = self.session.feed
+        for _ in range(_READ_ON_MAX):
+            if self._closing or not transport.is_reading():
+                return
+            area = machine.get_buffer(-1)
+            try:
+                n = recv_into(area)
+            except OSError:  # BlockingIOError (nothing more), or a failure asyncio will report
+                return
+            finally:
+                area.release()
+            if not n:
+                return  # EOF: asyncio's next read sees it too
+            feed(n)
+            if n < _READ_ON_FROM:
+                return
 
     def eof_received(self) -> bool:
         """Feed EOF to the core; keep the socket open so the core can finish its half-close."""
