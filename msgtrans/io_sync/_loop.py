@@ -257,8 +257,17 @@ class IOLoop:
                     self._sleep_until = time.monotonic() + timeout
                     self._sleeping = True
                 ready = self._selector.select(timeout)
+                # Awake from here on (a plain store; the lock is taken next and the dirty set
+                # read under it): senders now just mark their channel dirty.
+                self._sleeping = False
+                if len(ready) == 1 and ready[0][0].data is None:
+                    # Woken by an application thread only (a send): give the GIL back before
+                    # taking the lock, so that a sender in a burst queues more messages for
+                    # this one write (a write per message otherwise: the wake-up's syscall
+                    # hands this thread the GIL after every message).  A thread that has
+                    # nothing more to do gives it back at once.
+                    time.sleep(0)
                 with self.lock:
-                    self._sleeping = False
                     now = time.monotonic()
                     for key, mask in ready:
                         channel = key.data
