@@ -769,6 +769,65 @@ class SessionMachine:
         stats.requests_sent += 1
         return packet
 
+    def stamp_request(self, payload_len: int, *, timeout: float | None = None,
+                      now: float) -> int:
+        """:meth:`request` without making the packet: the next request id, pending from now
+        with its deadline, and the counters moved; return the id.
+
+        For a driver that checked *biz_type* and the ext header itself and writes the header
+        from the fields (see :meth:`stamp_send`).
+
+        Raises:
+            As :meth:`request` (but for the *biz_type* and ext header checks).
+        """
+        if not self._can_send:
+            raise self._refuse("request")
+        pending = self._pending
+        if self._max_pending is not None and len(pending) >= self._max_pending:
+            raise ResourceError(
+                "pending_requests", len(pending), self._max_pending,
+                "too many requests waiting for a response",
+                code="resource.exhausted", session_id=self.session_id, operation="request",
+            )
+        if timeout is None:
+            timeout = self._request_timeout
+        elif not 0 < timeout < _INF:
+            raise ConfigurationError(
+                "timeout", f"must be a positive finite number of seconds, got {timeout!r}"
+            )
+        ids = self._ids
+        request_id = ids._last + 1
+        if request_id > MAX_U32:
+            request_id = 1
+        ids._last = request_id
+        while request_id in pending:
+            request_id = ids.next()
+        self._seq = seq = self._seq + 1
+        entry = (now + timeout, seq, request_id, timeout)
+        pending[request_id] = entry
+        heapq.heappush(self._heap, entry)
+        self._last_send = now
+        stats = self.stats
+        stats.messages_sent += 1
+        stats.bytes_sent += payload_len
+        stats.requests_sent += 1
+        return request_id
+
+    def stamp_response(self, payload_len: int, now: float) -> None:
+        """:meth:`respond` without making the packet, for a driver that answers a request
+        packet it holds (its id and, by default, its biz_type) and checked *biz_type* and the
+        ext header itself: count the response as sent.
+
+        Raises:
+            TransportConnectionError: the session is closed (code ``connection.closed``).
+        """
+        if not self._can_respond:
+            raise self._refuse("respond")
+        self._last_send = now
+        stats = self.stats
+        stats.messages_sent += 1
+        stats.bytes_sent += payload_len
+
     def respond(
         self,
         request: Packet | int,
@@ -1008,11 +1067,12 @@ class SessionMachine:
             return True
         return False
 
-    def flushed(self, nbytes: int, packets: int = 1) -> None:
+    def flushed(self, nbytes: int, packets: int = 1) -> bool:
         """The operating system took *packets* packets of *nbytes* bytes off the backlog.
 
-        Emits :class:`SendResumed` once the backlog is at or below both low watermarks.  The
-        backlog never goes below zero, so over-reporting cannot wedge the session paused.
+        Emits :class:`SendResumed` once the backlog is at or below both low watermarks, and
+        returns ``True`` then (``False`` otherwise).  The backlog never goes below zero, so
+        over-reporting cannot wedge the session paused.
         """
         self._send_bytes = max(0, self._send_bytes - nbytes)
         self._send_messages = max(0, self._send_messages - packets)
@@ -1024,6 +1084,8 @@ class SessionMachine:
         ):
             self._send_paused = False
             self._events.append(_SEND_RESUMED)
+            return True
+        return False
 
     def message_delivered(self, nbytes: int) -> None:
         """A received message of *nbytes* bytes was queued for the application.

@@ -170,6 +170,9 @@ class Session:
         # Packets queued since the last take_output (the stream driver's flush skips the
         # output round trip on a TCP connection when there are none).
         self.unflushed_packets = 0
+        # The session machine emitted SendResumed in the last take_output (the stream
+        # driver's flush then runs process(); on TCP nothing else emits there).
+        self.flush_emitted = False
         self.packets_flushed = 0
         self.established: ConnectionEstablished | None = None
         self.closed_event: ConnectionClosed | None = None
@@ -369,8 +372,20 @@ class Session:
             await self._wait_writable("request")
         sent_at = self._time()
         machine = self._stream_machine
+        tcp = self._tcp
+        paused: bool | None = None
         try:
-            if machine is None:
+            if tcp is not None and 0 <= biz_type <= 0xFF and len(ext_header) <= 0xFFFF:
+                # Plain TCP: no Packet made (see send).
+                sm = self._sm
+                request_id = sm.stamp_request(len(data), timeout=timeout, now=sent_at)
+                try:
+                    tcp.queue_message(_REQUEST, request_id, biz_type, data, ext_header)
+                except TransportError:
+                    sm.cancel(request_id)
+                    raise
+                paused = sm.packet_queued(len(data) + 16 + len(ext_header))
+            elif machine is None:
                 request_id = self._conn.request(
                     data, biz_type=biz_type, ext_header=ext_header, timeout=timeout,
                     now=sent_at,
@@ -403,7 +418,7 @@ class Session:
             timeout if timeout is not None else self._request_timeout
         ) < at:
             self._rearm()
-        self._queued(size + 16 + len(ext_header), size)
+        self._queued(size + 16 + len(ext_header), size, 1, paused)
         try:
             response = await future
             if self._metrics is not None:
@@ -683,7 +698,8 @@ class Session:
             self.packets_flushed += self.unflushed_packets
             # The session machine directly (what Connection.flushed does, minus draining its
             # events): process_if_pending sees whether it emitted SendResumed.
-            self._sm.flushed(self._unflushed_bytes, self.unflushed_packets)
+            if self._sm.flushed(self._unflushed_bytes, self.unflushed_packets):
+                self.flush_emitted = True
             metrics = self._metrics
             if metrics is not None:
                 # Counted when handed to the socket, once per flush.
@@ -724,11 +740,14 @@ class Session:
         if self._io is not None:
             self._io.flush()
 
-    def _queued(self, nbytes: int, payload: int, packets: int = 1) -> None:
+    def _queued(
+        self, nbytes: int, payload: int, packets: int = 1, paused: bool | None = None
+    ) -> None:
+        # paused: what packet_queued returned, when the caller has it (else ask has_events).
         self._unflushed_bytes += nbytes
         self._unflushed_payload += payload
         self.unflushed_packets += packets
-        if not self._lazy_send or self._sm.has_events:
+        if not self._lazy_send or (self._sm.has_events if paused is None else paused):
             self._process()
         if self._batching:
             return  # the flush that ends this batch takes it
@@ -774,19 +793,21 @@ class Session:
 
     def _after_process(self) -> None:
         if self._metrics is not None:
-            self._update_metrics(self._metrics)
+            # The state only moves with an event other than a message (which sets
+            # _deadline_moved): look at it only then.
+            self._update_metrics(self._metrics, self._deadline_moved)
         if self._deadline_moved:
             self._deadline_moved = False
             self._rearm()
 
-    def _update_metrics(self, metrics: TransportMetrics) -> None:
+    def _update_metrics(self, metrics: TransportMetrics, state_may_move: bool = True) -> None:
         # Once per _process pass: the messages of the batch, and the gauge's state.
         if self._in_messages:
             metrics.messages_in += self._in_messages
             metrics.bytes_in += self._in_bytes
             self._in_messages = self._in_bytes = 0
         old = self._metric_state
-        if old is not None:
+        if old is not None and state_may_move:
             state = self._sm.state
             if state is not self._metric_state_seen:
                 self._metric_state_seen = state
@@ -972,6 +993,24 @@ class Session:
     def _respond_now(
         self, request: Packet, data: Buffer, biz_type: int | None, ext_header: Buffer
     ) -> None:
+        tcp = self._tcp
+        if tcp is not None and (biz_type is None or 0 <= biz_type <= 0xFF) \
+                and len(ext_header) <= 0xFFFF:
+            # Plain TCP: no Packet made (see send); *request* is a request we received.
+            sm = self._sm
+            size = len(data)
+            wire = size + 16 + len(ext_header)
+            try:
+                sm.stamp_response(size, self._time())
+                tcp.queue_message(
+                    _RESPONSE, request.message_id,
+                    request.biz_type if biz_type is None else biz_type, data, ext_header,
+                )
+                paused = sm.packet_queued(wire)
+            except TransportError as exc:
+                raise self._count(self._enrich(exc, "respond")) from None
+            self._queued(wire, size, 1, paused)
+            return
         machine = self._stream_machine
         try:
             if machine is None:

@@ -229,7 +229,13 @@ class StreamIO(asyncio.BufferedProtocol):
                 # follows and tells the core.
                 with contextlib.suppress(OSError):
                     transport.write_eof()
-        session.process_if_pending()
+        if not self._packets_only:
+            session.process_if_pending()
+        elif session.flush_emitted:
+            # A TCP machine emits nothing when its output is taken; the session machine only
+            # SendResumed, which take_output reported.
+            session.flush_emitted = False
+            session.process()
         if machine.state is _CLOSED:
             # close() lets asyncio write what is buffered first, then connection_lost follows.
             self._closing = True

@@ -1,14 +1,17 @@
-"""TcpMachine.queue_message and SessionMachine.stamp_send (the drivers' hot send path) give
-the same bytes, ids, counters and errors as SessionMachine.send + TcpMachine.send_packet."""
+"""TcpMachine.queue_message with SessionMachine.stamp_send / stamp_request / stamp_response
+(the drivers' hot send path) give the same bytes, ids, counters, deadlines and errors as
+SessionMachine.send / request / respond + TcpMachine.send_packet."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from msgtrans.core.errors import ResourceError, TransportConnectionError
-from msgtrans.core.packet import Limits, PacketType
+from msgtrans.core.packet import Limits, Packet, PacketType
 from msgtrans.core.session import SessionMachine
 from msgtrans.core.tcp import TcpMachine
 
@@ -76,3 +79,84 @@ def test_packet_queued_says_when_it_paused() -> None:
     assert sm.packet_queued(10) is False
     assert sm.packet_queued(10) is True
     assert sm.packet_queued(10) is False  # already paused
+
+
+# (kind, arg): 0 request (payload length, timeout or None), 1 respond to an id, 2 the peer's
+# response to an id, 3 timer, 4 begin a close.
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just(0), st.tuples(st.integers(0, 30_000),
+                                        st.one_of(st.none(), st.sampled_from([0.5, 3.0, -1.0])))),
+        st.tuples(st.just(1), st.integers(1, 6)),
+        st.tuples(st.just(2), st.integers(1, 6)),
+        st.tuples(st.just(3), st.just(0)),
+        st.tuples(st.just(4), st.just(0)),
+    ),
+    max_size=30,
+)
+
+
+def _outcome(call: Callable[..., object], *args: object) -> tuple[object, ...]:
+    try:
+        return ("ok", call(*args))
+    except Exception as exc:  # the same error on both paths is the point
+        return ("error", type(exc).__name__, getattr(exc, "error_code", None))
+
+
+def _request_slow(sm: SessionMachine, tcp: TcpMachine, payload: bytes,
+                  timeout: float | None, now: float) -> int:
+    packet = sm.request(payload, biz_type=9, timeout=timeout, now=now)
+    tcp.send_packet(packet)
+    return packet.message_id
+
+
+def _request_fast(sm: SessionMachine, tcp: TcpMachine, payload: bytes,
+                  timeout: float | None, now: float) -> int:
+    request_id = sm.stamp_request(len(payload), timeout=timeout, now=now)
+    tcp.queue_message(PacketType.REQUEST, request_id, 9, payload)
+    return request_id
+
+
+def _answer_slow(sm: SessionMachine, tcp: TcpMachine, request_id: int, now: float) -> None:
+    request = Packet(PacketType.REQUEST, message_id=request_id, biz_type=4)
+    tcp.send_packet(sm.respond(request, b"answer", now=now))
+
+
+def _answer_fast(sm: SessionMachine, tcp: TcpMachine, request_id: int, now: float) -> None:
+    sm.stamp_response(6, now)
+    tcp.queue_message(PacketType.RESPONSE, request_id, 4, b"answer")
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps)
+def test_request_and_response_stamps_match_the_packet_path(
+    plan: list[tuple[int, object]]
+) -> None:
+    sm_a, tcp_a = _pair()
+    sm_b, tcp_b = _pair()
+    for i, (kind, arg) in enumerate(plan):
+        now = float(i)
+        if kind == 0:
+            assert isinstance(arg, tuple)
+            payload = b"q" * arg[0]
+            assert _outcome(_request_slow, sm_a, tcp_a, payload, arg[1], now) == \
+                _outcome(_request_fast, sm_b, tcp_b, payload, arg[1], now)
+        elif kind == 1:
+            assert _outcome(_answer_slow, sm_a, tcp_a, arg, now) == \
+                _outcome(_answer_fast, sm_b, tcp_b, arg, now)
+        elif kind == 2:
+            assert isinstance(arg, int)
+            response = Packet(PacketType.RESPONSE, message_id=arg, payload=b"r")
+            sm_a.receive_packet(response, now)
+            sm_b.receive_packet(response, now)
+        elif kind == 3:
+            sm_a.handle_timer(now)
+            sm_b.handle_timer(now)
+        else:
+            sm_a.begin_close()
+            sm_b.begin_close()
+        assert [type(e) for e in sm_a.events()] == [type(e) for e in sm_b.events()]
+        assert sm_a.stats == sm_b.stats
+        assert sm_a.pending_count == sm_b.pending_count
+        assert sm_a.next_deadline() == sm_b.next_deadline()
+    assert _wire(tcp_a) == _wire(tcp_b)
