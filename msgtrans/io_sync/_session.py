@@ -81,25 +81,28 @@ class IO(Protocol):
 class _Reply:
     """Where the I/O thread leaves the outcome of one request.
 
-    Its own condition on the transport lock: the response wakes the one thread that waits for
-    it, not every thread waiting on the transport (64 threads with a request each would all
-    wake for each response otherwise).
+    The requesting thread waits on a lock of its own, released by :meth:`finish`, without the
+    transport lock: the response wakes that one thread (not every thread waiting on the
+    transport), and it returns without taking the transport lock again (which the I/O thread
+    still holds for the rest of its iteration: a second sleep and wake-up otherwise).
     """
 
-    __slots__ = ("cond", "done", "error", "message")
+    __slots__ = ("done", "error", "message", "sent_at", "waiter")
 
-    def __init__(self, lock: threading.RLock) -> None:
-        self.cond = threading.Condition(lock)
+    def __init__(self, sent_at: float) -> None:
+        self.waiter = threading.Lock()
+        self.waiter.acquire()  # held until finish(): acquiring it again waits for the outcome
+        self.sent_at = sent_at
         self.done = False
         self.message: Message | None = None
         self.error: TransportError | None = None
 
     def finish(self, message: Message | None, error: TransportError | None) -> None:
-        """Record the outcome and wake the waiter (lock held)."""
+        """Record the outcome and wake the waiter (transport lock held; once per reply)."""
         self.message = message
         self.error = error
         self.done = True
-        self.cond.notify()
+        self.waiter.release()
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -299,28 +302,27 @@ class Session:
                 )
             except TransportError as exc:
                 raise self._count(self._enrich(exc, "request")) from None
-            reply = _Reply(self._lock)
+            reply = _Reply(sent_at)
             self._responses[request_id] = reply
             # Only queued and flushed using the same measure matters for the watermarks; the
             # payload length is close enough for requests.
             size = len(memoryview(data))
             self._queued(size + 16 + len(ext_header), size, direct=True)
-            try:
-                # The core's request timer ends the wait (RequestFailed) as does the close
-                # (SessionClosed): no timeout of our own is needed here.
-                wait_until(reply.cond, lambda: reply.done, None)
-            except BaseException:
+        try:
+            # The core's request timer ends the wait (RequestFailed) as does the close
+            # (SessionClosed): no timeout of our own is needed here.
+            reply.waiter.acquire()
+        except BaseException:
+            with self._lock:
                 if self._responses.pop(request_id, None) is not None:
                     self._conn.session.cancel(request_id)
                     self._touch()
                     self._cond.notify_all()
-                raise
-            if reply.error is not None:
-                raise reply.error
-            assert reply.message is not None
-            if self._metrics is not None:
-                self._metrics.metrics.request_latency(time.monotonic() - sent_at)
-            return reply.message
+            raise
+        if reply.error is not None:
+            raise reply.error
+        assert reply.message is not None
+        return reply.message
 
     def receive(self, timeout: float | None = None) -> Message:
         """Return the next one-way message or request from the peer (in arrival order).
@@ -684,6 +686,9 @@ class Session:
             self._in_bytes += len(event.packet.payload)
             reply = self._responses.pop(event.request_id, None)
             if reply is not None:
+                if self._metrics is not None:
+                    # Measured when the response arrives (the waiter may wake later).
+                    self._metrics.metrics.request_latency(time.monotonic() - reply.sent_at)
                 reply.finish(Message(event.packet, self.id), None)
         elif kind is RequestFailed:
             assert isinstance(event, RequestFailed)
