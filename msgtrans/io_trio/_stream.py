@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
@@ -25,9 +25,11 @@ __all__ = ["StreamIO", "StreamListener", "deliver_when_established", "open_strea
 
 logger = logging.getLogger("msgtrans.io_trio")
 
-# Small buffers are joined up to this size before a send (one syscall per batch); larger ones
-# go out on their own, uncopied.
+# A batch grows up to this size before it is written (see StreamIO._gather); without
+# sendmsg, small buffers are joined up to it and larger ones go out on their own, uncopied.
 _JOIN_LIMIT = 64 * 1024
+# Parts per sendmsg(): well under every platform's IOV_MAX (1024 on Linux).
+_MAX_PARTS = 512
 # How many scheduler rounds the writer lets other ready tasks add to a batch before it writes
 # (see StreamIO._writer); each round costs one trio checkpoint, far less than a send().
 _BATCH_ROUNDS = 64
@@ -42,6 +44,10 @@ class StreamIO:
         self.session = session
         self._stream = stream
         self._sock = stream.socket
+        # A vectored write hands the core's parts (headers, large payloads by reference) to
+        # the kernel as they are: no join, no copy.  trio sockets have it on Unix.
+        self._sendmsg: Callable[[list[Buffer]], Awaitable[int]] | None = getattr(
+            self._sock, "sendmsg", None)
         self._wake = trio.Event()
         # Output the reader took from the connection, to go before what the writer takes next.
         self._carry: list[Buffer] = []
@@ -121,9 +127,7 @@ class StreamIO:
                 # Until the core has nothing more: sends and a close may come in while
                 # send_all waits, and the EOF must go after every byte queued before it.
                 while output := await self._gather(self._take()):
-                    for chunk in _batches(output):
-                        if chunk:
-                            await self._stream.send_all(chunk)
+                    await self._write(output)
                 if session.write_closed and not self._eof_written:
                     self._eof_written = True
                     # The peer may be gone already (its reset); the reader reports that.
@@ -134,6 +138,29 @@ class StreamIO:
             session.process()
             if session.machine_closed:
                 return
+
+    async def _write(self, parts: list[Buffer]) -> None:
+        """Write *parts* whole and in order: one ``sendmsg`` per :data:`_MAX_PARTS` parts (a
+        partial write goes on from where it stopped), else ``send_all`` per joined batch."""
+        sendmsg = self._sendmsg
+        if sendmsg is None:
+            for chunk in _batches(parts):
+                if chunk:
+                    await self._stream.send_all(chunk)
+            return
+        i, n = 0, len(parts)
+        while i < n:
+            batch = parts[i:i + _MAX_PARTS] if i or n > _MAX_PARTS else parts
+            sent = await sendmsg(batch)
+            # Skip the parts written whole; keep the rest of one written in part.
+            for part in batch:
+                size = len(part)
+                if sent < size:
+                    if sent:
+                        parts[i] = memoryview(part)[sent:]
+                    break
+                sent -= size
+                i += 1
 
     def _take(self) -> list[Buffer]:
         # The reader's carry first: it left the connection before what take_output returns.
