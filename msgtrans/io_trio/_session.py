@@ -673,13 +673,12 @@ class Session:
                 self._io.set_reading(kind is ReadResumed)
         elif kind is ErrorOccurred:
             assert isinstance(event, ErrorOccurred)
-            if self.error is None:
-                self.error = self._count(self._enrich(event.error, "receive"))
+            self._set_error(event.error)
         elif kind is ConnectionClosed:
             assert isinstance(event, ConnectionClosed)
             self.closed_event = event
-            if event.error is not None and self.error is None:
-                self.error = self._count(self._enrich(event.error, "receive"))
+            if event.error is not None:
+                self._set_error(event.error)
             if not self._established.is_set():
                 error = self.error or self._closed_error("connect")
                 self._established_error = self._enrich(error, "connect")
@@ -688,8 +687,8 @@ class Session:
             self._update_writable()
         elif kind is SessionClosed:
             assert isinstance(event, SessionClosed)
-            if event.error is not None and self.error is None:
-                self.error = self._count(self._enrich(event.error, "receive"))
+            if event.error is not None:
+                self._set_error(event.error)
             self._fail_waiters(self._closed_error("request"))
             self._inbox_event.set()
             self._update_writable()
@@ -757,6 +756,13 @@ class Session:
             counted.metrics.bytes_in += self._in_bytes
             self._in_messages = self._in_bytes = 0
         counted.state(self._conn.session.state)
+
+    def _set_error(self, error: TransportError) -> None:
+        if self.error is None:
+            self.error = self._enrich(error, "receive")
+            # A session that never opened is a failed connect: connect() counts that one.
+            if self.established is not None:
+                self._count(self.error)
 
     def _count(self, error: TransportError) -> TransportError:
         if self._metrics is not None:

@@ -227,8 +227,10 @@ class StreamListener:
         spawn: Callable[..., None],
         on_established: Callable[[Session], None],
         settings: dict[str, Any],
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        self._on_refused = on_refused
         self.listeners = listeners
         bound = listeners[0].socket.getsockname()
         self.address: Address = (bound[0], bound[1])
@@ -269,6 +271,8 @@ class StreamListener:
             if config.max_sessions is not None and len(self._live) >= config.max_sessions:
                 logger.warning("listener %s: refusing a connection: %d sessions (max_sessions)",
                                config.addr, len(self._live))
+                if self._on_refused is not None:
+                    self._on_refused()
                 await trio.aclose_forcefully(stream)
                 continue
             try:
@@ -307,8 +311,11 @@ async def open_stream_listener(
     spawn: Callable[..., None],
     on_established: Callable[[Session], None],
     settings: dict[str, Any],
+    *,
+    on_refused: Callable[[], None] | None = None,
 ) -> StreamListener:
     """Bind the listening sockets of *config* (a TCP or WebSocket server config).
+    *on_refused* (optional) is called for each connection refused at ``max_sessions``.
 
     Raises:
         TransportError: the address cannot be bound (mapped from the ``OSError``).
@@ -321,7 +328,8 @@ async def open_stream_listener(
         raise map_error(exc, protocol=config.protocol, operation="listen") from None
     try:
         return StreamListener(config, listeners, new_session=new_session, spawn=spawn,
-                              on_established=on_established, settings=settings)
+                              on_established=on_established, settings=settings,
+                              on_refused=on_refused)
     except BaseException:
         for listener in listeners:
             await trio.aclose_forcefully(listener)

@@ -188,7 +188,8 @@ class SessionStream:
                     self.addresses.append((quic.address[0], quic.address[1]))
                 else:
                     listener = await open_stream_listener(
-                        config, transport._new_session, spawn, self._deliver, settings
+                        config, transport._new_session, spawn, self._deliver, settings,
+                        on_refused=transport._refused,
                     )
                     self._stream_listeners.append(listener)
                     spawn(listener.run)
@@ -277,6 +278,7 @@ class Transport:
         self._last_id = 0
         self._streams: set[SessionStream] = set()
         self._quic_listeners: list[QuicListener] = []
+        self._quic_refused: dict[QuicListener, int] = {}  # refusals already counted
         self._handler_scopes: set[trio.CancelScope] = set()
         self._closing = False
         self._shutdown_done: trio.Event | None = None
@@ -676,8 +678,11 @@ class Transport:
     def stats(self) -> MetricsSnapshot:
         """Return every metric now, as plain immutable data (``.as_dict()`` for JSON): live
         sessions by protocol and state, sessions opened and closed, messages and payload bytes
-        in and out, errors by ``error_code``, the request latency histogram, pool expansions
-        and shrinks by trigger, and the summed :meth:`pool_status` once a pool was made."""
+        in and out, errors by ``error_code`` (``connection.refused_by_server`` counts the
+        connections our listeners refused at ``max_sessions``), the request latency histogram,
+        pool expansions and shrinks by trigger, and the summed :meth:`pool_status` once a pool
+        was made."""
+        self._count_quic_refusals()
         if self._pools.used:
             self._metrics.observe_pool(self.pool_status())
         return self._metrics.snapshot()
@@ -685,6 +690,17 @@ class Transport:
     def stats_prometheus(self, prefix: str = "msgtrans") -> str:
         """Return :meth:`stats` in the Prometheus text exposition format (for ``/metrics``)."""
         return render_prometheus(self.stats(), prefix)
+
+    def _refused(self) -> None:
+        self._metrics.error("connection.refused_by_server")
+
+    def _count_quic_refusals(self) -> None:
+        # The QUIC endpoint counts its refusals itself; pick up what is new since last time.
+        for quic in self._quic_listeners:
+            refused = quic.endpoint.connections_refused
+            for _ in range(refused - self._quic_refused.get(quic, 0)):
+                self._metrics.error("connection.refused_by_server")
+            self._quic_refused[quic] = refused
 
     # --- shutdown ------------------------------------------------------------------------------
 
@@ -759,7 +775,9 @@ class Transport:
         # nothing is left open when the caller's nursery ends.
         waits = [s.wait_closed for s in sessions] + [q.wait_closed for q in self._quic_listeners]
         await _wait_all(waits, trio.current_time() + 1.0)
+        self._count_quic_refusals()  # before the listeners are forgotten
         self._quic_listeners.clear()
+        self._quic_refused.clear()
         for scope in list(self._handler_scopes):
             scope.cancel()
         self._handler_scopes.clear()
