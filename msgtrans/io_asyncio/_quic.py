@@ -292,9 +292,10 @@ class QuicListener(asyncio.DatagramProtocol):
 
     def forget(self, session: Session) -> None:
         """Drop *session* from the listener's table."""
-        for machine, known in list(self._sessions.items()):
-            if known is session:
-                del self._sessions[machine]
+        # Its machine is the table's key (see _accept): no scan of every session per close.
+        machine = session.connection.machine
+        if isinstance(machine, QuicMachine) and self._sessions.get(machine) is session:
+            del self._sessions[machine]
 
     def schedule_flush(self) -> None:
         """Arrange one flush this loop iteration."""
