@@ -117,6 +117,11 @@ class StreamChannel(Channel):
         """
         self._flush_here(False)
 
+    def send_soon(self) -> None:
+        """:meth:`request_flush` after a one-way send (lock held, any thread): a loop woken
+        for it lets the sender queue more before it writes (see :meth:`IOLoop.request_flush`)."""
+        self._flush_here(False, burst=True)
+
     def write_now(self) -> None:
         """:meth:`request_flush`, and while the loop sleeps, write the core's bytes from this
         thread (lock held, any thread).
@@ -128,13 +133,13 @@ class StreamChannel(Channel):
         """
         self._flush_here(True)
 
-    def _flush_here(self, write: bool) -> None:
+    def _flush_here(self, write: bool, *, burst: bool = False) -> None:
         if self._closed:
             return
         loop = self.loop
         if (loop.woken or self._aborting or not self._started or not loop.running
                 or loop.in_loop_thread()):
-            loop.request_flush(self)
+            loop.request_flush(self, burst=burst)
             return
         session = self.session
         for buffer in session.take_output():
@@ -151,7 +156,7 @@ class StreamChannel(Channel):
                 self._advance(sent)
         if (self._out or session.write_closed or session.machine_closed
                 or not loop.wakes_before(session.deadline())):
-            loop.request_flush(self)
+            loop.request_flush(self, burst=burst)
 
     def _loop_flush(self) -> None:
         if not self._closed:
@@ -466,6 +471,11 @@ class QuicClientChannel(Channel):
         """The same as :meth:`request_flush` (QUIC datagrams leave from the I/O thread)."""
         self.request_flush()
 
+    def send_soon(self) -> None:
+        """:meth:`request_flush` after a one-way send (see :meth:`IOLoop.request_flush`)."""
+        if not self._closed:
+            self.loop.request_flush(self, burst=True)
+
     def pause_reading(self) -> None:
         """Stop granting the peer flow-control credit: the application fell behind."""
         self._machine().pause_reading()
@@ -570,6 +580,9 @@ class _ServerSessionIO:
     def write_now(self) -> None:
         self._listener.request_flush()
 
+    def send_soon(self) -> None:
+        self._listener.request_flush(burst=True)
+
     def pause_reading(self) -> None:
         # The socket is shared by every connection, so the pause is QUIC's own: the machine
         # stops granting this peer credit and the peer stops at the window it has.
@@ -615,10 +628,10 @@ class QuicListener(Channel):
             return
         self.loop.add(self, READ)
 
-    def request_flush(self) -> None:
-        """Have the loop send soon (any thread)."""
+    def request_flush(self, *, burst: bool = False) -> None:
+        """Have the loop send soon (any thread); *burst*: after a one-way send."""
         if not self.closed:
-            self.loop.request_flush(self)
+            self.loop.request_flush(self, burst=burst)
 
     def on_ready(self, mask: int, now: float) -> None:
         """Route the datagrams through the endpoint; wrap new connections in sessions."""

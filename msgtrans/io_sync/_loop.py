@@ -113,6 +113,7 @@ class IOLoop:
         # Between the last look at the work (lock held) and the end of select(): only then
         # does new work need a wake-up; an awake loop sees the dirty set before it sleeps.
         self._sleeping = False
+        self._burst = False  # the last wake-up came from a one-way send (request_flush)
         self._calls: deque[Callable[[], None]] = deque()
         self._dirty: dict[Channel, None] = {}  # ordered set
         self._channels: dict[Channel, int] = {}  # channel -> registered mask (0: unregistered)
@@ -161,12 +162,18 @@ class IOLoop:
         self.submit(run)
         return future.result(timeout)
 
-    def request_flush(self, channel: Channel) -> None:
-        """Mark *channel* dirty: the loop flushes it at the end of its iteration (lock held)."""
+    def request_flush(self, channel: Channel, *, burst: bool = False) -> None:
+        """Mark *channel* dirty: the loop flushes it at the end of its iteration (lock held).
+
+        *burst*: a one-way send, likely followed by more; the loop, woken for it alone, lets
+        the sender go on for a moment before it writes, so that the burst leaves in one write.
+        """
         self._dirty[channel] = None
         # An awake loop (reading, flushing, or writing with the lock let go) looks at the dirty
         # set before it sleeps again: only a sleeping one needs the wake-up byte.
         if self._sleeping:
+            if burst:
+                self._burst = True
             self._wake()
 
     @property
@@ -260,13 +267,16 @@ class IOLoop:
                 # Awake from here on (a plain store; the lock is taken next and the dirty set
                 # read under it): senders now just mark their channel dirty.
                 self._sleeping = False
-                if len(ready) == 1 and ready[0][0].data is None:
-                    # Woken by an application thread only (a send): give the GIL back before
-                    # taking the lock, so that a sender in a burst queues more messages for
-                    # this one write (a write per message otherwise: the wake-up's syscall
-                    # hands this thread the GIL after every message).  A thread that has
-                    # nothing more to do gives it back at once.
-                    time.sleep(0)
+                if self._burst:
+                    self._burst = False
+                    if len(ready) == 1 and ready[0][0].data is None:
+                        # Woken by a one-way send alone: give the GIL back before taking the
+                        # lock, so that a sender in a burst queues more messages for this one
+                        # write (a write per message otherwise: the wake-up's syscall hands
+                        # this thread the GIL after every message).  Not for other wake-ups
+                        # (a close, a submitted call): their thread waits for this one, and the
+                        # hand-over back and forth costs them.
+                        time.sleep(0)
                 with self.lock:
                     now = time.monotonic()
                     for key, mask in ready:

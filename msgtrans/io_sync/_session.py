@@ -60,6 +60,10 @@ class IO(Protocol):
     def request_flush(self) -> None:
         """Have the I/O thread write what the connection has (coalesced per iteration)."""
 
+    def send_soon(self) -> None:
+        """As :meth:`request_flush`, for a one-way send: more may follow at once (the loop
+        may let the sender go on before it writes, to write them together)."""
+
     def write_now(self) -> None:
         """As :meth:`request_flush`, but a caller that will wait for the peer (a request, a
         response) may write the bytes itself when the I/O thread sleeps: no thread hop."""
@@ -632,7 +636,7 @@ class Session:
             # One-way sends stay with the I/O thread, which batches a burst into one write.
             io.write_now()
         else:
-            io.request_flush()
+            io.send_soon()
 
     def _process(self) -> None:
         if self._processing:
