@@ -2,7 +2,8 @@
 packets, headers, large payloads by reference) go to ``sendmsg`` as they are, and a partial
 write goes on from the byte where it stopped.  Checked with hypothesis against a fake
 ``sendmsg`` that takes at most a few bytes per call, and end to end over TCP with payloads on
-both sides of the core's coalescing limit.
+both sides of the core's coalescing limit; without ``sendmsg`` (Windows) the parts are joined
+into batches for ``send_all``.
 """
 
 from __future__ import annotations
@@ -42,9 +43,22 @@ class FakeSocket:
         return self.limit - room
 
 
-def writer_for(sock: FakeSocket) -> StreamIO:
+class FakeStream:
+    """``send_all`` for sockets without ``sendmsg``: records what it is given, whole."""
+
+    def __init__(self, sock: FakeSocket) -> None:
+        self.sock = sock
+
+    async def send_all(self, data: Buffer) -> None:
+        self.sock.calls.append(1)
+        self.sock.written += data
+        await trio.lowlevel.checkpoint()
+
+
+def writer_for(sock: FakeSocket, *, vectored: bool = True) -> StreamIO:
     io = StreamIO.__new__(StreamIO)  # only _write is exercised: no session, no socket
-    io._sendmsg = sock.sendmsg
+    io._sendmsg = sock.sendmsg if vectored else None
+    io._stream = FakeStream(sock)
     return io
 
 
@@ -54,9 +68,10 @@ def writer_for(sock: FakeSocket) -> StreamIO:
     limit=st.integers(min_value=1, max_value=700),
     max_parts=st.integers(min_value=1, max_value=5),
     as_views=st.booleans(),
+    vectored=st.booleans(),
 )
 def test_partial_writes_send_every_byte_once_in_order(
-    parts: list[bytes], limit: int, max_parts: int, as_views: bool,
+    parts: list[bytes], limit: int, max_parts: int, as_views: bool, vectored: bool,
 ) -> None:
     sock = FakeSocket(limit, sum(map(len, parts)))
     # Set and restored here, not by monkeypatch: hypothesis runs many examples per fixture.
@@ -64,11 +79,14 @@ def test_partial_writes_send_every_byte_once_in_order(
     _stream._MAX_PARTS = max_parts
     try:
         given_parts: list[Buffer] = [memoryview(p) if as_views else bytearray(p) for p in parts]
-        trio.run(writer_for(sock)._write, given_parts)
+        trio.run(writer_for(sock, vectored=vectored)._write, given_parts)
     finally:
         _stream._MAX_PARTS = original
     assert bytes(sock.written) == b"".join(parts)
     assert all(0 < n <= max_parts for n in sock.calls)
+    if not vectored:
+        # Without sendmsg: small parts joined, at most one send_all per part.
+        assert len(sock.calls) <= max(1, len(parts))
 
 
 @pytest.mark.network
