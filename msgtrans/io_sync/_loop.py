@@ -21,6 +21,13 @@ Threading model (the one rule every other module of this package follows):
   and :meth:`IOLoop.wakes_before` tell it when the loop will look anyway.  The I/O thread lets
   go of the lock while the kernel takes a write (:meth:`IOLoop.unlocked`): the buffers are its
   own by then, and senders go on queueing.
+* One exception to "only the I/O thread": while the loop sleeps in ``select`` (it writes only
+  awake), a thread sending a request or a response writes the bytes itself, lock held, with a
+  non-blocking ``sendmsg`` (``StreamChannel.write_now``); what the kernel does not take is
+  left to the loop.  Someone waits for the answer, so saving the hop to the I/O thread is
+  latency; one-way sends still go through the loop, which batches a burst into one write
+  (a one-way send that wakes it makes it give the GIL back once before it writes, so the
+  sender queues more first).
 """
 
 from __future__ import annotations
