@@ -349,6 +349,35 @@ class Session:
                 raise self._closed_error("receive")
             return message
 
+    def receive_many(self, max_messages: int | None = None,
+                     timeout: float | None = None) -> list[Message]:
+        """Return every one-way message and request queued from the peer (at least one, in
+        arrival order), waiting for the first if none is queued.  A consumer that handles what
+        arrived in one batch takes the transport lock once per batch instead of once per
+        message.
+
+        Args:
+            max_messages: take at most this many (default ``None``: all that are queued).
+            timeout: seconds to wait for the first (default: until one comes or the session
+                closes).
+
+        Raises:
+            ValueError: *max_messages* is below 1.
+            TransportTimeoutError: nothing came in time (code ``timeout.elapsed``).
+            TransportConnectionError: the session closed and every message was taken (code
+                ``connection.closed``), or the error that ended the session.
+        """
+        if max_messages is not None and max_messages < 1:
+            raise ValueError(f"max_messages must be 1 or more, got {max_messages}")
+        deadline = _deadline(timeout)
+        with self._lock:
+            if not wait_until(self._cond, self._has_message_or_end, deadline):
+                raise TransportTimeoutError("receive", timeout or 0.0, session_id=self.id)
+            messages = self.take_messages(max_messages)
+            if not messages:
+                raise self._closed_error("receive")
+            return messages
+
     def messages(self, timeout: float | None = None) -> Iterator[Message]:
         """Yield the messages and requests of this session until it closes.
 
@@ -445,9 +474,9 @@ class Session:
         self._consumed()
         return message
 
-    def take_messages(self) -> list[Message]:
-        """Pop every queued message at once, oldest first (lock held); an empty list when
-        there is none.
+    def take_messages(self, max_messages: int | None = None) -> list[Message]:
+        """Pop every queued message at once (at most *max_messages*), oldest first (lock
+        held); an empty list when there is none.
 
         One call accounts the whole batch to the receive bound (reading resumes once, if it
         was paused) where :meth:`take_message` does it message by message: a consumer that
@@ -457,8 +486,11 @@ class Session:
         inbox = self._inbox
         if not inbox:
             return []
-        messages = list(inbox)
-        inbox.clear()
+        if max_messages is None or max_messages >= len(inbox):
+            messages = list(inbox)
+            inbox.clear()
+        else:
+            messages = [inbox.popleft() for _ in range(max_messages)]
         consumed = self._sm.message_consumed
         for message in messages:
             consumed(len(message.payload))

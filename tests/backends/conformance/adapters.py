@@ -112,6 +112,12 @@ class Session:
     async def receive(self) -> Msg:
         return Msg(self._backend, await self._backend.receive(self.raw, WAIT))
 
+    async def receive_many(self, max_messages: int | None = None) -> list[Msg]:
+        """Every queued message (at most *max_messages*), waiting for the first."""
+        kw: dict[str, Any] = {"timeout": WAIT} if self._backend.name == "sync" else {}
+        raw = await self._backend.call(self.raw.receive_many, max_messages, **kw)
+        return [Msg(self._backend, m) for m in raw]
+
     async def receive_within(self, seconds: float) -> Msg | None:
         """A message if one came within *seconds*, else None (a timeout/cancel took nothing)."""
         raw = await self._backend.receive_within(self.raw, seconds)

@@ -107,6 +107,46 @@ async def connect(client: Any, listener: Listener, proto: str, certs: Certs
 # --- messages ---------------------------------------------------------------------------------
 
 
+def test_receive_many_takes_batches_in_order(backend: Backend, proto: str, certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen(proto, certs) as listener:
+            cs, ss = await connect(client, listener, proto, certs)
+            with pytest.raises(ValueError, match="max_messages"):
+                await ss.receive_many(0)
+            sent = [b"m%d" % i for i in range(40)]
+            for payload in sent:
+                await cs.send(payload)
+            got: list[bytes] = []
+            for _ in range(len(sent)):  # at least one message per call
+                batch = await ss.receive_many(3)
+                assert 1 <= len(batch) <= 3
+                got.extend(m.payload for m in batch)
+                if len(got) == len(sent):
+                    break
+            assert got == sent
+            # Requests come in the same batches, in order, and are answered from them.
+            answers: list[bytes] = []
+
+            async def ask() -> None:
+                answers.append((await cs.request(b"q")).payload)
+
+            async with anyio.create_task_group() as tg:
+                await cs.send(b"before")
+                tg.start_soon(ask)
+                batch = await ss.receive_many()
+                if len(batch) == 1:  # the request may not have arrived with the message
+                    batch += await ss.receive_many()
+                assert [m.payload for m in batch] == [b"before", b"q"]
+                await batch[1].respond(b"a")
+            assert answers == [b"a"]
+            await cs.close()
+            with pytest.raises(TransportConnectionError):
+                await ss.receive_many()
+
+    backend.run(body)
+
+
 def test_one_way_and_requests_both_ways(backend: Backend, proto: str, certs: Certs) -> None:
     async def body() -> None:
         async with backend.transport() as server, backend.transport() as client, \
