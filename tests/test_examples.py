@@ -4,6 +4,7 @@ exits 0."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -30,6 +31,25 @@ def test_example_runs(backend: str) -> None:
     assert result.stdout.splitlines() == [
         "echo: hello", "one-way", "shutdown: 1 closed cleanly, 0 forced",
     ]
+
+
+def test_pool_example_runs() -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "asyncio_pool.py")],
+                            capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT, env=env,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6, lines
+    grown = re.fullmatch(r"pool: grew from 2 to (\d+) sessions \((\d+) growth steps\)", lines[0])
+    assert grown is not None and 2 < int(grown[1]) <= 16 and int(grown[2]) >= 1, lines[0]
+    assert lines[1] == "big request answered: b'xxxxxxxx'"
+    # A refused TCP connection is closed by the server: the client learns it on first use.
+    assert lines[2].startswith("the 21st session: connection."), lines[2]
+    assert lines[3] == "server: 201 messages in, 1 refused at max_sessions"
+    assert lines[4] == "client: 201 requests timed"
+    assert re.fullmatch(r"msgtrans_pool_expansions_total(\{[^}]*\})? \d+(\.0)?", lines[5]), lines[5]
 
 
 def test_docs_show_the_examples_as_they_are() -> None:
