@@ -34,9 +34,11 @@ calls a connection's own ``datagrams_to_send`` or ``receive_datagram``.
 
 from __future__ import annotations
 
+import heapq
 import os
 import re
 from collections.abc import Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,60 @@ def _refusal(version: int, client_cid: bytes, our_cid: bytes, error_code: int,
     buf.push_bytes(phrase)
     datagrams, _packets = builder.flush()
     return datagrams[0]
+
+
+class _EndpointConnection(QuicMachine):
+    """A server connection that tells its endpoint when it may need attention.
+
+    The endpoint must not ask every connection on every datagram whether it has something to
+    send (that is O(connections) per datagram).  Every path by which a connection comes to
+    have datagrams to send sets ``_dirty``, and every path by which it ends sets ``state``; so
+    those two attributes report their writes to the endpoint, which keeps the set of
+    connections to look at.  (Kept here, not in :class:`QuicMachine`, because only the
+    endpoint needs it; client machines pay nothing.)
+    """
+
+    # Class-level defaults: QuicMachine.__init__ writes _dirty and state before the endpoint
+    # attaches itself.
+    _endpoint: QuicEndpoint | None = None
+    _dirty_flag = False
+    _seq = 0  # creation order, to keep the full scan's oldest-first order
+
+    @property
+    def _dirty(self) -> bool:
+        return self._dirty_flag
+
+    @_dirty.setter
+    def _dirty(self, value: bool) -> None:
+        self._dirty_flag = value
+        if value:
+            endpoint = self._endpoint
+            if endpoint is not None:
+                endpoint._touch(self)
+
+    @property
+    def state(self) -> MachineState:
+        return self._state_value
+
+    @state.setter
+    def state(self, value: MachineState) -> None:
+        # Rare (a handful of transitions per connection): report each one, so an end reached
+        # through the driver's own calls is settled and its events are seen.
+        self._state_value = value
+        endpoint = self._endpoint
+        if endpoint is not None:
+            endpoint._touch(self)
+
+    def close(self, code: int | None = None, reason: str = "") -> None:
+        """Close as :meth:`QuicMachine.close` does; the endpoint hears of it (its
+        ``CloseStarted`` may come without anything to send yet)."""
+        super().close(code, reason)
+        endpoint = self._endpoint
+        if endpoint is not None:
+            endpoint._note(self)
+
+
+_by_seq = attrgetter("_seq")
 
 
 class QuicEndpoint:
@@ -238,6 +294,20 @@ class QuicEndpoint:
         # when the endpoint feeds, times or flushes a connection, so it is refreshed then and
         # next_deadline() need not ask every connection (a stale one is merely early).
         self._live: dict[QuicMachine, float | None] = {}
+        # The same deadlines as a heap of (deadline, push count, connection); an entry is
+        # stale once _live holds another deadline for its connection (or none), and stale
+        # entries are dropped when they reach the top.  next_deadline() and handle_timer() then
+        # cost O(log n) per change instead of a scan.
+        self._heap: list[tuple[float, int, QuicMachine]] = []
+        # Connections that may have datagrams to send or may have ended since the last
+        # datagrams_to_send(): every other connection has nothing to send (see
+        # _EndpointConnection), so the flush looks at these only.
+        self._to_flush: set[QuicMachine] = set()
+        # Connections that may have news for the driver since its last take_touched();
+        # None until a driver asks, so that drivers that never ask keep nothing here.
+        self._news: set[QuicMachine] | None = None
+        self._seq = 0
+        self._pushes = 0  # unique tie-breaker: connections themselves do not compare
         self._retired: list[QuicMachine] = []  # closed, events not drained yet
         self._accepted: list[QuicMachine] = []
         self._replies: list[tuple[bytes, Address]] = []
@@ -325,6 +395,7 @@ class QuicEndpoint:
         if connection is not None:
             connection.receive_datagram(data, addr, now)
             self._settle(connection)
+            self._note(connection)
             return
         if header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
             # Never answered: two servers could otherwise bounce them forever.
@@ -374,28 +445,77 @@ class QuicEndpoint:
         self._create(data, addr, now, header.destination_cid, (original_cid, retry_cid))
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        """Return every datagram to send now, each with its destination, and forget them."""
+        """Return every datagram to send now, each with its destination, and forget them.
+
+        Costs O(connections touched since the last call), not O(connections).
+        """
         out, self._replies = self._replies, []
         # Ended connections wait in _retired only until their events are drained, whichever way.
-        self._retired = [connection for connection in self._retired if connection.has_events]
-        for connection in list(self._live):
+        if self._retired:
+            self._retired = [c for c in self._retired if c.has_events]
+        touched = self._to_flush
+        if not touched:
+            return out
+        self._to_flush = set()
+        live = self._live
+        news = self._news
+        # Oldest first, as a scan of every connection would go.
+        for connection in sorted(touched, key=_by_seq) if len(touched) > 1 else touched:
+            if connection not in live:
+                continue
             if connection._dirty:
                 out.extend(connection.datagrams_to_send(now))
                 self._settle(connection)
             elif connection.state is MachineState.CLOSED:
                 self._settle(connection)  # ended through the driver's own calls
+            else:
+                continue
+            if news is not None:
+                news.add(connection)
         return out
 
     def next_deadline(self) -> float | None:
         """Return when :meth:`handle_timer` must next run, or ``None``."""
-        return min((d for d in self._live.values() if d is not None), default=None)
+        heap, live = self._heap, self._live
+        while heap:
+            deadline, _seq, connection = heap[0]
+            if live.get(connection) == deadline:
+                return deadline
+            heapq.heappop(heap)  # stale: the connection ended or its deadline moved
+        return None
 
     def handle_timer(self, now: float) -> None:
         """Fire the timers of every connection that are due at *now*."""
-        for connection, deadline in list(self._live.items()):
-            if deadline is not None and deadline <= now:
-                connection.handle_timer(now)
-                self._settle(connection)
+        heap, live = self._heap, self._live
+        due: dict[QuicMachine, None] = {}
+        while heap and heap[0][0] <= now:
+            deadline, _seq, connection = heapq.heappop(heap)
+            if live.get(connection) == deadline:
+                due[connection] = None
+        # Oldest first, as a scan of every connection would go.
+        for connection in sorted(due, key=_by_seq) if len(due) > 1 else due:
+            # Its heap entry is gone: forget the deadline so _settle pushes the next one even
+            # when it did not move (a stale, early deadline fires without effect).
+            live[connection] = None
+            connection.handle_timer(now)
+            self._settle(connection)
+            self._note(connection)
+
+    def take_touched(self) -> list[QuicMachine]:
+        """Return the connections that may have news since the last call, oldest first, and
+        forget them.
+
+        These are the connections fed a datagram, timed, flushed, written to, closed or
+        created; any other connection has no new events and nothing newly sent, so a driver
+        may look at these only instead of at every connection.  Ended connections are
+        included (once) so that their ``ConnectionClosed`` is seen.  Nothing is recorded until
+        the first call, so drivers that never call it pay nothing.
+        """
+        news = self._news
+        self._news = set()
+        if not news:
+            return []
+        return sorted(news, key=_by_seq)
 
     def accept(self) -> list[QuicMachine]:
         """Return the connections created since the last call (each once), oldest first.
@@ -427,6 +547,7 @@ class QuicEndpoint:
         for connection in list(self._live):
             connection.close(code, reason)
             self._settle(connection)
+            self._note(connection)
 
     def stats(self) -> dict[str, int]:
         """The counters, and the number of live connections, as a dict."""
@@ -498,7 +619,10 @@ class QuicEndpoint:
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,
         )
-        connection = QuicMachine(quic, peer_address=addr, **self._settings)
+        connection = _EndpointConnection(quic, peer_address=addr, **self._settings)
+        self._seq += 1
+        connection._seq = self._seq
+        connection._endpoint = self
         connection._cid_listener = self._on_cid
         self._live[connection] = None
         self._cids[connection] = set()
@@ -510,6 +634,7 @@ class QuicEndpoint:
         connection.start(now)
         connection.receive_datagram(data, addr, now)
         self._settle(connection)
+        self._note(connection)
 
     def _on_cid(self, connection: QuicMachine, cid: bytes, issued: bool) -> None:
         cids = self._cids.get(connection)
@@ -523,17 +648,48 @@ class QuicEndpoint:
             if self._routes.get(cid) is connection:
                 del self._routes[cid]
 
+    def _touch(self, connection: QuicMachine) -> None:
+        """*connection* may have datagrams to send or may have ended (see
+        :class:`_EndpointConnection`)."""
+        self._to_flush.add(connection)
+        news = self._news
+        if news is not None:
+            news.add(connection)
+
+    def _note(self, connection: QuicMachine) -> None:
+        """*connection* may have new events for the driver."""
+        news = self._news
+        if news is not None:
+            news.add(connection)
+
     def _settle(self, connection: QuicMachine) -> None:
         """Refresh a connection's deadline, or forget it if it ended (aioquic sends nothing
         after it terminated)."""
-        if connection not in self._live:
+        live = self._live
+        if connection not in live:
             return
         if connection.state is not MachineState.CLOSED:
-            self._live[connection] = connection.next_deadline()
+            deadline = connection.next_deadline()
+            if deadline != live[connection]:
+                live[connection] = deadline
+                if deadline is not None:
+                    heap = self._heap
+                    self._pushes += 1
+                    heapq.heappush(heap, (deadline, self._pushes, connection))
+                    if len(heap) > 2 * len(live) + 64:
+                        self._compact()
             return
         for cid in self._cids.pop(connection, ()):
             if self._routes.get(cid) is connection:
                 del self._routes[cid]
         del self._live[connection]
+        self._to_flush.discard(connection)
         if connection.has_events:
             self._retired.append(connection)
+
+    def _compact(self) -> None:
+        """Rebuild the deadline heap from the live deadlines: stale entries that never reached
+        the top (deadlines that moved earlier) would otherwise pile up."""
+        self._heap = [(d, i, c) for i, (c, d) in enumerate(self._live.items()) if d is not None]
+        self._pushes = len(self._live)
+        heapq.heapify(self._heap)
