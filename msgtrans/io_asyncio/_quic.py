@@ -217,6 +217,8 @@ class QuicListener(asyncio.DatagramProtocol):
         settings: dict[str, Any],
     ) -> None:
         self.endpoint = endpoint
+        # From now on the endpoint records which connections have news (see _pump).
+        endpoint.take_touched()
         self.address: Address = ("", 0)
         self._new_session = new_session
         self._on_established = on_established
@@ -280,10 +282,12 @@ class QuicListener(asyncio.DatagramProtocol):
         return make
 
     def _pump(self) -> None:
-        # Which connections a datagram or timer touched is the endpoint's business; ask each
-        # session's machine whether it has news (cheap: a flag).
-        for machine, session in list(self._sessions.items()):
-            if machine.has_events:
+        # Only the connections the endpoint fed, timed or saw written to can have news: ask
+        # the endpoint for those rather than every session (O(1) per datagram, not O(sessions)).
+        sessions = self._sessions
+        for machine in self.endpoint.take_touched():
+            session = sessions.get(machine)
+            if session is not None and machine.has_events:
                 session.process()
                 if session.machine_closed:
                     self.forget(session)
@@ -314,7 +318,13 @@ class QuicListener(asyncio.DatagramProtocol):
         now = self._loop.time()
         for data, addr in self.endpoint.datagrams_to_send(now):
             transport.sendto(data, addr)
-        for machine, session in list(self._sessions.items()):
+        # A session's packets left only if its machine was flushed, and a machine was flushed
+        # only if it was touched: the others have nothing to account or process.
+        sessions = self._sessions
+        for machine in self.endpoint.take_touched():
+            session = sessions.get(machine)
+            if session is None:
+                continue
             session.account_flushed()
             if machine.has_events:
                 session.process()
