@@ -169,19 +169,12 @@ class _EndpointConnection(QuicMachine):
     @state.setter
     def state(self, value: MachineState) -> None:
         # Rare (a handful of transitions per connection): report each one, so an end reached
-        # through the driver's own calls is settled and its events are seen.
+        # through the driver's own calls is settled and its events are seen (a close() with
+        # data still unacknowledged sets nothing dirty, only the state).
         self._state_value = value
         endpoint = self._endpoint
         if endpoint is not None:
             endpoint._touch(self)
-
-    def close(self, code: int | None = None, reason: str = "") -> None:
-        """Close as :meth:`QuicMachine.close` does; the endpoint hears of it (its
-        ``CloseStarted`` may come without anything to send yet)."""
-        super().close(code, reason)
-        endpoint = self._endpoint
-        if endpoint is not None:
-            endpoint._note(self)
 
 
 _by_seq = attrgetter("_seq")
