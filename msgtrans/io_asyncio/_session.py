@@ -659,10 +659,20 @@ class Session:
                         self._deliver(packet, kind is _REQUEST)
             finally:
                 self._processing = False
-            if self._again or self._sm.has_events or tcp.has_events:
+            # The event lists read directly (the has_events properties are a Python call
+            # each); a plain TcpMachine wraps no other machine, so its own list is all.
+            if self._again or self._sm._events or tcp._events:
                 self._process()
-            else:
+            elif self._deadline_moved:
                 self._after_process()
+            else:
+                # _after_process's usual case inlined (no state move, no timer to move): the
+                # batch's counters only, without two Python calls per read.
+                metrics = self._metrics
+                if metrics is not None and self._in_messages:
+                    metrics.messages_in += self._in_messages
+                    metrics.bytes_in += self._in_bytes
+                    self._in_messages = self._in_bytes = 0
         finally:
             self._batching = False
         if self._io is not None:
@@ -1009,16 +1019,18 @@ class Session:
             TransportConnectionError: *message* is not a request or was already answered
                 (code ``connection.failed``), or the session is closed.
         """
-        if not message.is_request or message.responded:
+        # The message's packet and flag read directly: each property is a Python call, and
+        # this runs once per request a server answers.
+        packet = message._packet
+        if packet.packet_type is not _REQUEST or message._responded:
             raise TransportConnectionError(
-                f"message {message.message_id} is not an unanswered request",
+                f"message {packet.message_id} is not an unanswered request",
                 code="connection.failed", retryable=False, session_id=self.id,
                 operation="respond",
             )
         if self._blocked and not self._writable.is_set():
             return False
         message._responded = True
-        packet = message.packet
         self._unanswered.discard(packet.message_id)
         if self._idle_waiters:
             self._work_done.set()

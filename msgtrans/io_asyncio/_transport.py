@@ -39,7 +39,7 @@ from ..core.errors import (
 )
 from ..core.expansion import ExpansionStrategy
 from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
-from ..core.packet import Buffer
+from ..core.packet import Buffer, PacketType
 from ..core.pool import PoolMachine, PoolStatus
 from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
 from ._message import Message
@@ -51,6 +51,8 @@ from ._stream import StreamIO, StreamListener, start_stream_listener
 __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
 
 logger = logging.getLogger("msgtrans.io_asyncio")
+
+_REQUEST = PacketType.REQUEST
 
 
 class ShutdownReport(ShutdownReportBase):
@@ -501,18 +503,30 @@ class Transport:
             # (one wake-up and one loop pass less per message); the handler runs as this task
             # (current_task() is it), so what it does is what it would do here.  Declines
             # (the message is queued as usual) unless this loop is idle with nothing pending.
-            if not idle or later or me is None or asyncio.current_task(loop) is not None:
+            if not idle or later or me is None:
                 return False
-            is_request = message.is_request
+            # The packet's field and the message's flag read directly: the properties are a
+            # Python call each, on every message.
+            is_request = message._packet.packet_type is _REQUEST
             method = on_request if is_request else on_message
             if method is None:
                 return False
-            coro = method(session, message)
-            _enter_task(loop, me)
+            try:
+                # Refuses (RuntimeError) when a task is running: this callback then came from
+                # a task's own call (a handler's send that fed input), not from the loop.  One
+                # call instead of asking current_task() first.
+                _enter_task(loop, me)
+            except RuntimeError:
+                return False
+            try:
+                coro = method(session, message)
+            except BaseException:
+                _leave_task(loop, me)
+                raise
             try:
                 yielded = coro.send(None)
             except StopIteration as stop:
-                if is_request and not message.responded:
+                if is_request and not message._responded:
                     result = stop.value
                     data = result if result is not None else b""
                     try:
