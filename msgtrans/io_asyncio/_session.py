@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -418,7 +419,18 @@ class Session:
             timeout if timeout is not None else self._request_timeout
         ) < at:
             self._rearm()
-        self._queued(size + 16 + len(ext_header), size, 1, paused)
+        wire = size + 16 + len(ext_header)
+        if paused is None:
+            self._queued(wire, size, 1, None)
+        else:
+            # Plain TCP: _queued, inlined as in send.
+            self._unflushed_bytes += wire
+            self._unflushed_payload += size
+            self.unflushed_packets += 1
+            if paused:
+                self._process()
+            if not self._batching and self._io is not None:
+                self._io.schedule_flush()
         try:
             response = await future
             if self._metrics is not None:
@@ -529,7 +541,13 @@ class Session:
             self.start_close(code, reason)
             try:
                 # Shielded: cancelling close() must not cancel the session's own future.
-                await asyncio.wait_for(asyncio.shield(self._finished), timeout)
+                if sys.version_info >= (3, 11):
+                    # A timeout scope in this task: wait_for would wrap the wait in a task
+                    # of its own (one more task and loop pass per close).
+                    async with asyncio.timeout(timeout):
+                        await asyncio.shield(self._finished)
+                else:  # pragma: no cover - Python 3.10
+                    await asyncio.wait_for(asyncio.shield(self._finished), timeout)
             except asyncio.TimeoutError:
                 self.abort()
 
@@ -673,6 +691,11 @@ class Session:
                     metrics.messages_in += self._in_messages
                     metrics.bytes_in += self._in_bytes
                     self._in_messages = self._in_bytes = 0
+                if not self.unflushed_packets:
+                    # No event at all and nothing queued (a client reading its responses):
+                    # the machine's state did not move (every move emits an event) and there
+                    # is nothing to write, so the flush would only look and find nothing.
+                    return
         finally:
             self._batching = False
         if self._io is not None:
@@ -726,8 +749,17 @@ class Session:
         """Return the bytes to write and account them as flushed (stream sockets)."""
         machine = self._stream_machine
         data = machine.data_to_send() if machine is not None else self._conn.data_to_send()
-        if self.unflushed_packets:
-            self._account_flushed()
+        packets = self.unflushed_packets
+        if packets:
+            # _account_flushed, inlined: this runs once per write.
+            self.packets_flushed += packets
+            if self._sm.flushed(self._unflushed_bytes, packets):
+                self.flush_emitted = True
+            metrics = self._metrics
+            if metrics is not None:
+                metrics.messages_out += packets
+                metrics.bytes_out += self._unflushed_payload
+            self._unflushed_bytes = self.unflushed_packets = self._unflushed_payload = 0
         return data
 
     def take_datagrams(self) -> list[tuple[bytes, Address]]:

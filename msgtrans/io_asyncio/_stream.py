@@ -102,8 +102,10 @@ class StreamIO(asyncio.BufferedProtocol):
         self._recv_into = _raw_recv_into(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # asyncio turns TCP_NODELAY on by default; honour the config either way.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self._nodelay))
+            # asyncio's selector transport turns TCP_NODELAY on itself: set it only when the
+            # config turns it off or another transport (uvloop, proactor) may not have.
+            if not self._nodelay or type(transport) is not _SELECTOR_TRANSPORT:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self._nodelay))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(self._keepalive))
         peer = transport.get_extra_info("peername")
         self._peer = tuple(peer) if peer is not None else None
