@@ -672,7 +672,14 @@ class Session:
                 for packet in packets:
                     kind = accept(packet, now)
                     if kind is _RESPONSE:
-                        self._response(packet.message_id, packet)
+                        # _response, inlined: a client's one call per response.
+                        future = self._responses.pop(packet.message_id, None)
+                        if future is not None and not future.done():
+                            future.set_result(Message(packet, self.id))
+                        self._in_messages += 1
+                        self._in_bytes += len(packet.payload)
+                        if self._idle_waiters:
+                            self._work_done.set()
                     elif kind is not None:
                         self._deliver(packet, kind is _REQUEST)
             finally:
@@ -1090,7 +1097,15 @@ class Session:
                 paused = sm.packet_queued(wire)
             except TransportError as exc:
                 raise self._count(self._enrich(exc, "respond")) from None
-            self._queued(wire, size, 1, paused)
+            # _queued, inlined as in send: a server answers from its read, in a batch, and
+            # the flush that ends the batch takes the response.
+            self._unflushed_bytes += wire
+            self._unflushed_payload += size
+            self.unflushed_packets += 1
+            if paused:
+                self._process()
+            if not self._batching and self._io is not None:
+                self._io.schedule_flush()
             return
         machine = self._stream_machine
         try:
