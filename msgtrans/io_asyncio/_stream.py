@@ -90,8 +90,13 @@ class StreamIO(asyncio.BufferedProtocol):
         self._sendmsg: Callable[[list[Buffer]], int] | None = None
         self._recv_into: Callable[[memoryview], int] | None = None
         # asyncio calls protocol.get_buffer(); the machine's own method answers it directly
-        # (one Python call less per read).
-        self.get_buffer = self._machine.get_buffer  # type: ignore[method-assign]
+        # (one Python call less per read), and a TCP machine's decoder itself while the
+        # connection is not closed (one more): flush and connection_lost switch back to the
+        # machine's method once it is (flush runs after every input that can close it).
+        self.get_buffer = (  # type: ignore[method-assign]
+            self._machine.open_get_buffer if self._packets_only  # type: ignore[attr-defined]
+            else self._machine.get_buffer
+        )
 
     # --- asyncio's side ------------------------------------------------------------------------
 
@@ -163,6 +168,7 @@ class StreamIO(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The socket is closed: end the session."""
+        self.get_buffer = self._machine.get_buffer  # type: ignore[method-assign]
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -240,6 +246,7 @@ class StreamIO(asyncio.BufferedProtocol):
             session.process()
         if machine.state is _CLOSED:
             # close() lets asyncio write what is buffered first, then connection_lost follows.
+            self.get_buffer = machine.get_buffer  # type: ignore[method-assign]
             self._closing = True
             transport.close()
 
