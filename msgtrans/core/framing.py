@@ -34,7 +34,11 @@ from dataclasses import dataclass
 
 from .buffers import BufferPool, PoolBuffer
 from .errors import ConfigurationError, Protocol, ProtocolError, ResourceError
+from .packet import _FLAGS as _PACKET_FLAGS
 from .packet import (
+    _NO_COMPRESSION,
+    _PTYPES,
+    _SWAP,
     DEFAULT_LIMITS,
     HEADER,
     HEADER_SIZE,
@@ -43,6 +47,7 @@ from .packet import (
     HeaderFields,
     Limits,
     Packet,
+    _Unfrozen,
     build_packet,
     header_error,
 )
@@ -338,6 +343,47 @@ class PacketDecoder:
         """
         if self.error is not None:
             raise self.error
+        # Fast path: the read completed exactly one small, uncompressed packet and nothing else
+        # (a request or its response).  The header is checked as _cut checks it and the packet
+        # built as build_packet builds it, inline: three Python calls fewer per read.  Anything
+        # else (bad header, a partial or second packet, compression, a big payload, a length
+        # prefix) falls through to the general path, which decides and raises as before.
+        if _SWAP and self._large is None and not self._prefix:
+            pos = self._pos
+            end = self._end + nbytes
+            if end - pos >= HEADER_SIZE:
+                buf = self._buf
+                fields: HeaderFields = HEADER.unpack_from(buf, pos)
+                ext_len = fields[5]
+                payload_len = fields[6]
+                limits = self.limits
+                small = self.zero_copy_threshold
+                if small is None:
+                    small = DEFAULT_ZERO_COPY_THRESHOLD  # counted from there (see _cut)
+                flags = _PACKET_FLAGS.get(fields[7])
+                if (
+                    end - pos == HEADER_SIZE + ext_len + payload_len
+                    and fields[0] == VERSION
+                    and fields[1] == 0
+                    and fields[2] <= 2
+                    and ext_len <= limits.max_ext_header
+                    and payload_len <= limits.max_payload
+                    and payload_len < small
+                    and flags is not None
+                ):
+                    start = pos + HEADER_SIZE
+                    with memoryview(buf) as view:
+                        ext = view[start : start + ext_len].tobytes() if ext_len else b""
+                        start += ext_len
+                        payload = view[start:end].tobytes()
+                    twin = _Unfrozen(
+                        _PTYPES[fields[2]], fields[4], fields[3], payload, ext,
+                        _NO_COMPRESSION, flags,
+                    )
+                    twin.__class__ = Packet  # type: ignore[assignment]
+                    self._pos = self._end = 0
+                    self.packets_decoded += 1
+                    return [twin]  # type: ignore[list-item]  # a Packet now
         out: list[Packet] = []
         try:
             if self._large is not None:
