@@ -127,32 +127,14 @@ class TcpMachine(StreamMachine):
             ResourceError: the payload on the wire is larger than ``limits.max_payload``
                 (code ``resource.payload_too_large``, not retryable).
         """
-        state = self.state
-        if state is _CLOSING or state is _CLOSED:
-            raise self._closed_error()
         if packet.compression is not _NO_COMPRESSION:
+            state = self.state
+            if state is _CLOSING or state is _CLOSED:
+                raise self._closed_error()
             self._append_parts(packet.encode_parts(self._max_payload))
             return
-        payload = packet.payload
-        size = len(payload)
-        if size > self._max_payload:
-            packet.encode_parts(self._max_payload)  # raises the standard ResourceError
-        ext = packet.ext_header
-        buf = self._buf
-        # The header is packed here rather than through Packet.encode_parts: on the hot path
-        # that saves three calls and two list allocations per packet; the bytes are the same.
-        buf += _pack(
-            VERSION, 0, packet.packet_type, packet.biz_type, packet.message_id,
-            len(ext), size, packet.flags,
-        )
-        if ext:
-            buf += ext
-        if size < COALESCE_LIMIT:
-            buf += payload
-        else:
-            self._parts.append(buf)
-            self._parts.append(payload)
-            self._buf = bytearray()
+        self.queue_message(packet.packet_type, packet.message_id, packet.biz_type,
+                           packet.payload, packet.ext_header, flags=packet.flags)
 
     def queue_message(
         self,
@@ -161,12 +143,14 @@ class TcpMachine(StreamMachine):
         biz_type: int,
         payload: Buffer,
         ext_header: Buffer = b"",
+        *,
+        flags: int = 0,
     ) -> None:
-        """:meth:`send_packet` for an uncompressed packet without flags, from its fields: the
-        same bytes, and no :class:`Packet` made (the drivers' hot send path).
+        """:meth:`send_packet` for an uncompressed packet, from its fields: the same bytes, and
+        no :class:`Packet` made (the drivers' hot send path; ``send_packet`` ends here too).
 
         The caller has checked the fields as ``Packet`` would (*message_id* a u32, *biz_type*
-        0..255, *ext_header* at most 65535 bytes).
+        0..255, *ext_header* at most 65535 bytes, *flags* the header's flag bits, default 0).
 
         Raises:
             TransportConnectionError: the connection is closing or closed
@@ -184,7 +168,7 @@ class TcpMachine(StreamMachine):
                 code="resource.payload_too_large", retryable=False,
             )
         buf = self._buf
-        buf += _pack(VERSION, 0, packet_type, biz_type, message_id, len(ext_header), size, 0)
+        buf += _pack(VERSION, 0, packet_type, biz_type, message_id, len(ext_header), size, flags)
         if ext_header:
             buf += ext_header
         if size < COALESCE_LIMIT:
