@@ -1,5 +1,6 @@
 """What the io backends (``io_asyncio``, ``io_trio``, ``io_sync``) share: the transport builder's
-settings, the shutdown report and the data half of a received message.
+settings, the shutdown report, the data half of a received message and the counting of QUIC
+refusals into the metrics.
 
 Private: each backend subclasses these so its public classes keep their own module, docstrings
 and identity; only the I/O-bound parts (building a transport, answering a request) differ.
@@ -8,11 +9,13 @@ and identity; only the I/O-bound parts (building a transport, answering a reques
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from .core.buffers import PoolBuffer, install_default_receive_pool, receive_pool, release_view
 from .core.errors import ConfigurationError
+from .core.metrics import TransportMetrics
 from .core.packet import Buffer, Packet, PacketType
 from .core.session import DEFAULT_REQUEST_TIMEOUT, SessionMachine
 
@@ -21,6 +24,7 @@ __all__ = [
     "MessageBase",
     "ShutdownReportBase",
     "TransportBuilderBase",
+    "count_quic_refusals",
 ]
 
 # The core makes no locks (it is sans-IO); the backends share one receive pool per process,
@@ -29,6 +33,28 @@ install_default_receive_pool(receive_pool(lock=threading.Lock()))
 
 #: Seconds the graceful shutdown at the end of a transport's ``with`` block may take.
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+
+class _RefusingEndpoint(Protocol):
+    @property
+    def connections_refused(self) -> int: ...
+
+
+class _QuicListener(Protocol):
+    @property
+    def endpoint(self) -> _RefusingEndpoint: ...
+
+
+def count_quic_refusals(metrics: TransportMetrics, listeners: Iterable[_QuicListener],
+                        counted: dict[Any, int]) -> None:
+    """Add to *metrics* the connections each QUIC listener's endpoint refused at
+    ``max_sessions`` since *counted* last recorded it (the endpoint counts its own refusals;
+    stream listeners report each one as it happens), and record the new totals in *counted*."""
+    for quic in listeners:
+        refused = quic.endpoint.connections_refused
+        for _ in range(refused - counted.get(quic, 0)):
+            metrics.error("connection.refused_by_server")
+        counted[quic] = refused
+
 
 _B = TypeVar("_B", bound="TransportBuilderBase")
 _R = TypeVar("_R")

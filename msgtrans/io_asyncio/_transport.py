@@ -20,7 +20,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Gener
 from types import TracebackType
 from typing import Any
 
-from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReportBase, TransportBuilderBase
+from .._backend import (
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    ShutdownReportBase,
+    TransportBuilderBase,
+    count_quic_refusals,
+)
 from ..core.config import (
     ConnectionConfig,
     QuicConfig,
@@ -735,12 +740,7 @@ class Transport:
         self._metrics.error("connection.refused_by_server")
 
     def _count_quic_refusals(self) -> None:
-        # The QUIC endpoint counts its refusals itself; pick up what is new since last time.
-        for quic in self._quic_listeners:
-            refused = quic.endpoint.connections_refused
-            for _ in range(refused - self._quic_refused.get(quic, 0)):
-                self._metrics.error("connection.refused_by_server")
-            self._quic_refused[quic] = refused
+        count_quic_refusals(self._metrics, self._quic_listeners, self._quic_refused)
 
     # --- shutdown ------------------------------------------------------------------------------
 

@@ -14,7 +14,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReportBase, TransportBuilderBase
+from .._backend import (
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    ShutdownReportBase,
+    TransportBuilderBase,
+    count_quic_refusals,
+)
 from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, PoolTracker, make_machine
 from ..core.config import (
     ConnectionConfig,
@@ -722,13 +727,7 @@ class Transport:
         self._metrics.error("connection.refused_by_server")
 
     def _count_quic_refusals(self) -> None:
-        # The QUIC endpoint counts its refusals itself (lock held); add what is new since the
-        # last look.
-        for quic in self._quic_listeners:
-            refused = quic.endpoint.connections_refused
-            for _ in range(refused - self._quic_refused.get(quic, 0)):
-                self._metrics.error("connection.refused_by_server")
-            self._quic_refused[quic] = refused
+        count_quic_refusals(self._metrics, self._quic_listeners, self._quic_refused)
 
     def stats_prometheus(self, prefix: str = "msgtrans") -> str:
         """Return :meth:`stats` in the Prometheus text exposition format (for ``/metrics``)."""

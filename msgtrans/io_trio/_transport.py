@@ -17,7 +17,12 @@ from typing import Any, NoReturn
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
-from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReportBase, TransportBuilderBase
+from .._backend import (
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    ShutdownReportBase,
+    TransportBuilderBase,
+    count_quic_refusals,
+)
 from .._pool_base import (
     DEFAULT_POOL_MAX,
     DEFAULT_POOL_MIN,
@@ -695,12 +700,7 @@ class Transport:
         self._metrics.error("connection.refused_by_server")
 
     def _count_quic_refusals(self) -> None:
-        # The QUIC endpoint counts its refusals itself; pick up what is new since last time.
-        for quic in self._quic_listeners:
-            refused = quic.endpoint.connections_refused
-            for _ in range(refused - self._quic_refused.get(quic, 0)):
-                self._metrics.error("connection.refused_by_server")
-            self._quic_refused[quic] = refused
+        count_quic_refusals(self._metrics, self._quic_listeners, self._quic_refused)
 
     # --- shutdown ------------------------------------------------------------------------------
 
