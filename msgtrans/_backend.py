@@ -9,6 +9,7 @@ and identity; only the I/O-bound parts (building a transport, answering a reques
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -25,6 +26,7 @@ __all__ = [
     "ShutdownReportBase",
     "TransportBuilderBase",
     "count_quic_refusals",
+    "take_batch",
 ]
 
 # The core makes no locks (it is sans-IO); the backends share one receive pool per process,
@@ -59,6 +61,19 @@ def count_quic_refusals(metrics: TransportMetrics, listeners: Iterable[_QuicList
 _B = TypeVar("_B", bound="TransportBuilderBase")
 _R = TypeVar("_R")
 _M = TypeVar("_M", bound="MessageBase[Any]")
+
+
+def take_batch(inbox: deque[_M], max_messages: int | None, session: SessionMachine) -> list[_M]:
+    """Pop the oldest queued messages of *inbox* (all, or at most *max_messages*) and account
+    them to *session*'s receive bound in one step (it may emit ``ReadResumed``: the caller
+    processes its events)."""
+    if max_messages is None or max_messages >= len(inbox):
+        messages = list(inbox)
+        inbox.clear()
+    else:
+        messages = [inbox.popleft() for _ in range(max_messages)]
+    session.messages_consumed(len(messages), sum(len(m.payload) for m in messages))
+    return messages
 
 
 @dataclass(frozen=True)

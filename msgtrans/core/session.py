@@ -1112,6 +1112,16 @@ class SessionMachine:
         """
         self._receive_bytes = max(0, self._receive_bytes - nbytes)
         self._receive_messages = max(0, self._receive_messages - 1)
+        self._maybe_resume()
+
+    def messages_consumed(self, count: int, nbytes: int) -> None:
+        """The application took *count* queued messages of *nbytes* bytes in all: the same
+        as :meth:`message_consumed` for each of them, with one check of the bound."""
+        self._receive_bytes = max(0, self._receive_bytes - nbytes)
+        self._receive_messages = max(0, self._receive_messages - count)
+        self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
         if (
             self._read_paused
             and self._receive_messages <= self._receive_max_messages // 2

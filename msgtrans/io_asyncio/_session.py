@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Protocol
 
+from .._backend import take_batch
 from ..core.connection import Connection
 from ..core.errormap import map_error
 from ..core.errors import Protocol as WireProtocol
@@ -483,16 +484,8 @@ class Session:
                 raise self._closed_error("receive")
             self._inbox_event.clear()
             await self._inbox_event.wait()
-        inbox = self._inbox
-        if max_messages is None or max_messages >= len(inbox):
-            messages = list(inbox)
-            inbox.clear()
-        else:
-            messages = [inbox.popleft() for _ in range(max_messages)]
         sm = self._sm
-        consumed = sm.message_consumed
-        for message in messages:
-            consumed(len(message.payload))
+        messages = take_batch(self._inbox, max_messages, sm)
         if sm.has_events:  # ReadResumed: reading goes on
             self._process()
         return messages

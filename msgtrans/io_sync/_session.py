@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from .._backend import take_batch
 from .._pool_base import SessionMetrics
 from ..core.connection import Connection
 from ..core.errormap import map_error
@@ -483,17 +484,9 @@ class Session:
         handles messages outside the lock (``Transport.serve``) takes the lock once per batch
         instead of once per message.
         """
-        inbox = self._inbox
-        if not inbox:
+        if not self._inbox:
             return []
-        if max_messages is None or max_messages >= len(inbox):
-            messages = list(inbox)
-            inbox.clear()
-        else:
-            messages = [inbox.popleft() for _ in range(max_messages)]
-        consumed = self._sm.message_consumed
-        for message in messages:
-            consumed(len(message.payload))
+        messages = take_batch(self._inbox, max_messages, self._sm)
         self._consumed()
         return messages
 

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
+from .._backend import take_batch
 from .._pool_base import SessionMetrics
 from ..core.connection import Connection
 from ..core.errormap import map_error
@@ -350,15 +351,7 @@ class Session:
         if not waited:
             # The checkpoint: nothing can be cancelled from here until the batch is handed over.
             await trio.lowlevel.cancel_shielded_checkpoint()
-        inbox = self._inbox
-        if max_messages is None or max_messages >= len(inbox):
-            messages = list(inbox)
-            inbox.clear()
-        else:
-            messages = [inbox.popleft() for _ in range(max_messages)]
-        consumed = self._sm.message_consumed
-        for message in messages:
-            consumed(len(message.payload))
+        messages = take_batch(self._inbox, max_messages, self._sm)
         if self._sm.has_events:
             self._process()
         return messages

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -676,6 +677,28 @@ def test_read_resume_needs_bytes_at_half() -> None:
     assert machine.events() == []
     machine.message_consumed(100)
     assert machine.events() == [ReadResumed()]
+
+
+@given(
+    delivered=st.lists(st.integers(0, 300), max_size=30),
+    taken=st.lists(st.integers(0, 300), max_size=30),
+    max_messages=st.integers(1, 10),
+    max_bytes=st.integers(1, 1000),
+)
+def test_messages_consumed_is_message_consumed_for_each(
+    delivered: list[int], taken: list[int], max_messages: int, max_bytes: int
+) -> None:
+    one = open_machine(receive_max_messages=max_messages, receive_max_bytes=max_bytes)
+    batch = open_machine(receive_max_messages=max_messages, receive_max_bytes=max_bytes)
+    for nbytes in delivered:
+        one.message_delivered(nbytes)
+        batch.message_delivered(nbytes)
+    assert one.events() == batch.events()
+    for nbytes in taken:
+        one.message_consumed(nbytes)
+    batch.messages_consumed(len(taken), sum(taken))
+    assert one.events() == batch.events()
+    assert (one.receive_backlog, one.read_paused) == (batch.receive_backlog, batch.read_paused)
 
 
 def test_no_flow_events_after_close() -> None:
