@@ -26,6 +26,7 @@ __all__ = [
     "ShutdownReportBase",
     "TransportBuilderBase",
     "count_quic_refusals",
+    "skip_sent",
     "take_batch",
 ]
 
@@ -61,6 +62,22 @@ def count_quic_refusals(metrics: TransportMetrics, listeners: Iterable[_QuicList
 _B = TypeVar("_B", bound="TransportBuilderBase")
 _R = TypeVar("_R")
 _M = TypeVar("_M", bound="MessageBase[Any]")
+
+
+def skip_sent(parts: list[Buffer], i: int, batch: list[Buffer], sent: int) -> int:
+    """After a vectored write of *batch* (``parts[i:i + len(batch)]``) took *sent* bytes:
+    return the index in *parts* of the first part not written whole, having replaced a part
+    written in part by a view of its rest (so a partial write goes on from where it stopped,
+    nothing copied)."""
+    for part in batch:
+        size = len(part)
+        if sent < size:
+            if sent:
+                parts[i] = memoryview(part)[sent:]
+            return i
+        sent -= size
+        i += 1
+    return i
 
 
 def take_batch(inbox: deque[_M], max_messages: int | None, session: SessionMachine) -> list[_M]:

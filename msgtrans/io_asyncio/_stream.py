@@ -16,6 +16,7 @@ from asyncio import selector_events
 from collections.abc import Callable
 from typing import Any, cast
 
+from .._backend import skip_sent
 from ..core.connection import Connection, server_connection
 from ..core.errormap import map_error
 from ..core.machine import Address, MachineState, StreamMachine
@@ -274,17 +275,10 @@ class StreamIO(asyncio.BufferedProtocol):
                 # A broken socket: transport.write below meets the same error and reports it
                 # the asyncio way (connection_lost follows).
                 break
-            for part in batch:
-                size = len(part)
-                if sent < size:
-                    if sent:
-                        parts[i] = memoryview(part)[sent:]
-                    break
-                sent -= size
-                i += 1
-            else:
-                continue
-            break
+            end = i + len(batch)
+            i = skip_sent(parts, i, batch, sent)
+            if i < end:
+                break  # the socket is full: the rest goes through asyncio's buffer
         write = transport.write
         while i < n:
             write(parts[i])

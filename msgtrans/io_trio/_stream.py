@@ -15,6 +15,7 @@ from typing import Any
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
+from .._backend import skip_sent
 from ..core.connection import Connection, server_connection
 from ..core.errormap import map_error
 from ..core.machine import Address
@@ -152,15 +153,7 @@ class StreamIO:
         while i < n:
             batch = parts[i:i + _MAX_PARTS] if i or n > _MAX_PARTS else parts
             sent = await sendmsg(batch)
-            # Skip the parts written whole; keep the rest of one written in part.
-            for part in batch:
-                size = len(part)
-                if sent < size:
-                    if sent:
-                        parts[i] = memoryview(part)[sent:]
-                    break
-                sent -= size
-                i += 1
+            i = skip_sent(parts, i, batch, sent)
 
     def _take(self) -> list[Buffer]:
         # The reader's carry first: it left the connection before what take_output returns.
