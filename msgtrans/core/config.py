@@ -34,7 +34,7 @@ import re
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 from urllib.parse import quote, unquote
 
 from .errors import ConfigurationError, Protocol
@@ -990,6 +990,11 @@ class _Tcp(_OptionalTls):
     _SCHEMES = ("tcp", "tls")
 
     @property
+    def transport_kind(self) -> Literal["stream", "datagram"]:
+        """Always ``"stream"``: the driver opens (or listens on) a stream socket."""
+        return "stream"
+
+    @property
     def protocol(self) -> Protocol:
         """Always :attr:`Protocol.TCP <msgtrans.core.errors.Protocol.TCP>` (TLS or not)."""
         return Protocol.TCP
@@ -999,12 +1004,22 @@ class _WebSocket(_OptionalTls):
     _SCHEMES = ("ws", "wss")
 
     @property
+    def transport_kind(self) -> Literal["stream", "datagram"]:
+        """Always ``"stream"``: the driver opens (or listens on) a stream socket."""
+        return "stream"
+
+    @property
     def protocol(self) -> Protocol:
         """Always :attr:`Protocol.WEBSOCKET <msgtrans.core.errors.Protocol.WEBSOCKET>`."""
         return Protocol.WEBSOCKET
 
 
 class _Quic:
+    @property
+    def transport_kind(self) -> Literal["stream", "datagram"]:
+        """Always ``"datagram"``: the driver opens (or listens on) a UDP socket."""
+        return "datagram"
+
     @property
     def protocol(self) -> Protocol:
         """Always :attr:`Protocol.QUIC <msgtrans.core.errors.Protocol.QUIC>`."""

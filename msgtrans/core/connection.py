@@ -62,6 +62,7 @@ __all__ = [
     "ConnectionEvent",
     "client_connection",
     "quic_endpoint",
+    "quic_server_connection",
     "server_connection",
 ]
 
@@ -131,6 +132,12 @@ class Connection:
         session: the session machine.
         established: the ``ConnectionEstablished`` event once the handshake completed.
         buffer_pool: the pool big packets are received into, or ``None``.
+        going_away_code: the close code for :meth:`close` when this end goes away (a
+            shutdown, a listener that stopped accepting): WebSocket's 1001, else ``None``.
+        plain_tcp: the machine itself when it is plain TCP (no TLS, no WebSocket), else
+            ``None``: a driver's fast path may then queue and receive packets through
+            :meth:`TcpMachine.queue_message <msgtrans.core.tcp.TcpMachine.queue_message>` and
+            :meth:`~msgtrans.core.tcp.TcpMachine.receive_packets` directly.
     """
 
     def __init__(
@@ -151,6 +158,8 @@ class Connection:
         # inner machine's events and state up: it is always called.
         self._plain_events = type(machine).events is ProtocolMachine.events
         self.buffer_pool = _attach_pool(machine, buffer_pool)
+        self.going_away_code = machine.going_away_code
+        self.plain_tcp: TcpMachine | None = machine if type(machine) is TcpMachine else None
         self.session = session if session is not None else SessionMachine(session_id)
         self.established: ConnectionEstablished | None = None
         self._events: list[ConnectionEvent] = []
@@ -531,11 +540,29 @@ def server_connection(
     return Connection(machine, SessionMachine(session_id, **session), buffer_pool=buffer_pool)
 
 
+def quic_server_connection(
+    machine: QuicMachine,
+    *,
+    session_id: int | str = 0,
+    buffer_pool: PoolChoice = DEFAULT_POOL,
+    **session: Any,
+) -> Connection:
+    """Return the connection for a QUIC server machine that a
+    :class:`~msgtrans.core.quic_endpoint.QuicEndpoint` accepted (``endpoint.accept()``).
+
+    Args:
+        machine: the accepted machine (the endpoint already started it).
+        session_id: the new session's id.
+        buffer_pool: see :class:`Connection` (default: the process-wide receive pool).
+        session: keyword arguments for :class:`~msgtrans.core.session.SessionMachine`.
+    """
+    return Connection(machine, SessionMachine(session_id, **session), buffer_pool=buffer_pool)
+
+
 def quic_endpoint(target: str | QuicServerConfig) -> QuicEndpoint:
     """Return the QUIC server endpoint for *target*: it routes every datagram of one UDP socket.
 
-    Wrap each connection it accepts in a :class:`Connection`
-    (``Connection(machine, session_id=...)``).
+    Wrap each machine it accepts with :func:`quic_server_connection`.
 
     Raises:
         ConfigurationError: *target* is not a QUIC server config, or its certificate is bad.

@@ -57,10 +57,14 @@ class ProtocolMachine(ABC):
         protocol: the wire protocol this machine speaks.
         is_client: ``True`` for the side that opened the connection.
         state: the :class:`MachineState`.
+        going_away_code: the close code to pass to :meth:`close` when this end goes away
+            (a server shutting down, a listener that no longer accepts): WebSocket's 1001;
+            ``None`` (the protocol's normal close) for the others.
     """
 
     protocol: Protocol
     transport_kind: Literal["stream", "datagram"]
+    going_away_code: int | None = None
 
     def __init__(self, *, is_client: bool) -> None:
         self.is_client = is_client

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .connection import Connection, ConnectionEvent
+from .connection import Connection, ConnectionEvent, quic_server_connection
 from .memory import Chunker, Network, StreamPipe
 from .quic_endpoint import QuicEndpoint
 
@@ -121,7 +121,7 @@ class ConnectionPair:
             endpoint.receive_datagram(gram, CLIENT_ADDR, now)
             moved += len(gram)
         for machine in endpoint.accept():
-            self.server = Connection(machine, session_id="server")
+            self.server = quic_server_connection(machine, session_id="server")
             self.server.start(now)
         for gram in self._network([g for g, _a in endpoint.datagrams_to_send(now)]):
             self.client.receive_datagram(gram, SERVER_ADDR, now)

@@ -109,6 +109,7 @@ class TlsMachine(StreamMachine):
             )
         self.inner = inner
         self.protocol = inner.protocol
+        self.going_away_code = inner.going_away_code
         self.handshake_timeout = float(handshake_timeout)
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()

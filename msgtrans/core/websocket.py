@@ -433,6 +433,8 @@ class WebSocketMachine(StreamMachine):
     """
 
     protocol = Protocol.WEBSOCKET
+    #: RFC 6455 "going away": what an endpoint that shuts down or stops accepting sends.
+    going_away_code: int | None = 1001
 
     def __init__(
         self,

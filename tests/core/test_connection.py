@@ -297,3 +297,37 @@ def test_receive_into_path(certs: tuple[str, str]) -> None:
         server.buffer_updated(n, 0.0)
     [message] = of(server.events(), MessageReceived)
     assert message.packet.payload == bytes(100_000)
+
+
+@pytest.mark.parametrize("kind", PROTOCOLS)
+def test_the_core_makes_the_protocol_decisions(kind: str, certs: tuple[str, str]) -> None:
+    """What a driver asks instead of naming a protocol: the socket kind from the config, the
+    close code when this end goes away, the plain-TCP fast path; and the going-away close
+    reaches the peer with that code."""
+    from msgtrans.core.config import to_config, to_server_config
+
+    cert, key = certs
+    urls = {"tcp": "tcp://127.0.0.1:1", "tls": f"tls://localhost:1?ca={cert}",
+            "ws": "ws://127.0.0.1:1/", "wss": f"wss://localhost:1/?ca={cert}",
+            "quic": f"quic://localhost:1?ca={cert}"}
+    client_config = to_config(urls[kind])
+    server_url = urls[kind].split("?")[0].replace("localhost", "127.0.0.1")
+    server_config = to_server_config(server_url + (f"?cert={cert}&key={key}"
+                                                   if kind in ("tls", "wss", "quic") else ""))
+    expected_kind = "datagram" if kind == "quic" else "stream"
+    assert client_config.transport_kind == expected_kind
+    assert server_config.transport_kind == expected_kind
+    pair = started(kind, certs)
+    assert pair.server is not None
+    for conn in (pair.client, pair.server):
+        assert conn.transport_kind == expected_kind
+        assert conn.going_away_code == (1001 if kind in ("ws", "wss") else None)
+        assert (conn.plain_tcp is conn.machine) == (kind == "tcp")
+        assert (conn.plain_tcp is None) == (kind != "tcp")
+    pair.server.close(pair.server.going_away_code, "shutdown")
+    pair.pump(2000)
+    closed = of(pair.take("client"), ConnectionClosed)
+    assert len(closed) == 1
+    if kind in ("ws", "wss"):
+        assert closed[0].code == 1001
+        assert closed[0].clean
