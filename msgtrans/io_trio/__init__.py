@@ -43,7 +43,7 @@ from ..core.metrics import MetricsSnapshot
 from ..core.packet import PacketType
 from ..core.pool import PoolStatus
 from ..core.session import CloseReason, SessionState
-from ..io_asyncio._message import Message
+from ._message import Message
 from ._pool import SessionPool
 from ._session import Session
 from ._transport import SessionStream, ShutdownReport, Transport, TransportBuilder

@@ -23,7 +23,7 @@ from ..core.config import ConnectionConfig
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer
 from ..core.pool import PoolMachine
-from ..io_asyncio._message import Message
+from ._message import Message
 from ._session import Session
 
 if TYPE_CHECKING:

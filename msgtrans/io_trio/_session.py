@@ -46,7 +46,7 @@ from ..core.session import (
     SessionClosed,
     SessionState,
 )
-from ..io_asyncio._message import Message
+from ._message import Message
 
 __all__ = ["GOING_AWAY", "IO", "Session"]
 

@@ -50,7 +50,7 @@ from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
 from ..core.packet import Buffer
 from ..core.pool import PoolStatus
 from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
-from ..io_asyncio._message import Message
+from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, open_quic_listener
 from ._session import GOING_AWAY, Session
