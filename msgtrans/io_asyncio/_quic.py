@@ -11,12 +11,11 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from ..core.config import QuicServerConfig
-from ..core.connection import Connection, quic_endpoint
+from ..core.connection import Connection, quic_endpoint, quic_server_connection
 from ..core.errormap import map_error
 from ..core.machine import Address
 from ..core.quic import QuicMachine
 from ..core.quic_endpoint import QuicEndpoint
-from ..core.session import SessionMachine
 from ._session import Session
 
 __all__ = ["QuicClientIO", "QuicListener", "start_quic_listener"]
@@ -277,7 +276,7 @@ class QuicListener(asyncio.DatagramProtocol):
 
     def _connection_for(self, machine: QuicMachine) -> Callable[[int], Connection]:
         def make(session_id: int) -> Connection:
-            return Connection(machine, SessionMachine(session_id, **self._settings))
+            return quic_server_connection(machine, session_id=session_id, **self._settings)
 
         return make
 

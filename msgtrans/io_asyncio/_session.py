@@ -45,7 +45,6 @@ from ..core.session import (
     SessionClosed,
     SessionState,
 )
-from ..core.tcp import TcpMachine
 from ._message import Message
 
 __all__ = ["IO", "Session"]
@@ -56,8 +55,6 @@ _RESPONSE = PacketType.RESPONSE
 
 logger = logging.getLogger("msgtrans.io_asyncio")
 
-#: WebSocket close code for "going away": what a server that shuts down sends.
-GOING_AWAY = 1001
 
 
 class IO(Protocol):
@@ -127,7 +124,7 @@ class Session:
             machine if isinstance(machine, StreamMachine) else None
         )
         # Plain TCP (not TLS over it): feed takes the machine's packets directly.
-        self._tcp: TcpMachine | None = machine if type(machine) is TcpMachine else None
+        self._tcp = conn.plain_tcp
         # The timer is re-armed after input only when something other than messages and
         # responses happened (those never bring a deadline nearer; see _rearm).
         self._deadline_moved = True
@@ -678,7 +675,7 @@ class Session:
             finally:
                 self._processing = False
             # The event lists read directly (the has_events properties are a Python call
-            # each); a plain TcpMachine wraps no other machine, so its own list is all.
+            # each); a plain TCP machine wraps no other machine, so its own list is all.
             if self._again or self._sm._events or tcp._events:
                 self._process()
             elif self._deadline_moved:

@@ -21,7 +21,6 @@ from ..core.connection import Connection, server_connection
 from ..core.errormap import map_error
 from ..core.machine import Address, MachineState, StreamMachine
 from ..core.packet import Buffer
-from ..core.tcp import TcpMachine
 from ._session import Session
 
 __all__ = ["StreamIO", "start_stream_listener"]
@@ -87,7 +86,7 @@ class StreamIO(asyncio.BufferedProtocol):
         # A TCP machine writes only the packets the session queued: the flush after input
         # skips the output round trip when none were.  TLS and WebSocket machines have bytes
         # of their own (handshakes, pongs, closes), so they always ask.
-        self._packets_only = type(self._machine) is TcpMachine
+        self._packets_only = self._conn.plain_tcp is not None
         self._sendmsg: Callable[[list[Buffer]], int] | None = None
         self._recv_into: Callable[[memoryview], int] | None = None
         # asyncio calls protocol.get_buffer(); the machine's own method answers it directly

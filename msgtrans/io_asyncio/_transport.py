@@ -38,7 +38,6 @@ from ..core.connection import Connection, client_connection
 from ..core.errormap import map_error
 from ..core.errors import (
     ConfigurationError,
-    Protocol,
     TransportConnectionError,
     TransportError,
 )
@@ -50,7 +49,7 @@ from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
 from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, start_quic_listener
-from ._session import GOING_AWAY, Session
+from ._session import Session
 from ._stream import StreamIO, StreamListener, start_stream_listener
 
 __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
@@ -152,7 +151,7 @@ class SessionStream:
 
     def _deliver(self, session: Session) -> None:
         if self._closed:
-            session.start_close(GOING_AWAY if session.protocol is Protocol.WEBSOCKET else None,
+            session.start_close(session.connection.going_away_code,
                                 "not accepting")
             return
         if self._on_session is not None:
@@ -799,7 +798,7 @@ class Transport:
         if drain and sessions:
             await _bounded(asyncio.gather(*(s.wait_idle() for s in sessions)), deadline, loop)
         for session in sessions:
-            code = GOING_AWAY if session.protocol is Protocol.WEBSOCKET else None
+            code = session.connection.going_away_code
             session.start_close(code, "shutdown")
         for quic in self._quic_listeners:
             quic.stop()

@@ -18,13 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.config import QuicServerConfig
-from ..core.connection import Connection, quic_endpoint, server_connection
+from ..core.connection import Connection, quic_endpoint, quic_server_connection, server_connection
 from ..core.errormap import map_error
 from ..core.machine import Address
 from ..core.packet import Buffer
 from ..core.quic import QuicMachine
 from ..core.quic_endpoint import QuicEndpoint
-from ..core.session import SessionMachine
 from ._loop import Channel, IOLoop
 from ._session import Session
 
@@ -661,7 +660,7 @@ class QuicListener(Channel):
 
     def _connection_for(self, machine: QuicMachine) -> Callable[[int], Connection]:
         def make(session_id: int) -> Connection:
-            return Connection(machine, SessionMachine(session_id, **self._settings))
+            return quic_server_connection(machine, session_id=session_id, **self._settings)
 
         return make
 

@@ -47,12 +47,10 @@ from ..core.session import (
 from ._loop import IOLoop, wait_until
 from ._message import Message
 
-__all__ = ["GOING_AWAY", "IO", "Session"]
+__all__ = ["IO", "Session"]
 
 logger = logging.getLogger("msgtrans.io_sync")
 
-#: WebSocket close code for "going away": what a server that shuts down sends.
-GOING_AWAY = 1001
 
 
 class IO(Protocol):

@@ -32,7 +32,6 @@ from ..core.config import (
 from ..core.connection import Connection, client_connection
 from ..core.errormap import map_error
 from ..core.errors import (
-    Protocol,
     TransportConnectionError,
     TransportError,
     TransportTimeoutError,
@@ -54,7 +53,7 @@ from ._channels import (
 from ._loop import IOLoop, wait_until
 from ._message import Message
 from ._pool import SessionPool
-from ._session import GOING_AWAY, Session
+from ._session import Session
 
 __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
 
@@ -169,7 +168,7 @@ class SessionStream:
     def _deliver(self, session: Session) -> None:
         # I/O thread, lock held.
         if self._closed:
-            session.start_close(GOING_AWAY if session.protocol is Protocol.WEBSOCKET else None,
+            session.start_close(session.connection.going_away_code,
                                 "not accepting")
             return
         self._queue.append(session)
@@ -798,7 +797,7 @@ class Transport:
                 wait_until(cond, lambda: all(s.is_closed or not s.pending_work
                                              for s in sessions), deadline)
             for session in sessions:
-                code = GOING_AWAY if session.protocol is Protocol.WEBSOCKET else None
+                code = session.connection.going_away_code
                 session.start_close(code, "shutdown")
             for quic in self._quic_listeners:
                 quic.stop()

@@ -13,12 +13,11 @@ from typing import Any
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
 from ..core.config import QuicServerConfig
-from ..core.connection import Connection, quic_endpoint
+from ..core.connection import Connection, quic_endpoint, quic_server_connection
 from ..core.errormap import map_error
 from ..core.machine import Address, MachineState
 from ..core.quic import QuicMachine
 from ..core.quic_endpoint import QuicEndpoint
-from ..core.session import SessionMachine
 from ._session import Session
 from ._stream import deliver_when_established
 
@@ -244,7 +243,7 @@ class QuicListener:
 
     def _connection_for(self, machine: QuicMachine) -> Callable[[int], Connection]:
         def make(session_id: int) -> Connection:
-            return Connection(machine, SessionMachine(session_id, **self._settings))
+            return quic_server_connection(machine, session_id=session_id, **self._settings)
 
         return make
 

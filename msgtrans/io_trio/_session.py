@@ -48,7 +48,7 @@ from ..core.session import (
 )
 from ._message import Message
 
-__all__ = ["GOING_AWAY", "IO", "Session"]
+__all__ = ["IO", "Session"]
 
 logger = logging.getLogger("msgtrans.io_trio")
 
@@ -58,8 +58,6 @@ logger = logging.getLogger("msgtrans.io_trio")
 #: once per message; once per batch keeps other tasks fair and the writer's batches full.
 BATCH_CALLS = 64
 
-#: WebSocket close code for "going away": what a server that shuts down sends.
-GOING_AWAY = 1001
 
 
 class IO(Protocol):

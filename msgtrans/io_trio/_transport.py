@@ -41,7 +41,6 @@ from ..core.connection import Connection, client_connection
 from ..core.errormap import map_error
 from ..core.errors import (
     ConfigurationError,
-    Protocol,
     TransportConnectionError,
     TransportError,
 )
@@ -53,7 +52,7 @@ from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
 from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, open_quic_listener
-from ._session import GOING_AWAY, Session
+from ._session import Session
 from ._stream import StreamIO, StreamListener, open_stream_listener
 
 __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
@@ -205,7 +204,7 @@ class SessionStream:
 
     def _deliver(self, session: Session) -> None:
         if self._closed:
-            session.start_close(GOING_AWAY if session.protocol is Protocol.WEBSOCKET else None,
+            session.start_close(session.connection.going_away_code,
                                 "not accepting")
             return
         self._queue.append(session)
@@ -761,7 +760,7 @@ class Transport:
         if drain:
             await _wait_all([s.wait_idle for s in sessions], deadline)
         for session in sessions:
-            code = GOING_AWAY if session.protocol is Protocol.WEBSOCKET else None
+            code = session.connection.going_away_code
             session.start_close(code, "shutdown")
         for quic in self._quic_listeners:
             quic.stop()
