@@ -45,7 +45,7 @@ from .errors import (
     TransportError,
     TransportTimeoutError,
 )
-from .packet import MAX_U32, Buffer, MessageIdCounter, Packet, PacketType
+from .packet import MAX_U16, MAX_U32, Buffer, MessageIdCounter, Packet, PacketType
 from .packet import outgoing_packet as _outgoing
 
 __all__ = [
@@ -654,33 +654,33 @@ class SessionMachine:
             operation=operation,
         )
 
+    def _refuse_fields(
+        self, operation: str, biz_type: int, payload: Buffer, ext_header: Buffer
+    ) -> None:
+        # Out-of-range fields: the same error, and in the same order (closed first), as the
+        # packet would raise, before any id or counter moves.
+        if not self._can_send:
+            raise self._refuse(operation)
+        _outgoing(_ONE_WAY, 1, biz_type, payload, ext_header)
+
     def send(
         self, payload: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"", now: float
     ) -> Packet:
         """Make a one-way message packet with the next message id; hand it to the connection.
 
-        Allowed while ``CONNECTING`` (the protocol machines queue packets sent before their
-        handshake completes and send them when it does) and ``OPEN``.
+        :meth:`stamp_send` and the packet made from it: allowed while ``CONNECTING`` (the
+        protocol machines queue packets sent before their handshake completes and send them
+        when it does) and ``OPEN``.  Fields out of range consume no id and count nothing.
 
         Raises:
             TransportConnectionError: the session is closing or closed (code
                 ``connection.closed``, not retryable).
             ConfigurationError: *biz_type* is not 0..255 or *ext_header* is over 65535 bytes.
         """
-        if not self._can_send:
-            raise self._refuse("send")
-        # MessageIdCounter.next, inlined (a call less per message).
-        ids = self._ids
-        message_id = ids._last + 1
-        if message_id > MAX_U32:
-            message_id = 1
-        ids._last = message_id
-        packet = _outgoing(_ONE_WAY, message_id, biz_type, payload, ext_header)
-        self._last_send = now
-        stats = self.stats
-        stats.messages_sent += 1
-        stats.bytes_sent += len(payload)
-        return packet
+        if not 0 <= biz_type <= 0xFF or len(ext_header) > MAX_U16:
+            self._refuse_fields("send", biz_type, payload, ext_header)
+        return _outgoing(_ONE_WAY, self.stamp_send(len(payload), now), biz_type, payload,
+                         ext_header)
 
     def stamp_send(self, payload_len: int, now: float) -> int:
         """:meth:`send` without making the packet: allocate the next message id and count a
@@ -718,10 +718,11 @@ class SessionMachine:
     ) -> Packet:
         """Make a request packet with the next message id and wait for its response.
 
-        The request is pending until :class:`ResponseReceived` (a response with its id arrived),
-        or :class:`RequestFailed` (its deadline ``now + timeout`` passed, it was cancelled, or
-        the session closed).  Ids still pending from before a wrap are skipped, so two pending
-        requests never share an id.
+        :meth:`stamp_request` and the packet made from it.  The request is pending until
+        :class:`ResponseReceived` (a response with its id arrived), or :class:`RequestFailed`
+        (its deadline ``now + timeout`` passed, it was cancelled, or the session closed).  Ids
+        still pending from before a wrap are skipped, so two pending requests never share an
+        id.  Fields out of range consume no id and count nothing.
 
         Args:
             timeout: seconds to wait (default: the machine's ``request_timeout``).
@@ -734,40 +735,12 @@ class SessionMachine:
             ConfigurationError: *timeout* is not a positive finite number, *biz_type* is not
                 0..255 or *ext_header* is over 65535 bytes.
         """
-        if not self._can_send:
-            raise self._refuse("request")
-        pending = self._pending
-        if self._max_pending is not None and len(pending) >= self._max_pending:
-            raise ResourceError(
-                "pending_requests", len(pending), self._max_pending,
-                "too many requests waiting for a response",
-                code="resource.exhausted", session_id=self.session_id, operation="request",
-            )
-        if timeout is None:
-            timeout = self._request_timeout
-        elif not 0 < timeout < _INF:
-            raise ConfigurationError(
-                "timeout", f"must be a positive finite number of seconds, got {timeout!r}"
-            )
-        ids = self._ids
-        # MessageIdCounter.next, inlined for the common case (a call less per request).
-        request_id = ids._last + 1
-        if request_id > MAX_U32:
-            request_id = 1
-        ids._last = request_id
-        while request_id in pending:
-            request_id = ids.next()
-        packet = _outgoing(_REQUEST, request_id, biz_type, payload, ext_header)
-        self._seq = seq = self._seq + 1
-        entry = (now + timeout, seq, request_id, timeout)
-        pending[request_id] = entry
-        heapq.heappush(self._heap, entry)
-        self._last_send = now
-        stats = self.stats
-        stats.messages_sent += 1
-        stats.bytes_sent += len(payload)
-        stats.requests_sent += 1
-        return packet
+        if not 0 <= biz_type <= 0xFF or len(ext_header) > MAX_U16:
+            self._refuse_fields("request", biz_type, payload, ext_header)
+        return _outgoing(
+            _REQUEST, self.stamp_request(len(payload), timeout=timeout, now=now), biz_type,
+            payload, ext_header,
+        )
 
     def stamp_request(self, payload_len: int, *, timeout: float | None = None,
                       now: float) -> int:
@@ -871,10 +844,7 @@ class SessionMachine:
                 "request", f"must be a message id 1..{MAX_U32}, got {request_id}"
             )
         packet = _outgoing(_RESPONSE, request_id, biz_type, payload, ext_header)
-        self._last_send = now
-        stats = self.stats
-        stats.messages_sent += 1
-        stats.bytes_sent += len(payload)
+        self.stamp_response(len(payload), now)
         return packet
 
     def cancel(self, request_id: int) -> bool:
@@ -903,34 +873,21 @@ class SessionMachine:
     # --- receiving -----------------------------------------------------------------------------
 
     def receive_packet(self, packet: Packet, now: float) -> None:
-        """Take a packet from the connection (``PacketReceived``).
+        """Take a packet from the connection (``PacketReceived``): :meth:`accept_packet` and
+        the event it stands for.
 
         One-way messages become :class:`MessageReceived`, requests :class:`RequestReceived`;
         a response becomes :class:`ResponseReceived` when its id is pending (which ends the
         request) and is otherwise dropped and counted in ``stats.unmatched_responses``.
         Every packet refreshes the idle deadline.  Packets arriving after ``CLOSED`` are ignored.
         """
-        if not self._can_respond:  # CLOSED: nothing more happens
-            return
-        self._last_recv = now
-        stats = self.stats
-        stats.messages_received += 1
-        stats.bytes_received += len(packet.payload)
-        packet_type = packet.packet_type
-        if packet_type is _RESPONSE:
-            request_id = packet.message_id
-            if self._pending.pop(request_id, None) is None:
-                stats.unmatched_responses += 1
-                return
-            stats.requests_completed += 1
-            self._events.append(ResponseReceived(request_id, packet))
-            if len(self._heap) > 2 * len(self._pending) + 64:
-                self._maybe_compact()
-        elif packet_type is _REQUEST:
-            stats.requests_received += 1
-            self._events.append(RequestReceived(packet))
-        else:
+        packet_type = self.accept_packet(packet, now)
+        if packet_type is _ONE_WAY:
             self._events.append(MessageReceived(packet))
+        elif packet_type is _REQUEST:
+            self._events.append(RequestReceived(packet))
+        elif packet_type is _RESPONSE:
+            self._events.append(ResponseReceived(packet.message_id, packet))
 
     def accept_packet(self, packet: Packet, now: float) -> PacketType | None:
         """:meth:`receive_packet` without the event: for a driver's hot path that hands the

@@ -284,20 +284,10 @@ class TcpMachine(StreamMachine):
 
     def buffer_updated(self, nbytes: int, now: float) -> None:
         """Account for *nbytes* received into the last :meth:`get_buffer`; as :meth:`receive_data`
-        otherwise (0 is not EOF here)."""
-        self._now = now
-        if self.state is _CLOSED or not nbytes:
-            return
-        decoder = self._decoder
-        try:
-            packets = decoder.buffer_updated(nbytes)
-        except ProtocolError as exc:
-            self._broken(exc)
-            return
+        otherwise (0 is not EOF here): :meth:`receive_packets`, its packets queued as events."""
+        packets = self.receive_packets(nbytes, now)
         if packets:
             self._events += map(PacketReceived, packets)
-        if decoder.error is not None:
-            self._broken(decoder.error)
 
     def receive_packets(self, nbytes: int, now: float) -> list[Packet] | None:
         """:meth:`buffer_updated`, returning the packets completed instead of emitting

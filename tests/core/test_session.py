@@ -970,3 +970,94 @@ def test_has_events_tracks_what_events_would_return() -> None:
     assert machine.events() == [SendPaused()]
     assert machine.has_events is False
     assert SessionMachine("s2", request_timeout=2.5).request_timeout == 2.5
+
+
+# --- one body per operation: the packet paths are the stamps plus the packet ---------------------
+
+
+def _open_machine(**kwargs: object) -> SessionMachine:
+    sm = SessionMachine(1, request_timeout=5.0, **kwargs)  # type: ignore[arg-type]
+    sm.established(0.0)
+    sm.events()
+    return sm
+
+
+@pytest.mark.parametrize("operation", ["send", "request"])
+@pytest.mark.parametrize("fields", [{"biz_type": 256}, {"biz_type": -1},
+                                    {"ext_header": b"e" * 65536}])
+def test_fields_out_of_range_consume_no_id_and_count_nothing(
+    operation: str, fields: dict[str, object]
+) -> None:
+    sm = _open_machine()
+    with pytest.raises(ConfigurationError):
+        getattr(sm, operation)(b"x", now=1.0, **fields)
+    assert sm.last_message_id == 0
+    assert sm.stats.messages_sent == 0
+    assert sm.pending_count == 0
+    assert getattr(sm, operation)(b"x", now=1.0).message_id == 1
+
+
+@pytest.mark.parametrize("operation", ["send", "request"])
+def test_a_closed_session_refuses_before_looking_at_the_fields(operation: str) -> None:
+    sm = _open_machine()
+    sm.begin_close()
+    with pytest.raises(TransportConnectionError):
+        getattr(sm, operation)(b"x", biz_type=300, now=1.0)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 200)), max_size=20))
+def test_stamps_move_ids_counters_and_deadlines_as_the_packets_do(
+    plan: list[tuple[bool, int]]
+) -> None:
+    sm = _open_machine()
+    sent = 0
+    for i, (is_request, size) in enumerate(plan):
+        if is_request:
+            request_id = sm.stamp_request(size, now=float(i))
+            assert sm.is_pending(request_id)
+        else:
+            request_id = sm.stamp_send(size, float(i))
+        assert request_id == sm.last_message_id == i + 1
+        sent += size
+    assert sm.stats.messages_sent == len(plan)
+    assert sm.stats.bytes_sent == sent
+    assert sm.stats.requests_sent == sum(1 for r, _ in plan if r)
+    first = next((i for i, (r, _) in enumerate(plan) if r), None)
+    # The earliest pending request sets the deadline (no idle or heartbeat timer here).
+    assert sm.next_deadline() == (None if first is None else first + 5.0)
+
+
+def test_accept_packet_answers_what_receive_packet_would_emit() -> None:
+    sm = _open_machine()
+    request_id = sm.stamp_request(1, now=0.0)
+    assert sm.accept_packet(Packet(PacketType.ONE_WAY, message_id=9), 1.0) is PacketType.ONE_WAY
+    assert sm.accept_packet(Packet(PacketType.REQUEST, message_id=9), 1.0) is PacketType.REQUEST
+    response = Packet(PacketType.RESPONSE, message_id=request_id)
+    assert sm.accept_packet(response, 1.0) is PacketType.RESPONSE
+    assert not sm.is_pending(request_id)
+    assert sm.accept_packet(response, 1.0) is None  # no longer pending: dropped and counted
+    assert sm.stats.unmatched_responses == 1
+    assert sm.events() == []
+    sm.receive_packet(Packet(PacketType.REQUEST, message_id=10), 2.0)
+    assert [type(e) for e in sm.events()] == [RequestReceived]
+
+
+def test_stamps_refuse_once_closed() -> None:
+    sm = _open_machine()
+    sm.begin_close()
+    with pytest.raises(TransportConnectionError):
+        sm.stamp_send(1, 0.0)
+    with pytest.raises(TransportConnectionError):
+        sm.stamp_request(1, now=0.0)
+    sm.closed(CloseReason.LOCAL)
+    with pytest.raises(TransportConnectionError):
+        sm.stamp_response(1, 0.0)
+    assert sm.accept_packet(Packet(PacketType.ONE_WAY, message_id=1), 1.0) is None
+
+
+def test_packet_queued_says_when_it_paused() -> None:
+    sm = _open_machine(send_high_water_messages=2, send_low_water_messages=0)
+    assert sm.packet_queued(10) is False
+    assert sm.packet_queued(10) is False
+    assert sm.packet_queued(10) is True
+    assert sm.packet_queued(10) is False  # already paused

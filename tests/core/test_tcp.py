@@ -570,3 +570,55 @@ def test_arbitrary_bytes_only_give_protocol_errors(chunks: list[bytes], eof: boo
         assert closed[0] == len(events) - 1
     if eof:
         assert closed
+
+
+# --- the fast receive path: receive_packets -----------------------------------------------------
+
+
+def _started(is_client: bool = True) -> TcpMachine:
+    machine = TcpMachine(is_client=is_client)
+    machine.start(0.0)
+    machine.events()
+    return machine
+
+
+def test_receive_packets_returns_packets_without_events() -> None:
+    machine = _started()
+    wire = Packet(PacketType.REQUEST, message_id=7, payload=b"hi").encode()
+    area = machine.get_buffer(-1)
+    area[: len(wire)] = wire
+    got = machine.receive_packets(len(wire), 2.0)
+    assert got is not None
+    assert [(p.message_id, p.payload) for p in got] == [(7, b"hi")]
+    assert machine.events() == []
+    assert machine.receive_packets(0, 3.0) == []
+
+
+def test_receive_packets_leaves_bad_bytes_as_events_after_the_good_packets() -> None:
+    machine = _started()
+    wire = Packet(PacketType.ONE_WAY, message_id=1, payload=b"ok").encode() + b"\xee" * 16
+    area = machine.get_buffer(-1)
+    area[: len(wire)] = wire
+    assert machine.receive_packets(len(wire), 1.0) is None
+    kinds = [type(e).__name__ for e in machine.events()]
+    assert kinds[0] == "PacketReceived"
+    assert "ErrorOccurred" in kinds
+    assert machine.write_closed
+
+
+def test_buffer_updated_queues_the_packets_as_events() -> None:
+    machine = _started(is_client=False)
+    wire = b"".join(Packet(PacketType.ONE_WAY, message_id=i, payload=b"p").encode()
+                    for i in (1, 2))
+    area = machine.get_buffer(-1)
+    area[: len(wire)] = wire
+    machine.buffer_updated(len(wire), 1.0)
+    assert [e.packet.message_id for e in machine.events()
+            if isinstance(e, PacketReceived)] == [1, 2]
+
+
+def test_queue_message_refuses_after_close() -> None:
+    machine = _started()
+    machine.close()
+    with pytest.raises(TransportConnectionError):
+        machine.queue_message(PacketType.ONE_WAY, 1, 0, b"x")
