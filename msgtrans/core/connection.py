@@ -23,6 +23,7 @@ turns pooling off).  The application gives a buffer back with ``Message.release(
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 from .buffers import BufferPool, default_receive_pool
@@ -48,7 +49,7 @@ from .events import (
 )
 from .framing import PacketDecoder
 from .machine import Address, DatagramMachine, MachineState, ProtocolMachine, StreamMachine
-from .packet import Buffer, Packet
+from .packet import HEADER_SIZE, MAX_U16, Buffer, Packet, PacketType
 from .quic import QuicMachine
 from .quic_endpoint import QuicEndpoint
 from .session import CloseReason, SessionEvent, SessionMachine, SessionState
@@ -66,6 +67,9 @@ __all__ = [
     "server_connection",
 ]
 
+_ONE_WAY = PacketType.ONE_WAY
+_REQUEST = PacketType.REQUEST
+_RESPONSE = PacketType.RESPONSE
 _LIVE = (MachineState.IDLE, MachineState.HANDSHAKING, MachineState.OPEN)
 
 
@@ -138,6 +142,17 @@ class Connection:
             ``None``: a driver's fast path may then queue and receive packets through
             :meth:`TcpMachine.queue_message <msgtrans.core.tcp.TcpMachine.queue_message>` and
             :meth:`~msgtrans.core.tcp.TcpMachine.receive_packets` directly.
+        queue_send: ``queue_send(payload, biz_type, ext_header, now) -> int``, the drivers'
+            one send path: :meth:`send` without the packet handed back; it counts the message
+            in the send backlog and returns its size on the wire (what the driver later
+            reports as flushed).  Chosen once, at construction: on plain TCP the header is
+            written from the fields and no :class:`Packet` is made.  Raises as :meth:`send`.
+        queue_request: ``queue_request(payload, biz_type, ext_header, timeout, now) ->
+            (request_id, wire_size)``: :meth:`request` the same way (the request is withdrawn
+            when the machine refuses it).  Raises as :meth:`request`.
+        queue_response: ``queue_response(request, payload, biz_type, ext_header, now) -> int``:
+            :meth:`respond` to a request packet we received, the same way (*biz_type*
+            ``None``: the request's).  Raises as :meth:`respond`.
     """
 
     def __init__(
@@ -160,6 +175,19 @@ class Connection:
         self.buffer_pool = _attach_pool(machine, buffer_pool)
         self.going_away_code = machine.going_away_code
         self.plain_tcp: TcpMachine | None = machine if type(machine) is TcpMachine else None
+        # The send paths, bound once: a driver calls one method per operation and never
+        # learns which protocol or which header size is under it.
+        self.queue_send: Callable[[Buffer, int, Buffer, float], int]
+        self.queue_request: Callable[[Buffer, int, Buffer, float | None, float], tuple[int, int]]
+        self.queue_response: Callable[[Packet, Buffer, int | None, Buffer, float], int]
+        if self.plain_tcp is not None:
+            self.queue_send = self._queue_send_fields
+            self.queue_request = self._queue_request_fields
+            self.queue_response = self._queue_response_fields
+        else:
+            self.queue_send = self._queue_send_packet
+            self.queue_request = self._queue_request_packet
+            self.queue_response = self._queue_response_packet
         self.session = session if session is not None else SessionMachine(session_id)
         self.established: ConnectionEstablished | None = None
         self._events: list[ConnectionEvent] = []
@@ -257,6 +285,103 @@ class Connection:
     def _send(self, packet: Packet) -> None:
         self.machine.send_packet(packet)
         self.session.packet_queued(packet.wire_size)
+
+    # --- the drivers' send paths (see queue_send in the class docstring) -----------------------
+
+    def _queue_send_packet(
+        self, payload: Buffer, biz_type: int, ext_header: Buffer, now: float
+    ) -> int:
+        session = self.session
+        self.machine.send_packet(
+            session.send(payload, biz_type=biz_type, ext_header=ext_header, now=now)
+        )
+        wire = len(payload) + HEADER_SIZE + len(ext_header)
+        session.packet_queued(wire)
+        return wire
+
+    def _queue_send_fields(
+        self, payload: Buffer, biz_type: int, ext_header: Buffer, now: float
+    ) -> int:
+        if not 0 <= biz_type <= 0xFF or len(ext_header) > MAX_U16:
+            return self._queue_send_packet(payload, biz_type, ext_header, now)  # raises
+        session = self.session
+        size = len(payload)
+        self.plain_tcp.queue_message(  # type: ignore[union-attr]  # bound only when set
+            _ONE_WAY, session.stamp_send(size, now), biz_type, payload, ext_header
+        )
+        wire = size + HEADER_SIZE + len(ext_header)
+        session.packet_queued(wire)
+        return wire
+
+    def _queue_request_packet(
+        self, payload: Buffer, biz_type: int, ext_header: Buffer, timeout: float | None,
+        now: float,
+    ) -> tuple[int, int]:
+        session = self.session
+        packet = session.request(
+            payload, biz_type=biz_type, ext_header=ext_header, timeout=timeout, now=now
+        )
+        request_id = packet.message_id
+        try:
+            self.machine.send_packet(packet)
+        except TransportError:
+            session.cancel(request_id)
+            raise
+        wire = len(payload) + HEADER_SIZE + len(ext_header)
+        session.packet_queued(wire)
+        return request_id, wire
+
+    def _queue_request_fields(
+        self, payload: Buffer, biz_type: int, ext_header: Buffer, timeout: float | None,
+        now: float,
+    ) -> tuple[int, int]:
+        if not 0 <= biz_type <= 0xFF or len(ext_header) > MAX_U16:
+            return self._queue_request_packet(payload, biz_type, ext_header, timeout, now)
+        session = self.session
+        size = len(payload)
+        request_id = session.stamp_request(size, timeout=timeout, now=now)
+        try:
+            self.plain_tcp.queue_message(  # type: ignore[union-attr]  # bound only when set
+                _REQUEST, request_id, biz_type, payload, ext_header
+            )
+        except TransportError:
+            session.cancel(request_id)
+            raise
+        wire = size + HEADER_SIZE + len(ext_header)
+        session.packet_queued(wire)
+        return request_id, wire
+
+    def _queue_response_packet(
+        self, request: Packet, payload: Buffer, biz_type: int | None, ext_header: Buffer,
+        now: float,
+    ) -> int:
+        session = self.session
+        self.machine.send_packet(
+            session.respond(request, payload, biz_type=biz_type, ext_header=ext_header, now=now)
+        )
+        wire = len(payload) + HEADER_SIZE + len(ext_header)
+        session.packet_queued(wire)
+        return wire
+
+    def _queue_response_fields(
+        self, request: Packet, payload: Buffer, biz_type: int | None, ext_header: Buffer,
+        now: float,
+    ) -> int:
+        if biz_type is None:
+            biz_type = request.biz_type
+        elif not 0 <= biz_type <= 0xFF:
+            return self._queue_response_packet(request, payload, biz_type, ext_header, now)
+        if len(ext_header) > MAX_U16 or request.packet_type is not _REQUEST:
+            return self._queue_response_packet(request, payload, biz_type, ext_header, now)
+        session = self.session
+        size = len(payload)
+        session.stamp_response(size, now)
+        self.plain_tcp.queue_message(  # type: ignore[union-attr]  # bound only when set
+            _RESPONSE, request.message_id, biz_type, payload, ext_header
+        )
+        wire = size + HEADER_SIZE + len(ext_header)
+        session.packet_queued(wire)
+        return wire
 
     # --- the driver's side ---------------------------------------------------------------------
 

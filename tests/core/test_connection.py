@@ -331,3 +331,110 @@ def test_the_core_makes_the_protocol_decisions(kind: str, certs: tuple[str, str]
     if kind in ("ws", "wss"):
         assert closed[0].code == 1001
         assert closed[0].clean
+
+
+# --- the drivers' send paths: queue_send / queue_request / queue_response ------------------------
+
+fields = st.tuples(
+    st.integers(-1, 256),  # biz_type, out of range at both ends
+    st.binary(max_size=64),
+    st.one_of(st.binary(max_size=8), st.just(b"e" * 65536)),  # ext header, or one too long
+)
+
+
+def _outcome(call: object, *args: object) -> object:
+    try:
+        return call(*args)  # type: ignore[operator]
+    except ConfigurationError as exc:
+        return ("error", exc.field)
+
+
+@pytest.mark.parametrize("kind", PROTOCOLS)
+@settings(max_examples=25, deadline=None)
+@given(plan=st.lists(fields, min_size=1, max_size=6))
+def test_queue_paths_deliver_what_they_count(
+    kind: str, certs: tuple[str, str], plan: list[tuple[int, bytes, bytes]]
+) -> None:
+    """Whatever the protocol under it, each queue path counts the message's wire size in the
+    send backlog (header plus ext header plus payload), refuses fields out of range with the
+    field's ConfigurationError and no id spent, and the peer receives exactly what was queued,
+    answered in order."""
+    pair = started(kind, certs)
+    client, server = pair.client, pair.server
+    assert server is not None
+    queued = 0
+    sent: list[tuple[int, bytes, bytes]] = []
+    request_ids = []
+    for i, (biz, payload, ext) in enumerate(plan):
+        valid = 0 <= biz <= 255 and len(ext) <= 65535
+        last = client.session.last_message_id
+        if i % 2:
+            got = _outcome(client.queue_request, payload, biz, ext, None, pair.now)
+        else:
+            got = _outcome(client.queue_send, payload, biz, ext, pair.now)
+        if not valid:
+            assert got == ("error", "biz_type" if not 0 <= biz <= 255 else "ext_header")
+            assert client.session.last_message_id == last
+            continue
+        wire = len(payload) + 16 + len(ext)
+        if i % 2:
+            assert isinstance(got, tuple)
+            request_id, got_wire = got
+            assert client.session.is_pending(request_id)
+            request_ids.append(request_id)
+            assert got_wire == wire
+        else:
+            assert got == wire
+        queued += wire
+        sent.append((biz, payload, ext))
+    assert client.session.send_backlog[0] == queued
+    pair.pump(2000)
+    got_server = pair.take("server")
+    received = [e.packet for e in got_server if isinstance(e, MessageReceived | RequestReceived)]
+    assert [(p.biz_type, bytes(p.payload), bytes(p.ext_header)) for p in received] == sent
+    for e in of(got_server, RequestReceived):
+        assert server.queue_response(e.packet, b"re", None, b"", pair.now) == 2 + 16
+    pair.pump(2000)
+    answers = of(pair.take("client"), ResponseReceived)
+    assert [a.request_id for a in answers] == request_ids
+    assert client.session.pending_count == 0
+
+
+def test_queue_request_is_withdrawn_when_the_machine_refuses(certs: tuple[str, str]) -> None:
+    from msgtrans.core.errors import ResourceError
+    from msgtrans.core.packet import Limits
+
+    for url in ("tcp://127.0.0.1:1", "ws://127.0.0.1:1/"):
+        client = client_connection(to_limited(url, Limits(max_payload=10)))
+        client.start(0.0)
+        with pytest.raises(ResourceError):
+            client.queue_request(bytes(11), 0, b"", None, 0.0)
+        assert client.session.pending_count == 0
+
+
+def to_limited(url: str, limits: object) -> object:
+    from dataclasses import replace
+
+    from msgtrans.core.config import to_config
+
+    return replace(to_config(url), limits=limits)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ws"])
+def test_queue_response_checks_what_it_answers(kind: str, certs: tuple[str, str]) -> None:
+    from msgtrans.core.packet import Packet, PacketType
+
+    pair = started(kind, certs)
+    server = pair.server
+    assert server is not None
+    one_way = Packet(PacketType.ONE_WAY, message_id=3)
+    with pytest.raises(ConfigurationError):
+        server.queue_response(one_way, b"x", None, b"", pair.now)
+    request = Packet(PacketType.REQUEST, message_id=3, biz_type=7)
+    with pytest.raises(ConfigurationError):
+        server.queue_response(request, b"x", 999, b"", pair.now)
+    assert server.queue_response(request, b"x", 9, b"ab", pair.now) == 1 + 16 + 2
+    pair.pump(2000)
+    # The client has no request 3 pending: the response is dropped and counted.
+    pair.take("client")
+    assert pair.client.session.stats.unmatched_responses == 1
