@@ -621,8 +621,8 @@ class SessionBase(Generic[_M, _W, _IO]):
         self._conn.receive_datagram(data, addr, self._time() if now is None else now)
         self._after_input()
 
-    def _lose(self, exc: BaseException | None, now: float | None) -> None:
-        # The socket closed or broke (*exc*: why, if it broke): the core learns it.
+    def lost(self, exc: BaseException | None, now: float | None = None) -> None:
+        """The socket closed or broke (*exc*: why, if it broke): the core learns it."""
         if not self._conn.machine.is_closed:
             error = (
                 map_error(exc, protocol=self.protocol, operation="receive", session_id=self.id)

@@ -342,7 +342,7 @@ class Session(SessionBase[Message, _Slot, IO]):
 
     def lost(self, exc: BaseException | None, now: float | None = None) -> None:
         """The socket closed or broke (*exc*: why, if it broke): the core learns it."""
-        self._lose(exc, now)
+        super().lost(exc, now)
         if exc is None:
             self.socket_gone()
 
