@@ -23,7 +23,7 @@ The backend plugs in through a few hooks:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 from .._pool_base import SessionMetrics
@@ -121,6 +121,9 @@ class SessionBase(Generic[_M, _W, _IO]):
         # directly, without Packet objects or events (the core says when this applies).
         self._tcp = conn.plain_tcp
         self._inbox: deque[_M] = deque()
+        # Set by a transport's serve loop while it waits for this session: takes a message
+        # straight from the input (True) or declines it (False: queued as usual).
+        self.dispatch: Callable[[_M], bool] | None = None
         self._responses: dict[int, _W] = {}
         # Requests from the peer not answered yet: graceful shutdown waits for them.
         self._unanswered: set[int] = set()
@@ -379,6 +382,32 @@ class SessionBase(Generic[_M, _W, _IO]):
         if paused:
             self._process()
 
+    def _queue_batch(self, payloads: Iterable[Buffer], biz_type: int) -> int:
+        """Stamp each of *payloads* as a one-way message and queue them in one go; return how
+        many (the caller wakes its writer).  Whatever was made before an error is sent, so the
+        peer sees consecutive ids and nothing the session counted as sent goes missing."""
+        make = self._sm.send
+        now = self._time()
+        packets: list[Packet] = []
+        payload_bytes = 0
+        try:
+            for data in payloads:
+                packets.append(make(data, biz_type=biz_type, now=now))
+                payload_bytes += len(data)
+        except TransportError as exc:
+            raise self._count(self._enrich(exc, "send")) from None
+        finally:
+            if packets:
+                wire = payload_bytes + HEADER_SIZE * len(packets)
+                try:
+                    self._conn.machine.send_packets(packets)
+                except TransportError as exc:
+                    raise self._count(self._enrich(exc, "send")) from None
+                finally:
+                    self._sm.packet_queued(wire, len(packets))
+                    self._queued(wire, payload_bytes, len(packets))
+        return len(packets)
+
     def _queued(
         self, nbytes: int, payload: int, packets: int = 1, paused: bool | None = None
     ) -> None:
@@ -498,6 +527,9 @@ class SessionBase(Generic[_M, _W, _IO]):
         self._in_bytes += size
         if is_request:
             self._unanswered.add(packet.message_id)
+        dispatch = self.dispatch
+        if dispatch is not None and not self._inbox and dispatch(message):
+            return  # taken from this call: never queued, no waiter woken for it
         self._inbox.append(message)
         # The session machine directly (Connection.message_delivered would drain its events,
         # hiding a ReadPaused from the check that ends _process's loop).
