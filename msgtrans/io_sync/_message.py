@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 
 from .._backend import MessageBase
-from ..core.errors import TransportConnectionError
+from .._driver.message import _answered, _not_a_request
 from ..core.packet import Buffer, Packet
 
 __all__ = ["Message"]
@@ -58,17 +58,11 @@ class Message(MessageBase[Responder]):
                 (code ``connection.failed``), or the session closed (``connection.closed``).
         """
         if self._responder is None or not self.is_request:
-            raise TransportConnectionError(
-                "only a request message can be answered", code="connection.failed",
-                retryable=False, session_id=self.session_id, operation="respond",
-            )
+            raise _not_a_request(self)
         # Checked and marked in one step: two threads calling respond() at once must not both
         # send.
         with _RESPOND_LOCK:
             answered, self._responded = self._responded, True
         if answered:
-            raise TransportConnectionError(
-                f"request {self.message_id} was already answered", code="connection.failed",
-                retryable=False, session_id=self.session_id, operation="respond",
-            )
+            raise _answered(self)
         self._responder(self._packet, data, biz_type, ext_header)

@@ -11,39 +11,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from .._backend import take_batch
-from .._pool_base import SessionMetrics
+from .._driver.session import SessionBase
 from ..core.connection import Connection
-from ..core.errormap import map_error
-from ..core.errors import Protocol as WireProtocol
-from ..core.errors import TransportConnectionError, TransportError, TransportTimeoutError
-from ..core.events import (
-    ConnectionClosed,
-    ConnectionEstablished,
-    ErrorOccurred,
-    WritePaused,
-    WriteResumed,
-)
-from ..core.machine import Address, StreamMachine
+from ..core.errors import TransportError, TransportTimeoutError
+from ..core.machine import Address
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer, Packet
-from ..core.session import (
-    CloseReason,
-    MessageReceived,
-    ReadPaused,
-    ReadResumed,
-    RequestFailed,
-    RequestReceived,
-    ResponseReceived,
-    SendPaused,
-    SendResumed,
-    SessionClosed,
-    SessionState,
-)
+from ..core.session import CloseReason, SessionState
 from ._loop import IOLoop, wait_until
 from ._message import Message
 
@@ -112,7 +90,7 @@ def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + max(0.0, timeout)
 
 
-class Session:
+class Session(SessionBase[Message, _Reply, IO]):
     """One connection to a peer, as the application sees it; safe to use from many threads.
 
     Sessions come from :meth:`Transport.connect` and from accepting (``Transport.accept`` /
@@ -129,6 +107,10 @@ class Session:
         packets_flushed: messages handed to the socket so far.
     """
 
+    _message_type = Message
+    # connect() leaves a failed handshake's error to the session to count.
+    _count_early_errors = True
+
     def __init__(
         self,
         conn: Connection,
@@ -137,67 +119,19 @@ class Session:
         on_finished: Callable[[Session], None] | None = None,
         metrics: TransportMetrics | None = None,
     ) -> None:
-        self.id = session_id
-        self._conn = conn
-        self._sm = conn.session
-        # Stream machines (TCP, TLS, WebSocket) emit nothing when a packet is queued, so a send
-        # needs the events round trip only when the session machine emitted (SendPaused); QUIC
-        # may pause on flow control, so it always takes it.  Held typed so the per-send call
-        # skips Connection's isinstance check on an ABC (a slow path in CPython).
-        machine = conn.machine
-        self._stream_machine: StreamMachine | None = (
-            machine if isinstance(machine, StreamMachine) else None)
+        super().__init__(conn, session_id, on_finished, metrics, time.monotonic)
         self._loop = loop
         self._lock = loop.lock
         self._cond = loop.cond
-        self._io: IO | None = None
-        self._inbox: deque[Message] = deque()
-        self._responses: dict[int, _Reply] = {}
-        # Requests from the peer not answered yet: graceful shutdown waits for them.
-        self._unanswered: set[int] = set()
-        self._established_done = False
-        self._established_error: TransportError | None = None
-        self._finished = False
-        self._session_paused = False  # SendPaused from the session machine
-        self._machine_paused = False  # WritePaused from the protocol machine
-        self._socket_paused = False  # the channel's own write buffer is over its mark
-        self._unflushed_bytes = 0
-        self._unflushed_packets = 0
-        self._processing = False
         # Any of the three pauses, the end of the session: what makes send() take the slow path.
         self._blocked = False
         self._arrived = False  # a message was queued during this _process pass
+        self._wake_inbox = self._mark_arrived
         self._on_established: list[Callable[[Session], None]] = []
-        self._on_finished: list[Callable[[Session], None]] = (
-            [on_finished] if on_finished is not None else [])
         # serve(): told (lock held, I/O thread) when a message arrives or the session ends.
         self.inbox_listener: Callable[[], None] | None = None
-        self.packets_flushed = 0
-        self.established: ConnectionEstablished | None = None
-        self.closed_event: ConnectionClosed | None = None
-        self.error: TransportError | None = None
-        self.forced = False
-        # The transport's metrics (None: not counted); messages out are counted per flush.
-        self._metrics = (SessionMetrics(metrics, conn.protocol, conn.session.state)
-                         if metrics is not None else None)
-        self._unflushed_payload = 0
-        # Received messages are added up here and handed to the metrics once per _process.
-        self._in_messages = 0
-        self._in_bytes = 0
 
     # --- what the session is -------------------------------------------------------------------
-
-    @property
-    def protocol(self) -> WireProtocol:
-        """The transport: ``TCP``, ``WEBSOCKET`` or ``QUIC`` (TLS is inside TCP and WebSocket;
-        see :attr:`established`)."""
-        return self._conn.protocol
-
-    @property
-    def peer_address(self) -> Address | None:
-        """The peer's socket address, or ``None`` before the socket connected."""
-        io = self._io
-        return io.peer_address if io is not None else None
 
     @property
     def state(self) -> SessionState:
@@ -210,20 +144,6 @@ class Session:
         """Why the session closed (or began closing), or ``None`` while it is open."""
         with self._lock:
             return self._conn.session.close_reason
-
-    @property
-    def is_closed(self) -> bool:
-        """Whether the session is over and its socket released."""
-        return self._finished
-
-    @property
-    def connection(self) -> Connection:
-        """The core connection under this session (for inspection; hold no reference across
-        threads without the transport's lock)."""
-        return self._conn
-
-    def __repr__(self) -> str:
-        return f"<Session {self.id} {self.protocol.value} {self._conn.session.state.value}>"
 
     # --- the application's operations ----------------------------------------------------------
 
@@ -247,26 +167,12 @@ class Session:
         with self._lock:
             if self._blocked:
                 self._wait_writable("send", _deadline(timeout), timeout)
-            machine = self._stream_machine
-            try:
-                if machine is None:
-                    packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
-                                             now=time.monotonic())
-                    size = len(packet.payload)
-                    wire = packet.wire_size
-                else:
-                    # Connection.send inlined for stream machines (two calls and two wire_size
-                    # lookups less per message): make the packet, queue it, count the backlog.
-                    sm = self._sm
-                    packet = sm.send(data, biz_type=biz_type, ext_header=ext_header,
-                                     now=time.monotonic())
-                    machine.send_packet(packet)
-                    size = len(packet.payload)
-                    wire = size + 16 + len(packet.ext_header)
-                    sm.packet_queued(wire)
-            except TransportError as exc:
-                raise self._count(self._enrich(exc, "send")) from None
-            self._queued(wire, size)
+            self._queue_send(data, biz_type, ext_header)
+            io = self._io
+            if io is None:
+                self._loop.wake()
+            else:
+                io.send_soon()
 
     def request(
         self,
@@ -297,20 +203,10 @@ class Session:
         with self._lock:
             if self._blocked:
                 self._wait_writable("request", _deadline(timeout), timeout)
-            sent_at = time.monotonic()
-            try:
-                request_id = self._conn.request(
-                    data, biz_type=biz_type, ext_header=ext_header, timeout=timeout,
-                    now=time.monotonic(),
-                )
-            except TransportError as exc:
-                raise self._count(self._enrich(exc, "request")) from None
-            reply = _Reply(sent_at)
-            self._responses[request_id] = reply
-            # Only queued and flushed using the same measure matters for the watermarks; the
-            # payload length is close enough for requests.
-            size = len(memoryview(data))
-            self._queued(size + 16 + len(ext_header), size, direct=True)
+            reply = _Reply(time.monotonic())
+            request_id = self._queue_request(data, biz_type, ext_header, timeout=timeout,
+                                             now=reply.sent_at, waiter=reply)
+            self._write_now()
         try:
             # The core's request timer ends the wait (RequestFailed) as does the close
             # (SessionClosed): no timeout of our own is needed here.
@@ -410,10 +306,10 @@ class Session:
             timeout: seconds to wait for the close handshake (default 10.0).
         """
         with self._lock:
-            if self._finished:
+            if self._released:
                 return
             self.start_close(code, reason)
-            if not wait_until(self._cond, lambda: self._finished, _deadline(timeout)):
+            if not wait_until(self._cond, lambda: self._released, _deadline(timeout)):
                 self.abort()
 
     def wait_closed(self, timeout: float | None = None) -> None:
@@ -423,46 +319,30 @@ class Session:
             TransportTimeoutError: still open after *timeout* seconds.
         """
         with self._lock:
-            if not wait_until(self._cond, lambda: self._finished, _deadline(timeout)):
+            if not wait_until(self._cond, lambda: self._released, _deadline(timeout)):
                 raise TransportTimeoutError("close", timeout or 0.0, session_id=self.id)
 
     def start_close(self, code: int | None = None, reason: str = "") -> None:
         """Begin a graceful close without waiting for it (see :meth:`close`)."""
         with self._lock:
-            if self._finished:
-                return
-            if not self._conn.machine.is_closed:
-                self._conn.close(code, reason)
-            self._after_input()
+            super().start_close(code, reason)
 
     def abort(self, reason: str = "aborted") -> None:
         """Drop the connection now, without a close handshake (pending requests fail with
         ``connection.aborted``); the I/O thread releases the socket."""
         with self._lock:
-            if self._finished:
-                return
-            self.forced = True
-            error = TransportConnectionError(
-                f"the session was {reason}", code="connection.aborted", retryable=False,
-                session_id=self.id,
-            )
-            self._conn.connection_lost(time.monotonic(), error)
-            self._process()
-            if self._io is not None:
-                self._io.abort()
-            else:
-                self.socket_gone()
+            super().abort(reason)
+
+    def _drop(self) -> None:
+        if self._io is not None:
+            self._io.abort()
+        else:
+            self.socket_gone()
 
     # --- for the transport (lock held unless said) ---------------------------------------------
 
-    @property
-    def pending_work(self) -> int:
-        """Requests in flight both ways (ours waiting for a response, the peer's waiting for
-        our answer)."""
-        return len(self._responses) + len(self._unanswered)
-
     def _has_message_or_end(self) -> bool:
-        return bool(self._inbox) or self._finished or self.closed_event is not None
+        return bool(self._inbox) or self._released or self.closed_event is not None
 
     def take_message(self) -> Message | None:
         """Pop the next message (lock held), or ``None`` when there is none."""
@@ -512,10 +392,6 @@ class Session:
         logged (it never reaches the application, and never stops a listener)."""
         self._on_established.append(callback)
 
-    def when_finished(self, callback: Callable[[Session], None]) -> None:
-        """Call *callback* (lock held) once the session is over and its socket released."""
-        self._on_finished.append(callback)
-
     # --- the driver's side (I/O thread, lock held) ---------------------------------------------
 
     def set_io(self, io: IO) -> None:
@@ -532,7 +408,7 @@ class Session:
         """The channel's write buffer crossed a watermark."""
         if paused != self._socket_paused:
             self._socket_paused = paused
-            self._update_blocked()
+            self._update_writable()
             self._cond.notify_all()
 
     def feed(self, nbytes: int, now: float) -> None:
@@ -540,94 +416,45 @@ class Session:
         self._conn.buffer_updated(nbytes, now)
         self._after_input()
 
-    def feed_eof(self, now: float) -> None:
-        """The peer shut its write side."""
-        self._conn.receive_data(b"", now)
-        self._after_input()
-
-    def feed_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """A datagram arrived (QUIC client sockets)."""
-        self._conn.receive_datagram(data, addr, now)
-        self._after_input()
-
-    def lost(self, exc: BaseException | None, now: float) -> None:
-        """The socket broke (or the loop is ending); the channel closes it."""
-        if not self._conn.machine.is_closed:
-            error = (
-                map_error(exc, protocol=self.protocol, operation="receive", session_id=self.id)
-                if exc is not None else None
-            )
-            self._conn.connection_lost(now, error)
-            self._process()
-
-    def socket_gone(self) -> None:
-        """The socket is released: the session is over."""
-        if self._finished:
-            return
-        if self.closed_event is None:
-            # The core saw no close (should not happen): fail what waits all the same.
-            self._fail_waiters(self._closed_error("receive"))
-        self._finished = True
+    def _on_released(self) -> None:
         self._blocked = True
-        if self._metrics is not None:
-            self._metrics.closed()
-        if not self._established_done:
-            self._established_done = True
-            self._established_error = self._closed_error("connect")
-        callbacks, self._on_finished = self._on_finished, []
-        for callback in callbacks:
-            callback(self)
         self._notify_inbox()
         self._cond.notify_all()
 
-    def take_output(self) -> list[Buffer]:
-        """Return the bytes to write and account them as flushed (stream sockets)."""
-        data = self._conn.data_to_send()
-        self._account_flushed()
-        return data
+    def _mark_arrived(self) -> None:
+        # The listener (serve's drain task) hears once per _process pass (see _after_process).
+        self._arrived = True
 
-    def take_datagrams(self, now: float) -> list[tuple[bytes, Address]]:
-        """Return the datagrams to send and account them as flushed (QUIC client)."""
-        grams = self._conn.datagrams_to_send(now)
-        self._account_flushed()
-        return grams
+    def _settle(self, waiter: _Reply, message: Message | None,
+                error: TransportError | None) -> None:
+        if message is not None and self._metrics is not None:
+            # Measured when the response arrives (the waiter may wake later).
+            self._metrics.request_latency(time.monotonic() - waiter.sent_at)
+        waiter.finish(message, error)
 
-    def account_flushed(self) -> None:
-        """The endpoint sent this session's datagrams (QUIC server)."""
-        self._account_flushed()
+    def _handshake_settled(self) -> None:
+        error = self._established_error
+        if error is not None:
+            logger.info("session %s: handshake failed: %s", self.id, error)
+            return
+        for callback in self._on_established:
+            callback(self)
 
-    def _account_flushed(self) -> None:
-        if self._unflushed_packets:
-            self.packets_flushed += self._unflushed_packets
-            self._conn.flushed(self._unflushed_bytes, self._unflushed_packets)
-            if self._metrics is not None:
-                # Counted when handed to the socket, once per flush.
-                self._metrics.metrics.messages_out += self._unflushed_packets
-                self._metrics.metrics.bytes_out += self._unflushed_payload
-            self._unflushed_bytes = self._unflushed_packets = self._unflushed_payload = 0
-
-    @property
-    def write_closed(self) -> bool:
-        """Whether the core wants the write side shut (stream sockets)."""
-        return self._conn.write_closed
-
-    @property
-    def machine_closed(self) -> bool:
-        """Whether the protocol machine is over (the socket may close after the last write)."""
-        return self._conn.machine.is_closed
+    def _set_reading(self, reading: bool) -> None:
+        assert self._io is not None
+        if reading:
+            self._io.resume_reading()
+        else:
+            self._io.pause_reading()
 
     def deadline(self) -> float | None:
         """The connection's next deadline (``None`` once over)."""
-        return None if self._finished else self._conn.next_deadline()
+        return None if self._released else self._conn.next_deadline()
 
     def on_timer(self, now: float) -> None:
         """The connection's deadline came."""
         self._conn.handle_timer(now)
         self._after_input()
-
-    def process(self) -> None:
-        """Handle the connection's pending events."""
-        self._process()
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -642,40 +469,17 @@ class Session:
         self._process()
         self._touch()
 
-    def _queued(self, nbytes: int, payload: int, *, direct: bool = False) -> None:
-        self._unflushed_payload += payload
-        self._unflushed_bytes += nbytes
-        self._unflushed_packets += 1
-        # Queueing a packet on a stream machine emits nothing unless the session machine
-        # paused: the events round trip (and its wake-ups) is skipped on the hot path.
-        if self._stream_machine is None or self._sm.has_events:
-            self._process()
+    def _write_now(self) -> None:
+        # A request or a response: someone waits for the peer's answer, so the bytes leave
+        # from this thread when the I/O thread sleeps (one thread hop less each way).  One-way
+        # sends stay with the I/O thread, which batches a burst into one write.
         io = self._io
         if io is None:
             self._loop.wake()
-        elif direct:
-            # A request or a response: someone waits for the peer's answer, so the bytes leave
-            # from this thread when the I/O thread sleeps (one thread hop less each way).
-            # One-way sends stay with the I/O thread, which batches a burst into one write.
-            io.write_now()
         else:
-            io.send_soon()
+            io.write_now()
 
-    def _process(self) -> None:
-        if self._processing:
-            return  # a callback below called back in; the outer loop picks the events up
-        self._processing = True
-        handled = False
-        try:
-            while True:
-                events = self._conn.events()
-                if not events:
-                    break
-                handled = True
-                for event in events:
-                    self._handle(event)
-        finally:
-            self._processing = False
+    def _after_process(self, handled: bool = True) -> None:
         if self._arrived:
             # The listener (serve's drain task) hears once per batch of messages.
             self._arrived = False
@@ -692,99 +496,21 @@ class Session:
         if listener is not None:
             listener()
 
-    def _handle(self, event: object) -> None:
-        kind = type(event)
-        if kind is MessageReceived or kind is RequestReceived:
-            packet: Packet = event.packet  # type: ignore[attr-defined]
-            responder = self._respond if kind is RequestReceived else None
-            if responder is not None:
-                self._unanswered.add(packet.message_id)
-            self._inbox.append(Message(packet, self.id, responder))
-            size = len(packet.payload)
-            # The session machine's own call: a ReadPaused it emits is picked up by the next
-            # round of _process (no events round trip per message).
-            self._sm.message_delivered(size)
-            self._in_messages += 1
-            self._in_bytes += size
-            self._arrived = True
-        elif kind is ResponseReceived:
-            assert isinstance(event, ResponseReceived)
-            self._in_messages += 1
-            self._in_bytes += len(event.packet.payload)
-            reply = self._responses.pop(event.request_id, None)
-            if reply is not None:
-                if self._metrics is not None:
-                    # Measured when the response arrives (the waiter may wake later).
-                    self._metrics.metrics.request_latency(time.monotonic() - reply.sent_at)
-                reply.finish(Message(event.packet, self.id), None)
-        elif kind is RequestFailed:
-            assert isinstance(event, RequestFailed)
-            reply = self._responses.pop(event.request_id, None)
-            if reply is not None:
-                reply.finish(None, self._count(self._enrich(event.error, "request")))
-        elif kind is ConnectionEstablished:
-            assert isinstance(event, ConnectionEstablished)
-            self.established = event
-            if not self._established_done:
-                self._established_done = True
-                for callback in self._on_established:
-                    callback(self)
-        elif kind is SendPaused or kind is SendResumed:
-            self._session_paused = kind is SendPaused
-            self._update_blocked()
-        elif kind is WritePaused or kind is WriteResumed:
-            self._machine_paused = kind is WritePaused
-            self._update_blocked()
-        elif kind is ReadPaused:
-            if self._io is not None:
-                self._io.pause_reading()
-        elif kind is ReadResumed:
-            if self._io is not None:
-                self._io.resume_reading()
-        elif kind is ErrorOccurred:
-            assert isinstance(event, ErrorOccurred)
-            if self.error is None:
-                self.error = self._count(self._enrich(event.error, "receive"))
-        elif kind is ConnectionClosed:
-            assert isinstance(event, ConnectionClosed)
-            self.closed_event = event
-            self._blocked = True
-            if event.error is not None and self.error is None:
-                self.error = self._count(self._enrich(event.error, "receive"))
-            if not self._established_done:
-                self._established_done = True
-                error = self.error or self._closed_error("connect")
-                self._established_error = self._enrich(error, "connect")
-                logger.info("session %s: handshake failed: %s", self.id, error)
-            self._notify_inbox()
-        elif kind is SessionClosed:
-            assert isinstance(event, SessionClosed)
-            if event.error is not None and self.error is None:
-                self.error = self._count(self._enrich(event.error, "receive"))
-            self._fail_waiters(self._closed_error("request"))
-            self._notify_inbox()
-        # HeartbeatDue: the protocol machines keep their own pings; nothing to do here.
-
-    def _fail_waiters(self, error: TransportError) -> None:
-        responses, self._responses = self._responses, {}
-        for reply in responses.values():
-            reply.finish(None, error)
-
-    def _update_blocked(self) -> None:
+    def _update_writable(self) -> None:
         self._blocked = (self._session_paused or self._machine_paused or self._socket_paused
-                         or self.closed_event is not None or self._finished)
+                         or self.closed_event is not None or self._released)
 
-    def _writable(self) -> bool:
-        over = self.closed_event is not None or self._finished
+    def _can_write(self) -> bool:
+        over = self.closed_event is not None or self._released
         return over or not (self._session_paused or self._machine_paused or self._socket_paused)
 
     def _wait_writable(self, operation: str, deadline: float | None,
                        timeout: float | None) -> None:
-        if not wait_until(self._cond, self._writable, deadline):
+        if not wait_until(self._cond, self._can_write, deadline):
             raise TransportTimeoutError(operation, timeout or 0.0, session_id=self.id,
                                         reason=f"{operation}: still paused by backpressure "
                                                f"after {timeout or 0.0:g} s")
-        if self.closed_event is not None or self._finished:
+        if self.closed_event is not None or self._released:
             raise self._closed_error(operation)
 
     def _respond(self, request: Packet, data: Buffer, biz_type: int | None,
@@ -793,38 +519,8 @@ class Session:
             self._unanswered.discard(request.message_id)
             self._cond.notify_all()
             # Answers are allowed while closing, so only a finished connection refuses them.
-            wait_until(self._cond, self._writable, None)
-            if self._finished or self.closed_event is not None:
+            wait_until(self._cond, self._can_write, None)
+            if self._released or self.closed_event is not None:
                 raise self._closed_error("respond")
-            try:
-                packet = self._conn.respond(
-                    request, data, biz_type=biz_type, ext_header=ext_header,
-                    now=time.monotonic(),
-                )
-            except TransportError as exc:
-                raise self._count(self._enrich(exc, "respond")) from None
-            self._queued(packet.wire_size, len(packet.payload), direct=True)
-
-    def _closed_error(self, operation: str) -> TransportError:
-        if self.error is not None:
-            return self.error.with_operation(operation)
-        return TransportConnectionError(
-            f"the {self.protocol.value} session is closed", code="connection.closed",
-            retryable=False, session_id=self.id, operation=operation,
-        )
-
-    def _update_metrics(self, counted: SessionMetrics) -> None:
-        # Once per _process pass: the messages of the batch, and the gauge's state.
-        if self._in_messages:
-            counted.metrics.messages_in += self._in_messages
-            counted.metrics.bytes_in += self._in_bytes
-            self._in_messages = self._in_bytes = 0
-        counted.state(self._conn.session.state)
-
-    def _count(self, error: TransportError) -> TransportError:
-        if self._metrics is not None:
-            self._metrics.error(error)
-        return error
-
-    def _enrich(self, error: TransportError, operation: str) -> TransportError:
-        return map_error(error, operation=operation, session_id=self.id)
+            self._queue_response(request, data, biz_type, ext_header)
+            self._write_now()

@@ -1,8 +1,8 @@
-"""The message a trio application receives: the same :class:`Message` as asyncio's (its
-``respond`` is awaited the same way), defined once for both."""
+"""The message an application receives: :class:`Message`, the awaitable one shared by the
+asyncio and trio drivers (defined in :mod:`msgtrans._driver.message`)."""
 
 from __future__ import annotations
 
-from ..io_asyncio._message import Message
+from .._driver.message import Message
 
 __all__ = ["Message"]

@@ -11,41 +11,18 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
 from .._backend import take_batch
-from .._pool_base import SessionMetrics
+from .._driver.session import SessionBase
 from ..core.connection import Connection
-from ..core.errormap import map_error
-from ..core.errors import Protocol as WireProtocol
-from ..core.errors import TransportConnectionError, TransportError
-from ..core.events import (
-    ConnectionClosed,
-    ConnectionEstablished,
-    ErrorOccurred,
-    WritePaused,
-    WriteResumed,
-)
-from ..core.machine import Address, StreamMachine
+from ..core.errors import TransportError
+from ..core.machine import Address
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer, Packet
-from ..core.session import (
-    CloseReason,
-    MessageReceived,
-    ReadPaused,
-    ReadResumed,
-    RequestFailed,
-    RequestReceived,
-    ResponseReceived,
-    SendPaused,
-    SendResumed,
-    SessionClosed,
-    SessionState,
-)
 from ._message import Message
 
 __all__ = ["IO", "Session"]
@@ -91,7 +68,7 @@ class _Slot:
         self.error: TransportError | None = None
 
 
-class Session:
+class Session(SessionBase[Message, _Slot, IO]):
     """One connection to a peer, as the application sees it.
 
     Sessions come from :meth:`Transport.connect` and from accepting (``Transport.accept`` /
@@ -108,6 +85,8 @@ class Session:
         packets_flushed: messages handed to the socket so far.
     """
 
+    _message_type = Message
+
     def __init__(
         self,
         conn: Connection,
@@ -115,89 +94,21 @@ class Session:
         on_finished: Callable[[Session], None] | None = None,
         metrics: TransportMetrics | None = None,
     ) -> None:
-        self.id = session_id
-        self._conn = conn
-        self._sm = conn.session
-        # Stream machines (TCP, TLS, WebSocket) emit nothing when a packet is queued, so a send
-        # needs the events round trip only when the session machine emitted (SendPaused);
-        # held typed so the hot path skips Connection's isinstance checks on an ABC.
-        machine = conn.machine
-        self._stream_machine: StreamMachine | None = (
-            machine if isinstance(machine, StreamMachine) else None
-        )
+        super().__init__(conn, session_id, on_finished, metrics, trio.current_time)
         # Calls of send() / receive() since their last schedule point (see BATCH_CALLS).
         self._sends = 0
         self._receives = 0
-        self._io: IO | None = None
-        self._on_finished = on_finished
-        self._finish_callbacks: list[Callable[[Session], None]] = []
-        self._inbox: deque[Message] = deque()
         self._inbox_event = trio.Event()
-        self._responses: dict[int, _Slot] = {}
-        # Requests from the peer not answered yet: graceful shutdown waits for them.
-        self._unanswered: set[int] = set()
+        self._wake_inbox = self._set_inbox_event
         self._established = trio.Event()
-        self._established_error: TransportError | None = None
         self._finished = trio.Event()
         self._writable = trio.Event()
         self._writable.set()
-        self._session_paused = False  # SendPaused from the session machine
-        self._machine_paused = False  # WritePaused from the protocol machine
         self._timer_event = trio.Event()
         self._timer_at: float | None = None
-        self._unflushed_bytes = 0
-        self._unflushed_packets = 0
         self._work_done = trio.Event()
-        self._processing = False
         # Created now, not in run(): abort() may come before the task started.
         self._scope = trio.CancelScope()
-        self.packets_flushed = 0
-        self.established: ConnectionEstablished | None = None
-        self.closed_event: ConnectionClosed | None = None
-        self.error: TransportError | None = None
-        self.forced = False
-        # The transport's metrics (None: not counted); messages out are counted per flush.
-        self._metrics = (SessionMetrics(metrics, conn.protocol, conn.session.state)
-                         if metrics is not None else None)
-        self._unflushed_payload = 0
-        # Received messages are added up here and handed to the metrics once per _process.
-        self._in_messages = 0
-        self._in_bytes = 0
-
-    # --- what the session is -------------------------------------------------------------------
-
-    @property
-    def protocol(self) -> WireProtocol:
-        """The transport: ``TCP``, ``WEBSOCKET`` or ``QUIC``."""
-        return self._conn.protocol
-
-    @property
-    def peer_address(self) -> Address | None:
-        """The peer's socket address, or ``None`` before the socket connected."""
-        return self._io.peer_address if self._io is not None else None
-
-    @property
-    def state(self) -> SessionState:
-        """``CONNECTING``, ``OPEN``, ``CLOSING`` or ``CLOSED``."""
-        return self._conn.session.state
-
-    @property
-    def close_reason(self) -> CloseReason | None:
-        """Why the session closed (or began closing), or ``None`` while it is open."""
-        return self._conn.session.close_reason
-
-    @property
-    def is_closed(self) -> bool:
-        """Whether the session is over and its socket released."""
-        return bool(self._finished.is_set())
-
-    @property
-    def connection(self) -> Connection:
-        """The core connection under this session (for inspection and statistics)."""
-        return self._conn
-
-    def __repr__(self) -> str:
-        return f"<Session {self.id} {self.protocol.value} {self.state.value}>"
 
     # --- the application's operations ----------------------------------------------------------
 
@@ -217,31 +128,14 @@ class Session:
         if self._sends < BATCH_CALLS and self._writable.is_set():
             self._sends += 1
             await trio.lowlevel.checkpoint_if_cancelled()
-            if self.closed_event is not None or self._finished.is_set():
+            if self.closed_event is not None or self._released:
                 raise self._closed_error("send")
         else:
             self._sends = 0
             await self._wait_writable("send")
-        machine = self._stream_machine
-        try:
-            if machine is None:
-                packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
-                                         now=trio.current_time())
-                size = len(packet.payload)
-                wire = packet.wire_size
-            else:
-                # Connection.send, inlined for stream machines: make the packet, queue it,
-                # count the backlog.
-                sm = self._sm
-                packet = sm.send(data, biz_type=biz_type, ext_header=ext_header,
-                                 now=trio.current_time())
-                machine.send_packet(packet)
-                size = len(packet.payload)
-                wire = size + 16 + len(ext_header)
-                sm.packet_queued(wire)
-        except TransportError as exc:
-            raise self._count(self._enrich(exc, "send")) from None
-        self._queued(wire, size)
+        self._queue_send(data, biz_type, ext_header)
+        if self._io is not None:
+            self._io.wake()
 
     async def request(
         self,
@@ -271,18 +165,11 @@ class Session:
         """
         await self._wait_writable("request")
         sent_at = trio.current_time()
-        try:
-            request_id = self._conn.request(
-                data, biz_type=biz_type, ext_header=ext_header, timeout=timeout,
-                now=trio.current_time(),
-            )
-        except TransportError as exc:
-            raise self._count(self._enrich(exc, "request")) from None
         slot = _Slot()
-        self._responses[request_id] = slot
-        # Queued and flushed only need the same measure; this one is close to the wire size.
-        size = len(memoryview(data))
-        self._queued(size + 16 + len(ext_header), size)
+        request_id = self._queue_request(data, biz_type, ext_header, timeout=timeout,
+                                         now=sent_at, waiter=slot)
+        if self._io is not None:
+            self._io.wake()
         self._rearm()  # the request's deadline
         try:
             await slot.event.wait()
@@ -297,7 +184,7 @@ class Session:
             raise slot.error
         assert slot.message is not None
         if self._metrics is not None:
-            self._metrics.metrics.request_latency(trio.current_time() - sent_at)
+            self._metrics.request_latency(trio.current_time() - sent_at)
         return slot.message
 
     async def receive(self) -> Message:
@@ -364,7 +251,7 @@ class Session:
         await trio.lowlevel.checkpoint_if_cancelled()
         waited = False
         while not self._inbox:
-            if self._finished.is_set() or self.closed_event is not None:
+            if self._released or self.closed_event is not None:
                 raise self._closed_error("receive")
             if self._inbox_event.is_set():
                 self._inbox_event = trio.Event()
@@ -385,11 +272,11 @@ class Session:
             reason: the reason text sent where the protocol carries one.
             timeout: seconds to wait for the close handshake (default 10.0).
         """
-        if not self._finished.is_set():
+        if not self._released:
             self.start_close(code, reason)
             with trio.move_on_after(timeout):
                 await self._finished.wait()
-            if not self._finished.is_set():
+            if not self._released:
                 self.abort()
                 await self._finished.wait()
 
@@ -397,42 +284,17 @@ class Session:
         """Wait until the session is over and its socket released."""
         await self._finished.wait()
 
-    def start_close(self, code: int | None = None, reason: str = "") -> None:
-        """Begin a graceful close without waiting for it (see :meth:`close`)."""
-        if self._finished.is_set():
-            return
-        if not self._conn.machine.is_closed:
-            self._conn.close(code, reason)
-        self._after_input()
-
-    def abort(self, reason: str = "aborted") -> None:
-        """Drop the connection now, without a close handshake (pending requests fail with
-        ``connection.aborted``)."""
-        if self._finished.is_set():
-            return
-        self.forced = True
-        error = TransportConnectionError(
-            f"the session was {reason}", code="connection.aborted", retryable=False,
-            session_id=self.id,
-        )
-        self._conn.connection_lost(trio.current_time(), error)
-        self._process()
+    def _drop(self) -> None:
         # The session's task releases the socket on its way out; without one, nothing to release.
         self._scope.cancel()
         if self._io is None:
-            self._socket_gone()
+            self.socket_gone()
 
     # --- for the transport ---------------------------------------------------------------------
 
-    @property
-    def pending_work(self) -> int:
-        """Requests in flight both ways (ours waiting for a response, the peer's waiting for
-        our answer)."""
-        return len(self._responses) + len(self._unanswered)
-
     async def wait_idle(self) -> None:
         """Wait until no request is in flight either way (or the session is over)."""
-        while self.pending_work and not self._finished.is_set():
+        while self.pending_work and not self._released:
             if self._work_done.is_set():
                 self._work_done = trio.Event()
             await self._work_done.wait()
@@ -446,13 +308,6 @@ class Session:
         await self._established.wait()
         if self._established_error is not None:
             raise self._established_error
-
-    def when_finished(self, callback: Callable[[Session], None]) -> None:
-        """Call *callback* with this session once it is over and its socket released."""
-        if self._finished.is_set():
-            callback(self)
-        else:
-            self._finish_callbacks.append(callback)
 
     async def run(self, io: IO) -> None:
         """The session's task: start the connection, run its socket side and its timer until
@@ -485,85 +340,35 @@ class Session:
         self._conn.buffer_updated(nbytes, trio.current_time())
         self._process()
 
-    def feed_eof(self) -> None:
-        """The peer shut its write side."""
-        self._conn.receive_data(b"", trio.current_time())
-        self._after_input()
-
-    def feed_datagram(self, data: bytes, addr: Address) -> None:
-        """A datagram arrived (QUIC client sockets)."""
-        self._conn.receive_datagram(data, addr, trio.current_time())
-        self._after_input()
-
-    def lost(self, exc: BaseException | None) -> None:
+    def lost(self, exc: BaseException | None, now: float | None = None) -> None:
         """The socket closed or broke (*exc*: why, if it broke): the core learns it."""
-        if not self._conn.machine.is_closed:
-            error = (
-                map_error(exc, protocol=self.protocol, operation="receive", session_id=self.id)
-                if exc is not None else None
-            )
-            self._conn.connection_lost(trio.current_time(), error)
-            self._process()
+        super().lost(exc, now)
         if exc is None:
-            self._socket_gone()
+            self.socket_gone()
 
-    def _socket_gone(self) -> None:
-        if self._finished.is_set():
-            return
-        if self.closed_event is None:
-            # The core saw no close (should not happen): fail what waits all the same.
-            self._fail_waiters(self._closed_error("receive"))
-        if not self._established.is_set():
-            self._established_error = self._closed_error("connect")
-            self._established.set()
+    def _on_released(self) -> None:
         self._finished.set()
         self._inbox_event.set()
         self._writable.set()
         self._work_done.set()
         self._timer_event.set()
-        if self._metrics is not None:
-            self._metrics.closed()
-        if self._on_finished is not None:
-            self._on_finished(self)
-        for callback in self._finish_callbacks:
-            callback(self)
-        self._finish_callbacks.clear()
 
-    def take_output(self) -> list[Buffer]:
-        """Return the bytes to write and account them as flushed (stream sockets)."""
-        data = self._conn.data_to_send()
-        self._account_flushed()
-        return data
+    def _set_inbox_event(self) -> None:
+        self._inbox_event.set()
 
-    def take_datagrams(self) -> list[tuple[bytes, Address]]:
-        """Return the datagrams to send and account them as flushed (QUIC client)."""
-        grams = self._conn.datagrams_to_send(trio.current_time())
-        self._account_flushed()
-        return grams
+    def _settle(self, waiter: _Slot, message: Message | None,
+                error: TransportError | None) -> None:
+        waiter.message = message
+        waiter.error = error
+        waiter.event.set()
+        self._work_done.set()
 
-    def account_flushed(self) -> None:
-        """The endpoint sent this session's datagrams (QUIC server)."""
-        self._account_flushed()
+    def _handshake_settled(self) -> None:
+        self._established.set()
 
-    def _account_flushed(self) -> None:
-        if self._unflushed_packets:
-            self.packets_flushed += self._unflushed_packets
-            self._conn.flushed(self._unflushed_bytes, self._unflushed_packets)
-            if self._metrics is not None:
-                # Counted when handed to the socket, once per flush.
-                self._metrics.metrics.messages_out += self._unflushed_packets
-                self._metrics.metrics.bytes_out += self._unflushed_payload
-            self._unflushed_bytes = self._unflushed_packets = self._unflushed_payload = 0
-
-    @property
-    def write_closed(self) -> bool:
-        """Whether the core wants the write side shut (stream sockets)."""
-        return self._conn.write_closed
-
-    @property
-    def machine_closed(self) -> bool:
-        """Whether the protocol machine is over (the socket may close after the last write)."""
-        return self._conn.machine.is_closed
+    def _set_reading(self, reading: bool) -> None:
+        assert self._io is not None
+        self._io.set_reading(reading)
 
     async def _timer_loop(self) -> None:
         # Sleeps until the core's next deadline; _rearm wakes it when an earlier one appears.
@@ -587,113 +392,13 @@ class Session:
         if self._io is not None:
             self._io.wake()
 
-    def _queued(self, nbytes: int, payload: int) -> None:
-        self._unflushed_payload += payload
-        self._unflushed_bytes += nbytes
-        self._unflushed_packets += 1
-        if self._stream_machine is None or self._sm.has_events:
-            # QUIC may pause on flow control; a stream machine only when the session did.
-            self._process()
-        if self._io is not None:
-            self._io.wake()
-
-    def process(self) -> None:
-        """Handle the connection's pending events and re-arm its timer."""
-        self._process()
-
-    def _process(self) -> None:
-        if self._processing:
-            return  # a handler below called back in; the outer loop picks the events up
-        self._processing = True
-        try:
-            while True:
-                events = self._conn.events()
-                if not events:
-                    break
-                for event in events:
-                    self._handle(event)
-        finally:
-            self._processing = False
+    def _after_process(self, handled: bool = True) -> None:
         if self._metrics is not None:
             self._update_metrics(self._metrics)
         self._rearm()
 
-    def _handle(self, event: object) -> None:
-        kind = type(event)
-        if kind is MessageReceived or kind is RequestReceived:
-            packet: Packet = event.packet  # type: ignore[attr-defined]
-            responder = self._respond if kind is RequestReceived else None
-            if responder is not None:
-                self._unanswered.add(packet.message_id)
-            self._inbox.append(Message(packet, self.id, responder))
-            size = len(packet.payload)
-            # The session machine's events (ReadPaused) come with the next events() call of
-            # the loop in _process.
-            self._sm.message_delivered(size)
-            self._in_messages += 1
-            self._in_bytes += size
-            self._inbox_event.set()
-        elif kind is ResponseReceived:
-            assert isinstance(event, ResponseReceived)
-            self._in_messages += 1
-            self._in_bytes += len(event.packet.payload)
-            slot = self._responses.pop(event.request_id, None)
-            if slot is not None:
-                slot.message = Message(event.packet, self.id)
-                slot.event.set()
-            self._work_done.set()
-        elif kind is RequestFailed:
-            assert isinstance(event, RequestFailed)
-            slot = self._responses.pop(event.request_id, None)
-            if slot is not None:
-                slot.error = self._count(self._enrich(event.error, "request"))
-                slot.event.set()
-            self._work_done.set()
-        elif kind is ConnectionEstablished:
-            assert isinstance(event, ConnectionEstablished)
-            self.established = event
-            self._established.set()
-        elif kind is SendPaused or kind is SendResumed:
-            self._session_paused = kind is SendPaused
-            self._update_writable()
-        elif kind is WritePaused or kind is WriteResumed:
-            self._machine_paused = kind is WritePaused
-            self._update_writable()
-        elif kind is ReadPaused or kind is ReadResumed:
-            if self._io is not None:
-                self._io.set_reading(kind is ReadResumed)
-        elif kind is ErrorOccurred:
-            assert isinstance(event, ErrorOccurred)
-            self._set_error(event.error)
-        elif kind is ConnectionClosed:
-            assert isinstance(event, ConnectionClosed)
-            self.closed_event = event
-            if event.error is not None:
-                self._set_error(event.error)
-            if not self._established.is_set():
-                error = self.error or self._closed_error("connect")
-                self._established_error = self._enrich(error, "connect")
-                self._established.set()
-            self._inbox_event.set()
-            self._update_writable()
-        elif kind is SessionClosed:
-            assert isinstance(event, SessionClosed)
-            if event.error is not None:
-                self._set_error(event.error)
-            self._fail_waiters(self._closed_error("request"))
-            self._inbox_event.set()
-            self._update_writable()
-        # HeartbeatDue: the protocol machines keep their own pings; nothing to do here.
-
-    def _fail_waiters(self, error: TransportError) -> None:
-        responses, self._responses = self._responses, {}
-        for slot in responses.values():
-            slot.error = error
-            slot.event.set()
-        self._work_done.set()
-
     def _update_writable(self) -> None:
-        over = self.closed_event is not None or self._finished.is_set()
+        over = self.closed_event is not None or self._released
         if over or not (self._session_paused or self._machine_paused):
             self._writable.set()
         elif self._writable.is_set():
@@ -703,7 +408,7 @@ class Session:
         await self._writable.wait()  # a checkpoint even when writable
         while not self._writable.is_set():
             await self._writable.wait()
-        if self.closed_event is not None or self._finished.is_set():
+        if self.closed_event is not None or self._released:
             raise self._closed_error(operation)
 
     def _rearm(self) -> None:
@@ -722,43 +427,8 @@ class Session:
         await self._writable.wait()
         while not self._writable.is_set():
             await self._writable.wait()
-        if self._finished.is_set() or self.closed_event is not None:
+        if self._released or self.closed_event is not None:
             raise self._closed_error("respond")
-        try:
-            packet = self._conn.respond(
-                request, data, biz_type=biz_type, ext_header=ext_header, now=trio.current_time()
-            )
-        except TransportError as exc:
-            raise self._count(self._enrich(exc, "respond")) from None
-        self._queued(packet.wire_size, len(packet.payload))
-
-    def _closed_error(self, operation: str) -> TransportError:
-        if self.error is not None:
-            return self.error.with_operation(operation)
-        return TransportConnectionError(
-            f"the {self.protocol.value} session is closed", code="connection.closed",
-            retryable=False, session_id=self.id, operation=operation,
-        )
-
-    def _update_metrics(self, counted: SessionMetrics) -> None:
-        # Once per _process pass: the messages of the batch, and the gauge's state.
-        if self._in_messages:
-            counted.metrics.messages_in += self._in_messages
-            counted.metrics.bytes_in += self._in_bytes
-            self._in_messages = self._in_bytes = 0
-        counted.state(self._conn.session.state)
-
-    def _set_error(self, error: TransportError) -> None:
-        if self.error is None:
-            self.error = self._enrich(error, "receive")
-            # A session that never opened is a failed connect: connect() counts that one.
-            if self.established is not None:
-                self._count(self.error)
-
-    def _count(self, error: TransportError) -> TransportError:
-        if self._metrics is not None:
-            self._metrics.error(error)
-        return error
-
-    def _enrich(self, error: TransportError, operation: str) -> TransportError:
-        return map_error(error, operation=operation, session_id=self.id)
+        self._queue_response(request, data, biz_type, ext_header)
+        if self._io is not None:
+            self._io.wake()

@@ -1,0 +1,702 @@
+"""The session half every driver shares: :class:`SessionBase`.
+
+A backend's ``Session`` subclasses it and keeps only what is its own: the primitives that wait
+(futures, events, a condition), its timer, its socket side and the awaitable or blocking public
+methods.  Everything here is synchronous and does no I/O: the state a session keeps about its
+connection, the read-only properties, the handling of the core's events (the inbox, the reply
+table, unanswered requests, the pause flags, metrics, error enrichment), the synchronous half
+of send / request / respond (stamping, queueing into the machine, backlog counting), the flush
+accounting and the end of the session.
+
+The backend plugs in through a few hooks:
+
+- ``_wake_inbox`` (an attribute: a callable the backend binds once, so the per-message call
+  costs what the backend's own wake-up costs): a message was queued or the inbox is over.
+- :meth:`SessionBase._settle`: a reply waiter gets its response or its error.
+- :meth:`SessionBase._update_writable`: a pause flag moved or the connection ended.
+- :meth:`SessionBase._set_reading`: the core wants reading paused or resumed.
+- :meth:`SessionBase._handshake_settled`: the handshake completed or failed (once).
+- :meth:`SessionBase._on_released`: the session is over and its socket released.
+- :meth:`SessionBase._after_input`, :meth:`SessionBase._after_process`, :meth:`SessionBase._drop`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, Protocol, TypeVar
+
+from .._pool_base import SessionMetrics
+from ..core.connection import Connection
+from ..core.errormap import map_error
+from ..core.errors import Protocol as WireProtocol
+from ..core.errors import TransportConnectionError, TransportError
+from ..core.events import (
+    ConnectionClosed,
+    ConnectionEstablished,
+    ErrorOccurred,
+    WritePaused,
+    WriteResumed,
+)
+from ..core.machine import Address, StreamMachine
+from ..core.metrics import TransportMetrics
+from ..core.packet import HEADER_SIZE, Buffer, Packet, PacketType
+from ..core.session import (
+    CloseReason,
+    MessageReceived,
+    ReadPaused,
+    ReadResumed,
+    RequestFailed,
+    RequestReceived,
+    ResponseReceived,
+    SendPaused,
+    SendResumed,
+    SessionClosed,
+    SessionState,
+)
+
+__all__ = ["SessionBase"]
+
+_ONE_WAY = PacketType.ONE_WAY
+_REQUEST = PacketType.REQUEST
+_RESPONSE = PacketType.RESPONSE
+
+
+class _SocketSide(Protocol):
+    """What the base reads from a backend's socket side."""
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The peer's socket address, when known."""
+
+
+_M = TypeVar("_M")  # the backend's Message
+_W = TypeVar("_W")  # what waits for one reply (a future, an event slot, a lock)
+_IO = TypeVar("_IO", bound=_SocketSide)
+
+
+class SessionBase(Generic[_M, _W, _IO]):
+    """The backend-neutral half of a session (internal).
+
+    Attributes:
+        id: the transport-wide session id (1, 2, ...).
+        established: the core's ``ConnectionEstablished`` event once the handshake completed.
+        closed_event: the core's ``ConnectionClosed`` event once the connection ended.
+        error: the :class:`TransportError` that ended the session, or ``None``.
+        forced: ``True`` when the session was aborted (no close handshake).
+        packets_flushed: messages handed to the socket so far.
+        unflushed_packets: packets queued since the last flush accounting.
+        flush_emitted: the session machine emitted (SendResumed) when a flush was accounted.
+    """
+
+    #: The backend's message class: ``(packet, session_id, responder)``.
+    _message_type: Callable[..., _M]
+    #: Whether an error before the handshake completed is counted here (the blocking driver's
+    #: connect leaves that count to the session; the async ones count the failed connect).
+    _count_early_errors = False
+
+    def __init__(
+        self,
+        conn: Connection,
+        session_id: int,
+        on_finished: Callable[[Any], None] | None,
+        metrics: TransportMetrics | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.id = session_id
+        self._conn = conn
+        self._sm = conn.session
+        self._time = clock
+        self._io: _IO | None = None
+        # Stream machines (TCP, TLS, WebSocket) emit nothing when a packet is queued, so a send
+        # needs the events round trip only when the session machine emitted (SendPaused); QUIC
+        # may pause on flow control, so it always takes it.  Held typed so the per-write calls
+        # skip Connection's isinstance checks on an ABC (a slow path in CPython).
+        machine = conn.machine
+        self._stream_machine: StreamMachine | None = (
+            machine if isinstance(machine, StreamMachine) else None
+        )
+        self._lazy_send = self._stream_machine is not None
+        # Plain TCP (not TLS over it): packets are queued and received through the machine
+        # directly, without Packet objects or events (the core says when this applies).
+        self._tcp = conn.plain_tcp
+        self._inbox: deque[_M] = deque()
+        # Set by a transport's serve loop while it waits for this session: takes a message
+        # straight from the input (True) or declines it (False: queued as usual).
+        self.dispatch: Callable[[_M], bool] | None = None
+        self._responses: dict[int, _W] = {}
+        # Requests from the peer not answered yet: graceful shutdown waits for them.
+        self._unanswered: set[int] = set()
+        self._established_done = False
+        self._established_error: TransportError | None = None
+        self._released = False  # the session is over and its socket released
+        self._session_paused = False  # SendPaused from the session machine
+        self._machine_paused = False  # WritePaused from the protocol machine
+        self._socket_paused = False  # the socket's own write buffer is over its mark
+        self._processing = False
+        self._again = False  # a nested _process call was folded into the running one
+        # Anything but a message or a response may bring a deadline nearer (see _handle).
+        self._deadline_moved = True
+        self._finish_callbacks: list[Callable[[Any], None]] = (
+            [on_finished] if on_finished is not None else [])
+        self._unflushed_bytes = 0
+        self._unflushed_payload = 0
+        self.unflushed_packets = 0
+        self.flush_emitted = False
+        self.packets_flushed = 0
+        self.established: ConnectionEstablished | None = None
+        self.closed_event: ConnectionClosed | None = None
+        self.error: TransportError | None = None
+        self.forced = False
+        # Metrics are counted per batch (one flush, one _process pass), not per message: the
+        # hot path only adds to these plain ints.
+        self._metrics = metrics
+        self._gauge = (SessionMetrics(metrics, conn.protocol, conn.session.state)
+                       if metrics is not None else None)
+        self._in_messages = 0
+        self._in_bytes = 0
+
+    # --- hooks (the backend's primitives) -------------------------------------------------------
+
+    #: Wake whoever waits for the inbox (a message was queued, or the inbox is over).
+    _wake_inbox: Callable[[], None]
+
+    def _settle(self, waiter: _W, message: _M | None, error: TransportError | None) -> None:
+        """Hand *waiter* its response (*message*) or its *error*."""
+        raise NotImplementedError
+
+    def _update_writable(self) -> None:
+        """A pause flag moved or the connection ended: recompute what sends wait for."""
+        raise NotImplementedError
+
+    def _set_reading(self, reading: bool) -> None:
+        """Pause (``False``) or resume reading from the socket (socket side attached)."""
+        raise NotImplementedError
+
+    def _handshake_settled(self) -> None:
+        """The handshake completed (``_established_error`` is ``None``) or failed; once."""
+        raise NotImplementedError
+
+    def _on_released(self) -> None:
+        """The session is over and its socket released: wake every waiter (before the finish
+        callbacks run)."""
+        raise NotImplementedError
+
+    def _after_input(self) -> None:
+        """The core took input or a command: handle its events and have the output written."""
+        raise NotImplementedError
+
+    def _after_process(self, handled: bool = True) -> None:
+        """A :meth:`_process` pass ended (*handled*: it handled events)."""
+        raise NotImplementedError
+
+    def _drop(self) -> None:
+        """:meth:`abort` told the core: release the socket (or finish without one)."""
+        raise NotImplementedError
+
+    # --- what the session is -------------------------------------------------------------------
+
+    @property
+    def protocol(self) -> WireProtocol:
+        """The transport: ``TCP``, ``WEBSOCKET`` or ``QUIC`` (TLS is inside TCP and WebSocket;
+        see :attr:`established`)."""
+        return self._conn.protocol
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The peer's socket address, or ``None`` before the socket connected."""
+        io = self._io
+        return io.peer_address if io is not None else None
+
+    @property
+    def state(self) -> SessionState:
+        """``CONNECTING``, ``OPEN``, ``CLOSING`` or ``CLOSED``."""
+        return self._conn.session.state
+
+    @property
+    def close_reason(self) -> CloseReason | None:
+        """Why the session closed (or began closing), or ``None`` while it is open."""
+        return self._conn.session.close_reason
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the session is over and its socket released."""
+        return self._released
+
+    @property
+    def connection(self) -> Connection:
+        """The core connection under this session (for inspection and statistics)."""
+        return self._conn
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.protocol.value} {self._conn.session.state.value}>"
+
+    @property
+    def pending_work(self) -> int:
+        """Requests in flight both ways (ours waiting for a response, the peer's waiting for
+        our answer)."""
+        return len(self._responses) + len(self._unanswered)
+
+    def when_finished(self, callback: Callable[[Any], None]) -> None:
+        """Call *callback* with this session once it is over and its socket released."""
+        if self._released:
+            callback(self)
+        else:
+            self._finish_callbacks.append(callback)
+
+    # --- the synchronous half of send / request / respond --------------------------------------
+
+    def _queue_send(self, data: Buffer, biz_type: int, ext_header: Buffer) -> None:
+        """Stamp and queue a one-way message and count it (the caller waited out backpressure
+        and wakes its writer afterwards)."""
+        tcp = self._tcp
+        if tcp is not None and 0 <= biz_type <= 0xFF and len(ext_header) <= 0xFFFF:
+            # Plain TCP: the header is written from the fields, no Packet is made (the checks
+            # above are Packet's; anything out of range takes the general path, which raises).
+            sm = self._sm
+            size = len(data)
+            wire = size + HEADER_SIZE + len(ext_header)
+            try:
+                tcp.queue_message(_ONE_WAY, sm.stamp_send(size, self._time()), biz_type, data,
+                                  ext_header)
+                paused = sm.packet_queued(wire)
+            except TransportError as exc:
+                raise self._count(self._enrich(exc, "send")) from None
+        else:
+            machine = self._stream_machine
+            try:
+                if machine is None:
+                    packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
+                                             now=self._time())
+                    size = len(packet.payload)
+                    wire = packet.wire_size
+                    paused = True  # QUIC may pause on flow control: always look
+                else:
+                    # Connection.send, inlined for stream machines (two calls and two
+                    # wire_size lookups less per message): make the packet, queue it, count
+                    # the backlog.
+                    sm = self._sm
+                    packet = sm.send(data, biz_type=biz_type, ext_header=ext_header,
+                                     now=self._time())
+                    machine.send_packet(packet)
+                    size = len(packet.payload)
+                    wire = size + HEADER_SIZE + len(ext_header)
+                    paused = sm.packet_queued(wire)
+            except TransportError as exc:
+                raise self._count(self._enrich(exc, "send")) from None
+        # _queued, inlined: this runs once per message.
+        self._unflushed_bytes += wire
+        self._unflushed_payload += size
+        self.unflushed_packets += 1
+        if paused:
+            self._process()
+
+    def _queue_request(self, data: Buffer, biz_type: int, ext_header: Buffer, *,
+                       timeout: float | None, now: float, waiter: _W) -> int:
+        """Stamp and queue a request, file *waiter* for its reply and count it; return the
+        request id (the caller wakes its writer and waits)."""
+        tcp = self._tcp
+        sm = self._sm
+        # Only queued and flushed using the same measure matters for the watermarks; the
+        # payload length is close enough for requests.
+        size = len(data)
+        wire = size + HEADER_SIZE + len(ext_header)
+        try:
+            if tcp is not None and 0 <= biz_type <= 0xFF and len(ext_header) <= 0xFFFF:
+                # Plain TCP: no Packet made (see _queue_send).
+                request_id = sm.stamp_request(size, timeout=timeout, now=now)
+                try:
+                    tcp.queue_message(_REQUEST, request_id, biz_type, data, ext_header)
+                except TransportError:
+                    sm.cancel(request_id)
+                    raise
+                paused = sm.packet_queued(wire)
+            else:
+                machine = self._stream_machine
+                if machine is None:
+                    request_id = self._conn.request(
+                        data, biz_type=biz_type, ext_header=ext_header, timeout=timeout,
+                        now=now,
+                    )
+                    paused = True
+                else:
+                    # Connection.request, inlined for stream machines (see _queue_send).
+                    packet = sm.request(
+                        data, biz_type=biz_type, ext_header=ext_header, timeout=timeout,
+                        now=now,
+                    )
+                    request_id = packet.message_id
+                    try:
+                        machine.send_packet(packet)
+                    except TransportError:
+                        sm.cancel(request_id)
+                        raise
+                    paused = sm.packet_queued(wire)
+        except TransportError as exc:
+            raise self._count(self._enrich(exc, "request")) from None
+        # Filed before any event is handled: a close handled below fails it with the rest.
+        self._responses[request_id] = waiter
+        self._unflushed_bytes += wire
+        self._unflushed_payload += size
+        self.unflushed_packets += 1
+        if paused:
+            self._process()
+        return request_id
+
+    def _queue_response(self, request: Packet, data: Buffer, biz_type: int | None,
+                        ext_header: Buffer) -> None:
+        """Stamp and queue the response to *request* and count it (the caller checked the
+        session may still answer, and wakes its writer afterwards)."""
+        tcp = self._tcp
+        size = len(data)
+        wire = size + HEADER_SIZE + len(ext_header)
+        sm = self._sm
+        try:
+            if tcp is not None and (biz_type is None or 0 <= biz_type <= 0xFF) \
+                    and len(ext_header) <= 0xFFFF:
+                # Plain TCP: no Packet made (see _queue_send); *request* is one we received.
+                sm.stamp_response(size, self._time())
+                tcp.queue_message(
+                    _RESPONSE, request.message_id,
+                    request.biz_type if biz_type is None else biz_type, data, ext_header,
+                )
+                paused = sm.packet_queued(wire)
+            else:
+                machine = self._stream_machine
+                if machine is None:
+                    self._conn.respond(request, data, biz_type=biz_type, ext_header=ext_header,
+                                       now=self._time())
+                    paused = True
+                else:
+                    # Connection.respond, inlined for stream machines (see _queue_send).
+                    machine.send_packet(sm.respond(
+                        request, data, biz_type=biz_type, ext_header=ext_header,
+                        now=self._time(),
+                    ))
+                    paused = sm.packet_queued(wire)
+        except TransportError as exc:
+            raise self._count(self._enrich(exc, "respond")) from None
+        self._unflushed_bytes += wire
+        self._unflushed_payload += size
+        self.unflushed_packets += 1
+        if paused:
+            self._process()
+
+    def _queue_batch(self, payloads: Iterable[Buffer], biz_type: int) -> int:
+        """Stamp each of *payloads* as a one-way message and queue them in one go; return how
+        many (the caller wakes its writer).  Whatever was made before an error is sent, so the
+        peer sees consecutive ids and nothing the session counted as sent goes missing."""
+        make = self._sm.send
+        now = self._time()
+        packets: list[Packet] = []
+        payload_bytes = 0
+        try:
+            for data in payloads:
+                packets.append(make(data, biz_type=biz_type, now=now))
+                payload_bytes += len(data)
+        except TransportError as exc:
+            raise self._count(self._enrich(exc, "send")) from None
+        finally:
+            if packets:
+                wire = payload_bytes + HEADER_SIZE * len(packets)
+                try:
+                    self._conn.machine.send_packets(packets)
+                except TransportError as exc:
+                    raise self._count(self._enrich(exc, "send")) from None
+                finally:
+                    self._sm.packet_queued(wire, len(packets))
+                    self._queued(wire, payload_bytes, len(packets))
+        return len(packets)
+
+    def _queued(
+        self, nbytes: int, payload: int, packets: int = 1, paused: bool | None = None
+    ) -> None:
+        """Count *packets* queued packets (*paused*: what ``packet_queued`` returned, when the
+        caller has it) and handle what queueing emitted; the caller wakes its writer."""
+        self._unflushed_bytes += nbytes
+        self._unflushed_payload += payload
+        self.unflushed_packets += packets
+        if not self._lazy_send or (self._sm.has_events if paused is None else paused):
+            self._process()
+
+    # --- the core's events ---------------------------------------------------------------------
+
+    def process(self) -> None:
+        """Handle the connection's pending events."""
+        self._process()
+
+    def process_if_pending(self) -> None:
+        """:meth:`process`, skipped on stream connections when no machine has an event (the
+        flush after a write usually has none)."""
+        if not self._lazy_send or self._sm.has_events or self._conn.machine.has_events:
+            self._process()
+
+    def _process(self) -> None:
+        if self._processing:
+            self._again = True  # a handler below called back in; the outer loop goes on
+            return
+        self._processing = True
+        conn = self._conn
+        sm = self._sm
+        machine = conn.machine
+        handle = self._handle
+        lazy = self._lazy_send
+        handled = False
+        try:
+            while True:
+                self._again = False
+                events = conn.events()
+                if not events:
+                    break
+                handled = True
+                for event in events:
+                    handle(event)
+                # Another round only when handling the batch emitted something (one
+                # Connection.events() round trip less per batch on the hot path).
+                if lazy and not (self._again or sm.has_events or machine.has_events):
+                    break
+        finally:
+            self._processing = False
+        self._after_process(handled)
+
+    def _handle(self, event: object) -> None:
+        kind = type(event)
+        if kind is MessageReceived:
+            self._deliver(event.packet, False)  # type: ignore[attr-defined]
+            return
+        if kind is RequestReceived:
+            self._deliver(event.packet, True)  # type: ignore[attr-defined]
+            return
+        if kind is ResponseReceived:
+            response: ResponseReceived = event  # type: ignore[assignment]
+            self._response(response.request_id, response.packet)
+            return
+        # Anything else may bring a deadline nearer (a close, a handshake, a state change).
+        self._deadline_moved = True
+        if kind is RequestFailed:
+            assert isinstance(event, RequestFailed)
+            waiter = self._responses.pop(event.request_id, None)
+            if waiter is not None:
+                self._settle(waiter, None, self._count(self._enrich(event.error, "request")))
+        elif kind is ConnectionEstablished:
+            assert isinstance(event, ConnectionEstablished)
+            self.established = event
+            self._finish_handshake(None)
+        elif kind is SendPaused or kind is SendResumed:
+            self._session_paused = kind is SendPaused
+            self._update_writable()
+        elif kind is WritePaused or kind is WriteResumed:
+            self._machine_paused = kind is WritePaused
+            self._update_writable()
+        elif kind is ReadPaused or kind is ReadResumed:
+            if self._io is not None:
+                self._set_reading(kind is ReadResumed)
+        elif kind is ErrorOccurred:
+            assert isinstance(event, ErrorOccurred)
+            self._set_error(event.error)
+        elif kind is ConnectionClosed:
+            assert isinstance(event, ConnectionClosed)
+            self.closed_event = event
+            if event.error is not None:
+                self._set_error(event.error)
+            if not self._established_done:
+                error = self.error or self._closed_error("connect")
+                self._finish_handshake(self._enrich(error, "connect"))
+            self._wake_inbox()
+            self._update_writable()
+        elif kind is SessionClosed:
+            assert isinstance(event, SessionClosed)
+            if event.error is not None:
+                self._set_error(event.error)
+            self._fail_waiters(self._closed_error("request"))
+            self._wake_inbox()
+            self._update_writable()
+        # HeartbeatDue: the protocol machines keep their own pings; nothing to do here.
+
+    def _respond(self, request: Packet, data: Buffer, biz_type: int | None,
+                 ext_header: Buffer) -> Any:
+        """The responder a request message calls (the backend's, awaitable or blocking)."""
+        raise NotImplementedError
+
+    def _deliver(self, packet: Packet, is_request: bool) -> None:
+        """A one-way message or a request for the application (MessageReceived /
+        RequestReceived)."""
+        message = self._message_type(packet, self.id, self._respond if is_request else None)
+        size = len(packet.payload)
+        self._in_messages += 1
+        self._in_bytes += size
+        if is_request:
+            self._unanswered.add(packet.message_id)
+        dispatch = self.dispatch
+        if dispatch is not None and not self._inbox and dispatch(message):
+            return  # taken from this call: never queued, no waiter woken for it
+        self._inbox.append(message)
+        # The session machine directly (Connection.message_delivered would drain its events,
+        # hiding a ReadPaused from the check that ends _process's loop).
+        self._sm.message_delivered(size)
+        self._wake_inbox()
+
+    def _response(self, request_id: int, packet: Packet) -> None:
+        """The response to our request *request_id* (ResponseReceived)."""
+        waiter = self._responses.pop(request_id, None)
+        if waiter is not None:
+            self._settle(waiter, self._message_type(packet, self.id), None)
+        self._in_messages += 1
+        self._in_bytes += len(packet.payload)
+
+    def _fail_waiters(self, error: TransportError) -> None:
+        responses, self._responses = self._responses, {}
+        for waiter in responses.values():
+            self._settle(waiter, None, error)
+
+    def _finish_handshake(self, error: TransportError | None) -> None:
+        if not self._established_done:
+            self._established_done = True
+            self._established_error = error
+            self._handshake_settled()
+
+    def _update_metrics(self, metrics: TransportMetrics, state_may_move: bool = True) -> None:
+        # Once per _process pass: the messages of the batch, and the gauge's state (which only
+        # moves with an event other than a message).
+        if self._in_messages:
+            metrics.messages_in += self._in_messages
+            metrics.bytes_in += self._in_bytes
+            self._in_messages = self._in_bytes = 0
+        if state_may_move and self._gauge is not None:
+            self._gauge.state(self._sm.state)
+
+    def _set_error(self, error: TransportError) -> None:
+        if self.error is None:
+            self.error = self._enrich(error, "receive")
+            # A session that never opened is a failed connect: connect() counts that one.
+            if self.established is not None or self._count_early_errors:
+                self._count(self.error)
+
+    def _count(self, error: TransportError) -> TransportError:
+        if self._metrics is not None:
+            self._metrics.error(error)
+        return error
+
+    def _enrich(self, error: TransportError, operation: str) -> TransportError:
+        return map_error(error, operation=operation, session_id=self.id)
+
+    def _closed_error(self, operation: str) -> TransportError:
+        if self.error is not None:
+            return self.error.with_operation(operation)
+        return TransportConnectionError(
+            f"the {self.protocol.value} session is closed", code="connection.closed",
+            retryable=False, session_id=self.id, operation=operation,
+        )
+
+    # --- the socket side -----------------------------------------------------------------------
+
+    def take_output(self) -> list[Buffer]:
+        """Return the bytes to write and account them as flushed (stream sockets)."""
+        machine = self._stream_machine
+        data = machine.data_to_send() if machine is not None else self._conn.data_to_send()
+        packets = self.unflushed_packets
+        if packets:
+            # _account_flushed, inlined: this runs once per write.
+            self.packets_flushed += packets
+            if self._sm.flushed(self._unflushed_bytes, packets):
+                self.flush_emitted = True
+            metrics = self._metrics
+            if metrics is not None:
+                metrics.messages_out += packets
+                metrics.bytes_out += self._unflushed_payload
+            self._unflushed_bytes = self.unflushed_packets = self._unflushed_payload = 0
+        return data
+
+    def take_datagrams(self, now: float | None = None) -> list[tuple[bytes, Address]]:
+        """Return the datagrams to send and account them as flushed (QUIC client)."""
+        grams = self._conn.datagrams_to_send(self._time() if now is None else now)
+        self._account_flushed()
+        return grams
+
+    def account_flushed(self) -> None:
+        """The endpoint sent this session's datagrams (QUIC server)."""
+        self._account_flushed()
+
+    def _account_flushed(self) -> None:
+        packets = self.unflushed_packets
+        if packets:
+            self.packets_flushed += packets
+            # The session machine directly (what Connection.flushed does, minus draining its
+            # events): process_if_pending sees whether it emitted SendResumed.
+            if self._sm.flushed(self._unflushed_bytes, packets):
+                self.flush_emitted = True
+            metrics = self._metrics
+            if metrics is not None:
+                # Counted when handed to the socket, once per flush.
+                metrics.messages_out += packets
+                metrics.bytes_out += self._unflushed_payload
+            self._unflushed_bytes = self.unflushed_packets = self._unflushed_payload = 0
+
+    @property
+    def write_closed(self) -> bool:
+        """Whether the core wants the write side shut (stream sockets)."""
+        machine = self._stream_machine
+        return machine.write_closed if machine is not None else self._conn.write_closed
+
+    @property
+    def machine_closed(self) -> bool:
+        """Whether the protocol machine is over (the socket may close after the last write)."""
+        return self._conn.machine.is_closed
+
+    def feed_eof(self, now: float | None = None) -> None:
+        """The peer shut its write side."""
+        self._conn.receive_data(b"", self._time() if now is None else now)
+        self._after_input()
+
+    def feed_datagram(self, data: bytes, addr: Address, now: float | None = None) -> None:
+        """A datagram arrived (QUIC client sockets)."""
+        self._conn.receive_datagram(data, addr, self._time() if now is None else now)
+        self._after_input()
+
+    def lost(self, exc: BaseException | None, now: float | None = None) -> None:
+        """The socket closed or broke (*exc*: why, if it broke): the core learns it."""
+        if not self._conn.machine.is_closed:
+            error = (
+                map_error(exc, protocol=self.protocol, operation="receive", session_id=self.id)
+                if exc is not None else None
+            )
+            self._conn.connection_lost(self._time() if now is None else now, error)
+            self._process()
+
+    def start_close(self, code: int | None = None, reason: str = "") -> None:
+        """Begin a graceful close without waiting for it (see ``close``)."""
+        if self._released:
+            return
+        if not self._conn.machine.is_closed:
+            self._conn.close(code, reason)
+        self._after_input()
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Drop the connection now, without a close handshake (pending requests fail with
+        ``connection.aborted``)."""
+        if self._released:
+            return
+        self.forced = True
+        error = TransportConnectionError(
+            f"the session was {reason}", code="connection.aborted", retryable=False,
+            session_id=self.id,
+        )
+        self._conn.connection_lost(self._time(), error)
+        self._process()
+        self._drop()
+
+    def socket_gone(self) -> None:
+        """The socket is released: the session is over."""
+        if self._released:
+            return
+        if self.closed_event is None:
+            # The core saw no close (should not happen): fail what waits all the same.
+            self._fail_waiters(self._closed_error("receive"))
+        self._released = True
+        if self._gauge is not None:
+            self._gauge.closed()
+        self._finish_handshake(self._closed_error("connect"))
+        self._on_released()
+        callbacks, self._finish_callbacks = self._finish_callbacks, []
+        for callback in callbacks:
+            callback(self)
