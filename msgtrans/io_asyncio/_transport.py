@@ -26,16 +26,15 @@ from .._driver.transport import (
     _datagram_server,
     _handler_failed,
     _no_request_handler,
+    _numeric_addrinfo,
     _send_result,
 )
-from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, make_machine
+from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from ..core.config import ConnectionConfig, ServerConfig, to_config
 from ..core.connection import Connection
-from ..core.errormap import map_error
 from ..core.errors import TransportError
 from ..core.expansion import ExpansionStrategy
 from ..core.packet import Buffer, PacketType
-from ..core.session import DEFAULT_REQUEST_TIMEOUT
 from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, start_quic_listener
@@ -255,12 +254,10 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             else:  # pragma: no cover - Python 3.10
                 return await asyncio.wait_for(self._open(config, holder), limit)
         except asyncio.TimeoutError as exc:
-            session_id = holder[0].id if holder else None
+            error = self._connect_error(exc, config, holder[0] if holder else None,
+                                        timeout=limit, count=True)
             if holder:
                 holder[0].abort("abandoned: connect timed out")
-            error = map_error(exc, protocol=config.protocol, operation="connect",
-                              session_id=session_id, timeout=limit)
-            self._metrics.error(error)
             raise error from None
         except TransportError as exc:
             # A session that never opened does not count its own error: this is the one count.
@@ -296,11 +293,10 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
                     config.host, config.port,
                 )
         except OSError as exc:
-            session_id = holder[0].id if holder else None
+            error = self._connect_error(exc, config, holder[0] if holder else None)
             if holder:
                 holder[0].abort("connect failed")
-            raise map_error(exc, protocol=config.protocol, operation="connect",
-                            session_id=session_id) from None
+            raise error from None
         await session.wait_established()
         return session
 
@@ -585,15 +581,9 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             TransportError: every first open failed (the last connect error); with ``min=0``
                 nothing is opened up front and nothing is raised.
         """
-        self._check_open("pool")
-        config = to_config(address)
-        machine = make_machine(min, max, target, strategy=strategy,
-                               now=asyncio.get_running_loop().time(), settings=settings)
-        pool = SessionPool(
-            self, config, machine, metrics=self._metrics,
-            request_timeout=float(self._settings.get("request_timeout", DEFAULT_REQUEST_TIMEOUT)),
-            on_closed=self._pools.closed,
-        )
+        config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
+                                             settings=settings, now=asyncio.get_running_loop().time)
+        pool = SessionPool(self, config, machine, **self._pool_settings())
         self._pools.add(pool)
         pool.start()
         try:
@@ -679,27 +669,6 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             await asyncio.gather(*tasks, return_exceptions=True)
         return ShutdownReport(*self._shutdown_figures(sessions, flushed_before),
                               elapsed=loop.time() - start)
-
-
-def _numeric_addrinfo(host: str, port: int) -> list[tuple[Any, ...]] | None:
-    """``getaddrinfo``'s answer for an IP address written out (``None`` for a name, or an
-    IPv6 address with a zone, which only the resolver turns into a scope id).
-
-    ``loop.getaddrinfo`` always runs in the default executor, a thread hand-off per connect
-    (measured near 1 ms on a busy 2-core machine) for an answer known without asking.  The
-    address is written back as ``inet_ntop`` writes it, the form ``recvfrom`` reports and QUIC
-    compares the sender's address with.
-    """
-    if "%" in host:
-        return None
-    for family, sockaddr_tail in ((socket.AF_INET, ()), (socket.AF_INET6, (0, 0))):
-        try:
-            packed = socket.inet_pton(family, host)
-        except (OSError, ValueError):
-            continue
-        sockaddr = (socket.inet_ntop(family, packed), port, *sockaddr_tail)
-        return [(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "", sockaddr)]
-    return None
 
 
 async def _bounded(awaitable: Any, deadline: float, loop: asyncio.AbstractEventLoop) -> None:

@@ -22,16 +22,14 @@ from .._driver.transport import (
     _no_request_handler,
     _send_result,
 )
-from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, make_machine
+from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from ..core.config import ConnectionConfig, ServerConfig, to_config
 from ..core.connection import Connection
-from ..core.errormap import map_error
 from ..core.errors import TransportConnectionError, TransportError, TransportTimeoutError
 from ..core.expansion import ExpansionStrategy
 from ..core.metrics import MetricsSnapshot
 from ..core.packet import Buffer
 from ..core.pool import PoolStatus
-from ..core.session import DEFAULT_REQUEST_TIMEOUT
 from ._channels import (
     QuicClientChannel,
     QuicListener,
@@ -456,13 +454,11 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
                     channel = StreamChannel(loop, session, sock)
             loop.submit(channel.start)
         except OSError as exc:
-            session_id = session.id if session is not None else None
+            error = self._connect_error(
+                exc, config, session, timeout=limit if isinstance(exc, TimeoutError) else None,
+                count=True)
             if session is not None:
                 self._abandon(session, "connect failed")
-            error = map_error(exc, protocol=config.protocol, operation="connect",
-                              session_id=session_id,
-                              timeout=limit if isinstance(exc, TimeoutError) else None)
-            self._metrics.error(error)
             raise error from None
         except BaseException:
             if session is not None:
@@ -476,10 +472,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             self._abandon(session, "abandoned during connect")
             raise
         self._abandon(session, "abandoned: connect timed out")
-        error = map_error(TimeoutError(), protocol=config.protocol, operation="connect",
-                          session_id=session.id, timeout=limit)
-        self._metrics.error(error)
-        raise error from None
+        raise self._connect_error(TimeoutError(), config, session, timeout=limit,
+                                  count=True) from None
 
     def _abandon(self, session: Session, reason: str) -> None:
         """Abort a session whose connect failed and wait (bounded) until the I/O thread
@@ -629,16 +623,10 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             TransportError: every first open failed (the last connect error); with ``min=0``
                 nothing is opened up front and nothing is raised.
         """
-        self._check_open("pool")
-        config = to_config(address)
+        config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
+                                             settings=settings, now=time.monotonic)
         loop = self._ensure_loop()
-        machine = make_machine(min, max, target, strategy=strategy, now=time.monotonic(),
-                               settings=settings)
-        pool = SessionPool(
-            self, config, machine, metrics=self._metrics,
-            request_timeout=float(self._settings.get("request_timeout", DEFAULT_REQUEST_TIMEOUT)),
-            loop=loop, on_closed=self._pools.closed,
-        )
+        pool = SessionPool(self, config, machine, loop=loop, **self._pool_settings())
         with loop.lock:
             self._pools.add(pool)
         pool.start()

@@ -25,14 +25,13 @@ from .._driver.transport import (
     _no_request_handler,
     _send_result,
 )
-from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, make_machine
+from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from ..core.config import ConnectionConfig, ServerConfig, to_config
 from ..core.connection import Connection
 from ..core.errormap import map_error
 from ..core.errors import ConfigurationError, TransportConnectionError, TransportError
 from ..core.expansion import ExpansionStrategy
 from ..core.packet import Buffer
-from ..core.session import DEFAULT_REQUEST_TIMEOUT
 from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, open_quic_listener
@@ -343,11 +342,9 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             with trio.fail_after(limit):
                 return await self._open(config, holder, spawn)
         except trio.TooSlowError as exc:
-            session_id = holder[0].id if holder else None
+            error = self._connect_error(exc, config, holder[0] if holder else None,
+                                        timeout=limit, count=True)
             await _abandon(holder, "abandoned: connect timed out")
-            error = map_error(exc, protocol=config.protocol, operation="connect",
-                              session_id=session_id, timeout=limit)
-            self._metrics.error(error)
             raise error from None
         except TransportError as exc:
             self._metrics.error(exc)
@@ -386,12 +383,11 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
                 sock.close()
             if not isinstance(exc, OSError) and getattr(exc, "exceptions", None) is None:
                 raise
-            session_id = holder[0].id if holder else None
+            error = self._connect_error(_single(exc), config, holder[0] if holder else None)
             if holder:
                 holder[0].abort("connect failed")
                 holder.clear()
-            raise map_error(_single(exc), protocol=config.protocol, operation="connect",
-                            session_id=session_id) from None
+            raise error from None
         await session.wait_established()
         return session
 
@@ -582,16 +578,10 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             TransportError: every first open failed (the last connect error); with ``min=0``
                 nothing is opened up front and nothing is raised.
         """
-        self._check_open("pool")
-        config = to_config(address)
-        spawn = self._spawner("pool")
-        machine = make_machine(min, max, target, strategy=strategy, now=trio.current_time(),
-                               settings=settings)
-        pool = SessionPool(
-            self, config, machine, metrics=self._metrics,
-            request_timeout=float(self._settings.get("request_timeout", DEFAULT_REQUEST_TIMEOUT)),
-            spawn=spawn, on_closed=self._pools.closed,
-        )
+        config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
+                                             settings=settings, now=trio.current_time)
+        pool = SessionPool(self, config, machine, spawn=self._spawner("pool"),
+                           **self._pool_settings())
         self._pools.add(pool)
         pool.start()
         try:
