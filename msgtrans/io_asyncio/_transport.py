@@ -343,7 +343,9 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             *(s.send(data, biz_type=biz_type, ext_header=ext_header) for s in targets),
             return_exceptions=True,
         )
-        return [_send_result(r, s) for s, r in zip(targets, results, strict=True)]
+        # Queued sends (None) taken as they are: no call per session on the usual path.
+        return [None if r is None else _send_result(r, s)
+                for s, r in zip(targets, results, strict=True)]
 
     async def send_to_all(self, data: Buffer, *, biz_type: int = 0,
                           ext_header: Buffer = b"") -> list[TransportError | None]:
