@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, count_quic_refusals
+from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, TransportBuilderBase, count_quic_refusals
 from .._pool_base import PoolDriverBase, PoolTracker, make_machine
 from ..core.config import (
     ConnectionConfig,
@@ -82,6 +82,16 @@ class _QuicListener(Protocol):
 S = TypeVar("S", bound=_Session)
 P = TypeVar("P", bound=PoolDriverBase[Any])
 Q = TypeVar("Q", bound=_QuicListener)
+
+
+def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
+    """The keyword arguments of the ``Transport`` *builder* builds (its session settings
+    checked: ``ConfigurationError`` when one is invalid)."""
+    return {
+        "settings": builder._checked_settings(),
+        "connect_timeout": builder._connect_timeout,
+        "shutdown_timeout": builder._shutdown_timeout,
+    }
 
 
 def _datagram_server(config: ServerConfig) -> QuicServerConfig | None:
@@ -161,14 +171,8 @@ class SessionStreamBase(Generic[S]):
 
 
 class TransportBase(Generic[S, P, Q]):
-    """The backend-neutral half of a ``Transport`` (see the module text).
-
-    Args:
-        settings: keyword arguments for every session's
-            :class:`~msgtrans.core.session.SessionMachine`.
-        connect_timeout: seconds for ``connect`` (``None``: each config's).
-        shutdown_timeout: seconds for the graceful shutdown of the ``with`` block.
-    """
+    """The backend-neutral half of a ``Transport`` (see the module text); the arguments are
+    each backend's ``Transport``'s."""
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ from .._driver.transport import (
     _no_request_handler,
     _numeric_addrinfo,
     _send_result,
+    _transport_args,
 )
 from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from ..core.config import ConnectionConfig, ServerConfig, to_config
@@ -73,12 +74,7 @@ class TransportBuilder(TransportBuilderBase):
         Raises:
             ConfigurationError: a session setting is invalid.
         """
-        settings = self._checked_settings()
-        return Transport(
-            settings=settings,
-            connect_timeout=self._connect_timeout,
-            shutdown_timeout=self._shutdown_timeout,
-        )
+        return Transport(**_transport_args(self))
 
 
 class SessionStream(SessionStreamBase[Session]):

@@ -21,6 +21,7 @@ from .._driver.transport import (
     _handler_failed,
     _no_request_handler,
     _send_result,
+    _transport_args,
 )
 from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from ..core.config import ConnectionConfig, ServerConfig, to_config
@@ -85,12 +86,7 @@ class TransportBuilder(TransportBuilderBase):
         Raises:
             ConfigurationError: a session setting is invalid.
         """
-        settings = self._checked_settings()
-        return Transport(
-            settings=settings,
-            connect_timeout=self._connect_timeout,
-            shutdown_timeout=self._shutdown_timeout,
-        )
+        return Transport(**_transport_args(self))
 
 
 class SessionStream(SessionStreamBase[Session]):
