@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import logging
 import socket
@@ -20,32 +19,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Gener
 from types import TracebackType
 from typing import Any
 
-from .._backend import (
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    ShutdownReportBase,
-    TransportBuilderBase,
-    count_quic_refusals,
+from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReportBase, TransportBuilderBase
+from .._driver.transport import (
+    SessionStreamBase,
+    TransportBase,
+    _datagram_server,
+    _handler_failed,
+    _no_request_handler,
+    _numeric_addrinfo,
+    _send_result,
+    _transport_args,
 )
-from ..core.config import (
-    ConnectionConfig,
-    QuicConfig,
-    QuicServerConfig,
-    ServerConfig,
-    to_config,
-    to_server_config,
-)
-from ..core.connection import Connection, client_connection
-from ..core.errormap import map_error
-from ..core.errors import (
-    ConfigurationError,
-    TransportConnectionError,
-    TransportError,
-)
+from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
+from ..core.config import ConnectionConfig, ServerConfig, to_config
+from ..core.connection import Connection
+from ..core.errors import TransportError
 from ..core.expansion import ExpansionStrategy
-from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
 from ..core.packet import Buffer, PacketType
-from ..core.pool import PoolMachine, PoolStatus
-from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
 from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, start_quic_listener
@@ -84,15 +74,10 @@ class TransportBuilder(TransportBuilderBase):
         Raises:
             ConfigurationError: a session setting is invalid.
         """
-        settings = self._checked_settings()
-        return Transport(
-            settings=settings,
-            connect_timeout=self._connect_timeout,
-            shutdown_timeout=self._shutdown_timeout,
-        )
+        return Transport(**_transport_args(self))
 
 
-class SessionStream:
+class SessionStream(SessionStreamBase[Session]):
     """The sessions accepted by one or more listeners, as an async iterator and an async
     context manager (leaving it stops accepting; sessions already accepted stay open).
 
@@ -102,18 +87,14 @@ class SessionStream:
     """
 
     def __init__(self, transport: Transport, configs: Iterable[Any]) -> None:
+        super().__init__(configs)
         self._transport = transport
-        self._configs: list[ServerConfig] = [to_server_config(c) for c in configs]
-        self._queue: deque[Session] = deque()
         self._event = asyncio.Event()
-        self._closed = False
-        self._started = False
         self._stream_listeners: list[StreamListener] = []
         self._quic_listeners: list[QuicListener] = []
         # Set by Transport.serve: each accepted session is handed straight to it from the
         # accepting callback, rather than queued for the iterator to wake up and take.
         self._on_session: Callable[[Session], None] | None = None
-        self.addresses: list[tuple[str, int]] = []
 
     async def start(self) -> None:
         """Open every listener.
@@ -131,9 +112,10 @@ class SessionStream:
         settings = transport._settings
         try:
             for config in self._configs:
-                if isinstance(config, QuicServerConfig):
+                datagram = _datagram_server(config)
+                if datagram is not None:
                     quic = await start_quic_listener(
-                        config, transport._new_session, self._deliver, settings
+                        datagram, transport._new_session, self._deliver, settings
                     )
                     transport._quic_listeners.append(quic)
                     self._quic_listeners.append(quic)
@@ -150,9 +132,7 @@ class SessionStream:
             raise
 
     def _deliver(self, session: Session) -> None:
-        if self._closed:
-            session.start_close(session.connection.going_away_code,
-                                "not accepting")
+        if self._turned_away(session):
             return
         if self._on_session is not None:
             self._on_session(session)
@@ -194,7 +174,7 @@ class SessionStream:
         return self._queue.popleft()
 
 
-class Transport:
+class Transport(TransportBase[Session, SessionPool, QuicListener]):
     """Sessions over TCP, TLS, WebSocket and QUIC on an asyncio event loop.
 
     Make one with :meth:`builder` (or ``Transport()`` for the defaults).  ``async with
@@ -215,23 +195,11 @@ class Transport:
         connect_timeout: float | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     ) -> None:
-        self._settings: dict[str, Any] = dict(settings or {})
-        self._connect_timeout = connect_timeout
-        self._shutdown_timeout = shutdown_timeout
-        self._sessions: dict[int, Session] = {}
-        self._last_id = 0
+        super().__init__(settings=settings, connect_timeout=connect_timeout,
+                         shutdown_timeout=shutdown_timeout)
         self._streams: set[SessionStream] = set()
-        self._quic_listeners: list[QuicListener] = []
         self._handler_tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
         self._shutdown: asyncio.Future[ShutdownReport] | None = None
-        self._flushed_total = 0
-        self._metrics = TransportMetrics()
-        self._pools: list[SessionPool] = []
-        self._pooled = False  # a pool was ever made: stats() then carries pool gauges
-        # Expansions and shrinks of closed pools, so the summed counters never go down.
-        self._closed_pool_counts = (0, 0)
-        self._quic_refused: dict[QuicListener, int] = {}  # refusals already counted
 
     @staticmethod
     def builder() -> TransportBuilder:
@@ -249,32 +217,9 @@ class Transport:
 
     # --- sessions ------------------------------------------------------------------------------
 
-    def _check_open(self, operation: str) -> None:
-        if self._closing:
-            raise TransportConnectionError(
-                "the transport is shut down", code="connection.closed", retryable=False,
-                operation=operation,
-            )
-
-    def _new_session(self, make: Callable[[int], Connection]) -> Session:
-        self._last_id += 1
-        session_id = self._last_id
-        session = Session(make(session_id), session_id, asyncio.get_running_loop(),
-                          on_finished=self._forget, metrics=self._metrics)
-        self._sessions[session_id] = session
-        return session
-
-    def _forget(self, session: Session) -> None:
-        if self._sessions.pop(session.id, None) is not None:
-            self._flushed_total += session.packets_flushed
-
-    def sessions(self) -> list[Session]:
-        """The open sessions (handshake complete, not closed), oldest first."""
-        return [s for s in self._sessions.values() if s.state is SessionState.OPEN]
-
-    def session_count(self) -> int:
-        """How many sessions are open."""
-        return len(self.sessions())
+    def _make_session(self, connection: Connection, session_id: int) -> Session:
+        return Session(connection, session_id, asyncio.get_running_loop(),
+                       on_finished=self._forget, metrics=self._metrics)
 
     async def connect(self, target: str | ConnectionConfig, *,
                       timeout: float | None = None) -> Session:
@@ -294,10 +239,7 @@ class Transport:
         """
         self._check_open("connect")
         config = to_config(target)
-        limit = timeout if timeout is not None else (
-            self._connect_timeout if self._connect_timeout is not None
-            else config.connect_timeout
-        )
+        limit = self._connect_limit(config, timeout)
         holder: list[Session] = []
         try:
             if sys.version_info >= (3, 11):
@@ -308,12 +250,10 @@ class Transport:
             else:  # pragma: no cover - Python 3.10
                 return await asyncio.wait_for(self._open(config, holder), limit)
         except asyncio.TimeoutError as exc:
-            session_id = holder[0].id if holder else None
+            error = self._connect_error(exc, config, holder[0] if holder else None,
+                                        timeout=limit, count=True)
             if holder:
                 holder[0].abort("abandoned: connect timed out")
-            error = map_error(exc, protocol=config.protocol, operation="connect",
-                              session_id=session_id, timeout=limit)
-            self._metrics.error(error)
             raise error from None
         except TransportError as exc:
             # A session that never opened does not count its own error: this is the one count.
@@ -328,26 +268,20 @@ class Transport:
 
     async def _open(self, config: ConnectionConfig, holder: list[Session]) -> Session:
         loop = asyncio.get_running_loop()
-        settings = self._settings
         try:
-            if isinstance(config, QuicConfig):
+            if config.transport_kind == "datagram":
                 infos = _numeric_addrinfo(config.host, config.port) or await loop.getaddrinfo(
                     config.host, config.port, type=socket.SOCK_DGRAM
                 )
                 addr = infos[0][4]
-                session = self._new_session(
-                    lambda sid: client_connection(config, session_id=sid, resolved=addr,
-                                                  **settings)
-                )
+                session = self._new_session(self._connection(config, addr))
                 holder.append(session)
                 await loop.create_datagram_endpoint(
                     lambda: QuicClientIO(session, addr), remote_addr=(str(addr[0]), int(addr[1])),
                     family=infos[0][0],
                 )
             else:
-                session = self._new_session(
-                    lambda sid: client_connection(config, session_id=sid, **settings)
-                )
+                session = self._new_session(self._connection(config))
                 holder.append(session)
                 await loop.create_connection(
                     lambda: StreamIO(session, nodelay=getattr(config, "nodelay", True),
@@ -355,11 +289,10 @@ class Transport:
                     config.host, config.port,
                 )
         except OSError as exc:
-            session_id = holder[0].id if holder else None
+            error = self._connect_error(exc, config, holder[0] if holder else None)
             if holder:
                 holder[0].abort("connect failed")
-            raise map_error(exc, protocol=config.protocol, operation="connect",
-                            session_id=session_id) from None
+            raise error from None
         await session.wait_established()
         return session
 
@@ -406,17 +339,9 @@ class Transport:
             *(s.send(data, biz_type=biz_type, ext_header=ext_header) for s in targets),
             return_exceptions=True,
         )
-        out: list[TransportError | None] = []
-        for session, result in zip(targets, results, strict=True):
-            if result is None:
-                out.append(None)
-            elif isinstance(result, TransportError):
-                out.append(result)
-            elif isinstance(result, Exception):
-                out.append(map_error(result, operation="send", session_id=session.id))
-            else:
-                raise result  # cancellation and exit are not results
-        return out
+        # Queued sends (None) taken as they are: no call per session on the usual path.
+        return [None if r is None else _send_result(r, s)
+                for s, r in zip(targets, results, strict=True)]
 
     async def send_to_all(self, data: Buffer, *, biz_type: int = 0,
                           ext_header: Buffer = b"") -> list[TransportError | None]:
@@ -605,8 +530,7 @@ class Transport:
     ) -> None:
         # started: the rest of an on_request the protocol callback began (see dispatch).
         if started is None and on_request is None:
-            logger.warning("session %s: request %s dropped: the handler has no on_request",
-                           session.id, message.message_id)
+            _no_request_handler(logger, session, message)
             return
         try:
             result = await (started if started is not None else on_request(session, message))
@@ -629,8 +553,8 @@ class Transport:
         address: str | ConnectionConfig,
         /,
         *,
-        min: int = 2,
-        max: int = 64,
+        min: int = DEFAULT_POOL_MIN,
+        max: int = DEFAULT_POOL_MAX,
         target: int | None = None,
         strategy: ExpansionStrategy | None = None,
         **settings: Any,
@@ -655,24 +579,10 @@ class Transport:
             TransportError: every first open failed (the last connect error); with ``min=0``
                 nothing is opened up front and nothing is raised.
         """
-        self._check_open("pool")
-        # min and max are the issue's names for the sizes; the builtins are reached through
-        # the builtins module in this method.
-        config = to_config(address)
-        if target is None:
-            target = builtins.max(min, builtins.min(16, max))
-        try:
-            machine = PoolMachine(min, max, target, strategy,
-                                  now=asyncio.get_running_loop().time(), **settings)
-        except TypeError as exc:
-            raise ConfigurationError("pool", str(exc)) from exc
-        pool = SessionPool(
-            self, config, machine, metrics=self._metrics,
-            request_timeout=float(self._settings.get("request_timeout", DEFAULT_REQUEST_TIMEOUT)),
-            on_closed=self._pool_closed,
-        )
-        self._pools.append(pool)
-        self._pooled = True
+        config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
+                                             settings=settings, now=asyncio.get_running_loop().time)
+        pool = SessionPool(self, config, machine, **self._pool_settings())
+        self._pools.add(pool)
         pool.start()
         try:
             await pool.wait_started()
@@ -680,66 +590,6 @@ class Transport:
             await pool.close()
             raise
         return pool
-
-    def _pool_closed(self, pool: SessionPool) -> None:
-        if pool in self._pools:
-            self._pools.remove(pool)
-            status = pool.status()
-            grown, shrunk = self._closed_pool_counts
-            self._closed_pool_counts = (grown + status.expansion_count,
-                                        shrunk + status.shrink_count)
-
-    def pools(self) -> list[SessionPool]:
-        """The pools not closed yet, oldest first."""
-        return list(self._pools)
-
-    def pool_status(self) -> PoolStatus:
-        """The statuses of every open pool summed: connection, lease and step counts add up
-        (steps of closed pools included, so they never go down), utilisation is weighted by
-        each pool's lease capacity, ``last_decisions`` are the newest 16 of all pools."""
-        statuses = [p.status() for p in self._pools]
-        capacity = sum(
-            len(p.machine.connections) * p.machine.max_leases_per_connection for p in self._pools
-        )
-        in_use = sum(s.leases_in_use for s in statuses)
-        waiting = sum(s.waiting_leases for s in statuses)
-        # With no capacity, as the machine: 1.0 when demand waits, else 0.0.
-        utilisation = in_use / capacity if capacity else (1.0 if waiting else 0.0)
-        grown, shrunk = self._closed_pool_counts
-        decisions = tuple(d for s in statuses for d in s.last_decisions)[-16:]
-        return PoolStatus(
-            active_connections=sum(s.active_connections for s in statuses),
-            idle_connections=sum(s.idle_connections for s in statuses),
-            pending_connections=sum(s.pending_connections for s in statuses),
-            pool_utilization=utilisation,
-            expansion_count=grown + sum(s.expansion_count for s in statuses),
-            shrink_count=shrunk + sum(s.shrink_count for s in statuses),
-            waiting_leases=waiting,
-            leases_in_use=in_use,
-            last_decisions=decisions,
-        )
-
-    def stats(self) -> MetricsSnapshot:
-        """Return every metric now, as plain immutable data (``.as_dict()`` for JSON): live
-        sessions by protocol and state, sessions opened and closed, messages and payload bytes
-        in and out, errors by ``error_code`` (``connection.refused_by_server`` counts the
-        connections our listeners refused at ``max_sessions``), the request latency histogram,
-        pool expansions and shrinks by trigger, and the summed :meth:`pool_status` once a pool
-        was made."""
-        self._count_quic_refusals()
-        if self._pooled:
-            self._metrics.observe_pool(self.pool_status())
-        return self._metrics.snapshot()
-
-    def stats_prometheus(self, prefix: str = "msgtrans") -> str:
-        """Return :meth:`stats` in the Prometheus text exposition format (for ``/metrics``)."""
-        return render_prometheus(self.stats(), prefix)
-
-    def _refused(self) -> None:
-        self._metrics.error("connection.refused_by_server")
-
-    def _count_quic_refusals(self) -> None:
-        count_quic_refusals(self._metrics, self._quic_listeners, self._quic_refused)
 
     # --- shutdown ------------------------------------------------------------------------------
 
@@ -793,20 +643,13 @@ class Transport:
             pool._begin_close()
         for pool in pools:
             await pool.wait_tasks()
-        sessions = list(self._sessions.values())
-        flushed_before = self._flushed_total + sum(s.packets_flushed for s in sessions)
+        sessions, flushed_before = self._shutdown_sessions()
         if drain and sessions:
             await _bounded(asyncio.gather(*(s.wait_idle() for s in sessions)), deadline, loop)
-        for session in sessions:
-            code = session.connection.going_away_code
-            session.start_close(code, "shutdown")
-        for quic in self._quic_listeners:
-            quic.stop()
+        self._close_sessions(sessions)
         if sessions:
             await _bounded(asyncio.gather(*(s.wait_closed() for s in sessions)), deadline, loop)
-        for session in sessions:
-            if not session.is_closed:
-                session.abort("aborted by shutdown")
+        self._abort_sessions(sessions)
         for quic in self._quic_listeners:
             quic.abort()
         # Aborted sockets report connection_lost on the next loop iteration; wait for that so
@@ -815,49 +658,15 @@ class Transport:
         waits += [q.wait_closed() for q in self._quic_listeners]
         if waits:
             await _bounded(asyncio.gather(*waits), loop.time() + 1.0, loop)
-        self._count_quic_refusals()
-        self._quic_listeners.clear()
-        self._quic_refused.clear()
+        self._forget_quic_listeners()
         tasks = list(self._handler_tasks)
         for task in tasks:
             if not task.done():
                 task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        flushed = self._flushed_total + sum(
-            s.packets_flushed for s in sessions if s.id in self._sessions
-        ) - flushed_before
-        clean = sum(
-            1 for s in sessions
-            if not s.forced and s.closed_event is not None and s.closed_event.clean
-        )
-        return ShutdownReport(
-            closed_cleanly=clean,
-            forced=len(sessions) - clean,
-            messages_flushed=max(0, flushed),
-            elapsed=loop.time() - start,
-        )
-
-
-def _numeric_addrinfo(host: str, port: int) -> list[tuple[Any, ...]] | None:
-    """``getaddrinfo``'s answer for an IP address written out (``None`` for a name, or an
-    IPv6 address with a zone, which only the resolver turns into a scope id).
-
-    ``loop.getaddrinfo`` always runs in the default executor, a thread hand-off per connect
-    (measured near 1 ms on a busy 2-core machine) for an answer known without asking.  The
-    address is written back as ``inet_ntop`` writes it, the form ``recvfrom`` reports and QUIC
-    compares the sender's address with.
-    """
-    if "%" in host:
-        return None
-    for family, sockaddr_tail in ((socket.AF_INET, ()), (socket.AF_INET6, (0, 0))):
-        try:
-            packed = socket.inet_pton(family, host)
-        except (OSError, ValueError):
-            continue
-        sockaddr = (socket.inet_ntop(family, packed), port, *sockaddr_tail)
-        return [(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "", sockaddr)]
-    return None
+        return ShutdownReport(*self._shutdown_figures(sessions, flushed_before),
+                              elapsed=loop.time() - start)
 
 
 async def _bounded(awaitable: Any, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
@@ -921,7 +730,5 @@ async def _call(handler: Any, name: str, *args: Any) -> None:
     try:
         await method(*args)
     except Exception as exc:
-        session = args[0]
-        logger.exception("handler %s raised (session %s)", name, getattr(session, "id", "?"))
-        if name != "on_error":
-            await _call(handler, "on_error", session, exc)
+        if _handler_failed(logger, name, args[0]):
+            await _call(handler, "on_error", args[0], exc)

@@ -18,60 +18,16 @@ by the shutdown; :meth:`Transport.serve` runs its handler in a small thread pool
 protocol decision is the core's.
 """
 
-from ..core.config import (
-    QuicConfig,
-    QuicServerConfig,
-    ServerTlsConfig,
-    TcpConfig,
-    TcpServerConfig,
-    TlsConfig,
-    WebSocketConfig,
-    WebSocketServerConfig,
-)
-from ..core.errors import (
-    ConfigurationError,
-    Protocol,
-    ProtocolError,
-    ResourceError,
-    TransportConnectionError,
-    TransportError,
-    TransportTimeoutError,
-)
-from ..core.metrics import MetricsSnapshot
-from ..core.packet import PacketType
-from ..core.pool import PoolStatus
-from ..core.session import CloseReason, SessionState
+from .._driver import exports as _exports
+from .._driver.exports import *  # noqa: F403  (the core's public names, as in every backend)
 from ._message import Message
 from ._pool import SessionPool
 from ._session import Session
 from ._transport import SessionStream, ShutdownReport, Transport, TransportBuilder
 
-__all__ = [
-    "CloseReason",
-    "ConfigurationError",
-    "Message",
-    "MetricsSnapshot",
-    "PacketType",
-    "PoolStatus",
-    "Protocol",
-    "ProtocolError",
-    "QuicConfig",
-    "QuicServerConfig",
-    "ResourceError",
-    "ServerTlsConfig",
-    "Session",
-    "SessionPool",
-    "SessionState",
-    "SessionStream",
-    "ShutdownReport",
-    "TcpConfig",
-    "TcpServerConfig",
-    "TlsConfig",
-    "Transport",
-    "TransportBuilder",
-    "TransportConnectionError",
-    "TransportError",
-    "TransportTimeoutError",
-    "WebSocketConfig",
-    "WebSocketServerConfig",
-]
+# This backend's own classes, then the core's names; sorted, as the list always was.
+__all__ = ["Message", "Session", "SessionPool", "SessionStream", "ShutdownReport", "Transport",
+           "TransportBuilder"]
+__all__ += _exports.__all__
+__all__.sort()
+del _exports

@@ -8,39 +8,29 @@ import logging
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from .._backend import (
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    ShutdownReportBase,
-    TransportBuilderBase,
-    count_quic_refusals,
+from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReportBase, TransportBuilderBase
+from .._driver.transport import (
+    SessionStreamBase,
+    TransportBase,
+    _datagram_server,
+    _handler_failed,
+    _no_request_handler,
+    _send_result,
+    _transport_args,
 )
-from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, PoolTracker, make_machine
-from ..core.config import (
-    ConnectionConfig,
-    QuicConfig,
-    QuicServerConfig,
-    ServerConfig,
-    to_config,
-    to_server_config,
-)
-from ..core.connection import Connection, client_connection
-from ..core.errormap import map_error
-from ..core.errors import (
-    TransportConnectionError,
-    TransportError,
-    TransportTimeoutError,
-)
+from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
+from ..core.config import ConnectionConfig, ServerConfig, to_config
+from ..core.connection import Connection
+from ..core.errors import TransportConnectionError, TransportError, TransportTimeoutError
 from ..core.expansion import ExpansionStrategy
-from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
+from ..core.metrics import MetricsSnapshot
 from ..core.packet import Buffer
 from ..core.pool import PoolStatus
-from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
 from ._channels import (
     QuicClientChannel,
     QuicListener,
@@ -96,15 +86,10 @@ class TransportBuilder(TransportBuilderBase):
         Raises:
             ConfigurationError: a session setting is invalid.
         """
-        settings = self._checked_settings()
-        return Transport(
-            settings=settings,
-            connect_timeout=self._connect_timeout,
-            shutdown_timeout=self._shutdown_timeout,
-        )
+        return Transport(**_transport_args(self))
 
 
-class SessionStream:
+class SessionStream(SessionStreamBase[Session]):
     """The sessions accepted by one or more listeners, as an iterator and a context manager
     (leaving it stops accepting; sessions already accepted stay open).  Safe from any thread.
 
@@ -114,18 +99,14 @@ class SessionStream:
     """
 
     def __init__(self, transport: Transport, configs: Iterable[Any]) -> None:
+        super().__init__(configs)
         self._transport = transport
-        self._configs: list[ServerConfig] = [to_server_config(c) for c in configs]
-        self._queue: deque[Session] = deque()
-        self._closed = False
-        self._started = False
         self._loop: IOLoop | None = None
         # Its own condition on the transport lock: the thread waiting in accept() is woken by
         # a session delivered or the stream closed, not by every event of every session.
         self._cond: threading.Condition | None = None
         self._stream_listeners: list[StreamListener] = []
         self._quic_listeners: list[QuicListener] = []
-        self.addresses: list[tuple[str, int]] = []
 
     def start(self) -> None:
         """Open every listener.
@@ -146,8 +127,9 @@ class SessionStream:
             transport._streams.add(self)
         try:
             for config in self._configs:
-                if isinstance(config, QuicServerConfig):
-                    quic = open_quic_listener(loop, config, transport._new_session,
+                datagram = _datagram_server(config)
+                if datagram is not None:
+                    quic = open_quic_listener(loop, datagram, transport._new_session,
                                               self._deliver, settings)
                     with loop.lock:
                         transport._quic_listeners.append(quic)
@@ -167,9 +149,7 @@ class SessionStream:
 
     def _deliver(self, session: Session) -> None:
         # I/O thread, lock held.
-        if self._closed:
-            session.start_close(session.connection.going_away_code,
-                                "not accepting")
+        if self._turned_away(session):
             return
         self._queue.append(session)
         assert self._cond is not None
@@ -315,8 +295,7 @@ class _ServeRun:
     def _handle_request(self, session: Session, message: Message) -> None:
         on_request = getattr(self._handler, "on_request", None)
         if on_request is None:
-            logger.warning("session %s: request %s dropped: the handler has no on_request",
-                           session.id, message.message_id)
+            _no_request_handler(logger, session, message)
             return
         try:
             result = on_request(session, message)
@@ -341,7 +320,7 @@ class _ServeRun:
         self.finished.set()
 
 
-class Transport:
+class Transport(TransportBase[Session, SessionPool, QuicListener]):
     """Sessions over TCP, TLS, WebSocket and QUIC with blocking calls, safe from any thread.
 
     Make one with :meth:`builder` (or ``Transport()`` for the defaults).  ``with transport:``
@@ -364,25 +343,16 @@ class Transport:
         connect_timeout: float | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     ) -> None:
-        self._settings: dict[str, Any] = dict(settings or {})
-        self._connect_timeout = connect_timeout
-        self._shutdown_timeout = shutdown_timeout
+        # The base's session table, counters, pools and QUIC listeners are guarded by the
+        # loop's lock.
+        super().__init__(settings=settings, connect_timeout=connect_timeout,
+                         shutdown_timeout=shutdown_timeout)
         self._state_lock = threading.Lock()  # the loop's creation and the shutdown's start
         self._loop: IOLoop | None = None
         # Guarded by the loop's lock:
-        self._sessions: dict[int, Session] = {}
-        self._last_id = 0
         self._streams: set[SessionStream] = set()
-        self._quic_listeners: list[QuicListener] = []
         self._serve_runs: set[_ServeRun] = set()
-        self._flushed_total = 0
-        self._closing = False
         self._shutdown: Future[ShutdownReport] | None = None
-        # Every session counts into these (see stats()); pools are tracked for pool_status().
-        self._metrics = TransportMetrics()
-        self._pools: PoolTracker[SessionPool] = PoolTracker()
-        # QUIC refusals are counted by each endpoint; what was already added to the metrics.
-        self._quic_refused: dict[QuicListener, int] = {}
 
     @staticmethod
     def builder() -> TransportBuilder:
@@ -400,13 +370,6 @@ class Transport:
 
     # --- sessions ------------------------------------------------------------------------------
 
-    def _check_open(self, operation: str) -> None:
-        if self._closing:
-            raise TransportConnectionError(
-                "the transport is shut down", code="connection.closed", retryable=False,
-                operation=operation,
-            )
-
     def _ensure_loop(self) -> IOLoop:
         with self._state_lock:
             self._check_open("connect")
@@ -414,20 +377,16 @@ class Transport:
                 self._loop = IOLoop(name=f"msgtrans-io-{id(self):x}")
             return self._loop
 
+    def _make_session(self, connection: Connection, session_id: int) -> Session:
+        assert self._loop is not None
+        return Session(connection, session_id, self._loop, on_finished=self._forget,
+                       metrics=self._metrics)
+
     def _new_session(self, make: Callable[[int], Connection]) -> Session:
         loop = self._loop
         assert loop is not None
         with loop.lock:
-            self._last_id += 1
-            session_id = self._last_id
-            session = Session(make(session_id), session_id, loop, on_finished=self._forget,
-                              metrics=self._metrics)
-            self._sessions[session_id] = session
-            return session
-
-    def _forget(self, session: Session) -> None:
-        if self._sessions.pop(session.id, None) is not None:
-            self._flushed_total += session.packets_flushed
+            return super()._new_session(make)
 
     def sessions(self) -> list[Session]:
         """The open sessions (handshake complete, not closed), oldest first."""
@@ -435,11 +394,7 @@ class Transport:
         if loop is None:
             return []
         with loop.lock:
-            return [s for s in self._sessions.values() if s.state is SessionState.OPEN]
-
-    def session_count(self) -> int:
-        """How many sessions are open."""
-        return len(self.sessions())
+            return super().sessions()
 
     def connect(self, target: str | ConnectionConfig, *,
                 timeout: float | None = None) -> Session:
@@ -460,21 +415,15 @@ class Transport:
         """
         self._check_open("connect")
         config = to_config(target)
-        limit = timeout if timeout is not None else (
-            self._connect_timeout if self._connect_timeout is not None
-            else config.connect_timeout
-        )
+        limit = self._connect_limit(config, timeout)
         deadline = time.monotonic() + limit
         loop = self._ensure_loop()
-        settings = self._settings
         session: Session | None = None
         try:
-            if isinstance(config, QuicConfig):
+            if config.transport_kind == "datagram":
                 infos = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_DGRAM)
                 family, addr = infos[0][0], infos[0][4]
-                session = self._new_session(
-                    lambda sid: client_connection(config, session_id=sid, resolved=addr,
-                                                  **settings))
+                session = self._new_session(self._connection(config, addr))
                 udp = socket.socket(family, socket.SOCK_DGRAM)
                 try:
                     udp.setblocking(False)
@@ -486,8 +435,7 @@ class Transport:
                     channel: QuicClientChannel | StreamChannel = QuicClientChannel(
                         loop, session, udp, addr)
             else:
-                session = self._new_session(
-                    lambda sid: client_connection(config, session_id=sid, **settings))
+                session = self._new_session(self._connection(config))
                 # A blocking connect bounded by the time left (every address in turn, as
                 # asyncio does); the socket goes non-blocking to the loop once connected.
                 sock = socket.create_connection(
@@ -502,13 +450,11 @@ class Transport:
                     channel = StreamChannel(loop, session, sock)
             loop.submit(channel.start)
         except OSError as exc:
-            session_id = session.id if session is not None else None
+            error = self._connect_error(
+                exc, config, session, timeout=limit if isinstance(exc, TimeoutError) else None,
+                count=True)
             if session is not None:
                 self._abandon(session, "connect failed")
-            error = map_error(exc, protocol=config.protocol, operation="connect",
-                              session_id=session_id,
-                              timeout=limit if isinstance(exc, TimeoutError) else None)
-            self._metrics.error(error)
             raise error from None
         except BaseException:
             if session is not None:
@@ -522,10 +468,8 @@ class Transport:
             self._abandon(session, "abandoned during connect")
             raise
         self._abandon(session, "abandoned: connect timed out")
-        error = map_error(TimeoutError(), protocol=config.protocol, operation="connect",
-                          session_id=session.id, timeout=limit)
-        self._metrics.error(error)
-        raise error from None
+        raise self._connect_error(TimeoutError(), config, session, timeout=limit,
+                                  count=True) from None
 
     def _abandon(self, session: Session, reason: str) -> None:
         """Abort a session whose connect failed and wait (bounded) until the I/O thread
@@ -578,10 +522,8 @@ class Transport:
         for session in sessions:
             try:
                 session.send(data, biz_type=biz_type, ext_header=ext_header, timeout=timeout)
-            except TransportError as exc:
-                out.append(exc)
             except Exception as exc:
-                out.append(map_error(exc, operation="send", session_id=session.id))
+                out.append(_send_result(exc, session))
             else:
                 out.append(None)
         return out
@@ -677,16 +619,10 @@ class Transport:
             TransportError: every first open failed (the last connect error); with ``min=0``
                 nothing is opened up front and nothing is raised.
         """
-        self._check_open("pool")
-        config = to_config(address)
+        config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
+                                             settings=settings, now=time.monotonic)
         loop = self._ensure_loop()
-        machine = make_machine(min, max, target, strategy=strategy, now=time.monotonic(),
-                               settings=settings)
-        pool = SessionPool(
-            self, config, machine, metrics=self._metrics,
-            request_timeout=float(self._settings.get("request_timeout", DEFAULT_REQUEST_TIMEOUT)),
-            loop=loop, on_closed=self._pools.closed,
-        )
+        pool = SessionPool(self, config, machine, loop=loop, **self._pool_settings())
         with loop.lock:
             self._pools.add(pool)
         pool.start()
@@ -697,17 +633,13 @@ class Transport:
             raise
         return pool
 
-    def pools(self) -> list[SessionPool]:
-        """The pools not closed yet, oldest first."""
-        return list(self._pools)
-
     def pool_status(self) -> PoolStatus:
         """The statuses of every open pool summed: connection, lease and step counts add up
         (steps of closed pools included, so they never go down), utilisation is weighted by
         each pool's lease capacity, ``last_decisions`` are the newest 16 of all pools."""
         loop = self._loop
         with loop.lock if loop is not None else contextlib.nullcontext():
-            return self._pools.status()
+            return super().pool_status()
 
     def stats(self) -> MetricsSnapshot:
         """Return every metric now, as plain immutable data (``.as_dict()`` for JSON): live
@@ -716,21 +648,7 @@ class Transport:
         and shrinks by trigger, and the summed :meth:`pool_status` once a pool was made."""
         loop = self._loop
         with loop.lock if loop is not None else contextlib.nullcontext():
-            if self._pools.used:
-                self._metrics.observe_pool(self._pools.status())
-            self._count_quic_refusals()
-            return self._metrics.snapshot()
-
-    def _refused(self) -> None:
-        # A stream listener refused a connection at max_sessions (I/O thread, lock held).
-        self._metrics.error("connection.refused_by_server")
-
-    def _count_quic_refusals(self) -> None:
-        count_quic_refusals(self._metrics, self._quic_listeners, self._quic_refused)
-
-    def stats_prometheus(self, prefix: str = "msgtrans") -> str:
-        """Return :meth:`stats` in the Prometheus text exposition format (for ``/metrics``)."""
-        return render_prometheus(self.stats(), prefix)
+            return super().stats()
 
     def graceful_shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> ShutdownReport:
         """Shut down: stop accepting, let requests in flight finish and queued messages leave
@@ -790,21 +708,14 @@ class Transport:
         for pool in pools:
             pool.wait_tasks(0.5)
         with loop.lock:
-            sessions = list(self._sessions.values())
-            flushed_before = self._flushed_total + sum(s.packets_flushed for s in sessions)
+            sessions, flushed_before = self._shutdown_sessions()
             cond = loop.cond
             if drain and sessions:
                 wait_until(cond, lambda: all(s.is_closed or not s.pending_work
                                              for s in sessions), deadline)
-            for session in sessions:
-                code = session.connection.going_away_code
-                session.start_close(code, "shutdown")
-            for quic in self._quic_listeners:
-                quic.stop()
+            self._close_sessions(sessions)
             wait_until(cond, lambda: all(s.is_closed for s in sessions), deadline)
-            for session in sessions:
-                if not session.is_closed:
-                    session.abort("aborted by shutdown")
+            self._abort_sessions(sessions)
             for quic in self._quic_listeners:
                 loop.submit(quic.close_now)
             self._count_quic_refusals()  # before the listeners are forgotten
@@ -822,19 +733,8 @@ class Transport:
             if not me.startswith("msgtrans-serve"):  # a handler cannot wait for its own pool
                 run.finished.wait(max(deadline - time.monotonic(), 0.0) + 1.0)
         with loop.lock:
-            flushed = self._flushed_total + sum(
-                s.packets_flushed for s in sessions if s.id in self._sessions
-            ) - flushed_before
-        clean = sum(
-            1 for s in sessions
-            if not s.forced and s.closed_event is not None and s.closed_event.clean
-        )
-        return ShutdownReport(
-            closed_cleanly=clean,
-            forced=len(sessions) - clean,
-            messages_flushed=max(0, flushed),
-            elapsed=time.monotonic() - start,
-        )
+            figures = self._shutdown_figures(sessions, flushed_before)
+        return ShutdownReport(*figures, elapsed=time.monotonic() - start)
 
 
 def _call(handler: Any, name: str, *args: Any) -> None:
@@ -846,7 +746,5 @@ def _call(handler: Any, name: str, *args: Any) -> None:
     try:
         method(*args)
     except Exception as exc:
-        session = args[0]
-        logger.exception("handler %s raised (session %s)", name, getattr(session, "id", "?"))
-        if name != "on_error":
-            _call(handler, "on_error", session, exc)
+        if _handler_failed(logger, name, args[0]):
+            _call(handler, "on_error", args[0], exc)

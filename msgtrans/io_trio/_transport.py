@@ -10,45 +10,29 @@ opens one; ``Transport(nursery=...)`` uses the caller's) holds the sessions and 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, NoReturn
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
-from .._backend import (
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    ShutdownReportBase,
-    TransportBuilderBase,
-    count_quic_refusals,
+from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReportBase, TransportBuilderBase
+from .._driver.transport import (
+    SessionStreamBase,
+    TransportBase,
+    _datagram_server,
+    _handler_failed,
+    _no_request_handler,
+    _send_result,
+    _transport_args,
 )
-from .._pool_base import (
-    DEFAULT_POOL_MAX,
-    DEFAULT_POOL_MIN,
-    PoolTracker,
-    make_machine,
-)
-from ..core.config import (
-    ConnectionConfig,
-    QuicConfig,
-    QuicServerConfig,
-    ServerConfig,
-    to_config,
-    to_server_config,
-)
-from ..core.connection import Connection, client_connection
+from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
+from ..core.config import ConnectionConfig, ServerConfig, to_config
+from ..core.connection import Connection
 from ..core.errormap import map_error
-from ..core.errors import (
-    ConfigurationError,
-    TransportConnectionError,
-    TransportError,
-)
+from ..core.errors import ConfigurationError, TransportConnectionError, TransportError
 from ..core.expansion import ExpansionStrategy
-from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
 from ..core.packet import Buffer
-from ..core.pool import PoolStatus
-from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
 from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, open_quic_listener
@@ -89,13 +73,7 @@ class TransportBuilder(TransportBuilderBase):
         Raises:
             ConfigurationError: a session setting is invalid.
         """
-        settings = self._checked_settings()
-        return Transport(
-            nursery=nursery,
-            settings=settings,
-            connect_timeout=self._connect_timeout,
-            shutdown_timeout=self._shutdown_timeout,
-        )
+        return Transport(nursery=nursery, **_transport_args(self))
 
 
 
@@ -145,7 +123,7 @@ async def _wait_all(waits: list[Callable[[], Any]], deadline: float) -> None:
                 nursery.start_soon(wait)
 
 
-class SessionStream:
+class SessionStream(SessionStreamBase[Session]):
     """The sessions accepted by one or more listeners, as an async iterator and an async
     context manager (leaving it stops accepting; sessions already accepted stay open).
 
@@ -155,15 +133,11 @@ class SessionStream:
     """
 
     def __init__(self, transport: Transport, configs: Iterable[Any]) -> None:
+        super().__init__(configs)
         self._transport = transport
-        self._configs: list[ServerConfig] = [to_server_config(c) for c in configs]
-        self._queue: deque[Session] = deque()
         self._event = trio.Event()
-        self._closed = False
-        self._started = False
         self._stream_listeners: list[StreamListener] = []
         self._quic_listeners: list[QuicListener] = []
-        self.addresses: list[tuple[str, int]] = []
 
     async def start(self) -> None:
         """Open every listener; their tasks run in the transport's nursery.
@@ -182,9 +156,10 @@ class SessionStream:
         settings = transport._settings
         try:
             for config in self._configs:
-                if isinstance(config, QuicServerConfig):
+                datagram = _datagram_server(config)
+                if datagram is not None:
                     quic = await open_quic_listener(
-                        config, transport._new_session, spawn, self._deliver, settings
+                        datagram, transport._new_session, spawn, self._deliver, settings
                     )
                     transport._quic_listeners.append(quic)
                     self._quic_listeners.append(quic)
@@ -203,9 +178,7 @@ class SessionStream:
             raise
 
     def _deliver(self, session: Session) -> None:
-        if self._closed:
-            session.start_close(session.connection.going_away_code,
-                                "not accepting")
+        if self._turned_away(session):
             return
         self._queue.append(session)
         self._event.set()
@@ -249,7 +222,7 @@ class SessionStream:
         return session
 
 
-class Transport:
+class Transport(TransportBase[Session, SessionPool, QuicListener]):
     """Sessions over TCP, TLS, WebSocket and QUIC on trio.
 
     Make one with :meth:`builder` (or ``Transport()`` for the defaults).  Its tasks need a
@@ -273,24 +246,14 @@ class Transport:
         connect_timeout: float | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     ) -> None:
+        super().__init__(settings=settings, connect_timeout=connect_timeout,
+                         shutdown_timeout=shutdown_timeout)
         self._nursery = nursery
         self._nursery_cm: Any = None
-        self._settings: dict[str, Any] = dict(settings or {})
-        self._connect_timeout = connect_timeout
-        self._shutdown_timeout = shutdown_timeout
-        self._sessions: dict[int, Session] = {}
-        self._last_id = 0
         self._streams: set[SessionStream] = set()
-        self._quic_listeners: list[QuicListener] = []
-        self._quic_refused: dict[QuicListener, int] = {}  # refusals already counted
         self._handler_scopes: set[trio.CancelScope] = set()
-        self._closing = False
         self._shutdown_done: trio.Event | None = None
         self._report: ShutdownReport | None = None
-        self._flushed_total = 0
-        # Every session counts into these (see stats()); pools are tracked for pool_status().
-        self._metrics = TransportMetrics()
-        self._pools: PoolTracker[SessionPool] = PoolTracker()
 
     @staticmethod
     def builder() -> TransportBuilder:
@@ -332,13 +295,6 @@ class Transport:
 
     # --- sessions ------------------------------------------------------------------------------
 
-    def _check_open(self, operation: str) -> None:
-        if self._closing:
-            raise TransportConnectionError(
-                "the transport is shut down", code="connection.closed", retryable=False,
-                operation=operation,
-            )
-
     def _spawner(self, operation: str) -> Callable[..., None]:
         nursery = self._nursery
         if nursery is None:
@@ -350,25 +306,8 @@ class Transport:
         spawn: Callable[..., None] = nursery.start_soon
         return spawn
 
-    def _new_session(self, make: Callable[[int], Connection]) -> Session:
-        self._last_id += 1
-        session_id = self._last_id
-        session = Session(make(session_id), session_id, on_finished=self._forget,
-                          metrics=self._metrics)
-        self._sessions[session_id] = session
-        return session
-
-    def _forget(self, session: Session) -> None:
-        if self._sessions.pop(session.id, None) is not None:
-            self._flushed_total += session.packets_flushed
-
-    def sessions(self) -> list[Session]:
-        """The open sessions (handshake complete, not closed), oldest first."""
-        return [s for s in self._sessions.values() if s.state is SessionState.OPEN]
-
-    def session_count(self) -> int:
-        """How many sessions are open."""
-        return len(self.sessions())
+    def _make_session(self, connection: Connection, session_id: int) -> Session:
+        return Session(connection, session_id, on_finished=self._forget, metrics=self._metrics)
 
     async def connect(self, target: str | ConnectionConfig, *,
                       timeout: float | None = None) -> Session:
@@ -392,20 +331,15 @@ class Transport:
         self._check_open("connect")
         config = to_config(target)
         spawn = self._spawner("connect")
-        limit = timeout if timeout is not None else (
-            self._connect_timeout if self._connect_timeout is not None
-            else config.connect_timeout
-        )
+        limit = self._connect_limit(config, timeout)
         holder: list[Session] = []
         try:
             with trio.fail_after(limit):
                 return await self._open(config, holder, spawn)
         except trio.TooSlowError as exc:
-            session_id = holder[0].id if holder else None
+            error = self._connect_error(exc, config, holder[0] if holder else None,
+                                        timeout=limit, count=True)
             await _abandon(holder, "abandoned: connect timed out")
-            error = map_error(exc, protocol=config.protocol, operation="connect",
-                              session_id=session_id, timeout=limit)
-            self._metrics.error(error)
             raise error from None
         except TransportError as exc:
             self._metrics.error(exc)
@@ -417,25 +351,19 @@ class Transport:
 
     async def _open(self, config: ConnectionConfig, holder: list[Session],
                     spawn: Callable[..., None]) -> Session:
-        settings = self._settings
         sock: trio.socket.SocketType | None = None
         try:
-            if isinstance(config, QuicConfig):
+            if config.transport_kind == "datagram":
                 infos = await trio.socket.getaddrinfo(config.host, config.port,
                                                       type=trio.socket.SOCK_DGRAM)
                 family, kind, proto, _name, addr = infos[0]
-                session = self._new_session(
-                    lambda sid: client_connection(config, session_id=sid, resolved=addr,
-                                                  **settings)
-                )
+                session = self._new_session(self._connection(config, addr))
                 holder.append(session)
                 sock = trio.socket.socket(family, kind, proto)
                 await sock.connect(addr)
                 spawn(session.run, QuicClientIO(session, sock, addr))
             else:
-                session = self._new_session(
-                    lambda sid: client_connection(config, session_id=sid, **settings)
-                )
+                session = self._new_session(self._connection(config))
                 holder.append(session)
                 stream = await trio.open_tcp_stream(config.host, config.port)
                 try:
@@ -450,12 +378,11 @@ class Transport:
                 sock.close()
             if not isinstance(exc, OSError) and getattr(exc, "exceptions", None) is None:
                 raise
-            session_id = holder[0].id if holder else None
+            error = self._connect_error(_single(exc), config, holder[0] if holder else None)
             if holder:
                 holder[0].abort("connect failed")
                 holder.clear()
-            raise map_error(_single(exc), protocol=config.protocol, operation="connect",
-                            session_id=session_id) from None
+            raise error from None
         await session.wait_established()
         return session
 
@@ -504,10 +431,8 @@ class Transport:
         async def one(index: int, session: Session) -> None:
             try:
                 await session.send(data, biz_type=biz_type, ext_header=ext_header)
-            except TransportError as exc:
-                results[index] = exc
             except Exception as exc:
-                results[index] = map_error(exc, operation="send", session_id=session.id)
+                results[index] = _send_result(exc, session)
 
         try:
             async with trio.open_nursery() as nursery:
@@ -599,8 +524,7 @@ class Transport:
     async def _handle_request(self, session: Session, handler: Any, message: Message) -> None:
         on_request = getattr(handler, "on_request", None)
         if on_request is None:
-            logger.warning("session %s: request %s dropped: the handler has no on_request",
-                           session.id, message.message_id)
+            _no_request_handler(logger, session, message)
             return
         try:
             result = await on_request(session, message)
@@ -649,16 +573,10 @@ class Transport:
             TransportError: every first open failed (the last connect error); with ``min=0``
                 nothing is opened up front and nothing is raised.
         """
-        self._check_open("pool")
-        config = to_config(address)
-        spawn = self._spawner("pool")
-        machine = make_machine(min, max, target, strategy=strategy, now=trio.current_time(),
-                               settings=settings)
-        pool = SessionPool(
-            self, config, machine, metrics=self._metrics,
-            request_timeout=float(self._settings.get("request_timeout", DEFAULT_REQUEST_TIMEOUT)),
-            spawn=spawn, on_closed=self._pools.closed,
-        )
+        config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
+                                             settings=settings, now=trio.current_time)
+        pool = SessionPool(self, config, machine, spawn=self._spawner("pool"),
+                           **self._pool_settings())
         self._pools.add(pool)
         pool.start()
         try:
@@ -668,38 +586,6 @@ class Transport:
                 await pool.close()
             raise
         return pool
-
-    def pools(self) -> list[SessionPool]:
-        """The pools not closed yet, oldest first."""
-        return list(self._pools)
-
-    def pool_status(self) -> PoolStatus:
-        """The statuses of every open pool summed: connection, lease and step counts add up
-        (steps of closed pools included, so they never go down), utilisation is weighted by
-        each pool's lease capacity, ``last_decisions`` are the newest 16 of all pools."""
-        return self._pools.status()
-
-    def stats(self) -> MetricsSnapshot:
-        """Return every metric now, as plain immutable data (``.as_dict()`` for JSON): live
-        sessions by protocol and state, sessions opened and closed, messages and payload bytes
-        in and out, errors by ``error_code`` (``connection.refused_by_server`` counts the
-        connections our listeners refused at ``max_sessions``), the request latency histogram,
-        pool expansions and shrinks by trigger, and the summed :meth:`pool_status` once a pool
-        was made."""
-        self._count_quic_refusals()
-        if self._pools.used:
-            self._metrics.observe_pool(self.pool_status())
-        return self._metrics.snapshot()
-
-    def stats_prometheus(self, prefix: str = "msgtrans") -> str:
-        """Return :meth:`stats` in the Prometheus text exposition format (for ``/metrics``)."""
-        return render_prometheus(self.stats(), prefix)
-
-    def _refused(self) -> None:
-        self._metrics.error("connection.refused_by_server")
-
-    def _count_quic_refusals(self) -> None:
-        count_quic_refusals(self._metrics, self._quic_listeners, self._quic_refused)
 
     # --- shutdown ------------------------------------------------------------------------------
 
@@ -755,44 +641,24 @@ class Transport:
             await pool.wait_tasks()
         for stream in list(self._streams):
             await stream.aclose()
-        sessions = list(self._sessions.values())
-        flushed_before = self._flushed_total + sum(s.packets_flushed for s in sessions)
+        sessions, flushed_before = self._shutdown_sessions()
         if drain:
             await _wait_all([s.wait_idle for s in sessions], deadline)
-        for session in sessions:
-            code = session.connection.going_away_code
-            session.start_close(code, "shutdown")
-        for quic in self._quic_listeners:
-            quic.stop()
+        self._close_sessions(sessions)
         await _wait_all([s.wait_closed for s in sessions], deadline)
-        for session in sessions:
-            if not session.is_closed:
-                session.abort("aborted by shutdown")
+        self._abort_sessions(sessions)
         for quic in self._quic_listeners:
             quic.abort()
         # Aborted sessions release their sockets as their tasks unwind; wait for that so
         # nothing is left open when the caller's nursery ends.
         waits = [s.wait_closed for s in sessions] + [q.wait_closed for q in self._quic_listeners]
         await _wait_all(waits, trio.current_time() + 1.0)
-        self._count_quic_refusals()  # before the listeners are forgotten
-        self._quic_listeners.clear()
-        self._quic_refused.clear()
+        self._forget_quic_listeners()
         for scope in list(self._handler_scopes):
             scope.cancel()
         self._handler_scopes.clear()
-        flushed = self._flushed_total + sum(
-            s.packets_flushed for s in sessions if s.id in self._sessions
-        ) - flushed_before
-        clean = sum(
-            1 for s in sessions
-            if not s.forced and s.closed_event is not None and s.closed_event.clean
-        )
-        return ShutdownReport(
-            closed_cleanly=clean,
-            forced=len(sessions) - clean,
-            messages_flushed=max(0, flushed),
-            elapsed=trio.current_time() - start,
-        )
+        return ShutdownReport(*self._shutdown_figures(sessions, flushed_before),
+                              elapsed=trio.current_time() - start)
 
 
 async def _call(handler: Any, name: str, *args: Any) -> None:
@@ -804,9 +670,7 @@ async def _call(handler: Any, name: str, *args: Any) -> None:
     try:
         await method(*args)
     except Exception as exc:
-        session = args[0]
-        logger.exception("handler %s raised (session %s)", name, getattr(session, "id", "?"))
-        if name != "on_error":
-            await _call(handler, "on_error", session, exc)
+        if _handler_failed(logger, name, args[0]):
+            await _call(handler, "on_error", args[0], exc)
 
 
