@@ -305,6 +305,12 @@ class Backend:
     def native_handler(self, handler: Any) -> Any:
         return _AsyncHandler(self, handler)
 
+    def quic_listener_sessions(self, transport: Any) -> set[Any]:
+        """The sessions in the table of *transport*'s only QUIC listener (private state, read
+        here only so each backend's layout is named once)."""
+        (listener,) = transport._quic_listeners
+        return set(listener._sessions.values())
+
 
 class AsyncioBackend(Backend):
     name = "asyncio"
@@ -319,6 +325,10 @@ class TrioBackend(Backend):
     def _task_count(self) -> int:
         living: int = trio.lowlevel.current_statistics().tasks_living
         return living
+
+    def quic_listener_sessions(self, transport: Any) -> set[Any]:
+        (listener,) = transport._quic_listeners
+        return {session for session, _seat in listener._seats.values()}
 
     @contextlib.asynccontextmanager
     async def _open(self, builder: Any) -> AsyncIterator[Any]:
@@ -385,6 +395,11 @@ class SyncBackend(Backend):
 
     def native_handler(self, handler: Any) -> Any:
         return _SyncHandler(self, handler, asyncio.get_running_loop())
+
+    def quic_listener_sessions(self, transport: Any) -> set[Any]:
+        (listener,) = transport._quic_listeners
+        with transport._loop.lock:  # the I/O thread changes the table under this lock
+            return set(listener._sessions.values())
 
 
 def make_backend(name: str) -> Backend:

@@ -815,6 +815,42 @@ def test_ipv6_loopback(backend: Backend, proto: str, certs: Certs) -> None:
     backend.run(body)
 
 
+# --- the QUIC listener's session table --------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["client-close", "server-close", "server-abort"])
+def test_quic_listener_forgets_ended_sessions(backend: Backend, how: str, certs: Certs) -> None:
+    """Every way a session ends reaches its QUIC listener, which forgets exactly the sessions
+    that ended (its table is keyed by machine); the others keep working both ways."""
+
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen("quic", certs) as listener:
+            pairs = [await connect(client, listener, "quic", certs) for _ in range(6)]
+            assert backend.quic_listener_sessions(server.raw) == {ss.raw for _, ss in pairs}
+            ending, staying = pairs[::2], pairs[1::2]
+            for cs, ss in ending:
+                if how == "client-close":
+                    await cs.close()
+                elif how == "server-close":
+                    await ss.close()
+                else:
+                    ss.raw.abort()
+            for cs, ss in ending:
+                await cs.wait_closed()
+                await ss.wait_closed()
+                assert cs.is_closed and ss.is_closed
+            assert backend.quic_listener_sessions(server.raw) == {ss.raw for _, ss in staying}
+            assert server.session_count() == len(staying)
+            for i, (cs, ss) in enumerate(staying):
+                await cs.send(b"up %d" % i)
+                assert (await ss.receive()).payload == b"up %d" % i
+                await ss.send(b"down %d" % i)
+                assert (await cs.receive()).payload == b"down %d" % i
+
+    backend.run(body)
+
+
 # --- every client backend against every server backend ----------------------------------------
 
 
