@@ -1,6 +1,6 @@
 """What is particular to the blocking driver (``msgtrans.io_sync``): one session used from many
-threads, forced shutdowns, connect timeouts, and no thread before one is needed.  The behaviour
-every backend shares is tested once for all in ``tests/backends/conformance``.
+threads, and no thread before one is needed.  The behaviour every backend shares (forced
+shutdowns and connect timeouts among it) is tested once for all in ``tests/backends/conformance``.
 
 Every test checks that no thread is left behind (the I/O thread and every handler pool are
 joined by the shutdown) and the suite is meant to run under
@@ -170,41 +170,7 @@ def test_many_threads_one_session(proto: str, certs: tuple[Path, Path]) -> None:
             one_way += 1
 
 
-# --- shutdown and connect ----------------------------------------------------------------------
-
-
-def test_shutdown_forces_what_does_not_close(certs: tuple[Path, Path]) -> None:
-    import socket
-
-    server = mt.Transport()
-    with server.accept([server_config("tcp", certs)]) as stream:
-        port = stream.addresses[0][1]
-        raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)  # never reads
-        stream.accept(timeout=WAIT)
-    try:
-        report = server.graceful_shutdown(timeout=0.3)
-        assert report.forced == 1 and report.closed_cleanly == 0
-        assert report.elapsed < 2.0
-    finally:
-        raw.close()
-
-
-def test_connect_timeout(certs: tuple[Path, Path]) -> None:
-    import socket
-
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(4)  # accepts in the kernel, never speaks: the TLS handshake cannot finish
-    try:
-        transport = mt.Transport.builder().connect_timeout(0.3).build()
-        with pytest.raises(mt.TransportTimeoutError) as info:
-            transport.connect(client_url("tls", silent.getsockname()[1], certs))
-        assert info.value.error_code == "timeout.connect"
-        assert info.value.session_id is not None
-        report = transport.shutdown(timeout=0.2)
-        assert report.closed_cleanly + report.forced == 0
-    finally:
-        silent.close()
+# --- threads before use ---------------------------------------------------------------------
 
 
 def test_unused_transport_starts_no_thread() -> None:

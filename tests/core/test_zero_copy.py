@@ -1,10 +1,10 @@
-"""Tests of the receive-side buffer pool and zero-copy: lending, giving back, the user's rule
-(``Message.release()``), the decoder's pooled path, the connection factories and the metrics."""
+"""Tests of the receive-side buffer pool and zero-copy: lending, giving back, the decoder's
+pooled path, the connection factories and the metrics.  The user's rule
+(``Message.release()``) is the drivers': tests/backends/test_message_release.py."""
 
 from __future__ import annotations
 
 import gc
-import pickle
 
 import pytest
 from hypothesis import given, settings
@@ -41,8 +41,6 @@ from msgtrans.core.memory import StreamPipe
 from msgtrans.core.metrics import TransportMetrics, render_prometheus
 from msgtrans.core.packet import Packet, PacketType
 from msgtrans.core.session import MessageReceived
-from msgtrans.io_asyncio import Message as AsyncMessage
-from msgtrans.io_sync import Message as SyncMessage
 
 KiB = 1024
 
@@ -304,71 +302,6 @@ def test_the_memory_limit_fails_the_decoder_not_the_process() -> None:
     assert caught.value.error_code == "resource.memory"
     assert pool.bytes_allocated <= 100 * KiB
     assert kept[0] == b"x" * (70 * KiB)
-
-
-# --- the user's rule: Message.release() -------------------------------------------------------
-
-
-@pytest.mark.parametrize("message_type", [AsyncMessage, SyncMessage])
-def test_message_release_gives_the_buffer_back(message_type: type[AsyncMessage]) -> None:
-    pool = receive_pool()
-    decoder = PacketDecoder(buffer_pool=pool)
-    payload = b"p" * (100 * KiB)
-    (packet,) = recv_into(decoder, wire(payload))
-    message = message_type(packet, 7)
-    assert message.pooled and message.payload == payload
-    keep = bytes(message.payload)
-    message.release()
-    assert not message.pooled and "released" in repr(message)
-    with pytest.raises(ValueError, match="released"):
-        bytes(message.payload)
-    message.release()  # idempotent
-    assert keep == payload and pool.stats().lent == 1  # the receive area only
-    with message_type(recv_into(decoder, wire(payload))[0], 7) as again:
-        assert again.payload == payload
-    assert not again.pooled
-    assert pool.stats().hits >= 1
-
-
-def test_message_release_with_a_view_alive_waits_for_it() -> None:
-    pool = receive_pool()
-    decoder = PacketDecoder(buffer_pool=pool)
-    payload = b"q" * (100 * KiB)
-    message = AsyncMessage(recv_into(decoder, wire(payload))[0], 1)
-    part = message.payload[:10]
-    message.release()  # set aside: the slice still views the buffer
-    assert not message.pooled and part == b"q" * 10
-    # The next big message must not land in the buffer the slice views.
-    other = AsyncMessage(recv_into(decoder, wire(b"r" * (100 * KiB)))[0], 1)
-    assert part == b"q" * 10 and other.payload == b"r" * (100 * KiB)
-    other.release()
-    assert pool.stats().lent == 2  # the receive area and the buffer the slice pins
-    part.release()
-    stats = pool.stats()
-    assert (stats.lent, stats.collected) == (1, 0)  # given back once unviewed
-
-
-def test_release_refuses_when_the_payload_object_itself_is_exported() -> None:
-    decoder = PacketDecoder(buffer_pool=receive_pool())
-    message = SyncMessage(recv_into(decoder, wire(b"n" * (100 * KiB)))[0], 1)
-    exported = pickle.PickleBuffer(message.payload)  # holds an export of the payload object
-    with pytest.raises(BufferError):
-        message.release()
-    assert message.pooled and message.payload == b"n" * (100 * KiB)  # nothing changed
-    exported.release()
-    message.release()
-    assert not message.pooled
-
-
-def test_small_and_unpooled_messages_ignore_release() -> None:
-    (packet,) = PacketDecoder().feed(wire(b"x" * (100 * KiB)))
-    message = SyncMessage(packet, 1)
-    assert not message.pooled
-    message.release()
-    message.release()
-    small = SyncMessage(Packet(PacketType.ONE_WAY, 1, payload=b"hi"), 1)
-    small.release()
-    assert small.payload == b"hi"
 
 
 # --- connections, pipes, metrics --------------------------------------------------------------

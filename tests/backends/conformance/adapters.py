@@ -44,32 +44,37 @@ Certs = tuple[Path, Path]
 TransportConnectionError = amt.TransportConnectionError
 TransportTimeoutError = amt.TransportTimeoutError
 TransportError = amt.TransportError
+ProtocolError = amt.ProtocolError
 ConfigurationError = amt.ConfigurationError
 CloseReason = amt.CloseReason
 SessionState = amt.SessionState
 PacketType = amt.PacketType
 
 
-def server_config(lib: ModuleType, proto: str, certs: Certs, **options: Any) -> Any:
-    """A loopback server config for *proto* on a free port; *options* go to the config."""
+def server_config(lib: ModuleType, proto: str, certs: Certs, *, host: str = "127.0.0.1",
+                  **options: Any) -> Any:
+    """A loopback server config for *proto* on a free port of *host* (``"[::1]"`` for IPv6);
+    *options* go to the config."""
     cert, key = certs
     tls = lib.ServerTlsConfig(cert, key)
+    address = f"{host}:0"
     if proto == "tcp":
-        return lib.TcpServerConfig("127.0.0.1:0", **options)
+        return lib.TcpServerConfig(address, **options)
     if proto == "tls":
-        return lib.TcpServerConfig("127.0.0.1:0", tls=tls, **options)
+        return lib.TcpServerConfig(address, tls=tls, **options)
     if proto == "ws":
-        return lib.WebSocketServerConfig("127.0.0.1:0", **options)
+        return lib.WebSocketServerConfig(address, **options)
     if proto == "wss":
-        return lib.WebSocketServerConfig("127.0.0.1:0", tls=tls, **options)
-    return lib.QuicServerConfig("127.0.0.1:0", cert_file=cert, key_file=key, **options)
+        return lib.WebSocketServerConfig(address, tls=tls, **options)
+    return lib.QuicServerConfig(address, cert_file=cert, key_file=key, **options)
 
 
-def client_url(proto: str, port: int, certs: Certs, *, trusted: bool = True) -> str:
+def client_url(proto: str, port: int, certs: Certs, *, trusted: bool = True,
+               host: str = "localhost") -> str:
     """The URL of a loopback server; *trusted* adds the self-signed CA for TLS protocols."""
     path = "/" if proto in ("ws", "wss") else ""
     query = f"?ca={certs[0]}" if trusted and proto in TLS_PROTOCOLS else ""
-    return f"{proto}://localhost:{port}{path}{query}"
+    return f"{proto}://{host}:{port}{path}{query}"
 
 
 # --- the wrappers -----------------------------------------------------------------------------
@@ -180,9 +185,12 @@ class Transport:
     async def graceful_shutdown(self, timeout: float = 2.0) -> Any:
         return await self._backend.call(self.raw.graceful_shutdown, timeout)
 
+    async def shutdown(self, timeout: float = 1.0) -> Any:
+        return await self._backend.call(self.raw.shutdown, timeout)
+
     @contextlib.asynccontextmanager
     async def listen(self, proto: str, certs: Certs, **options: Any) -> AsyncIterator[Listener]:
-        """Listen on *proto* (a free loopback port); *options* go to the server config."""
+        """Listen on *proto* (a free loopback port); *options* go to :func:`server_config`."""
         stream = self.raw.accept([server_config(self._backend.lib, proto, certs, **options)])
         await self._backend.call(stream.start)
         try:
@@ -236,12 +244,16 @@ class Backend:
 
     @contextlib.asynccontextmanager
     async def transport(self, *, request_timeout: float | None = None,
-                        connect_timeout: float | None = None) -> AsyncIterator[Transport]:
+                        connect_timeout: float | None = None,
+                        **session_settings: int) -> AsyncIterator[Transport]:
+        """A transport; *session_settings* go to the builder's ``session_settings``."""
         builder = self.lib.Transport.builder()
         if request_timeout is not None:
             builder.request_timeout(request_timeout)
         if connect_timeout is not None:
             builder.connect_timeout(connect_timeout)
+        if session_settings:
+            builder.session_settings(**session_settings)
         async with self._open(builder) as raw:
             try:
                 yield Transport(self, raw)
@@ -293,6 +305,12 @@ class Backend:
     def native_handler(self, handler: Any) -> Any:
         return _AsyncHandler(self, handler)
 
+    def quic_listener_sessions(self, transport: Any) -> set[Any]:
+        """The sessions in the table of *transport*'s only QUIC listener (private state, read
+        here only so each backend's layout is named once)."""
+        (listener,) = transport._quic_listeners
+        return set(listener._sessions.values())
+
 
 class AsyncioBackend(Backend):
     name = "asyncio"
@@ -307,6 +325,10 @@ class TrioBackend(Backend):
     def _task_count(self) -> int:
         living: int = trio.lowlevel.current_statistics().tasks_living
         return living
+
+    def quic_listener_sessions(self, transport: Any) -> set[Any]:
+        (listener,) = transport._quic_listeners
+        return {session for session, _seat in listener._seats.values()}
 
     @contextlib.asynccontextmanager
     async def _open(self, builder: Any) -> AsyncIterator[Any]:
@@ -373,6 +395,11 @@ class SyncBackend(Backend):
 
     def native_handler(self, handler: Any) -> Any:
         return _SyncHandler(self, handler, asyncio.get_running_loop())
+
+    def quic_listener_sessions(self, transport: Any) -> set[Any]:
+        (listener,) = transport._quic_listeners
+        with transport._loop.lock:  # the I/O thread changes the table under this lock
+            return set(listener._sessions.values())
 
 
 def make_backend(name: str) -> Backend:

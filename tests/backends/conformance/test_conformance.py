@@ -9,17 +9,21 @@ socket fails, and every test checks that no task and no thread outlived it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from msgtrans.certs import write_self_signed
+from msgtrans.core.packet import HEADER_SIZE, Packet
 
 from .adapters import (
     BACKENDS,
@@ -33,8 +37,10 @@ from .adapters import (
     Listener,
     Msg,
     PacketType,
+    ProtocolError,
     Session,
     SessionState,
+    Transport,
     TransportConnectionError,
     TransportError,
     TransportTimeoutError,
@@ -315,6 +321,48 @@ def test_request_timeout_and_double_respond(backend: Backend, proto: str,
     backend.run(body)
 
 
+# A blocking call cannot be cancelled from outside its thread (io_sync withdraws a request only
+# when its waiting thread raises, e.g. KeyboardInterrupt): cancellation is the async backends'.
+ASYNC_BACKENDS = ["asyncio", "trio"]
+
+
+@pytest.mark.parametrize("backend", ASYNC_BACKENDS, indirect=True)
+def test_cancelled_request_leaves_nothing_pending(backend: Backend, proto: str,
+                                                  certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen(proto, certs) as listener:
+            cs, ss = await connect(client, listener, proto, certs)
+            scope = anyio.CancelScope()
+
+            async def slow() -> None:
+                with scope:
+                    await cs.request(b"slow")
+                    raise AssertionError("not cancelled")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow)
+                request = await ss.receive()
+                scope.cancel()
+            assert scope.cancelled_caught
+            core = cs.connection.session
+            assert core.pending_count == 0 and cs.pending_work == 0
+            assert core.stats.requests_cancelled == 1
+            await request.respond(b"late")  # dropped by the client, counted
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer, ss)
+                assert (await cs.request(b"next")).payload == b"re:next"
+            assert core.stats.unmatched_responses == 1
+            # A deadline around a request withdraws it the same way.
+            with anyio.move_on_after(0.05):
+                await cs.request(b"deadline")
+            assert core.pending_count == 0 and cs.pending_work == 0
+            assert core.stats.requests_cancelled == 2
+            assert (await ss.receive()).payload == b"deadline"  # it was sent all the same
+
+    backend.run(body)
+
+
 # --- serve() ----------------------------------------------------------------------------------
 
 
@@ -470,6 +518,335 @@ def test_graceful_shutdown_report(backend: Backend, proto: str, certs: Certs) ->
                 await server.connect(client_url(proto, port, certs))
             assert await server.graceful_shutdown() is report  # once only
             assert (await client.graceful_shutdown(1.0)).forced == 0
+
+    backend.run(body)
+
+
+def test_shutdown_forces_what_does_not_close(backend: Backend, certs: Certs) -> None:
+    """A peer that never answers the close (a raw TCP socket that never reads) is forced
+    once the shutdown's timeout is over."""
+
+    async def body() -> None:
+        async with backend.transport() as server:
+            async with server.listen("tcp", certs) as listener:
+                raw = await anyio.connect_tcp("127.0.0.1", listener.port)
+                await listener.accept()
+            async with raw:
+                report = await server.graceful_shutdown(timeout=0.3)
+                assert report.forced == 1 and report.closed_cleanly == 0
+                assert 0.3 <= report.elapsed < 2.0
+                assert server.session_count() == 0
+
+    backend.run(body)
+
+
+# --- peers that are not msgtrans: raw sockets, silent listeners, garbage ----------------------
+
+
+async def drain_until_dropped(stream: anyio.abc.SocketStream) -> None:
+    """Read what the server sends until it drops the connection (EOF or reset)."""
+    with anyio.fail_after(WAIT):
+        try:
+            while True:
+                await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+            pass
+
+
+def test_raw_socket_interop(backend: Backend, certs: Certs) -> None:
+    """Plain TCP is the bare packet format: a client written with a socket and Packet only
+    talks to every backend's server, both ways."""
+
+    def read_packet(sock: socket.socket) -> Packet:
+        def exactly(n: int) -> bytes:
+            data = b""
+            while len(data) < n:
+                chunk = sock.recv(n - len(data))
+                assert chunk, "EOF"
+                data += chunk
+            return data
+
+        header = exactly(HEADER_SIZE)
+        ext_len, payload_len = struct.unpack_from(">HI", header, 8)
+        return Packet.decode(header + exactly(ext_len + payload_len))
+
+    async def body() -> None:
+        async with backend.transport() as server, server.listen("tcp", certs) as listener:
+            def raw_client() -> tuple[Packet, Packet]:
+                with socket.create_connection(("127.0.0.1", listener.port), timeout=WAIT) as sock:
+                    sock.sendall(Packet(PacketType.REQUEST, 5, 2, b"raw ping").encode())
+                    sock.sendall(Packet(PacketType.ONE_WAY, 6, 0, b"raw one-way").encode())
+                    return read_packet(sock), read_packet(sock)
+
+            packets: list[tuple[Packet, Packet]] = []
+
+            async def run_client() -> None:
+                packets.append(await anyio.to_thread.run_sync(raw_client))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run_client)
+                raw = await listener.accept()
+                request = await raw.receive()
+                assert request.is_request and request.payload == b"raw ping"
+                assert request.raw.message_id == 5 and request.biz_type == 2
+                await request.respond(b"raw pong")
+                await raw.send(b"pushed")
+                message = await raw.receive()
+                assert message.payload == b"raw one-way" and not message.is_request
+            response, pushed = packets[0]
+            assert response.packet_type is PacketType.RESPONSE
+            assert response.message_id == 5 and response.payload == b"raw pong"
+            assert response.biz_type == 2
+            assert pushed.packet_type is PacketType.ONE_WAY and pushed.payload == b"pushed"
+            await raw.wait_closed()  # the raw client closed its socket
+            assert raw.close_reason is CloseReason.PEER_CLOSED
+
+    backend.run(body)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "tls", "ws", "wss"])
+def test_server_survives_garbage(backend: Backend, proto: str, certs: Certs) -> None:
+    """Bytes that are no handshake and no packet: the server drops that connection and goes
+    on serving the others, old and new."""
+    garbage = (b"GET / HTTP/1.1\r\n\x00\x01garbage\r\n\r\n" if proto == "ws"
+               else b"\xff" * 64)  # a bad packet header, or a bad TLS record
+
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen(proto, certs) as listener:
+            cs, ss = await connect(client, listener, proto, certs)
+            raw = await anyio.connect_tcp("127.0.0.1", listener.port)
+            async with raw:
+                await raw.send(garbage)
+                await drain_until_dropped(raw)
+            if proto == "tcp":
+                # Plain TCP has no handshake: the session was accepted, then failed.
+                bad = await listener.accept()
+                with pytest.raises(ProtocolError) as info:
+                    await bad.receive()
+                assert info.value.error_code == "protocol.bad_version"
+                assert info.value.session_id == bad.id
+                assert bad.close_reason is CloseReason.ERROR
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer, ss)
+                assert (await cs.request(b"still")).payload == b"re:still"
+            cs2, ss2 = await connect(client, listener, proto, certs)
+            await cs2.send(b"new")
+            assert (await ss2.receive()).payload == b"new"
+            assert server.session_count() == 2
+
+    backend.run(body)
+
+
+def test_quic_listener_survives_garbage(backend: Backend, certs: Certs) -> None:
+    """Datagrams that are no QUIC packet (a long header with nothing valid behind it, of
+    several sizes) are dropped; the listener's sessions and new connections carry on."""
+
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen("quic", certs) as listener:
+            cs, ss = await connect(client, listener, "quic", certs)
+            async with await anyio.create_connected_udp_socket(
+                    "127.0.0.1", listener.port) as udp:
+                for size in (1, 40, 1200, 1500):
+                    await udp.send(b"\xc3" + b"\x00" * (size - 1))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer, ss)
+                assert (await cs.request(b"still")).payload == b"re:still"
+            cs2, ss2 = await connect(client, listener, "quic", certs)
+            await cs2.send(b"new")
+            assert (await ss2.receive()).payload == b"new"
+            assert server.session_count() == 2
+
+    backend.run(body)
+
+
+def test_connect_timeout(backend: Backend, proto: str, certs: Certs) -> None:
+    """A peer that accepts and never speaks: the handshake cannot finish, so the connect
+    timeout covers it (plain TCP has none: connected at once, and the shutdown forces it)."""
+    kind = socket.SOCK_DGRAM if proto == "quic" else socket.SOCK_STREAM
+    silent = socket.socket(socket.AF_INET, kind)
+    silent.bind(("127.0.0.1", 0))
+    if kind == socket.SOCK_STREAM:
+        silent.listen(4)  # the kernel accepts; nobody reads or answers
+    port = silent.getsockname()[1]
+    url = client_url(proto, port, certs)
+
+    async def body() -> None:
+        async with backend.transport(connect_timeout=0.3) as transport:
+
+            async def forgotten() -> None:
+                if backend.name == "asyncio":
+                    # io_asyncio forgets a session whose connect failed one loop iteration
+                    # later (trio and sync at once); a shutdown in between counts it forced.
+                    await anyio.sleep(0)
+                assert not transport.raw._sessions and transport.session_count() == 0
+
+            # The builder's connect timeout, not the adapter's longer one.
+            dial = functools.partial(backend.call, transport.raw.connect, url)
+            if proto == "tcp":
+                session = await dial()
+                assert session.state is SessionState.OPEN
+            else:
+                with pytest.raises(TransportTimeoutError) as info:
+                    await dial()
+                assert info.value.error_code == "timeout.connect"
+                assert info.value.session_id is not None
+                assert info.value.operation == "connect"
+                await forgotten()
+                if backend.name != "sync":  # a blocking connect cannot be cancelled
+                    # An enclosing deadline abandons the half-open session just the same.
+                    with anyio.move_on_after(0.1) as scope:
+                        await transport.raw.connect(url, timeout=WAIT)
+                    assert scope.cancelled_caught
+                    await forgotten()
+            report = await transport.shutdown(timeout=0.2)
+            assert report.closed_cleanly + report.forced == (1 if proto == "tcp" else 0)
+            assert transport.session_count() == 0
+
+    try:
+        backend.run(body)
+    finally:
+        silent.close()
+
+
+# --- limits: flow control, max sessions -------------------------------------------------------
+
+
+def test_slow_reader_pauses_reading(backend: Backend, proto: str, certs: Certs) -> None:
+    """A server application that does not read stops the socket reads (bounded memory); the
+    client's sends then wait on backpressure; nothing is lost once the reader catches up."""
+    payload = b"x" * 16384
+    count = 400  # 6.4 MiB: far more than the socket buffers hold
+
+    async def body() -> None:
+        async with backend.transport(receive_max_messages=8) as server, \
+                backend.transport(send_high_water_bytes=64 * 1024,
+                                  send_low_water_bytes=16 * 1024) as client, \
+                server.listen(proto, certs) as listener:
+            cs, ss = await connect(client, listener, proto, certs)
+            core = ss.connection.session
+            done = anyio.Event()
+
+            async def sender() -> None:
+                await send_all(cs, [payload] * count)
+                done.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sender)
+                with anyio.fail_after(WAIT):
+                    while not core.read_paused:  # until the reads pause
+                        await anyio.sleep(0.01)
+                await anyio.sleep(0.1)
+                assert not done.is_set()  # the sender waits on backpressure, not finished
+                assert core.read_paused
+                queued = len(ss.raw._inbox)
+                assert queued <= 8 + 64  # the bound, plus what one read can carry
+                for _ in range(count):
+                    message = await ss.receive()
+                    assert message.payload == payload
+            assert done.is_set()
+            assert not core.read_paused
+            assert core.receive_backlog == (0, 0)
+
+    backend.run(body)
+
+
+async def _connect_and_receive(client: Transport, url: str) -> Msg:
+    session = await client.connect(url)
+    # Plain TCP connects before the server refuses: the refusal shows on first use.
+    return await session.receive()
+
+
+def test_max_sessions_refuses_extra_connections(backend: Backend, proto: str,
+                                                certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport() as server, \
+                backend.transport(connect_timeout=2.0) as client, \
+                server.listen(proto, certs, max_sessions=1) as listener:
+            url = client_url(proto, listener.port, certs)
+            first, first_server = await connect(client, listener, proto, certs)
+            with pytest.raises(TransportError):
+                await _connect_and_receive(client, url)
+            assert server.session_count() == 1
+            # The session in the slot is not disturbed by the refusal.
+            await first.send(b"still here")
+            assert (await first_server.receive()).payload == b"still here"
+            await first.close()
+            await first_server.wait_closed()
+            # A slot is free again.
+            again = await client.connect(url)
+            await again.send(b"ok")
+            assert (await (await listener.accept()).receive()).payload == b"ok"
+            assert server.session_count() == 1
+
+    backend.run(body)
+
+
+# --- IPv6 -------------------------------------------------------------------------------------
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="::1 is not available")
+def test_ipv6_loopback(backend: Backend, proto: str, certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen(proto, certs, host="[::1]") as listener:
+            url = client_url(proto, listener.port, certs, host="[::1]")
+            session = await client.connect(url)
+            await session.send(b"v6")
+            accepted = await listener.accept()
+            assert (await accepted.receive()).payload == b"v6"
+            assert accepted.peer_address[0] == "::1"
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer, accepted)
+                assert (await session.request(b"q")).payload == b"re:q"
+
+    backend.run(body)
+
+
+# --- the QUIC listener's session table --------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["client-close", "server-close", "server-abort"])
+def test_quic_listener_forgets_ended_sessions(backend: Backend, how: str, certs: Certs) -> None:
+    """Every way a session ends reaches its QUIC listener, which forgets exactly the sessions
+    that ended (its table is keyed by machine); the others keep working both ways."""
+
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen("quic", certs) as listener:
+            pairs = [await connect(client, listener, "quic", certs) for _ in range(6)]
+            assert backend.quic_listener_sessions(server.raw) == {ss.raw for _, ss in pairs}
+            ending, staying = pairs[::2], pairs[1::2]
+            for cs, ss in ending:
+                if how == "client-close":
+                    await cs.close()
+                elif how == "server-close":
+                    await ss.close()
+                else:
+                    ss.raw.abort()
+            for cs, ss in ending:
+                await cs.wait_closed()
+                await ss.wait_closed()
+                assert cs.is_closed and ss.is_closed
+            assert backend.quic_listener_sessions(server.raw) == {ss.raw for _, ss in staying}
+            assert server.session_count() == len(staying)
+            for i, (cs, ss) in enumerate(staying):
+                await cs.send(b"up %d" % i)
+                assert (await ss.receive()).payload == b"up %d" % i
+                await ss.send(b"down %d" % i)
+                assert (await cs.receive()).payload == b"down %d" % i
 
     backend.run(body)
 
