@@ -226,7 +226,8 @@ class SessionBase(Generic[_M, _W, _IO]):
 
     @property
     def connection(self) -> Connection:
-        """The core connection under this session (for inspection and statistics)."""
+        """The core connection under this session (for inspection and statistics; where the
+        session is shared between threads, read it under the transport's lock)."""
         return self._conn
 
     def __repr__(self) -> str:
