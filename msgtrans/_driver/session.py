@@ -55,15 +55,16 @@ from ..core.session import (
     SessionState,
 )
 
-__all__ = ["SessionBase"]
+__all__ = ["SessionBase", "SocketSide"]
 
 _ONE_WAY = PacketType.ONE_WAY
 _REQUEST = PacketType.REQUEST
 _RESPONSE = PacketType.RESPONSE
 
 
-class _SocketSide(Protocol):
-    """What the base reads from a backend's socket side."""
+class SocketSide(Protocol):
+    """What the base reads from a backend's socket side (each backend's ``IO`` protocol
+    extends it)."""
 
     @property
     def peer_address(self) -> Address | None:
@@ -72,7 +73,7 @@ class _SocketSide(Protocol):
 
 _M = TypeVar("_M")  # the backend's Message
 _W = TypeVar("_W")  # what waits for one reply (a future, an event slot, a lock)
-_IO = TypeVar("_IO", bound=_SocketSide)
+_IO = TypeVar("_IO", bound=SocketSide)
 
 
 class SessionBase(Generic[_M, _W, _IO]):
@@ -225,7 +226,8 @@ class SessionBase(Generic[_M, _W, _IO]):
 
     @property
     def connection(self) -> Connection:
-        """The core connection under this session (for inspection and statistics)."""
+        """The core connection under this session (for inspection and statistics; where the
+        session is shared between threads, read it under the transport's lock)."""
         return self._conn
 
     def __repr__(self) -> str:

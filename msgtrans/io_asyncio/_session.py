@@ -17,10 +17,9 @@ from functools import partial
 from typing import Protocol
 
 from .._backend import take_batch
-from .._driver.session import SessionBase
+from .._driver.session import SessionBase, SocketSide
 from ..core.connection import Connection
 from ..core.errors import TransportConnectionError, TransportError
-from ..core.machine import Address
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer, Packet, PacketType
 from ._message import Message
@@ -34,7 +33,7 @@ logger = logging.getLogger("msgtrans.io_asyncio")
 
 
 
-class IO(Protocol):
+class IO(SocketSide, Protocol):
     """What a :class:`Session` needs from its socket side (internal)."""
 
     def flush(self) -> None:
@@ -51,10 +50,6 @@ class IO(Protocol):
 
     def abort(self) -> None:
         """Drop the socket now, without a close handshake."""
-
-    @property
-    def peer_address(self) -> Address | None:
-        """The peer's socket address, when known."""
 
 
 class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):

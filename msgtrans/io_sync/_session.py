@@ -15,10 +15,9 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from .._backend import take_batch
-from .._driver.session import SessionBase
+from .._driver.session import SessionBase, SocketSide
 from ..core.connection import Connection
 from ..core.errors import TransportError, TransportTimeoutError
-from ..core.machine import Address
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer, Packet
 from ..core.session import CloseReason, SessionState
@@ -31,7 +30,7 @@ logger = logging.getLogger("msgtrans.io_sync")
 
 
 
-class IO(Protocol):
+class IO(SocketSide, Protocol):
     """What a :class:`Session` needs from its socket side (internal; lock held)."""
 
     def request_flush(self) -> None:
@@ -53,10 +52,6 @@ class IO(Protocol):
 
     def abort(self) -> None:
         """Drop the socket without a close handshake (the I/O thread closes it)."""
-
-    @property
-    def peer_address(self) -> Address | None:
-        """The peer's socket address, when known."""
 
 
 class _Reply:

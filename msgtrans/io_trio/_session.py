@@ -17,10 +17,9 @@ from typing import Protocol
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
 from .._backend import take_batch
-from .._driver.session import SessionBase
+from .._driver.session import SessionBase, SocketSide
 from ..core.connection import Connection
 from ..core.errors import TransportError
-from ..core.machine import Address
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer, Packet
 from ._message import Message
@@ -37,7 +36,7 @@ BATCH_CALLS = 64
 
 
 
-class IO(Protocol):
+class IO(SocketSide, Protocol):
     """What a :class:`Session` needs from its socket side (internal)."""
 
     async def run(self) -> None:
@@ -51,10 +50,6 @@ class IO(Protocol):
 
     def set_reading(self, reading: bool) -> None:
         """Pause (``False``) or resume reading from the socket."""
-
-    @property
-    def peer_address(self) -> Address | None:
-        """The peer's socket address, when known."""
 
 
 class _Slot:
