@@ -40,7 +40,7 @@ from ..core.events import (
 )
 from ..core.machine import Address, StreamMachine
 from ..core.metrics import TransportMetrics
-from ..core.packet import HEADER_SIZE, Buffer, Packet, PacketType
+from ..core.packet import Buffer, Packet, PacketType
 from ..core.session import (
     CloseReason,
     MessageReceived,
@@ -140,9 +140,6 @@ class SessionBase(Generic[_M, _W, _IO]):
         self._deadline_moved = True
         self._finish_callbacks: list[Callable[[Any], None]] = (
             [on_finished] if on_finished is not None else [])
-        self._unflushed_bytes = 0
-        self._unflushed_payload = 0
-        self.unflushed_packets = 0
         self.flush_emitted = False
         self.packets_flushed = 0
         self.established: ConnectionEstablished | None = None
@@ -251,97 +248,24 @@ class SessionBase(Generic[_M, _W, _IO]):
     def _queue_send(self, data: Buffer, biz_type: int, ext_header: Buffer) -> None:
         """Stamp and queue a one-way message and count it (the caller waited out backpressure
         and wakes its writer afterwards)."""
-        tcp = self._tcp
-        if tcp is not None and 0 <= biz_type <= 0xFF and len(ext_header) <= 0xFFFF:
-            # Plain TCP: the header is written from the fields, no Packet is made (the checks
-            # above are Packet's; anything out of range takes the general path, which raises).
-            sm = self._sm
-            size = len(data)
-            wire = size + HEADER_SIZE + len(ext_header)
-            try:
-                tcp.queue_message(_ONE_WAY, sm.stamp_send(size, self._time()), biz_type, data,
-                                  ext_header)
-                paused = sm.packet_queued(wire)
-            except TransportError as exc:
-                raise self._count(self._enrich(exc, "send")) from None
-        else:
-            machine = self._stream_machine
-            try:
-                if machine is None:
-                    packet = self._conn.send(data, biz_type=biz_type, ext_header=ext_header,
-                                             now=self._time())
-                    size = len(packet.payload)
-                    wire = packet.wire_size
-                    paused = True  # QUIC may pause on flow control: always look
-                else:
-                    # Connection.send, inlined for stream machines (two calls and two
-                    # wire_size lookups less per message): make the packet, queue it, count
-                    # the backlog.
-                    sm = self._sm
-                    packet = sm.send(data, biz_type=biz_type, ext_header=ext_header,
-                                     now=self._time())
-                    machine.send_packet(packet)
-                    size = len(packet.payload)
-                    wire = size + HEADER_SIZE + len(ext_header)
-                    paused = sm.packet_queued(wire)
-            except TransportError as exc:
-                raise self._count(self._enrich(exc, "send")) from None
-        # _queued, inlined: this runs once per message.
-        self._unflushed_bytes += wire
-        self._unflushed_payload += size
-        self.unflushed_packets += 1
-        if paused:
+        try:
+            look = self._conn.queue_send(data, biz_type, ext_header, self._time())
+        except TransportError as exc:
+            raise self._count(self._enrich(exc, "send")) from None
+        if look:
             self._process()
 
     def _queue_request(self, data: Buffer, biz_type: int, ext_header: Buffer, *,
                        timeout: float | None, now: float, waiter: _W) -> int:
         """Stamp and queue a request, file *waiter* for its reply and count it; return the
         request id (the caller wakes its writer and waits)."""
-        tcp = self._tcp
-        sm = self._sm
-        # Only queued and flushed using the same measure matters for the watermarks; the
-        # payload length is close enough for requests.
-        size = len(data)
-        wire = size + HEADER_SIZE + len(ext_header)
         try:
-            if tcp is not None and 0 <= biz_type <= 0xFF and len(ext_header) <= 0xFFFF:
-                # Plain TCP: no Packet made (see _queue_send).
-                request_id = sm.stamp_request(size, timeout=timeout, now=now)
-                try:
-                    tcp.queue_message(_REQUEST, request_id, biz_type, data, ext_header)
-                except TransportError:
-                    sm.cancel(request_id)
-                    raise
-                paused = sm.packet_queued(wire)
-            else:
-                machine = self._stream_machine
-                if machine is None:
-                    request_id = self._conn.request(
-                        data, biz_type=biz_type, ext_header=ext_header, timeout=timeout,
-                        now=now,
-                    )
-                    paused = True
-                else:
-                    # Connection.request, inlined for stream machines (see _queue_send).
-                    packet = sm.request(
-                        data, biz_type=biz_type, ext_header=ext_header, timeout=timeout,
-                        now=now,
-                    )
-                    request_id = packet.message_id
-                    try:
-                        machine.send_packet(packet)
-                    except TransportError:
-                        sm.cancel(request_id)
-                        raise
-                    paused = sm.packet_queued(wire)
+            request_id = self._conn.queue_request(data, biz_type, ext_header, timeout, now)
         except TransportError as exc:
             raise self._count(self._enrich(exc, "request")) from None
         # Filed before any event is handled: a close handled below fails it with the rest.
         self._responses[request_id] = waiter
-        self._unflushed_bytes += wire
-        self._unflushed_payload += size
-        self.unflushed_packets += 1
-        if paused:
+        if not self._lazy_send or self._sm.has_events:
             self._process()
         return request_id
 
@@ -349,39 +273,11 @@ class SessionBase(Generic[_M, _W, _IO]):
                         ext_header: Buffer) -> None:
         """Stamp and queue the response to *request* and count it (the caller checked the
         session may still answer, and wakes its writer afterwards)."""
-        tcp = self._tcp
-        size = len(data)
-        wire = size + HEADER_SIZE + len(ext_header)
-        sm = self._sm
         try:
-            if tcp is not None and (biz_type is None or 0 <= biz_type <= 0xFF) \
-                    and len(ext_header) <= 0xFFFF:
-                # Plain TCP: no Packet made (see _queue_send); *request* is one we received.
-                sm.stamp_response(size, self._time())
-                tcp.queue_message(
-                    _RESPONSE, request.message_id,
-                    request.biz_type if biz_type is None else biz_type, data, ext_header,
-                )
-                paused = sm.packet_queued(wire)
-            else:
-                machine = self._stream_machine
-                if machine is None:
-                    self._conn.respond(request, data, biz_type=biz_type, ext_header=ext_header,
-                                       now=self._time())
-                    paused = True
-                else:
-                    # Connection.respond, inlined for stream machines (see _queue_send).
-                    machine.send_packet(sm.respond(
-                        request, data, biz_type=biz_type, ext_header=ext_header,
-                        now=self._time(),
-                    ))
-                    paused = sm.packet_queued(wire)
+            look = self._conn.queue_response(request, data, biz_type, ext_header, self._time())
         except TransportError as exc:
             raise self._count(self._enrich(exc, "respond")) from None
-        self._unflushed_bytes += wire
-        self._unflushed_payload += size
-        self.unflushed_packets += 1
-        if paused:
+        if look:
             self._process()
 
     def _queue_batch(self, payloads: Iterable[Buffer], biz_type: int) -> int:
@@ -391,35 +287,26 @@ class SessionBase(Generic[_M, _W, _IO]):
         make = self._sm.send
         now = self._time()
         packets: list[Packet] = []
-        payload_bytes = 0
         try:
             for data in payloads:
                 packets.append(make(data, biz_type=biz_type, now=now))
-                payload_bytes += len(data)
         except TransportError as exc:
             raise self._count(self._enrich(exc, "send")) from None
         finally:
             if packets:
-                wire = payload_bytes + HEADER_SIZE * len(packets)
                 try:
-                    self._conn.machine.send_packets(packets)
+                    self._conn.queue_packets(packets)
                 except TransportError as exc:
                     raise self._count(self._enrich(exc, "send")) from None
                 finally:
-                    self._sm.packet_queued(wire, len(packets))
-                    self._queued(wire, payload_bytes, len(packets))
+                    if not self._lazy_send or self._sm.has_events:
+                        self._process()
         return len(packets)
 
-    def _queued(
-        self, nbytes: int, payload: int, packets: int = 1, paused: bool | None = None
-    ) -> None:
-        """Count *packets* queued packets (*paused*: what ``packet_queued`` returned, when the
-        caller has it) and handle what queueing emitted; the caller wakes its writer."""
-        self._unflushed_bytes += nbytes
-        self._unflushed_payload += payload
-        self.unflushed_packets += packets
-        if not self._lazy_send or (self._sm.has_events if paused is None else paused):
-            self._process()
+    @property
+    def unflushed_packets(self) -> int:
+        """Packets queued since the last flush accounting."""
+        return self._conn.unflushed_packets
 
     # --- the core's events ---------------------------------------------------------------------
 
@@ -596,17 +483,8 @@ class SessionBase(Generic[_M, _W, _IO]):
         """Return the bytes to write and account them as flushed (stream sockets)."""
         machine = self._stream_machine
         data = machine.data_to_send() if machine is not None else self._conn.data_to_send()
-        packets = self.unflushed_packets
-        if packets:
-            # _account_flushed, inlined: this runs once per write.
-            self.packets_flushed += packets
-            if self._sm.flushed(self._unflushed_bytes, packets):
-                self.flush_emitted = True
-            metrics = self._metrics
-            if metrics is not None:
-                metrics.messages_out += packets
-                metrics.bytes_out += self._unflushed_payload
-            self._unflushed_bytes = self.unflushed_packets = self._unflushed_payload = 0
+        if self._conn.unflushed_packets:
+            self._account_flushed()
         return data
 
     def take_datagrams(self, now: float | None = None) -> list[tuple[bytes, Address]]:
@@ -620,19 +498,18 @@ class SessionBase(Generic[_M, _W, _IO]):
         self._account_flushed()
 
     def _account_flushed(self) -> None:
-        packets = self.unflushed_packets
+        # The session machine directly (what Connection.flushed does, minus draining its
+        # events): process_if_pending sees whether it emitted SendResumed.
+        packets, payload, resumed = self._conn.take_unflushed()
         if packets:
             self.packets_flushed += packets
-            # The session machine directly (what Connection.flushed does, minus draining its
-            # events): process_if_pending sees whether it emitted SendResumed.
-            if self._sm.flushed(self._unflushed_bytes, packets):
+            if resumed:
                 self.flush_emitted = True
             metrics = self._metrics
             if metrics is not None:
                 # Counted when handed to the socket, once per flush.
                 metrics.messages_out += packets
-                metrics.bytes_out += self._unflushed_payload
-            self._unflushed_bytes = self.unflushed_packets = self._unflushed_payload = 0
+                metrics.bytes_out += payload
 
     @property
     def write_closed(self) -> bool:

@@ -49,7 +49,7 @@ from .events import (
 )
 from .framing import PacketDecoder
 from .machine import Address, DatagramMachine, MachineState, ProtocolMachine, StreamMachine
-from .packet import HEADER_SIZE, MAX_U16, Buffer, Packet, PacketType
+from .packet import HEADER_SIZE, MAX_U16, Buffer, Packet, PacketType, wire_size_of
 from .quic import QuicMachine
 from .quic_endpoint import QuicEndpoint
 from .session import CloseReason, SessionEvent, SessionMachine, SessionState
@@ -142,17 +142,22 @@ class Connection:
             ``None``: a driver's fast path may then queue and receive packets through
             :meth:`TcpMachine.queue_message <msgtrans.core.tcp.TcpMachine.queue_message>` and
             :meth:`~msgtrans.core.tcp.TcpMachine.receive_packets` directly.
-        queue_send: ``queue_send(payload, biz_type, ext_header, now) -> int``, the drivers'
-            one send path: :meth:`send` without the packet handed back; it counts the message
-            in the send backlog and returns its size on the wire (what the driver later
-            reports as flushed).  Chosen once, at construction: on plain TCP the header is
-            written from the fields and no :class:`Packet` is made.  Raises as :meth:`send`.
-        queue_request: ``queue_request(payload, biz_type, ext_header, timeout, now) ->
-            (request_id, wire_size)``: :meth:`request` the same way (the request is withdrawn
+        queue_send: ``queue_send(payload, biz_type, ext_header, now) -> bool``, the drivers'
+            one send path: :meth:`send` without the packet handed back.  It counts the
+            message in the send backlog and in the ``unflushed_*`` counters, and returns
+            whether the driver must handle :meth:`events` now (the send paused, or the machine
+            is a datagram one, whose flow control may have news).  Chosen once, at
+            construction: on plain TCP the header is written from the fields and no
+            :class:`Packet` is made.  Raises as :meth:`send`.
+        queue_request: ``queue_request(payload, biz_type, ext_header, timeout, now) -> int``:
+            :meth:`request` the same way; returns the request id (the request is withdrawn
             when the machine refuses it).  Raises as :meth:`request`.
-        queue_response: ``queue_response(request, payload, biz_type, ext_header, now) -> int``:
-            :meth:`respond` to a request packet we received, the same way (*biz_type*
+        queue_response: ``queue_response(request, payload, biz_type, ext_header, now) ->
+            bool``: :meth:`respond` to a request packet we received, the same way (*biz_type*
             ``None``: the request's).  Raises as :meth:`respond`.
+        unflushed_bytes: wire bytes the ``queue_*`` paths queued since the driver last
+            accounted a flush (:meth:`take_unflushed`); ``unflushed_payload`` their payload
+            bytes, ``unflushed_packets`` their count.
     """
 
     def __init__(
@@ -177,9 +182,9 @@ class Connection:
         self.plain_tcp: TcpMachine | None = machine if type(machine) is TcpMachine else None
         # The send paths, bound once: a driver calls one method per operation and never
         # learns which protocol or which header size is under it.
-        self.queue_send: Callable[[Buffer, int, Buffer, float], int]
-        self.queue_request: Callable[[Buffer, int, Buffer, float | None, float], tuple[int, int]]
-        self.queue_response: Callable[[Packet, Buffer, int | None, Buffer, float], int]
+        self.queue_send: Callable[[Buffer, int, Buffer, float], bool]
+        self.queue_request: Callable[[Buffer, int, Buffer, float | None, float], int]
+        self.queue_response: Callable[[Packet, Buffer, int | None, Buffer, float], bool]
         if self.plain_tcp is not None:
             self.queue_send = self._queue_send_fields
             self.queue_request = self._queue_request_fields
@@ -188,6 +193,11 @@ class Connection:
             self.queue_send = self._queue_send_packet
             self.queue_request = self._queue_request_packet
             self.queue_response = self._queue_response_packet
+        # Only a datagram machine may emit something when a packet is queued.
+        self._look_after_queue = self._stream_machine is None
+        self.unflushed_bytes = 0
+        self.unflushed_payload = 0
+        self.unflushed_packets = 0
         self.session = session if session is not None else SessionMachine(session_id)
         self.established: ConnectionEstablished | None = None
         self._events: list[ConnectionEvent] = []
@@ -290,18 +300,21 @@ class Connection:
 
     def _queue_send_packet(
         self, payload: Buffer, biz_type: int, ext_header: Buffer, now: float
-    ) -> int:
+    ) -> bool:
         session = self.session
         self.machine.send_packet(
             session.send(payload, biz_type=biz_type, ext_header=ext_header, now=now)
         )
-        wire = len(payload) + HEADER_SIZE + len(ext_header)
-        session.packet_queued(wire)
-        return wire
+        size = len(payload)
+        wire = size + HEADER_SIZE + len(ext_header)
+        self.unflushed_bytes += wire
+        self.unflushed_payload += size
+        self.unflushed_packets += 1
+        return session.packet_queued(wire) or self._look_after_queue
 
     def _queue_send_fields(
         self, payload: Buffer, biz_type: int, ext_header: Buffer, now: float
-    ) -> int:
+    ) -> bool:
         if not 0 <= biz_type <= 0xFF or len(ext_header) > MAX_U16:
             return self._queue_send_packet(payload, biz_type, ext_header, now)  # raises
         session = self.session
@@ -310,13 +323,15 @@ class Connection:
             _ONE_WAY, session.stamp_send(size, now), biz_type, payload, ext_header
         )
         wire = size + HEADER_SIZE + len(ext_header)
-        session.packet_queued(wire)
-        return wire
+        self.unflushed_bytes += wire
+        self.unflushed_payload += size
+        self.unflushed_packets += 1
+        return session.packet_queued(wire)
 
     def _queue_request_packet(
         self, payload: Buffer, biz_type: int, ext_header: Buffer, timeout: float | None,
         now: float,
-    ) -> tuple[int, int]:
+    ) -> int:
         session = self.session
         packet = session.request(
             payload, biz_type=biz_type, ext_header=ext_header, timeout=timeout, now=now
@@ -327,14 +342,13 @@ class Connection:
         except TransportError:
             session.cancel(request_id)
             raise
-        wire = len(payload) + HEADER_SIZE + len(ext_header)
-        session.packet_queued(wire)
-        return request_id, wire
+        self._count_queued(len(payload), len(ext_header))
+        return request_id
 
     def _queue_request_fields(
         self, payload: Buffer, biz_type: int, ext_header: Buffer, timeout: float | None,
         now: float,
-    ) -> tuple[int, int]:
+    ) -> int:
         if not 0 <= biz_type <= 0xFF or len(ext_header) > MAX_U16:
             return self._queue_request_packet(payload, biz_type, ext_header, timeout, now)
         session = self.session
@@ -347,41 +361,76 @@ class Connection:
         except TransportError:
             session.cancel(request_id)
             raise
-        wire = size + HEADER_SIZE + len(ext_header)
-        session.packet_queued(wire)
-        return request_id, wire
+        self._count_queued(size, len(ext_header))
+        return request_id
 
     def _queue_response_packet(
         self, request: Packet, payload: Buffer, biz_type: int | None, ext_header: Buffer,
         now: float,
-    ) -> int:
-        session = self.session
-        self.machine.send_packet(
-            session.respond(request, payload, biz_type=biz_type, ext_header=ext_header, now=now)
-        )
-        wire = len(payload) + HEADER_SIZE + len(ext_header)
-        session.packet_queued(wire)
-        return wire
+    ) -> bool:
+        self.machine.send_packet(self.session.respond(
+            request, payload, biz_type=biz_type, ext_header=ext_header, now=now
+        ))
+        return self._count_queued(len(payload), len(ext_header)) or self._look_after_queue
 
     def _queue_response_fields(
         self, request: Packet, payload: Buffer, biz_type: int | None, ext_header: Buffer,
         now: float,
-    ) -> int:
+    ) -> bool:
         if biz_type is None:
             biz_type = request.biz_type
         elif not 0 <= biz_type <= 0xFF:
             return self._queue_response_packet(request, payload, biz_type, ext_header, now)
         if len(ext_header) > MAX_U16 or request.packet_type is not _REQUEST:
             return self._queue_response_packet(request, payload, biz_type, ext_header, now)
-        session = self.session
         size = len(payload)
-        session.stamp_response(size, now)
+        self.session.stamp_response(size, now)
         self.plain_tcp.queue_message(  # type: ignore[union-attr]  # bound only when set
             _RESPONSE, request.message_id, biz_type, payload, ext_header
         )
-        wire = size + HEADER_SIZE + len(ext_header)
-        session.packet_queued(wire)
-        return wire
+        return self._count_queued(size, len(ext_header))
+
+    def _count_queued(self, size: int, ext_size: int) -> bool:
+        wire = size + HEADER_SIZE + ext_size
+        self.unflushed_bytes += wire
+        self.unflushed_payload += size
+        self.unflushed_packets += 1
+        return self.session.packet_queued(wire)
+
+    def queue_packets(self, packets: list[Packet]) -> None:
+        """Queue *packets* the session machine made (a batch of sends), in order, and count
+        them as the ``queue_*`` paths do, even when the machine refuses one (the session
+        counted them as sent).
+
+        Raises:
+            TransportConnectionError, ResourceError: as :meth:`send`; the packets before the
+                one refused stay queued.
+        """
+        wire = wire_size_of(packets)
+        try:
+            self.machine.send_packets(packets)
+        finally:
+            self.unflushed_bytes += wire
+            self.unflushed_payload += sum(len(packet.payload) for packet in packets)
+            self.unflushed_packets += len(packets)
+            self.session.packet_queued(wire, len(packets))
+
+    def take_unflushed(self) -> tuple[int, int, bool]:
+        """Account everything queued since the last call as handed to the socket: the session's
+        send backlog shrinks.  Returns ``(packets, payload bytes, resumed)``: the first two
+        for the driver's metrics, *resumed* whether the session machine emitted an event
+        (``SendResumed``) the driver should handle; ``(0, 0, False)`` when nothing was queued.
+
+        For a driver that takes the bytes with :meth:`data_to_send` or
+        :meth:`datagrams_to_send` and counts them as flushed then.
+        """
+        packets = self.unflushed_packets
+        if not packets:
+            return 0, 0, False
+        payload = self.unflushed_payload
+        resumed = self.session.flushed(self.unflushed_bytes, packets)
+        self.unflushed_bytes = self.unflushed_packets = self.unflushed_payload = 0
+        return packets, payload, resumed
 
     # --- the driver's side ---------------------------------------------------------------------
 

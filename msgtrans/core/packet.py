@@ -13,6 +13,7 @@ Only the payload is ever compressed, and ``payload_len`` is its length on the wi
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from typing import TypeAlias, cast
@@ -33,6 +34,7 @@ __all__ = [
     "PacketFlags",
     "PacketType",
     "outgoing_packet",
+    "wire_size_of",
 ]
 
 #: Anything msgtrans accepts or hands out as message bytes.
@@ -412,6 +414,15 @@ def build_packet(
 
 _NO_COMPRESSION = Compression.NONE
 _NO_FLAGS = PacketFlags.NONE
+
+
+def wire_size_of(packets: Sequence[Packet]) -> int:
+    """The bytes *packets* take on the wire uncompressed (:attr:`Packet.wire_size` summed, in
+    one call): what a driver counts in the send backlog for a batch."""
+    size = HEADER_SIZE * len(packets)
+    for packet in packets:
+        size += len(packet.payload) + len(packet.ext_header)
+    return size
 
 
 def outgoing_packet(

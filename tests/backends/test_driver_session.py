@@ -122,10 +122,15 @@ def test_properties_and_handshake() -> None:
 def test_send_request_respond(plain: bool) -> None:
     client, server = _pair()
     if not plain:
-        client._tcp = server._tcp = None  # the general path: same wire, same counts
+        # The packet path on the same machine (what TLS and WebSocket take): same wire,
+        # same counts.
+        for conn in (client._conn, server._conn):
+            conn.queue_send = conn._queue_send_packet
+            conn.queue_request = conn._queue_request_packet
+            conn.queue_response = conn._queue_response_packet
     client._queue_send(b"hello", 3, b"xy")
     assert client.unflushed_packets == 1
-    assert client._unflushed_bytes == HEADER_SIZE + 5 + 2
+    assert client._conn.unflushed_bytes == HEADER_SIZE + 5 + 2
     _move(client, server)
     assert client.packets_flushed == 1 and client.unflushed_packets == 0
     message = server._inbox.popleft()
@@ -151,7 +156,7 @@ def test_send_request_respond(plain: bool) -> None:
 def test_batch_counts_the_wire_of_each_packet() -> None:
     client, server = _pair()
     assert client._queue_batch([b"a", b"bc", b""], 1) == 3
-    assert client._unflushed_bytes == 3 * HEADER_SIZE + 3
+    assert client._conn.unflushed_bytes == 3 * HEADER_SIZE + 3
     _move(client, server)
     assert [bytes(m.payload) for m in server._inbox] == [b"a", b"bc", b""]
 
