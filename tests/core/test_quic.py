@@ -16,9 +16,11 @@ import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aioquic import tls
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicProtocolVersion
@@ -29,6 +31,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from msgtrans.certs import write_self_signed
+from msgtrans.core.config import QuicConfig, QuicServerConfig
+from msgtrans.core.connection import client_connection, quic_endpoint
 from msgtrans.core.errors import (
     ConfigurationError,
     ProtocolError,
@@ -1385,3 +1390,60 @@ def test_queued_packets_are_framed_as_the_wire_format_says(
     machine.datagrams_to_send(0.0)  # hands the gathered bytes to aioquic's stream
     stream = machine.quic._streams[STREAM_ID]
     assert bytes(stream.sender._buffer) == framed
+
+
+# --- the handshake's datagram sizes and key shares --------------------------------------------
+# How QUIC's loopback datagram size and the client's key shares show in the handshake.
+
+
+@pytest.fixture(scope="module")
+def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_self_signed(tmp_path_factory.mktemp("quic-options"))
+
+
+
+@pytest.mark.parametrize("size", [LOOPBACK_DATAGRAM_SIZE, 4000])
+def test_the_last_handshake_flight_is_not_padded_to_the_loopback_size(
+    cert_files: tuple[Path, Path], size: int
+) -> None:
+    # aioquic pads a client datagram holding an Initial packet to the full datagram size: the
+    # flight that completes the handshake still holds one (its Initial ACK), so widening waits
+    # for the Initial space to be discarded.
+    cert, key = cert_files
+    endpoint = quic_endpoint(QuicServerConfig("127.0.0.1:4433", cert, key))
+    client = client_connection(
+        QuicConfig("127.0.0.1:4433", ca_file=str(cert), loopback_datagram_size=size),
+        resolved=("127.0.0.1", 4433),
+    ).machine
+    assert isinstance(client, QuicMachine)
+    client.start(0.0)
+    sizes: list[int] = []
+    for _ in range(6):
+        grams = client.datagrams_to_send(0.0)
+        sizes += [len(data) for data, _addr in grams]
+        for data, _addr in grams:
+            endpoint.receive_datagram(data, ("127.0.0.1", 50000), 0.0)
+        for data, _addr in endpoint.datagrams_to_send(0.0):
+            client.receive_datagram(data, ("127.0.0.1", 4433), 0.0)
+    opened = client.state
+    assert opened is MachineState.OPEN
+    assert sizes and max(sizes) <= 1200
+    assert client.quic._max_datagram_size == size  # widened once the Initial space went
+
+
+def test_a_client_makes_key_shares_for_p256_and_x25519_only(cert_files: tuple[Path, Path]) -> None:
+    cert, key = cert_files
+    endpoint = quic_endpoint(QuicServerConfig("127.0.0.1:4433", cert, key))
+    client = client_connection(QuicConfig("127.0.0.1:4433", ca_file=str(cert)),
+                               resolved=("127.0.0.1", 4433)).machine
+    assert isinstance(client, QuicMachine)
+    client.start(0.0)
+    context = client.quic.tls
+    assert set(context._supported_groups) == {tls.Group.SECP256R1, tls.Group.X25519}
+    assert context._x448_private_key is None and len(context._ec_private_keys) == 1
+    DatagramPipe(client, endpoint).pump(0.0)
+    opened = client.state
+    assert opened is MachineState.OPEN
+    (server,) = endpoint.connections
+    # The server keeps every group it knows, to answer any client.
+    assert tls.Group.X448 in server.quic.tls._supported_groups
