@@ -3,7 +3,7 @@ receive buffer back to the pool, waits for views still alive, refuses while the 
 itself is exported, and means nothing for small or unpooled messages.
 
 No sockets: messages are built from packets a pooled decoder produced.  The pool itself is
-tested in tests/core/test_buffers.py and tests/core/test_zero_copy.py.
+tested in tests/core/test_buffers.py.
 """
 
 from __future__ import annotations

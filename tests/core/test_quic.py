@@ -16,12 +16,15 @@ import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aioquic import tls
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicProtocolVersion
+from aioquic.quic.recovery import QuicPacketPacer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,6 +32,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from msgtrans.certs import write_self_signed
+from msgtrans.core.config import QuicConfig, QuicServerConfig
+from msgtrans.core.connection import client_connection, quic_endpoint
 from msgtrans.core.errors import (
     ConfigurationError,
     ProtocolError,
@@ -49,15 +55,19 @@ from msgtrans.core.events import (
 from msgtrans.core.machine import MachineState
 from msgtrans.core.memory import DatagramPipe
 from msgtrans.core.packet import Limits, Packet, PacketType
+from msgtrans.core.pair import SERVER_ADDR, ConnectionPair
 from msgtrans.core.quic import (
     ALPN,
     LOOPBACK_DATAGRAM_SIZE,
     STREAM_ID,
+    TIMER_GRANULARITY,
+    BurstPacer,
     FlowControlledQuicConnection,
     QuicAppError,
     QuicMachine,
 )
 from msgtrans.core.quic_endpoint import MAX_PENDING_REPLIES, QuicEndpoint
+from msgtrans.core.session import MessageReceived
 
 SERVER = ("127.0.0.1", 4433)
 
@@ -1385,3 +1395,142 @@ def test_queued_packets_are_framed_as_the_wire_format_says(
     machine.datagrams_to_send(0.0)  # hands the gathered bytes to aioquic's stream
     stream = machine.quic._streams[STREAM_ID]
     assert bytes(stream.sender._buffer) == framed
+
+
+# --- the handshake's datagram sizes and key shares --------------------------------------------
+# How QUIC's loopback datagram size and the client's key shares show in the handshake.
+
+
+@pytest.fixture(scope="module")
+def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_self_signed(tmp_path_factory.mktemp("quic-options"))
+
+
+
+@pytest.mark.parametrize("size", [LOOPBACK_DATAGRAM_SIZE, 4000])
+def test_the_last_handshake_flight_is_not_padded_to_the_loopback_size(
+    cert_files: tuple[Path, Path], size: int
+) -> None:
+    # aioquic pads a client datagram holding an Initial packet to the full datagram size: the
+    # flight that completes the handshake still holds one (its Initial ACK), so widening waits
+    # for the Initial space to be discarded.
+    cert, key = cert_files
+    endpoint = quic_endpoint(QuicServerConfig("127.0.0.1:4433", cert, key))
+    client = client_connection(
+        QuicConfig("127.0.0.1:4433", ca_file=str(cert), loopback_datagram_size=size),
+        resolved=("127.0.0.1", 4433),
+    ).machine
+    assert isinstance(client, QuicMachine)
+    client.start(0.0)
+    sizes: list[int] = []
+    for _ in range(6):
+        grams = client.datagrams_to_send(0.0)
+        sizes += [len(data) for data, _addr in grams]
+        for data, _addr in grams:
+            endpoint.receive_datagram(data, ("127.0.0.1", 50000), 0.0)
+        for data, _addr in endpoint.datagrams_to_send(0.0):
+            client.receive_datagram(data, ("127.0.0.1", 4433), 0.0)
+    opened = client.state
+    assert opened is MachineState.OPEN
+    assert sizes and max(sizes) <= 1200
+    assert client.quic._max_datagram_size == size  # widened once the Initial space went
+
+
+def test_a_client_makes_key_shares_for_p256_and_x25519_only(cert_files: tuple[Path, Path]) -> None:
+    cert, key = cert_files
+    endpoint = quic_endpoint(QuicServerConfig("127.0.0.1:4433", cert, key))
+    client = client_connection(QuicConfig("127.0.0.1:4433", ca_file=str(cert)),
+                               resolved=("127.0.0.1", 4433)).machine
+    assert isinstance(client, QuicMachine)
+    client.start(0.0)
+    context = client.quic.tls
+    assert set(context._supported_groups) == {tls.Group.SECP256R1, tls.Group.X25519}
+    assert context._x448_private_key is None and len(context._ec_private_keys) == 1
+    DatagramPipe(client, endpoint).pump(0.0)
+    opened = client.state
+    assert opened is MachineState.OPEN
+    (server,) = endpoint.connections
+    # The server keeps every group it knows, to answer any client.
+    assert tls.Group.X448 in server.quic.tls._supported_groups
+
+
+# --- a paused receiver grants no credit -------------------------------------------------------
+# A QUIC receiver that pauses reading stops granting credit, so a fast sender is held back.
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    cert, key = write_self_signed(Path(tmp_path_factory.mktemp("certs")))
+    return str(cert), str(key)
+
+
+def test_paused_reader_bounds_what_arrives(certs: tuple[str, str]) -> None:
+    cert, key = certs
+    pair = ConnectionPair(
+        client_connection(f"quic://localhost:{SERVER_ADDR[1]}?ca={cert}", resolved=SERVER_ADDR),
+        None,
+        quic_endpoint(QuicServerConfig(addr="127.0.0.1:0", cert_file=cert, key_file=key)),
+    )
+    pair.start()
+    assert pair.server is not None
+    server_machine = pair.server.machine
+    assert isinstance(server_machine, QuicMachine)
+    assert isinstance(server_machine.quic, FlowControlledQuicConnection)
+    server_machine.pause_reading()
+
+    chunk = bytes(64 * 1024)
+    sent = 0
+    paused = False
+    for _ in range(128):  # 8 MiB, far more than the window the server granted
+        pair.client.send(chunk, now=pair.now)
+        sent += len(chunk)
+        pair.pump(20)
+        paused = paused or any(isinstance(e, WritePaused) for e in pair.take("client"))
+    pair.advance(2.0)
+    stream = server_machine.quic._streams[0]
+    arrived = stream.receiver.highest_offset
+    assert arrived <= stream.max_stream_data_local
+    assert arrived < sent / 4, (arrived, sent)
+    assert paused  # the sender saw its backlog grow past the high watermark
+
+    server_machine.resume_reading()
+    pair.pump(50_000, until=lambda: stream.receiver.highest_offset >= sent + 16 * 128)
+    messages = [e for e in pair.take("server") if isinstance(e, MessageReceived)]
+    assert sum(len(m.packet.payload) for m in messages) == sent
+
+
+def test_plain_aioquic_connection_ignores_pause() -> None:
+    machine = QuicMachine.client(("127.0.0.1", 4433), cert_verification=False)
+    machine._quic.__class__ = FlowControlledQuicConnection.__mro__[1]  # a plain QuicConnection
+    machine.pause_reading()
+    machine.resume_reading()
+    assert not getattr(machine.quic, "read_paused", False)
+
+
+# --- pacing ----------------------------------------------------------------------------------
+
+
+def test_connections_pace_with_the_burst_pacer() -> None:
+    machine = QuicMachine.client(("127.0.0.1", 4433), cert_verification=False)
+    assert isinstance(machine.quic._loss._pacer, BurstPacer)
+
+
+@given(
+    cwnd=st.integers(min_value=2 * 1200, max_value=64 * 1024 * 1024),
+    srtt=st.floats(min_value=1e-6, max_value=2.0),
+)
+def test_burst_pacer_bursts_cover_the_timer_granularity(cwnd: int, srtt: float) -> None:
+    ours = BurstPacer(max_datagram_size=1200)
+    theirs = QuicPacketPacer(max_datagram_size=1200)
+    ours.update_rate(congestion_window=cwnd, smoothed_rtt=srtt)
+    theirs.update_rate(congestion_window=cwnd, smoothed_rtt=srtt)
+    rate = cwnd / max(srtt, 1e-6)
+    assert ours.packet_time == theirs.packet_time
+    # Never a smaller burst than aioquic allows...
+    assert ours.bucket_max >= theirs.bucket_max
+    # ...never more than a congestion window (or aioquic's own minimum burst) at once...
+    assert ours.bucket_max * rate <= max(cwnd, 2 * 1200) * (1 + 1e-9)
+    # ...and, unless the window or the cap is smaller, two timer granularities' worth, so a
+    # timer that fires a millisecond late still finds a full millisecond of credit.
+    if rate * 2 * TIMER_GRANULARITY <= min(cwnd, 256 * 1200):
+        assert ours.bucket_max >= 2 * TIMER_GRANULARITY * (1 - 1e-9)
