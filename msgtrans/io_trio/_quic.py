@@ -12,11 +12,11 @@ from typing import Any
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
+from .._driver.quic import _quic_machine, _QuicSeat, _QuicTable
 from ..core.config import QuicServerConfig
-from ..core.connection import Connection, quic_endpoint, quic_server_connection
+from ..core.connection import Connection, quic_endpoint
 from ..core.errormap import map_error
 from ..core.machine import Address, MachineState
-from ..core.quic import QuicMachine
 from ..core.quic_endpoint import QuicEndpoint
 from ._session import Session
 from ._stream import deliver_when_established
@@ -62,8 +62,7 @@ class QuicClientIO:
 
     def set_reading(self, reading: bool) -> None:
         """Hold or grant the peer's flow-control credit (aioquic grants on arrival otherwise)."""
-        machine = self.session.connection.machine
-        assert isinstance(machine, QuicMachine)
+        machine = _quic_machine(self.session.connection)
         if reading:
             machine.resume_reading()
             self.wake()  # the credit update leaves with the next datagrams
@@ -94,9 +93,7 @@ class QuicClientIO:
 
     async def _gather(self) -> None:
         """Yield while the sender keeps queueing, up to :data:`GATHER_BYTES`."""
-        machine = self.session.connection.machine
-        if not isinstance(machine, QuicMachine):  # pragma: no cover - always QUIC here
-            return
+        machine = _quic_machine(self.session.connection)
         queued = machine.gathered_bytes
         idle = 0
         for _ in range(GATHER_ROUNDS):
@@ -128,18 +125,14 @@ class QuicClientIO:
                 return
 
 
-class _ServerSessionIO:
+class _ServerSessionIO(_QuicSeat):
     """The socket side of one accepted QUIC session: a seat on its listener's shared socket."""
 
-    def __init__(self, listener: QuicListener, session: Session, machine: QuicMachine) -> None:
-        self._listener = listener
-        self._session = session
-        self._machine = machine
-        self.done = trio.Event()
+    __slots__ = ("done",)
 
-    @property
-    def peer_address(self) -> Address | None:
-        return self._machine.peer_address
+    def __init__(self, listener: QuicListener, session: Session, machine: Any) -> None:
+        super().__init__(listener, session, machine)
+        self.done = trio.Event()
 
     def wake(self) -> None:
         self._listener.wake()
@@ -148,8 +141,6 @@ class _ServerSessionIO:
             self.done.set()
 
     def set_reading(self, reading: bool) -> None:
-        # The socket is shared by every connection, so the pause is QUIC's own: the machine
-        # stops granting this peer credit and the peer stops at the window it has.
         if reading:
             self._machine.resume_reading()
             self.wake()
@@ -160,16 +151,13 @@ class _ServerSessionIO:
         await self.done.wait()
 
     async def aclose(self) -> None:
-        if not self._machine.is_closed:
-            # Aborted: tell the peer too (CONNECTION_CLOSE); the shared socket stays.
-            self._machine.close(0, "aborted")
-        self._listener.forget(self._machine)
+        self._close_machine()
         self._listener.wake()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
 
-class QuicListener:
-    """One UDP socket serving a :class:`QuicServerConfig` through the core's endpoint: a
+class QuicListener(_QuicTable[Session, _ServerSessionIO]):
+    """One UDP socket serving a QUIC server config through the core's endpoint: a
     reader task routing datagrams, a writer task sending, a timer task for the endpoint."""
 
     def __init__(
@@ -182,17 +170,11 @@ class QuicListener:
         on_established: Callable[[Session], None],
         settings: dict[str, Any],
     ) -> None:
-        self.endpoint = endpoint
-        # From now on the endpoint records which connections have news (see _pump).
-        endpoint.take_touched()
+        self._init_table(endpoint, new_session, on_established, settings)
         bound = sock.getsockname()
         self.address: Address = (bound[0], bound[1])
         self._sock = sock
-        self._new_session = new_session
         self._spawn = spawn
-        self._on_established = on_established
-        self._settings = settings
-        self._seats: dict[QuicMachine, tuple[Session, _ServerSessionIO]] = {}
         self._wake = trio.Event()
         self._timer_event = trio.Event()
         # The deadline the timer task sleeps until (inf: none); see _rearm.
@@ -212,10 +194,9 @@ class QuicListener:
                     nursery.cancel_scope.cancel()
         finally:
             self._sock.close()
-            for session, seat in list(self._seats.values()):
+            for session, seat in self._take_all():
                 session.lost(None)
                 seat.done.set()
-            self._seats.clear()
             self._closed.set()
 
     async def _reader(self) -> None:
@@ -230,22 +211,20 @@ class QuicListener:
                 continue
             now = trio.current_time()
             endpoint.receive_datagram(data, addr, now)
-            for machine in endpoint.accept():
-                session = self._new_session(self._connection_for(machine))
-                seat = _ServerSessionIO(self, session, machine)
-                self._seats[machine] = (session, seat)
-                self._spawn(session.run, seat)
-                self._spawn(deliver_when_established, session, self._deliver)
+            self._accept(now)
             self._pump()
+
+    def _attach(self, session: Session, machine: Any, now: float) -> _ServerSessionIO:
+        seat = _ServerSessionIO(self, session, machine)
+        self._spawn(session.run, seat)
+        self._spawn(deliver_when_established, session, self._deliver)
+        return seat
+
+    def _session_over(self, session: Session, seat: _ServerSessionIO) -> None:
+        seat.done.set()
 
     def _deliver(self, session: Session) -> None:
         self._on_established(session)
-
-    def _connection_for(self, machine: QuicMachine) -> Callable[[int], Connection]:
-        def make(session_id: int) -> Connection:
-            return quic_server_connection(machine, session_id=session_id, **self._settings)
-
-        return make
 
     def _pump(self) -> None:
         # Only the connections the endpoint fed, timed, saw written to or ended can have news
@@ -253,26 +232,6 @@ class QuicListener:
         # (O(touched) per datagram, not O(sessions)).
         self._visit(self.endpoint.take_touched(), account=False)
         self.wake()
-
-    def _visit(self, machines: list[QuicMachine], *, account: bool) -> None:
-        seats = self._seats
-        for machine in machines:
-            entry = seats.get(machine)
-            if entry is None:
-                continue  # forgotten (aborted, or over and already visited)
-            session, seat = entry
-            if account:
-                session.account_flushed()
-            if machine.has_events:
-                session.process()
-            if session.machine_closed:
-                seats.pop(machine, None)
-                seat.done.set()
-
-    def forget(self, machine: QuicMachine) -> None:
-        """Drop the session of *machine* from the listener's table (the table's key: no scan
-        of every session per close)."""
-        self._seats.pop(machine, None)
 
     def wake(self) -> None:
         """Have the writer send every connection's datagrams (it re-arms the timer after)."""
@@ -336,12 +295,6 @@ class QuicListener:
             self.endpoint.handle_timer(trio.current_time())
             self._pump()
 
-    def close(self) -> None:
-        """Stop handing out new sessions (sessions already accepted go on)."""
-        # The endpoint refuses new Initials once it is closing, but its close() also closes
-        # every connection; so close what arrives instead, one by one.
-        self._on_established = _refuse
-
     def stop(self) -> None:
         """Close the socket once every session on it is over (call after closing them).
 
@@ -365,10 +318,6 @@ class QuicListener:
         await self._closed.wait()
 
 
-def _refuse(session: Session) -> None:
-    session.start_close(None, "the listener is closed")
-
-
 async def open_quic_listener(
     config: QuicServerConfig,
     new_session: Callable[[Callable[[int], Connection]], Session],
@@ -390,12 +339,12 @@ async def open_quic_listener(
         family, kind, proto, _name, addr = infos[0]
         sock = trio.socket.socket(family, kind, proto)
     except OSError as exc:
-        raise map_error(exc, protocol="quic", operation="listen") from None
+        raise map_error(exc, protocol=config.protocol, operation="listen") from None
     try:
         await sock.bind(addr)
     except OSError as exc:
         sock.close()
-        raise map_error(exc, protocol="quic", operation="listen") from None
+        raise map_error(exc, protocol=config.protocol, operation="listen") from None
     _grow_receive_buffer(sock)
     return QuicListener(sock, endpoint, new_session=new_session, spawn=spawn,
                         on_established=on_established, settings=settings)
