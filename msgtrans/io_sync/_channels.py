@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._driver.quic import _quic_machine, _QuicSeat, _QuicTable
 from ..core.config import QuicServerConfig
-from ..core.connection import Connection, quic_endpoint, quic_server_connection, server_connection
+from ..core.connection import Connection, quic_endpoint, server_connection
 from ..core.errormap import map_error
 from ..core.machine import Address
 from ..core.packet import Buffer
-from ..core.quic import QuicMachine
 from ..core.quic_endpoint import QuicEndpoint
 from ._loop import Channel, IOLoop
 from ._session import Session
@@ -477,17 +477,12 @@ class QuicClientChannel(Channel):
 
     def pause_reading(self) -> None:
         """Stop granting the peer flow-control credit: the application fell behind."""
-        self._machine().pause_reading()
+        _quic_machine(self.session.connection).pause_reading()
 
     def resume_reading(self) -> None:
         """Grant credit again; the update leaves with the next datagrams."""
-        self._machine().resume_reading()
+        _quic_machine(self.session.connection).resume_reading()
         self.request_flush()
-
-    def _machine(self) -> QuicMachine:
-        machine = self.session.connection.machine
-        assert isinstance(machine, QuicMachine)
-        return machine
 
     def abort(self) -> None:
         """Drop the socket (any thread)."""
@@ -561,17 +556,10 @@ class QuicClientChannel(Channel):
         self.session.socket_gone()
 
 
-class _ServerSessionIO:
+class _ServerSessionIO(_QuicSeat):
     """The socket side of one accepted QUIC session: its listener's shared socket."""
 
-    def __init__(self, listener: QuicListener, session: Session, machine: QuicMachine) -> None:
-        self._listener = listener
-        self._session = session
-        self._machine = machine
-
-    @property
-    def peer_address(self) -> Address | None:
-        return self._machine.peer_address
+    __slots__ = ()
 
     def request_flush(self) -> None:
         self._listener.request_flush()
@@ -583,8 +571,6 @@ class _ServerSessionIO:
         self._listener.request_flush(burst=True)
 
     def pause_reading(self) -> None:
-        # The socket is shared by every connection, so the pause is QUIC's own: the machine
-        # stops granting this peer credit and the peer stops at the window it has.
         self._machine.pause_reading()
 
     def resume_reading(self) -> None:
@@ -592,30 +578,22 @@ class _ServerSessionIO:
         self._listener.request_flush()
 
     def abort(self) -> None:
-        # Tell the peer too (CONNECTION_CLOSE); the shared socket stays.
-        self._machine.close(0, "aborted")
-        self._listener.forget(self._machine)
+        self._close_machine()
         self._listener.request_flush()
         self._session.socket_gone()
 
 
-class QuicListener(Channel):
-    """One UDP socket serving a :class:`QuicServerConfig` through the core's endpoint."""
+class QuicListener(_QuicTable[Session, _ServerSessionIO], Channel):
+    """One UDP socket serving a QUIC server config through the core's endpoint."""
 
     def __init__(self, loop: IOLoop, sock: socket.socket, endpoint: QuicEndpoint, *,
                  new_session: NewSession, on_established: Callable[[Session], None],
                  settings: dict[str, Any]) -> None:
+        self._init_table(endpoint, new_session, on_established, settings)
         self.loop = loop
         self.sock = sock
-        self.endpoint = endpoint
-        # From now on the endpoint records which connections have news (see _pump).
-        endpoint.take_touched()
         bound = sock.getsockname()
         self.address: tuple[str, int] = (bound[0], bound[1])
-        self._new_session = new_session
-        self._on_established = on_established
-        self._settings = settings
-        self._sessions: dict[QuicMachine, Session] = {}
         self._stopping = False
         self.closed = False
 
@@ -651,18 +629,19 @@ class QuicListener(Channel):
         self._accept(now)
         self._pump()
 
-    def _accept(self, now: float) -> None:
-        for machine in self.endpoint.accept():
-            session = self._new_session(self._connection_for(machine))
-            self._sessions[machine] = session
-            session.when_established(self._on_established)
-            session.attach(_ServerSessionIO(self, session, machine), now)
+    @property
+    def _sessions(self) -> dict[Any, Session]:
+        # The sessions by machine (what the table holds, without the seats).
+        return {machine: session for machine, (session, _seat) in self._seats.items()}
 
-    def _connection_for(self, machine: QuicMachine) -> Callable[[int], Connection]:
-        def make(session_id: int) -> Connection:
-            return quic_server_connection(machine, session_id=session_id, **self._settings)
+    def _attach(self, session: Session, machine: Any, now: float) -> _ServerSessionIO:
+        seat = _ServerSessionIO(self, session, machine)
+        session.when_established(self._on_established)
+        session.attach(seat, now)
+        return seat
 
-        return make
+    def _session_over(self, session: Session, seat: _ServerSessionIO) -> None:
+        session.socket_gone()
 
     def _pump(self) -> None:
         # Only the connections the endpoint fed, timed, saw written to or ended can have news:
@@ -671,29 +650,10 @@ class QuicListener(Channel):
         self._visit(self.endpoint.take_touched(), account=False)
         self.loop.request_flush(self)
 
-    def _visit(self, machines: list[QuicMachine], *, account: bool) -> None:
-        sessions = self._sessions
-        for machine in machines:
-            session = sessions.get(machine)
-            if session is None:
-                continue  # forgotten (aborted, or over and already visited)
-            if account:
-                session.account_flushed()
-            if machine.has_events:
-                session.process()
-            if session.machine_closed:
-                del sessions[machine]
-                session.socket_gone()
-
-    def forget(self, machine: QuicMachine) -> None:
-        """Drop the session of *machine* from the listener's table (keyed by machine: no scan
-        of every session per close)."""
-        self._sessions.pop(machine, None)
-
     def deadline(self) -> float | None:
         """The endpoint's deadline, or the soonest of its sessions'."""
         soonest = self.endpoint.next_deadline()
-        for session in self._sessions.values():
+        for session, _seat in self._seats.values():
             deadline = session.deadline()
             if deadline is not None and (soonest is None or deadline < soonest):
                 soonest = deadline
@@ -704,7 +664,7 @@ class QuicListener(Channel):
         deadline = self.endpoint.next_deadline()
         if deadline is not None and deadline <= now:
             self.endpoint.handle_timer(now)
-        for session in list(self._sessions.values()):
+        for session, _seat in list(self._seats.values()):
             deadline = session.deadline()
             if deadline is not None and deadline <= now:
                 session.on_timer(now)
@@ -724,13 +684,6 @@ class QuicListener(Channel):
         if self._stopping and self.endpoint.is_closed:
             self.close_now()
 
-    def close(self) -> None:
-        """Stop handing out new sessions (those already accepted go on)."""
-        # The endpoint refuses new Initials once it is closing, but its close() also closes
-        # every connection; so stop delivering new sessions instead and let the transport
-        # close sessions one by one.
-        self._on_established = _refuse
-
     def stop(self) -> None:
         """Close the socket once every session on it is over (call after closing them)."""
         self._stopping = True
@@ -744,18 +697,13 @@ class QuicListener(Channel):
         self.closed = True
         self.loop.remove(self)
         now = time.monotonic()
-        for session in list(self._sessions.values()):
+        for session, _seat in self._take_all():
             session.lost(None, now)
             session.socket_gone()
-        self._sessions.clear()
         if self.sock is not None:
             self.sock.close()
             self.sock = None
         self.loop.cond.notify_all()
-
-
-def _refuse(session: Session) -> None:
-    session.start_close(None, "the listener is closed")
 
 
 def open_quic_listener(loop: IOLoop, config: QuicServerConfig, new_session: NewSession,
@@ -773,7 +721,7 @@ def open_quic_listener(loop: IOLoop, config: QuicServerConfig, new_session: NewS
     try:
         sock = _bind(host, port, socket.SOCK_DGRAM)
     except OSError as exc:
-        raise map_error(exc, protocol="quic", operation="listen") from exc
+        raise map_error(exc, protocol=config.protocol, operation="listen") from exc
     grow_receive_buffer(sock)
     return QuicListener(loop, sock, endpoint, new_session=new_session,
                         on_established=on_established, settings=settings)
