@@ -400,8 +400,29 @@ class AsyncPoolBase(PoolDriverBase[A], Generic[A, M]):
     _request_timeout: float
     _clock: Callable[[], float]
 
-    async def _acquire(self, timeout: float) -> tuple[Hashable, A]:
+    async def _wait_lease(self, lease_id: Hashable, deadline: float, timeout: float) -> Hashable:
+        """Wait until *deadline* for the machine to give the waiting *lease_id* a connection
+        (register the waiter, then :meth:`_drive`); return it.  On a timeout, release the lease
+        and raise :meth:`_exhausted`; on any other exception, release it and re-raise."""
         raise NotImplementedError
+
+    async def _acquire(self, timeout: float) -> tuple[Hashable, A]:
+        clock = self._clock
+        deadline = clock() + timeout
+        while True:
+            start = clock()
+            lease_id, conn_id = self._try_acquire()
+            if conn_id is None:
+                conn_id = await self._wait_lease(lease_id, deadline, timeout)
+                # The machine grows on its own when a lease waits past the threshold; the
+                # report also covers a wait that ended just before the timer would have fired.
+                self._machine.lease_waited(lease_id, clock() - start)
+            session = self._usable(conn_id)
+            if session is None:
+                self._release(lease_id)  # broken before use: never hand it out, try again
+                continue
+            self._drive()
+            return lease_id, session
 
     async def request(
         self,

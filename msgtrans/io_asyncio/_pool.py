@@ -133,35 +133,20 @@ class SessionPool(AsyncPoolBase[Session, Message]):
     def _now(self) -> float:
         return self._loop.time()
 
-    async def _acquire(self, timeout: float) -> tuple[Hashable, Session]:
-        loop = self._loop
-        deadline = loop.time() + timeout
-        while True:
-            start = loop.time()
-            lease_id, conn_id = self._try_acquire()
-            if conn_id is None:
-                future: asyncio.Future[Hashable] = loop.create_future()
-                self._waiters[lease_id] = future
-                self._drive()
-                try:
-                    conn_id = await asyncio.wait_for(future, max(deadline - start, 0.0))
-                except asyncio.TimeoutError:
-                    self._release(lease_id)
-                    raise self._exhausted(timeout) from None
-                except BaseException:
-                    self._release(lease_id)  # cancelled, or the pool closed
-                    raise
-                finally:
-                    self._waiters.pop(lease_id, None)
-                # The machine grows on its own when a lease waits past the threshold; the
-                # report also covers a wait that ended just before the timer would have fired.
-                self._machine.lease_waited(lease_id, loop.time() - start)
-            session = self._usable(conn_id)
-            if session is None:
-                self._release(lease_id)  # broken before use: never hand it out, try again
-                continue
-            self._drive()
-            return lease_id, session
+    async def _wait_lease(self, lease_id: Hashable, deadline: float, timeout: float) -> Hashable:
+        future: asyncio.Future[Hashable] = self._loop.create_future()
+        self._waiters[lease_id] = future
+        self._drive()
+        try:
+            return await asyncio.wait_for(future, max(deadline - self._loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            self._release(lease_id)
+            raise self._exhausted(timeout) from None
+        except BaseException:
+            self._release(lease_id)  # cancelled, or the pool closed
+            raise
+        finally:
+            self._waiters.pop(lease_id, None)
 
     def _wake_lease(self, lease_id: Hashable, conn_id: Hashable) -> bool:
         future = self._waiters.get(lease_id)

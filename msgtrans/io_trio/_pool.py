@@ -135,37 +135,23 @@ class SessionPool(AsyncPoolBase[Session, Message]):
     def _now(self) -> float:
         return float(trio.current_time())
 
-    async def _acquire(self, timeout: float) -> tuple[Hashable, Session]:
-        deadline = trio.current_time() + timeout
-        while True:
-            start = trio.current_time()
-            lease_id, conn_id = self._try_acquire()
-            if conn_id is None:
-                waiter = _Waiter()
-                self._waiters[lease_id] = waiter
-                self._drive()
-                try:
-                    with trio.move_on_at(deadline):
-                        await waiter.event.wait()
-                except BaseException:
-                    self._release(lease_id)  # cancelled: a connection assigned goes back
-                    raise
-                finally:
-                    self._waiters.pop(lease_id, None)
-                if waiter.conn_id is None:
-                    self._release(lease_id)
-                    self._check_open()
-                    raise self._exhausted(timeout)
-                conn_id = waiter.conn_id
-                # The machine grows on its own when a lease waits past the threshold; the
-                # report also covers a wait that ended just before the timer would have fired.
-                self._machine.lease_waited(lease_id, trio.current_time() - start)
-            session = self._usable(conn_id)
-            if session is None:
-                self._release(lease_id)  # broken before use: never hand it out, try again
-                continue
-            self._drive()
-            return lease_id, session
+    async def _wait_lease(self, lease_id: Hashable, deadline: float, timeout: float) -> Hashable:
+        waiter = _Waiter()
+        self._waiters[lease_id] = waiter
+        self._drive()
+        try:
+            with trio.move_on_at(deadline):
+                await waiter.event.wait()
+        except BaseException:
+            self._release(lease_id)  # cancelled: a connection assigned goes back
+            raise
+        finally:
+            self._waiters.pop(lease_id, None)
+        if waiter.conn_id is None:
+            self._release(lease_id)
+            self._check_open()
+            raise self._exhausted(timeout)
+        return waiter.conn_id
 
     def _wake_lease(self, lease_id: Hashable, conn_id: Hashable) -> bool:
         waiter = self._waiters.get(lease_id)
