@@ -59,24 +59,41 @@ def _refuse(session: Any) -> None:
 
 
 class _QuicSeat:
-    """The part every backend's seat on a listener's shared socket has: the accepted machine
-    and its peer.  The pause is QUIC's own: the socket is shared by every connection, so the
-    machine stops granting this peer credit and the peer stops at the window it has."""
+    """The part every backend's seat on a listener's shared socket has: the accepted machine,
+    its peer, and *wake* (the listener's "send soon").  The pause is QUIC's own: the socket is
+    shared by every connection, so the machine stops granting this peer credit and the peer
+    stops at the window it has."""
 
-    __slots__ = ("_listener", "_machine", "_session")
+    __slots__ = ("_listener", "_machine", "_session", "_wake")
 
-    def __init__(self, listener: Any, session: Any, machine: QuicMachine) -> None:
+    def __init__(self, listener: Any, session: Any, machine: QuicMachine,
+                 wake: Callable[[], None]) -> None:
         self._listener = listener
         self._session = session
         self._machine = machine
+        self._wake = wake
 
     @property
     def peer_address(self) -> Address | None:
         """The peer's socket address (the endpoint follows a migration)."""
         return self._machine.peer_address
 
+    def pause_reading(self) -> None:
+        """Stop granting the peer flow-control credit: the application fell behind."""
+        self._machine.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Grant credit again; the update leaves with the next datagrams."""
+        self._machine.resume_reading()
+        self._wake()
+
+    def abort(self) -> None:
+        """Drop the session now: the peer is told (CONNECTION_CLOSE), the shared socket stays."""
+        self._close_machine()
+        self._wake()
+        self._session.socket_gone()
+
     def _close_machine(self) -> None:
-        # Aborted: tell the peer too (CONNECTION_CLOSE); the shared socket stays.
         if not self._machine.is_closed:
             self._machine.close(0, "aborted")
         self._listener.forget(self._machine)

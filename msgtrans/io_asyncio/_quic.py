@@ -167,26 +167,14 @@ class _ServerSessionIO(_QuicSeat):
     __slots__ = ()
 
     def schedule_flush(self) -> None:
-        self._listener.schedule_flush()
+        self._wake()
 
     def flush(self) -> None:
-        self._listener.schedule_flush()
+        self._wake()
         if self._session.machine_closed:
             # No socket of its own: the session is over once its machine is.
             self._listener.forget(self._machine)
             self._session.socket_gone()
-
-    def pause_reading(self) -> None:
-        self._machine.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._machine.resume_reading()
-        self._listener.schedule_flush()
-
-    def abort(self) -> None:
-        self._close_machine()
-        self._listener.schedule_flush()
-        self._session.socket_gone()
 
 
 class QuicListener(_QuicTable[Session, _ServerSessionIO], asyncio.DatagramProtocol):
@@ -245,7 +233,7 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO], asyncio.DatagramProtoc
             self._closed.set_result(None)
 
     def _attach(self, session: Session, machine: Any, now: float) -> _ServerSessionIO:
-        seat = _ServerSessionIO(self, session, machine)
+        seat = _ServerSessionIO(self, session, machine, self.schedule_flush)
         session.when_established(self._on_established)
         session.attach(seat)
         return seat

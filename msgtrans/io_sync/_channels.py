@@ -562,25 +562,13 @@ class _ServerSessionIO(_QuicSeat):
     __slots__ = ()
 
     def request_flush(self) -> None:
-        self._listener.request_flush()
+        self._wake()
 
     def write_now(self) -> None:
-        self._listener.request_flush()
+        self._wake()
 
     def send_soon(self) -> None:
         self._listener.request_flush(burst=True)
-
-    def pause_reading(self) -> None:
-        self._machine.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._machine.resume_reading()
-        self._listener.request_flush()
-
-    def abort(self) -> None:
-        self._close_machine()
-        self._listener.request_flush()
-        self._session.socket_gone()
 
 
 class QuicListener(_QuicTable[Session, _ServerSessionIO], Channel):
@@ -635,7 +623,7 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO], Channel):
         return {machine: session for machine, (session, _seat) in self._seats.items()}
 
     def _attach(self, session: Session, machine: Any, now: float) -> _ServerSessionIO:
-        seat = _ServerSessionIO(self, session, machine)
+        seat = _ServerSessionIO(self, session, machine, self.request_flush)
         session.when_established(self._on_established)
         session.attach(seat, now)
         return seat

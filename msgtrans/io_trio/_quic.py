@@ -131,11 +131,11 @@ class _ServerSessionIO(_QuicSeat):
     __slots__ = ("done",)
 
     def __init__(self, listener: QuicListener, session: Session, machine: Any) -> None:
-        super().__init__(listener, session, machine)
+        super().__init__(listener, session, machine, listener.wake)
         self.done = trio.Event()
 
     def wake(self) -> None:
-        self._listener.wake()
+        self._wake()
         if self._session.machine_closed:
             # No socket of its own: the session is over once its machine is.
             self.done.set()
@@ -152,7 +152,7 @@ class _ServerSessionIO(_QuicSeat):
 
     async def aclose(self) -> None:
         self._close_machine()
-        self._listener.wake()
+        self._wake()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
 
