@@ -242,7 +242,7 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO], asyncio.DatagramProtoc
         session.socket_gone()
 
     def _pump(self) -> None:
-        # Only the connections the endpoint fed, timed or saw written to can have news.
+        # Only the connections an input touched can have news (see _QuicTable._visit).
         self._visit(self.endpoint.take_touched(), account=False)
         self.flush()
 

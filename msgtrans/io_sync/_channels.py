@@ -632,9 +632,7 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO], Channel):
         session.socket_gone()
 
     def _pump(self) -> None:
-        # Only the connections the endpoint fed, timed, saw written to or ended can have news:
-        # ask the endpoint for those rather than every session (O(touched) per batch of
-        # datagrams, not O(sessions)).
+        # Only the connections an input touched can have news (see _QuicTable._visit).
         self._visit(self.endpoint.take_touched(), account=False)
         self.loop.request_flush(self)
 

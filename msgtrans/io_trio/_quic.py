@@ -16,7 +16,7 @@ from .._driver.quic import _quic_machine, _QuicSeat, _QuicTable
 from ..core.config import QuicServerConfig
 from ..core.connection import Connection, quic_endpoint
 from ..core.errormap import map_error
-from ..core.machine import Address, MachineState
+from ..core.machine import Address
 from ..core.quic_endpoint import QuicEndpoint
 from ._session import Session
 from ._stream import deliver_when_established
@@ -227,9 +227,7 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO]):
         self._on_established(session)
 
     def _pump(self) -> None:
-        # Only the connections the endpoint fed, timed, saw written to or ended can have news
-        # (or have just closed): ask the endpoint for those rather than look at every session
-        # (O(touched) per datagram, not O(sessions)).
+        # Only the connections an input touched can have news (see _QuicTable._visit).
         self._visit(self.endpoint.take_touched(), account=False)
         self.wake()
 
@@ -238,12 +236,10 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO]):
         self._wake.set()
 
     def _rearm(self) -> None:
-        # A flush moves deadlines (a CONNECTION_CLOSE that just left starts the closing
-        # period; acknowledgements arm loss timers): wake the timer task when the endpoint's
-        # next deadline is earlier than the one it sleeps until.  A later one needs nothing:
-        # firing early is harmless, the task re-reads.  Without this the timer task could
-        # sleep past a closing period until an old ping deadline, depending on which of the
-        # two tasks trio ran first after a wake-up.
+        # A flush moves deadlines (a CONNECTION_CLOSE that left starts the closing period,
+        # acknowledgements arm loss timers): wake the timer task when the next deadline is
+        # earlier than the one it sleeps until (a later one needs nothing: firing early is
+        # harmless), or it could sleep past a closing period until an old ping deadline.
         deadline = self.endpoint.next_deadline()
         if deadline is not None and deadline < self._timer_at:
             self._timer_event.set()
@@ -257,10 +253,9 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO]):
             datagrams = self.endpoint.datagrams_to_send(now)
             if self._stopping:
                 datagrams += self._end_closing_periods(now)
-            # A session's packets left only if its machine was flushed, and a flushed machine
-            # is touched: take the touched set now, before the sends below yield to the reader
-            # (whose _pump would otherwise take the flushed machines and leave them
-            # unaccounted).  Accounted after the sends, as before.
+            # A session's packets left only if its machine was flushed (so touched): take the
+            # touched now, before the sends yield to the reader (whose _pump would take the
+            # flushed machines and leave them unaccounted); account for them after the sends.
             touched = self.endpoint.take_touched()
             for data, addr in datagrams:
                 try:
@@ -271,16 +266,6 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO]):
             if self._stopping and self.endpoint.is_closed:
                 return
             self._rearm()
-
-    def _end_closing_periods(self, now: float) -> list[tuple[bytes, Address]]:
-        # A connection whose CONNECTION_CLOSE left before stop() sits in its closing period
-        # with nothing to send, so the endpoint does not flush it again; its own flush ends
-        # the period now that closing_period is off (what it returns still goes out).
-        out: list[tuple[bytes, Address]] = []
-        for machine in self.endpoint.connections:
-            if machine.state is MachineState.CLOSING and not machine.closing_period:
-                out += machine.datagrams_to_send(now)
-        return out
 
     async def _timer_loop(self) -> None:
         while True:
@@ -296,16 +281,10 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO]):
             self._pump()
 
     def stop(self) -> None:
-        """Close the socket once every session on it is over (call after closing them).
-
-        The connections skip QUIC's closing and draining periods: the socket closes right
-        after, which RFC 9000 section 10.2 accepts instead of the period (late packets then
-        find no socket and induce no answer), so a shutdown never waits three probe timeouts
-        for a peer that is gone.
-        """
+        """Close the socket once every session on it is over (call after closing them); the
+        connections skip QUIC's closing and draining periods (see _skip_closing_periods)."""
         self._stopping = True
-        for machine in self.endpoint.connections:
-            machine.closing_period = False
+        self._skip_closing_periods()
         self.endpoint.close(0, "shutdown")
         self._pump()
 
