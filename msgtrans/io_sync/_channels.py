@@ -72,38 +72,91 @@ def _as_bytes_view(buffer: Buffer) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-class StreamChannel(Channel):
+class _SessionChannel(Channel):
+    """What the socket of one session has, stream or QUIC: its peer, its session's timers,
+    the abort from any thread and the close."""
+
+    def __init__(self, loop: IOLoop, session: Session, sock: socket.socket,
+                 peer: Address | None) -> None:
+        self.loop = loop
+        self.session = session
+        self.sock = sock
+        self._peer = peer
+        self._aborting = False
+        self._closed = False
+        self._started = False  # registered and the connection started (I/O thread)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} session={self.session.id}>"
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The peer's socket address."""
+        return self._peer
+
+    def _loop_flush(self) -> None:
+        if not self._closed:
+            self.loop.request_flush(self)
+
+    def abort(self) -> None:
+        """Drop the socket (the loop closes it at its next flush; any thread)."""
+        self._aborting = True
+        if self._closed:
+            self.session.socket_gone()
+        else:
+            self._loop_flush()
+
+    def start(self) -> None:
+        """Register with the loop and start the core connection."""
+        if self._aborting or not self.loop.running:
+            self._close()
+            return
+        self.loop.add(self, READ)
+        # Each subclass is the session's IO (this base leaves the flush methods to them).
+        self.session.attach(self, time.monotonic())  # type: ignore[arg-type]
+        self._started = True
+
+    def deadline(self) -> float | None:
+        """The session's next deadline."""
+        return self.session.deadline()
+
+    def on_timer(self, now: float) -> None:
+        """Fire the session's timers."""
+        self.session.on_timer(now)
+
+    def close_now(self) -> None:
+        """The loop is ending: drop the socket."""
+        self.session.lost(None, time.monotonic())
+        self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.loop.remove(self)
+            if self.sock is not None:
+                self.sock.close()
+        self.session.socket_gone()
+
+
+class StreamChannel(_SessionChannel):
     """The socket of one stream session (TCP, TLS, WebSocket, WSS): reads into the core's
     buffer (zero copy), writes the core's buffers with ``sendmsg`` and keeps the unsent tail."""
 
     def __init__(self, loop: IOLoop, session: Session, sock: socket.socket) -> None:
-        self.loop = loop
-        self.session = session
-        self.sock = sock
+        try:
+            peer: Address | None = tuple(sock.getpeername())
+        except OSError:
+            peer = None
+        super().__init__(loop, session, sock, peer)
         self._conn = session.connection
         self._out: list[memoryview] = []
         self._out_bytes = 0
         self._reading = True
         self._eof_received = False
         self._eof_written = False
-        self._aborting = False
-        self._closed = False
-        self._started = False  # registered and the connection started (I/O thread)
-        try:
-            self._peer: Address | None = tuple(sock.getpeername())
-        except OSError:
-            self._peer = None
         session.set_io(self)
 
-    def __repr__(self) -> str:
-        return f"<StreamChannel session={self.session.id}>"
-
     # --- the session's side (any thread) -------------------------------------------------------
-
-    @property
-    def peer_address(self) -> Address | None:
-        """The peer's socket address."""
-        return self._peer
 
     def request_flush(self) -> None:
         """Have the loop write soon (lock held, any thread).
@@ -157,10 +210,6 @@ class StreamChannel(Channel):
                 or not loop.wakes_before(session.deadline())):
             loop.request_flush(self, burst=burst)
 
-    def _loop_flush(self) -> None:
-        if not self._closed:
-            self.loop.request_flush(self)
-
     def pause_reading(self) -> None:
         """Stop reading: the application fell behind."""
         self._reading = False
@@ -171,32 +220,7 @@ class StreamChannel(Channel):
         self._reading = True
         self._loop_flush()
 
-    def abort(self) -> None:
-        """Drop the socket (the loop closes it at its next flush)."""
-        self._aborting = True
-        if self._closed:
-            self.session.socket_gone()
-        else:
-            self._loop_flush()
-
     # --- the loop's side -----------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Register with the loop and start the core connection."""
-        if self._aborting or not self.loop.running:
-            self._close()
-            return
-        self.loop.add(self, READ)
-        self.session.attach(self, time.monotonic())
-        self._started = True
-
-    def deadline(self) -> float | None:
-        """The session's next deadline."""
-        return self.session.deadline()
-
-    def on_timer(self, now: float) -> None:
-        """Fire the session's timers."""
-        self.session.on_timer(now)
 
     def on_ready(self, mask: int, now: float) -> None:
         """Read what arrived; a writable socket gets the unsent tail."""
@@ -292,19 +316,9 @@ class StreamChannel(Channel):
                 sent = 0
         del out[:done]
 
-    def close_now(self) -> None:
-        """The loop is ending: drop the socket."""
-        self.session.lost(None, time.monotonic())
-        self._close()
-
     def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.loop.remove(self)
-            if self.sock is not None:
-                self.sock.close()
-            self._out.clear()
-        self.session.socket_gone()
+        self._out.clear()
+        super()._close()
 
 
 class StreamListener(Channel):
@@ -439,27 +453,14 @@ def open_stream_listener(loop: IOLoop, config: Any, new_session: NewSession,
 # --- QUIC --------------------------------------------------------------------------------------
 
 
-class QuicClientChannel(Channel):
+class QuicClientChannel(_SessionChannel):
     """The socket of one QUIC client session: a UDP socket connected to the server."""
 
     def __init__(self, loop: IOLoop, session: Session, sock: socket.socket,
                  peer: Address) -> None:
-        self.loop = loop
-        self.session = session
-        self.sock = sock
-        self._peer = peer
-        self._aborting = False
-        self._closed = False
+        super().__init__(loop, session, sock, peer)
         grow_receive_buffer(sock)
         session.set_io(self)
-
-    def __repr__(self) -> str:
-        return f"<QuicClientChannel session={self.session.id}>"
-
-    @property
-    def peer_address(self) -> Address | None:
-        """The server's socket address."""
-        return self._peer
 
     def request_flush(self) -> None:
         """Have the loop send soon (any thread)."""
@@ -483,30 +484,6 @@ class QuicClientChannel(Channel):
         """Grant credit again; the update leaves with the next datagrams."""
         _quic_machine(self.session.connection).resume_reading()
         self.request_flush()
-
-    def abort(self) -> None:
-        """Drop the socket (any thread)."""
-        self._aborting = True
-        if self._closed:
-            self.session.socket_gone()
-        else:
-            self.request_flush()
-
-    def start(self) -> None:
-        """Register and start the core connection (queues the Initial packet)."""
-        if self._aborting or not self.loop.running:
-            self._close()
-            return
-        self.loop.add(self, READ)
-        self.session.attach(self, time.monotonic())
-
-    def deadline(self) -> float | None:
-        """The session's next deadline."""
-        return self.session.deadline()
-
-    def on_timer(self, now: float) -> None:
-        """Fire the session's timers (QUIC recovery, idle, keepalive)."""
-        self.session.on_timer(now)
 
     def on_ready(self, mask: int, now: float) -> None:
         """Feed the datagrams that arrived."""
@@ -541,20 +518,6 @@ class QuicClientChannel(Channel):
         self.session.process()
         if self.session.machine_closed:
             self._close()
-
-    def close_now(self) -> None:
-        """The loop is ending: drop the socket."""
-        self.session.lost(None, time.monotonic())
-        self._close()
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.loop.remove(self)
-            if self.sock is not None:
-                self.sock.close()
-        self.session.socket_gone()
-
 
 class _ServerSessionIO(_QuicSeat):
     """The socket side of one accepted QUIC session: its listener's shared socket."""
