@@ -321,28 +321,17 @@ class StreamChannel(_SessionChannel):
         super()._close()
 
 
-class StreamListener(Channel):
-    """One listening socket for a TCP or WebSocket server config."""
+class _ListenerChannel(Channel):
+    """What a listening socket has, stream or QUIC: its bound address and its start."""
 
-    def __init__(self, loop: IOLoop, sock: socket.socket, config: Any, *,
-                 new_session: NewSession, on_established: Callable[[Session], None],
-                 settings: dict[str, Any],
-                 on_refused: Callable[[], None] | None = None) -> None:
+    def __init__(self, loop: IOLoop, sock: socket.socket) -> None:
         self.loop = loop
         self.sock = sock
-        self.config = config
-        self._on_refused = on_refused
         bound = sock.getsockname()
         self.address: tuple[str, int] = (bound[0], bound[1])
-        self._new_session = new_session
-        self._on_established = on_established
-        self._settings = settings
-        self._tls_context: ssl.SSLContext | None = (
-            config.tls.server_context() if config.tls is not None else None)
-        self._live: set[Session] = set()  # for max_sessions
 
     def __repr__(self) -> str:
-        return f"<StreamListener {self.address}>"
+        return f"<{type(self).__name__} {self.address}>"
 
     def start(self) -> None:
         """Register with the loop."""
@@ -350,6 +339,24 @@ class StreamListener(Channel):
             self.close_now()
             return
         self.loop.add(self, READ)
+
+
+class StreamListener(_ListenerChannel):
+    """One listening socket for a stream server config."""
+
+    def __init__(self, loop: IOLoop, sock: socket.socket, config: Any, *,
+                 new_session: NewSession, on_established: Callable[[Session], None],
+                 settings: dict[str, Any],
+                 on_refused: Callable[[], None] | None = None) -> None:
+        super().__init__(loop, sock)
+        self.config = config
+        self._on_refused = on_refused
+        self._new_session = new_session
+        self._on_established = on_established
+        self._settings = settings
+        self._tls_context: ssl.SSLContext | None = (
+            config.tls.server_context() if config.tls is not None else None)
+        self._live: set[Session] = set()  # for max_sessions
 
     def on_ready(self, mask: int, now: float) -> None:
         """Accept what is waiting."""
@@ -376,7 +383,7 @@ class StreamListener(Channel):
                 self._on_refused()
             return
         sock.setblocking(False)
-        _tune(sock, config)
+        tune_stream(sock, config)
         tls_context = self._tls_context
         settings = self._settings
         session = self._new_session(
@@ -395,17 +402,13 @@ class StreamListener(Channel):
             self.sock = None
 
 
-def _tune(sock: socket.socket, config: Any) -> None:
+def tune_stream(sock: socket.socket, config: Any) -> None:
+    """Apply the config's ``nodelay`` and ``keepalive`` to a connected TCP socket."""
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY,
                         int(getattr(config, "nodelay", True)))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE,
                         int(getattr(config, "keepalive", True)))
-
-
-def tune_stream(sock: socket.socket, config: Any) -> None:
-    """Apply the config's ``nodelay`` and ``keepalive`` to a connected TCP socket."""
-    _tune(sock, config)
 
 
 def _bind(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
@@ -462,14 +465,9 @@ class QuicClientChannel(_SessionChannel):
         grow_receive_buffer(sock)
         session.set_io(self)
 
-    def request_flush(self) -> None:
-        """Have the loop send soon (any thread)."""
-        if not self._closed:
-            self.loop.request_flush(self)
-
-    def write_now(self) -> None:
-        """The same as :meth:`request_flush` (QUIC datagrams leave from the I/O thread)."""
-        self.request_flush()
+    #: Have the loop send soon (any thread); from another thread than the loop's, writing now
+    #: is the same (QUIC datagrams leave from the I/O thread).
+    request_flush = write_now = _SessionChannel._loop_flush
 
     def send_soon(self) -> None:
         """:meth:`request_flush` after a one-way send (see :meth:`IOLoop.request_flush`)."""
@@ -483,7 +481,7 @@ class QuicClientChannel(_SessionChannel):
     def resume_reading(self) -> None:
         """Grant credit again; the update leaves with the next datagrams."""
         _quic_machine(self.session.connection).resume_reading()
-        self.request_flush()
+        self._loop_flush()
 
     def on_ready(self, mask: int, now: float) -> None:
         """Feed the datagrams that arrived."""
@@ -534,29 +532,16 @@ class _ServerSessionIO(_QuicSeat):
         self._listener.request_flush(burst=True)
 
 
-class QuicListener(_QuicTable[Session, _ServerSessionIO], Channel):
+class QuicListener(_QuicTable[Session, _ServerSessionIO], _ListenerChannel):
     """One UDP socket serving a QUIC server config through the core's endpoint."""
 
     def __init__(self, loop: IOLoop, sock: socket.socket, endpoint: QuicEndpoint, *,
                  new_session: NewSession, on_established: Callable[[Session], None],
                  settings: dict[str, Any]) -> None:
+        _ListenerChannel.__init__(self, loop, sock)
         self._init_table(endpoint, new_session, on_established, settings)
-        self.loop = loop
-        self.sock = sock
-        bound = sock.getsockname()
-        self.address: tuple[str, int] = (bound[0], bound[1])
         self._stopping = False
         self.closed = False
-
-    def __repr__(self) -> str:
-        return f"<QuicListener {self.address}>"
-
-    def start(self) -> None:
-        """Register with the loop."""
-        if not self.loop.running:
-            self.close_now()
-            return
-        self.loop.add(self, READ)
 
     def request_flush(self, *, burst: bool = False) -> None:
         """Have the loop send soon (any thread); *burst*: after a one-way send."""
