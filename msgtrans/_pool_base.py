@@ -85,6 +85,11 @@ class AsyncPooledSession(PooledSession, Protocol):
 
     async def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"") -> None: ...
 
+    @property
+    def is_closed(self) -> bool: ...
+
+    def abort(self, reason: str = "aborted") -> None: ...
+
 
 S = TypeVar("S", bound=PooledSession)
 A = TypeVar("A", bound=AsyncPooledSession)
@@ -399,6 +404,51 @@ class AsyncPoolBase(PoolDriverBase[A], Generic[A, M]):
 
     _request_timeout: float
     _clock: Callable[[], float]
+    _transport: Any
+
+    async def _sleep(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    async def _wait_closed(self, sessions: list[A], timeout: float) -> None:
+        """Wait at most *timeout* seconds for every one of *sessions* to be closed."""
+        raise NotImplementedError
+
+    async def _close_late(self, session: A) -> None:
+        """Close *session*, which an open gave after the pool closed."""
+        raise NotImplementedError
+
+    async def wait_tasks(self) -> None:
+        """Wait for the open tasks (cancelled by the close) to end."""
+        raise NotImplementedError
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: waiting leases fail, opens in progress stop, every pooled session
+        closes gracefully (dropped after *timeout* seconds).  Closing twice is harmless."""
+        sessions = self._begin_close()
+        for session in sessions:
+            session.start_close(None, "pool closed")
+        if sessions:
+            await self._wait_closed(sessions, timeout)
+            for session in sessions:
+                if not session.is_closed:
+                    session.abort("aborted: the pool closed")
+            # An aborted socket may report its end a little later; see that through.
+            await self._wait_closed(sessions, 1.0)
+        await self.wait_tasks()
+
+    async def _open(self) -> None:
+        """Open one session (a task of its own): it joins the pool, or the failure is reported
+        after the backoff."""
+        try:
+            session = await self._transport.connect(self._config)
+        except Exception as exc:
+            await self._sleep(self._open_error(exc))
+            self._open_failed()
+            return
+        if self._closed:
+            await self._close_late(session)
+            return
+        self._open_done(session)
 
     async def _wait_lease(self, lease_id: Hashable, deadline: float, timeout: float) -> Hashable:
         """Wait until *deadline* for the machine to give the waiting *lease_id* a connection

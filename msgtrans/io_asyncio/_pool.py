@@ -70,26 +70,6 @@ class SessionPool(AsyncPoolBase[Session, Message]):
 
     # --- the application's operations (request, send, lease: AsyncPoolBase) ------------------
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Close the pool: waiting leases fail, opens in progress stop, every pooled session
-        closes gracefully (dropped after *timeout* seconds).  Closing twice is harmless."""
-        sessions = self._begin_close()
-        for session in sessions:
-            session.start_close(None, "pool closed")
-        if sessions:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(*(s.wait_closed() for s in sessions)), timeout
-                )
-            for session in sessions:
-                session.abort("aborted: the pool closed")
-            # Aborted sockets report connection_lost on the next iteration; see that through.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(*(s.wait_closed() for s in sessions)), 1.0
-                )
-        await self.wait_tasks()
-
     # --- for the transport ---------------------------------------------------------------------
 
     def start(self) -> None:
@@ -128,6 +108,16 @@ class SessionPool(AsyncPoolBase[Session, Message]):
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def _wait_closed(self, sessions: list[Session], timeout: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(s.wait_closed() for s in sessions)), timeout)
+
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def _close_late(self, session: Session) -> None:
+        await session.close(timeout=1.0)
+
     # --- leases --------------------------------------------------------------------------------
 
     def _now(self) -> float:
@@ -159,21 +149,9 @@ class SessionPool(AsyncPoolBase[Session, Message]):
 
     def _start_open(self) -> None:
         self._open_started()
-        task = self._loop.create_task(self._open_one())
+        task = self._loop.create_task(self._open())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _open_one(self) -> None:
-        try:
-            session = await self._transport.connect(self._config)
-        except Exception as exc:
-            await asyncio.sleep(self._open_error(exc))  # reported after the backoff
-            self._open_failed()
-            return
-        if self._closed:
-            await session.close(timeout=1.0)
-            return
-        self._open_done(session)
 
     # --- the timer -----------------------------------------------------------------------------
 

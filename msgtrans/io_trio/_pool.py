@@ -78,24 +78,6 @@ class SessionPool(AsyncPoolBase[Session, Message]):
 
     # --- the application's operations (request, send, lease: AsyncPoolBase) ------------------
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Close the pool: waiting leases fail, opens in progress stop, every pooled session
-        closes gracefully (dropped after *timeout* seconds).  Closing twice is harmless."""
-        sessions = self._begin_close()
-        for session in sessions:
-            session.start_close(None, "pool closed")
-        if sessions:
-            with trio.move_on_after(timeout):
-                for session in sessions:
-                    await session.wait_closed()
-            for session in sessions:
-                if not session.is_closed:
-                    session.abort("aborted: the pool closed")
-            with trio.move_on_after(1.0):
-                for session in sessions:
-                    await session.wait_closed()
-        await self.wait_tasks()
-
     # --- for the transport ---------------------------------------------------------------------
 
     def start(self) -> None:
@@ -129,6 +111,18 @@ class SessionPool(AsyncPoolBase[Session, Message]):
         """Wait for the open tasks (cancelled by the close) to end."""
         while self._tasks:
             await self._tasks_done.wait()
+
+    async def _wait_closed(self, sessions: list[Session], timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            for session in sessions:
+                await session.wait_closed()
+
+    async def _sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+    async def _close_late(self, session: Session) -> None:
+        with trio.CancelScope(shield=True):
+            await session.close(timeout=1.0)
 
     # --- leases --------------------------------------------------------------------------------
 
@@ -173,26 +167,13 @@ class SessionPool(AsyncPoolBase[Session, Message]):
     async def _open_one(self, scope: trio.CancelScope) -> None:
         try:
             with scope:
-                await self._open(scope)
+                await self._open()
         finally:
             self._scopes.discard(scope)
             self._tasks -= 1
             if self._tasks == 0:
                 self._tasks_done.set()
                 self._tasks_done = trio.Event()
-
-    async def _open(self, scope: trio.CancelScope) -> None:
-        try:
-            session = await self._transport.connect(self._config)
-        except Exception as exc:
-            await trio.sleep(self._open_error(exc))  # reported after the backoff
-            self._open_failed()
-            return
-        if self._closed:
-            with trio.CancelScope(shield=True):
-                await session.close(timeout=1.0)
-            return
-        self._open_done(session)
 
     # --- the timer -----------------------------------------------------------------------------
 
