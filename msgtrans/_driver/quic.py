@@ -16,6 +16,8 @@ live here so that no backend names the machine class.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -24,7 +26,13 @@ from ..core.machine import Address, MachineState
 from ..core.quic import QuicMachine
 from ..core.quic_endpoint import QuicEndpoint
 
-__all__ = ["_QuicSeat", "_QuicTable", "_quic_machine", "_refuse"]
+__all__ = ["_RECEIVE_BUFFER", "_QuicSeat", "_QuicTable", "_grow_receive_buffer", "_quic_machine",
+           "_refuse"]
+
+#: Receive buffer asked of the kernel for a QUIC socket (it grants at most
+#: ``net.core.rmem_max``): a burst of a congestion window of 16 KiB loopback datagrams must not
+#: overflow the socket while the driver is busy elsewhere (a drop costs a loss recovery).
+_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 class _Session(Protocol):
@@ -45,6 +53,13 @@ class _Session(Protocol):
 
 _S = TypeVar("_S", bound=_Session)
 _IO = TypeVar("_IO")
+
+
+def _grow_receive_buffer(sock: Any) -> None:
+    """Ask for :data:`_RECEIVE_BUFFER` bytes of receive buffer on a UDP socket; a refusal (a
+    platform without the option, a sandbox) leaves the default."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
 
 
 def _quic_machine(connection: Connection) -> QuicMachine:

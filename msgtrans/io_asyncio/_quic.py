@@ -4,13 +4,12 @@ listener driving the core's :class:`~msgtrans.core.quic_endpoint.QuicEndpoint`."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from collections.abc import Callable
 from typing import Any, cast
 
-from .._driver.quic import _quic_machine, _QuicSeat, _QuicTable
+from .._driver.quic import _grow_receive_buffer, _quic_machine, _QuicSeat, _QuicTable
 from ..core.config import QuicServerConfig
 from ..core.connection import Connection, quic_endpoint
 from ..core.errormap import map_error
@@ -25,9 +24,6 @@ logger = logging.getLogger("msgtrans.io_asyncio")
 #: Datagrams read in one go once the socket is readable, before the connections' events are
 #: handled and their answers (acknowledgements, flow-control credit) sent.
 DRAIN_MAX = 64
-#: Receive buffer asked of the kernel (it grants at most ``net.core.rmem_max``): a burst of a
-#: congestion window must not overflow the socket while the loop is busy elsewhere.
-RECEIVE_BUFFER = 4 * 1024 * 1024
 _MAX_DATAGRAM = 65536
 
 
@@ -43,8 +39,7 @@ def _drain_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
     sock = transport.get_extra_info("socket")
     if sock is None:
         return None
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    _grow_receive_buffer(sock)
     try:
         dup = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.dup().detach())
     except (OSError, AttributeError):

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._driver.quic import _RECEIVE_BUFFER as QUIC_RECEIVE_BUFFER
+from .._driver.quic import _grow_receive_buffer as grow_receive_buffer
 from .._driver.quic import _quic_machine, _QuicSeat, _QuicTable
 from ..core.config import QuicServerConfig
 from ..core.connection import Connection, quic_endpoint, server_connection
@@ -52,19 +54,7 @@ _IOV_BATCH = 512
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 
-#: Receive buffer asked of the kernel for QUIC sockets (it grants at most
-#: ``net.core.rmem_max``): a burst of a congestion window of 16 KiB loopback datagrams must not
-#: overflow the socket while the I/O thread is busy elsewhere (a drop costs a loss recovery).
-QUIC_RECEIVE_BUFFER = 4 * 1024 * 1024
-
 NewSession = Callable[[Callable[[int], Connection]], Session]
-
-
-def grow_receive_buffer(sock: socket.socket) -> None:
-    """Ask for :data:`QUIC_RECEIVE_BUFFER` bytes of receive buffer on a UDP socket; a refusal
-    (a platform without the option, a sandbox) leaves the default."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, QUIC_RECEIVE_BUFFER)
 
 
 def _as_bytes_view(buffer: Buffer) -> memoryview:

@@ -3,16 +3,14 @@ listener driving the core's :class:`~msgtrans.core.quic_endpoint.QuicEndpoint`."
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import socket
 from collections.abc import Callable
 from typing import Any
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
-from .._driver.quic import _quic_machine, _QuicSeat, _QuicTable
+from .._driver.quic import _grow_receive_buffer, _quic_machine, _QuicSeat, _QuicTable
 from ..core.config import QuicServerConfig
 from ..core.connection import Connection, quic_endpoint
 from ..core.errormap import map_error
@@ -26,19 +24,11 @@ __all__ = ["QuicClientIO", "QuicListener", "open_quic_listener"]
 logger = logging.getLogger("msgtrans.io_trio")
 
 _MAX_DATAGRAM = 65536
-#: Receive buffer asked of the kernel (it grants at most ``net.core.rmem_max``): a burst of a
-#: congestion window of 16 KiB loopback datagrams must not overflow the socket.
-RECEIVE_BUFFER = 4 * 1024 * 1024
 #: A client's writer lets a sender that is still producing queue up to this many bytes (or
 #: for this many scheduling rounds) before it cuts datagrams: every trio send is a checkpoint,
 #: so without it each datagram would carry one or two small messages.
 GATHER_BYTES = 16 * 1024
 GATHER_ROUNDS = 64
-
-
-def _grow_receive_buffer(sock: Any) -> None:
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
 class QuicClientIO:
