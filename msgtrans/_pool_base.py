@@ -14,8 +14,9 @@ transport's metrics) is written once here, so the backends cannot drift apart.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import itertools
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 from .core.config import ConnectionConfig
@@ -27,6 +28,7 @@ from .core.errors import (
 )
 from .core.expansion import ExpansionStrategy
 from .core.metrics import TransportMetrics
+from .core.packet import Buffer
 from .core.pool import (
     AssignLease,
     CloseConnections,
@@ -42,6 +44,7 @@ __all__ = [
     "DEFAULT_POOL_TARGET",
     "MAX_RETRY_BACKOFF",
     "RETRY_BACKOFF",
+    "AsyncPoolBase",
     "PoolDriverBase",
     "PoolTracker",
     "SessionMetrics",
@@ -71,8 +74,26 @@ class PooledSession(Protocol):
 
     def start_close(self, code: int | None = None, reason: str = "") -> None: ...
 
+    def when_finished(self, callback: Callable[[Any], None]) -> None: ...
+
+
+class AsyncPooledSession(PooledSession, Protocol):
+    """What the asyncio and trio pools need of their session besides :class:`PooledSession`."""
+
+    async def request(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"",
+                      timeout: float | None = None) -> Any: ...
+
+    async def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"") -> None: ...
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    def abort(self, reason: str = "aborted") -> None: ...
+
 
 S = TypeVar("S", bound=PooledSession)
+A = TypeVar("A", bound=AsyncPooledSession)
+M = TypeVar("M")
 T_err = TypeVar("T_err", bound=TransportError)
 
 
@@ -135,6 +156,10 @@ class PoolDriverBase(Generic[S]):
         self._closed = False
         self._failures = 0  # consecutive failed opens, for the backoff
         self._last_error: BaseException | None = None
+        # The first opens: transport.pool() waits until one succeeded or all failed.
+        self._first_done = False
+        self._first_error: BaseException | None = None
+        self._first_left = 0
 
     # --- what the pool is ----------------------------------------------------------------------
 
@@ -185,6 +210,17 @@ class PoolDriverBase(Generic[S]):
     def _rearm(self) -> None:
         """Keep one timer at ``machine.next_deadline()`` (calling :meth:`_tick` then)."""
         raise NotImplementedError
+
+    def _first_reached(self) -> None:
+        """The first opens are settled (``_first_error`` says how): wake ``wait_started``."""
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        """The pool is closing (``_closed`` is set): fail the waiting leases, stop the timer
+        and the opens in progress."""
+        raise NotImplementedError
+
+    _on_closed: Callable[[Any], None]
 
     # --- leases --------------------------------------------------------------------------------
 
@@ -299,6 +335,60 @@ class PoolDriverBase(Generic[S]):
             self._machine.connection_closed(session.id, self._now())
         self._drive()
 
+    # --- the first opens, the opens' outcomes, the close --------------------------------------
+
+    def _first_started(self) -> None:
+        """Ask for the first decisions (the opens up to ``min_size``); none planned settles."""
+        self._drive()
+        if self._first_left == 0 and not self._first_done:
+            self._settle_first(None)
+
+    def _open_started(self) -> None:
+        """An open begins: until the first opens are settled, it is one of them."""
+        if not self._first_done:
+            self._first_left += 1
+
+    def _first_settled(self, error: BaseException | None) -> None:
+        # One first open succeeded (they are settled), or failed (the last failure settles).
+        if self._first_done:
+            return
+        if error is not None:
+            self._first_left -= 1
+            if self._first_left > 0:
+                return
+        self._settle_first(error)
+
+    def _settle_first(self, error: BaseException | None) -> None:
+        self._first_done = True
+        self._first_error = error
+        self._first_reached()
+
+    def _open_error(self, exc: Exception) -> float:
+        """An open raised *exc*: return the seconds to wait before :meth:`_open_failed`
+        (until then the open counts as pending, so the machine plans no other open and a
+        dead server is retried at a bounded rate)."""
+        self._last_error = exc
+        self._first_settled(exc)
+        self._failures += 1
+        return retry_delay(self._failures)
+
+    def _open_done(self, session: S) -> None:
+        """An open gave *session* (the pool not closed): it joins the pool."""
+        session.when_finished(self._on_finished)
+        self._opened(session)
+        self._first_settled(None)
+
+    def _begin_close(self) -> list[S]:
+        """Stop everything that does not need waiting; return the sessions to close."""
+        if self._closed:
+            return []
+        if not self._first_done:
+            self._settle_first(closed_error())
+        sessions = self._take_sessions()
+        self._stop()
+        self._on_closed(self)
+        return sessions
+
     def _take_sessions(self) -> list[S]:
         """Mark the pool closed; return every session it still holds (to close)."""
         self._closed = True
@@ -306,6 +396,159 @@ class PoolDriverBase(Generic[S]):
         self._sessions.clear()
         self._closing_sessions.clear()
         return sessions
+
+
+class AsyncPoolBase(PoolDriverBase[A], Generic[A, M]):
+    """The asyncio and trio pools' awaitable operations: the same bodies over each backend's
+    :meth:`_acquire` (a lease, waited for) and clock (``_clock``)."""
+
+    _request_timeout: float
+    _clock: Callable[[], float]
+    _transport: Any
+
+    async def _sleep(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    async def _wait_closed(self, sessions: list[A], timeout: float) -> None:
+        """Wait at most *timeout* seconds for every one of *sessions* to be closed."""
+        raise NotImplementedError
+
+    async def _close_late(self, session: A) -> None:
+        """Close *session*, which an open gave after the pool closed."""
+        raise NotImplementedError
+
+    async def wait_tasks(self) -> None:
+        """Wait for the open tasks (cancelled by the close) to end."""
+        raise NotImplementedError
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: waiting leases fail, opens in progress stop, every pooled session
+        closes gracefully (dropped after *timeout* seconds).  Closing twice is harmless."""
+        sessions = self._begin_close()
+        for session in sessions:
+            session.start_close(None, "pool closed")
+        if sessions:
+            await self._wait_closed(sessions, timeout)
+            for session in sessions:
+                if not session.is_closed:
+                    session.abort("aborted: the pool closed")
+            # An aborted socket may report its end a little later; see that through.
+            await self._wait_closed(sessions, 1.0)
+        await self.wait_tasks()
+
+    async def _open(self) -> None:
+        """Open one session (a task of its own): it joins the pool, or the failure is reported
+        after the backoff."""
+        try:
+            session = await self._transport.connect(self._config)
+        except Exception as exc:
+            await self._sleep(self._open_error(exc))
+            self._open_failed()
+            return
+        if self._closed:
+            await self._close_late(session)
+            return
+        self._open_done(session)
+
+    async def _wait_lease(self, lease_id: Hashable, deadline: float, timeout: float) -> Hashable:
+        """Wait until *deadline* for the machine to give the waiting *lease_id* a connection
+        (register the waiter, then :meth:`_drive`); return it.  On a timeout, release the lease
+        and raise :meth:`_exhausted`; on any other exception, release it and re-raise."""
+        raise NotImplementedError
+
+    async def _acquire(self, timeout: float) -> tuple[Hashable, A]:
+        clock = self._clock
+        deadline = clock() + timeout
+        while True:
+            start = clock()
+            lease_id, conn_id = self._try_acquire()
+            if conn_id is None:
+                conn_id = await self._wait_lease(lease_id, deadline, timeout)
+                # The machine grows on its own when a lease waits past the threshold; the
+                # report also covers a wait that ended just before the timer would have fired.
+                self._machine.lease_waited(lease_id, clock() - start)
+            session = self._usable(conn_id)
+            if session is None:
+                self._release(lease_id)  # broken before use: never hand it out, try again
+                continue
+            self._drive()
+            return lease_id, session
+
+    async def request(
+        self,
+        data: Buffer,
+        *,
+        biz_type: int = 0,
+        ext_header: Buffer = b"",
+        timeout: float | None = None,
+    ) -> M:
+        """Send a request on the least-loaded session and return the response.
+
+        The request holds a lease until its response came (so the machine sees the load);
+        waiting for a free session counts against *timeout*.
+
+        Args:
+            data: the payload.
+            biz_type: the application's type tag (default 0).
+            ext_header: the extension header (default empty).
+            timeout: seconds for all of it (default: the transport's request timeout).
+
+        Raises:
+            ResourceError: no session became free in time (code ``resource.pool_exhausted``).
+            TransportTimeoutError: no response in time (code ``timeout.request``).
+            TransportConnectionError: the pool is closed, or the session broke.
+        """
+        limit = self._request_timeout if timeout is None else timeout
+        clock = self._clock
+        start = clock()
+        lease_id, session = await self._acquire(limit)
+        try:
+            # Session.request wants a positive timeout; a response cannot come in under 1 ms
+            # anyway, so the floor only matters when the wait used the whole budget.
+            remaining = max(limit - (clock() - start), 0.001)
+            message: M = await session.request(data, biz_type=biz_type, ext_header=ext_header,
+                                               timeout=remaining)
+            return message
+        finally:
+            self._release(lease_id)
+
+    async def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"") -> None:
+        """Send a one-way message on the least-loaded open session (the machine's ``pick``: a
+        one-way send holds nothing once queued); waits for a session when none is open yet.
+
+        Raises:
+            ResourceError: no session opened within the request timeout (code
+                ``resource.pool_exhausted``).
+            TransportConnectionError: the pool is closed, or the session broke.
+        """
+        session = self._pick()
+        if session is None:
+            # Nothing open: wait like a lease (that is demand the machine sees), hold nothing.
+            lease_id, session = await self._acquire(self._request_timeout)
+            self._release(lease_id)
+        await session.send(data, biz_type=biz_type, ext_header=ext_header)
+
+    @contextlib.asynccontextmanager
+    async def lease(self, timeout: float | None = None) -> AsyncIterator[A]:
+        """``async with pool.lease() as session:`` a session for this block alone (with the
+        default ``max_leases_per_connection=1``).  Do not close it: leaving the block gives it
+        back.
+
+        Args:
+            timeout: seconds to wait for a free session (default: the transport's request
+                timeout).
+
+        Raises:
+            ResourceError: no session became free in time (code ``resource.pool_exhausted``).
+            TransportConnectionError: the pool is closed.
+        """
+        lease_id, session = await self._acquire(
+            self._request_timeout if timeout is None else timeout
+        )
+        try:
+            yield session
+        finally:
+            self._release(lease_id)
 
 
 def sum_pool_status(statuses: Iterable[PoolStatus], capacity: int,

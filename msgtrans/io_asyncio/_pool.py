@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
-from .._pool_base import MAX_RETRY_BACKOFF, RETRY_BACKOFF, PoolDriverBase, closed_error, retry_delay
+from .._pool_base import MAX_RETRY_BACKOFF, RETRY_BACKOFF, AsyncPoolBase, closed_error
 from ..core.config import ConnectionConfig
 from ..core.metrics import TransportMetrics
-from ..core.packet import Buffer
 from ..core.pool import PoolMachine
 from ._message import Message
 from ._session import Session
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_RETRY_BACKOFF", "RETRY_BACKOFF", "SessionPool"]
 
 
-class SessionPool(PoolDriverBase[Session]):
+class SessionPool(AsyncPoolBase[Session, Message]):
     """Sessions to one endpoint, opened and closed as the load asks.
 
     Made by :meth:`Transport.pool <msgtrans.io_asyncio.Transport.pool>`, never directly.  Use
@@ -62,117 +61,20 @@ class SessionPool(PoolDriverBase[Session]):
         self._request_timeout = request_timeout
         self._on_closed = on_closed
         self._loop = asyncio.get_running_loop()
+        self._clock = self._loop.time
         self._waiters: dict[Hashable, asyncio.Future[Hashable]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        # The first opens: transport.pool() waits until one succeeded or all failed.
-        self._first: asyncio.Future[None] = self._loop.create_future()
-        self._first_left = 0
+        self._first: asyncio.Future[None] = self._loop.create_future()  # see wait_started
 
-    # --- the application's operations ----------------------------------------------------------
-
-    async def request(
-        self,
-        data: Buffer,
-        *,
-        biz_type: int = 0,
-        ext_header: Buffer = b"",
-        timeout: float | None = None,
-    ) -> Message:
-        """Send a request on the least-loaded session and return the response.
-
-        The request holds a lease until its response came (see the module text); waiting for a
-        free session counts against *timeout*.
-
-        Args:
-            data: the payload.
-            biz_type: the application's type tag (default 0).
-            ext_header: the extension header (default empty).
-            timeout: seconds for all of it (default: the transport's request timeout).
-
-        Raises:
-            ResourceError: no session became free in time (code ``resource.pool_exhausted``).
-            TransportTimeoutError: no response in time (code ``timeout.request``).
-            TransportConnectionError: the pool is closed, or the session broke.
-        """
-        limit = self._request_timeout if timeout is None else timeout
-        start = self._loop.time()
-        lease_id, session = await self._acquire(limit)
-        try:
-            # Session.request wants a positive timeout; a response cannot come in under 1 ms
-            # anyway, so the floor only matters when the wait used the whole budget.
-            remaining = max(limit - (self._loop.time() - start), 0.001)
-            return await session.request(data, biz_type=biz_type, ext_header=ext_header,
-                                         timeout=remaining)
-        finally:
-            self._release(lease_id)
-
-    async def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"") -> None:
-        """Send a one-way message on the least-loaded open session (the machine's ``pick``);
-        waits for a session when none is open yet.
-
-        Raises:
-            ResourceError: no session opened within the request timeout (code
-                ``resource.pool_exhausted``).
-            TransportConnectionError: the pool is closed, or the session broke.
-        """
-        session = self._pick()
-        if session is None:
-            # Nothing open: wait like a lease (that is demand the machine sees), hold nothing.
-            lease_id, session = await self._acquire(self._request_timeout)
-            self._release(lease_id)
-        await session.send(data, biz_type=biz_type, ext_header=ext_header)
-
-    @contextlib.asynccontextmanager
-    async def lease(self, timeout: float | None = None) -> AsyncIterator[Session]:
-        """``async with pool.lease() as session:`` a session for this block alone (with the
-        default ``max_leases_per_connection=1``).  Do not close it: leaving the block gives it
-        back.
-
-        Args:
-            timeout: seconds to wait for a free session (default: the transport's request
-                timeout).
-
-        Raises:
-            ResourceError: no session became free in time (code ``resource.pool_exhausted``).
-            TransportConnectionError: the pool is closed.
-        """
-        lease_id, session = await self._acquire(
-            self._request_timeout if timeout is None else timeout
-        )
-        try:
-            yield session
-        finally:
-            self._release(lease_id)
-
-    async def close(self, timeout: float = 5.0) -> None:
-        """Close the pool: waiting leases fail, opens in progress stop, every pooled session
-        closes gracefully (dropped after *timeout* seconds).  Closing twice is harmless."""
-        sessions = self._begin_close()
-        for session in sessions:
-            session.start_close(None, "pool closed")
-        if sessions:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(*(s.wait_closed() for s in sessions)), timeout
-                )
-            for session in sessions:
-                session.abort("aborted: the pool closed")
-            # Aborted sockets report connection_lost on the next iteration; see that through.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(*(s.wait_closed() for s in sessions)), 1.0
-                )
-        await self.wait_tasks()
+    # --- the application's operations (request, send, lease: AsyncPoolBase) ------------------
 
     # --- for the transport ---------------------------------------------------------------------
 
     def start(self) -> None:
         """Ask the machine for its first decisions (the opens up to ``min_size``)."""
-        self._drive()
-        if self._first_left == 0 and not self._first.done():
-            self._first.set_result(None)
+        self._first_started()
 
     async def wait_started(self) -> None:
         """Wait until a first session opened, or every first open failed.
@@ -182,10 +84,14 @@ class SessionPool(PoolDriverBase[Session]):
         """
         await asyncio.shield(self._first)
 
-    def _begin_close(self) -> list[Session]:
-        """Stop everything that does not need awaiting; return the sessions to close."""
-        if self._closed:
-            return []
+    def _first_reached(self) -> None:
+        if self._first_error is None:
+            self._first.set_result(None)
+        else:
+            self._first.set_exception(self._first_error)
+            self._first.exception()  # retrieved: pool() may be gone already
+
+    def _stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -194,54 +100,43 @@ class SessionPool(PoolDriverBase[Session]):
             if not future.done():
                 future.set_exception(error)
         self._waiters.clear()
-        if not self._first.done():
-            self._first.set_exception(error)
-            self._first.exception()  # retrieved: pool() may be gone already
         for task in self._tasks:
             task.cancel()
-        sessions = self._take_sessions()
-        self._on_closed(self)
-        return sessions
 
     async def wait_tasks(self) -> None:
         """Wait for the open tasks (cancelled by the close) to end."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def _wait_closed(self, sessions: list[Session], timeout: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(s.wait_closed() for s in sessions)), timeout)
+
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def _close_late(self, session: Session) -> None:
+        await session.close(timeout=1.0)
+
     # --- leases --------------------------------------------------------------------------------
 
     def _now(self) -> float:
         return self._loop.time()
 
-    async def _acquire(self, timeout: float) -> tuple[Hashable, Session]:
-        loop = self._loop
-        deadline = loop.time() + timeout
-        while True:
-            start = loop.time()
-            lease_id, conn_id = self._try_acquire()
-            if conn_id is None:
-                future: asyncio.Future[Hashable] = loop.create_future()
-                self._waiters[lease_id] = future
-                self._drive()
-                try:
-                    conn_id = await asyncio.wait_for(future, max(deadline - start, 0.0))
-                except asyncio.TimeoutError:
-                    self._release(lease_id)
-                    raise self._exhausted(timeout) from None
-                except BaseException:
-                    self._release(lease_id)  # cancelled, or the pool closed
-                    raise
-                finally:
-                    self._waiters.pop(lease_id, None)
-                # The machine grows on its own when a lease waits past the threshold; the
-                # report also covers a wait that ended just before the timer would have fired.
-                self._machine.lease_waited(lease_id, loop.time() - start)
-            session = self._usable(conn_id)
-            if session is None:
-                self._release(lease_id)  # broken before use: never hand it out, try again
-                continue
-            self._drive()
-            return lease_id, session
+    async def _wait_lease(self, lease_id: Hashable, deadline: float, timeout: float) -> Hashable:
+        future: asyncio.Future[Hashable] = self._loop.create_future()
+        self._waiters[lease_id] = future
+        self._drive()
+        try:
+            return await asyncio.wait_for(future, max(deadline - self._loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            self._release(lease_id)
+            raise self._exhausted(timeout) from None
+        except BaseException:
+            self._release(lease_id)  # cancelled, or the pool closed
+            raise
+        finally:
+            self._waiters.pop(lease_id, None)
 
     def _wake_lease(self, lease_id: Hashable, conn_id: Hashable) -> bool:
         future = self._waiters.get(lease_id)
@@ -253,41 +148,10 @@ class SessionPool(PoolDriverBase[Session]):
     # --- opens ---------------------------------------------------------------------------------
 
     def _start_open(self) -> None:
-        if not self._first.done():
-            self._first_left += 1
-        task = self._loop.create_task(self._open_one())
+        self._open_started()
+        task = self._loop.create_task(self._open())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _first_settled(self, error: BaseException | None) -> None:
-        if self._first.done():
-            return
-        if error is None:
-            self._first.set_result(None)
-            return
-        self._first_left -= 1
-        if self._first_left <= 0:
-            self._first.set_exception(error)
-            self._first.exception()  # retrieved: pool() may be gone already
-
-    async def _open_one(self) -> None:
-        try:
-            session = await self._transport.connect(self._config)
-        except Exception as exc:
-            self._last_error = exc
-            self._first_settled(exc)
-            self._failures += 1
-            # Reported only after the backoff: until then the open counts as pending, so the
-            # machine plans no other open and a dead server is retried at a bounded rate.
-            await asyncio.sleep(retry_delay(self._failures))
-            self._open_failed()
-            return
-        if self._closed:
-            await session.close(timeout=1.0)
-            return
-        session.when_finished(self._on_finished)
-        self._opened(session)
-        self._first_settled(None)
 
     # --- the timer -----------------------------------------------------------------------------
 

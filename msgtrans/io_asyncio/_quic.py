@@ -4,17 +4,16 @@ listener driving the core's :class:`~msgtrans.core.quic_endpoint.QuicEndpoint`."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from collections.abc import Callable
 from typing import Any, cast
 
+from .._driver.quic import _grow_receive_buffer, _quic_machine, _QuicSeat, _QuicTable
 from ..core.config import QuicServerConfig
-from ..core.connection import Connection, quic_endpoint, quic_server_connection
+from ..core.connection import Connection, quic_endpoint
 from ..core.errormap import map_error
 from ..core.machine import Address
-from ..core.quic import QuicMachine
 from ..core.quic_endpoint import QuicEndpoint
 from ._session import Session
 
@@ -25,9 +24,6 @@ logger = logging.getLogger("msgtrans.io_asyncio")
 #: Datagrams read in one go once the socket is readable, before the connections' events are
 #: handled and their answers (acknowledgements, flow-control credit) sent.
 DRAIN_MAX = 64
-#: Receive buffer asked of the kernel (it grants at most ``net.core.rmem_max``): a burst of a
-#: congestion window must not overflow the socket while the loop is busy elsewhere.
-RECEIVE_BUFFER = 4 * 1024 * 1024
 _MAX_DATAGRAM = 65536
 
 
@@ -43,8 +39,7 @@ def _drain_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
     sock = transport.get_extra_info("socket")
     if sock is None:
         return None
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    _grow_receive_buffer(sock)
     try:
         dup = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.dup().detach())
     except (OSError, AttributeError):
@@ -145,17 +140,12 @@ class QuicClientIO(asyncio.DatagramProtocol):
 
     def pause_reading(self) -> None:
         """Stop granting the peer flow-control credit: the application fell behind."""
-        self._machine().pause_reading()
+        _quic_machine(self.session.connection).pause_reading()
 
     def resume_reading(self) -> None:
         """Grant credit again; the update leaves with the next datagrams."""
-        self._machine().resume_reading()
+        _quic_machine(self.session.connection).resume_reading()
         self.schedule_flush()
-
-    def _machine(self) -> QuicMachine:
-        machine = self.session.connection.machine
-        assert isinstance(machine, QuicMachine)
-        return machine
 
     def abort(self) -> None:
         """Drop the socket now."""
@@ -166,47 +156,24 @@ class QuicClientIO(asyncio.DatagramProtocol):
             self.session.socket_gone()
 
 
-class _ServerSessionIO:
+class _ServerSessionIO(_QuicSeat):
     """The socket side of one accepted QUIC session: its listener's shared socket."""
 
-    def __init__(self, listener: QuicListener, session: Session, machine: QuicMachine) -> None:
-        self._listener = listener
-        self._session = session
-        self._machine = machine
-
-    @property
-    def peer_address(self) -> Address | None:
-        return self._machine.peer_address
+    __slots__ = ()
 
     def schedule_flush(self) -> None:
-        self._listener.schedule_flush()
+        self._wake()
 
     def flush(self) -> None:
-        self._listener.schedule_flush()
+        self._wake()
         if self._session.machine_closed:
             # No socket of its own: the session is over once its machine is.
-            self._listener.forget(self._session)
+            self._listener.forget(self._machine)
             self._session.socket_gone()
 
-    def pause_reading(self) -> None:
-        # The socket is shared by every connection, so the pause is QUIC's own: the machine
-        # stops granting this peer credit and the peer stops at the window it has.
-        self._machine.pause_reading()
 
-    def resume_reading(self) -> None:
-        self._machine.resume_reading()
-        self._listener.schedule_flush()
-
-    def abort(self) -> None:
-        # Tell the peer too (CONNECTION_CLOSE); the shared socket stays.
-        self._machine.close(0, "aborted")
-        self._listener.forget(self._session)
-        self._listener.schedule_flush()
-        self._session.socket_gone()
-
-
-class QuicListener(asyncio.DatagramProtocol):
-    """One UDP socket serving a :class:`QuicServerConfig` through the core's endpoint."""
+class QuicListener(_QuicTable[Session, _ServerSessionIO], asyncio.DatagramProtocol):
+    """One UDP socket serving a QUIC server config through the core's endpoint."""
 
     def __init__(
         self,
@@ -215,16 +182,10 @@ class QuicListener(asyncio.DatagramProtocol):
         on_established: Callable[[Session], None],
         settings: dict[str, Any],
     ) -> None:
-        self.endpoint = endpoint
-        # From now on the endpoint records which connections have news (see _pump).
-        endpoint.take_touched()
+        self._init_table(endpoint, new_session, on_established, settings)
         self.address: Address = ("", 0)
-        self._new_session = new_session
-        self._on_established = on_established
-        self._settings = settings
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.DatagramTransport | None = None
-        self._sessions: dict[QuicMachine, Session] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -261,44 +222,24 @@ class QuicListener(asyncio.DatagramProtocol):
             self._timer.cancel()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
-        for session in list(self._sessions.values()):
+        for session, _seat in self._take_all():
             session.lost(exc)
-        self._sessions.clear()
         if not self._closed.done():
             self._closed.set_result(None)
 
-    def _accept(self, now: float) -> None:
-        for machine in self.endpoint.accept():
-            session = self._new_session(self._connection_for(machine))
-            self._sessions[machine] = session
-            session.when_established(self._on_established)
-            session.attach(_ServerSessionIO(self, session, machine))
+    def _attach(self, session: Session, machine: Any, now: float) -> _ServerSessionIO:
+        seat = _ServerSessionIO(self, session, machine, self.schedule_flush)
+        session.when_established(self._on_established)
+        session.attach(seat)
+        return seat
 
-    def _connection_for(self, machine: QuicMachine) -> Callable[[int], Connection]:
-        def make(session_id: int) -> Connection:
-            return quic_server_connection(machine, session_id=session_id, **self._settings)
-
-        return make
+    def _session_over(self, session: Session, seat: _ServerSessionIO) -> None:
+        session.socket_gone()
 
     def _pump(self) -> None:
-        # Only the connections the endpoint fed, timed or saw written to can have news: ask
-        # the endpoint for those rather than every session (O(1) per datagram, not O(sessions)).
-        sessions = self._sessions
-        for machine in self.endpoint.take_touched():
-            session = sessions.get(machine)
-            if session is not None and machine.has_events:
-                session.process()
-                if session.machine_closed:
-                    self.forget(session)
-                    session.socket_gone()
+        # Only the connections an input touched can have news (see _QuicTable._visit).
+        self._visit(self.endpoint.take_touched(), account=False)
         self.flush()
-
-    def forget(self, session: Session) -> None:
-        """Drop *session* from the listener's table."""
-        # Its machine is the table's key (see _accept): no scan of every session per close.
-        machine = session.connection.machine
-        if isinstance(machine, QuicMachine) and self._sessions.get(machine) is session:
-            del self._sessions[machine]
 
     def schedule_flush(self) -> None:
         """Arrange one flush this loop iteration."""
@@ -319,17 +260,7 @@ class QuicListener(asyncio.DatagramProtocol):
             transport.sendto(data, addr)
         # A session's packets left only if its machine was flushed, and a machine was flushed
         # only if it was touched: the others have nothing to account or process.
-        sessions = self._sessions
-        for machine in self.endpoint.take_touched():
-            session = sessions.get(machine)
-            if session is None:
-                continue
-            session.account_flushed()
-            if machine.has_events:
-                session.process()
-            if session.machine_closed:
-                self.forget(session)
-                session.socket_gone()
+        self._visit(self.endpoint.take_touched(), account=True)
         if self._stopping and self.endpoint.is_closed:
             transport.close()
             return
@@ -352,13 +283,6 @@ class QuicListener(asyncio.DatagramProtocol):
         self.endpoint.handle_timer(self._loop.time())
         self._pump()
 
-    def close(self) -> None:
-        """Stop accepting new connections (sessions already accepted go on)."""
-        # The endpoint refuses new Initials with CONNECTION_REFUSED once it is closing, but its
-        # close() also closes every connection; so stop handing out new sessions instead and
-        # let the transport close sessions one by one.
-        self._on_established = _ignore
-
     def stop(self) -> None:
         """Close the socket once every session on it is over (call after closing them)."""
         self._stopping = True
@@ -373,10 +297,6 @@ class QuicListener(asyncio.DatagramProtocol):
     async def wait_closed(self) -> None:
         """Wait until the socket is closed."""
         await asyncio.shield(self._closed)
-
-
-def _ignore(session: Session) -> None:
-    session.start_close(None, "the listener is closed")
 
 
 async def start_quic_listener(
@@ -397,7 +317,7 @@ async def start_quic_listener(
     try:
         await loop.create_datagram_endpoint(lambda: listener, local_addr=config.addr)
     except OSError as exc:
-        raise map_error(exc, protocol="quic", operation="listen") from exc
+        raise map_error(exc, protocol=config.protocol, operation="listen") from exc
     assert listener._transport is not None
     bound = listener._transport.get_extra_info("sockname")
     listener.address = (bound[0], bound[1])

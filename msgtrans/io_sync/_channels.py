@@ -17,12 +17,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._driver.quic import _RECEIVE_BUFFER as QUIC_RECEIVE_BUFFER
+from .._driver.quic import _grow_receive_buffer as grow_receive_buffer
+from .._driver.quic import _quic_machine, _QuicSeat, _QuicTable
 from ..core.config import QuicServerConfig
-from ..core.connection import Connection, quic_endpoint, quic_server_connection, server_connection
+from ..core.connection import Connection, quic_endpoint, server_connection
 from ..core.errormap import map_error
 from ..core.machine import Address
 from ..core.packet import Buffer
-from ..core.quic import QuicMachine
 from ..core.quic_endpoint import QuicEndpoint
 from ._loop import Channel, IOLoop
 from ._session import Session
@@ -52,19 +54,7 @@ _IOV_BATCH = 512
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 
-#: Receive buffer asked of the kernel for QUIC sockets (it grants at most
-#: ``net.core.rmem_max``): a burst of a congestion window of 16 KiB loopback datagrams must not
-#: overflow the socket while the I/O thread is busy elsewhere (a drop costs a loss recovery).
-QUIC_RECEIVE_BUFFER = 4 * 1024 * 1024
-
 NewSession = Callable[[Callable[[int], Connection]], Session]
-
-
-def grow_receive_buffer(sock: socket.socket) -> None:
-    """Ask for :data:`QUIC_RECEIVE_BUFFER` bytes of receive buffer on a UDP socket; a refusal
-    (a platform without the option, a sandbox) leaves the default."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, QUIC_RECEIVE_BUFFER)
 
 
 def _as_bytes_view(buffer: Buffer) -> memoryview:
@@ -72,38 +62,91 @@ def _as_bytes_view(buffer: Buffer) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-class StreamChannel(Channel):
+class _SessionChannel(Channel):
+    """What the socket of one session has, stream or QUIC: its peer, its session's timers,
+    the abort from any thread and the close."""
+
+    def __init__(self, loop: IOLoop, session: Session, sock: socket.socket,
+                 peer: Address | None) -> None:
+        self.loop = loop
+        self.session = session
+        self.sock = sock
+        self._peer = peer
+        self._aborting = False
+        self._closed = False
+        self._started = False  # registered and the connection started (I/O thread)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} session={self.session.id}>"
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The peer's socket address."""
+        return self._peer
+
+    def _loop_flush(self) -> None:
+        if not self._closed:
+            self.loop.request_flush(self)
+
+    def abort(self) -> None:
+        """Drop the socket (the loop closes it at its next flush; any thread)."""
+        self._aborting = True
+        if self._closed:
+            self.session.socket_gone()
+        else:
+            self._loop_flush()
+
+    def start(self) -> None:
+        """Register with the loop and start the core connection."""
+        if self._aborting or not self.loop.running:
+            self._close()
+            return
+        self.loop.add(self, READ)
+        # Each subclass is the session's IO (this base leaves the flush methods to them).
+        self.session.attach(self, time.monotonic())  # type: ignore[arg-type]
+        self._started = True
+
+    def deadline(self) -> float | None:
+        """The session's next deadline."""
+        return self.session.deadline()
+
+    def on_timer(self, now: float) -> None:
+        """Fire the session's timers."""
+        self.session.on_timer(now)
+
+    def close_now(self) -> None:
+        """The loop is ending: drop the socket."""
+        self.session.lost(None, time.monotonic())
+        self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.loop.remove(self)
+            if self.sock is not None:
+                self.sock.close()
+        self.session.socket_gone()
+
+
+class StreamChannel(_SessionChannel):
     """The socket of one stream session (TCP, TLS, WebSocket, WSS): reads into the core's
     buffer (zero copy), writes the core's buffers with ``sendmsg`` and keeps the unsent tail."""
 
     def __init__(self, loop: IOLoop, session: Session, sock: socket.socket) -> None:
-        self.loop = loop
-        self.session = session
-        self.sock = sock
+        try:
+            peer: Address | None = tuple(sock.getpeername())
+        except OSError:
+            peer = None
+        super().__init__(loop, session, sock, peer)
         self._conn = session.connection
         self._out: list[memoryview] = []
         self._out_bytes = 0
         self._reading = True
         self._eof_received = False
         self._eof_written = False
-        self._aborting = False
-        self._closed = False
-        self._started = False  # registered and the connection started (I/O thread)
-        try:
-            self._peer: Address | None = tuple(sock.getpeername())
-        except OSError:
-            self._peer = None
         session.set_io(self)
 
-    def __repr__(self) -> str:
-        return f"<StreamChannel session={self.session.id}>"
-
     # --- the session's side (any thread) -------------------------------------------------------
-
-    @property
-    def peer_address(self) -> Address | None:
-        """The peer's socket address."""
-        return self._peer
 
     def request_flush(self) -> None:
         """Have the loop write soon (lock held, any thread).
@@ -157,10 +200,6 @@ class StreamChannel(Channel):
                 or not loop.wakes_before(session.deadline())):
             loop.request_flush(self, burst=burst)
 
-    def _loop_flush(self) -> None:
-        if not self._closed:
-            self.loop.request_flush(self)
-
     def pause_reading(self) -> None:
         """Stop reading: the application fell behind."""
         self._reading = False
@@ -171,32 +210,7 @@ class StreamChannel(Channel):
         self._reading = True
         self._loop_flush()
 
-    def abort(self) -> None:
-        """Drop the socket (the loop closes it at its next flush)."""
-        self._aborting = True
-        if self._closed:
-            self.session.socket_gone()
-        else:
-            self._loop_flush()
-
     # --- the loop's side -----------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Register with the loop and start the core connection."""
-        if self._aborting or not self.loop.running:
-            self._close()
-            return
-        self.loop.add(self, READ)
-        self.session.attach(self, time.monotonic())
-        self._started = True
-
-    def deadline(self) -> float | None:
-        """The session's next deadline."""
-        return self.session.deadline()
-
-    def on_timer(self, now: float) -> None:
-        """Fire the session's timers."""
-        self.session.on_timer(now)
 
     def on_ready(self, mask: int, now: float) -> None:
         """Read what arrived; a writable socket gets the unsent tail."""
@@ -292,43 +306,22 @@ class StreamChannel(Channel):
                 sent = 0
         del out[:done]
 
-    def close_now(self) -> None:
-        """The loop is ending: drop the socket."""
-        self.session.lost(None, time.monotonic())
-        self._close()
-
     def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.loop.remove(self)
-            if self.sock is not None:
-                self.sock.close()
-            self._out.clear()
-        self.session.socket_gone()
+        self._out.clear()
+        super()._close()
 
 
-class StreamListener(Channel):
-    """One listening socket for a TCP or WebSocket server config."""
+class _ListenerChannel(Channel):
+    """What a listening socket has, stream or QUIC: its bound address and its start."""
 
-    def __init__(self, loop: IOLoop, sock: socket.socket, config: Any, *,
-                 new_session: NewSession, on_established: Callable[[Session], None],
-                 settings: dict[str, Any],
-                 on_refused: Callable[[], None] | None = None) -> None:
+    def __init__(self, loop: IOLoop, sock: socket.socket) -> None:
         self.loop = loop
         self.sock = sock
-        self.config = config
-        self._on_refused = on_refused
         bound = sock.getsockname()
         self.address: tuple[str, int] = (bound[0], bound[1])
-        self._new_session = new_session
-        self._on_established = on_established
-        self._settings = settings
-        self._tls_context: ssl.SSLContext | None = (
-            config.tls.server_context() if config.tls is not None else None)
-        self._live: set[Session] = set()  # for max_sessions
 
     def __repr__(self) -> str:
-        return f"<StreamListener {self.address}>"
+        return f"<{type(self).__name__} {self.address}>"
 
     def start(self) -> None:
         """Register with the loop."""
@@ -336,6 +329,24 @@ class StreamListener(Channel):
             self.close_now()
             return
         self.loop.add(self, READ)
+
+
+class StreamListener(_ListenerChannel):
+    """One listening socket for a stream server config."""
+
+    def __init__(self, loop: IOLoop, sock: socket.socket, config: Any, *,
+                 new_session: NewSession, on_established: Callable[[Session], None],
+                 settings: dict[str, Any],
+                 on_refused: Callable[[], None] | None = None) -> None:
+        super().__init__(loop, sock)
+        self.config = config
+        self._on_refused = on_refused
+        self._new_session = new_session
+        self._on_established = on_established
+        self._settings = settings
+        self._tls_context: ssl.SSLContext | None = (
+            config.tls.server_context() if config.tls is not None else None)
+        self._live: set[Session] = set()  # for max_sessions
 
     def on_ready(self, mask: int, now: float) -> None:
         """Accept what is waiting."""
@@ -362,7 +373,7 @@ class StreamListener(Channel):
                 self._on_refused()
             return
         sock.setblocking(False)
-        _tune(sock, config)
+        tune_stream(sock, config)
         tls_context = self._tls_context
         settings = self._settings
         session = self._new_session(
@@ -381,17 +392,13 @@ class StreamListener(Channel):
             self.sock = None
 
 
-def _tune(sock: socket.socket, config: Any) -> None:
+def tune_stream(sock: socket.socket, config: Any) -> None:
+    """Apply the config's ``nodelay`` and ``keepalive`` to a connected TCP socket."""
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY,
                         int(getattr(config, "nodelay", True)))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE,
                         int(getattr(config, "keepalive", True)))
-
-
-def tune_stream(sock: socket.socket, config: Any) -> None:
-    """Apply the config's ``nodelay`` and ``keepalive`` to a connected TCP socket."""
-    _tune(sock, config)
 
 
 def _bind(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
@@ -439,36 +446,18 @@ def open_stream_listener(loop: IOLoop, config: Any, new_session: NewSession,
 # --- QUIC --------------------------------------------------------------------------------------
 
 
-class QuicClientChannel(Channel):
+class QuicClientChannel(_SessionChannel):
     """The socket of one QUIC client session: a UDP socket connected to the server."""
 
     def __init__(self, loop: IOLoop, session: Session, sock: socket.socket,
                  peer: Address) -> None:
-        self.loop = loop
-        self.session = session
-        self.sock = sock
-        self._peer = peer
-        self._aborting = False
-        self._closed = False
+        super().__init__(loop, session, sock, peer)
         grow_receive_buffer(sock)
         session.set_io(self)
 
-    def __repr__(self) -> str:
-        return f"<QuicClientChannel session={self.session.id}>"
-
-    @property
-    def peer_address(self) -> Address | None:
-        """The server's socket address."""
-        return self._peer
-
-    def request_flush(self) -> None:
-        """Have the loop send soon (any thread)."""
-        if not self._closed:
-            self.loop.request_flush(self)
-
-    def write_now(self) -> None:
-        """The same as :meth:`request_flush` (QUIC datagrams leave from the I/O thread)."""
-        self.request_flush()
+    #: Have the loop send soon (any thread); from another thread than the loop's, writing now
+    #: is the same (QUIC datagrams leave from the I/O thread).
+    request_flush = write_now = _SessionChannel._loop_flush
 
     def send_soon(self) -> None:
         """:meth:`request_flush` after a one-way send (see :meth:`IOLoop.request_flush`)."""
@@ -477,41 +466,12 @@ class QuicClientChannel(Channel):
 
     def pause_reading(self) -> None:
         """Stop granting the peer flow-control credit: the application fell behind."""
-        self._machine().pause_reading()
+        _quic_machine(self.session.connection).pause_reading()
 
     def resume_reading(self) -> None:
         """Grant credit again; the update leaves with the next datagrams."""
-        self._machine().resume_reading()
-        self.request_flush()
-
-    def _machine(self) -> QuicMachine:
-        machine = self.session.connection.machine
-        assert isinstance(machine, QuicMachine)
-        return machine
-
-    def abort(self) -> None:
-        """Drop the socket (any thread)."""
-        self._aborting = True
-        if self._closed:
-            self.session.socket_gone()
-        else:
-            self.request_flush()
-
-    def start(self) -> None:
-        """Register and start the core connection (queues the Initial packet)."""
-        if self._aborting or not self.loop.running:
-            self._close()
-            return
-        self.loop.add(self, READ)
-        self.session.attach(self, time.monotonic())
-
-    def deadline(self) -> float | None:
-        """The session's next deadline."""
-        return self.session.deadline()
-
-    def on_timer(self, now: float) -> None:
-        """Fire the session's timers (QUIC recovery, idle, keepalive)."""
-        self.session.on_timer(now)
+        _quic_machine(self.session.connection).resume_reading()
+        self._loop_flush()
 
     def on_ready(self, mask: int, now: float) -> None:
         """Feed the datagrams that arrived."""
@@ -547,87 +507,31 @@ class QuicClientChannel(Channel):
         if self.session.machine_closed:
             self._close()
 
-    def close_now(self) -> None:
-        """The loop is ending: drop the socket."""
-        self.session.lost(None, time.monotonic())
-        self._close()
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.loop.remove(self)
-            if self.sock is not None:
-                self.sock.close()
-        self.session.socket_gone()
-
-
-class _ServerSessionIO:
+class _ServerSessionIO(_QuicSeat):
     """The socket side of one accepted QUIC session: its listener's shared socket."""
 
-    def __init__(self, listener: QuicListener, session: Session, machine: QuicMachine) -> None:
-        self._listener = listener
-        self._session = session
-        self._machine = machine
-
-    @property
-    def peer_address(self) -> Address | None:
-        return self._machine.peer_address
+    __slots__ = ()
 
     def request_flush(self) -> None:
-        self._listener.request_flush()
+        self._wake()
 
     def write_now(self) -> None:
-        self._listener.request_flush()
+        self._wake()
 
     def send_soon(self) -> None:
         self._listener.request_flush(burst=True)
 
-    def pause_reading(self) -> None:
-        # The socket is shared by every connection, so the pause is QUIC's own: the machine
-        # stops granting this peer credit and the peer stops at the window it has.
-        self._machine.pause_reading()
 
-    def resume_reading(self) -> None:
-        self._machine.resume_reading()
-        self._listener.request_flush()
-
-    def abort(self) -> None:
-        # Tell the peer too (CONNECTION_CLOSE); the shared socket stays.
-        self._machine.close(0, "aborted")
-        self._listener.forget(self._machine)
-        self._listener.request_flush()
-        self._session.socket_gone()
-
-
-class QuicListener(Channel):
-    """One UDP socket serving a :class:`QuicServerConfig` through the core's endpoint."""
+class QuicListener(_QuicTable[Session, _ServerSessionIO], _ListenerChannel):
+    """One UDP socket serving a QUIC server config through the core's endpoint."""
 
     def __init__(self, loop: IOLoop, sock: socket.socket, endpoint: QuicEndpoint, *,
                  new_session: NewSession, on_established: Callable[[Session], None],
                  settings: dict[str, Any]) -> None:
-        self.loop = loop
-        self.sock = sock
-        self.endpoint = endpoint
-        # From now on the endpoint records which connections have news (see _pump).
-        endpoint.take_touched()
-        bound = sock.getsockname()
-        self.address: tuple[str, int] = (bound[0], bound[1])
-        self._new_session = new_session
-        self._on_established = on_established
-        self._settings = settings
-        self._sessions: dict[QuicMachine, Session] = {}
+        _ListenerChannel.__init__(self, loop, sock)
+        self._init_table(endpoint, new_session, on_established, settings)
         self._stopping = False
         self.closed = False
-
-    def __repr__(self) -> str:
-        return f"<QuicListener {self.address}>"
-
-    def start(self) -> None:
-        """Register with the loop."""
-        if not self.loop.running:
-            self.close_now()
-            return
-        self.loop.add(self, READ)
 
     def request_flush(self, *, burst: bool = False) -> None:
         """Have the loop send soon (any thread); *burst*: after a one-way send."""
@@ -651,49 +555,29 @@ class QuicListener(Channel):
         self._accept(now)
         self._pump()
 
-    def _accept(self, now: float) -> None:
-        for machine in self.endpoint.accept():
-            session = self._new_session(self._connection_for(machine))
-            self._sessions[machine] = session
-            session.when_established(self._on_established)
-            session.attach(_ServerSessionIO(self, session, machine), now)
+    @property
+    def _sessions(self) -> dict[Any, Session]:
+        # The sessions by machine (what the table holds, without the seats).
+        return {machine: session for machine, (session, _seat) in self._seats.items()}
 
-    def _connection_for(self, machine: QuicMachine) -> Callable[[int], Connection]:
-        def make(session_id: int) -> Connection:
-            return quic_server_connection(machine, session_id=session_id, **self._settings)
+    def _attach(self, session: Session, machine: Any, now: float) -> _ServerSessionIO:
+        seat = _ServerSessionIO(self, session, machine, self.request_flush)
+        session.when_established(self._on_established)
+        session.attach(seat, now)
+        return seat
 
-        return make
+    def _session_over(self, session: Session, seat: _ServerSessionIO) -> None:
+        session.socket_gone()
 
     def _pump(self) -> None:
-        # Only the connections the endpoint fed, timed, saw written to or ended can have news:
-        # ask the endpoint for those rather than every session (O(touched) per batch of
-        # datagrams, not O(sessions)).
+        # Only the connections an input touched can have news (see _QuicTable._visit).
         self._visit(self.endpoint.take_touched(), account=False)
         self.loop.request_flush(self)
-
-    def _visit(self, machines: list[QuicMachine], *, account: bool) -> None:
-        sessions = self._sessions
-        for machine in machines:
-            session = sessions.get(machine)
-            if session is None:
-                continue  # forgotten (aborted, or over and already visited)
-            if account:
-                session.account_flushed()
-            if machine.has_events:
-                session.process()
-            if session.machine_closed:
-                del sessions[machine]
-                session.socket_gone()
-
-    def forget(self, machine: QuicMachine) -> None:
-        """Drop the session of *machine* from the listener's table (keyed by machine: no scan
-        of every session per close)."""
-        self._sessions.pop(machine, None)
 
     def deadline(self) -> float | None:
         """The endpoint's deadline, or the soonest of its sessions'."""
         soonest = self.endpoint.next_deadline()
-        for session in self._sessions.values():
+        for session, _seat in self._seats.values():
             deadline = session.deadline()
             if deadline is not None and (soonest is None or deadline < soonest):
                 soonest = deadline
@@ -704,7 +588,7 @@ class QuicListener(Channel):
         deadline = self.endpoint.next_deadline()
         if deadline is not None and deadline <= now:
             self.endpoint.handle_timer(now)
-        for session in list(self._sessions.values()):
+        for session, _seat in list(self._seats.values()):
             deadline = session.deadline()
             if deadline is not None and deadline <= now:
                 session.on_timer(now)
@@ -724,13 +608,6 @@ class QuicListener(Channel):
         if self._stopping and self.endpoint.is_closed:
             self.close_now()
 
-    def close(self) -> None:
-        """Stop handing out new sessions (those already accepted go on)."""
-        # The endpoint refuses new Initials once it is closing, but its close() also closes
-        # every connection; so stop delivering new sessions instead and let the transport
-        # close sessions one by one.
-        self._on_established = _refuse
-
     def stop(self) -> None:
         """Close the socket once every session on it is over (call after closing them)."""
         self._stopping = True
@@ -744,18 +621,13 @@ class QuicListener(Channel):
         self.closed = True
         self.loop.remove(self)
         now = time.monotonic()
-        for session in list(self._sessions.values()):
+        for session, _seat in self._take_all():
             session.lost(None, now)
             session.socket_gone()
-        self._sessions.clear()
         if self.sock is not None:
             self.sock.close()
             self.sock = None
         self.loop.cond.notify_all()
-
-
-def _refuse(session: Session) -> None:
-    session.start_close(None, "the listener is closed")
 
 
 def open_quic_listener(loop: IOLoop, config: QuicServerConfig, new_session: NewSession,
@@ -773,7 +645,7 @@ def open_quic_listener(loop: IOLoop, config: QuicServerConfig, new_session: NewS
     try:
         sock = _bind(host, port, socket.SOCK_DGRAM)
     except OSError as exc:
-        raise map_error(exc, protocol="quic", operation="listen") from exc
+        raise map_error(exc, protocol=config.protocol, operation="listen") from exc
     grow_receive_buffer(sock)
     return QuicListener(loop, sock, endpoint, new_session=new_session,
                         on_established=on_established, settings=settings)

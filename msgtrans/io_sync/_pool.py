@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING
 
-from .._pool_base import PoolDriverBase, closed_error, retry_delay
+from .._pool_base import PoolDriverBase
 from ..core.config import ConnectionConfig
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer
@@ -91,10 +91,6 @@ class SessionPool(PoolDriverBase[Session]):
         self._threads: set[threading.Thread] = set()
         self._timer = _PoolTimer(self)
         self._seen: float | None = None  # the deadline the I/O loop last read
-        # The first opens: transport.pool() waits until one succeeded or all failed.
-        self._first_done = False
-        self._first_error: BaseException | None = None
-        self._first_left = 0
 
     # --- the application's operations ----------------------------------------------------------
 
@@ -193,9 +189,7 @@ class SessionPool(PoolDriverBase[Session]):
         (the opens up to ``min_size``)."""
         self._io.submit(lambda: self._io.add(self._timer, 0))
         with self._lock:
-            self._drive()
-            if self._first_left == 0:
-                self._first_done = True
+            self._first_started()
 
     def wait_started(self) -> None:
         """Wait until a first session opened, or every first open failed.
@@ -208,21 +202,15 @@ class SessionPool(PoolDriverBase[Session]):
             if self._first_error is not None:
                 raise self._first_error
 
-    def _begin_close(self) -> list[Session]:
-        """Stop everything that does not need waiting (lock held); return the sessions to
-        close."""
-        if self._closed:
-            return []
+    def _first_reached(self) -> None:
+        self._cond.notify_all()
+
+    def _stop(self) -> None:
+        # Lock held (close() takes it around _begin_close).
         self._io.submit(lambda: self._io.remove(self._timer))
-        if not self._first_done:
-            self._first_done = True
-            self._first_error = closed_error()
-        sessions = self._take_sessions()
         self._waiting.clear()
         self._assigned.clear()
         self._cond.notify_all()  # waiting leases see the pool closed
-        self._on_closed(self)
-        return sessions
 
     def wait_tasks(self, timeout: float = 1.0) -> None:
         """Wait (at most *timeout* seconds) for the open threads to end; a connect still in
@@ -287,23 +275,10 @@ class SessionPool(PoolDriverBase[Session]):
     # --- opens ---------------------------------------------------------------------------------
 
     def _start_open(self) -> None:
-        if not self._first_done:
-            self._first_left += 1
+        self._open_started()
         thread = threading.Thread(target=self._open_one, name="msgtrans-pool-open", daemon=True)
         self._threads.add(thread)
         thread.start()
-
-    def _first_settled(self, error: BaseException | None) -> None:
-        if self._first_done:
-            return
-        if error is None:
-            self._first_done = True
-        else:
-            self._first_left -= 1
-            if self._first_left <= 0:
-                self._first_error = error
-                self._first_done = True
-        self._cond.notify_all()
 
     def _open_one(self) -> None:
         try:
@@ -317,26 +292,19 @@ class SessionPool(PoolDriverBase[Session]):
             session = self._transport.connect(self._config)
         except Exception as exc:
             with self._lock:
-                self._last_error = exc
-                self._first_settled(exc)
-                self._failures += 1
-                # Reported only after the backoff: until then the open counts as pending, so
-                # the machine plans no other open and a dead server is retried at a bounded
-                # rate.  The wait ends early when the pool closes.
-                wait_until(self._cond, lambda: self._closed,
-                           time.monotonic() + retry_delay(self._failures))
+                # Reported after the backoff; the wait ends early when the pool closes.
+                delay = self._open_error(exc)
+                wait_until(self._cond, lambda: self._closed, time.monotonic() + delay)
                 self._open_failed()
             return
         with self._lock:
             closed = self._closed
             if not closed:
-                session.when_finished(self._on_finished)
-                self._opened(session)
+                self._open_done(session)
                 if session.state is not SessionState.OPEN:
                     # It ended before its finish callback was registered: report it now.
                     self._usable(session.id)
                     self._drive()
-                self._first_settled(None)
         if closed:
             session.close(timeout=1.0)
 

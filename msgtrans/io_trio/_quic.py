@@ -3,20 +3,18 @@ listener driving the core's :class:`~msgtrans.core.quic_endpoint.QuicEndpoint`."
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import socket
 from collections.abc import Callable
 from typing import Any
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
+from .._driver.quic import _grow_receive_buffer, _quic_machine, _QuicSeat, _QuicTable
 from ..core.config import QuicServerConfig
-from ..core.connection import Connection, quic_endpoint, quic_server_connection
+from ..core.connection import Connection, quic_endpoint
 from ..core.errormap import map_error
-from ..core.machine import Address, MachineState
-from ..core.quic import QuicMachine
+from ..core.machine import Address
 from ..core.quic_endpoint import QuicEndpoint
 from ._session import Session
 from ._stream import deliver_when_established
@@ -26,19 +24,11 @@ __all__ = ["QuicClientIO", "QuicListener", "open_quic_listener"]
 logger = logging.getLogger("msgtrans.io_trio")
 
 _MAX_DATAGRAM = 65536
-#: Receive buffer asked of the kernel (it grants at most ``net.core.rmem_max``): a burst of a
-#: congestion window of 16 KiB loopback datagrams must not overflow the socket.
-RECEIVE_BUFFER = 4 * 1024 * 1024
 #: A client's writer lets a sender that is still producing queue up to this many bytes (or
 #: for this many scheduling rounds) before it cuts datagrams: every trio send is a checkpoint,
 #: so without it each datagram would carry one or two small messages.
 GATHER_BYTES = 16 * 1024
 GATHER_ROUNDS = 64
-
-
-def _grow_receive_buffer(sock: Any) -> None:
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
 class QuicClientIO:
@@ -62,8 +52,7 @@ class QuicClientIO:
 
     def set_reading(self, reading: bool) -> None:
         """Hold or grant the peer's flow-control credit (aioquic grants on arrival otherwise)."""
-        machine = self.session.connection.machine
-        assert isinstance(machine, QuicMachine)
+        machine = _quic_machine(self.session.connection)
         if reading:
             machine.resume_reading()
             self.wake()  # the credit update leaves with the next datagrams
@@ -94,9 +83,7 @@ class QuicClientIO:
 
     async def _gather(self) -> None:
         """Yield while the sender keeps queueing, up to :data:`GATHER_BYTES`."""
-        machine = self.session.connection.machine
-        if not isinstance(machine, QuicMachine):  # pragma: no cover - always QUIC here
-            return
+        machine = _quic_machine(self.session.connection)
         queued = machine.gathered_bytes
         idle = 0
         for _ in range(GATHER_ROUNDS):
@@ -128,28 +115,22 @@ class QuicClientIO:
                 return
 
 
-class _ServerSessionIO:
+class _ServerSessionIO(_QuicSeat):
     """The socket side of one accepted QUIC session: a seat on its listener's shared socket."""
 
-    def __init__(self, listener: QuicListener, session: Session, machine: QuicMachine) -> None:
-        self._listener = listener
-        self._session = session
-        self._machine = machine
+    __slots__ = ("done",)
+
+    def __init__(self, listener: QuicListener, session: Session, machine: Any) -> None:
+        super().__init__(listener, session, machine, listener.wake)
         self.done = trio.Event()
 
-    @property
-    def peer_address(self) -> Address | None:
-        return self._machine.peer_address
-
     def wake(self) -> None:
-        self._listener.wake()
+        self._wake()
         if self._session.machine_closed:
             # No socket of its own: the session is over once its machine is.
             self.done.set()
 
     def set_reading(self, reading: bool) -> None:
-        # The socket is shared by every connection, so the pause is QUIC's own: the machine
-        # stops granting this peer credit and the peer stops at the window it has.
         if reading:
             self._machine.resume_reading()
             self.wake()
@@ -160,16 +141,13 @@ class _ServerSessionIO:
         await self.done.wait()
 
     async def aclose(self) -> None:
-        if not self._machine.is_closed:
-            # Aborted: tell the peer too (CONNECTION_CLOSE); the shared socket stays.
-            self._machine.close(0, "aborted")
-        self._listener.forget(self._machine)
-        self._listener.wake()
+        self._close_machine()
+        self._wake()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
 
-class QuicListener:
-    """One UDP socket serving a :class:`QuicServerConfig` through the core's endpoint: a
+class QuicListener(_QuicTable[Session, _ServerSessionIO]):
+    """One UDP socket serving a QUIC server config through the core's endpoint: a
     reader task routing datagrams, a writer task sending, a timer task for the endpoint."""
 
     def __init__(
@@ -182,17 +160,11 @@ class QuicListener:
         on_established: Callable[[Session], None],
         settings: dict[str, Any],
     ) -> None:
-        self.endpoint = endpoint
-        # From now on the endpoint records which connections have news (see _pump).
-        endpoint.take_touched()
+        self._init_table(endpoint, new_session, on_established, settings)
         bound = sock.getsockname()
         self.address: Address = (bound[0], bound[1])
         self._sock = sock
-        self._new_session = new_session
         self._spawn = spawn
-        self._on_established = on_established
-        self._settings = settings
-        self._seats: dict[QuicMachine, tuple[Session, _ServerSessionIO]] = {}
         self._wake = trio.Event()
         self._timer_event = trio.Event()
         # The deadline the timer task sleeps until (inf: none); see _rearm.
@@ -212,10 +184,9 @@ class QuicListener:
                     nursery.cancel_scope.cancel()
         finally:
             self._sock.close()
-            for session, seat in list(self._seats.values()):
+            for session, seat in self._take_all():
                 session.lost(None)
                 seat.done.set()
-            self._seats.clear()
             self._closed.set()
 
     async def _reader(self) -> None:
@@ -230,61 +201,35 @@ class QuicListener:
                 continue
             now = trio.current_time()
             endpoint.receive_datagram(data, addr, now)
-            for machine in endpoint.accept():
-                session = self._new_session(self._connection_for(machine))
-                seat = _ServerSessionIO(self, session, machine)
-                self._seats[machine] = (session, seat)
-                self._spawn(session.run, seat)
-                self._spawn(deliver_when_established, session, self._deliver)
+            self._accept(now)
             self._pump()
+
+    def _attach(self, session: Session, machine: Any, now: float) -> _ServerSessionIO:
+        seat = _ServerSessionIO(self, session, machine)
+        self._spawn(session.run, seat)
+        self._spawn(deliver_when_established, session, self._deliver)
+        return seat
+
+    def _session_over(self, session: Session, seat: _ServerSessionIO) -> None:
+        seat.done.set()
 
     def _deliver(self, session: Session) -> None:
         self._on_established(session)
 
-    def _connection_for(self, machine: QuicMachine) -> Callable[[int], Connection]:
-        def make(session_id: int) -> Connection:
-            return quic_server_connection(machine, session_id=session_id, **self._settings)
-
-        return make
-
     def _pump(self) -> None:
-        # Only the connections the endpoint fed, timed, saw written to or ended can have news
-        # (or have just closed): ask the endpoint for those rather than look at every session
-        # (O(touched) per datagram, not O(sessions)).
+        # Only the connections an input touched can have news (see _QuicTable._visit).
         self._visit(self.endpoint.take_touched(), account=False)
         self.wake()
-
-    def _visit(self, machines: list[QuicMachine], *, account: bool) -> None:
-        seats = self._seats
-        for machine in machines:
-            entry = seats.get(machine)
-            if entry is None:
-                continue  # forgotten (aborted, or over and already visited)
-            session, seat = entry
-            if account:
-                session.account_flushed()
-            if machine.has_events:
-                session.process()
-            if session.machine_closed:
-                seats.pop(machine, None)
-                seat.done.set()
-
-    def forget(self, machine: QuicMachine) -> None:
-        """Drop the session of *machine* from the listener's table (the table's key: no scan
-        of every session per close)."""
-        self._seats.pop(machine, None)
 
     def wake(self) -> None:
         """Have the writer send every connection's datagrams (it re-arms the timer after)."""
         self._wake.set()
 
     def _rearm(self) -> None:
-        # A flush moves deadlines (a CONNECTION_CLOSE that just left starts the closing
-        # period; acknowledgements arm loss timers): wake the timer task when the endpoint's
-        # next deadline is earlier than the one it sleeps until.  A later one needs nothing:
-        # firing early is harmless, the task re-reads.  Without this the timer task could
-        # sleep past a closing period until an old ping deadline, depending on which of the
-        # two tasks trio ran first after a wake-up.
+        # A flush moves deadlines (a CONNECTION_CLOSE that left starts the closing period,
+        # acknowledgements arm loss timers): wake the timer task when the next deadline is
+        # earlier than the one it sleeps until (a later one needs nothing: firing early is
+        # harmless), or it could sleep past a closing period until an old ping deadline.
         deadline = self.endpoint.next_deadline()
         if deadline is not None and deadline < self._timer_at:
             self._timer_event.set()
@@ -298,10 +243,9 @@ class QuicListener:
             datagrams = self.endpoint.datagrams_to_send(now)
             if self._stopping:
                 datagrams += self._end_closing_periods(now)
-            # A session's packets left only if its machine was flushed, and a flushed machine
-            # is touched: take the touched set now, before the sends below yield to the reader
-            # (whose _pump would otherwise take the flushed machines and leave them
-            # unaccounted).  Accounted after the sends, as before.
+            # A session's packets left only if its machine was flushed (so touched): take the
+            # touched now, before the sends yield to the reader (whose _pump would take the
+            # flushed machines and leave them unaccounted); account for them after the sends.
             touched = self.endpoint.take_touched()
             for data, addr in datagrams:
                 try:
@@ -312,16 +256,6 @@ class QuicListener:
             if self._stopping and self.endpoint.is_closed:
                 return
             self._rearm()
-
-    def _end_closing_periods(self, now: float) -> list[tuple[bytes, Address]]:
-        # A connection whose CONNECTION_CLOSE left before stop() sits in its closing period
-        # with nothing to send, so the endpoint does not flush it again; its own flush ends
-        # the period now that closing_period is off (what it returns still goes out).
-        out: list[tuple[bytes, Address]] = []
-        for machine in self.endpoint.connections:
-            if machine.state is MachineState.CLOSING and not machine.closing_period:
-                out += machine.datagrams_to_send(now)
-        return out
 
     async def _timer_loop(self) -> None:
         while True:
@@ -336,23 +270,11 @@ class QuicListener:
             self.endpoint.handle_timer(trio.current_time())
             self._pump()
 
-    def close(self) -> None:
-        """Stop handing out new sessions (sessions already accepted go on)."""
-        # The endpoint refuses new Initials once it is closing, but its close() also closes
-        # every connection; so close what arrives instead, one by one.
-        self._on_established = _refuse
-
     def stop(self) -> None:
-        """Close the socket once every session on it is over (call after closing them).
-
-        The connections skip QUIC's closing and draining periods: the socket closes right
-        after, which RFC 9000 section 10.2 accepts instead of the period (late packets then
-        find no socket and induce no answer), so a shutdown never waits three probe timeouts
-        for a peer that is gone.
-        """
+        """Close the socket once every session on it is over (call after closing them); the
+        connections skip QUIC's closing and draining periods (see _skip_closing_periods)."""
         self._stopping = True
-        for machine in self.endpoint.connections:
-            machine.closing_period = False
+        self._skip_closing_periods()
         self.endpoint.close(0, "shutdown")
         self._pump()
 
@@ -363,10 +285,6 @@ class QuicListener:
     async def wait_closed(self) -> None:
         """Wait until the socket is closed."""
         await self._closed.wait()
-
-
-def _refuse(session: Session) -> None:
-    session.start_close(None, "the listener is closed")
 
 
 async def open_quic_listener(
@@ -390,12 +308,12 @@ async def open_quic_listener(
         family, kind, proto, _name, addr = infos[0]
         sock = trio.socket.socket(family, kind, proto)
     except OSError as exc:
-        raise map_error(exc, protocol="quic", operation="listen") from None
+        raise map_error(exc, protocol=config.protocol, operation="listen") from None
     try:
         await sock.bind(addr)
     except OSError as exc:
         sock.close()
-        raise map_error(exc, protocol="quic", operation="listen") from None
+        raise map_error(exc, protocol=config.protocol, operation="listen") from None
     _grow_receive_buffer(sock)
     return QuicListener(sock, endpoint, new_session=new_session, spawn=spawn,
                         on_established=on_established, settings=settings)
