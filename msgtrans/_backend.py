@@ -23,7 +23,7 @@ from .core.session import DEFAULT_REQUEST_TIMEOUT, SessionMachine
 __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "MessageBase",
-    "ShutdownReportBase",
+    "ShutdownReport",
     "TransportBuilderBase",
     "count_quic_refusals",
     "skip_sent",
@@ -94,8 +94,15 @@ def take_batch(inbox: deque[_M], max_messages: int | None, session: SessionMachi
 
 
 @dataclass(frozen=True)
-class ShutdownReportBase:
-    """What a shutdown did (see each backend's ``ShutdownReport``)."""
+class ShutdownReport:
+    """What a shutdown did (every backend's ``graceful_shutdown`` and ``shutdown`` return one).
+
+    Attributes:
+        closed_cleanly: sessions whose close handshake completed.
+        forced: sessions that were dropped (their transport aborted) or ended uncleanly.
+        messages_flushed: messages (including responses) that left during the shutdown.
+        elapsed: seconds the shutdown took.
+    """
 
     closed_cleanly: int
     forced: int

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReportBase, TransportBuilderBase
+from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.transport import (
     SessionStreamBase,
     TransportBase,
@@ -51,17 +51,6 @@ logger = logging.getLogger("msgtrans.io_sync")
 
 #: Handler threads of one :meth:`Transport.serve` unless it says otherwise.
 DEFAULT_SERVE_WORKERS = 8
-
-
-class ShutdownReport(ShutdownReportBase):
-    """What a shutdown did.
-
-    Attributes:
-        closed_cleanly: sessions whose close handshake completed.
-        forced: sessions that were dropped (their transport aborted) or ended uncleanly.
-        messages_flushed: messages (including responses) that left during the shutdown.
-        elapsed: seconds the shutdown took.
-    """
 
 
 class TransportBuilder(TransportBuilderBase):

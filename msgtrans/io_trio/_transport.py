@@ -10,18 +10,18 @@ opens one; ``Transport(nursery=...)`` uses the caller's) holds the sessions and 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, NoReturn
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
-from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReportBase, TransportBuilderBase
+from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
+from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
 from .._driver.transport import (
     SessionStreamBase,
     TransportBase,
     _datagram_server,
-    _handler_failed,
     _no_request_handler,
     _send_result,
     _transport_args,
@@ -42,17 +42,7 @@ from ._stream import StreamIO, StreamListener, open_stream_listener
 __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
 
 logger = logging.getLogger("msgtrans.io_trio")
-
-
-class ShutdownReport(ShutdownReportBase):
-    """What a shutdown did.
-
-    Attributes:
-        closed_cleanly: sessions whose close handshake completed.
-        forced: sessions that were dropped (their socket closed at once) or ended uncleanly.
-        messages_flushed: messages (including responses) that left during the shutdown.
-        elapsed: seconds the shutdown took.
-    """
+_call = handler_caller(logger)
 
 
 class TransportBuilder(TransportBuilderBase):
@@ -123,7 +113,7 @@ async def _wait_all(waits: list[Callable[[], Any]], deadline: float) -> None:
                 nursery.start_soon(wait)
 
 
-class SessionStream(SessionStreamBase[Session]):
+class SessionStream(SessionStreamBase[Session], AsyncStreamFacade):
     """The sessions accepted by one or more listeners, as an async iterator and an async
     context manager (leaving it stops accepting; sessions already accepted stay open).
 
@@ -195,19 +185,6 @@ class SessionStream(SessionStreamBase[Session]):
             self._event.set()
         await trio.lowlevel.checkpoint()
 
-    async def __aenter__(self) -> SessionStream:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def __aiter__(self) -> SessionStream:
-        return self
-
     async def __anext__(self) -> Session:
         # Cancel-safe like Session.receive: a session leaves the queue only when returned.
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -222,7 +199,8 @@ class SessionStream(SessionStreamBase[Session]):
         return session
 
 
-class Transport(TransportBase[Session, SessionPool, QuicListener]):
+class Transport(TransportBase[Session, SessionPool, QuicListener],
+                AsyncTransportFacade[Session, Message, ShutdownReport, SessionStream]):
     """Sessions over TCP, TLS, WebSocket and QUIC on trio.
 
     Make one with :meth:`builder` (or ``Transport()`` for the defaults).  Its tasks need a
@@ -254,6 +232,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         self._handler_scopes: set[trio.CancelScope] = set()
         self._shutdown_done: trio.Event | None = None
         self._report: ShutdownReport | None = None
+
+    _stream_type = SessionStream
 
     @staticmethod
     def builder() -> TransportBuilder:
@@ -388,38 +368,6 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
 
     # --- messages ------------------------------------------------------------------------------
 
-    async def send(self, session: Session, data: Buffer, *, biz_type: int = 0,
-                   ext_header: Buffer = b"") -> None:
-        """Send a one-way message on *session* (see :meth:`Session.send`)."""
-        await session.send(data, biz_type=biz_type, ext_header=ext_header)
-
-    async def request(self, session: Session, data: Buffer, *, biz_type: int = 0,
-                      ext_header: Buffer = b"", timeout: float | None = None) -> Message:
-        """Send a request on *session* and return the response (see :meth:`Session.request`)."""
-        return await session.request(data, biz_type=biz_type, ext_header=ext_header,
-                                     timeout=timeout)
-
-    async def receive(self, session: Session) -> Message:
-        """Return the next one-way message or request on *session* (see
-        :meth:`Session.receive`)."""
-        return await session.receive()
-
-    async def message_stream(self, session: Session) -> AsyncIterator[Message]:
-        """Yield the messages and requests of *session* until it closes.
-
-        Raises:
-            TransportError: the session ended with an error (a clean close just ends the
-                iteration).
-        """
-        while True:
-            try:
-                message = await session.receive()
-            except TransportError:
-                if session.error is None:
-                    return
-                raise
-            yield message
-
     async def broadcast(self, sessions: Iterable[Session], data: Buffer, *, biz_type: int = 0,
                         ext_header: Buffer = b"") -> list[TransportError | None]:
         """Send one one-way message to each of *sessions* (concurrently: one slow peer does
@@ -442,24 +390,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             _reraise(exc)  # cancellation and exit are not results
         return results
 
-    async def send_to_all(self, data: Buffer, *, biz_type: int = 0,
-                          ext_header: Buffer = b"") -> list[TransportError | None]:
-        """:meth:`broadcast` to every open session (in :meth:`sessions` order)."""
-        return await self.broadcast(self.sessions(), data, biz_type=biz_type,
-                                    ext_header=ext_header)
-
     # --- servers -------------------------------------------------------------------------------
-
-    def accept(self, configs: Iterable[ServerConfig | str]) -> SessionStream:
-        """Listen on every config (``TcpServerConfig``, ``WebSocketServerConfig``,
-        ``QuicServerConfig`` or server URLs) and return the stream of accepted sessions; use
-        it as ``async with transport.accept([...]) as sessions``.
-
-        Raises:
-            ConfigurationError: a config is invalid.
-            (When entered) TransportError: an address cannot be bound.
-        """
-        return SessionStream(self, configs)
 
     async def serve(
         self, configs: Iterable[ServerConfig | str] | SessionStream, handler: Any
@@ -589,29 +520,6 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
 
     # --- shutdown ------------------------------------------------------------------------------
 
-    async def graceful_shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> ShutdownReport:
-        """Shut down: stop accepting, let requests in flight finish and queued messages leave
-        until *timeout*, close every session with its protocol's close (WebSocket 1001, QUIC
-        CONNECTION_CLOSE, TCP FIN), then drop whatever is left.  Calling it again returns the
-        first call's report.
-
-        Args:
-            timeout: seconds for all of it (default 5.0).
-
-        Returns:
-            the :class:`ShutdownReport`.
-        """
-        return await self._shut(timeout, drain=True)
-
-    async def shutdown(self, timeout: float = 1.0) -> ShutdownReport:
-        """Shut down without waiting for requests in flight: close every session at once with
-        its protocol's close, wait at most *timeout* seconds (default 1.0), drop the rest.
-
-        Returns:
-            the :class:`ShutdownReport`.
-        """
-        return await self._shut(timeout, drain=False)
-
     async def _shut(self, timeout: float, *, drain: bool) -> ShutdownReport:
         if self._shutdown_done is not None:
             await self._shutdown_done.wait()
@@ -659,18 +567,3 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         self._handler_scopes.clear()
         return ShutdownReport(*self._shutdown_figures(sessions, flushed_before),
                               elapsed=trio.current_time() - start)
-
-
-async def _call(handler: Any, name: str, *args: Any) -> None:
-    """Call the handler's optional async method *name*; what it raises is logged and given to
-    ``on_error`` (contained: it never ends the session or the server)."""
-    method = getattr(handler, name, None)
-    if method is None:
-        return
-    try:
-        await method(*args)
-    except Exception as exc:
-        if _handler_failed(logger, name, args[0]):
-            await _call(handler, "on_error", args[0], exc)
-
-

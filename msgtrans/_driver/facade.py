@@ -1,0 +1,198 @@
+"""The awaitable face the asyncio and trio transports share: the message methods that only
+hand over to a session (``send``, ``request``, ``receive``, ``message_stream``,
+``send_to_all``), ``accept``, the two shutdowns, and the session stream's context-manager and
+iterator protocol.
+
+These are coroutines, unlike the rest of :mod:`msgtrans._driver`, but they await nothing but the
+backend's own methods (a session's ``send``, the transport's ``broadcast`` and ``_shut``, the
+stream's ``start`` and ``aclose``): no event loop's API, so one text serves both async backends.
+The blocking backend has its own, with timeouts where these await.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from .._backend import DEFAULT_SHUTDOWN_TIMEOUT
+from ..core.config import ServerConfig
+from ..core.errors import TransportError
+from ..core.packet import Buffer
+from .transport import _handler_failed
+
+M = TypeVar("M")
+M_co = TypeVar("M_co", covariant=True)
+R = TypeVar("R")
+St = TypeVar("St")
+_T = TypeVar("_T")
+
+
+class _AsyncSession(Protocol[M_co]):
+    """What the facade needs of a backend's session."""
+
+    @property
+    def error(self) -> TransportError | None: ...
+
+    async def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"") -> None:
+        ...
+
+    async def request(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"",
+                      timeout: float | None = None) -> M_co: ...
+
+    async def receive(self) -> M_co: ...
+
+
+S = TypeVar("S", bound=_AsyncSession[Any])
+
+
+class AsyncStreamFacade:
+    """``async with stream`` (start, then stop accepting at the end) and ``async for session
+    in stream`` for a backend's ``SessionStream``, which supplies ``start``, ``aclose`` and
+    ``__anext__``."""
+
+    if TYPE_CHECKING:
+        async def start(self) -> None: ...
+
+        async def aclose(self) -> None: ...
+
+    async def __aenter__(self: _T) -> _T:
+        await self.start()  # type: ignore[attr-defined]  # the backend's, see above
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self: _T) -> _T:
+        return self
+
+
+class AsyncTransportFacade(Generic[S, M, R, St]):
+    """The asyncio and trio ``Transport``'s methods that hand over to a session, ``accept``,
+    the shutdowns and ``async with`` (trio's enters its nursery too).  The backend supplies
+    ``sessions()`` (from :class:`~msgtrans._driver.transport.TransportBase`), ``broadcast``,
+    ``_shut`` and the class attribute ``_stream_type`` (its ``SessionStream``)."""
+
+    _stream_type: Callable[[Any, Iterable[Any]], St]
+
+    if TYPE_CHECKING:
+        _shutdown_timeout: float
+
+        def sessions(self) -> list[S]: ...
+
+        async def broadcast(self, sessions: Iterable[S], data: Buffer, *, biz_type: int = 0,
+                            ext_header: Buffer = b"") -> list[TransportError | None]: ...
+
+        async def _shut(self, timeout: float, *, drain: bool) -> R: ...
+
+    async def __aenter__(self: _T) -> _T:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Shut down gracefully, within the transport's ``shutdown_timeout``."""
+        await self.graceful_shutdown(self._shutdown_timeout)
+
+    # --- messages ------------------------------------------------------------------------------
+
+    async def send(self, session: S, data: Buffer, *, biz_type: int = 0,
+                   ext_header: Buffer = b"") -> None:
+        """Send a one-way message on *session* (see :meth:`Session.send`)."""
+        await session.send(data, biz_type=biz_type, ext_header=ext_header)
+
+    async def request(self, session: S, data: Buffer, *, biz_type: int = 0,
+                      ext_header: Buffer = b"", timeout: float | None = None) -> M:
+        """Send a request on *session* and return the response (see :meth:`Session.request`)."""
+        reply: M = await session.request(data, biz_type=biz_type, ext_header=ext_header,
+                                         timeout=timeout)
+        return reply
+
+    async def receive(self, session: S) -> M:
+        """Return the next one-way message or request on *session* (see
+        :meth:`Session.receive`)."""
+        message: M = await session.receive()
+        return message
+
+    async def message_stream(self, session: S) -> AsyncIterator[M]:
+        """Yield the messages and requests of *session* until it closes.
+
+        Raises:
+            TransportError: the session ended with an error (a clean close just ends the
+                iteration).
+        """
+        while True:
+            try:
+                message: M = await session.receive()
+            except TransportError:
+                if session.error is None:
+                    return
+                raise
+            yield message
+
+    async def send_to_all(self, data: Buffer, *, biz_type: int = 0,
+                          ext_header: Buffer = b"") -> list[TransportError | None]:
+        """:meth:`broadcast` to every open session (in :meth:`sessions` order)."""
+        return await self.broadcast(self.sessions(), data, biz_type=biz_type,
+                                    ext_header=ext_header)
+
+    # --- servers -------------------------------------------------------------------------------
+
+    def accept(self, configs: Iterable[ServerConfig | str]) -> St:
+        """Listen on every config (``TcpServerConfig``, ``WebSocketServerConfig``,
+        ``QuicServerConfig`` or server URLs) and return the stream of accepted sessions; use
+        it as ``async with transport.accept([...]) as sessions``.
+
+        Raises:
+            ConfigurationError: a config is invalid.
+            (When entered) TransportError: an address cannot be bound.
+        """
+        return self._stream_type(self, configs)
+
+    # --- shutdown ------------------------------------------------------------------------------
+
+    async def graceful_shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> R:
+        """Shut down: stop accepting, let requests in flight finish and queued messages leave
+        until *timeout*, close every session with its protocol's close (WebSocket 1001, QUIC
+        CONNECTION_CLOSE, TCP FIN), then drop whatever is left.  Calling it again returns the
+        first call's report.
+
+        Args:
+            timeout: seconds for all of it (default 5.0).
+
+        Returns:
+            the :class:`ShutdownReport`.
+        """
+        return await self._shut(timeout, drain=True)
+
+    async def shutdown(self, timeout: float = 1.0) -> R:
+        """Shut down without waiting for requests in flight: close every session at once with
+        its protocol's close, wait at most *timeout* seconds (default 1.0), drop the rest.
+
+        Returns:
+            the :class:`ShutdownReport`.
+        """
+        return await self._shut(timeout, drain=False)
+
+
+def handler_caller(logger: logging.Logger) -> Callable[..., Coroutine[Any, Any, None]]:
+    """Return ``call(handler, name, *args)``: await the handler's optional async method *name*
+    (a missing one is skipped); what it raises is logged on *logger* and given to the
+    handler's ``on_error`` (contained: it never ends the session or the server)."""
+
+    async def call(handler: Any, name: str, *args: Any) -> None:
+        method = getattr(handler, name, None)
+        if method is None:
+            return
+        try:
+            await method(*args)
+        except Exception as exc:
+            if _handler_failed(logger, name, args[0]):
+                await call(handler, "on_error", args[0], exc)
+
+    return call
