@@ -17,10 +17,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .._backend import DEFAULT_SHUTDOWN_TIMEOUT
-from ..core.config import ServerConfig
+from ..core.config import QuicServerConfig, ServerConfig
 from ..core.errors import TransportError
 from ..core.packet import Buffer
-from .transport import _handler_failed
+from .transport import _datagram_server, _handler_failed
 
 M = TypeVar("M")
 M_co = TypeVar("M_co", covariant=True)
@@ -48,17 +48,73 @@ S = TypeVar("S", bound=_AsyncSession[Any])
 
 
 class AsyncStreamFacade:
-    """``async with stream`` (start, then stop accepting at the end) and ``async for session
-    in stream`` for a backend's ``SessionStream``, which supplies ``start``, ``aclose`` and
-    ``__anext__``."""
+    """A backend's ``SessionStream`` as an async context manager and iterator: ``start`` opens
+    the listeners, ``aclose`` stops accepting.  The backend supplies ``_open_stream(config)``
+    and ``_open_quic(config)`` (a started listener each), ``_checkpoint()`` (trio's yields to
+    its scheduler), ``_event`` (set when a session is queued or the stream closes) and
+    ``__anext__``; :class:`~msgtrans._driver.transport.SessionStreamBase` the rest."""
 
     if TYPE_CHECKING:
-        async def start(self) -> None: ...
+        _transport: Any
+        _configs: list[ServerConfig]
+        _started: bool
+        _closed: bool
+        _event: Any
+        _stream_listeners: list[Any]
+        _quic_listeners: list[Any]
+        addresses: list[tuple[str, int]]
 
-        async def aclose(self) -> None: ...
+        async def _open_stream(self, config: ServerConfig) -> Any: ...
+
+        async def _open_quic(self, config: QuicServerConfig) -> Any: ...
+
+    async def _checkpoint(self) -> None:
+        """Nothing to yield to (asyncio); trio's checkpoints."""
+
+    async def start(self) -> None:
+        """Open every listener.
+
+        Raises:
+            TransportError: an address cannot be bound; listeners opened so far are closed.
+            ConfigurationError: a certificate cannot be loaded (trio: or the transport has no
+                nursery).
+        """
+        if self._started:
+            return
+        transport = self._transport
+        transport._check_open("accept")
+        self._started = True
+        transport._streams.add(self)
+        try:
+            for config in self._configs:
+                datagram = _datagram_server(config)
+                if datagram is not None:
+                    quic = await self._open_quic(datagram)
+                    transport._quic_listeners.append(quic)
+                    self._quic_listeners.append(quic)
+                    self.addresses.append((quic.address[0], quic.address[1]))
+                else:
+                    listener = await self._open_stream(config)
+                    self._stream_listeners.append(listener)
+                    self.addresses.append((listener.address[0], listener.address[1]))
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop accepting: close the listening sockets and end the iteration."""
+        if not self._closed:
+            self._closed = True
+            self._transport._streams.discard(self)
+            for listener in self._stream_listeners:
+                listener.close()
+            for quic in self._quic_listeners:
+                quic.close()  # the UDP socket stays for its sessions until the transport shuts down
+            self._event.set()
+        await self._checkpoint()
 
     async def __aenter__(self: _T) -> _T:
-        await self.start()  # type: ignore[attr-defined]  # the backend's, see above
+        await self.start()  # type: ignore[attr-defined]  # defined above
         return self
 
     async def __aexit__(

@@ -94,6 +94,11 @@ def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
     }
 
 
+#: The config of a listener on a datagram socket (what :func:`_datagram_server` answers): the
+#: drivers type their datagram listeners by its role, not its protocol.
+DatagramServerConfig = QuicServerConfig
+
+
 def _datagram_server(config: ServerConfig) -> QuicServerConfig | None:
     """*config* when the core says its listener is a datagram socket (``transport_kind``),
     else ``None`` (a stream listener)."""

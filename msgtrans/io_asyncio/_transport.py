@@ -21,9 +21,9 @@ from typing import Any
 from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
 from .._driver.transport import (
+    DatagramServerConfig,
     SessionStreamBase,
     TransportBase,
-    _datagram_server,
     _no_request_handler,
     _numeric_addrinfo,
     _send_result,
@@ -85,40 +85,15 @@ class SessionStream(SessionStreamBase[Session], AsyncStreamFacade):
         # accepting callback, rather than queued for the iterator to wake up and take.
         self._on_session: Callable[[Session], None] | None = None
 
-    async def start(self) -> None:
-        """Open every listener.
-
-        Raises:
-            TransportError: an address cannot be bound; listeners opened so far are closed.
-            ConfigurationError: a certificate cannot be loaded.
-        """
-        if self._started:
-            return
-        self._started = True
+    async def _open_quic(self, config: DatagramServerConfig) -> QuicListener:
         transport = self._transport
-        transport._check_open("accept")
-        transport._streams.add(self)
-        settings = transport._settings
-        try:
-            for config in self._configs:
-                datagram = _datagram_server(config)
-                if datagram is not None:
-                    quic = await start_quic_listener(
-                        datagram, transport._new_session, self._deliver, settings
-                    )
-                    transport._quic_listeners.append(quic)
-                    self._quic_listeners.append(quic)
-                    self.addresses.append((quic.address[0], quic.address[1]))
-                else:
-                    listener = await start_stream_listener(
-                        config, transport._new_session, self._deliver, settings,
-                        on_refused=transport._refused,
-                    )
-                    self._stream_listeners.append(listener)
-                    self.addresses.append((listener.address[0], listener.address[1]))
-        except BaseException:
-            await self.aclose()
-            raise
+        return await start_quic_listener(config, transport._new_session, self._deliver,
+                                         transport._settings)
+
+    async def _open_stream(self, config: ServerConfig) -> StreamListener:
+        transport = self._transport
+        return await start_stream_listener(config, transport._new_session, self._deliver,
+                                           transport._settings, on_refused=transport._refused)
 
     def _deliver(self, session: Session) -> None:
         if self._turned_away(session):
@@ -127,18 +102,6 @@ class SessionStream(SessionStreamBase[Session], AsyncStreamFacade):
             self._on_session(session)
             return
         self._queue.append(session)
-        self._event.set()
-
-    async def aclose(self) -> None:
-        """Stop accepting: close the listening sockets and end the iteration."""
-        if self._closed:
-            return
-        self._closed = True
-        self._transport._streams.discard(self)
-        for listener in self._stream_listeners:
-            listener.close()
-        for quic in self._quic_listeners:
-            quic.close()  # the UDP socket stays for its sessions until the transport shuts down
         self._event.set()
 
     async def __anext__(self) -> Session:

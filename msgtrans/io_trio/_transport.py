@@ -19,9 +19,9 @@ import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typ
 from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
 from .._driver.transport import (
+    DatagramServerConfig,
     SessionStreamBase,
     TransportBase,
-    _datagram_server,
     _no_request_handler,
     _send_result,
     _transport_args,
@@ -129,61 +129,31 @@ class SessionStream(SessionStreamBase[Session], AsyncStreamFacade):
         self._stream_listeners: list[StreamListener] = []
         self._quic_listeners: list[QuicListener] = []
 
-    async def start(self) -> None:
-        """Open every listener; their tasks run in the transport's nursery.
-
-        Raises:
-            TransportError: an address cannot be bound; listeners opened so far are closed.
-            ConfigurationError: a certificate cannot be loaded, or the transport has no nursery.
-        """
-        if self._started:
-            return
+    async def _open_quic(self, config: DatagramServerConfig) -> QuicListener:
         transport = self._transport
-        transport._check_open("accept")
         spawn = transport._spawner("accept")
-        self._started = True
-        transport._streams.add(self)
-        settings = transport._settings
-        try:
-            for config in self._configs:
-                datagram = _datagram_server(config)
-                if datagram is not None:
-                    quic = await open_quic_listener(
-                        datagram, transport._new_session, spawn, self._deliver, settings
-                    )
-                    transport._quic_listeners.append(quic)
-                    self._quic_listeners.append(quic)
-                    spawn(quic.run)
-                    self.addresses.append((quic.address[0], quic.address[1]))
-                else:
-                    listener = await open_stream_listener(
-                        config, transport._new_session, spawn, self._deliver, settings,
-                        on_refused=transport._refused,
-                    )
-                    self._stream_listeners.append(listener)
-                    spawn(listener.run)
-                    self.addresses.append((listener.address[0], listener.address[1]))
-        except BaseException:
-            await self.aclose()
-            raise
+        quic = await open_quic_listener(config, transport._new_session, spawn, self._deliver,
+                                        transport._settings)
+        spawn(quic.run)
+        return quic
+
+    async def _open_stream(self, config: ServerConfig) -> StreamListener:
+        transport = self._transport
+        spawn = transport._spawner("accept")
+        listener = await open_stream_listener(config, transport._new_session, spawn,
+                                              self._deliver, transport._settings,
+                                              on_refused=transport._refused)
+        spawn(listener.run)
+        return listener
+
+    async def _checkpoint(self) -> None:
+        await trio.lowlevel.checkpoint()
 
     def _deliver(self, session: Session) -> None:
         if self._turned_away(session):
             return
         self._queue.append(session)
         self._event.set()
-
-    async def aclose(self) -> None:
-        """Stop accepting: close the listening sockets and end the iteration."""
-        if not self._closed:
-            self._closed = True
-            self._transport._streams.discard(self)
-            for listener in self._stream_listeners:
-                listener.close()
-            for quic in self._quic_listeners:
-                quic.close()  # the UDP socket stays for its sessions until the transport shuts down
-            self._event.set()
-        await trio.lowlevel.checkpoint()
 
     async def __anext__(self) -> Session:
         # Cancel-safe like Session.receive: a session leaves the queue only when returned.
