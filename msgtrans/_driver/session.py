@@ -168,8 +168,25 @@ class SessionBase(Generic[_M, _W, _IO]):
         raise NotImplementedError
 
     def _set_reading(self, reading: bool) -> None:
-        """Pause (``False``) or resume reading from the socket (socket side attached)."""
+        """Pause (``False``) or resume reading from the socket (socket side attached); this
+        default drives an IO with ``pause_reading`` / ``resume_reading``."""
+        io: Any = self._io
+        if reading:
+            io.resume_reading()
+        else:
+            io.pause_reading()
+
+    def _request_withdrawn(self) -> None:
+        """A request was withdrawn (see :meth:`_withdraw`): re-arm the timer, wake who waits
+        for the session to go quiet."""
         raise NotImplementedError
+
+    def _withdraw(self, request_id: int) -> None:
+        """The caller of request *request_id* gave up (cancelled, interrupted): nothing of it
+        stays pending in the core, and a late response is dropped."""
+        if self._responses.pop(request_id, None) is not None:
+            self._conn.session.cancel(request_id)
+            self._request_withdrawn()
 
     def _handshake_settled(self) -> None:
         """The handshake completed (``_established_error`` is ``None``) or failed; once."""

@@ -213,10 +213,7 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
             return response
         except asyncio.CancelledError:
             # Withdraw the request so nothing stays pending in the core.
-            if self._responses.pop(request_id, None) is not None:
-                self._conn.session.cancel(request_id)
-                self._rearm()
-                self._work_done.set()
+            self._withdraw(request_id)
             raise
 
     async def receive(self) -> Message:
@@ -471,6 +468,10 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
             self._established.set_exception(error)
             self._established.exception()  # retrieved: the connect may have gone already
 
+    def _request_withdrawn(self) -> None:
+        self._rearm()
+        self._work_done.set()
+
     def _settle(self, waiter: asyncio.Future[Message], message: Message | None,
                 error: TransportError | None) -> None:
         if not waiter.done():
@@ -480,13 +481,6 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
                 waiter.set_exception(error)
         if self._idle_waiters:
             self._work_done.set()
-
-    def _set_reading(self, reading: bool) -> None:
-        assert self._io is not None
-        if reading:
-            self._io.resume_reading()
-        else:
-            self._io.pause_reading()
 
     def on_timer(self) -> None:
         """The connection's deadline came."""

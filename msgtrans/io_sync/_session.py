@@ -208,10 +208,7 @@ class Session(SessionBase[Message, _Reply, IO]):
             reply.waiter.acquire()
         except BaseException:
             with self._lock:
-                if self._responses.pop(request_id, None) is not None:
-                    self._conn.session.cancel(request_id)
-                    self._touch()
-                    self._cond.notify_all()
+                self._withdraw(request_id)
             raise
         if reply.error is not None:
             raise reply.error
@@ -420,6 +417,10 @@ class Session(SessionBase[Message, _Reply, IO]):
         # The listener (serve's drain task) hears once per _process pass (see _after_process).
         self._arrived = True
 
+    def _request_withdrawn(self) -> None:
+        self._touch()
+        self._cond.notify_all()
+
     def _settle(self, waiter: _Reply, message: Message | None,
                 error: TransportError | None) -> None:
         if message is not None and self._metrics is not None:
@@ -434,13 +435,6 @@ class Session(SessionBase[Message, _Reply, IO]):
             return
         for callback in self._on_established:
             callback(self)
-
-    def _set_reading(self, reading: bool) -> None:
-        assert self._io is not None
-        if reading:
-            self._io.resume_reading()
-        else:
-            self._io.pause_reading()
 
     def deadline(self) -> float | None:
         """The connection's next deadline (``None`` once over)."""

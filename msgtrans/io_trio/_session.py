@@ -170,10 +170,7 @@ class Session(SessionBase[Message, _Slot, IO]):
             await slot.event.wait()
         except BaseException:
             # Cancelled (or interrupted): withdraw the request so nothing stays pending.
-            if self._responses.pop(request_id, None) is not None:
-                self._conn.session.cancel(request_id)
-                self._rearm()
-                self._work_done.set()
+            self._withdraw(request_id)
             raise
         if slot.error is not None:
             raise slot.error
@@ -350,6 +347,10 @@ class Session(SessionBase[Message, _Slot, IO]):
 
     def _set_inbox_event(self) -> None:
         self._inbox_event.set()
+
+    def _request_withdrawn(self) -> None:
+        self._rearm()
+        self._work_done.set()
 
     def _settle(self, waiter: _Slot, message: Message | None,
                 error: TransportError | None) -> None:
