@@ -153,6 +153,70 @@ def test_receive_many_takes_batches_in_order(backend: Backend, proto: str, certs
     backend.run(body)
 
 
+async def until_queued(session: Session, count: int) -> None:
+    """Wait until *count* messages are queued on *session* (without taking them)."""
+    with anyio.fail_after(WAIT):
+        while len(session.raw._inbox) < count:
+            await anyio.sleep(0.001)
+
+
+def test_receive_many_takes_what_is_queued(backend: Backend, proto: str, certs: Certs) -> None:
+    """With messages already queued, one call takes all of them (or *max_messages*), in order,
+    requests among them; an empty queue waits for the next; a closed session is drained first."""
+
+    async def body() -> None:
+        async with backend.transport() as server, backend.transport() as client, \
+                server.listen(proto, certs) as listener:
+            cs, ss = await connect(client, listener, proto, certs)
+            payloads = [b"m%d" % i for i in range(300)]
+            for payload in payloads:
+                await cs.send(payload, biz_type=4)
+            await until_queued(ss, len(payloads))
+            batch = await ss.receive_many()
+            assert [m.payload for m in batch] == payloads
+            assert all(m.biz_type == 4 and not m.is_request for m in batch)
+            # The queue is empty: the next call waits for the next message.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_all, cs, [b"later"])
+                assert [m.payload for m in await ss.receive_many()] == [b"later"]
+            # Bounded by max_messages.
+            for i in range(10):
+                await cs.send(b"%d" % i)
+            await until_queued(ss, 10)
+            sizes: list[int] = []
+            got: list[bytes] = []
+            while len(got) < 10:
+                batch = await ss.receive_many(3)
+                sizes.append(len(batch))
+                got += [m.payload for m in batch]
+            assert sizes == [3, 3, 3, 1]
+            assert got == [b"%d" % i for i in range(10)]
+            # A request queued behind a message comes in the same batch and is answered.
+            replies: list[bytes] = []
+
+            async def ask() -> None:
+                replies.append((await cs.request(b"q")).payload)
+
+            async with anyio.create_task_group() as tg:
+                await cs.send(b"one-way")
+                tg.start_soon(ask)
+                await until_queued(ss, 2)
+                first, second = await ss.receive_many()
+                assert not first.is_request and second.is_request
+                await second.respond(b"answer")
+            assert replies == [b"answer"]
+            # After the peer's close: what came before it first, then the error.
+            await cs.send(b"last")
+            await cs.close()
+            await ss.wait_closed()
+            assert [m.payload for m in await ss.receive_many()] == [b"last"]
+            with pytest.raises(TransportConnectionError) as info:
+                await ss.receive_many()
+            assert info.value.error_code == "connection.closed"
+
+    backend.run(body)
+
+
 def test_one_way_and_requests_both_ways(backend: Backend, proto: str, certs: Certs) -> None:
     async def body() -> None:
         async with backend.transport() as server, backend.transport() as client, \
