@@ -551,11 +551,6 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO], _ListenerChannel):
         self._accept(now)
         self._pump()
 
-    @property
-    def _sessions(self) -> dict[Any, Session]:
-        # The sessions by machine (what the table holds, without the seats).
-        return {machine: session for machine, (session, _seat) in self._seats.items()}
-
     def _attach(self, session: Session, machine: Any, now: float) -> _ServerSessionIO:
         seat = _ServerSessionIO(self, session, machine, self.request_flush)
         session.when_established(self._on_established)
