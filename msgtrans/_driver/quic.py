@@ -145,6 +145,11 @@ class _QuicTable(Generic[_S, _IO]):
 
     # --- the table -----------------------------------------------------------------------------
 
+    @property
+    def _sessions(self) -> dict[QuicMachine, _S]:
+        """The sessions by machine, without their seats (a copy, for inspection)."""
+        return {machine: session for machine, (session, _seat) in self._seats.items()}
+
     def _accept(self, now: float) -> None:
         """Wrap each connection the endpoint accepted since the last call in a session."""
         seats = self._seats

@@ -18,8 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._driver.quic import _RECEIVE_BUFFER as QUIC_RECEIVE_BUFFER
-from .._driver.quic import _grow_receive_buffer as grow_receive_buffer
-from .._driver.quic import _quic_machine, _QuicSeat, _QuicTable
+from .._driver.quic import _grow_receive_buffer, _quic_machine, _QuicSeat, _QuicTable
 from ..core.config import QuicServerConfig
 from ..core.connection import Connection, quic_endpoint, server_connection
 from ..core.errormap import map_error
@@ -35,7 +34,6 @@ __all__ = [
     "QuicListener",
     "StreamChannel",
     "StreamListener",
-    "grow_receive_buffer",
     "open_quic_listener",
     "open_stream_listener",
 ]
@@ -75,6 +73,7 @@ class _SessionChannel(Channel):
         self._aborting = False
         self._closed = False
         self._started = False  # registered and the connection started (I/O thread)
+        session.set_io(self)  # type: ignore[arg-type]  # each subclass is an IO
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} session={self.session.id}>"
@@ -102,8 +101,7 @@ class _SessionChannel(Channel):
             self._close()
             return
         self.loop.add(self, READ)
-        # Each subclass is the session's IO (this base leaves the flush methods to them).
-        self.session.attach(self, time.monotonic())  # type: ignore[arg-type]
+        self.session.attach(self, time.monotonic())  # type: ignore[arg-type]  # (see set_io)
         self._started = True
 
     def deadline(self) -> float | None:
@@ -144,7 +142,6 @@ class StreamChannel(_SessionChannel):
         self._reading = True
         self._eof_received = False
         self._eof_written = False
-        session.set_io(self)
 
     # --- the session's side (any thread) -------------------------------------------------------
 
@@ -452,8 +449,7 @@ class QuicClientChannel(_SessionChannel):
     def __init__(self, loop: IOLoop, session: Session, sock: socket.socket,
                  peer: Address) -> None:
         super().__init__(loop, session, sock, peer)
-        grow_receive_buffer(sock)
-        session.set_io(self)
+        _grow_receive_buffer(sock)
 
     #: Have the loop send soon (any thread); from another thread than the loop's, writing now
     #: is the same (QUIC datagrams leave from the I/O thread).
@@ -555,11 +551,6 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO], _ListenerChannel):
         self._accept(now)
         self._pump()
 
-    @property
-    def _sessions(self) -> dict[Any, Session]:
-        # The sessions by machine (what the table holds, without the seats).
-        return {machine: session for machine, (session, _seat) in self._seats.items()}
-
     def _attach(self, session: Session, machine: Any, now: float) -> _ServerSessionIO:
         seat = _ServerSessionIO(self, session, machine, self.request_flush)
         session.when_established(self._on_established)
@@ -646,6 +637,6 @@ def open_quic_listener(loop: IOLoop, config: QuicServerConfig, new_session: NewS
         sock = _bind(host, port, socket.SOCK_DGRAM)
     except OSError as exc:
         raise map_error(exc, protocol=config.protocol, operation="listen") from exc
-    grow_receive_buffer(sock)
+    _grow_receive_buffer(sock)
     return QuicListener(loop, sock, endpoint, new_session=new_session,
                         on_established=on_established, settings=settings)
