@@ -143,12 +143,15 @@ class PoolDriverBase(Generic[S]):
     machine (the event loop; the blocking backend's transport lock).
     """
 
-    def __init__(
-        self, config: ConnectionConfig, machine: PoolMachine, metrics: TransportMetrics
-    ) -> None:
+    def __init__(self, transport: Any, config: ConnectionConfig, machine: PoolMachine, *,
+                 metrics: TransportMetrics, request_timeout: float,
+                 on_closed: Callable[[Any], None]) -> None:
+        self._transport = transport  # the backend's: its connect() opens the sessions
         self._config = config
         self._machine = machine
         self._metrics = metrics
+        self._request_timeout = request_timeout
+        self._on_closed = on_closed  # called with the pool once it closed
         self._sessions: dict[Hashable, S] = {}
         self._closing_sessions: set[S] = set()
         self._lease_ids = itertools.count(1)
@@ -219,8 +222,6 @@ class PoolDriverBase(Generic[S]):
         """The pool is closing (``_closed`` is set): fail the waiting leases, stop the timer
         and the opens in progress."""
         raise NotImplementedError
-
-    _on_closed: Callable[[Any], None]
 
     # --- leases --------------------------------------------------------------------------------
 
@@ -402,9 +403,7 @@ class AsyncPoolBase(PoolDriverBase[A], Generic[A, M]):
     """The asyncio and trio pools' awaitable operations: the same bodies over each backend's
     :meth:`_acquire` (a lease, waited for) and clock (``_clock``)."""
 
-    _request_timeout: float
     _clock: Callable[[], float]
-    _transport: Any
 
     async def _sleep(self, seconds: float) -> None:
         raise NotImplementedError

@@ -131,6 +131,7 @@ class _QuicTable(Generic[_S, _IO]):
         self._on_established = on_established
         self._settings = settings
         self._seats: dict[QuicMachine, tuple[_S, _IO]] = {}
+        self._stopping = False  # stop() was called: the socket closes once the endpoint is
 
     # --- the hooks -----------------------------------------------------------------------------
 
@@ -192,6 +193,12 @@ class _QuicTable(Generic[_S, _IO]):
         entries = list(self._seats.values())
         self._seats.clear()
         return entries
+
+    def _begin_stop(self) -> None:
+        """Close the endpoint (every connection on it); the backend closes the socket once
+        ``_stopping`` and the endpoint is closed."""
+        self._stopping = True
+        self.endpoint.close(0, "shutdown")
 
     def _skip_closing_periods(self) -> None:
         # The socket closes right after the shutdown, which RFC 9000 section 10.2 accepts

@@ -46,20 +46,13 @@ class SessionPool(AsyncPoolBase[Session, Message]):
     event loop's thread.
     """
 
-    def __init__(
-        self,
-        transport: Transport,
-        config: ConnectionConfig,
-        machine: PoolMachine,
-        *,
-        metrics: TransportMetrics,
-        request_timeout: float,
-        on_closed: Callable[[SessionPool], None],
-    ) -> None:
-        super().__init__(config, machine, metrics)
-        self._transport = transport
-        self._request_timeout = request_timeout
-        self._on_closed = on_closed
+    _transport: Transport
+
+    def __init__(self, transport: Transport, config: ConnectionConfig, machine: PoolMachine, *,
+                 metrics: TransportMetrics, request_timeout: float,
+                 on_closed: Callable[[SessionPool], None]) -> None:
+        super().__init__(transport, config, machine, metrics=metrics,
+                         request_timeout=request_timeout, on_closed=on_closed)
         self._loop = asyncio.get_running_loop()
         self._clock = self._loop.time
         self._waiters: dict[Hashable, asyncio.Future[Hashable]] = {}

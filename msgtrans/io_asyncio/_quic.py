@@ -190,7 +190,6 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO], asyncio.DatagramProtoc
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
-        self._stopping = False
         self._sock: socket.socket | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -285,8 +284,7 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO], asyncio.DatagramProtoc
 
     def stop(self) -> None:
         """Close the socket once every session on it is over (call after closing them)."""
-        self._stopping = True
-        self.endpoint.close(0, "shutdown")
+        self._begin_stop()
         self.flush()
 
     def abort(self) -> None:

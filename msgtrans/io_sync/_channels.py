@@ -503,6 +503,7 @@ class QuicClientChannel(_SessionChannel):
         if self.session.machine_closed:
             self._close()
 
+
 class _ServerSessionIO(_QuicSeat):
     """The socket side of one accepted QUIC session: its listener's shared socket."""
 
@@ -511,8 +512,7 @@ class _ServerSessionIO(_QuicSeat):
     def request_flush(self) -> None:
         self._wake()
 
-    def write_now(self) -> None:
-        self._wake()
+    write_now = request_flush  # the datagrams leave from the I/O thread anyway
 
     def send_soon(self) -> None:
         self._listener.request_flush(burst=True)
@@ -526,7 +526,6 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO], _ListenerChannel):
                  settings: dict[str, Any]) -> None:
         _ListenerChannel.__init__(self, loop, sock)
         self._init_table(endpoint, new_session, on_established, settings)
-        self._stopping = False
         self.closed = False
 
     def request_flush(self, *, burst: bool = False) -> None:
@@ -601,8 +600,7 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO], _ListenerChannel):
 
     def stop(self) -> None:
         """Close the socket once every session on it is over (call after closing them)."""
-        self._stopping = True
-        self.endpoint.close(0, "shutdown")
+        self._begin_stop()
         self.request_flush()
 
     def close_now(self) -> None:

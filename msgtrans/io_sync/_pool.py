@@ -68,24 +68,16 @@ class SessionPool(PoolDriverBase[Session]):
     transport's shutdown) at the end.
     """
 
-    def __init__(
-        self,
-        transport: Transport,
-        config: ConnectionConfig,
-        machine: PoolMachine,
-        *,
-        metrics: TransportMetrics,
-        request_timeout: float,
-        loop: IOLoop,
-        on_closed: Callable[[SessionPool], None],
-    ) -> None:
-        super().__init__(config, machine, metrics)
-        self._transport = transport
-        self._request_timeout = request_timeout
+    _transport: Transport
+
+    def __init__(self, transport: Transport, config: ConnectionConfig, machine: PoolMachine, *,
+                 metrics: TransportMetrics, request_timeout: float, loop: IOLoop,
+                 on_closed: Callable[[SessionPool], None]) -> None:
+        super().__init__(transport, config, machine, metrics=metrics,
+                         request_timeout=request_timeout, on_closed=on_closed)
         self._io = loop
         self._lock = loop.lock
         self._cond = loop.cond
-        self._on_closed = on_closed
         self._waiting: set[Hashable] = set()
         self._assigned: dict[Hashable, Hashable] = {}
         self._threads: set[threading.Thread] = set()

@@ -50,23 +50,15 @@ class SessionPool(AsyncPoolBase[Session, Message]):
     nursery; all methods must be called from trio's thread.
     """
 
-    def __init__(
-        self,
-        transport: Transport,
-        config: ConnectionConfig,
-        machine: PoolMachine,
-        *,
-        metrics: TransportMetrics,
-        request_timeout: float,
-        spawn: Callable[..., None],
-        on_closed: Callable[[SessionPool], None],
-    ) -> None:
-        super().__init__(config, machine, metrics)
-        self._transport = transport
-        self._request_timeout = request_timeout
+    _transport: Transport
+
+    def __init__(self, transport: Transport, config: ConnectionConfig, machine: PoolMachine, *,
+                 metrics: TransportMetrics, request_timeout: float, spawn: Callable[..., None],
+                 on_closed: Callable[[SessionPool], None]) -> None:
+        super().__init__(transport, config, machine, metrics=metrics,
+                         request_timeout=request_timeout, on_closed=on_closed)
         self._clock = trio.current_time
         self._spawn = spawn
-        self._on_closed = on_closed
         self._waiters: dict[Hashable, _Waiter] = {}
         self._scopes: set[trio.CancelScope] = set()  # the open tasks', for close()
         self._tasks_done = trio.Event()

@@ -169,7 +169,6 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO]):
         self._timer_event = trio.Event()
         # The deadline the timer task sleeps until (inf: none); see _rearm.
         self._timer_at = math.inf
-        self._stopping = False
         self._closed = trio.Event()
         self.scope = trio.CancelScope()
 
@@ -273,9 +272,8 @@ class QuicListener(_QuicTable[Session, _ServerSessionIO]):
     def stop(self) -> None:
         """Close the socket once every session on it is over (call after closing them); the
         connections skip QUIC's closing and draining periods (see _skip_closing_periods)."""
-        self._stopping = True
         self._skip_closing_periods()
-        self.endpoint.close(0, "shutdown")
+        self._begin_stop()
         self._pump()
 
     def abort(self) -> None:
