@@ -9,3 +9,11 @@ task or thread, or waits; each backend subclasses these classes and supplies a f
 the inbox, settle a reply, writable changed) with its own primitives.  Like the core, this
 package never names a protocol: the core decides (see ``docs/design.md``).
 """
+
+import threading
+
+from ..core.buffers import install_default_receive_pool, receive_pool
+
+# The core makes no locks (it is sans-IO); the backends share one receive pool per process,
+# given back to from application threads (Message.release), so it gets a real lock here.
+install_default_receive_pool(receive_pool(lock=threading.Lock()))

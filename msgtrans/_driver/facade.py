@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from .._backend import DEFAULT_SHUTDOWN_TIMEOUT
 from ..core.config import QuicServerConfig, ServerConfig
 from ..core.errors import TransportError
 from ..core.packet import Buffer
+from .builder import DEFAULT_SHUTDOWN_TIMEOUT
 from .transport import _datagram_server, _handler_failed
 
 M = TypeVar("M")

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ..core.connection import Connection, quic_server_connection
 from ..core.machine import Address, MachineState
+from ..core.metrics import TransportMetrics
 from ..core.quic import QuicMachine
 from ..core.quic_endpoint import QuicEndpoint
 
@@ -33,6 +34,28 @@ __all__ = ["_RECEIVE_BUFFER", "_QuicSeat", "_QuicTable", "_grow_receive_buffer",
 #: ``net.core.rmem_max``): a burst of a congestion window of 16 KiB loopback datagrams must not
 #: overflow the socket while the driver is busy elsewhere (a drop costs a loss recovery).
 _RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+class _RefusingEndpoint(Protocol):
+    @property
+    def connections_refused(self) -> int: ...
+
+
+class _QuicListener(Protocol):
+    @property
+    def endpoint(self) -> _RefusingEndpoint: ...
+
+
+def count_quic_refusals(metrics: TransportMetrics, listeners: Iterable[_QuicListener],
+                        counted: dict[Any, int]) -> None:
+    """Add to *metrics* the connections each QUIC listener's endpoint refused at
+    ``max_sessions`` since *counted* last recorded it (the endpoint counts its own refusals;
+    stream listeners report each one as it happens), and record the new totals in *counted*."""
+    for quic in listeners:
+        refused = quic.endpoint.connections_refused
+        for _ in range(refused - counted.get(quic, 0)):
+            metrics.error("connection.refused_by_server")
+        counted[quic] = refused
 
 
 class _Session(Protocol):

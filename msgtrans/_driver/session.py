@@ -26,7 +26,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
-from .._pool_base import SessionMetrics
 from ..core.connection import Connection
 from ..core.errormap import map_error
 from ..core.errors import Protocol as WireProtocol
@@ -52,8 +51,11 @@ from ..core.session import (
     SendPaused,
     SendResumed,
     SessionClosed,
+    SessionMachine,
     SessionState,
 )
+from .message import MessageBase
+from .pool import SessionMetrics
 
 __all__ = ["SessionBase", "SocketSide"]
 
@@ -72,8 +74,23 @@ class SocketSide(Protocol):
 
 
 _M = TypeVar("_M")  # the backend's Message
+_Msg = TypeVar("_Msg", bound=MessageBase[Any])
 _W = TypeVar("_W")  # what waits for one reply (a future, an event slot, a lock)
 _IO = TypeVar("_IO", bound=SocketSide)
+
+
+def take_batch(inbox: deque[_Msg], max_messages: int | None,
+               session: SessionMachine) -> list[_Msg]:
+    """Pop the oldest queued messages of *inbox* (all, or at most *max_messages*) and account
+    them to *session*'s receive bound in one step (it may emit ``ReadResumed``: the caller
+    processes its events)."""
+    if max_messages is None or max_messages >= len(inbox):
+        messages = list(inbox)
+        inbox.clear()
+    else:
+        messages = [inbox.popleft() for _ in range(max_messages)]
+    session.messages_consumed(len(messages), sum(len(m.payload) for m in messages))
+    return messages
 
 
 class SessionBase(Generic[_M, _W, _IO]):

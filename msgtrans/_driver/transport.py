@@ -17,8 +17,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, TransportBuilderBase, count_quic_refusals
-from .._pool_base import PoolDriverBase, PoolTracker, make_machine
 from ..core.config import (
     ConnectionConfig,
     QuicServerConfig,
@@ -34,6 +32,9 @@ from ..core.machine import Address
 from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
 from ..core.pool import PoolMachine, PoolStatus
 from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
+from .builder import DEFAULT_SHUTDOWN_TIMEOUT, TransportBuilderBase
+from .pool import PoolDriverBase, PoolTracker, make_machine
+from .quic import count_quic_refusals
 
 
 class _Closed(Protocol):

@@ -23,7 +23,7 @@ import contextlib
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
-from .._pool_base import MAX_RETRY_BACKOFF, RETRY_BACKOFF, AsyncPoolBase, closed_error
+from .._driver.pool import MAX_RETRY_BACKOFF, RETRY_BACKOFF, AsyncPoolBase, closed_error
 from ..core.config import ConnectionConfig
 from ..core.metrics import TransportMetrics
 from ..core.pool import PoolMachine

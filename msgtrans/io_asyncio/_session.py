@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Protocol
 
-from .._backend import take_batch
-from .._driver.session import SessionBase, SocketSide
+from .._driver.session import SessionBase, SocketSide, take_batch
 from ..core.connection import Connection
 from ..core.errors import TransportConnectionError, TransportError
 from ..core.metrics import TransportMetrics

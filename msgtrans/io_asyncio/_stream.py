@@ -16,7 +16,7 @@ from asyncio import selector_events
 from collections.abc import Callable
 from typing import Any, cast
 
-from .._backend import skip_sent
+from .._driver.writes import skip_sent
 from ..core.connection import Connection, server_connection
 from ..core.errormap import map_error
 from ..core.machine import Address, MachineState, StreamMachine

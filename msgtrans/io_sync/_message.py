@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from .._backend import MessageBase
-from .._driver.message import _answered, _not_a_request
+from .._driver.message import MessageBase, _answered, _not_a_request
 from ..core.packet import Buffer, Packet
 
 __all__ = ["Message"]

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING
 
-from .._pool_base import PoolDriverBase
+from .._driver.pool import PoolDriverBase
 from ..core.config import ConnectionConfig
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer

@@ -14,8 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from .._backend import take_batch
-from .._driver.session import SessionBase, SocketSide
+from .._driver.session import SessionBase, SocketSide, take_batch
 from ..core.connection import Connection
 from ..core.errors import TransportError, TransportTimeoutError
 from ..core.metrics import TransportMetrics

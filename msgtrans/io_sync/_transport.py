@@ -13,7 +13,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
+from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
+from .._driver.pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from .._driver.transport import (
     SessionStreamBase,
     TransportBase,
@@ -23,7 +24,6 @@ from .._driver.transport import (
     _send_result,
     _transport_args,
 )
-from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from ..core.config import ConnectionConfig, ServerConfig, to_config
 from ..core.connection import Connection
 from ..core.errors import TransportConnectionError, TransportError, TransportTimeoutError

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
-from .._pool_base import AsyncPoolBase
+from .._driver.pool import AsyncPoolBase
 from ..core.config import ConnectionConfig
 from ..core.metrics import TransportMetrics
 from ..core.pool import PoolMachine

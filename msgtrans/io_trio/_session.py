@@ -16,8 +16,7 @@ from typing import Protocol
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
-from .._backend import take_batch
-from .._driver.session import SessionBase, SocketSide
+from .._driver.session import SessionBase, SocketSide, take_batch
 from ..core.connection import Connection
 from ..core.errors import TransportError
 from ..core.metrics import TransportMetrics

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
-from .._backend import skip_sent
+from .._driver.writes import skip_sent
 from ..core.connection import Connection, server_connection
 from ..core.errormap import map_error
 from ..core.machine import Address

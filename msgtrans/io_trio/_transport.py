@@ -16,8 +16,9 @@ from typing import Any, NoReturn
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
-from .._backend import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
+from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
+from .._driver.pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from .._driver.transport import (
     DatagramServerConfig,
     SessionStreamBase,
@@ -26,7 +27,6 @@ from .._driver.transport import (
     _send_result,
     _transport_args,
 )
-from .._pool_base import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from ..core.config import ConnectionConfig, ServerConfig, to_config
 from ..core.connection import Connection
 from ..core.errormap import map_error

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from msgtrans._backend import MessageBase
-from msgtrans._driver.message import Message
+from msgtrans._driver.message import Message, MessageBase
 from msgtrans._driver.session import SessionBase
 from msgtrans.core.connection import Connection
 from msgtrans.core.errors import TransportError

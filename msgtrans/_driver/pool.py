@@ -19,24 +19,24 @@ import itertools
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
-from .core.config import ConnectionConfig
-from .core.errors import (
+from ..core.config import ConnectionConfig
+from ..core.errors import (
     ConfigurationError,
     ResourceError,
     TransportConnectionError,
     TransportError,
 )
-from .core.expansion import ExpansionStrategy
-from .core.metrics import TransportMetrics
-from .core.packet import Buffer
-from .core.pool import (
+from ..core.expansion import ExpansionStrategy
+from ..core.metrics import TransportMetrics
+from ..core.packet import Buffer
+from ..core.pool import (
     AssignLease,
     CloseConnections,
     OpenConnections,
     PoolMachine,
     PoolStatus,
 )
-from .core.session import SessionState
+from ..core.session import SessionState
 
 __all__ = [
     "DEFAULT_POOL_MAX",

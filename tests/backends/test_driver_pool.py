@@ -1,4 +1,4 @@
-"""The backend-independent half of the session pools (msgtrans/_pool_base.py): the machine made
+"""The backend-independent half of the session pools (msgtrans/_driver/pool.py): the machine made
 from transport.pool()'s arguments, the retry backoff, the summing of statuses, and the session
 metrics helper.  No sockets: the drivers themselves are covered by
 tests/backends/conformance/test_pool_conformance.py."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from msgtrans._pool_base import (
+from msgtrans._driver.pool import (
     MAX_RETRY_BACKOFF,
     RETRY_BACKOFF,
     SessionMetrics,
