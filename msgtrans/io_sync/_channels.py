@@ -181,11 +181,7 @@ class StreamChannel(_SessionChannel):
             loop.request_flush(self, burst=burst)
             return
         session = self.session
-        for buffer in session.take_output():
-            view = _as_bytes_view(buffer)
-            if view.nbytes:
-                self._out.append(view)
-                self._out_bytes += view.nbytes
+        self._take_output(session)
         if write and self._out:
             try:
                 sent = self.sock.sendmsg(self._out[:_IOV_BATCH])  # type: ignore[union-attr]
@@ -196,6 +192,14 @@ class StreamChannel(_SessionChannel):
         if (self._out or session.write_closed or session.machine_closed
                 or not loop.wakes_before(session.deadline())):
             loop.request_flush(self, burst=burst)
+
+    def _take_output(self, session: Session) -> None:
+        # The core's bytes onto the unsent queue, each as a bytes view (sendmsg takes those).
+        for buffer in session.take_output():
+            view = _as_bytes_view(buffer)
+            if view.nbytes:
+                self._out.append(view)
+                self._out_bytes += view.nbytes
 
     def pause_reading(self) -> None:
         """Stop reading: the application fell behind."""
@@ -243,14 +247,15 @@ class StreamChannel(_SessionChannel):
         if self._aborting:
             self._close()
             return
-        for buffer in self.session.take_output():
-            view = _as_bytes_view(buffer)
-            if view.nbytes:
-                self._out.append(view)
-                self._out_bytes += view.nbytes
+        session = self.session
+        # Read before the output is taken: an application thread may close the session in
+        # between, and the bytes it queued before closing must leave before the FIN (a FIN
+        # first makes their write fail with EPIPE).  Nothing can be queued after a close.
+        write_closed = session.write_closed
+        self._take_output(session)
         if self._out and not self._write(now):
             return
-        if not self._out and self.session.write_closed and not self._eof_written:
+        if not self._out and write_closed and not self._eof_written:
             self._eof_written = True
             # The peer may be gone already (ENOTCONN after its reset): the read says so.
             with contextlib.suppress(OSError):
@@ -259,10 +264,13 @@ class StreamChannel(_SessionChannel):
             self.session.set_socket_paused(True)
         elif self._out_bytes <= _LOW_WATER:
             self.session.set_socket_paused(False)
-        self.session.process()
-        if self.session.machine_closed and not self._out:
-            self._close()
-            return
+        session.process()
+        if session.machine_closed and not self._out:
+            # What the machine queued before it closed (after the take above) goes first.
+            self._take_output(session)
+            if not self._out:
+                self._close()
+                return
         mask = (READ if self._reading and not self._eof_received else 0) | (
             WRITE if self._out else 0)
         self.loop.set_interest(self, mask)
