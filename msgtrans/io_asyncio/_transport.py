@@ -186,18 +186,24 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             error = self._connect_error(exc, config, holder[0] if holder else None,
                                         timeout=limit, count=True)
             if holder:
-                holder[0].abort("abandoned: connect timed out")
+                self._abandon(holder[0], "abandoned: connect timed out")
             raise error from None
         except TransportError as exc:
             # A session that never opened does not count its own error: this is the one count.
             self._metrics.error(exc)
             if holder:
-                holder[0].abort("abandoned during connect")
+                self._abandon(holder[0], "abandoned during connect")
             raise
         except BaseException:
             if holder:
-                holder[0].abort("abandoned during connect")
+                self._abandon(holder[0], "abandoned during connect")
             raise
+
+    def _abandon(self, session: Session, reason: str) -> None:
+        # Forgotten now, not when the aborted socket reports its loss on the next loop pass:
+        # a shutdown in between would count it forced (trio and sync forget at once too).
+        session.abort(reason)
+        self._forget(session)
 
     async def _open(self, config: ConnectionConfig, holder: list[Session]) -> Session:
         loop = asyncio.get_running_loop()
