@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Protocol
 
+from .._driver import docs
+from .._driver.docs import doc
 from .._driver.session import SessionBase, SocketSide, take_batch
 from ..core.connection import Connection
 from ..core.errors import TransportConnectionError, TransportError
@@ -51,24 +53,8 @@ class IO(SocketSide, Protocol):
         """Drop the socket now, without a close handshake."""
 
 
+@doc(docs.SESSION, safety="")
 class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
-    """One connection to a peer, as the application sees it.
-
-    Sessions come from :meth:`Transport.connect` and from accepting (``Transport.accept`` /
-    ``Transport.serve``); they are not created directly.
-
-    Attributes:
-        id: the transport-wide session id (1, 2, ...).
-        protocol: the transport under it: ``Protocol.TCP``, ``WEBSOCKET`` or ``QUIC`` (TLS is
-            inside TCP and WebSocket; see :attr:`established`).
-        established: the core's ``ConnectionEstablished`` event (TLS version, ALPN, WebSocket
-            subprotocol and headers), once the handshake completed; else ``None``.
-        closed_event: the core's ``ConnectionClosed`` event (``clean``, close ``code`` and
-            ``reason``) once the connection ended; else ``None``.
-        error: the :class:`TransportError` that ended the session, or ``None``.
-        forced: ``True`` when the session was aborted (no close handshake).
-        packets_flushed: messages handed to the socket so far.
-    """
 
     _message_type = Message
 
@@ -165,6 +151,7 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
             if not self._batching and self._io is not None:
                 self._io.schedule_flush()
 
+    @doc(docs.REQUEST, withdrawn="Cancelling the call")
     async def request(
         self,
         data: Buffer,
@@ -173,23 +160,6 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
         ext_header: Buffer = b"",
         timeout: float | None = None,
     ) -> Message:
-        """Send a request and return the peer's response.
-
-        Args:
-            data: the payload.
-            biz_type: the application's type tag (default 0).
-            ext_header: the extension header (default empty).
-            timeout: seconds to wait for the response (default: the transport's
-                ``request_timeout``, 10 s unless the builder changed it).
-
-        Raises:
-            TransportTimeoutError: no response in time (code ``timeout.request``).
-            TransportConnectionError: the session is closing or closed, or closed before the
-                response came.
-            ResourceError: too many requests pending, or the payload is over the limit.
-
-        Cancelling the call withdraws the request: a late response is dropped.
-        """
         if self._blocked:
             await self._wait_writable("request")
         sent_at = self._time()
@@ -287,19 +257,10 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
             self._process()
         return message
 
+    @doc(docs.CLOSE)
     async def close(
         self, code: int | None = None, reason: str = "", *, timeout: float = 10.0
     ) -> None:
-        """Close gracefully: queued messages still leave, then the protocol's close handshake
-        (TCP FIN, WebSocket Close, QUIC CONNECTION_CLOSE).  Waits for the close to complete,
-        at most *timeout* seconds, then drops the connection.  Closing twice is harmless.
-
-        Args:
-            code: the WebSocket close code (default 1000) or QUIC application error code
-                (default 0); ignored on TCP.
-            reason: the reason text sent where the protocol carries one.
-            timeout: seconds to wait for the close handshake (default 10.0).
-        """
         if not self._released:
             self.start_close(code, reason)
             try:

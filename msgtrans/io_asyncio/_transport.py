@@ -18,7 +18,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any
 
+from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
+from .._driver.docs import doc
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
 from .._driver.pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from .._driver.transport import (
@@ -46,6 +48,10 @@ __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
 logger = logging.getLogger("msgtrans.io_asyncio")
 _call = handler_caller(logger)
 
+_LIFETIME = """``async with
+transport:`` shuts it down gracefully at the end.  All methods must be called from the event
+loop's thread."""
+
 _REQUEST = PacketType.REQUEST
 
 
@@ -66,14 +72,8 @@ class TransportBuilder(TransportBuilderBase):
         return Transport(**_transport_args(self))
 
 
+@doc(docs.SESSION_STREAM, kind="an async iterator and an async context manager", safety="")
 class SessionStream(SessionStreamBase[Session], AsyncStreamFacade):
-    """The sessions accepted by one or more listeners, as an async iterator and an async
-    context manager (leaving it stops accepting; sessions already accepted stay open).
-
-    Attributes:
-        addresses: the bound ``(host, port)`` of each listener, in the order of the configs
-            (port 0 resolved), once entered.
-    """
 
     def __init__(self, transport: Transport, configs: Iterable[Any]) -> None:
         super().__init__(configs)
@@ -113,20 +113,9 @@ class SessionStream(SessionStreamBase[Session], AsyncStreamFacade):
         return self._queue.popleft()
 
 
+@doc(docs.TRANSPORT, runtime="on an asyncio event loop", nursery="", with_="async with", lifetime=_LIFETIME)
 class Transport(TransportBase[Session, SessionPool, QuicListener],
                 AsyncTransportFacade[Session, Message, ShutdownReport, SessionStream]):
-    """Sessions over TCP, TLS, WebSocket and QUIC on an asyncio event loop.
-
-    Make one with :meth:`builder` (or ``Transport()`` for the defaults).  ``async with
-    transport:`` shuts it down gracefully at the end.  All methods must be called from the
-    event loop's thread.
-
-    Args:
-        settings: keyword arguments for every session's
-            :class:`~msgtrans.core.session.SessionMachine` (default: its defaults).
-        connect_timeout: seconds for :meth:`connect` (default ``None``: each config's).
-        shutdown_timeout: seconds for the graceful shutdown of ``async with`` (default 5.0).
-    """
 
     def __init__(
         self,
@@ -154,22 +143,9 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         return Session(connection, session_id, asyncio.get_running_loop(),
                        on_finished=self._forget, metrics=self._metrics)
 
+    @doc(docs.CONNECT, own="", timeout="", nursery="")
     async def connect(self, target: str | ConnectionConfig, *,
                       timeout: float | None = None) -> Session:
-        """Connect to *target* (a URL such as ``"tcp://127.0.0.1:9001"``, ``tls://``,
-        ``ws://``, ``wss://``, ``quic://``, or a config) and return the open session.
-
-        Args:
-            target: where to connect.
-            timeout: seconds for connecting and every handshake (default: the builder's
-                connect timeout, else the config's ``connect_timeout``, 10 s by default).
-
-        Raises:
-            ConfigurationError: *target* is invalid.
-            TransportConnectionError: refused, unreachable, DNS failure, TLS verification or
-                handshake failure (``error_code`` says which).
-            TransportTimeoutError: not connected in time (code ``timeout.connect``).
-        """
         self._check_open("connect")
         config = to_config(target)
         limit = self._connect_limit(config, timeout)
@@ -438,6 +414,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
 
     # --- pools and metrics ----------------------------------------------------------------------
 
+    @doc(docs.POOL, waits="waits", own="", nursery="")
     async def pool(
         self,
         address: str | ConnectionConfig,
@@ -449,26 +426,6 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         strategy: ExpansionStrategy | None = None,
         **settings: Any,
     ) -> SessionPool:
-        """Return a :class:`SessionPool` of sessions to *address*, driven by a core
-        :class:`~msgtrans.core.pool.PoolMachine`; waits until its first session opened.
-
-        Args:
-            address: where to connect (a URL or a config, as :meth:`connect`).
-            min: sessions kept open at all times (default 2).
-            max: sessions never exceeded (default 64).
-            target: the size the pool expects to need; growth slows as it nears it
-                (default 16, kept between *min* and *max*).
-            strategy: how much to grow per step (default
-                :class:`~msgtrans.core.expansion.SmartExpansion`).
-            settings: other :class:`~msgtrans.core.pool.PoolMachine` settings:
-                ``wait_threshold``, ``grow_utilisation``, ``shrink_utilisation``,
-                ``shrink_after``, ``max_leases_per_connection``, ``history``.
-
-        Raises:
-            ConfigurationError: *target* or a setting is invalid.
-            TransportError: every first open failed (the last connect error); with ``min=0``
-                nothing is opened up front and nothing is raised.
-        """
         config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
                                              settings=settings, now=asyncio.get_running_loop().time)
         pool = SessionPool(self, config, machine, **self._pool_settings())

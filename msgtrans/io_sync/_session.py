@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from .._driver import docs
+from .._driver.docs import doc
 from .._driver.session import SessionBase, SocketSide, take_batch
 from ..core.connection import Connection
 from ..core.errors import TransportError, TransportTimeoutError
@@ -84,22 +86,8 @@ def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + max(0.0, timeout)
 
 
+@doc(docs.SESSION, safety="; safe to use from many threads")
 class Session(SessionBase[Message, _Reply, IO]):
-    """One connection to a peer, as the application sees it; safe to use from many threads.
-
-    Sessions come from :meth:`Transport.connect` and from accepting (``Transport.accept`` /
-    ``Transport.serve``); they are not created directly.
-
-    Attributes:
-        id: the transport-wide session id (1, 2, ...).
-        established: the core's ``ConnectionEstablished`` event (TLS version, ALPN, WebSocket
-            subprotocol and headers), once the handshake completed; else ``None``.
-        closed_event: the core's ``ConnectionClosed`` event (``clean``, close ``code`` and
-            ``reason``) once the connection ended; else ``None``.
-        error: the :class:`TransportError` that ended the session, or ``None``.
-        forced: ``True`` when the session was aborted (no close handshake).
-        packets_flushed: messages handed to the socket so far.
-    """
 
     _message_type = Message
     # connect() leaves a failed handshake's error to the session to count.
@@ -168,6 +156,7 @@ class Session(SessionBase[Message, _Reply, IO]):
             else:
                 io.send_soon()
 
+    @doc(docs.REQUEST, withdrawn="An exception in the waiting thread (``KeyboardInterrupt``)")
     def request(
         self,
         data: Buffer,
@@ -176,24 +165,6 @@ class Session(SessionBase[Message, _Reply, IO]):
         ext_header: Buffer = b"",
         timeout: float | None = None,
     ) -> Message:
-        """Send a request and return the peer's response.
-
-        Args:
-            data: the payload.
-            biz_type: the application's type tag (default 0).
-            ext_header: the extension header (default empty).
-            timeout: seconds to wait for the response (default: the transport's
-                ``request_timeout``, 10 s unless the builder changed it).
-
-        Raises:
-            TransportTimeoutError: no response in time (code ``timeout.request``).
-            TransportConnectionError: the session is closing or closed, or closed before the
-                response came.
-            ResourceError: too many requests pending, or the payload is over the limit.
-
-        An exception in the waiting thread (``KeyboardInterrupt``) withdraws the request: a
-        late response is dropped.
-        """
         with self._lock:
             if self._blocked:
                 self._wait_writable("request", _deadline(timeout), timeout)
@@ -285,17 +256,8 @@ class Session(SessionBase[Message, _Reply, IO]):
                 raise
             yield message
 
+    @doc(docs.CLOSE)
     def close(self, code: int | None = None, reason: str = "", *, timeout: float = 10.0) -> None:
-        """Close gracefully: queued messages still leave, then the protocol's close handshake
-        (TCP FIN, WebSocket Close, QUIC CONNECTION_CLOSE).  Waits for the close to complete,
-        at most *timeout* seconds, then drops the connection.  Closing twice is harmless.
-
-        Args:
-            code: the WebSocket close code (default 1000) or QUIC application error code
-                (default 0); ignored on TCP.
-            reason: the reason text sent where the protocol carries one.
-            timeout: seconds to wait for the close handshake (default 10.0).
-        """
         with self._lock:
             if self._released:
                 return

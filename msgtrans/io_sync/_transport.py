@@ -13,7 +13,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
+from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
+from .._driver.docs import doc
 from .._driver.pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from .._driver.transport import (
     SessionStreamBase,
@@ -49,6 +51,14 @@ __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
 
 logger = logging.getLogger("msgtrans.io_sync")
 
+_SYNC_LIFETIME = """``with transport:``
+shuts it down gracefully at the end.  The background work (sockets, QUIC timers,
+keepalives) runs in one I/O thread, started by the first :meth:`connect` or :meth:`accept`
+and joined by the shutdown; :meth:`serve` adds a small handler pool, joined when it
+returns."""
+_SYNC_RESOLVE = """
+        Name resolution runs in the calling thread and is not bounded by it."""
+
 #: Handler threads of one :meth:`Transport.serve` unless it says otherwise.
 DEFAULT_SERVE_WORKERS = 8
 
@@ -78,14 +88,8 @@ class TransportBuilder(TransportBuilderBase):
         return Transport(**_transport_args(self))
 
 
+@doc(docs.SESSION_STREAM, kind="an iterator and a context manager", safety="  Safe from any thread.")
 class SessionStream(SessionStreamBase[Session]):
-    """The sessions accepted by one or more listeners, as an iterator and a context manager
-    (leaving it stops accepting; sessions already accepted stay open).  Safe from any thread.
-
-    Attributes:
-        addresses: the bound ``(host, port)`` of each listener, in the order of the configs
-            (port 0 resolved), once started.
-    """
 
     def __init__(self, transport: Transport, configs: Iterable[Any]) -> None:
         super().__init__(configs)
@@ -309,21 +313,8 @@ class _ServeRun:
         self.finished.set()
 
 
+@doc(docs.TRANSPORT, runtime="with blocking calls, safe from any thread", nursery="", with_="with", lifetime=_SYNC_LIFETIME)
 class Transport(TransportBase[Session, SessionPool, QuicListener]):
-    """Sessions over TCP, TLS, WebSocket and QUIC with blocking calls, safe from any thread.
-
-    Make one with :meth:`builder` (or ``Transport()`` for the defaults).  ``with transport:``
-    shuts it down gracefully at the end.  The background work (sockets, QUIC timers,
-    keepalives) runs in one I/O thread, started by the first :meth:`connect` or
-    :meth:`accept` and joined by the shutdown; :meth:`serve` adds a small handler pool, joined
-    when it returns.
-
-    Args:
-        settings: keyword arguments for every session's
-            :class:`~msgtrans.core.session.SessionMachine` (default: its defaults).
-        connect_timeout: seconds for :meth:`connect` (default ``None``: each config's).
-        shutdown_timeout: seconds for the graceful shutdown of ``with`` (default 5.0).
-    """
 
     def __init__(
         self,
@@ -385,23 +376,9 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         with loop.lock:
             return super().sessions()
 
+    @doc(docs.CONNECT, own="", nursery="", timeout=_SYNC_RESOLVE)
     def connect(self, target: str | ConnectionConfig, *,
                 timeout: float | None = None) -> Session:
-        """Connect to *target* (a URL such as ``"tcp://127.0.0.1:9001"``, ``tls://``,
-        ``ws://``, ``wss://``, ``quic://``, or a config) and return the open session.
-
-        Args:
-            target: where to connect.
-            timeout: seconds for connecting and every handshake (default: the builder's
-                connect timeout, else the config's ``connect_timeout``, 10 s by default).
-                Name resolution runs in the calling thread and is not bounded by it.
-
-        Raises:
-            ConfigurationError: *target* is invalid.
-            TransportConnectionError: refused, unreachable, DNS failure, TLS verification or
-                handshake failure (``error_code`` says which).
-            TransportTimeoutError: not connected in time (code ``timeout.connect``).
-        """
         self._check_open("connect")
         config = to_config(target)
         limit = self._connect_limit(config, timeout)
@@ -577,6 +554,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
 
     # --- pools and metrics ----------------------------------------------------------------------
 
+    @doc(docs.POOL, waits="blocks", own="", nursery="")
     def pool(
         self,
         address: str | ConnectionConfig,
@@ -588,26 +566,6 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         strategy: ExpansionStrategy | None = None,
         **settings: Any,
     ) -> SessionPool:
-        """Return a :class:`SessionPool` of sessions to *address*, driven by a core
-        :class:`~msgtrans.core.pool.PoolMachine`; blocks until its first session opened.
-
-        Args:
-            address: where to connect (a URL or a config, as :meth:`connect`).
-            min: sessions kept open at all times (default 2).
-            max: sessions never exceeded (default 64).
-            target: the size the pool expects to need; growth slows as it nears it
-                (default 16, kept between *min* and *max*).
-            strategy: how much to grow per step (default
-                :class:`~msgtrans.core.expansion.SmartExpansion`).
-            settings: other :class:`~msgtrans.core.pool.PoolMachine` settings:
-                ``wait_threshold``, ``grow_utilisation``, ``shrink_utilisation``,
-                ``shrink_after``, ``max_leases_per_connection``, ``history``.
-
-        Raises:
-            ConfigurationError: *target* or a setting is invalid.
-            TransportError: every first open failed (the last connect error); with ``min=0``
-                nothing is opened up front and nothing is raised.
-        """
         config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
                                              settings=settings, now=time.monotonic)
         loop = self._ensure_loop()

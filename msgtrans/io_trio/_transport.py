@@ -16,7 +16,9 @@ from typing import Any, NoReturn
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
+from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
+from .._driver.docs import doc
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
 from .._driver.pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from .._driver.transport import (
@@ -43,6 +45,16 @@ __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
 
 logger = logging.getLogger("msgtrans.io_trio")
 _call = handler_caller(logger)
+
+_TRIO_LIFETIME = """Its tasks need a
+nursery: ``async with transport:`` opens one (and shuts the transport down gracefully at the
+end), or pass your own as ``nursery=`` (then call :meth:`graceful_shutdown` or
+:meth:`shutdown` before that nursery can end: sessions and listeners run until then)."""
+_NURSERY_ARG = """nursery: a nursery for the transport's tasks (default: the one ``async with``
+        opens).
+    """
+_TRIO_CONNECT = """The session's tasks run in the transport's nursery.  Cancelling the call (or
+an enclosing deadline) abandons the half-open connection."""
 
 
 class TransportBuilder(TransportBuilderBase):
@@ -113,14 +125,8 @@ async def _wait_all(waits: list[Callable[[], Any]], deadline: float) -> None:
                 nursery.start_soon(wait)
 
 
+@doc(docs.SESSION_STREAM, kind="an async iterator and an async context manager", safety="")
 class SessionStream(SessionStreamBase[Session], AsyncStreamFacade):
-    """The sessions accepted by one or more listeners, as an async iterator and an async
-    context manager (leaving it stops accepting; sessions already accepted stay open).
-
-    Attributes:
-        addresses: the bound ``(host, port)`` of each listener, in the order of the configs
-            (port 0 resolved), once entered.
-    """
 
     def __init__(self, transport: Transport, configs: Iterable[Any]) -> None:
         super().__init__(configs)
@@ -169,22 +175,9 @@ class SessionStream(SessionStreamBase[Session], AsyncStreamFacade):
         return session
 
 
+@doc(docs.TRANSPORT, runtime="on trio", with_="async with", nursery=_NURSERY_ARG, lifetime=_TRIO_LIFETIME)
 class Transport(TransportBase[Session, SessionPool, QuicListener],
                 AsyncTransportFacade[Session, Message, ShutdownReport, SessionStream]):
-    """Sessions over TCP, TLS, WebSocket and QUIC on trio.
-
-    Make one with :meth:`builder` (or ``Transport()`` for the defaults).  Its tasks need a
-    nursery: ``async with transport:`` opens one (and shuts the transport down gracefully at
-    the end), or pass your own as ``nursery=`` (then call :meth:`graceful_shutdown` or
-    :meth:`shutdown` before that nursery can end: sessions and listeners run until then).
-
-    Args:
-        nursery: a nursery for the transport's tasks (default: the one ``async with`` opens).
-        settings: keyword arguments for every session's
-            :class:`~msgtrans.core.session.SessionMachine` (default: its defaults).
-        connect_timeout: seconds for :meth:`connect` (default ``None``: each config's).
-        shutdown_timeout: seconds for the graceful shutdown of ``async with`` (default 5.0).
-    """
 
     def __init__(
         self,
@@ -259,25 +252,9 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
     def _make_session(self, connection: Connection, session_id: int) -> Session:
         return Session(connection, session_id, on_finished=self._forget, metrics=self._metrics)
 
+    @doc(docs.CONNECT, own=_TRIO_CONNECT, timeout="", nursery=", or the transport has no nursery")
     async def connect(self, target: str | ConnectionConfig, *,
                       timeout: float | None = None) -> Session:
-        """Connect to *target* (a URL such as ``"tcp://127.0.0.1:9001"``, ``tls://``,
-        ``ws://``, ``wss://``, ``quic://``, or a config) and return the open session.
-
-        The session's tasks run in the transport's nursery.  Cancelling the call (or an
-        enclosing deadline) abandons the half-open connection.
-
-        Args:
-            target: where to connect.
-            timeout: seconds for connecting and every handshake (default: the builder's
-                connect timeout, else the config's ``connect_timeout``, 10 s by default).
-
-        Raises:
-            ConfigurationError: *target* is invalid, or the transport has no nursery.
-            TransportConnectionError: refused, unreachable, DNS failure, TLS verification or
-                handshake failure (``error_code`` says which).
-            TransportTimeoutError: not connected in time (code ``timeout.connect``).
-        """
         self._check_open("connect")
         config = to_config(target)
         spawn = self._spawner("connect")
@@ -441,6 +418,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
 
     # --- pools and metrics ----------------------------------------------------------------------
 
+    @doc(docs.POOL, waits="waits", own="  Its tasks run in the transport's nursery.", nursery=", or the transport has no nursery")
     async def pool(
         self,
         address: str | ConnectionConfig,
@@ -452,28 +430,6 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         strategy: ExpansionStrategy | None = None,
         **settings: Any,
     ) -> SessionPool:
-        """Return a :class:`SessionPool` of sessions to *address*, driven by a core
-        :class:`~msgtrans.core.pool.PoolMachine`; waits until its first session opened.  Its
-        tasks run in the transport's nursery.
-
-        Args:
-            address: where to connect (a URL or a config, as :meth:`connect`).
-            min: sessions kept open at all times (default 2).
-            max: sessions never exceeded (default 64).
-            target: the size the pool expects to need; growth slows as it nears it
-                (default 16, kept between *min* and *max*).
-            strategy: how much to grow per step (default
-                :class:`~msgtrans.core.expansion.SmartExpansion`).
-            settings: other :class:`~msgtrans.core.pool.PoolMachine` settings:
-                ``wait_threshold``, ``grow_utilisation``, ``shrink_utilisation``,
-                ``shrink_after``, ``max_leases_per_connection``, ``history``.
-
-        Raises:
-            ConfigurationError: *target* or a setting is invalid, or the transport has no
-                nursery.
-            TransportError: every first open failed (the last connect error); with ``min=0``
-                nothing is opened up front and nothing is raised.
-        """
         config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
                                              settings=settings, now=trio.current_time)
         pool = SessionPool(self, config, machine, spawn=self._spawner("pool"),
