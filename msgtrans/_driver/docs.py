@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["CLOSE", "CONNECT", "POOL", "REQUEST", "SESSION", "SESSION_STREAM", "TRANSPORT", "doc"]
+__all__ = [
+    "CANCEL_SAFE", "CLOSE", "CONNECT", "POOL", "RECEIVE_MANY", "REQUEST", "SESSION",
+    "SESSION_STREAM", "TRANSPORT", "doc",
+]
 
 _T = TypeVar("_T")
 
@@ -134,4 +137,22 @@ Raises:
     ConfigurationError: *target* or a setting is invalid{nursery}.
     TransportError: every first open failed (the last connect error); with ``min=0``
         nothing is opened up front and nothing is raised.
+"""
+
+RECEIVE_MANY = """Return every one-way message and request queued from the peer (at least one, in
+arrival order), waiting for the first if none is queued.  A consumer that handles what
+arrived in one batch {saves}.
+
+Args:
+    max_messages: take at most this many (default ``None``: all that are queued).{timeout}
+{cancel}
+Raises:
+    ValueError: *max_messages* is below 1.{timeout_error}
+    TransportConnectionError: the session closed and every message was taken (code
+        ``connection.closed``), or the error that ended the session.
+"""
+
+CANCEL_SAFE = """
+Cancelling the call never loses a message: messages are only taken from the queue by
+a call that returns them.{more}
 """

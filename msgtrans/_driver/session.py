@@ -73,10 +73,16 @@ class SocketSide(Protocol):
         """The peer's socket address, when known."""
 
 
-_M = TypeVar("_M")  # the backend's Message
+_M = TypeVar("_M", bound="MessageBase[Any]")  # the backend's Message
 _Msg = TypeVar("_Msg", bound=MessageBase[Any])
 _W = TypeVar("_W")  # what waits for one reply (a future, an event slot, a lock)
 _IO = TypeVar("_IO", bound=SocketSide)
+
+
+def check_batch_size(max_messages: int | None) -> None:
+    """Raise ``ValueError`` for a ``receive_many`` limit below 1 (before anything waits)."""
+    if max_messages is not None and max_messages < 1:
+        raise ValueError(f"max_messages must be 1 or more, got {max_messages}")
 
 
 def take_batch(inbox: deque[_Msg], max_messages: int | None,
@@ -502,6 +508,28 @@ class SessionBase(Generic[_M, _W, _IO]):
 
     def _enrich(self, error: TransportError, operation: str) -> TransportError:
         return map_error(error, operation=operation, session_id=self.id)
+
+    def _can_write(self) -> bool:
+        """Whether a send may go ahead now: nothing pauses it, or the session is over (and the
+        send fails at once instead of waiting)."""
+        over = self.closed_event is not None or self._released
+        return over or not (self._session_paused or self._machine_paused or self._socket_paused)
+
+    def _check_open(self, operation: str) -> None:
+        """Raise :meth:`_closed_error` once the session is closing or released."""
+        if self.closed_event is not None or self._released:
+            raise self._closed_error(operation)
+
+    def _take(self) -> _M:
+        """Pop the next inbox message and account it consumed (the caller checked the inbox)."""
+        message = self._inbox.popleft()
+        sm = self._sm
+        # What Connection.message_consumed does, minus the events round trip when the session
+        # machine emitted nothing (it only may when reading was paused).
+        sm.message_consumed(len(message.payload))
+        if sm.has_events:
+            self._process()
+        return message
 
     def _closed_error(self, operation: str) -> TransportError:
         if self.error is not None:

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from .._driver import docs
 from .._driver.docs import doc
-from .._driver.session import SessionBase, SocketSide, take_batch
+from .._driver.session import SessionBase, SocketSide, check_batch_size, take_batch
 from ..core.connection import Connection
 from ..core.errors import TransportConnectionError, TransportError
 from ..core.metrics import TransportMetrics
@@ -201,24 +201,10 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
             await self._inbox_event.wait()
         return self._take()
 
+    @doc(docs.RECEIVE_MANY, saves="costs one wake-up per batch instead of one per message",
+         timeout="", timeout_error="", cancel=docs.CANCEL_SAFE.format(more=""))
     async def receive_many(self, max_messages: int | None = None) -> list[Message]:
-        """Return every one-way message and request queued from the peer (at least one, in
-        arrival order), waiting for the first if none is queued.  A consumer that handles what
-        arrived in one batch costs one wake-up per batch instead of one per message.
-
-        Args:
-            max_messages: take at most this many (default ``None``: all that are queued).
-
-        Cancelling the call never loses a message: messages are only taken from the queue by
-        a call that returns them.
-
-        Raises:
-            ValueError: *max_messages* is below 1.
-            TransportConnectionError: the session closed and every message was taken (code
-                ``connection.closed``), or the error that ended the session.
-        """
-        if max_messages is not None and max_messages < 1:
-            raise ValueError(f"max_messages must be 1 or more, got {max_messages}")
+        check_batch_size(max_messages)
         while not self._inbox:
             if self._released or self.closed_event is not None:
                 raise self._closed_error("receive")
@@ -246,16 +232,6 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
         """Wake :meth:`wait_inbox` (and :meth:`receive`, which goes back to waiting if nothing
         is queued)."""
         self._inbox_event.set()
-
-    def _take(self) -> Message:
-        message = self._inbox.popleft()
-        sm = self._sm
-        # What Connection.message_consumed does, minus the events round trip when the session
-        # machine emitted nothing (it only may when reading was paused).
-        sm.message_consumed(len(message.payload))
-        if sm.has_events:
-            self._process()
-        return message
 
     @doc(docs.CLOSE)
     async def close(
@@ -474,18 +450,17 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
             self._rearm()
 
     def _update_writable(self) -> None:
-        over = self.closed_event is not None or self._released
-        if over or not (self._session_paused or self._machine_paused or self._socket_paused):
+        if self._can_write():
             self._writable.set()
         else:
             self._writable.clear()
-        self._blocked = over or not self._writable.is_set()
+        self._blocked = (self.closed_event is not None or self._released
+                         or not self._writable.is_set())
 
     async def _wait_writable(self, operation: str) -> None:
         while not self._writable.is_set():
             await self._writable.wait()
-        if self.closed_event is not None or self._released:
-            raise self._closed_error(operation)
+        self._check_open(operation)
 
     def _rearm(self) -> None:
         # One timer per session, moved only when the earliest deadline moves earlier.  A

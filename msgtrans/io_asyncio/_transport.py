@@ -113,7 +113,10 @@ class SessionStream(SessionStreamBase[Session], AsyncStreamFacade):
         return self._queue.popleft()
 
 
-@doc(docs.TRANSPORT, runtime="on an asyncio event loop", nursery="", with_="async with", lifetime=_LIFETIME)
+@doc(
+    docs.TRANSPORT, runtime="on an asyncio event loop", nursery="", with_="async with",
+    lifetime=_LIFETIME,
+)
 class Transport(TransportBase[Session, SessionPool, QuicListener],
                 AsyncTransportFacade[Session, Message, ShutdownReport, SessionStream]):
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from .._driver import docs
 from .._driver.docs import doc
-from .._driver.session import SessionBase, SocketSide, take_batch
+from .._driver.session import SessionBase, SocketSide, check_batch_size, take_batch
 from ..core.connection import Connection
 from ..core.errors import TransportError, TransportTimeoutError
 from ..core.metrics import TransportMetrics
@@ -84,6 +84,13 @@ class _Reply:
 
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + max(0.0, timeout)
+
+
+_RECEIVE_TIMEOUT = """
+    timeout: seconds to wait for the first (default: until one comes or the session
+        closes)."""
+_TIMEOUT_ERROR = """
+    TransportTimeoutError: nothing came in time (code ``timeout.elapsed``)."""
 
 
 @doc(docs.SESSION, safety="; safe to use from many threads")
@@ -206,26 +213,12 @@ class Session(SessionBase[Message, _Reply, IO]):
                 raise self._closed_error("receive")
             return message
 
+    @doc(docs.RECEIVE_MANY, cancel="",
+         saves="takes the transport lock once per batch instead of once per\nmessage",
+         timeout=_RECEIVE_TIMEOUT, timeout_error=_TIMEOUT_ERROR)
     def receive_many(self, max_messages: int | None = None,
                      timeout: float | None = None) -> list[Message]:
-        """Return every one-way message and request queued from the peer (at least one, in
-        arrival order), waiting for the first if none is queued.  A consumer that handles what
-        arrived in one batch takes the transport lock once per batch instead of once per
-        message.
-
-        Args:
-            max_messages: take at most this many (default ``None``: all that are queued).
-            timeout: seconds to wait for the first (default: until one comes or the session
-                closes).
-
-        Raises:
-            ValueError: *max_messages* is below 1.
-            TransportTimeoutError: nothing came in time (code ``timeout.elapsed``).
-            TransportConnectionError: the session closed and every message was taken (code
-                ``connection.closed``), or the error that ended the session.
-        """
-        if max_messages is not None and max_messages < 1:
-            raise ValueError(f"max_messages must be 1 or more, got {max_messages}")
+        check_batch_size(max_messages)
         deadline = _deadline(timeout)
         with self._lock:
             if not wait_until(self._cond, self._has_message_or_end, deadline):
@@ -450,18 +443,13 @@ class Session(SessionBase[Message, _Reply, IO]):
         self._blocked = (self._session_paused or self._machine_paused or self._socket_paused
                          or self.closed_event is not None or self._released)
 
-    def _can_write(self) -> bool:
-        over = self.closed_event is not None or self._released
-        return over or not (self._session_paused or self._machine_paused or self._socket_paused)
-
     def _wait_writable(self, operation: str, deadline: float | None,
                        timeout: float | None) -> None:
         if not wait_until(self._cond, self._can_write, deadline):
             raise TransportTimeoutError(operation, timeout or 0.0, session_id=self.id,
                                         reason=f"{operation}: still paused by backpressure "
                                                f"after {timeout or 0.0:g} s")
-        if self.closed_event is not None or self._released:
-            raise self._closed_error(operation)
+        self._check_open(operation)
 
     def _respond(self, request: Packet, data: Buffer, biz_type: int | None,
                  ext_header: Buffer) -> None:

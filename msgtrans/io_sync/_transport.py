@@ -88,7 +88,10 @@ class TransportBuilder(TransportBuilderBase):
         return Transport(**_transport_args(self))
 
 
-@doc(docs.SESSION_STREAM, kind="an iterator and a context manager", safety="  Safe from any thread.")
+@doc(
+    docs.SESSION_STREAM, kind="an iterator and a context manager",
+    safety="  Safe from any thread.",
+)
 class SessionStream(SessionStreamBase[Session]):
 
     def __init__(self, transport: Transport, configs: Iterable[Any]) -> None:
@@ -313,7 +316,10 @@ class _ServeRun:
         self.finished.set()
 
 
-@doc(docs.TRANSPORT, runtime="with blocking calls, safe from any thread", nursery="", with_="with", lifetime=_SYNC_LIFETIME)
+@doc(
+    docs.TRANSPORT, runtime="with blocking calls, safe from any thread", nursery="",
+    with_="with", lifetime=_SYNC_LIFETIME,
+)
 class Transport(TransportBase[Session, SessionPool, QuicListener]):
 
     def __init__(

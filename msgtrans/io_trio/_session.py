@@ -18,7 +18,7 @@ import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typ
 
 from .._driver import docs
 from .._driver.docs import doc
-from .._driver.session import SessionBase, SocketSide, take_batch
+from .._driver.session import SessionBase, SocketSide, check_batch_size, take_batch
 from ..core.connection import Connection
 from ..core.errors import TransportError
 from ..core.metrics import TransportMetrics
@@ -110,8 +110,7 @@ class Session(SessionBase[Message, _Slot, IO]):
         if self._sends < BATCH_CALLS and self._writable.is_set():
             self._sends += 1
             await trio.lowlevel.checkpoint_if_cancelled()
-            if self.closed_event is not None or self._released:
-                raise self._closed_error("send")
+            self._check_open("send")
         else:
             self._sends = 0
             await self._wait_writable("send")
@@ -168,31 +167,13 @@ class Session(SessionBase[Message, _Slot, IO]):
             self._receives = 0
             # Nothing can be cancelled from here until the message is handed over.
             await trio.lowlevel.cancel_shielded_checkpoint()
-        message = self._inbox.popleft()
-        sm = self._sm
-        sm.message_consumed(len(message.payload))
-        if sm.has_events:  # ReadResumed: the reader goes on
-            self._process()
-        return message
+        return self._take()
 
+    @doc(docs.RECEIVE_MANY, saves="costs one wake-up per batch instead of one per message",
+         timeout="", timeout_error="",
+         cancel=docs.CANCEL_SAFE.format(more="  Always a checkpoint."))
     async def receive_many(self, max_messages: int | None = None) -> list[Message]:
-        """Return every one-way message and request queued from the peer (at least one, in
-        arrival order), waiting for the first if none is queued.  A server loop that handles
-        what arrived in one batch costs one wake-up per batch instead of one per message.
-
-        Args:
-            max_messages: take at most this many (default ``None``: all that are queued).
-
-        Cancelling the call never loses a message: messages are only taken from the queue by
-        a call that returns them.  Always a checkpoint.
-
-        Raises:
-            ValueError: *max_messages* is below 1.
-            TransportConnectionError: the session closed and every message was taken (code
-                ``connection.closed``), or the error that ended the session.
-        """
-        if max_messages is not None and max_messages < 1:
-            raise ValueError(f"max_messages must be 1 or more, got {max_messages}")
+        check_batch_size(max_messages)
         waited = await self._wait_inbox()
         self._receives = 0
         if not waited:
@@ -355,8 +336,7 @@ class Session(SessionBase[Message, _Slot, IO]):
         self._rearm()
 
     def _update_writable(self) -> None:
-        over = self.closed_event is not None or self._released
-        if over or not (self._session_paused or self._machine_paused):
+        if self._can_write():
             self._writable.set()
         elif self._writable.is_set():
             self._writable = trio.Event()
@@ -365,8 +345,7 @@ class Session(SessionBase[Message, _Slot, IO]):
         await self._writable.wait()  # a checkpoint even when writable
         while not self._writable.is_set():
             await self._writable.wait()
-        if self.closed_event is not None or self._released:
-            raise self._closed_error(operation)
+        self._check_open(operation)
 
     def _rearm(self) -> None:
         deadline = self._conn.next_deadline()

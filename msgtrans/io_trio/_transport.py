@@ -175,7 +175,10 @@ class SessionStream(SessionStreamBase[Session], AsyncStreamFacade):
         return session
 
 
-@doc(docs.TRANSPORT, runtime="on trio", with_="async with", nursery=_NURSERY_ARG, lifetime=_TRIO_LIFETIME)
+@doc(
+    docs.TRANSPORT, runtime="on trio", with_="async with", nursery=_NURSERY_ARG,
+    lifetime=_TRIO_LIFETIME,
+)
 class Transport(TransportBase[Session, SessionPool, QuicListener],
                 AsyncTransportFacade[Session, Message, ShutdownReport, SessionStream]):
 
@@ -418,7 +421,10 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
 
     # --- pools and metrics ----------------------------------------------------------------------
 
-    @doc(docs.POOL, waits="waits", own="  Its tasks run in the transport's nursery.", nursery=", or the transport has no nursery")
+    @doc(
+        docs.POOL, waits="waits", own="  Its tasks run in the transport's nursery.",
+        nursery=", or the transport has no nursery",
+    )
     async def pool(
         self,
         address: str | ConnectionConfig,
