@@ -9,29 +9,44 @@ cannot drift apart.  ``help()``, ``inspect.getdoc`` and Sphinx see the finished 
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from typing import TypeVar
 
 __all__ = [
-    "CANCEL_SAFE", "CLOSE", "CONNECT", "POOL", "RECEIVE_MANY", "REQUEST", "SESSION",
-    "SESSION_STREAM", "TRANSPORT", "doc",
+    "CANCEL_SAFE", "CLOSE", "CONNECT", "MESSAGE", "POOL", "POOL_CLOSE", "POOL_LEASE",
+    "POOL_REQUEST", "POOL_SEND", "RECEIVE", "RECEIVE_CANCEL", "RECEIVE_MANY", "REQUEST", "RESPOND",
+    "SEND", "SERVE", "SESSION", "SESSION_STREAM", "TRANSPORT", "doc",
 ]
 
 _T = TypeVar("_T")
+_WIDTH = 88  # the rendered width of the docstrings written in the sources
 
 
 def doc(template: str, **fields: str) -> Callable[[_T], _T]:
     """Give the decorated class or function *template* as its docstring, its ``{name}``
-    fields filled from *fields* (a field left empty leaves no blank lines behind)."""
+    fields filled from *fields* (a field left empty leaves no blank lines behind; prose
+    paragraphs are refilled, sections kept as written)."""
     text = template.format(**fields)
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
+    text = "\n\n".join(_rewrap(p) for p in text.split("\n\n"))
 
     def apply(obj: _T) -> _T:
         obj.__doc__ = text
         return obj
 
     return apply
+
+
+def _rewrap(paragraph: str) -> str:
+    # A filled-in field changes a prose paragraph's line lengths: refill it (to the width the
+    # sources use), but leave sections (``Args:`` and indented lists) as they are written.
+    lines = paragraph.splitlines()
+    if not lines or any(line[:1].isspace() for line in lines) or lines[0].endswith(":"):
+        return paragraph
+    return textwrap.fill(" ".join(lines), width=_WIDTH, break_on_hyphens=False,
+                         break_long_words=False)
 
 
 SESSION = """One connection to a peer, as the application sees it{safety}.
@@ -155,4 +170,122 @@ Raises:
 CANCEL_SAFE = """
 Cancelling the call never loses a message: messages are only taken from the queue by
 a call that returns them.{more}
+"""
+
+MESSAGE = """One whole message from the peer: a one-way message, a request, or the response to our
+request.  Read-only.
+
+A large payload (at least the config's ``zero_copy_threshold``, 64 KiB by default) is a
+view of a buffer lent by the receive pool: :meth:`release` (or ``with message:``) gives it
+back for the next large message once you are done; copy what you keep first
+(``bytes(message.payload)``).  A message never released is simply freed by the garbage
+collector (see ``docs/buffers.md``).
+
+Attributes:
+    payload: the message body (``bytes``, or a read-only ``memoryview`` for large payloads
+        received zero-copy; both compare equal to ``bytes``).
+    biz_type: the application's type tag, 0..255.
+    ext_header: the extension header (possibly empty).
+    message_id: the wire message id (a response carries its request's id).
+    packet_type: :class:`~msgtrans.core.packet.PacketType` ``ONE_WAY``, ``REQUEST`` or
+        ``RESPONSE``.
+    session_id: the id of the session it arrived on.
+    pooled: whether :meth:`release` has a pooled buffer to give back.
+"""
+
+RESPOND = """Send the response to this request (once){safety}.
+
+Args:
+    data: the response payload.
+    biz_type: the response's type tag (default: the request's).
+    ext_header: the response's extension header (default empty).
+
+Raises:
+    TransportConnectionError: this message is not a request or was already answered
+        (code ``connection.failed``), or the session closed (``connection.closed``).
+"""
+
+POOL_REQUEST = """Send a request on the least-loaded session and return the response.
+
+The request holds a lease until its response came (so the machine sees the load);
+waiting for a free session counts against *timeout*.
+
+Args:
+    data: the payload.
+    biz_type: the application's type tag (default 0).
+    ext_header: the extension header (default empty).
+    timeout: seconds for all of it (default: the transport's request timeout).
+
+Raises:
+    ResourceError: no session became free in time (code ``resource.pool_exhausted``).
+    TransportTimeoutError: no response in time (code ``timeout.request``).
+    TransportConnectionError: the pool is closed, or the session broke.
+"""
+
+POOL_SEND = """Send a one-way message on the least-loaded open session (the machine's ``pick``: a
+one-way send holds nothing once queued); waits for a session when none is open yet.
+
+Raises:
+    ResourceError: no session opened within the request timeout (code
+        ``resource.pool_exhausted``).
+    TransportConnectionError: the pool is closed, or the session broke.
+"""
+
+POOL_LEASE = """``{with_} pool.lease() as session:`` a session for this block alone (with the
+default ``max_leases_per_connection=1``).  Do not close it: leaving the block gives it back.
+
+Args:
+    timeout: seconds to wait for a free session (default: the transport's request
+        timeout).
+
+Raises:
+    ResourceError: no session became free in time (code ``resource.pool_exhausted``).
+    TransportConnectionError: the pool is closed.
+"""
+
+POOL_CLOSE = """Close the pool: waiting leases fail, opens in progress {opens}, every pooled session
+closes gracefully (dropped after *timeout* seconds).  Closing twice is harmless.
+"""
+
+SEND = """Send a one-way message.  {waits} while the send side is paused (backpressure); returns
+once the message is queued ({leaves}).{more}
+
+Args:
+    data: the payload.
+    biz_type: the application's type tag, 0..255 (default 0).
+    ext_header: the extension header (default empty).{timeout}
+
+Raises:
+    TransportConnectionError: the session is closing or closed.{timeout_error}
+    ResourceError: the payload is over the limit.
+    ConfigurationError: *biz_type* or *ext_header* is out of range.
+"""
+
+RECEIVE = """Return the next one-way message or request from the peer (in arrival order).
+{cancel}{args}
+Raises:{timeout_error}
+    TransportConnectionError: the session closed and every message was taken (code
+        ``connection.closed``), or the error that ended the session.
+"""
+
+#: What cancelling an awaitable ``receive()`` does (asyncio and trio).
+RECEIVE_CANCEL = """
+Cancelling the call never loses a message: a message is only taken from the queue by
+a call that returns it.
+"""
+
+SERVE = """Accept on *configs* and serve each session with *handler*{until}.
+
+*configs* may also be a :class:`SessionStream` from :meth:`accept`, started or not
+(start it first to learn its :attr:`~SessionStream.addresses`); serve closes it at the
+end.
+
+*handler* has any of these {kind}methods: ``on_connected(session)``,
+``on_message(session, message)``, ``on_request(session, message) -> bytes`` (the
+return value is the response), ``on_disconnected(session, reason)``,
+``on_error(session, error)``.  {runs}  An exception from the handler is logged and given
+to ``on_error``; it never ends the session or the server.
+
+Raises:
+    TransportError: a listener cannot be opened.
 """

@@ -37,6 +37,8 @@ from ..core.pool import (
     PoolStatus,
 )
 from ..core.session import SessionState
+from . import docs
+from .docs import doc
 
 __all__ = [
     "DEFAULT_POOL_MAX",
@@ -80,9 +82,11 @@ class PooledSession(Protocol):
 class AsyncPooledSession(PooledSession, Protocol):
     """What the asyncio and trio pools need of their session besides :class:`PooledSession`."""
 
+    @doc(docs.POOL_REQUEST)
     async def request(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"",
                       timeout: float | None = None) -> Any: ...
 
+    @doc(docs.POOL_SEND)
     async def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"") -> None: ...
 
     @property
@@ -106,13 +110,6 @@ def make_machine(
     now: float,
     settings: dict[str, Any],
 ) -> PoolMachine:
-    """Build the :class:`PoolMachine` for ``transport.pool(min=, max=, target=, strategy=,
-    **settings)``: *target* defaults to 16 kept between *min_size* and *max_size*.
-
-    Raises:
-        ConfigurationError: a size, the target or a setting is invalid (an unknown setting
-            included).
-    """
     if target is None:
         target = builtins.max(min_size, builtins.min(DEFAULT_POOL_TARGET, max_size))
     try:
@@ -122,7 +119,6 @@ def make_machine(
 
 
 def retry_delay(failures: int) -> float:
-    """Seconds a failed open waits before it is reported, after *failures* in a row."""
     return float(builtins.min(MAX_RETRY_BACKOFF,
                              RETRY_BACKOFF * 2.0 ** builtins.max(failures - 1, 0)))
 
@@ -420,9 +416,8 @@ class AsyncPoolBase(PoolDriverBase[A], Generic[A, M]):
         """Wait for the open tasks (cancelled by the close) to end."""
         raise NotImplementedError
 
+    @doc(docs.POOL_CLOSE, opens="stop")
     async def close(self, timeout: float = 5.0) -> None:
-        """Close the pool: waiting leases fail, opens in progress stop, every pooled session
-        closes gracefully (dropped after *timeout* seconds).  Closing twice is harmless."""
         sessions = self._begin_close()
         for session in sessions:
             session.start_close(None, "pool closed")
@@ -528,19 +523,8 @@ class AsyncPoolBase(PoolDriverBase[A], Generic[A, M]):
         await session.send(data, biz_type=biz_type, ext_header=ext_header)
 
     @contextlib.asynccontextmanager
+    @doc(docs.POOL_LEASE, with_="async with")
     async def lease(self, timeout: float | None = None) -> AsyncIterator[A]:
-        """``async with pool.lease() as session:`` a session for this block alone (with the
-        default ``max_leases_per_connection=1``).  Do not close it: leaving the block gives it
-        back.
-
-        Args:
-            timeout: seconds to wait for a free session (default: the transport's request
-                timeout).
-
-        Raises:
-            ResourceError: no session became free in time (code ``resource.pool_exhausted``).
-            TransportConnectionError: the pool is closed.
-        """
         lease_id, session = await self._acquire(
             self._request_timeout if timeout is None else timeout
         )

@@ -101,20 +101,9 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
 
     # --- the application's operations ----------------------------------------------------------
 
+    @doc(docs.SEND, waits="Waits", leaves="it leaves within this loop iteration", more="",
+         timeout="", timeout_error="")
     async def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"") -> None:
-        """Send a one-way message.  Waits while the send side is paused (backpressure); returns
-        once the message is queued (it leaves within this loop iteration).
-
-        Args:
-            data: the payload.
-            biz_type: the application's type tag, 0..255 (default 0).
-            ext_header: the extension header (default empty).
-
-        Raises:
-            TransportConnectionError: the session is closing or closed.
-            ResourceError: the payload is over the limit.
-            ConfigurationError: *biz_type* or *ext_header* is out of range.
-        """
         if self._blocked:
             await self._wait_writable("send")
         self._queue_send(data, biz_type, ext_header)
@@ -185,15 +174,8 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
             self._withdraw(request_id)
             raise
 
+    @doc(docs.RECEIVE, cancel=docs.RECEIVE_CANCEL, args="", timeout_error="")
     async def receive(self) -> Message:
-        """Return the next one-way message or request from the peer (in arrival order).
-
-        Cancelling the call leaves the message in the queue for the next call.
-
-        Raises:
-            TransportConnectionError: the session closed and every message was taken (code
-                ``connection.closed``), or the error that ended the session.
-        """
         while not self._inbox:
             if self._released or self.closed_event is not None:
                 raise self._closed_error("receive")

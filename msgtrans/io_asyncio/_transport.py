@@ -231,26 +231,11 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
 
     # --- servers -------------------------------------------------------------------------------
 
+    @doc(docs.SERVE, until=" until cancelled or the transport shuts down", kind="async ",
+         runs="Sessions are served concurrently, each one's messages in order.")
     async def serve(
         self, configs: Iterable[ServerConfig | str] | SessionStream, handler: Any
     ) -> None:
-        """Accept on *configs* and serve each session with *handler* until cancelled or the
-        transport shuts down.
-
-        *configs* may also be a :class:`SessionStream` from :meth:`accept`, started or not
-        (start it first to learn its :attr:`~SessionStream.addresses`); serve closes it at the
-        end.
-
-        *handler* has any of these async methods: ``on_connected(session)``,
-        ``on_message(session, message)``, ``on_request(session, message) -> bytes`` (the
-        return value is the response), ``on_disconnected(session, reason)``,
-        ``on_error(session, error)``.  Sessions are served concurrently, each one's messages in
-        order.  An exception from the handler is logged and given to ``on_error``; it never
-        ends the session or the server.
-
-        Raises:
-            TransportError: a listener cannot be opened.
-        """
         loop = asyncio.get_running_loop()
         tasks = self._handler_tasks
         mine: set[asyncio.Task[None]] = set()

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING
 
+from .._driver import docs
+from .._driver.docs import doc
 from .._driver.pool import PoolDriverBase
 from ..core.config import ConnectionConfig
 from ..core.metrics import TransportMetrics
@@ -86,6 +88,7 @@ class SessionPool(PoolDriverBase[Session]):
 
     # --- the application's operations ----------------------------------------------------------
 
+    @doc(docs.POOL_REQUEST)
     def request(
         self,
         data: Buffer,
@@ -94,22 +97,6 @@ class SessionPool(PoolDriverBase[Session]):
         ext_header: Buffer = b"",
         timeout: float | None = None,
     ) -> Message:
-        """Send a request on the least-loaded session and return the response.
-
-        The request holds a lease until its response came; waiting for a free session counts
-        against *timeout*.
-
-        Args:
-            data: the payload.
-            biz_type: the application's type tag (default 0).
-            ext_header: the extension header (default empty).
-            timeout: seconds for all of it (default: the transport's request timeout).
-
-        Raises:
-            ResourceError: no session became free in time (code ``resource.pool_exhausted``).
-            TransportTimeoutError: no response in time (code ``timeout.request``).
-            TransportConnectionError: the pool is closed, or the session broke.
-        """
         limit = self._request_timeout if timeout is None else timeout
         start = time.monotonic()
         lease_id, session = self._acquire(limit)
@@ -122,15 +109,8 @@ class SessionPool(PoolDriverBase[Session]):
         finally:
             self._give_back(lease_id)
 
+    @doc(docs.POOL_SEND)
     def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"") -> None:
-        """Send a one-way message on the least-loaded open session (the machine's ``pick``);
-        waits for a session when none is open yet.
-
-        Raises:
-            ResourceError: no session opened within the request timeout (code
-                ``resource.pool_exhausted``).
-            TransportConnectionError: the pool is closed, or the session broke.
-        """
         with self._lock:
             session = self._pick()
         if session is None:
@@ -140,28 +120,16 @@ class SessionPool(PoolDriverBase[Session]):
         session.send(data, biz_type=biz_type, ext_header=ext_header)
 
     @contextlib.contextmanager
+    @doc(docs.POOL_LEASE, with_="with")
     def lease(self, timeout: float | None = None) -> Iterator[Session]:
-        """``with pool.lease() as session:`` a session for this block alone (with the default
-        ``max_leases_per_connection=1``).  Do not close it: leaving the block gives it back.
-
-        Args:
-            timeout: seconds to wait for a free session (default: the transport's request
-                timeout).
-
-        Raises:
-            ResourceError: no session became free in time (code ``resource.pool_exhausted``).
-            TransportConnectionError: the pool is closed.
-        """
         lease_id, session = self._acquire(self._request_timeout if timeout is None else timeout)
         try:
             yield session
         finally:
             self._give_back(lease_id)
 
+    @doc(docs.POOL_CLOSE, opens="give their session back")
     def close(self, timeout: float = 5.0) -> None:
-        """Close the pool: waiting leases fail, opens in progress give their session back,
-        every pooled session closes gracefully (dropped after *timeout* seconds).  Closing
-        twice is harmless."""
         with self._lock:
             sessions = self._begin_close()
         for session in sessions:

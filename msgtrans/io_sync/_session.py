@@ -86,6 +86,17 @@ def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + max(0.0, timeout)
 
 
+_SEND_TIMEOUT = """
+    timeout: seconds to wait out backpressure (default: no limit)."""
+_PAUSED_ERROR = """
+    TransportTimeoutError: still paused after *timeout* (code ``timeout.elapsed``)."""
+_RECEIVE_ARGS = """
+Args:
+    timeout: seconds to wait (default: until one comes or the session closes).
+"""
+_RECEIVE_TIMEOUT_ERROR = """
+    TransportTimeoutError: nothing came in time (code ``timeout.elapsed``); the next
+        message stays queued for the next call."""
 _RECEIVE_TIMEOUT = """
     timeout: seconds to wait for the first (default: until one comes or the session
         closes)."""
@@ -136,23 +147,10 @@ class Session(SessionBase[Message, _Reply, IO]):
 
     # --- the application's operations ----------------------------------------------------------
 
+    @doc(docs.SEND, waits="Blocks only", leaves="the I/O thread writes it right away", more="",
+         timeout=_SEND_TIMEOUT, timeout_error=_PAUSED_ERROR)
     def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"",
              timeout: float | None = None) -> None:
-        """Send a one-way message.  Blocks only while the send side is paused (backpressure);
-        returns once the message is queued (the I/O thread writes it right away).
-
-        Args:
-            data: the payload.
-            biz_type: the application's type tag, 0..255 (default 0).
-            ext_header: the extension header (default empty).
-            timeout: seconds to wait out backpressure (default: no limit).
-
-        Raises:
-            TransportConnectionError: the session is closing or closed.
-            TransportTimeoutError: still paused after *timeout* (code ``timeout.elapsed``).
-            ResourceError: the payload is over the limit.
-            ConfigurationError: *biz_type* or *ext_header* is out of range.
-        """
         with self._lock:
             if self._blocked:
                 self._wait_writable("send", _deadline(timeout), timeout)
@@ -192,18 +190,8 @@ class Session(SessionBase[Message, _Reply, IO]):
         assert reply.message is not None
         return reply.message
 
+    @doc(docs.RECEIVE, cancel="", args=_RECEIVE_ARGS, timeout_error=_RECEIVE_TIMEOUT_ERROR)
     def receive(self, timeout: float | None = None) -> Message:
-        """Return the next one-way message or request from the peer (in arrival order).
-
-        Args:
-            timeout: seconds to wait (default: until one comes or the session closes).
-
-        Raises:
-            TransportTimeoutError: nothing came in time (code ``timeout.elapsed``); the next
-                message stays queued for the next call.
-            TransportConnectionError: the session closed and every message was taken (code
-                ``connection.closed``), or the error that ended the session.
-        """
         deadline = _deadline(timeout)
         with self._lock:
             if not wait_until(self._cond, self._has_message_or_end, deadline):

@@ -519,25 +519,13 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         """
         return SessionStream(self, configs)
 
+    @doc(docs.SERVE, kind="",
+         until="; block until the transport shuts down (from another thread) and the"
+               " handlers saw their sessions out",
+         runs="They run in a pool of *workers* threads (never the I/O thread), sessions"
+              " concurrently, each one's messages in order.")
     def serve(self, configs: Iterable[ServerConfig | str] | SessionStream, handler: Any, *,
               workers: int = DEFAULT_SERVE_WORKERS) -> None:
-        """Accept on *configs* and serve each session with *handler*; block until the
-        transport shuts down (from another thread) and the handlers saw their sessions out.
-
-        *configs* may also be a :class:`SessionStream` from :meth:`accept`, started or not
-        (start it first to learn its :attr:`~SessionStream.addresses`); serve closes it at the
-        end.
-
-        *handler* has any of these methods: ``on_connected(session)``,
-        ``on_message(session, message)``, ``on_request(session, message) -> bytes`` (the
-        return value is the response), ``on_disconnected(session, reason)``,
-        ``on_error(session, error)``.  They run in a pool of *workers* threads (never the I/O
-        thread), sessions concurrently, each one's messages in order.  An exception from the
-        handler is logged and given to ``on_error``; it never ends the session or the server.
-
-        Raises:
-            TransportError: a listener cannot be opened.
-        """
         stream = configs if isinstance(configs, SessionStream) else self.accept(configs)
         stream.start()
         loop = self._loop

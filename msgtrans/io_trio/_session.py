@@ -64,6 +64,13 @@ class _Slot:
         self.error: TransportError | None = None
 
 
+_SEND_BATCH = """
+
+Every call is a cancel point; while the session is writable, only every
+:data:`BATCH_CALLS`-th call is also a schedule point (yields to other tasks), so a
+loop of sends queues a batch that the writer task sends in one write."""
+
+
 @doc(docs.SESSION, safety="")
 class Session(SessionBase[Message, _Slot, IO]):
 
@@ -94,19 +101,9 @@ class Session(SessionBase[Message, _Slot, IO]):
 
     # --- the application's operations ----------------------------------------------------------
 
+    @doc(docs.SEND, waits="Waits", leaves="the writer task sends it with the rest of the batch",
+         more=_SEND_BATCH, timeout="", timeout_error="")
     async def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"") -> None:
-        """Send a one-way message.  Waits while the send side is paused (backpressure); returns
-        once the message is queued (the writer task sends it with the rest of the batch).
-
-        Every call is a cancel point; while the session is writable, only every
-        :data:`BATCH_CALLS`-th call is also a schedule point (yields to other tasks), so a
-        loop of sends queues a batch that the writer task sends in one write.
-
-        Raises:
-            TransportConnectionError: the session is closing or closed.
-            ResourceError: the payload is over the limit.
-            ConfigurationError: *biz_type* or *ext_header* is out of range.
-        """
         if self._sends < BATCH_CALLS and self._writable.is_set():
             self._sends += 1
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -148,16 +145,8 @@ class Session(SessionBase[Message, _Slot, IO]):
             self._metrics.request_latency(trio.current_time() - sent_at)
         return slot.message
 
+    @doc(docs.RECEIVE, cancel=docs.RECEIVE_CANCEL, args="", timeout_error="")
     async def receive(self) -> Message:
-        """Return the next one-way message or request from the peer (in arrival order).
-
-        Cancelling the call never loses a message: a message is only taken from the queue by
-        a call that returns it.
-
-        Raises:
-            TransportConnectionError: the session closed and every message was taken (code
-                ``connection.closed``), or the error that ended the session.
-        """
         if await self._wait_inbox():
             self._receives = 0
         elif self._receives < BATCH_CALLS:
