@@ -238,9 +238,10 @@ _READ_SIZE = 16 * 1024
 _READ_SIZE_MAX = 256 * 1024
 _DIRECT_LIMIT = 16 * 1024
 # A masked payload is unmasked into its pooled buffer this many bytes at a time: the C mask
-# returns a new buffer, so the step bounds that temporary (and keeps it in the cache) instead
-# of allocating one as large as the message.  A multiple of 4, so the key keeps its phase.
-_UNMASK_STEP = 64 * 1024
+# returns a new buffer, so the step bounds that temporary instead of allocating one as large
+# as the message.  A multiple of 4, so the key keeps its phase; the last step takes up to a
+# quarter more, so that a 64 KiB or 256 KiB payload and its header are one call.
+_UNMASK_STEP = 256 * 1024
 
 
 def _load_c_mask() -> Callable[[Buffer, bytes], bytes] | None:
@@ -415,14 +416,23 @@ def _header_pairs(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, st
     )
 
 
-def _unmask_into(out: memoryview, at: int, src: memoryview, key: bytes) -> None:
+def _unmask_into(out: memoryview, at: int, src: memoryview, key: bytes, phase: int = 0) -> None:
     """Write *src* unmasked with *key* into *out* from *at* (*out* may be *src*'s memory: each
-    step is read before it is written), :data:`_UNMASK_STEP` bytes at a time."""
+    step is read before it is written), :data:`_UNMASK_STEP` bytes at a time.  *phase*: the
+    position in the payload *src* starts at (the key turns with it)."""
+    phase &= 3
+    if phase:
+        key = key[phase:] + key[:phase]
     n = len(src)
+    if n <= _UNMASK_STEP + _UNMASK_STEP // 4:
+        out[at : at + n] = _mask(src, key)
+        return
     step = _UNMASK_STEP
-    for i in range(0, n, step):
-        j = min(i + step, n)
+    i = 0
+    while i < n:
+        j = n if n - i <= step + step // 4 else i + step
         out[at + i : at + j] = _mask(src[i:j], key)
+        i = j
 
 
 class _MessagePool(PacketDecoder):
@@ -543,6 +553,8 @@ class WebSocketMachine(StreamMachine):
         self._big_copied = 0  # bytes of it copied in from a read area (not received into it)
         self._frame_total = 0
         self._frame_big = False  # whether the unfinished frame is a big binary message
+        self._frame_head = 0  # its header's length when its masking key was received, else 0
+        self._big_unmasked = 0  # payload bytes of a pooled frame unmasked on their way in
         # The buffer of the one frame _parse_big is parsing (None once its packet took it).
         self._framebuf: bytearray | None = None
         self._rbuf: bytes | None = None
@@ -999,9 +1011,22 @@ class WebSocketMachine(StreamMachine):
                 new = self._new_big(total)
                 if new is None:
                     return
-                _copy(new, 0, view[pos:])
+                head = self._frame_head
+                if head and type(new) is not bytearray:
+                    # A masked big message (server side) into its pooled buffer: the part that
+                    # came with this read is unmasked on its way there, so that no payload
+                    # byte is copied and unmasked apart (_parse_large unmasks the rest).
+                    _copy(new, 0, view[pos : pos + head])
+                    key = _key_at(view, pos + head - 4)[0]
+                    with memoryview(new) as out:
+                        _unmask_into(out, head, view[pos + head :], key)
+                    self._big_unmasked = rest - head
+                    self._big_copied = head
+                else:
+                    _copy(new, 0, view[pos:])
+                    self._big_unmasked = 0
+                    self._big_copied = rest
                 self._big_filled = rest
-                self._big_copied = rest
             else:
                 self._rbuf = bytes(view[pos:])
 
@@ -1057,8 +1082,11 @@ class WebSocketMachine(StreamMachine):
             copied = self._big_copied
             packet_view = view
             if masked:
+                # In place, from where _read stopped unmasking (a plain buffer: from the start).
+                done = self._big_unmasked if type(own) is not bytearray else 0
                 key = _key_at(view, key_at)[0]
-                _unmask_into(view, start, view[start : start + length], key)
+                _unmask_into(view, start + done, view[start + done : start + length], key, done)
+                self._big_unmasked = 0
                 copied += length
                 received = length
         elif masked:
@@ -1220,6 +1248,8 @@ class WebSocketMachine(StreamMachine):
                     if end < stop:
                         self._frame_total = stop - pos
                         self._frame_big = big_from is not None and length >= big_from
+                        # Where its payload starts, for _read to unmask the part received.
+                        self._frame_head = start - pos if expect_mask and end > start else 0
                         break
                     pos = stop
                     if big_from is not None and length >= big_from:
