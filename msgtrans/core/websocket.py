@@ -564,6 +564,7 @@ class WebSocketMachine(StreamMachine):
         self._area_size = _READ_SIZE
         self._into_big = False
         self._lent = False
+        self._short_read = False  # whether get_buffer offers a short read (client side)
         self._msg: bytearray | None = None  # a binary message arriving in fragments
         self._msg_opcode = 0  # OP_BINARY or OP_TEXT while a fragmented message is in progress
         self._utf8: codecs.IncrementalDecoder | None = None
@@ -663,6 +664,11 @@ class WebSocketMachine(StreamMachine):
         area = self._area
         if area is None or len(area) < sizehint:
             area = self._area = bytearray(max(sizehint, self._area_size))
+        if self._short_read and sizehint < 0:
+            # Big messages are flowing to a client: a short read, so that the next one's start
+            # (copied from here to its pooled buffer) is a small part of it; the rest of it is
+            # received straight into that buffer.
+            return memoryview(area)[:_DIRECT_LIMIT]
         # A new view each time: the TLS machine releases the one it is given.
         return memoryview(area)
 
@@ -695,12 +701,15 @@ class WebSocketMachine(StreamMachine):
             self._parse_big(big)
             return
         area = cast(bytearray, self._area)
+        self._short_read = False
         if nbytes == len(area) and len(area) < _READ_SIZE_MAX:
             # The peer sends faster than we read: read more at a time from now on.
             self._area_size = min(len(area) * 4, _READ_SIZE_MAX)
             self._area = None
         self._lent = False
         self._read(memoryview(area)[:nbytes])
+        if self._big is not None and self._frame_big and self.is_client:
+            self._short_read = True  # see get_buffer
         if self._lent:
             # A packet holds a view of the read area: the next read gets a new one.
             self._area = None
@@ -1410,6 +1419,12 @@ class WebSocketMachine(StreamMachine):
                 except ProtocolError as exc:
                     self._bad_packet(exc)
                     return False
+                zc = self.zero_copy_threshold
+                if zc is not None and len(packet.payload) >= zc:
+                    # Joined from its fragments (no pool): every byte copied, a miss.
+                    n = len(message)
+                    viewed = type(packet.payload) is memoryview
+                    self._decoder.counters.add(len(packet.payload), viewed, n, n)
                 self._events.append(PacketReceived(packet))
         return True
 
