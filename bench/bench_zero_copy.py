@@ -25,6 +25,15 @@ then a mix of 64 KiB, 256 KiB and 1 MiB with up to 4 messages held at once) with
 memory, bytes the decoder copied per large message and the zero-copy hit rate (from the core's
 counters), and messages/s and MB/s of the receive path.
 
+Then, per protocol (``tcp``, ``tls``, ``ws``, ``quic``), a steady stream of 64 KiB, 256 KiB and
+1 MiB messages from a client to a server whose connection has a receive pool of its own: the
+pool's hit rate and the zero-copy hit rate once warm (four messages of each size before the
+counters are read), the bytes the receive side copied per large message (the core's counters),
+and messages/s, with 100-byte messages for comparison.  TCP, TLS and WebSocket are fed to the
+server as above (the client's bytes, TLS records and masked frames, are made first; decryption
+and unmasking are measured); QUIC runs both machines and the datagrams between them on a
+simulated clock, so its messages/s include the client's encryption and the acknowledgements.
+
 Deterministic apart from the timings, which depend on the machine (the setups take turns and
 each keeps its fastest round).
 """
@@ -36,18 +45,33 @@ import importlib.util
 import platform
 import random
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 if importlib.util.find_spec("msgtrans") is None:  # run from a checkout without `pip install -e`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from msgtrans.certs import write_self_signed
 from msgtrans.core.buffers import BufferPool, receive_pool, release_view
-from msgtrans.core.config import TcpConfig, TcpServerConfig
-from msgtrans.core.connection import Connection, client_connection, server_connection
+from msgtrans.core.config import (
+    QuicServerConfig,
+    ServerTlsConfig,
+    TcpConfig,
+    TcpServerConfig,
+    WebSocketServerConfig,
+)
+from msgtrans.core.connection import (
+    Connection,
+    client_connection,
+    quic_endpoint,
+    quic_server_connection,
+    server_connection,
+)
 from msgtrans.core.framing import ZERO_COPY, PacketDecoder
 from msgtrans.core.memory import StreamPipe
 from msgtrans.core.session import MessageReceived
@@ -79,16 +103,27 @@ class Receiver:
     """A server connection fed pre-made wire bytes through get_buffer/buffer_updated, and an
     application that reads each message and releases it (or keeps up to *hold* of them)."""
 
-    def __init__(self, setup: Setup, pool: BufferPool | None, hold: int = 0) -> None:
+    def __init__(
+        self,
+        setup: Setup,
+        pool: BufferPool | None,
+        hold: int = 0,
+        link: tuple[Connection, Connection] | None = None,
+    ) -> None:
         zc = 64 * KiB if setup.zero_copy else None
-        self.client = client_connection(
-            TcpConfig("127.0.0.1:9", zero_copy_threshold=zc), buffer_pool=None
-        )
-        self.server = server_connection(
-            TcpServerConfig("127.0.0.1:0", zero_copy_threshold=zc), buffer_pool=pool
-        )
+        if link is None:
+            link = (
+                client_connection(
+                    TcpConfig("127.0.0.1:9", zero_copy_threshold=zc), buffer_pool=None
+                ),
+                server_connection(
+                    TcpServerConfig("127.0.0.1:0", zero_copy_threshold=zc), buffer_pool=pool
+                ),
+            )
+        self.client, self.server = link
         pipe = StreamPipe(self.client, self.server)
         pipe.start()
+        pipe.pump()  # the TLS and WebSocket handshakes
         self.client.events()
         self.server.events()
         self.release = setup.release
@@ -212,7 +247,12 @@ def throughput(size: int, seconds: float) -> dict[str, tuple[float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
+    parser.add_argument("--protocols-only", action="store_true",
+                        help="print the per-protocol table alone")
     args = parser.parse_args()
+    if args.protocols_only:
+        protocol_table(args.quick)
+        return
     seconds = 0.3 if args.quick else 1.5
     count = 50 if args.quick else 200
     print(f"# msgtrans zero-copy and buffer pool: Python {platform.python_version()}, "
@@ -260,6 +300,186 @@ def main() -> None:
         base = rows["no pool"][0]
         for name, (rate, mbs) in rows.items():
             print(f"| {_size(size)} | {name} | {rate:,.0f} | {mbs:,.0f} | {rate / base:.2f}x |")
+
+    protocol_table(args.quick)
+
+
+PROTOCOLS = ("tcp", "tls", "ws", "quic")
+SERVER_ADDR = ("127.0.0.1", 4433)
+CLIENT_ADDR = ("127.0.0.1", 50000)
+
+
+class QuicReceiver:
+    """A QUIC client and the server connection its endpoint accepted, on a simulated clock;
+    the server's application reads and releases each message as :class:`Receiver`'s does."""
+
+    def __init__(self, cert: str, key: str, pool: BufferPool) -> None:
+        self.pool = pool
+        self.client = client_connection(
+            f"quic://localhost:4433?ca={cert}", resolved=SERVER_ADDR, buffer_pool=None
+        )
+        self.endpoint = quic_endpoint(
+            QuicServerConfig(addr="127.0.0.1:4433", cert_file=cert, key_file=key)
+        )
+        self.server: Connection | None = None
+        self.now = 0.0
+        self.checksum = 0
+        self.client.start(self.now)
+
+        def established() -> bool:
+            if self.server is None:
+                return False
+            self.server.events()
+            return self.server.established is not None
+
+        self._pump(established)
+
+    def receive(self, payloads: list[bytes]) -> int:
+        """Send *payloads* from the client; return how many the server's application took."""
+        for payload in payloads:
+            self.client.send(payload, now=self.now)
+        got = [0]
+
+        def done() -> bool:
+            assert self.server is not None
+            for event in self.server.events():
+                if type(event) is MessageReceived:
+                    got[0] += 1
+                    payload = event.packet.payload
+                    self.server.message_consumed(len(payload))
+                    self.checksum += payload[-1]
+                    release_view(payload)
+            return got[0] == len(payloads)
+
+        self._pump(done)
+        return got[0]
+
+    def _pump(self, until: Callable[[], bool], rounds: int = 200_000) -> None:
+        client, endpoint = self.client, self.endpoint
+        for _ in range(rounds):
+            self.now += 0.001  # lets the pacer and the timers move
+            now = self.now
+            endpoint.handle_timer(now)
+            for gram, _addr in client.datagrams_to_send(now):
+                endpoint.receive_datagram(gram, CLIENT_ADDR, now)
+                # The application takes what each datagram completed, as a driver hands it
+                # over per datagram (not per round: that would hold many buffers at once).
+                if self.server is not None and until():
+                    return
+            for machine in endpoint.accept():
+                self.server = quic_server_connection(machine, buffer_pool=self.pool)
+                self.server.start(now)
+            for gram, _addr in endpoint.datagrams_to_send(now):
+                client.receive_datagram(gram, SERVER_ADDR, now)
+            for conn in (client, self.server):
+                if conn is not None:
+                    deadline = conn.next_deadline()
+                    if deadline is not None and deadline <= now:
+                        conn.handle_timer(now)
+            client.events()
+            if until():
+                return
+        raise RuntimeError("the QUIC stream did not finish")
+
+
+def protocol_receiver(protocol: str, cert: str, key: str, pool: BufferPool) -> Receiver:
+    """A :class:`Receiver` over *protocol* (``tcp``, ``tls`` or ``ws``), server pool *pool*."""
+    tls = ServerTlsConfig(cert, key)
+    if protocol == "tcp":
+        link = (client_connection("tcp://127.0.0.1:9", buffer_pool=None),
+                server_connection(TcpServerConfig(), buffer_pool=pool))
+    elif protocol == "tls":
+        link = (client_connection(f"tls://localhost:9?ca={cert}", buffer_pool=None),
+                server_connection(TcpServerConfig(tls=tls), buffer_pool=pool))
+    else:
+        link = (client_connection("ws://127.0.0.1:9/", buffer_pool=None),
+                server_connection(WebSocketServerConfig(), buffer_pool=pool))
+    return Receiver(SETUPS[0], pool, link=link)
+
+
+@dataclass(frozen=True)
+class ProtocolRow:
+    """One protocol and message size of the steady stream."""
+
+    protocol: str
+    size: int
+    messages: int
+    pool_hit_rate: float | None  # None: no large message, so no pooled buffer
+    zero_copy_rate: float | None
+    copied_per_message: float | None
+    messages_per_second: float
+
+
+def protocol_row(protocol: str, cert: str, key: str, size: int, n: int, rounds: int
+                 ) -> ProtocolRow:
+    """Run *rounds* rounds of *n* messages of *size* bytes over *protocol* on one new
+    connection with a new pool, after four messages to warm up; the rates cover every round,
+    messages/s is the fastest round's."""
+    pool = receive_pool()
+    # Enough to reach the steady state: the pool holds as many buffers as are in use at once.
+    warm, run = payloads([size] * 4), payloads([size] * n)
+    best = float("inf")
+    if protocol == "quic":
+        quic = QuicReceiver(cert, key, pool)
+        quic.receive(warm)
+        before = pool.stats()
+        ZERO_COPY.reset()
+        for _ in range(rounds):
+            start = time.perf_counter()
+            got = quic.receive(run)
+            best = min(best, time.perf_counter() - start)
+            assert got == n, (protocol, size, got, n)
+    else:
+        rx = protocol_receiver(protocol, cert, key, pool)
+        rx.receive(memoryview(rx.wire(warm)))
+        # Made in order before any is received: TLS records cannot be replayed.
+        wires = [memoryview(rx.wire(run)) for _ in range(rounds)]
+        before = pool.stats()
+        ZERO_COPY.reset()
+        for wire in wires:
+            start = time.perf_counter()
+            got = rx.receive(wire)
+            best = min(best, time.perf_counter() - start)
+            assert got == n, (protocol, size, got, n)
+    after, zc = pool.stats(), ZERO_COPY.snapshot()
+    hits, misses = after.hits - before.hits, after.misses - before.misses
+    large = zc.large_payloads
+    return ProtocolRow(
+        protocol, size, n * rounds,
+        hits / (hits + misses) if hits + misses else None,
+        zc.hit_rate if large else None,
+        zc.bytes_copied / large if large else None,
+        n / best,
+    )
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def protocol_table(quick: bool) -> None:
+    """Print the per-protocol table (see the module docs)."""
+    print("\n## Per protocol: a steady stream of large messages (server side, pool of its own)\n")
+    print("| protocol | payload | messages | buffer pool hit rate | zero-copy hit rate "
+          "| bytes copied / msg | copied / payload | msg/s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    rounds = 3 if quick else 5
+    # Messages per round: 2 MiB of large ones (8 MiB in the full run), 2000 small ones.
+    budget = (2 if quick else 8) * MiB
+    sizes = {64 * KiB: budget // (64 * KiB), 256 * KiB: budget // (256 * KiB),
+             1 * MiB: budget // MiB, 100: 2000 if quick else 10_000}
+    with tempfile.TemporaryDirectory(prefix="msgtrans-bench-") as tmp:
+        cert, key = (str(p) for p in write_self_signed(Path(tmp)))
+        for protocol in PROTOCOLS:
+            for size, n in sizes.items():
+                row = protocol_row(protocol, cert, key, size, n, rounds)
+                copied = "-" if row.copied_per_message is None else (
+                    f"{row.copied_per_message:,.0f}")
+                share = "-" if row.copied_per_message is None else (
+                    f"{row.copied_per_message / row.size:.0%}")
+                print(f"| {protocol} | {_size(row.size)} | {row.messages} "
+                      f"| {_rate(row.pool_hit_rate)} | {_rate(row.zero_copy_rate)} "
+                      f"| {copied} | {share} | {row.messages_per_second:,.0f} |")
 
 
 def _size(n: int) -> str:

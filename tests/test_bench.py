@@ -158,3 +158,37 @@ def test_module_entry_point_prints_usage() -> None:
     assert result.returncode == 0
     assert "--quick" in result.stdout
     assert "--backends" in result.stdout
+
+
+# --- bench/bench_zero_copy.py ------------------------------------------------------------------
+
+
+def test_zero_copy_bench_prints_every_protocol_above_the_plan_bar() -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "bench_zero_copy.py"
+    result = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for section in ("## Bytes allocated per message", "## Pool hit rate under a steady load",
+                    "## Bytes copied by the decoder per large message",
+                    "## Receive path throughput", "## Per protocol"):
+        assert section in out
+    table = out.split("## Per protocol", 1)[1]
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 8 and cells[0] in ("tcp", "tls", "ws", "quic"):
+            rows[(cells[0], cells[1])] = cells
+    sizes = ("64 KiB", "256 KiB", "1 MiB", "100 B")
+    assert set(rows) == {(p, s) for p in ("tcp", "tls", "ws", "quic") for s in sizes}
+    for (protocol, size), cells in rows.items():
+        assert float(cells[7].replace(",", "")) > 0, (protocol, size)  # messages/s
+        if size == "100 B":
+            assert cells[3:7] == ["-"] * 4  # no large message: nothing pooled or counted
+            continue
+        # The plan's bar: buffer pool > 90 %, zero-copy > 80 % for large messages.
+        assert float(cells[3].rstrip("%")) > 90, (protocol, size, cells)
+        assert float(cells[4].rstrip("%")) > 80, (protocol, size, cells)

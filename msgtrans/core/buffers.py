@@ -554,7 +554,7 @@ class BufferPool:
             self._release_later(buf)
 
     def _release_later(self, buf: bytearray) -> None:
-        if any(waiting is buf for waiting in self._pending):
+        if self._pending and any(waiting is buf for waiting in self._pending):
             raise ReleaseError("buffer released twice (it waits for its views to go)")
         try:
             self._release(buf)

@@ -373,6 +373,10 @@ class QuicMachine(DatagramMachine):
         super().__init__(is_client=is_client)
         # LengthPrefixedDecoder validates max_frame and zero_copy_threshold.
         self._decoder = LengthPrefixedDecoder(limits, zero_copy_threshold, max_frame=max_frame)
+        # aioquic hands out stream data as bytes of its own: a big packet is assembled by
+        # copying them once into its pooled buffer (the header first, so its size is known),
+        # which is this protocol's receive, never a second copy (see docs/buffers.md).
+        self._decoder.received_by_feed = True
         self._quic = quic
         self._peer_address = peer_address
         self.limits = limits

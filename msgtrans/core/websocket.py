@@ -65,6 +65,7 @@ import os
 import re
 import struct
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, cast
 
@@ -75,6 +76,7 @@ from .errors import (
     ConfigurationError,
     Protocol,
     ProtocolError,
+    ResourceError,
     TransportConnectionError,
     TransportError,
     TransportTimeoutError,
@@ -86,7 +88,7 @@ from .events import (
     ErrorOccurred,
     PacketReceived,
 )
-from .framing import DEFAULT_ZERO_COPY_THRESHOLD
+from .framing import DEFAULT_ZERO_COPY_THRESHOLD, PacketDecoder, _copy
 from .machine import MachineState, StreamMachine
 from .packet import (
     DEFAULT_LIMITS,
@@ -95,6 +97,7 @@ from .packet import (
     VERSION,
     Buffer,
     Compression,
+    HeaderFields,
     Limits,
     Packet,
     build_packet,
@@ -234,6 +237,11 @@ _SPLIT_MASK_LIMIT = 1024
 _READ_SIZE = 16 * 1024
 _READ_SIZE_MAX = 256 * 1024
 _DIRECT_LIMIT = 16 * 1024
+# A masked payload is unmasked into its pooled buffer this many bytes at a time: the C mask
+# returns a new buffer, so the step bounds that temporary instead of allocating one as large
+# as the message.  A multiple of 4, so the key keeps its phase; the last step takes up to a
+# quarter more, so that a 64 KiB or 256 KiB payload and its header are one call.
+_UNMASK_STEP = 256 * 1024
 
 
 def _load_c_mask() -> Callable[[Buffer, bytes], bytes] | None:
@@ -408,6 +416,52 @@ def _header_pairs(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, st
     )
 
 
+def _unmask_into(out: memoryview, at: int, src: memoryview, key: bytes, phase: int = 0) -> None:
+    """Write *src* unmasked with *key* into *out* from *at* (*out* may be *src*'s memory: each
+    step is read before it is written), :data:`_UNMASK_STEP` bytes at a time.  *phase*: the
+    position in the payload *src* starts at (the key turns with it)."""
+    phase &= 3
+    if phase:
+        key = key[phase:] + key[:phase]
+    n = len(src)
+    if n <= _UNMASK_STEP + _UNMASK_STEP // 4:
+        out[at : at + n] = _mask(src, key)
+        return
+    step = _UNMASK_STEP
+    i = 0
+    while i < n:
+        j = n if n - i <= step + step // 4 else i + step
+        out[at + i : at + j] = _mask(src[i:j], key)
+        i = j
+
+
+class _MessagePool(PacketDecoder):
+    """The WebSocket machine's hold on the receive buffer pool and the zero-copy counters.
+
+    The machine reads frames itself, so this decoder decodes nothing; it is the ``_decoder``
+    through which :class:`~msgtrans.core.connection.Connection` gives every machine its pool
+    (``buffer_pool``) and takes back what it holds when the connection ends
+    (:meth:`release_buffers`), as for TCP and QUIC.  Its own receive area is never lent.
+    """
+
+    _pooled_area = False
+
+    def __init__(
+        self, machine: WebSocketMachine, limits: Limits, zero_copy_threshold: int | None
+    ) -> None:
+        super().__init__(limits, zero_copy_threshold, 1024)
+        # Weakly: the machine owns this object, and a cycle would keep a dropped machine's
+        # buffers until the cycle collector runs.
+        self._machine = weakref.ref(machine)
+
+    def release_buffers(self) -> None:
+        """Give back the pooled buffer of a message in progress; pooling stops."""
+        machine = self._machine()
+        if machine is not None:
+            machine._drop_big()
+        super().release_buffers()
+
+
 class WebSocketMachine(StreamMachine):
     """Sans-IO machine for one msgtrans connection over WebSocket; the common part of
     :class:`WebSocketClientMachine` and :class:`WebSocketServerMachine` (use those).
@@ -417,7 +471,9 @@ class WebSocketMachine(StreamMachine):
             4 KiB ext header).  A message may be ``16 + max_ext_header + max_payload`` bytes.
         zero_copy_threshold: received payloads of at least this many bytes are read-only
             ``memoryview`` slices of the received message; ``None`` copies every payload to
-            ``bytes``.  Default 64 KiB.
+            ``bytes``.  Default 64 KiB.  With a buffer pool (the connection gives one, see
+            ``docs/buffers.md``) such a message is received into a buffer lent by the pool,
+            which ``Message.release()`` gives back.
         ping_interval: seconds without receiving anything after which a ping is sent
             (default 20); ``None`` sends no keepalive pings.
         ping_timeout: seconds after a keepalive ping within which something must arrive, or the
@@ -462,6 +518,11 @@ class WebSocketMachine(StreamMachine):
             )
         self.limits = limits
         self.zero_copy_threshold = zero_copy_threshold
+        # The receive pool and the zero-copy counters (the connection sets the pool).
+        self._decoder = _MessagePool(self, limits, zero_copy_threshold)
+        # Frames at least this long are big (their payload may reach the threshold): lent a
+        # pooled buffer and counted.
+        self._big_from = None if zero_copy_threshold is None else HEADER_SIZE + zero_copy_threshold
         self.ping_interval = _check_seconds("ping_interval", ping_interval, True)
         self.ping_timeout = _check_seconds("ping_timeout", ping_timeout, True)
         self.close_timeout = cast(float, _check_seconds("close_timeout", close_timeout, False))
@@ -488,7 +549,14 @@ class WebSocketMachine(StreamMachine):
         # and the fragmented message in progress.
         self._big: bytearray | None = None
         self._big_filled = 0
+        self._big_total = 0  # the unfinished frame's size (a pooled _big is longer)
+        self._big_copied = 0  # bytes of it copied in from a read area (not received into it)
         self._frame_total = 0
+        self._frame_big = False  # whether the unfinished frame is a big binary message
+        self._frame_head = 0  # its header's length when its masking key was received, else 0
+        self._big_unmasked = 0  # payload bytes of a pooled frame unmasked on their way in
+        # The buffer of the one frame _parse_big is parsing (None once its packet took it).
+        self._framebuf: bytearray | None = None
         self._rbuf: bytes | None = None
         # The read area get_buffer() hands out, whether the last call handed out the rest of
         # _big instead, and whether a packet took a view of the area (client side).
@@ -496,6 +564,7 @@ class WebSocketMachine(StreamMachine):
         self._area_size = _READ_SIZE
         self._into_big = False
         self._lent = False
+        self._short_read = False  # whether get_buffer offers a short read (client side)
         self._msg: bytearray | None = None  # a binary message arriving in fragments
         self._msg_opcode = 0  # OP_BINARY or OP_TEXT while a fragmented message is in progress
         self._utf8: codecs.IncrementalDecoder | None = None
@@ -587,13 +656,19 @@ class WebSocketMachine(StreamMachine):
         big = self._big
         if big is not None and self.state is not _CLOSED:
             filled = self._big_filled
-            if len(big) - filled >= _DIRECT_LIMIT:
+            total = self._big_total
+            if total - filled >= _DIRECT_LIMIT:
                 self._into_big = True
-                return memoryview(big)[filled:]
+                return memoryview(big)[filled:total]
         self._into_big = False
         area = self._area
         if area is None or len(area) < sizehint:
             area = self._area = bytearray(max(sizehint, self._area_size))
+        if self._short_read and sizehint < 0:
+            # Big messages are flowing to a client: a short read, so that the next one's start
+            # (copied from here to its pooled buffer) is a small part of it; the rest of it is
+            # received straight into that buffer.
+            return memoryview(area)[:_DIRECT_LIMIT]
         # A new view each time: the TLS machine releases the one it is given.
         return memoryview(area)
 
@@ -618,20 +693,23 @@ class WebSocketMachine(StreamMachine):
             if big is None:
                 return
             filled = self._big_filled + nbytes
-            if filled < len(big):
+            if filled < self._big_total:
                 self._big_filled = filled
                 return
             # The frame is complete, and it is all the buffer holds.
             self._big = None
-            self._parse(memoryview(big))
+            self._parse_big(big)
             return
         area = cast(bytearray, self._area)
+        self._short_read = False
         if nbytes == len(area) and len(area) < _READ_SIZE_MAX:
             # The peer sends faster than we read: read more at a time from now on.
             self._area_size = min(len(area) * 4, _READ_SIZE_MAX)
             self._area = None
         self._lent = False
         self._read(memoryview(area)[:nbytes])
+        if self._big is not None and self._frame_big and self.is_client:
+            self._short_read = True  # see get_buffer
         if self._lent:
             # A packet holds a view of the read area: the next read gets a new one.
             self._area = None
@@ -917,14 +995,16 @@ class WebSocketMachine(StreamMachine):
         big = self._big
         if big is not None:
             filled = self._big_filled
-            need = len(big) - filled
+            need = self._big_total - filled
             if len(view) < need:
-                big[filled : filled + len(view)] = view
+                _copy(big, filled, view)
                 self._big_filled = filled + len(view)
+                self._big_copied += len(view)
                 return
-            big[filled:] = view[:need]
+            _copy(big, filled, view[:need])
+            self._big_copied += need
             self._big = None
-            if self._parse(memoryview(big)) < 0 or len(view) == need:
+            if self._parse_big(big) < 0 or len(view) == need:
                 return
             view = view[need:]
         elif self._rbuf is not None:
@@ -937,11 +1017,189 @@ class WebSocketMachine(StreamMachine):
         if rest:
             total = self._frame_total
             if total:
-                big = self._big = bytearray(total)
-                big[:rest] = view[pos:]
+                new = self._new_big(total)
+                if new is None:
+                    return
+                head = self._frame_head
+                if head and type(new) is not bytearray:
+                    # A masked big message (server side) into its pooled buffer: the part that
+                    # came with this read is unmasked on its way there, so that no payload
+                    # byte is copied and unmasked apart (_parse_large unmasks the rest).
+                    _copy(new, 0, view[pos : pos + head])
+                    key = _key_at(view, pos + head - 4)[0]
+                    with memoryview(new) as out:
+                        _unmask_into(out, head, view[pos + head :], key)
+                    self._big_unmasked = rest - head
+                    self._big_copied = head
+                else:
+                    _copy(new, 0, view[pos:])
+                    self._big_unmasked = 0
+                    self._big_copied = rest
                 self._big_filled = rest
             else:
                 self._rbuf = bytes(view[pos:])
+
+    def _new_big(self, total: int) -> bytearray | None:
+        """Make the buffer the unfinished frame of *total* bytes is received into: lent by the
+        pool for a big binary message (its header was checked against the limits, so nothing
+        is taken for a refused one), else its own.  ``None`` when the pool refused: the
+        connection is ended with 1009 and ``resource.memory``."""
+        pool = self._decoder.buffer_pool
+        self._big_total = total
+        big: bytearray
+        if pool is not None and self._frame_big:
+            try:
+                big = pool.lend(total)
+            except ResourceError as exc:
+                self._no_memory(total, exc)
+                return None
+        else:
+            big = bytearray(total)
+        self._big = big
+        return big
+
+    def _parse_big(self, big: bytearray) -> int:
+        """Parse the one frame *big* holds, received in parts; give a pooled *big* back unless
+        the frame's packet took it (its payload is a view of it)."""
+        self._framebuf = big
+        frame = memoryview(big)[: self._big_total]
+        try:
+            pos = self._parse(frame)
+        finally:
+            frame.release()  # the payload's slice stays valid: it is a view of *big*
+            left, self._framebuf = self._framebuf, None
+        PacketDecoder._give_back(left)  # nothing for a plain buffer or one the packet took
+        return pos
+
+    def _parse_large(
+        self, view: memoryview, start: int, key_at: int, length: int, masked: int
+    ) -> int:
+        """Turn the big binary message ``view[start:start + length]`` into a packet whose
+        payload is a view of a pooled buffer, and count it; return -1 when the connection
+        ended (a bad packet, or the pool refused), else 0.
+
+        The buffer is the frame's own when it was received in parts (:meth:`_parse_big`), else
+        one lent now.  A masked (client-to-server) payload is unmasked into it, in place in the
+        frame's own: that is the one copy receiving it takes.  An unmasked one (server to
+        client) is a view of what was read: of the frame's own buffer, or of the read area
+        when it came whole in one read (no pooled buffer then, nothing copied).
+        """
+        own = self._framebuf
+        copied = received = 0
+        buf: bytearray | None = None  # a buffer lent here, for this message
+        if own is not None:
+            copied = self._big_copied
+            packet_view = view
+            if masked:
+                # In place, from where _read stopped unmasking (a plain buffer: from the start).
+                done = self._big_unmasked if type(own) is not bytearray else 0
+                key = _key_at(view, key_at)[0]
+                _unmask_into(view, start + done, view[start + done : start + length], key, done)
+                self._big_unmasked = 0
+                copied += length
+                received = length
+        elif masked:
+            key = _key_at(view, key_at)[0]
+            src = view[start : start + length]
+            pool = self._decoder.buffer_pool
+            if pool is not None:
+                try:
+                    buf = pool.lend(length)
+                except ResourceError as exc:
+                    self._no_memory(length, exc)
+                    return -1
+                packet_view = memoryview(buf)
+                _unmask_into(packet_view, 0, src, key)
+            else:
+                packet_view = memoryview(_mask(src, key))
+            start = 0
+            copied = received = length
+        else:
+            packet_view = view
+        fields = self._check_packet(packet_view, start, length)
+        packet: Packet | None = None
+        if fields is not None:
+            try:
+                packet = build_packet(
+                    packet_view, start, fields, self.limits, self.zero_copy_threshold
+                )
+            except ProtocolError as exc:  # a payload that does not decompress
+                self._bad_packet(exc)
+        if packet is None or fields is None:
+            if buf is not None:
+                packet_view.release()
+                PacketDecoder._give_back(buf)
+            return -1
+        viewed = type(packet.payload) is memoryview
+        payload_len = fields[6]
+        decoder = self._decoder
+        if viewed:
+            decoder.zero_copy_packets += 1
+            if own is not None:
+                self._framebuf = None  # the packet took it: _parse_big keeps it out
+            elif buf is None and not masked:
+                self._lent = True  # a view of the read area: the next read gets a new one
+        else:
+            copied += payload_len
+            if buf is not None:
+                packet_view.release()
+                PacketDecoder._give_back(buf)
+        if payload_len >= cast(int, self.zero_copy_threshold):
+            decoder.counters.add(payload_len, viewed, copied, length, received)
+        self._events.append(PacketReceived(packet))
+        return 0
+
+    def _check_packet(
+        self, view: memoryview, start: int, length: int
+    ) -> HeaderFields | None:
+        """Check the packet header at *start* of a *length*-byte message (the checks the hot
+        path of :meth:`_parse` makes inline); return its fields, or ``None`` when the
+        connection was ended for a bad packet."""
+        if length < HEADER_SIZE:
+            self._bad_packet(
+                ProtocolError(
+                    Protocol.WIRE,
+                    f"a message of {length} bytes is shorter than a packet header",
+                    code="protocol.bad_length",
+                )
+            )
+            return None
+        fields: HeaderFields = HEADER.unpack_from(view, start)
+        limits = self.limits
+        if (
+            fields[0] != VERSION
+            or fields[1] > 2
+            or fields[2] > 2
+            or fields[5] > limits.max_ext_header
+            or fields[6] > limits.max_payload
+        ):
+            self._bad_packet(header_error(fields, limits))
+            return None
+        if HEADER_SIZE + fields[5] + fields[6] != length:
+            self._bad_packet(
+                ProtocolError(
+                    Protocol.WIRE,
+                    f"a message of {length} bytes holds a packet of "
+                    f"{HEADER_SIZE + fields[5] + fields[6]}",
+                    code="protocol.bad_length",
+                )
+            )
+            return None
+        return fields
+
+    def _drop_big(self) -> None:
+        """Forget the unfinished frame, giving a pooled buffer back (the connection ended)."""
+        big, self._big = self._big, None
+        PacketDecoder._give_back(big)
+
+    def _no_memory(self, nbytes: int, exc: ResourceError) -> None:
+        self._abort(
+            MESSAGE_TOO_BIG,
+            ProtocolError(
+                Protocol.WIRE, f"no memory for a {nbytes}-byte message: {exc}",
+                code="resource.memory",
+            ),
+        )
 
     def _parse(self, view: memoryview) -> int:
         """Act on the whole frames at the start of *view*; return where the first unfinished
@@ -959,6 +1217,7 @@ class WebSocketMachine(StreamMachine):
         lend_at = None if expect_mask else zc
         events = self._events
         unpack_header = HEADER.unpack_from
+        big_from = self._big_from
         self._frame_total = 0
         try:
             while end - pos >= 2:
@@ -997,8 +1256,16 @@ class WebSocketMachine(StreamMachine):
                         raise _FrameError(MESSAGE_TOO_BIG, "")
                     if end < stop:
                         self._frame_total = stop - pos
+                        self._frame_big = big_from is not None and length >= big_from
+                        # Where its payload starts, for _read to unmask the part received.
+                        self._frame_head = start - pos if expect_mask and end > start else 0
                         break
                     pos = stop
+                    if big_from is not None and length >= big_from:
+                        # A big message: into a pooled buffer, counted (_parse_large).
+                        if self._parse_large(view, start, key_at, length, expect_mask) < 0:
+                            return -1
+                        continue
                     if expect_mask:
                         packet_view = memoryview(
                             _mask(view[start:stop], _key_at(view, key_at)[0])
@@ -1048,6 +1315,7 @@ class WebSocketMachine(StreamMachine):
                 opcode = self._check_frame(b0, length)
                 if end < stop:
                     self._frame_total = stop - pos
+                    self._frame_big = False
                     break
                 payload: Buffer = view[start:stop]
                 if expect_mask:
@@ -1151,6 +1419,12 @@ class WebSocketMachine(StreamMachine):
                 except ProtocolError as exc:
                     self._bad_packet(exc)
                     return False
+                zc = self.zero_copy_threshold
+                if zc is not None and len(packet.payload) >= zc:
+                    # Joined from its fragments (no pool): every byte copied, a miss.
+                    n = len(message)
+                    viewed = type(packet.payload) is memoryview
+                    self._decoder.counters.add(len(packet.payload), viewed, n, n)
                 self._events.append(PacketReceived(packet))
         return True
 
@@ -1192,7 +1466,8 @@ class WebSocketMachine(StreamMachine):
                 raise _FrameError(INVALID_DATA, "a Close reason that is not UTF-8") from None
         self.write_closed = True
         self._close_deadline = None
-        self._big = self._msg = None
+        self._drop_big()
+        self._msg = None
         self._rbuf = None
         if self.state is _CLOSING:
             # The reply to our Close (or a Close that crossed ours): the handshake is complete.
@@ -1244,7 +1519,8 @@ class WebSocketMachine(StreamMachine):
     def _end(self, error: TransportError, code: int | None = None) -> None:
         """Report *error*, end the connection uncleanly and ask the driver to close the socket."""
         self._pending.clear()
-        self._big = self._msg = None
+        self._drop_big()
+        self._msg = None
         self._rbuf = None
         self._head = bytearray()
         self._close_deadline = self._pong_deadline = self._handshake_deadline = None

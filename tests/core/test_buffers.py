@@ -567,7 +567,10 @@ def test_connection_factories_wire_the_pool() -> None:
     server = server_connection(TcpServerConfig(), buffer_pool=own)
     assert server.buffer_pool is own
     assert client_connection("tcp://127.0.0.1:9", buffer_pool=None).buffer_pool is None
-    assert server_connection(WebSocketServerConfig()).buffer_pool is None  # frames, no decoder
+    # WebSocket reads its own frames; big messages are received into the pool all the same.
+    assert server_connection(WebSocketServerConfig()).buffer_pool is default_receive_pool()
+    assert server_connection(WebSocketServerConfig(), buffer_pool=own).buffer_pool is own
+    assert server_connection(WebSocketServerConfig(), buffer_pool=None).buffer_pool is None
 
 
 def test_big_messages_cross_a_connection_pair_zero_copy_through_the_pool() -> None:

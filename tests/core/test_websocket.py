@@ -26,6 +26,7 @@ from websockets.uri import parse_uri
 from wsproto import ConnectionType, WSConnection
 
 from msgtrans.core import websocket as ws
+from msgtrans.core.buffers import BufferPool, PoolBuffer, receive_pool, release_view
 from msgtrans.core.errors import (
     ConfigurationError,
     Protocol,
@@ -43,6 +44,7 @@ from msgtrans.core.events import (
     Event,
     PacketReceived,
 )
+from msgtrans.core.framing import ZeroCopyCounters
 from msgtrans.core.machine import MachineState
 from msgtrans.core.memory import StreamPipe
 from msgtrans.core.packet import Compression, Limits, Packet, PacketFlags, PacketType
@@ -1621,3 +1623,202 @@ def test_first_batch_comes_with_the_handshake_key(monkeypatch: pytest.MonkeyPatc
         client.send_packet(Packet(payload=b"x"))
     client.close(1000, "")
     assert len(calls) == 2 and calls[1] == ws._MASK_KEY_BATCH  # the close frame: a new batch
+
+
+# --- big messages into the receive pool ----------------------------------------------------------
+
+KiB = 1024
+
+
+def pooled(
+    pool: BufferPool, client_kw: dict[str, Any] | None = None,
+    server_kw: dict[str, Any] | None = None,
+) -> tuple[WebSocketClientMachine, WebSocketServerMachine, ZeroCopyCounters]:
+    """Opened machines whose receive side has *pool* (as a Connection gives it) and counters
+    of their own."""
+    client, server, _ = opened(client_kw, server_kw)
+    counters = ZeroCopyCounters()
+    for machine in (client, server):
+        machine._decoder.buffer_pool = pool
+        machine._decoder.counters = counters
+    return client, server, counters
+
+
+def via_reads(machine: WebSocketMachine, data: bytes, cuts: list[int] | None = None) -> None:
+    """Feed *data* through get_buffer()/buffer_updated() in reads of the sizes in *cuts* (in
+    turn; default: as much as each buffer takes), poisoning each buffer first."""
+    rest, i = memoryview(data), 0
+    while rest:
+        buf = machine.get_buffer(-1)
+        buf[:] = b"\xaa" * len(buf)
+        n = min(len(buf), len(rest), cuts[i % len(cuts)] if cuts else len(rest))
+        buf[:n] = rest[:n]
+        buf.release()
+        machine.buffer_updated(n, 1.0)
+        rest, i = rest[n:], i + 1
+
+
+def received(machine: WebSocketMachine) -> list[Packet]:
+    return [e.packet for e in machine.events() if isinstance(e, PacketReceived)]
+
+
+@pytest.mark.parametrize("size", [64 * KiB, 256 * KiB, 1024 * KiB])
+@pytest.mark.parametrize("direction", ["client to server", "server to client"])
+def test_a_big_message_is_received_into_a_pooled_buffer_and_given_back(
+    size: int, direction: str
+) -> None:
+    pool = receive_pool()
+    client, server, counters = pooled(pool)
+    sender, receiver = (client, server) if direction == "client to server" else (server, client)
+    payloads = [bytes([i]) * (size + i) for i in range(4)]
+    for payload in payloads:
+        sender.send_packet(Packet(payload=payload))
+        via_reads(receiver, out(sender), [64 * KiB])
+        (packet,) = received(receiver)
+        view = packet.payload
+        assert isinstance(view, memoryview) and view.readonly
+        assert type(view.obj) is PoolBuffer and view.obj.lender is pool
+        assert view == payload
+        assert pool.stats().lent == 1
+        assert release_view(view)
+        assert pool.stats().lent == 0
+    stats = pool.stats()
+    assert stats.misses == 1 and stats.hits == 3  # one buffer, reused
+    assert stats.bytes_in_use == 0
+    snap = counters.snapshot()
+    assert snap.large_payloads == snap.zero_copy_payloads == 4
+    assert snap.bytes_viewed == sum(map(len, payloads))
+    masked = direction == "client to server"
+    # The server unmasks each payload byte once, into the buffer; a client copies only what
+    # came with the read that began the frame (a 64 KiB read at most).
+    per_message = snap.bytes_copied / 4
+    if masked:
+        assert size <= per_message <= size + 64 * KiB
+    else:
+        assert per_message <= 64 * KiB
+
+
+def test_a_whole_big_message_in_one_read_is_unmasked_into_a_pooled_buffer() -> None:
+    pool = receive_pool()
+    client, server, counters = pooled(pool)
+    client.send_packet(Packet(payload=b"w" * (100 * KiB)))
+    data = out(client)
+    buf = server.get_buffer(len(data))  # a read area big enough for the whole frame
+    buf[: len(data)] = data
+    buf.release()
+    server.buffer_updated(len(data), 1.0)
+    (packet,) = received(server)
+    assert type(packet.payload.obj) is PoolBuffer  # type: ignore[union-attr]
+    assert packet.payload == b"w" * (100 * KiB)
+    assert counters.snapshot().zero_copy_payloads == 1
+    release_view(packet.payload)
+    assert pool.stats().lent == 0
+
+
+def test_a_kept_payload_view_is_never_overwritten() -> None:
+    pool = receive_pool()
+    client, server, _ = pooled(pool)
+    client.send_packet(Packet(payload=b"a" * (200 * KiB)))
+    via_reads(server, out(client), [30 * KiB])
+    (first,) = received(server)
+    kept = first.payload[1000:1010]  # a slice the application keeps
+    release_view(first.payload)  # the buffer waits for the slice to go
+    for filler in (b"b", b"c"):
+        client.send_packet(Packet(payload=filler * (200 * KiB)))
+        via_reads(server, out(client), [30 * KiB])
+        (later,) = received(server)
+        assert later.payload.obj is not kept.obj  # type: ignore[union-attr]
+        assert bytes(kept) == b"a" * 10
+        release_view(later.payload)
+    hits = pool.stats().hits
+    del kept
+    client.send_packet(Packet(payload=b"d" * (200 * KiB)))
+    via_reads(server, out(client), [30 * KiB])
+    (last,) = received(server)
+    assert pool.stats().hits == hits + 1 and last.payload == b"d" * (200 * KiB)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_an_oversize_header_is_refused_before_any_buffer_is_taken(masked: bool) -> None:
+    pool = receive_pool()
+    limits = Limits(max_payload=100 * KiB)
+    client, server, _ = pooled(pool, {"limits": limits}, {"limits": limits})
+    receiver = server if masked else client
+    # A frame announcing 1 MiB, of which only the header and a few bytes arrive.
+    data = bytes([0x82, (0x80 if masked else 0) | 127]) + struct.pack("!Q", 1024 * KiB)
+    data += b"\0\0\0\0" if masked else b""
+    via_reads(receiver, data + b"x" * 100)
+    assert closed(receiver.events()).code == ws.MESSAGE_TOO_BIG
+    stats = pool.stats()
+    assert stats.hits == stats.misses == 0 and stats.bytes_allocated == 0
+
+
+def test_a_pool_that_refuses_ends_the_connection_with_1009() -> None:
+    pool = BufferPool((64 * KiB + 4112,), (1,), memory_limit=80 * KiB, preallocate=(0,))
+    client, server, _ = pooled(pool)
+    client.send_packet(Packet(payload=b"k" * (64 * KiB)))
+    via_reads(server, out(client), [16 * KiB])
+    (kept,) = received(server)
+    client.send_packet(Packet(payload=b"l" * (64 * KiB)))  # no memory left for a second one
+    via_reads(server, out(client), [16 * KiB])
+    events = server.events()
+    error = error_of(events)
+    assert error.error_code == "resource.memory"
+    assert closed(events).code == ws.MESSAGE_TOO_BIG
+    assert kept.payload == b"k" * (64 * KiB) and pool.bytes_allocated <= 80 * KiB
+
+
+def test_the_connection_gives_back_a_message_in_progress() -> None:
+    pool = receive_pool()
+    client, server, _ = pooled(pool)
+    client.send_packet(Packet(payload=b"p" * (256 * KiB)))
+    via_reads(server, out(client)[: 100 * KiB])
+    assert pool.stats().lent == 1
+    server._decoder.release_buffers()  # what Connection does on ConnectionClosed
+    assert pool.stats().lent == 0 and server._decoder.buffer_pool is None
+
+
+def test_small_compressed_and_fragmented_messages_take_no_pooled_buffer() -> None:
+    pool = receive_pool()
+    client, server, counters = pooled(pool)
+    client.send_packet(Packet(payload=b"s" * 100))
+    client.send_packet(Packet(payload=b"z" * (300 * KiB), compression=Compression.ZLIB))
+    payload = packet_bytes(b"f" * (100 * KiB))
+    data = out(client) + frame(0x02, payload[:50_000]) + frame(0x80, payload[50_000:])
+    via_reads(server, data, [20 * KiB])
+    packets = received(server)
+    assert [bytes(p.payload) for p in packets] == [
+        b"s" * 100, b"z" * (300 * KiB), b"f" * (100 * KiB)]
+    assert all(type(getattr(p.payload, "obj", None)) is not PoolBuffer for p in packets)
+    stats = pool.stats()
+    assert stats.lent == 0 and stats.bytes_in_use == 0
+    # The compressed one is small on the wire, so not counted; the joined one is a miss.
+    snap = counters.snapshot()
+    assert snap.large_payloads == 1 and snap.zero_copy_payloads == 0
+    assert snap.bytes_copied >= 100 * KiB
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([10, 65_535, 65_536, 70_000, 300_000]), min_size=1,
+                   max_size=5),
+    cuts=st.lists(st.integers(1, 90_000), min_size=1, max_size=8),
+    masked=st.booleans(),
+)
+def test_big_messages_survive_any_cut_of_the_stream(
+    sizes: list[int], cuts: list[int], masked: bool
+) -> None:
+    pool = receive_pool()
+    client, server, counters = pooled(pool)
+    sender, receiver = (client, server) if masked else (server, client)
+    payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    for payload in payloads:
+        sender.send_packet(Packet(payload=payload))
+    via_reads(receiver, out(sender), cuts)
+    packets = received(receiver)
+    assert [p.payload for p in packets] == payloads
+    big = [p for p in packets if len(p.payload) >= 64 * KiB]
+    assert counters.snapshot().large_payloads == len(big)
+    for packet in packets:
+        release_view(packet.payload)
+    assert pool.stats().lent == 0
