@@ -1093,7 +1093,8 @@ class SessionMachine:
         self._send_bytes += nbytes
         self._send_messages += packets
         budget = self._budget
-        if budget is not None and budget.charge(nbytes) and self._can_respond:
+        # After the close nothing queued will be flushed, nor credited (see _budget_closed).
+        if budget is not None and self._can_respond and budget.charge(nbytes):
             return self._budget_pause_send(budget)
         if not self._send_paused and (
             self._send_bytes > self._send_high_bytes
