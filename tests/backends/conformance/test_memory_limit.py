@@ -152,3 +152,56 @@ def test_a_send_over_the_limit_is_refused(backend: Backend, certs: Certs) -> Non
             await session.close()
 
     backend.run(body)
+
+
+def test_a_session_freeing_memory_resumes_another(backend: Backend, certs: Certs) -> None:
+    """Session B is paused by the budget that session A filled, and B's own queue is drained:
+    only A's messages being taken can bring the budget down, and that must resume B too."""
+    async def body() -> None:
+        limit = 1024 * 1024
+        count = 48  # 3 MiB per client
+        async with limited_transport(backend, limit) as server, backend.transport() as client, \
+                server.listen("tcp", certs) as listener:
+            budget = server.raw._memory_budget
+            url = client_url("tcp", listener.port, certs)
+            kw: dict[str, Any] = {"timeout": 3 * WAIT} if backend.name == "sync" else {}
+            a_out = await client.connect(url)
+            a_in = await listener.accept()
+
+            async def send_all(session: Any) -> None:
+                for i in range(count):
+                    await session.send(numbered(i), **kw)
+
+            async def read_all(session: Any, got: list[int]) -> None:
+                for i in range(count):
+                    assert (await session.receive()).payload == numbered(i), i
+                    got.append(i)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_all, a_out)
+                await wait_until(lambda: budget.paused_connections == 1, "A paused")
+                b_out = await client.connect(url)
+                b_in = await listener.accept()
+                tg.start_soon(send_all, b_out)
+                b_machine = b_in.connection.session
+                await wait_until(lambda: budget.is_held(b_machine), "B paused")
+                first = await b_in.receive_many()  # B's queue drained: B cannot resume itself
+                assert budget.in_use > budget.resume_bytes and budget.is_held(b_machine)
+                got_a: list[int] = []
+                got_b = [i for i, m in enumerate(first) if m.payload == numbered(i)]
+                assert len(got_b) == len(first)
+
+                async def read_rest_of_b() -> None:
+                    for i in range(len(first), count):
+                        assert (await b_in.receive()).payload == numbered(i), i
+                        got_b.append(i)
+
+                tg.start_soon(read_rest_of_b)
+                await read_all(a_in, got_a)
+            assert got_a == list(range(count)) and got_b == list(range(count))
+            assert budget.peak <= limit, budget
+            assert budget.in_use == 0 and budget.paused_connections == 0
+            await a_out.close()
+            await b_out.close()
+
+    backend.run(body)
