@@ -42,6 +42,7 @@ from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer, Packet, PacketType
 from ..core.session import (
     CloseReason,
+    MemoryResumed,
     MessageReceived,
     ReadPaused,
     ReadResumed,
@@ -144,6 +145,10 @@ class SessionBase(Generic[_M, _W, _IO]):
         # Plain TCP (not TLS over it): packets are queued and received through the machine
         # directly, without Packet objects or events (the core says when this applies).
         self._tcp = conn.plain_tcp
+        if conn.session.memory_budget is not None:
+            # The transport's memory budget pauses sessions and a session that frees memory
+            # resumes them (MemoryResumed names their machines): this is how it finds us.
+            conn.session.budget_owner = self
         self._inbox: deque[_M] = deque()
         # Set by a transport's serve loop while it waits for this session: takes a message
         # straight from the input (True) or declines it (False: queued as usual).
@@ -420,6 +425,9 @@ class SessionBase(Generic[_M, _W, _IO]):
         elif kind is ReadPaused or kind is ReadResumed:
             if self._io is not None:
                 self._set_reading(kind is ReadResumed)
+        elif kind is MemoryResumed:
+            assert isinstance(event, MemoryResumed)
+            self._resume_others(event.sessions)
         elif kind is ErrorOccurred:
             assert isinstance(event, ErrorOccurred)
             self._set_error(event.error)
@@ -441,6 +449,15 @@ class SessionBase(Generic[_M, _W, _IO]):
             self._wake_inbox()
             self._update_writable()
         # HeartbeatDue: the protocol machines keep their own pings; nothing to do here.
+
+    def _resume_others(self, machines: tuple[SessionMachine, ...]) -> None:
+        """This session freed memory of the transport's budget and it resumed the sessions of
+        *machines*: each handles its ReadResumed / SendResumed now (it may wait for input that
+        cannot come while it is paused) and has its output written, as after any command."""
+        for machine in machines:
+            owner = machine.budget_owner
+            if isinstance(owner, SessionBase) and owner is not self and not owner._released:
+                owner._after_input()
 
     def _respond(self, request: Packet, data: Buffer, biz_type: int | None,
                  ext_header: Buffer) -> Any:

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
+from ..core.budget import MemoryBudget
 from ..core.config import (
     ConnectionConfig,
     QuicServerConfig,
@@ -178,7 +179,16 @@ class SessionStreamBase(Generic[S]):
 
 class TransportBase(Generic[S, P, Q]):
     """The backend-neutral half of a ``Transport`` (see the module text); the arguments are
-    each backend's ``Transport``'s."""
+    each backend's ``Transport``'s.
+
+    ``memory_limit`` (bytes; default ``None``: no limit) makes one
+    :class:`~msgtrans.core.budget.MemoryBudget` shared by every connection of the transport
+    (it travels to the connection factories as the ``memory_budget`` setting): queued inbound
+    messages and queued outbound bytes are counted against it, reading and sending pause near
+    it, and a send that would pass it raises ``ResourceError`` (``resource.memory``); see
+    ``docs/buffers.md``.  A ``memory_limit`` that is not a positive integer raises
+    ``ConfigurationError`` (field ``memory_limit``).
+    """
 
     def __init__(
         self,
@@ -186,16 +196,26 @@ class TransportBase(Generic[S, P, Q]):
         settings: dict[str, Any] | None = None,
         connect_timeout: float | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        memory_limit: int | None = None,
     ) -> None:
         self._settings: dict[str, Any] = dict(settings or {})
         self._connect_timeout = connect_timeout
         self._shutdown_timeout = shutdown_timeout
+        self._memory_limit = memory_limit
+        # One budget for every connection of the transport; the factories take it from the
+        # settings like any other per-connection object (the drivers pass them through).
+        self._memory_budget: MemoryBudget | None = (
+            MemoryBudget(memory_limit) if memory_limit is not None else None
+        )
+        if self._memory_budget is not None:
+            self._settings["memory_budget"] = self._memory_budget
         self._sessions: dict[int, S] = {}
         self._last_id = 0
         self._closing = False
         self._flushed_total = 0
         # Every session counts into these (see stats()); pools are tracked for pool_status().
         self._metrics = TransportMetrics()
+        self._metrics.memory_budget = self._memory_budget
         self._pools: PoolTracker[P] = PoolTracker()
         self._quic_listeners: list[Q] = []
         # QUIC refusals are counted by each endpoint; what was already added to the metrics.
@@ -301,8 +321,9 @@ class TransportBase(Generic[S, P, Q]):
         sessions by protocol and state, sessions opened and closed, messages and payload bytes
         in and out, errors by ``error_code`` (``connection.refused_by_server`` counts the
         connections our listeners refused at ``max_sessions``), the request latency histogram,
-        pool expansions and shrinks by trigger, and the summed :meth:`pool_status` once a pool
-        was made."""
+        pool expansions and shrinks by trigger, the summed :meth:`pool_status` once a pool
+        was made, and with a memory limit the budget's figures (``memory``: limit, bytes in
+        use, peak, paused connections, refused sends)."""
         self._count_quic_refusals()
         if self._pools.used:
             self._metrics.observe_pool(self._pools.status())

@@ -19,6 +19,11 @@ buffers lent by a :class:`~msgtrans.core.buffers.BufferPool`: by default the pro
 :func:`~msgtrans.core.buffers.default_receive_pool`, or the one given as ``buffer_pool=`` (``None``
 turns pooling off).  The application gives a buffer back with ``Message.release()``; see
 ``docs/buffers.md``.  WebSocket connections reassemble frames themselves and take no pool yet.
+
+The connections of one transport may share a :class:`~msgtrans.core.budget.MemoryBudget`
+(``memory_budget=``): the session machine charges it with its send backlog and its received
+messages not yet taken, and pauses reading or sending near the limit (see
+:meth:`SessionMachine.attach_budget <msgtrans.core.session.SessionMachine.attach_budget>`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
+from .budget import MemoryBudget
 from .buffers import BufferPool, default_receive_pool
 from .config import (
     ConnectionConfig,
@@ -130,12 +136,15 @@ class Connection:
         buffer_pool: lends the buffers big received packets land in (default
             :data:`DEFAULT_POOL`, the process-wide receive pool; ``None``: no pooling).  A
             decoder that already has a pool keeps it.
+        memory_budget: the transport's memory budget, shared by its connections; the session
+            machine charges it (default ``None``: no budget, the hot paths unchanged).
 
     Attributes:
         machine: the protocol machine.
         session: the session machine.
         established: the ``ConnectionEstablished`` event once the handshake completed.
         buffer_pool: the pool big packets are received into, or ``None``.
+        memory_budget: the budget the session charges, or ``None``.
         going_away_code: the close code for :meth:`close` when this end goes away (a
             shutdown, a listener that stopped accepting): WebSocket's 1001, else ``None``.
         plain_tcp: the machine itself when it is plain TCP (no TLS, no WebSocket), else
@@ -167,6 +176,7 @@ class Connection:
         *,
         session_id: int | str = 0,
         buffer_pool: PoolChoice = DEFAULT_POOL,
+        memory_budget: MemoryBudget | None = None,
     ) -> None:
         self.machine = machine
         # The machine's kind, found once: isinstance() against the ABCs costs more than the
@@ -199,6 +209,9 @@ class Connection:
         self.unflushed_payload = 0
         self.unflushed_packets = 0
         self.session = session if session is not None else SessionMachine(session_id)
+        if memory_budget is not None:
+            self.session.attach_budget(memory_budget)
+        self.memory_budget = self.session.memory_budget
         self.established: ConnectionEstablished | None = None
         self._events: list[ConnectionEvent] = []
         self._now = 0.0
@@ -596,6 +609,7 @@ def client_connection(
     session_id: int | str = 0,
     resolved: Address | None = None,
     buffer_pool: PoolChoice = DEFAULT_POOL,
+    memory_budget: MemoryBudget | None = None,
     **session: Any,
 ) -> Connection:
     """Return the client connection for *target* (a config or a URL), not started yet.
@@ -607,6 +621,7 @@ def client_connection(
             host name (QUIC ignores datagrams from any other address); default: the
             config's ``(host, port)``.
         buffer_pool: see :class:`Connection` (default: the process-wide receive pool).
+        memory_budget: see :class:`Connection` (default ``None``: no budget).
         session: keyword arguments for :class:`~msgtrans.core.session.SessionMachine`
             (``request_timeout`` and friends).
 
@@ -662,7 +677,8 @@ def client_connection(
             loopback_datagram_size=config.loopback_datagram_size,
             closing_period=config.closing_period,
         )
-    return Connection(machine, SessionMachine(session_id, **session), buffer_pool=buffer_pool)
+    return Connection(machine, SessionMachine(session_id, **session), buffer_pool=buffer_pool,
+                      memory_budget=memory_budget)
 
 
 def server_connection(
@@ -671,6 +687,7 @@ def server_connection(
     session_id: int | str = 0,
     tls_context: Any = None,
     buffer_pool: PoolChoice = DEFAULT_POOL,
+    memory_budget: MemoryBudget | None = None,
     **session: Any,
 ) -> Connection:
     """Return the server side of an accepted stream connection, not started yet.
@@ -682,6 +699,7 @@ def server_connection(
             per connection would load the certificate each time); default: built from the
             config's TLS settings.
         buffer_pool: see :class:`Connection` (default: the process-wide receive pool).
+        memory_budget: see :class:`Connection` (default ``None``: no budget).
         session: keyword arguments for :class:`~msgtrans.core.session.SessionMachine`.
 
     Raises:
@@ -711,7 +729,8 @@ def server_connection(
     if config.tls is not None:
         context = tls_context if tls_context is not None else config.tls.server_context()
         machine = TlsMachine(machine, context, handshake_timeout=config.handshake_timeout)
-    return Connection(machine, SessionMachine(session_id, **session), buffer_pool=buffer_pool)
+    return Connection(machine, SessionMachine(session_id, **session), buffer_pool=buffer_pool,
+                      memory_budget=memory_budget)
 
 
 def quic_server_connection(
@@ -719,6 +738,7 @@ def quic_server_connection(
     *,
     session_id: int | str = 0,
     buffer_pool: PoolChoice = DEFAULT_POOL,
+    memory_budget: MemoryBudget | None = None,
     **session: Any,
 ) -> Connection:
     """Return the connection for a QUIC server machine that a
@@ -728,9 +748,11 @@ def quic_server_connection(
         machine: the accepted machine (the endpoint already started it).
         session_id: the new session's id.
         buffer_pool: see :class:`Connection` (default: the process-wide receive pool).
+        memory_budget: see :class:`Connection` (default ``None``: no budget).
         session: keyword arguments for :class:`~msgtrans.core.session.SessionMachine`.
     """
-    return Connection(machine, SessionMachine(session_id, **session), buffer_pool=buffer_pool)
+    return Connection(machine, SessionMachine(session_id, **session), buffer_pool=buffer_pool,
+                      memory_budget=memory_budget)
 
 
 def quic_endpoint(target: str | QuicServerConfig) -> QuicEndpoint:

@@ -25,6 +25,7 @@ from itertools import pairwise
 from types import MappingProxyType
 from typing import Any
 
+from .budget import MemoryBudget
 from .buffers import BufferPool, BufferPoolStats, default_receive_pool
 from .errors import ConfigurationError, TransportError
 from .framing import ZERO_COPY, ZeroCopyCounters, ZeroCopyStats
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_LATENCY_BUCKETS",
     "Histogram",
     "HistogramSnapshot",
+    "MemoryStats",
     "MetricsSnapshot",
     "PoolEvent",
     "PoolStatus",
@@ -136,6 +138,31 @@ class PoolEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryStats:
+    """The figures of a transport's :class:`~msgtrans.core.budget.MemoryBudget` at one moment.
+
+    Attributes:
+        limit: the memory limit in bytes.
+        in_use: bytes counted now (queued to send, received and not yet taken).
+        peak: the most ever counted at once.
+        paused_connections: sessions the budget holds paused now.
+        refused: sends refused because they would have passed the limit.
+    """
+
+    limit: int
+    in_use: int
+    peak: int
+    paused_connections: int
+    refused: int
+
+    @classmethod
+    def of(cls, budget: MemoryBudget) -> MemoryStats:
+        """The figures of *budget* now."""
+        return cls(budget.limit, budget.in_use, budget.peak, budget.paused_connections,
+                   budget.refused)
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsSnapshot:
     """Every metric of a :class:`TransportMetrics` at one moment (plain, immutable data).
 
@@ -154,6 +181,7 @@ class MetricsSnapshot:
         pool: the connection pool's status last observed, or ``None``.
         zero_copy: the zero-copy counters (payloads at or above the zero-copy threshold:
             how many, how many handed out as views, bytes viewed and copied), or ``None``.
+        memory: the transport's memory budget figures, or ``None`` without a memory limit.
     """
 
     sessions: Mapping[tuple[str, str], int]
@@ -170,6 +198,7 @@ class MetricsSnapshot:
     buffer_pool: BufferPoolStats | None
     pool: PoolStatus | None
     zero_copy: ZeroCopyStats | None = None
+    memory: MemoryStats | None = None
 
     @property
     def buffer_hit_rate(self) -> float | None:
@@ -238,6 +267,7 @@ class MetricsSnapshot:
                 None if self.zero_copy is None
                 else {**asdict(self.zero_copy), "hit_rate": self.zero_copy.hit_rate}
             ),
+            "memory": None if self.memory is None else asdict(self.memory),
         }
 
 
@@ -289,6 +319,8 @@ class TransportMetrics:
         self._pool: PoolStatus | None = None
         self._buffer_source = buffer_pool
         self._zero_copy = zero_copy
+        #: The transport's memory budget, read live by every snapshot (``None``: no limit).
+        self.memory_budget: MemoryBudget | None = None
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -399,6 +431,7 @@ class TransportMetrics:
             buffer_pool=self._buffer_stats(),
             pool=self._pool,
             zero_copy=None if self._zero_copy is None else self._zero_copy.snapshot(),
+            memory=None if self.memory_budget is None else MemoryStats.of(self.memory_budget),
         )
 
     def render_prometheus(self, prefix: str = "msgtrans") -> str:
@@ -536,6 +569,17 @@ def render_prometheus(source: MetricsSnapshot | TransportMetrics, prefix: str = 
             ("", {"mode": "viewed"}, zc.bytes_viewed),
             ("", {"mode": "copied"}, zc.bytes_copied),
         ])
+    mem = snap.memory
+    if mem is not None:
+        out.single("memory_limit_bytes", "gauge", "The transport's memory limit.", mem.limit)
+        out.single("memory_in_use_bytes", "gauge",
+                   "Bytes counted against the memory limit (queued both ways).", mem.in_use)
+        out.single("memory_peak_bytes", "gauge", "The most bytes ever counted at once.",
+                   mem.peak)
+        out.single("memory_paused_connections", "gauge",
+                   "Sessions paused by the memory limit.", mem.paused_connections)
+        out.single("memory_refused_total", "counter",
+                   "Sends refused because they would pass the memory limit.", mem.refused)
     pool = snap.pool
     if pool is not None:
         out.family("pool_connections", "gauge", "Pooled connections, by state.", [

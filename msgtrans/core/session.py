@@ -9,7 +9,10 @@ through :meth:`SessionMachine.receive_packet`; time only ever comes in as ``now`
 * request/response correlation: a table of pending requests with deadlines, responses matched
   by id, unknown responses dropped and counted, every pending request failed on close;
 * heartbeat and idle deadlines;
-* send-side watermarks (bytes and messages) and a receive-side bound, as pause/resume events.
+* send-side watermarks (bytes and messages) and a receive-side bound, as pause/resume events;
+* its share of a transport's :class:`~msgtrans.core.budget.MemoryBudget`, when it has one: the
+  same byte counts charged to the budget, and the same pause/resume events when the budget is
+  over its pause mark (see :meth:`SessionMachine.attach_budget`).
 
 A driver's loop around it::
 
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
 
+from .budget import MemoryBudget
 from .errors import (
     ConfigurationError,
     ResourceError,
@@ -45,7 +49,7 @@ from .errors import (
     TransportError,
     TransportTimeoutError,
 )
-from .packet import MAX_U16, MAX_U32, Buffer, MessageIdCounter, Packet, PacketType
+from .packet import HEADER_SIZE, MAX_U16, MAX_U32, Buffer, MessageIdCounter, Packet, PacketType
 from .packet import outgoing_packet as _outgoing
 
 __all__ = [
@@ -59,6 +63,7 @@ __all__ = [
     "TRANSITIONS",
     "CloseReason",
     "HeartbeatDue",
+    "MemoryResumed",
     "MessageReceived",
     "ReadPaused",
     "ReadResumed",
@@ -250,6 +255,20 @@ class ReadResumed(SessionEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryResumed(SessionEvent):
+    """This session freed memory of the transport's :class:`~msgtrans.core.budget.MemoryBudget`
+    and the budget fell to its resume mark: *sessions*, other sessions the budget had paused,
+    were resumed (each has its ``ReadResumed`` / ``SendResumed`` in its own events, which its
+    driver must now handle: they may be waiting for input that cannot come while paused).
+
+    Attributes:
+        sessions: the session machines resumed, oldest pause first (this one excluded).
+    """
+
+    sessions: tuple[SessionMachine, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SessionClosed(SessionEvent):
     """The session reached ``CLOSED``: nothing is pending and no event follows this one.
 
@@ -358,6 +377,8 @@ class SessionMachine:
         receive_max_bytes: pause reading above this many undelivered bytes (default 16 MiB).
         max_pending_requests: refuse new requests while this many are pending
             (default ``None``: no limit).
+        memory_budget: the transport's :class:`~msgtrans.core.budget.MemoryBudget`, shared
+            with its other sessions (default ``None``: no budget; see :meth:`attach_budget`).
 
     Raises:
         ConfigurationError: a setting is not a positive number, or a low watermark is above its
@@ -366,9 +387,14 @@ class SessionMachine:
     Attributes:
         session_id: as given.
         stats: the session's :class:`SessionStats`.
+        budget_owner: what the driver knows this session by (default ``None``); a driver sets
+            it so that a :class:`MemoryResumed` naming this machine leads it to its session.
     """
 
     __slots__ = (
+        "_budget",
+        "_budget_read_hold",
+        "_budget_send_hold",
         "_can_respond",
         "_can_send",
         "_close_detail",
@@ -397,6 +423,7 @@ class SessionMachine:
         "_send_paused",
         "_seq",
         "_state",
+        "budget_owner",
         "session_id",
         "stats",
     )
@@ -415,6 +442,7 @@ class SessionMachine:
         receive_max_messages: int = DEFAULT_RECEIVE_MAX_MESSAGES,
         receive_max_bytes: int = DEFAULT_RECEIVE_MAX_BYTES,
         max_pending_requests: int | None = None,
+        memory_budget: MemoryBudget | None = None,
     ) -> None:
         _check_positive("request_timeout", request_timeout, integer=False)
         if heartbeat_interval is not None:
@@ -472,6 +500,13 @@ class SessionMachine:
         self._receive_bytes = 0
         self._read_paused = False
 
+        self._budget: MemoryBudget | None = None
+        self._budget_read_hold = False  # reading paused by the budget (not only the bound)
+        self._budget_send_hold = False  # sending paused by the budget (not only the marks)
+        self.budget_owner: object = None
+        if memory_budget is not None:
+            self.attach_budget(memory_budget)
+
     # --- what the driver reads ---------------------------------------------------------------
 
     @property
@@ -518,6 +553,40 @@ class SessionMachine:
     def receive_backlog(self) -> tuple[int, int]:
         """``(bytes, messages)`` delivered to the application but not yet consumed."""
         return self._receive_bytes, self._receive_messages
+
+    @property
+    def memory_budget(self) -> MemoryBudget | None:
+        """The transport's memory budget this session charges, or ``None``."""
+        return self._budget
+
+    @property
+    def budget_paused(self) -> bool:
+        """Whether the memory budget (rather than, or as well as, this session's own bounds)
+        holds its reading or sending paused."""
+        return self._budget_read_hold or self._budget_send_hold
+
+    def attach_budget(self, budget: MemoryBudget) -> None:
+        """Charge *budget* from now on: the send backlog and the received-but-unconsumed
+        bytes (what :attr:`send_backlog` and :attr:`receive_backlog` count) are charged to it
+        as they grow and credited as they shrink; the backlogs already there are charged now.
+
+        While the budget is over its pause mark, a session that charges it pauses the side it
+        charged (``ReadPaused`` for a received message, ``SendPaused`` for a queued one) and
+        joins the budget's paused set; it resumes when a credit (its own or another
+        session's, see :class:`MemoryResumed`) brings the budget to its resume mark and its
+        own bounds allow it.  A send that would pass the limit itself is refused (see
+        :meth:`send`).
+
+        Raises:
+            ConfigurationError: the session already charges another budget (field
+                ``memory_budget``).
+        """
+        if self._budget is budget:
+            return
+        if self._budget is not None:
+            raise ConfigurationError("memory_budget", "this session already has a budget")
+        self._budget = budget
+        budget.charge(self._send_bytes + self._receive_bytes)
 
     def events(self) -> list[SessionEvent]:
         """Return the events that happened since the last call, oldest first, and forget them."""
@@ -616,6 +685,8 @@ class SessionMachine:
 
     def _close(self, reason: CloseReason, error: TransportError | None, detail: str) -> None:
         self._move(_CLOSED)
+        if self._budget is not None:
+            self._budget_closed()
         self._close_reason = reason
         self._close_detail = detail
         pending = self._pending
@@ -696,6 +767,8 @@ class SessionMachine:
         """
         if not self._can_send:
             raise self._refuse("send")
+        if self._budget is not None:
+            self._budget.check(payload_len + HEADER_SIZE)
         ids = self._ids
         message_id = ids._last + 1
         if message_id > MAX_U32:
@@ -755,6 +828,8 @@ class SessionMachine:
         """
         if not self._can_send:
             raise self._refuse("request")
+        if self._budget is not None:
+            self._budget.check(payload_len + HEADER_SIZE)
         pending = self._pending
         if self._max_pending is not None and len(pending) >= self._max_pending:
             raise ResourceError(
@@ -796,6 +871,8 @@ class SessionMachine:
         """
         if not self._can_respond:
             raise self._refuse("respond")
+        if self._budget is not None:
+            self._budget.check(payload_len + HEADER_SIZE)
         self._last_send = now
         stats = self.stats
         stats.messages_sent += 1
@@ -1015,6 +1092,10 @@ class SessionMachine:
         """
         self._send_bytes += nbytes
         self._send_messages += packets
+        budget = self._budget
+        # After the close nothing queued will be flushed, nor credited (see _budget_closed).
+        if budget is not None and self._can_respond and budget.charge(nbytes):
+            return self._budget_pause_send(budget)
         if not self._send_paused and (
             self._send_bytes > self._send_high_bytes
             or self._send_messages > self._send_high_messages
@@ -1029,14 +1110,24 @@ class SessionMachine:
 
         Emits :class:`SendResumed` once the backlog is at or below both low watermarks, and
         returns ``True`` then (``False`` otherwise).  The backlog never goes below zero, so
-        over-reporting cannot wedge the session paused.
+        over-reporting cannot wedge the session paused.  With a memory budget the bytes are
+        credited to it, which may resume this or other sessions (see :class:`MemoryResumed`):
+        ``True`` then too.
         """
-        self._send_bytes = max(0, self._send_bytes - nbytes)
+        before = self._send_bytes
+        self._send_bytes = after = before - nbytes if before > nbytes else 0
         self._send_messages = max(0, self._send_messages - packets)
+        emitted = False
+        if self._budget is not None and self._can_respond:
+            emitted = self._budget_credit(before - after)
+        return self._maybe_resume_send() or emitted
+
+    def _maybe_resume_send(self) -> bool:
         if (
             self._send_paused
             and self._send_bytes <= self._send_low_bytes
             and self._send_messages <= self._send_low_messages
+            and not self._budget_send_hold
             and self._can_respond
         ):
             self._send_paused = False
@@ -1052,6 +1143,10 @@ class SessionMachine:
         """
         self._receive_bytes += nbytes
         self._receive_messages += 1
+        budget = self._budget
+        if budget is not None and budget.charge(nbytes) and self._can_respond:
+            self._budget_pause_read(budget)
+            return
         if not self._read_paused and (
             self._receive_messages > self._receive_max_messages
             or self._receive_bytes > self._receive_max_bytes
@@ -1065,17 +1160,23 @@ class SessionMachine:
         Emits :class:`ReadResumed` once both the queued messages and bytes are at or below half
         their bound.  The gap between pausing above the bound and resuming at half of it
         (hysteresis) keeps a consumer hovering at the bound from toggling the socket on every
-        message.
+        message.  With a memory budget the bytes are credited to it (see :meth:`flushed`).
         """
-        self._receive_bytes = max(0, self._receive_bytes - nbytes)
+        before = self._receive_bytes
+        self._receive_bytes = after = before - nbytes if before > nbytes else 0
         self._receive_messages = max(0, self._receive_messages - 1)
+        if self._budget is not None:
+            self._budget_credit(before - after)
         self._maybe_resume()
 
     def messages_consumed(self, count: int, nbytes: int) -> None:
         """The application took *count* queued messages of *nbytes* bytes in all: the same
         as :meth:`message_consumed` for each of them, with one check of the bound."""
-        self._receive_bytes = max(0, self._receive_bytes - nbytes)
+        before = self._receive_bytes
+        self._receive_bytes = after = before - nbytes if before > nbytes else 0
         self._receive_messages = max(0, self._receive_messages - count)
+        if self._budget is not None:
+            self._budget_credit(before - after)
         self._maybe_resume()
 
     def _maybe_resume(self) -> None:
@@ -1083,7 +1184,75 @@ class SessionMachine:
             self._read_paused
             and self._receive_messages <= self._receive_max_messages // 2
             and self._receive_bytes <= self._receive_max_bytes // 2
+            and not self._budget_read_hold
             and self._can_respond
         ):
             self._read_paused = False
             self._events.append(_READ_RESUMED)
+
+    # --- the memory budget -----------------------------------------------------------------------
+    # The budget is charged exactly where the backlogs above grow and credited where they
+    # shrink, by the amount they actually moved (they never go below zero), so the budget's
+    # in_use is the sum of its sessions' backlogs.  Its pause reuses the backlogs' events: the
+    # drivers already stop reading on ReadPaused and hold senders on SendPaused.
+
+    def _budget_pause_read(self, budget: MemoryBudget) -> None:
+        budget.hold(self)
+        self._budget_read_hold = True
+        if not self._read_paused:
+            self._read_paused = True
+            self._events.append(_READ_PAUSED)
+
+    def _budget_pause_send(self, budget: MemoryBudget) -> bool:
+        budget.hold(self)
+        self._budget_send_hold = True
+        if not self._send_paused:
+            self._send_paused = True
+            self._events.append(_SEND_PAUSED)
+            return True
+        return False
+
+    def _budget_credit(self, nbytes: int) -> bool:
+        # Credit the budget; once it is at its resume mark, resume every session it paused
+        # (their events go to their own lists: MemoryResumed tells this one's driver to have
+        # theirs handled).  Whether this machine emitted anything.
+        budget = self._budget
+        assert budget is not None
+        return budget.credit(nbytes) and self._resume_budget(budget)
+
+    def _resume_budget(self, budget: MemoryBudget) -> bool:
+        count = len(self._events)
+        others: list[SessionMachine] = []
+        for member in budget.take_resumable():
+            if isinstance(member, SessionMachine):
+                member.budget_released()
+                if member is not self:
+                    others.append(member)
+        if others:
+            self._events.append(MemoryResumed(tuple(others)))
+        return len(self._events) > count
+
+    def budget_released(self) -> None:
+        """The memory budget no longer holds this session (it fell to its resume mark): emit
+        ``ReadResumed`` / ``SendResumed`` for the sides the budget paused, unless this
+        session's own bounds still hold them.  Called by whoever took the session from
+        :meth:`MemoryBudget.take_resumable <msgtrans.core.budget.MemoryBudget.take_resumable>`
+        (the session machine that credited the budget does it itself)."""
+        read, send = self._budget_read_hold, self._budget_send_hold
+        self._budget_read_hold = self._budget_send_hold = False
+        if read:
+            self._maybe_resume()
+        if send:
+            self._maybe_resume_send()
+
+    def _budget_closed(self) -> None:
+        # A closed session's send backlog will never be flushed (the machine dropped it): it
+        # leaves the budget now, and so does the session from the paused set.  Received
+        # messages still queued stay charged until the application takes them (they are still
+        # in memory); later flushes credit nothing (see flushed).
+        budget = self._budget
+        assert budget is not None
+        budget.forget(self)
+        self._budget_read_hold = self._budget_send_hold = False
+        if budget.credit(self._send_bytes):
+            self._resume_budget(budget)

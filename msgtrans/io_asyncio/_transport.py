@@ -126,9 +126,10 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         settings: dict[str, Any] | None = None,
         connect_timeout: float | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        memory_limit: int | None = None,
     ) -> None:
         super().__init__(settings=settings, connect_timeout=connect_timeout,
-                         shutdown_timeout=shutdown_timeout)
+                         shutdown_timeout=shutdown_timeout, memory_limit=memory_limit)
         self._streams: set[SessionStream] = set()
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._shutdown: asyncio.Future[ShutdownReport] | None = None

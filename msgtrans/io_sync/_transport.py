@@ -328,11 +328,12 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         settings: dict[str, Any] | None = None,
         connect_timeout: float | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        memory_limit: int | None = None,
     ) -> None:
         # The base's session table, counters, pools and QUIC listeners are guarded by the
         # loop's lock.
         super().__init__(settings=settings, connect_timeout=connect_timeout,
-                         shutdown_timeout=shutdown_timeout)
+                         shutdown_timeout=shutdown_timeout, memory_limit=memory_limit)
         self._state_lock = threading.Lock()  # the loop's creation and the shutdown's start
         self._loop: IOLoop | None = None
         # Guarded by the loop's lock:
