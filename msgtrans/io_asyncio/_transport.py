@@ -22,11 +22,11 @@ from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.docs import doc
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
-from .._driver.pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from .._driver.transport import (
     DatagramServerConfig,
     SessionStreamBase,
     TransportBase,
+    TransportDefaults,
     _no_request_handler,
     _numeric_addrinfo,
     _send_result,
@@ -126,9 +126,12 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         settings: dict[str, Any] | None = None,
         connect_timeout: float | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        memory_limit: int | None = None,
+        defaults: TransportDefaults | None = None,
     ) -> None:
         super().__init__(settings=settings, connect_timeout=connect_timeout,
-                         shutdown_timeout=shutdown_timeout)
+                         shutdown_timeout=shutdown_timeout, memory_limit=memory_limit,
+                         defaults=defaults)
         self._streams: set[SessionStream] = set()
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._shutdown: asyncio.Future[ShutdownReport] | None = None
@@ -423,8 +426,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         address: str | ConnectionConfig,
         /,
         *,
-        min: int = DEFAULT_POOL_MIN,
-        max: int = DEFAULT_POOL_MAX,
+        min: int | None = None,
+        max: int | None = None,
         target: int | None = None,
         strategy: ExpansionStrategy | None = None,
         **settings: Any,
@@ -492,8 +495,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
                 task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        return ShutdownReport(*self._shutdown_figures(sessions, flushed_before),
-                              elapsed=loop.time() - start)
+        return self._finish_shutdown(self._shutdown_figures(sessions, flushed_before),
+                                     loop.time() - start)
 
 
 async def _bounded(awaitable: Any, deadline: float, loop: asyncio.AbstractEventLoop) -> None:

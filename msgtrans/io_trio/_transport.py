@@ -20,11 +20,11 @@ from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.docs import doc
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
-from .._driver.pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from .._driver.transport import (
     DatagramServerConfig,
     SessionStreamBase,
     TransportBase,
+    TransportDefaults,
     _no_request_handler,
     _send_result,
     _transport_args,
@@ -189,9 +189,12 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         settings: dict[str, Any] | None = None,
         connect_timeout: float | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        memory_limit: int | None = None,
+        defaults: TransportDefaults | None = None,
     ) -> None:
         super().__init__(settings=settings, connect_timeout=connect_timeout,
-                         shutdown_timeout=shutdown_timeout)
+                         shutdown_timeout=shutdown_timeout, memory_limit=memory_limit,
+                         defaults=defaults)
         self._nursery = nursery
         self._nursery_cm: Any = None
         self._streams: set[SessionStream] = set()
@@ -430,8 +433,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         address: str | ConnectionConfig,
         /,
         *,
-        min: int = DEFAULT_POOL_MIN,
-        max: int = DEFAULT_POOL_MAX,
+        min: int | None = None,
+        max: int | None = None,
         target: int | None = None,
         strategy: ExpansionStrategy | None = None,
         **settings: Any,
@@ -497,5 +500,5 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         for scope in list(self._handler_scopes):
             scope.cancel()
         self._handler_scopes.clear()
-        return ShutdownReport(*self._shutdown_figures(sessions, flushed_before),
-                              elapsed=trio.current_time() - start)
+        return self._finish_shutdown(self._shutdown_figures(sessions, flushed_before),
+                                     trio.current_time() - start)
