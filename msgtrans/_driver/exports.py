@@ -2,10 +2,10 @@
 ``io_sync``) re-exports, written once.
 
 The builder's arguments are here too (the expansion strategies, the config unions), so a backend
-alone is enough to configure its transport.  A backend's ``__init__`` star-imports this module (which binds exactly the names of
-``__all__``, each the core's own object), imports its own classes (``Transport``, ``Session``,
-``Message``, ``SessionPool``, ... are different classes in every backend) from its own modules,
-and adds this ``__all__`` to its own.
+alone is enough to configure its transport.  A backend's ``__init__`` star-imports this module
+(which binds exactly the names of ``__all__``, each the core's own object), imports its own
+classes (``Transport``, ``Session``, ``Message``, ``SessionPool``, ... are different classes in
+every backend) from its own modules, and adds this ``__all__`` to its own.
 """
 
 from ..core.config import (
