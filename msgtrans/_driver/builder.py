@@ -294,11 +294,12 @@ class TransportBuilderBase:
     # --- memory ----------------------------------------------------------------------------------
 
     def buffer_pool(self: _B, sizes: Sequence[int], counts: Sequence[int]) -> _B:
-        """Give the transport its own receive buffer pool: big received packets (at least
-        ``zero_copy_threshold``) land in buffers of these size classes (bytes, strictly
-        increasing), *counts* of each made at build time and kept for reuse; released at
-        shutdown.  Default: the process-wide receive pool (64 KiB to 4 MiB classes, no
-        preallocation).  ``sum(size * count)`` must fit ``memory_limit``.
+        """Give the transport its own receive buffer pool: big received packets (payload at
+        least ``zero_copy_threshold``, plus its 16-byte header and ext header) land in the
+        smallest of these size classes (bytes, strictly increasing) that fits, and up to
+        *counts* of each are kept for reuse once given back (none made in advance); what it
+        keeps is freed at shutdown.  Default: the process-wide receive pool (classes for 64 KiB,
+        256 KiB, 1 MiB and 4 MiB payloads).  ``sum(size * count)`` must fit ``memory_limit``.
 
         Raises:
             ConfigurationError: sizes empty, below 1 or not increasing; counts negative or not
@@ -327,7 +328,7 @@ class TransportBuilderBase:
         Raises:
             ConfigurationError: not a positive finite number.
         """
-        if not _is_number(mb) or not 0 < mb < math.inf or mb * _MIB < 1:
+        if not _is_number(mb) or not 1 <= mb * _MIB <= _MAX_INT:
             raise ConfigurationError("memory_limit",
                                      f"must be a positive number of MiB, got {mb!r}")
         self._set["memory_limit"] = mb

@@ -291,14 +291,19 @@ class TransportBase(Generic[S, P, Q]):
         # one otherwise); dropped at shutdown.  Its lock: buffers come back from any thread.
         self._buffer_pool: BufferPool | None = None
         if defaults.buffer_pool is not None:
-            self._buffer_pool = BufferPool(*defaults.buffer_pool, lock=threading.Lock())
+            sizes, counts = defaults.buffer_pool
+            # Nothing made in advance, as the process-wide receive pool: a transport that never
+            # receives a big payload costs nothing.
+            self._buffer_pool = BufferPool(sizes, counts, preallocate=(0,) * len(sizes),
+                                           lock=threading.Lock())
             self._settings["buffer_pool"] = self._buffer_pool
         self._sessions: dict[int, S] = {}
         self._last_id = 0
         self._closing = False
         self._flushed_total = 0
         # Every session counts into these (see stats()); pools are tracked for pool_status().
-        self._metrics = TransportMetrics()
+        self._metrics = (TransportMetrics() if self._buffer_pool is None
+                         else TransportMetrics(buffer_pool=self._buffer_pool))
         self._pools: PoolTracker[P] = PoolTracker()
         self._quic_listeners: list[Q] = []
         # QUIC refusals are counted by each endpoint; what was already added to the metrics.
@@ -382,8 +387,14 @@ class TransportBase(Generic[S, P, Q]):
     def _connection(self, config: ConnectionConfig,
                     resolved: Address | None = None) -> Callable[[int], Connection]:
         """What :meth:`_new_session` calls to make a client connection to *config* (to the
-        address *resolved* already, for a datagram socket)."""
+        address *resolved* already, for a datagram socket), with the builder's transport-wide
+        config fields.
+
+        Raises:
+            ConfigurationError: *config* conflicts with the builder's transport-wide fields.
+        """
         settings = self._settings
+        config = self._configured(config)
         if resolved is None:
             return lambda sid: client_connection(config, session_id=sid, **settings)
         return lambda sid: client_connection(config, session_id=sid, resolved=resolved,
