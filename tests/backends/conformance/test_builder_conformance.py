@@ -29,7 +29,6 @@ from .adapters import (
     CloseReason,
     ConfigurationError,
     Listener,
-    Session,
     Transport,
     TransportError,
     client_url,
