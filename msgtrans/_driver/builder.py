@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, TypeVar
 
-from ..core.config import DEFAULT_HANDSHAKE_TIMEOUT
+from ..core.config import DEFAULT_HANDSHAKE_TIMEOUT, MAX_TIMEOUT
 from ..core.errors import ConfigurationError
 from ..core.expansion import ExpansionStrategy
 from ..core.framing import DEFAULT_ZERO_COPY_THRESHOLD
@@ -155,11 +155,11 @@ def _is_number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float))
 
 
-def _check_seconds(name: str, value: object) -> float:
-    if not _is_number(value) or not 0 < value < math.inf:  # type: ignore[operator]
+def _check_seconds(name: str, value: object, high: float = math.inf) -> float:
+    if not _is_number(value) or not 0 < value < math.inf or value > high:  # type: ignore[operator]
+        bound = f" (at most {high:g})" if high < math.inf else ""
         raise ConfigurationError(
-            name, f"must be a positive finite number of seconds, got {value!r}"
-        )
+            name, f"must be a positive finite number of seconds{bound}, got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 
@@ -225,9 +225,11 @@ class TransportBuilderBase:
         handshake is bounded by its ``idle_timeout``).
 
         Raises:
-            ConfigurationError: not a positive finite number.
+            ConfigurationError: not a positive number of at most 1,000,000 seconds.
         """
-        self._set["handshake_timeout"] = _check_seconds("handshake_timeout", seconds)
+        # The configs' own bound: the value goes into every server config.
+        self._set["handshake_timeout"] = _check_seconds("handshake_timeout", seconds,
+                                                        MAX_TIMEOUT)
         return self
 
     def idle_timeout(self: _B, seconds: float) -> _B:

@@ -60,9 +60,12 @@ an enclosing deadline) abandons the half-open connection."""
 class TransportBuilder(TransportBuilderBase):
     """Builds a :class:`Transport`: ``Transport.builder().request_timeout(5).build()``.
 
-    Every setter returns the builder.  Defaults: request timeout 10 s (the wire spec's), connect
-    timeout from each config (10 s unless the URL or config says otherwise), graceful shutdown
-    timeout 5 s for ``async with``.
+    Every setter checks its arguments at once and returns the builder; ``build()`` checks the
+    combination (the same setting given two ways is refused), ``settings()`` shows the effective
+    settings as plain data (every method, default and conflict: "The transport builder" in
+    docs/configuration.md).  Defaults: request timeout 10 s (the wire spec's), connect timeout
+    from each config (10 s unless the URL or config says otherwise), graceful shutdown timeout
+    5 s for ``async with``.
     """
 
     def build(self, nursery: trio.Nursery | None = None) -> Transport:
@@ -73,7 +76,7 @@ class TransportBuilder(TransportBuilderBase):
                 ``async with transport:`` opens).
 
         Raises:
-            ConfigurationError: a session setting is invalid.
+            ConfigurationError: a setting or a combination is invalid (``field`` names it).
         """
         return Transport(nursery=nursery, **_transport_args(self))
 
