@@ -516,15 +516,6 @@ class TransportBuilderBase:
             "on_shutdown": self._on_shutdown,
         }
 
-    def _checked_settings(self) -> dict[str, Any]:
-        """The session settings for ``Transport(settings=...)`` (see :meth:`_checked`).
-
-        Raises:
-            ConfigurationError: a session setting is invalid or given twice.
-        """
-        settings: dict[str, Any] = self._checked()["settings"]
-        return settings
-
 
 def _plain(value: object) -> object:
     """*value* as JSON-able data (tuples become lists, other objects their ``repr``)."""
