@@ -1,15 +1,20 @@
 """The core's public names that every backend package (``msgtrans.io_asyncio``, ``io_trio``,
 ``io_sync``) re-exports, written once.
 
-A backend's ``__init__`` star-imports this module (which binds exactly the names of
-``__all__``, each the core's own object), imports its own classes (``Transport``, ``Session``,
-``Message``, ``SessionPool``, ... are different classes in every backend) from its own modules,
-and adds this ``__all__`` to its own.
+The builder's arguments are here too (the expansion strategies, the config unions), so a backend
+alone is enough to configure its transport.  A backend's ``__init__`` star-imports this module
+(which binds exactly the names of ``__all__``, each the core's own object), imports its own
+classes (``Transport``, ``Session``, ``Message``, ``SessionPool``, ... are different classes in
+every backend) from its own modules, and adds this ``__all__`` to its own.
 """
 
 from ..core.config import (
+    ConnectionConfig,
+    ConnectionConfigLike,
     QuicConfig,
     QuicServerConfig,
+    ServerConfig,
+    ServerConfigLike,
     ServerTlsConfig,
     TcpConfig,
     TcpServerConfig,
@@ -26,6 +31,7 @@ from ..core.errors import (
     TransportError,
     TransportTimeoutError,
 )
+from ..core.expansion import ExpansionStrategy, FixedExpansion, NoExpansion, SmartExpansion
 from ..core.metrics import MetricsSnapshot
 from ..core.packet import PacketType
 from ..core.pool import PoolStatus
@@ -34,7 +40,12 @@ from ..core.session import CloseReason, SessionState
 __all__ = [
     "CloseReason",
     "ConfigurationError",
+    "ConnectionConfig",
+    "ConnectionConfigLike",
+    "ExpansionStrategy",
+    "FixedExpansion",
     "MetricsSnapshot",
+    "NoExpansion",
     "PacketType",
     "PoolStatus",
     "Protocol",
@@ -42,8 +53,11 @@ __all__ = [
     "QuicConfig",
     "QuicServerConfig",
     "ResourceError",
+    "ServerConfig",
+    "ServerConfigLike",
     "ServerTlsConfig",
     "SessionState",
+    "SmartExpansion",
     "TcpConfig",
     "TcpServerConfig",
     "TlsConfig",

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from ..core.config import QuicServerConfig, ServerConfig
+from ..core.config import QuicServerConfig, ServerConfig, ServerConfigLike
 from ..core.errors import TransportError
 from ..core.packet import Buffer
 from .builder import DEFAULT_SHUTDOWN_TIMEOUT
@@ -145,6 +145,10 @@ class AsyncTransportFacade(Generic[S, M, R, St]):
 
         async def _shut(self, timeout: float, *, drain: bool) -> R: ...
 
+        def _server_configs(
+            self, configs: ServerConfigLike | Iterable[ServerConfigLike]
+        ) -> list[ServerConfig]: ...
+
     async def __aenter__(self: _T) -> _T:
         return self
 
@@ -199,16 +203,19 @@ class AsyncTransportFacade(Generic[S, M, R, St]):
 
     # --- servers -------------------------------------------------------------------------------
 
-    def accept(self, configs: Iterable[ServerConfig | str]) -> St:
-        """Listen on every config (``TcpServerConfig``, ``WebSocketServerConfig``,
-        ``QuicServerConfig`` or server URLs) and return the stream of accepted sessions; use
-        it as ``async with transport.accept([...]) as sessions``.
+    def accept(self, configs: ServerConfigLike | Iterable[ServerConfigLike]) -> St:
+        """Listen on one config or on every config of a list (``TcpServerConfig``,
+        ``WebSocketServerConfig``, ``QuicServerConfig`` or server URLs) and return the stream
+        of accepted sessions; use it as ``async with transport.accept("tcp://...") as
+        sessions``.  The builder's transport-wide settings (``max_payload``, ``max_sessions``,
+        ``handshake_timeout``...) apply to each config.
 
         Raises:
-            ConfigurationError: a config is invalid.
+            ConfigurationError: a config is invalid, or sets a field the builder set to another
+                value.
             (When entered) TransportError: an address cannot be bound.
         """
-        return self._stream_type(self, configs)
+        return self._stream_type(self, self._server_configs(configs))
 
     # --- shutdown ------------------------------------------------------------------------------
 

@@ -11,30 +11,38 @@ that the blocking backend calls under its lock are plain here; it overrides them
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
 import logging
 import socket
+import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ..core.budget import MemoryBudget
+from ..core.buffers import BufferPool
 from ..core.config import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
     ConnectionConfig,
     QuicServerConfig,
     ServerConfig,
+    ServerConfigLike,
     to_config,
     to_server_config,
 )
 from ..core.connection import Connection, client_connection
 from ..core.errormap import map_error
-from ..core.errors import TransportConnectionError, TransportError
+from ..core.errors import ConfigurationError, TransportConnectionError, TransportError
 from ..core.expansion import ExpansionStrategy
+from ..core.framing import DEFAULT_ZERO_COPY_THRESHOLD
 from ..core.machine import Address
 from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
+from ..core.packet import DEFAULT_LIMITS, Limits
 from ..core.pool import PoolMachine, PoolStatus
 from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
-from .builder import DEFAULT_SHUTDOWN_TIMEOUT, TransportBuilderBase
-from .pool import PoolDriverBase, PoolTracker, make_machine
+from .builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
+from .pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, PoolDriverBase, PoolTracker, make_machine
 from .quic import count_quic_refusals
 
 
@@ -86,14 +94,98 @@ P = TypeVar("P", bound=PoolDriverBase[Any])
 Q = TypeVar("Q", bound=_QuicListener)
 
 
+@dataclasses.dataclass(frozen=True)
+class TransportDefaults:
+    """What a builder sets for the whole transport besides the session settings (every field
+    optional; ``TransportDefaults()`` changes nothing).
+
+    Attributes:
+        config: transport-wide config fields (``zero_copy_threshold``, ``max_payload``,
+            ``max_ext_header``, ``max_sessions``, ``handshake_timeout``) applied to every config
+            a connect, accept or pool uses (see :meth:`TransportBase._configured`).
+        pool_min, pool_max, pool_target, pool_strategy: the defaults of ``transport.pool()``.
+        buffer_pool: ``(sizes, counts)`` of the transport's own receive pool, or ``None`` (the
+            process-wide one).
+        on_shutdown: called with every :class:`ShutdownReport` (errors logged).
+    """
+
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    pool_min: int | None = None
+    pool_max: int | None = None
+    pool_target: int | None = None
+    pool_strategy: ExpansionStrategy | None = None
+    buffer_pool: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    on_shutdown: Callable[[ShutdownReport], object] | None = None
+
+
 def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
-    """The keyword arguments of the ``Transport`` *builder* builds (its session settings
-    checked: ``ConfigurationError`` when one is invalid)."""
+    """The keyword arguments of the ``Transport`` *builder* builds (its settings checked:
+    ``ConfigurationError`` naming the field when one, or a combination, is invalid)."""
+    checked = builder._checked()
+    pool = checked["pool"]
+    buffers = checked["buffer_pool"]
     return {
-        "settings": builder._checked_settings(),
-        "connect_timeout": builder._connect_timeout,
-        "shutdown_timeout": builder._shutdown_timeout,
+        "settings": checked["settings"],
+        "connect_timeout": checked["connect_timeout"],
+        "shutdown_timeout": checked["shutdown_timeout"],
+        "memory_limit": checked["memory_limit"],
+        "defaults": TransportDefaults(
+            config=checked["config"], pool_min=pool.get("min"), pool_max=pool.get("max"),
+            pool_target=pool.get("target"), pool_strategy=pool["strategy"],
+            buffer_pool=None if buffers is None else (tuple(buffers["sizes"]),
+                                                      tuple(buffers["counts"])),
+            on_shutdown=checked["on_shutdown"],
+        ),
     }
+
+
+#: What a config field the builder sets is when the config leaves it alone: a config with this
+#: value takes the builder's, one with another value conflicts with it.
+_CONFIG_DEFAULTS: dict[str, object] = {
+    "zero_copy_threshold": DEFAULT_ZERO_COPY_THRESHOLD,
+    "max_payload": DEFAULT_LIMITS.max_payload,
+    "max_ext_header": DEFAULT_LIMITS.max_ext_header,
+    "max_sessions": None,
+    "handshake_timeout": DEFAULT_HANDSHAKE_TIMEOUT,
+}
+_LIMIT_FIELDS = ("max_payload", "max_ext_header")
+#: Distinct configs whose transport-wide version is remembered (a connect loop over one URL
+#: applies the builder's fields once, not per connect).
+_CONFIGURED_CACHE = 256
+_C = TypeVar("_C", ConnectionConfig, ServerConfig)
+
+
+def apply_config_defaults(config: _C, fields: Mapping[str, Any]) -> _C:
+    """*config* with the transport-wide *fields* (see :data:`_CONFIG_DEFAULTS`) it has: a field
+    the config leaves at its default takes the transport's value; ``handshake_timeout`` and
+    ``max_sessions`` apply to the server configs that have them.
+
+    Raises:
+        ConfigurationError: the config sets a field to a value other than its default and the
+            transport's (``field`` names it): given two ways, neither silently wins.
+    """
+    changes: dict[str, Any] = {}
+    limits: dict[str, int] = {}
+    for name, value in fields.items():
+        if name in _LIMIT_FIELDS:
+            current = getattr(config.limits, name)
+        elif hasattr(config, name):
+            current = getattr(config, name)
+        else:
+            continue
+        if current == value:
+            continue
+        if current != _CONFIG_DEFAULTS[name]:
+            raise ConfigurationError(
+                name, f"the {type(config).__name__} sets {current!r} and the transport builder "
+                f"{value!r}: give it one way")
+        if name in _LIMIT_FIELDS:
+            limits[name] = value
+        else:
+            changes[name] = value
+    if limits:
+        changes["limits"] = Limits(**{**dataclasses.asdict(config.limits), **limits})
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 #: The config of a listener on a datagram socket (what :func:`_datagram_server` answers): the
@@ -197,6 +289,7 @@ class TransportBase(Generic[S, P, Q]):
         connect_timeout: float | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         memory_limit: int | None = None,
+        defaults: TransportDefaults | None = None,
     ) -> None:
         self._settings: dict[str, Any] = dict(settings or {})
         self._connect_timeout = connect_timeout
@@ -209,12 +302,25 @@ class TransportBase(Generic[S, P, Q]):
         )
         if self._memory_budget is not None:
             self._settings["memory_budget"] = self._memory_budget
+        self._defaults = defaults = defaults or TransportDefaults()
+        self._configured_cache: dict[Any, Any] = {}
+        # The transport's own receive pool, lent from by every connection (the process-wide
+        # one otherwise); dropped at shutdown.  Its lock: buffers come back from any thread.
+        self._buffer_pool: BufferPool | None = None
+        if defaults.buffer_pool is not None:
+            sizes, counts = defaults.buffer_pool
+            # Nothing made in advance, as the process-wide receive pool: a transport that never
+            # receives a big payload costs nothing.
+            self._buffer_pool = BufferPool(sizes, counts, preallocate=(0,) * len(sizes),
+                                           lock=threading.Lock())
+            self._settings["buffer_pool"] = self._buffer_pool
         self._sessions: dict[int, S] = {}
         self._last_id = 0
         self._closing = False
         self._flushed_total = 0
         # Every session counts into these (see stats()); pools are tracked for pool_status().
-        self._metrics = TransportMetrics()
+        self._metrics = (TransportMetrics() if self._buffer_pool is None
+                         else TransportMetrics(buffer_pool=self._buffer_pool))
         self._metrics.memory_budget = self._memory_budget
         self._pools: PoolTracker[P] = PoolTracker()
         self._quic_listeners: list[Q] = []
@@ -253,6 +359,41 @@ class TransportBase(Generic[S, P, Q]):
         """How many sessions are open."""
         return len(self.sessions())
 
+    def _configured(self, config: _C) -> _C:
+        """*config* with the builder's transport-wide fields (:func:`apply_config_defaults`);
+        as it is when the builder set none.
+
+        Raises:
+            ConfigurationError: the config sets one of them to another value.
+        """
+        fields = self._defaults.config
+        if not fields:
+            return config
+        cache = self._configured_cache
+        try:
+            done = cache.get(config)
+        except TypeError:  # an unhashable field (a config made with a list): no caching
+            return apply_config_defaults(config, fields)
+        if done is None:
+            done = apply_config_defaults(config, fields)
+            if len(cache) >= _CONFIGURED_CACHE:
+                cache.clear()
+            cache[config] = done
+        return cast(_C, done)
+
+    def _server_configs(
+        self, configs: ServerConfigLike | Iterable[ServerConfigLike]
+    ) -> list[ServerConfig]:
+        """What ``accept()`` listens on: one config or URL, or several, as server configs with
+        the builder's transport-wide fields.
+
+        Raises:
+            ConfigurationError: a config is invalid or conflicts with the builder.
+        """
+        if isinstance(configs, str) or not isinstance(configs, Iterable):
+            configs = [configs]
+        return [self._configured(to_server_config(c)) for c in configs]
+
     def _connect_limit(self, config: ConnectionConfig, timeout: float | None) -> float:
         """Seconds a connect may take: *timeout*, else the builder's, else the config's."""
         if timeout is not None:
@@ -264,8 +405,14 @@ class TransportBase(Generic[S, P, Q]):
     def _connection(self, config: ConnectionConfig,
                     resolved: Address | None = None) -> Callable[[int], Connection]:
         """What :meth:`_new_session` calls to make a client connection to *config* (to the
-        address *resolved* already, for a datagram socket)."""
+        address *resolved* already, for a datagram socket), with the builder's transport-wide
+        config fields.
+
+        Raises:
+            ConfigurationError: *config* conflicts with the builder's transport-wide fields.
+        """
         settings = self._settings
+        config = self._configured(config)
         if resolved is None:
             return lambda sid: client_connection(config, session_id=sid, **settings)
         return lambda sid: client_connection(config, session_id=sid, resolved=resolved,
@@ -286,15 +433,33 @@ class TransportBase(Generic[S, P, Q]):
     # --- pools and metrics ----------------------------------------------------------------------
 
     def _pool_machine(
-        self, address: str | ConnectionConfig, sizes: tuple[int, int, int | None], *,
+        self, address: str | ConnectionConfig,
+        sizes: tuple[int | None, int | None, int | None], *,
         strategy: ExpansionStrategy | None, settings: dict[str, Any], now: Callable[[], float],
     ) -> tuple[ConnectionConfig, PoolMachine]:
         """The config and the core's machine of a new pool (``transport.pool()``'s checks:
         the transport open, the address, the *sizes* ``(min, max, target)`` and the settings;
-        *now* is the backend's clock)."""
+        *now* is the backend's clock).
+
+        A size or *strategy* left ``None`` is the builder's ``connection_pool`` /
+        ``pool_expansion_strategy`` value, else the default (min 2, max 64, target 16 kept
+        between them, :class:`SmartExpansion`); what the call gives wins.  The builder's target
+        is clamped into the call's ``[min, max]`` when the call gives either.
+        """
         self._check_open("pool")
-        config = to_config(address)
-        machine = make_machine(*sizes, strategy=strategy, now=now(), settings=settings)
+        config = self._configured(to_config(address))
+        defaults = self._defaults
+        low, high, target = sizes
+        low = defaults.pool_min if low is None else low
+        high = defaults.pool_max if high is None else high
+        low = DEFAULT_POOL_MIN if low is None else low
+        high = DEFAULT_POOL_MAX if high is None else high
+        if target is None and defaults.pool_target is not None:
+            target = builtins.max(low, builtins.min(defaults.pool_target, high))
+        if strategy is None:
+            strategy = defaults.pool_strategy
+        machine = make_machine(low, high, target, strategy=strategy, now=now(),
+                               settings=settings)
         return config, machine
 
     def _pool_settings(self) -> dict[str, Any]:
@@ -368,6 +533,24 @@ class TransportBase(Generic[S, P, Q]):
         self._quic_listeners.clear()
         self._quic_refused.clear()
 
+    def _finish_shutdown(self, figures: tuple[int, int, int], elapsed: float) -> ShutdownReport:
+        """The report of the shutdown that just ended (*figures* from
+        :meth:`_shutdown_figures`, *elapsed* seconds), with the final metrics; the transport's
+        own buffer pool drops its free buffers, and the builder's ``on_shutdown`` callback gets
+        the report (what it raises is logged).  Called once per transport, with no lock held."""
+        if self._buffer_pool is not None:
+            _drop_free_buffers(self._buffer_pool)
+        report = ShutdownReport(*figures, elapsed=elapsed, metrics=self.stats())
+        callback = self._defaults.on_shutdown
+        if callback is not None:
+            try:
+                callback(report)
+            except Exception:
+                # The backend's logger (msgtrans.io_asyncio...), as for its handlers' errors.
+                backend = type(self).__module__.rsplit(".", 1)[0]
+                logging.getLogger(backend).exception("the on_shutdown callback raised")
+        return report
+
     def _shutdown_figures(self, sessions: list[S], flushed_before: int) -> tuple[int, int, int]:
         """The shutdown report's ``closed_cleanly``, ``forced`` and ``messages_flushed`` for
         *sessions* (those the shutdown found), *flushed_before* being the baseline."""
@@ -379,3 +562,15 @@ class TransportBase(Generic[S, P, Q]):
             if not s.forced and s.closed_event is not None and s.closed_event.clean
         )
         return clean, len(sessions) - clean, max(0, flushed)
+
+
+def _drop_free_buffers(pool: BufferPool) -> None:
+    """Free the buffers *pool* keeps for reuse (those lent out are freed when given back or
+    dropped).  The core's pool has no public call for it yet, so its classes are emptied here
+    under its lock, its books kept as its own eviction keeps them."""
+    lock = pool._lock
+    assert lock is not None  # the transport made it with one
+    with lock:
+        for index, classes in enumerate(pool._pools):
+            while classes.drop_free() is not None:
+                pool._allocated -= pool.sizes[index]

@@ -16,17 +16,17 @@ from typing import Any
 from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.docs import doc
-from .._driver.pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from .._driver.transport import (
     SessionStreamBase,
     TransportBase,
+    TransportDefaults,
     _datagram_server,
     _handler_failed,
     _no_request_handler,
     _send_result,
     _transport_args,
 )
-from ..core.config import ConnectionConfig, ServerConfig, to_config
+from ..core.config import ConnectionConfig, ServerConfig, ServerConfigLike, to_config
 from ..core.connection import Connection
 from ..core.errors import TransportConnectionError, TransportError, TransportTimeoutError
 from ..core.expansion import ExpansionStrategy
@@ -66,9 +66,12 @@ DEFAULT_SERVE_WORKERS = 8
 class TransportBuilder(TransportBuilderBase):
     """Builds a :class:`Transport`: ``Transport.builder().request_timeout(5).build()``.
 
-    Every setter returns the builder.  Defaults: request timeout 10 s (the wire spec's), connect
-    timeout from each config (10 s unless the URL or config says otherwise), graceful shutdown
-    timeout 5 s for ``with``.
+    Every setter checks its arguments at once and returns the builder; ``build()`` checks the
+    combination (the same setting given two ways is refused), ``settings()`` shows the effective
+    settings as plain data (every method, default and conflict: "The transport builder" in
+    docs/configuration.md).  Defaults: request timeout 10 s (the wire spec's), connect timeout
+    from each config (10 s unless the URL or config says otherwise), graceful shutdown timeout
+    5 s for ``with``.
     """
 
     def shutdown_timeout(self, seconds: float) -> TransportBuilder:
@@ -83,7 +86,7 @@ class TransportBuilder(TransportBuilderBase):
         """Return the transport.
 
         Raises:
-            ConfigurationError: a session setting is invalid.
+            ConfigurationError: a setting or a combination is invalid (``field`` names it).
         """
         return Transport(**_transport_args(self))
 
@@ -329,11 +332,13 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         connect_timeout: float | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         memory_limit: int | None = None,
+        defaults: TransportDefaults | None = None,
     ) -> None:
         # The base's session table, counters, pools and QUIC listeners are guarded by the
         # loop's lock.
         super().__init__(settings=settings, connect_timeout=connect_timeout,
-                         shutdown_timeout=shutdown_timeout, memory_limit=memory_limit)
+                         shutdown_timeout=shutdown_timeout, memory_limit=memory_limit,
+                         defaults=defaults)
         self._state_lock = threading.Lock()  # the loop's creation and the shutdown's start
         self._loop: IOLoop | None = None
         # Guarded by the loop's lock:
@@ -509,16 +514,19 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
 
     # --- servers -------------------------------------------------------------------------------
 
-    def accept(self, configs: Iterable[ServerConfig | str]) -> SessionStream:
-        """Listen on every config (``TcpServerConfig``, ``WebSocketServerConfig``,
-        ``QuicServerConfig`` or server URLs) and return the stream of accepted sessions; use
-        it as ``with transport.accept([...]) as sessions: for session in sessions: ...``.
+    def accept(self, configs: ServerConfigLike | Iterable[ServerConfigLike]) -> SessionStream:
+        """Listen on one config or on every config of a list (``TcpServerConfig``,
+        ``WebSocketServerConfig``, ``QuicServerConfig`` or server URLs) and return the stream
+        of accepted sessions; use it as ``with transport.accept("tcp://...") as sessions: for
+        session in sessions: ...``.  The builder's transport-wide settings (``max_payload``,
+        ``max_sessions``, ``handshake_timeout``...) apply to each config.
 
         Raises:
-            ConfigurationError: a config is invalid.
+            ConfigurationError: a config is invalid, or sets a field the builder set to another
+                value.
             (When entered) TransportError: an address cannot be bound.
         """
-        return SessionStream(self, configs)
+        return SessionStream(self, self._server_configs(configs))
 
     @doc(docs.SERVE, kind="",
          until="; block until the transport shuts down (from another thread) and the"
@@ -555,8 +563,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         address: str | ConnectionConfig,
         /,
         *,
-        min: int = DEFAULT_POOL_MIN,
-        max: int = DEFAULT_POOL_MAX,
+        min: int | None = None,
+        max: int | None = None,
         target: int | None = None,
         strategy: ExpansionStrategy | None = None,
         **settings: Any,
@@ -638,7 +646,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         deadline = start + max(0.0, timeout)
         loop = self._loop
         if loop is None:
-            return ShutdownReport(0, 0, 0, time.monotonic() - start)
+            return self._finish_shutdown((0, 0, 0), time.monotonic() - start)
         for stream in list(self._streams):
             stream.close()
         with loop.lock:
@@ -676,7 +684,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
                 run.finished.wait(max(deadline - time.monotonic(), 0.0) + 1.0)
         with loop.lock:
             figures = self._shutdown_figures(sessions, flushed_before)
-        return ShutdownReport(*figures, elapsed=time.monotonic() - start)
+        return self._finish_shutdown(figures, time.monotonic() - start)
 
 
 def _call(handler: Any, name: str, *args: Any) -> None:

@@ -20,11 +20,11 @@ from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.docs import doc
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
-from .._driver.pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN
 from .._driver.transport import (
     DatagramServerConfig,
     SessionStreamBase,
     TransportBase,
+    TransportDefaults,
     _no_request_handler,
     _send_result,
     _transport_args,
@@ -60,9 +60,12 @@ an enclosing deadline) abandons the half-open connection."""
 class TransportBuilder(TransportBuilderBase):
     """Builds a :class:`Transport`: ``Transport.builder().request_timeout(5).build()``.
 
-    Every setter returns the builder.  Defaults: request timeout 10 s (the wire spec's), connect
-    timeout from each config (10 s unless the URL or config says otherwise), graceful shutdown
-    timeout 5 s for ``async with``.
+    Every setter checks its arguments at once and returns the builder; ``build()`` checks the
+    combination (the same setting given two ways is refused), ``settings()`` shows the effective
+    settings as plain data (every method, default and conflict: "The transport builder" in
+    docs/configuration.md).  Defaults: request timeout 10 s (the wire spec's), connect timeout
+    from each config (10 s unless the URL or config says otherwise), graceful shutdown timeout
+    5 s for ``async with``.
     """
 
     def build(self, nursery: trio.Nursery | None = None) -> Transport:
@@ -73,7 +76,7 @@ class TransportBuilder(TransportBuilderBase):
                 ``async with transport:`` opens).
 
         Raises:
-            ConfigurationError: a session setting is invalid.
+            ConfigurationError: a setting or a combination is invalid (``field`` names it).
         """
         return Transport(nursery=nursery, **_transport_args(self))
 
@@ -190,9 +193,11 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         connect_timeout: float | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         memory_limit: int | None = None,
+        defaults: TransportDefaults | None = None,
     ) -> None:
         super().__init__(settings=settings, connect_timeout=connect_timeout,
-                         shutdown_timeout=shutdown_timeout, memory_limit=memory_limit)
+                         shutdown_timeout=shutdown_timeout, memory_limit=memory_limit,
+                         defaults=defaults)
         self._nursery = nursery
         self._nursery_cm: Any = None
         self._streams: set[SessionStream] = set()
@@ -417,8 +422,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         address: str | ConnectionConfig,
         /,
         *,
-        min: int = DEFAULT_POOL_MIN,
-        max: int = DEFAULT_POOL_MAX,
+        min: int | None = None,
+        max: int | None = None,
         target: int | None = None,
         strategy: ExpansionStrategy | None = None,
         **settings: Any,
@@ -484,5 +489,5 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         for scope in list(self._handler_scopes):
             scope.cancel()
         self._handler_scopes.clear()
-        return ShutdownReport(*self._shutdown_figures(sessions, flushed_before),
-                              elapsed=trio.current_time() - start)
+        return self._finish_shutdown(self._shutdown_figures(sessions, flushed_before),
+                                     trio.current_time() - start)
