@@ -49,11 +49,14 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_HALF_OPEN",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PING_TIMEOUT",
+    "DEFAULT_RETRY_THRESHOLD",
     "DEFAULT_SUBPROTOCOLS",
     "LOOPBACK_DATAGRAM_SIZE",
     "MAX_TIMEOUT",
+    "RETRY_MODES",
     "SUBPROTOCOL",
     "ConnectionConfig",
     "ConnectionConfigLike",
@@ -94,6 +97,16 @@ DEFAULT_PING_TIMEOUT = 20.0
 DEFAULT_CLOSE_TIMEOUT = 10.0
 #: Seconds of silence after which a QUIC connection is dropped.
 DEFAULT_IDLE_TIMEOUT = 30.0
+#: How a QUIC server validates client addresses with a stateless Retry: ``"auto"`` once
+#: ``retry_threshold`` connections are half-open, ``"always"``, or ``"never"``.
+RETRY_MODES = ("auto", "always", "never")
+#: Half-open QUIC connections (handshake not complete) from which ``retry="auto"`` validates
+#: every new client's address first: a normal load pays no extra round trip, a flood of
+#: spoofed Initials costs no state.
+DEFAULT_RETRY_THRESHOLD = 64
+#: Half-open QUIC connections beyond which new clients are refused (each costs a whole aioquic
+#: connection until its handshake completes or times out).
+DEFAULT_MAX_HALF_OPEN = 1024
 #: Pending connections a listening socket queues.
 DEFAULT_BACKLOG = 128
 #: The UDP payload size QUIC uses once the handshake is over when the peer is on a loopback
@@ -1507,6 +1520,14 @@ class QuicServerConfig(_Quic, _Endpoint):
             timeouts, answering late packets with CONNECTION_CLOSE) before its session counts
             as closed (default ``True``: the UDP socket is shared and stays, so late packets
             would otherwise go unanswered; ``False`` ends sessions a few milliseconds sooner).
+        handshake_timeout: seconds a new connection has for its handshake (default 10.0).
+        retry: validate client addresses with a stateless Retry (one round trip more):
+            ``"auto"`` (the default) once *retry_threshold* connections are half-open,
+            ``"always"`` or ``"never"``.
+        retry_threshold: the half-open connections from which ``"auto"`` validates
+            (default 64).
+        max_half_open: the most half-open connections at once; more are refused with
+            CONNECTION_REFUSED (default 1024; ``None``: no limit).
 
     Raises:
         ConfigurationError: a field is invalid (``field`` names it).
@@ -1523,6 +1544,10 @@ class QuicServerConfig(_Quic, _Endpoint):
     zero_copy_threshold: int | None
     loopback_datagram_size: int | None
     closing_period: bool
+    handshake_timeout: float
+    retry: str
+    retry_threshold: int
+    max_half_open: int | None
 
     def __init__(
         self,
@@ -1538,6 +1563,10 @@ class QuicServerConfig(_Quic, _Endpoint):
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
         loopback_datagram_size: int | None = LOOPBACK_DATAGRAM_SIZE,
         closing_period: bool = True,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        retry: str = "auto",
+        retry_threshold: int = DEFAULT_RETRY_THRESHOLD,
+        max_half_open: int | None = DEFAULT_MAX_HALF_OPEN,
     ) -> None:
         _set(self, "addr", _check_addr(addr, server=True))
         if cert_file is None:
@@ -1550,6 +1579,14 @@ class QuicServerConfig(_Quic, _Endpoint):
         _set(self, "max_frame", _check_max_frame(max_frame))
         _set_server_receive(self, max_sessions, limits, zero_copy_threshold)
         _set_quic_datagrams(self, loopback_datagram_size, closing_period)
+        _set(self, "handshake_timeout", _required_timeout("handshake_timeout", handshake_timeout))
+        if retry not in RETRY_MODES:
+            raise ConfigurationError(
+                "retry", f"must be one of {', '.join(map(repr, RETRY_MODES))}, got {retry!r}"
+            )
+        _set(self, "retry", retry)
+        _set(self, "retry_threshold", _check_int("retry_threshold", retry_threshold, 0, 2**31))
+        _set(self, "max_half_open", _check_optional_int("max_half_open", max_half_open, 1, 2**31))
 
     def to_url(self) -> str:
         """Return a ``quic://`` URL that :func:`parse_server_url` turns back into an equal
@@ -1563,6 +1600,10 @@ class QuicServerConfig(_Quic, _Endpoint):
             params.append(("max_sessions", str(self.max_sessions)))
         params += _quic_datagram_params(self.loopback_datagram_size, self.closing_period,
                                         default_closing_period=True)
+        params += _seconds_param("handshake_timeout", self.handshake_timeout,
+                                 DEFAULT_HANDSHAKE_TIMEOUT)
+        if self.retry != "auto":
+            params.append(("retry", self.retry))
         return _make_url("quic", self.addr, params=params)
 
 
@@ -1709,10 +1750,10 @@ def parse_server_url(
 
     ``tls://``, ``wss://`` and ``quic://`` need a certificate: pass *cert_file* (and *key_file*
     unless the key is in the same file), or put them in the URL as ``?cert=PATH&key=PATH``.
-    Other query parameters: ``max_sessions`` (every scheme), ``backlog`` and
-    ``handshake_timeout`` (tcp, tls, ws, wss), ``nodelay`` and ``keepalive`` (tcp, tls), ``ca``
-    (tls, wss: require client certificates signed by these CAs), ``idle_timeout``,
-    ``closing_period`` and ``loopback_datagram_size`` (quic).
+    Other query parameters: ``max_sessions`` and ``handshake_timeout`` (every scheme),
+    ``backlog`` (tcp, tls, ws, wss), ``nodelay`` and ``keepalive`` (tcp, tls), ``ca`` (tls, wss:
+    require client certificates signed by these CAs), ``idle_timeout``, ``closing_period``,
+    ``loopback_datagram_size`` and ``retry`` (``auto``, ``always`` or ``never``; quic).
 
     Args:
         url: the URL to listen on.
@@ -1729,7 +1770,7 @@ def parse_server_url(
     secure = scheme in ("tls", "wss", "quic")
     if scheme == "quic":
         allowed: tuple[str, ...] = (*_SERVER_CERT, "idle_timeout", *_QUIC_DATAGRAM_PARAMS,
-                                    *_SERVER_COMMON)
+                                    "handshake_timeout", "retry", *_SERVER_COMMON)
     elif scheme in ("tcp", "tls"):
         allowed = ("nodelay", "keepalive", *_SERVER_STREAM)
     else:
@@ -1776,6 +1817,8 @@ def parse_server_url(
     if scheme == "quic":
         _no_path(parts)
         kwargs.update(_quic_datagram_kwargs(params))
+        if "retry" in params:
+            kwargs["retry"] = _param_str("retry", params["retry"])
         addr = _url_hostport(parts, server=True, default_port=None)
         assert cert is not None
         return QuicServerConfig(addr, cert, key, **kwargs)

@@ -777,6 +777,10 @@ def quic_endpoint(target: str | QuicServerConfig) -> QuicEndpoint:
         max_frame=config.max_frame,
         loopback_datagram_size=config.loopback_datagram_size,
         closing_period=config.closing_period,
+        handshake_timeout=config.handshake_timeout,
+        retry=config.retry == "always",
+        retry_threshold=config.retry_threshold if config.retry == "auto" else None,
+        max_half_open=config.max_half_open,
     )
 
 

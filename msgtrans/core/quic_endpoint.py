@@ -60,6 +60,7 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 
+from .config import DEFAULT_MAX_HALF_OPEN, DEFAULT_RETRY_THRESHOLD
 from .errors import ConfigurationError
 from .events import Event
 from .framing import DEFAULT_ZERO_COPY_THRESHOLD, QUIC_MAX_FRAME
@@ -78,7 +79,9 @@ from .quic import (
     QuicMachine,
 )
 
-__all__ = ["MAX_PENDING_REPLIES", "QuicEndpoint"]
+__all__ = [
+    "DEFAULT_MAX_HALF_OPEN", "DEFAULT_RETRY_THRESHOLD", "MAX_PENDING_REPLIES", "QuicEndpoint",
+]
 
 #: Stateless replies (Version Negotiation, Retry, refusals) kept for the next
 #: :meth:`QuicEndpoint.datagrams_to_send`; beyond this, under a flood, they are dropped.
@@ -90,6 +93,20 @@ _CERT_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE--
 _KEY_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----\s*", re.S
 )
+
+
+def _initial_decrypts(data: bytes, encrypted_offset: int, header: QuicHeader,
+                      version: int) -> bool:
+    """Whether the first packet of *data*, an Initial of *version* sent to its destination
+    id, decrypts with the Initial keys that id derives (what aioquic would do with it once a
+    connection exists, without making one)."""
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=header.destination_cid, is_client=False, version=version)
+    try:
+        crypto.decrypt_packet(data[:header.packet_length], encrypted_offset, 0)
+    except Exception:  # any failure means "not a real Initial"; input never raises
+        return False
+    return True
 
 
 def _read_pem(value: PemSource, field: str) -> bytes:
@@ -208,6 +225,16 @@ class QuicEndpoint:
             counted in :attr:`connections_refused`.
         retry: validate each client's address with a stateless Retry before creating its
             connection (default ``False``; costs one round trip, defeats spoofed floods).
+        retry_threshold: validate with a Retry only once this many connections are half-open
+            (handshake not complete), so a normal load pays no extra round trip and a flood
+            of spoofed Initials costs no state (default ``None``: only as *retry* says; 0 is
+            *retry*).  A client that already holds a Retry token is always validated.
+        max_half_open: the most half-open connections at once (default ``None``: no limit);
+            Initials beyond it are refused with CONNECTION_CLOSE ``CONNECTION_REFUSED``.
+
+    An Initial is decrypted with the keys its destination id derives (RFC 9001 section 5.2)
+    before anything is kept for it: garbage shaped like an Initial is dropped and counted in
+    :attr:`initials_dropped`, at no memory cost and with no reply.
 
     Raises:
         ConfigurationError: no certificate or key, unreadable PEM, or a setting out of range.
@@ -221,6 +248,8 @@ class QuicEndpoint:
             :meth:`close`).
         version_negotiations: Version Negotiation packets sent.
         retries_sent: Retry packets sent.
+        initials_dropped: Initial-shaped datagrams that did not decrypt (also in
+            :attr:`datagrams_dropped`).
     """
 
     def __init__(
@@ -244,6 +273,8 @@ class QuicEndpoint:
         closing_period: bool = True,
         max_connections: int | None = None,
         retry: bool = False,
+        retry_threshold: int | None = None,
+        max_half_open: int | None = None,
     ) -> None:
         if configuration is None:
             configuration = self._configuration(
@@ -259,8 +290,16 @@ class QuicEndpoint:
             raise ConfigurationError(
                 "max_connections", f"must be 0 or more, or None, got {max_connections}"
             )
+        for name, value in (("retry_threshold", retry_threshold),
+                            ("max_half_open", max_half_open)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise ConfigurationError(name, f"must be 0 or more, or None, got {value!r}")
         self.configuration = configuration
         self.max_connections = max_connections
+        self.max_half_open = max_half_open
+        # Retry always (threshold 0), from a number of half-open connections on, or never.
+        self._retry_from: int | None = 0 if retry else retry_threshold
         self._settings: dict[str, Any] = {
             "limits": limits,
             "zero_copy_threshold": zero_copy_threshold,
@@ -280,7 +319,9 @@ class QuicEndpoint:
             ),
             **self._settings,
         )
-        self._retry = QuicRetryTokenHandler() if retry else None
+        self._retry = QuicRetryTokenHandler() if self._retry_from is not None else None
+        # Connections whose handshake has not completed: what a flood of Initials grows.
+        self._half_open: set[QuicMachine] = set()
         self._routes: dict[bytes, QuicMachine] = {}
         self._cids: dict[QuicMachine, set[bytes]] = {}
         # The live connections (oldest first) with their next deadline.  A deadline only moves
@@ -311,6 +352,7 @@ class QuicEndpoint:
         self.connections_refused = 0
         self.version_negotiations = 0
         self.retries_sent = 0
+        self.initials_dropped = 0
 
     @staticmethod
     def _configuration(
@@ -377,10 +419,9 @@ class QuicEndpoint:
         """
         self.datagrams_received += 1
         data = bytes(data)
+        buf = QuicBuffer(data=data)
         try:
-            header = pull_quic_header(
-                QuicBuffer(data=data), host_cid_length=self.configuration.connection_id_length
-            )
+            header = pull_quic_header(buf, host_cid_length=self.configuration.connection_id_length)
         except ValueError:
             self.datagrams_dropped += 1
             return
@@ -415,18 +456,17 @@ class QuicEndpoint:
         if version is None or header.packet_type != QuicPacketType.INITIAL or not big_enough:
             self.datagrams_dropped += 1
             return
+        if not _initial_decrypts(data, buf.tell(), header, version):
+            # Anyone can make a valid Initial (its keys come from its own id), so this only
+            # stops noise; a spoofed flood of valid ones is what Retry and the caps are for.
+            self.initials_dropped += 1
+            self.datagrams_dropped += 1
+            return
         if self._closing or (
             self.max_connections is not None and len(self._live) >= self.max_connections
         ):
-            self.connections_refused += 1
-            self._reply(
-                _refusal(
-                    version, header.source_cid, header.destination_cid,
-                    QuicErrorCode.CONNECTION_REFUSED,
-                    "server closing" if self._closing else "server at capacity",
-                ),
-                addr,
-            )
+            self._refuse(header, version, addr,
+                         "server closing" if self._closing else "server at capacity")
             return
         original_cid: bytes = header.destination_cid
         retry_cid: bytes | None = None
@@ -434,7 +474,11 @@ class QuicEndpoint:
             validated = self._validate(header, version, addr, now)
             if validated is None:
                 return
-            original_cid, retry_cid = validated, header.destination_cid
+            if validated:
+                original_cid, retry_cid = validated, header.destination_cid
+        if self.max_half_open is not None and len(self._half_open) >= self.max_half_open:
+            self._refuse(header, version, addr, "too many handshakes in progress")
+            return
         self._create(data, addr, now, header.destination_cid, (original_cid, retry_cid))
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
@@ -552,6 +596,8 @@ class QuicEndpoint:
             "connections_live": len(self._live),
             "version_negotiations": self.version_negotiations,
             "retries_sent": self.retries_sent,
+            "initials_dropped": self.initials_dropped,
+            "connections_half_open": len(self._half_open),
         }
 
     # --- internals -------------------------------------------------------------------------------
@@ -562,13 +608,25 @@ class QuicEndpoint:
             return
         self._replies.append((datagram, addr))
 
+    def _refuse(self, header: QuicHeader, version: int, addr: Address, reason: str) -> None:
+        self.connections_refused += 1
+        self._reply(
+            _refusal(version, header.source_cid, header.destination_cid,
+                     QuicErrorCode.CONNECTION_REFUSED, reason),
+            addr,
+        )
+
     def _validate(self, header: QuicHeader, version: int, addr: Address,
                   now: float) -> bytes | None:
-        """Stateless Retry: return the original destination id, or ``None`` when a Retry or a
-        refusal went out instead."""
-        assert self._retry is not None
+        """Stateless Retry: return the original destination id of a validated client, ``b""``
+        when no validation is asked for now (below the threshold, no Retry token), or
+        ``None`` when a Retry or a refusal went out instead."""
+        assert self._retry is not None and self._retry_from is not None
         token, dcid, scid = header.token, header.destination_cid, header.source_cid
+        wanted = len(self._half_open) >= self._retry_from
         try:
+            if not token and not wanted:
+                return b""
             if not token:
                 source_cid = os.urandom(self.configuration.connection_id_length)
                 token = self._retry.create_token(
@@ -593,6 +651,10 @@ class QuicEndpoint:
                 address=addr, destination_cid=dcid, token=token, now=now
             )
         except ValueError:
+            if not wanted and token:
+                # Not a token of ours to insist on (a NEW_TOKEN of an earlier server, say)
+                # while no validation is asked for: served as if it had none.
+                return b""
             # A forged, expired or foreign token (or an address the token cannot encode):
             # close with INVALID_TOKEN, RFC 9000 section 8.1.3.
             self.datagrams_dropped += 1
@@ -618,6 +680,7 @@ class QuicEndpoint:
         connection._endpoint = self
         connection._cid_listener = self._on_cid
         self._live[connection] = None
+        self._half_open.add(connection)
         self._cids[connection] = set()
         # The client keeps sending to the id it chose until it learns ours.
         self._on_cid(connection, dcid, True)
@@ -661,6 +724,8 @@ class QuicEndpoint:
         live = self._live
         if connection not in live:
             return
+        if connection.state is not MachineState.HANDSHAKING:
+            self._half_open.discard(connection)
         if connection.state is not MachineState.CLOSED:
             deadline = connection.next_deadline()
             if deadline != live[connection]:
