@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -74,15 +74,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: a self-signed one generated at start)")
     parser.add_argument("--tls-key", metavar="FILE",
                         help="private key (PEM) of --tls-cert (default: in the same file)")
-    add_backend_argument(parser)
-    parser.add_argument("--log-level", default="INFO",
+    add_backend_argument(parser, default=None)
+    parser.add_argument("--log-level", default=None,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging on stderr (default INFO)")
+    parser.add_argument("--config", metavar="FILE.toml",
+                        help="transport settings ([transport]: one key per builder method) and "
+                             "these options ([serve]); MSGTRANS_<SETTING> variables override "
+                             "the file, the command line both (see docs/configuration.md)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective settings as JSON and exit")
 
 
-def add_backend_argument(parser: argparse.ArgumentParser) -> None:
-    """Add ``--backend asyncio|trio|sync`` (default asyncio) to *parser*."""
-    parser.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
+def add_backend_argument(parser: argparse.ArgumentParser, default: str | None = BACKENDS[0]
+                         ) -> None:
+    """Add ``--backend asyncio|trio|sync`` (default asyncio) to *parser* (*default* ``None``:
+    ``serve``, whose config file may name the backend)."""
+    parser.add_argument("--backend", choices=BACKENDS, default=default,
                         help="the I/O backend: msgtrans.io_asyncio, io_trio or io_sync "
                              "(default asyncio)")
 
@@ -240,6 +248,15 @@ def announce(configs: list[Listener], addresses: list[tuple[str, int]], ca: Path
             logger.info("%s listening on %s", name, where)
 
 
+#: Applies the command's settings (file, environment) to a backend's ``TransportBuilder``.
+Configure = Callable[[Any], Any]
+
+
+def _builder(mt: Any, configure: Configure | None) -> Any:
+    builder = mt.Transport.builder().shutdown_timeout(SHUTDOWN_TIMEOUT)
+    return configure(builder) if configure is not None else builder
+
+
 def _log_report(report: Any) -> None:
     logger.info("shut down: %d closed cleanly, %d forced, %d messages flushed in %.3f s",
                 report.closed_cleanly, report.forced, report.messages_flushed, report.elapsed)
@@ -250,6 +267,7 @@ async def run_server(
     ca: Path | None,
     out: TextIO,
     stop: asyncio.Event | None = None,
+    configure: Configure | None = None,
 ) -> int:
     """Serve *configs* with :class:`EchoHandler` on asyncio until SIGINT, SIGTERM or *stop*;
     return 0.
@@ -264,7 +282,7 @@ async def run_server(
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
     signals: list[signal.Signals] = []
-    transport = mt.Transport.builder().shutdown_timeout(SHUTDOWN_TIMEOUT).build()
+    transport = _builder(mt, configure).build()
     stream = transport.accept([c.config for c in configs])
     serving: asyncio.Task[None] | None = None
     try:
@@ -298,7 +316,8 @@ async def run_server(
     return 0
 
 
-async def run_server_trio(configs: list[Listener], ca: Path | None, out: TextIO) -> int:
+async def run_server_trio(configs: list[Listener], ca: Path | None, out: TextIO,
+                          configure: Configure | None = None) -> int:
     """Serve *configs* with :class:`EchoHandler` on trio until SIGINT or SIGTERM; return 0.
 
     Must run in the main thread (trio's signal receiver needs it).  Prints the JSON line as
@@ -311,7 +330,7 @@ async def run_server_trio(configs: list[Listener], ca: Path | None, out: TextIO)
 
     import msgtrans.io_trio as mt
 
-    transport = mt.Transport.builder().shutdown_timeout(SHUTDOWN_TIMEOUT).build()
+    transport = _builder(mt, configure).build()
     # Leaving the transport's block shuts it down (again: the report below is the first's).
     async with transport:
         stream = transport.accept([c.config for c in configs])
@@ -333,7 +352,8 @@ async def run_server_trio(configs: list[Listener], ca: Path | None, out: TextIO)
 
 
 def run_server_sync(configs: list[Listener], ca: Path | None, out: TextIO,
-                    stop: threading.Event | None = None) -> int:
+                    stop: threading.Event | None = None,
+                    configure: Configure | None = None) -> int:
     """Serve *configs* with :class:`SyncEchoHandler` on :mod:`msgtrans.io_sync` until SIGINT,
     SIGTERM or *stop*; return 0.
 
@@ -347,7 +367,7 @@ def run_server_sync(configs: list[Listener], ca: Path | None, out: TextIO,
     import msgtrans.io_sync as mt
 
     stop = stop if stop is not None else threading.Event()
-    transport = mt.Transport.builder().shutdown_timeout(SHUTDOWN_TIMEOUT).build()
+    transport = _builder(mt, configure).build()
     stream = transport.accept([c.config for c in configs])
     previous: dict[signal.Signals, Any] = {}
     failure: list[BaseException] = []
@@ -388,8 +408,15 @@ def run_server_sync(configs: list[Listener], ca: Path | None, out: TextIO,
 def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run ``serve`` with parsed *args*; return the exit status (0 after a graceful stop, 1 if
     a listener cannot be opened)."""
-    from ..core.errors import TransportError
+    from ..core.errors import ConfigurationError, TransportError
 
+    try:
+        configure = _settings(args)
+    except ConfigurationError as exc:
+        print(f"msgtrans serve: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "print_config", False):
+        return _print_config(args, configure, out or sys.stdout)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":
@@ -406,10 +433,76 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if args.backend == "trio":
                 import trio  # type: ignore[import-untyped, unused-ignore]
 
-                return int(trio.run(run_server_trio, configs, cert, out))
+                return int(trio.run(run_server_trio, configs, cert, out, configure))
             if args.backend == "sync":
-                return run_server_sync(configs, cert, out)
-            return asyncio.run(run_server(configs, cert, out))
+                return run_server_sync(configs, cert, out, configure=configure)
+            return asyncio.run(run_server(configs, cert, out, configure=configure))
     except TransportError as exc:
         print(f"msgtrans serve: {exc}", file=sys.stderr)
         return 1
+
+
+#: ``[serve]`` keys of a config file, and the option defaults when neither it nor the command
+#: line sets one.
+_SERVE_DEFAULTS: dict[str, Any] = {
+    **dict.fromkeys(PROTOCOLS), "tls_cert": None, "tls_key": None, "backend": BACKENDS[0],
+    "log_level": "INFO",
+}
+
+
+def _settings(args: argparse.Namespace) -> Configure:
+    """Fill *args* from the ``[serve]`` table of ``--config`` (the command line wins) and
+    return what applies the ``[transport]`` table and the ``MSGTRANS_*`` variables (they win
+    over the file) to a builder; both checked now, against this backend's builder.
+
+    Raises:
+        ConfigurationError: the file, a key or a value is invalid.
+    """
+    from ..core.errors import ConfigurationError
+    from .config import apply_settings, env_settings, read_config_file
+
+    transport: dict[str, Any] = {}
+    serve: dict[str, Any] = {}
+    source = "config"
+    config_file = getattr(args, "config", None)
+    if config_file is not None:
+        transport, serve = read_config_file(config_file)
+        source = str(config_file)
+    unknown = sorted(set(serve) - set(_SERVE_DEFAULTS))
+    if unknown:
+        raise ConfigurationError(
+            unknown[0], f"{source}: unknown [serve] key (known: {', '.join(_SERVE_DEFAULTS)})"
+        )
+    for key, default in _SERVE_DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            value = serve.get(key, default)
+            if key in PROTOCOLS and value is not None:
+                from . import host_port
+
+                value = host_port(str(value))
+            setattr(args, key, value)
+    if args.backend not in BACKENDS:
+        raise ConfigurationError("backend", f"{source}: must be one of {', '.join(BACKENDS)}")
+    env = env_settings()
+    file_settings = {k: v for k, v in transport.items() if k not in env}
+
+    def configure(builder: Any) -> Any:
+        apply_settings(builder, file_settings, source)
+        return apply_settings(builder, env, "environment")
+
+    # Checked now (a bad setting is an exit status 2 before anything listens).
+    import importlib
+
+    configure(importlib.import_module(f"msgtrans.io_{args.backend}").Transport.builder())
+    return configure
+
+
+def _print_config(args: argparse.Namespace, configure: Configure, out: TextIO) -> int:
+    import importlib
+
+    mt = importlib.import_module(f"msgtrans.io_{args.backend}")
+    builder = _builder(mt, configure)
+    serve = {key: getattr(args, key) for key in _SERVE_DEFAULTS}
+    print(json.dumps({"transport": builder.settings(), "serve": serve}, indent=2, default=str),
+          file=out)
+    return 0
