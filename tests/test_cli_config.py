@@ -111,7 +111,7 @@ def test_apply_settings_calls_the_builder_methods() -> None:
     }, "test")
     settings = builder.settings()
     assert settings["request_timeout"] == 3
-    assert settings["connection_pool"] == [1, 6, 3]
+    assert settings["connection_pool"] == {"min": 1, "max": 6, "target": 3}
     assert settings["receive_queue"]["max_messages"] == 32
 
 
