@@ -102,10 +102,15 @@ TRANSPORT = """Sessions over TCP, TLS, WebSocket and QUIC {runtime}.
 Make one with :meth:`builder` (or ``Transport()`` for the defaults).  {lifetime}
 
 Args:
-    {nursery}settings: keyword arguments for every session's
-        :class:`~msgtrans.core.session.SessionMachine` (default: its defaults).
+    {nursery}settings: keyword arguments for every connection the transport makes: the
+        :class:`~msgtrans.core.session.SessionMachine` settings and ``buffer_pool``
+        (default: their defaults).
     connect_timeout: seconds for :meth:`connect` (default ``None``: each config's).
     shutdown_timeout: seconds for the graceful shutdown of ``{with_}`` (default 5.0).
+    memory_limit: bytes every session of the transport may hold together in queued
+        messages, both ways (default ``None``: no limit; see ``docs/buffers.md``).
+    defaults: the builder's transport-wide settings (config fields, pool defaults, buffer
+        pool, shutdown callback); :meth:`builder` fills it.
 """
 
 SESSION_STREAM = """The sessions accepted by one or more listeners, as {kind}
@@ -136,14 +141,18 @@ Raises:
 POOL = """Return a :class:`SessionPool` of sessions to *address*, driven by a core
 :class:`~msgtrans.core.pool.PoolMachine`; {waits} until its first session opened.{own}
 
+The sizes and the strategy default to the builder's (``connection_pool``,
+``pool_expansion_strategy``); an argument given here wins for this pool.
+
 Args:
     address: where to connect (a URL or a config, as :meth:`connect`).
-    min: sessions kept open at all times (default 2).
-    max: sessions never exceeded (default 64).
+    min: sessions kept open at all times (default: the builder's ``connection_pool``, else
+        2).
+    max: sessions never exceeded (default: the builder's, else 64).
     target: the size the pool expects to need; growth slows as it nears it
-        (default 16, kept between *min* and *max*).
-    strategy: how much to grow per step (default
-        :class:`~msgtrans.core.expansion.SmartExpansion`).
+        (default: the builder's, else 16; kept between *min* and *max*).
+    strategy: how much to grow per step (default: the builder's
+        ``pool_expansion_strategy``, else :class:`~msgtrans.core.expansion.SmartExpansion`).
     settings: other :class:`~msgtrans.core.pool.PoolMachine` settings:
         ``wait_threshold``, ``grow_utilisation``, ``shrink_utilisation``,
         ``shrink_after``, ``max_leases_per_connection``, ``history``.

@@ -18,7 +18,8 @@ Every connection receives big packets (payloads at or above the zero-copy thresh
 buffers lent by a :class:`~msgtrans.core.buffers.BufferPool`: by default the process-wide
 :func:`~msgtrans.core.buffers.default_receive_pool`, or the one given as ``buffer_pool=`` (``None``
 turns pooling off).  The application gives a buffer back with ``Message.release()``; see
-``docs/buffers.md``.  WebSocket connections reassemble frames themselves and take no pool yet.
+``docs/buffers.md``.  WebSocket connections take it through a decoder that only holds the pool
+and its counters (the machine assembles big messages into buffers lent from it).
 
 The connections of one transport may share a :class:`~msgtrans.core.budget.MemoryBudget`
 (``memory_budget=``): the session machine charges it with its send backlog and its received
@@ -96,7 +97,8 @@ PoolChoice = BufferPool | None | _DefaultPool
 
 def _decoder_of(machine: ProtocolMachine) -> PacketDecoder | None:
     """The machine's packet decoder: the ``_decoder`` of a TCP or QUIC machine, reached
-    through a TLS machine's ``inner`` (the machines do not expose it; WebSocket has none)."""
+    through a TLS machine's ``inner`` (the machines do not expose it; WebSocket's holds only the
+    pool and the counters)."""
     layer: object = machine
     for _ in range(3):
         decoder = getattr(layer, "_decoder", None)
@@ -110,7 +112,7 @@ def _decoder_of(machine: ProtocolMachine) -> PacketDecoder | None:
 
 def _attach_pool(machine: ProtocolMachine, choice: PoolChoice) -> BufferPool | None:
     """Give the machine's packet decoder its buffer pool; return the pool (``None`` when the
-    machine has no decoder of ours, as WebSocket, or pooling is off).
+    machine has no decoder of ours, or pooling is off).
 
     The decoder sits one or two layers down (TLS wraps the TCP machine) and the machines do
     not take a pool themselves yet, so it is found here (:func:`_decoder_of`).

@@ -115,6 +115,9 @@ def test_every_method_returns_the_builder(lib: Any) -> None:
     assert transport._settings["receive_max_messages"] == 64
     assert transport._settings["send_high_water_bytes"] == 1 << 16
     assert transport._memory_limit == 2 * 1024 * 1024
+    # The builder's limit is the one every connection charges: the budget in the settings.
+    assert transport._settings["memory_budget"].limit == 2 * 1024 * 1024
+    assert transport.stats().memory.limit == 2 * 1024 * 1024
     assert transport._connect_timeout == 2.0 and transport._shutdown_timeout == 0.0
     assert transport._defaults == TransportDefaults(
         config={"handshake_timeout": 4.0, "zero_copy_threshold": 4096,
