@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, TypeVar
 
+from ..core.compression import CompressionPolicy
 from ..core.config import DEFAULT_HANDSHAKE_TIMEOUT, MAX_TIMEOUT
 from ..core.errors import ConfigurationError
 from ..core.expansion import ExpansionStrategy
@@ -133,6 +134,9 @@ _SETTINGS: tuple[_Setting, ...] = (
               "low_water_messages": "send_low_water_messages"}),
     _Setting("idle_timeout", None, _SESSION, {"": "idle_timeout"}),
     _Setting("heartbeat_interval", None, _SESSION, {"": "heartbeat_interval"}),
+    _Setting("compression", None, _SESSION,
+             {"threshold": "compress_threshold", "method": "compression",
+              "level": "compression_level"}),
     _Setting("session_settings", {}, _SESSION),
 )
 _BY_NAME = {s.name: s for s in _SETTINGS}
@@ -421,6 +425,24 @@ class TransportBuilderBase:
                                    "high_water_messages": high_water_messages}, 1)
         self._merge("send_queue", {"low_water_bytes": low_water_bytes,
                                    "low_water_messages": low_water_messages}, 0)
+        return self
+
+    def compression(self: _B, threshold: int, method: str = "zlib",
+                    level: int | None = None) -> _B:
+        """Compress every outgoing payload of at least *threshold* bytes with *method*
+        (``"zlib"``, the default, or ``"zstd"``, which needs ``msgtrans[zstd]``) at *level*
+        (default: the method's own; zlib -1..9, zstd 1..22); smaller payloads leave as they
+        are (default: nothing is compressed).  Every msgtrans peer decompresses what a packet
+        says, bounded by its ``max_payload``, so only the sender needs this.
+
+        Raises:
+            ConfigurationError: *threshold* not a positive whole number (field
+                ``compress_threshold``), an unknown or missing method (``compression``) or a
+                level out of range (``compression_level``).
+        """
+        policy = CompressionPolicy(threshold, method, level)  # checks now
+        self._set["compression"] = {"threshold": policy.threshold, "method": policy.method,
+                                    "level": policy.level}
         return self
 
     def _merge(self, name: str, parts: dict[str, int | None], low: int) -> None:

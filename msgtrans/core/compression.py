@@ -15,7 +15,7 @@ from .errors import ConfigurationError, Protocol, ProtocolError
 if TYPE_CHECKING:
     from .packet import Buffer, Compression
 
-__all__ = ["compress", "decompress", "zstd_available"]
+__all__ = ["CompressionPolicy", "compress", "decompress", "zstd_available"]
 
 _CHUNK = 64 * 1024
 _zstd: ModuleType | bool | None = False  # False: not looked for yet; None: not installed
@@ -48,17 +48,69 @@ def zstd_available() -> bool:
     return True
 
 
-def compress(method: Compression, data: Buffer) -> bytes:
-    """Compress *data* with *method* (``ZLIB`` or ``ZSTD``).
+#: The levels each method takes (zlib: -1 is its default, 6; zstd: 3 is its default).
+LEVELS = {"zlib": range(-1, 10), "zstd": range(1, 23)}
+
+
+def compress(method: Compression, data: Buffer, level: int | None = None) -> bytes:
+    """Compress *data* with *method* (``ZLIB`` or ``ZSTD``) at *level* (default: the
+    method's own default).
 
     Raises:
         ConfigurationError: zstd was asked for without the ``zstd`` extra installed.
     """
     if method == 2:
-        return zlib.compress(data)
+        return zlib.compress(data, -1 if level is None else level)
     if method == 1:
-        return bytes(_zstandard().ZstdCompressor().compress(data))
+        zstd = _zstandard()
+        compressor = zstd.ZstdCompressor() if level is None else zstd.ZstdCompressor(level=level)
+        return bytes(compressor.compress(data))
     return bytes(data)
+
+
+class CompressionPolicy:
+    """Which outgoing payloads a session compresses: those of at least *threshold* bytes,
+    with *method* (``"zlib"``, the default, or ``"zstd"``) at *level* (default: the method's).
+
+    Smaller payloads are sent as they are: compressing a few hundred bytes rarely pays for
+    the CPU, and the receiver decompresses whatever a packet says (every msgtrans peer does).
+
+    Raises:
+        ConfigurationError: *threshold* is not a positive whole number, *method* is unknown or
+            its package is missing (zstd: ``pip install 'msgtrans[zstd]'``), or *level* is
+            outside the method's range (zlib -1..9, zstd 1..22).
+    """
+
+    __slots__ = ("level", "method", "threshold", "wire")
+
+    def __init__(self, threshold: int, method: str = "zlib", level: int | None = None) -> None:
+        from .packet import Compression
+
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+            raise ConfigurationError(
+                "compress_threshold", f"must be a positive byte count, got {threshold!r}"
+            )
+        if not isinstance(method, str) or method not in LEVELS:
+            raise ConfigurationError(
+                "compression", f"must be 'zlib' or 'zstd', got {method!r}"
+            )
+        if method == "zstd":
+            _zstandard()  # the missing package is a configuration error now, not at a send
+        if level is not None and (isinstance(level, bool) or not isinstance(level, int)
+                                  or level not in LEVELS[method]):
+            levels = LEVELS[method]
+            raise ConfigurationError(
+                "compression_level",
+                f"{method} takes {levels.start}..{levels.stop - 1}, got {level!r}",
+            )
+        self.threshold = threshold
+        self.method = method
+        self.level = level
+        self.wire = Compression.ZLIB if method == "zlib" else Compression.ZSTD
+
+    def __repr__(self) -> str:
+        return (f"CompressionPolicy(threshold={self.threshold}, method={self.method!r}, "
+                f"level={self.level!r})")
 
 
 def decompress(method: Compression, data: Buffer, limit: int) -> bytes:

@@ -197,7 +197,9 @@ class Connection:
         self.queue_send: Callable[[Buffer, int, Buffer, float], bool]
         self.queue_request: Callable[[Buffer, int, Buffer, float | None, float], int]
         self.queue_response: Callable[[Packet, Buffer, int | None, Buffer, float], bool]
-        if self.plain_tcp is not None:
+        # A session that compresses takes the packet path: the fields path writes the header
+        # of an uncompressed payload.
+        if self.plain_tcp is not None and (session is None or session.compression is None):
             self.queue_send = self._queue_send_fields
             self.queue_request = self._queue_request_fields
             self.queue_response = self._queue_response_fields

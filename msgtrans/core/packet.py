@@ -116,6 +116,8 @@ class Packet:
         ext_header: the extension header, never compressed.
         compression: how the payload travels on the wire (default: uncompressed).
         flags: the header's flag bits.
+        compression_level: the level the payload is compressed at when it is sent (default
+            ``None``: the method's default); not on the wire, not compared.
 
     Raises:
         ConfigurationError: a field is out of its wire range.
@@ -128,6 +130,7 @@ class Packet:
     ext_header: Buffer = b""
     compression: Compression = Compression.NONE
     flags: PacketFlags = field(default=PacketFlags.NONE)
+    compression_level: int | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.message_id <= MAX_U32:
@@ -164,7 +167,7 @@ class Packet:
         """Return the payload as it travels on the wire (compressed if :attr:`compression` says)."""
         if self.compression is Compression.NONE:
             return self.payload
-        return compress(self.compression, self.payload)
+        return compress(self.compression, self.payload, self.compression_level)
 
     def header(self, wire_payload_len: int) -> bytes:
         """Return the 16-byte fixed header for a wire payload of *wire_payload_len* bytes."""
@@ -328,6 +331,7 @@ class _Unfrozen:
         ext_header: Buffer,
         compression: Compression,
         flags: PacketFlags,
+        compression_level: int | None = None,
     ) -> None:
         self.packet_type = packet_type
         self.message_id = message_id
@@ -336,6 +340,7 @@ class _Unfrozen:
         self.ext_header = ext_header
         self.compression = compression
         self.flags = flags
+        self.compression_level = compression_level
 
 
 def _make_by_setattr(  # noqa: PLR0917
@@ -356,6 +361,7 @@ def _make_by_setattr(  # noqa: PLR0917
     _set(packet, "ext_header", ext_header)
     _set(packet, "compression", compression)
     _set(packet, "flags", flags)
+    _set(packet, "compression_level", None)
     return packet
 
 

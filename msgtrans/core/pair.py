@@ -8,6 +8,7 @@ core's end-to-end tests use it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .connection import Connection, ConnectionEvent, quic_server_connection
 from .memory import Chunker, Network, StreamPipe
@@ -34,6 +35,8 @@ class ConnectionPair:
         chunker: how each stream write is cut on its way (default: delivered whole).
         network: what the datagram path does to each round's datagrams (loss, duplicates,
             reordering; default: delivered as sent).
+        server_settings: session settings of the server connection the *endpoint* accepts
+            (default: none).
 
     Attributes:
         now: the simulated clock, in seconds.
@@ -49,6 +52,7 @@ class ConnectionPair:
         *,
         chunker: Chunker | None = None,
         network: Network | None = None,
+        server_settings: dict[str, Any] | None = None,
     ) -> None:
         self.client = client
         self.server = server
@@ -58,6 +62,8 @@ class ConnectionPair:
         self.inbox: dict[str, list[ConnectionEvent]] = {"client": [], "server": []}
         self._pipe = StreamPipe(client, server, chunker) if server is not None else None
         self._network = network or (lambda grams: grams)
+        # The session settings of the connection the endpoint accepts (QUIC).
+        self._server_settings = server_settings or {}
 
     def start(self) -> None:
         """Start both sides (the server first, as an accept would) and pump."""
@@ -121,7 +127,8 @@ class ConnectionPair:
             endpoint.receive_datagram(gram, CLIENT_ADDR, now)
             moved += len(gram)
         for machine in endpoint.accept():
-            self.server = quic_server_connection(machine, session_id="server")
+            self.server = quic_server_connection(machine, session_id="server",
+                                                     **self._server_settings)
             self.server.start(now)
         for gram in self._network([g for g, _a in endpoint.datagrams_to_send(now)]):
             self.client.receive_datagram(gram, SERVER_ADDR, now)

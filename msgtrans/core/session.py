@@ -42,6 +42,7 @@ from enum import Enum
 from types import MappingProxyType
 
 from .budget import MemoryBudget
+from .compression import CompressionPolicy
 from .errors import (
     ConfigurationError,
     ResourceError,
@@ -379,6 +380,10 @@ class SessionMachine:
             (default ``None``: no limit).
         memory_budget: the transport's :class:`~msgtrans.core.budget.MemoryBudget`, shared
             with its other sessions (default ``None``: no budget; see :meth:`attach_budget`).
+        compress_threshold: payloads of at least this many bytes leave compressed (default
+            ``None``: none are); the receiver decompresses whatever a packet says.
+        compression: ``"zlib"`` (default) or ``"zstd"`` (needs ``msgtrans[zstd]``).
+        compression_level: the method's level (default: its own; zlib -1..9, zstd 1..22).
 
     Raises:
         ConfigurationError: a setting is not a positive number, or a low watermark is above its
@@ -386,6 +391,7 @@ class SessionMachine:
 
     Attributes:
         session_id: as given.
+        compression: the :class:`~msgtrans.core.compression.CompressionPolicy`, or ``None``.
         stats: the session's :class:`SessionStats`.
         budget_owner: what the driver knows this session by (default ``None``); a driver sets
             it so that a :class:`MemoryResumed` naming this machine leads it to its session.
@@ -407,6 +413,7 @@ class SessionMachine:
         "_last_recv",
         "_last_send",
         "_max_pending",
+        "_outgoing",
         "_pending",
         "_read_paused",
         "_receive_bytes",
@@ -424,6 +431,7 @@ class SessionMachine:
         "_seq",
         "_state",
         "budget_owner",
+        "compression",
         "session_id",
         "stats",
     )
@@ -443,6 +451,9 @@ class SessionMachine:
         receive_max_bytes: int = DEFAULT_RECEIVE_MAX_BYTES,
         max_pending_requests: int | None = None,
         memory_budget: MemoryBudget | None = None,
+        compress_threshold: int | None = None,
+        compression: str = "zlib",
+        compression_level: int | None = None,
     ) -> None:
         _check_positive("request_timeout", request_timeout, integer=False)
         if heartbeat_interval is not None:
@@ -466,6 +477,13 @@ class SessionMachine:
                 )
 
         self.session_id = session_id
+        # None, or which payloads leave compressed; the packet maker is bound once so that a
+        # session that compresses nothing pays nothing per message.
+        self.compression: CompressionPolicy | None = (
+            None if compress_threshold is None
+            else CompressionPolicy(compress_threshold, compression, compression_level)
+        )
+        self._outgoing = _outgoing if self.compression is None else self._compressing
         self.stats = SessionStats()
         self._state = _CONNECTING
         self._can_send = True  # CONNECTING or OPEN: new messages and requests allowed
@@ -750,8 +768,8 @@ class SessionMachine:
         """
         if not 0 <= biz_type <= 0xFF or len(ext_header) > MAX_U16:
             self._refuse_fields("send", biz_type, payload, ext_header)
-        return _outgoing(_ONE_WAY, self.stamp_send(len(payload), now), biz_type, payload,
-                         ext_header)
+        return self._outgoing(_ONE_WAY, self.stamp_send(len(payload), now), biz_type, payload,
+                              ext_header)
 
     def stamp_send(self, payload_len: int, now: float) -> int:
         """:meth:`send` without making the packet: allocate the next message id and count a
@@ -810,7 +828,7 @@ class SessionMachine:
         """
         if not 0 <= biz_type <= 0xFF or len(ext_header) > MAX_U16:
             self._refuse_fields("request", biz_type, payload, ext_header)
-        return _outgoing(
+        return self._outgoing(
             _REQUEST, self.stamp_request(len(payload), timeout=timeout, now=now), biz_type,
             payload, ext_header,
         )
@@ -920,9 +938,19 @@ class SessionMachine:
             raise ConfigurationError(
                 "request", f"must be a message id 1..{MAX_U32}, got {request_id}"
             )
-        packet = _outgoing(_RESPONSE, request_id, biz_type, payload, ext_header)
+        packet = self._outgoing(_RESPONSE, request_id, biz_type, payload, ext_header)
         self.stamp_response(len(payload), now)
         return packet
+
+    def _compressing(self, packet_type: PacketType, message_id: int, biz_type: int,
+                     payload: Buffer, ext_header: Buffer) -> Packet:
+        # The packet maker of a session with a compression policy (see __init__).
+        policy = self.compression
+        assert policy is not None
+        if len(payload) < policy.threshold:
+            return _outgoing(packet_type, message_id, biz_type, payload, ext_header)
+        return Packet(packet_type, message_id, biz_type, payload, ext_header,
+                      compression=policy.wire, compression_level=policy.level)
 
     def cancel(self, request_id: int) -> bool:
         """Stop waiting for the response to our request *request_id* (the application gave up,

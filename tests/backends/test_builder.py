@@ -189,7 +189,8 @@ def test_settings_are_plain_data_with_the_defaults(lib: Any) -> None:
         "receive_queue": {"max_messages": 1024, "max_bytes": 16 * 1024 * 1024},
         "send_queue": {"high_water_bytes": 1 << 20, "low_water_bytes": 1 << 18,
                        "high_water_messages": 1024, "low_water_messages": 256},
-        "idle_timeout": None, "heartbeat_interval": None, "session_settings": {},
+        "idle_timeout": None, "heartbeat_interval": None, "compression": None,
+        "session_settings": {},
     }
     chosen = (lib.Transport.builder().connection_pool(1, 4).buffer_pool((70_000,), (2,))
               .receive_queue(max_bytes=4096).pool_expansion_strategy(lib.FixedExpansion(3))
@@ -198,6 +199,8 @@ def test_settings_are_plain_data_with_the_defaults(lib: Any) -> None:
     assert chosen["connection_pool"] == {"min": 1, "max": 4, "target": 4}
     assert chosen["buffer_pool"] == {"sizes": [70_000], "counts": [2]}
     assert chosen["receive_queue"] == {"max_messages": 1024, "max_bytes": 4096}
+    assert lib.Transport.builder().compression(100, "zstd").settings()["compression"] == {
+        "threshold": 100, "method": "zstd", "level": None}
     assert chosen["pool_expansion_strategy"] == "FixedExpansion(step=3)"
     assert chosen["session_settings"] == {"max_pending_requests": 5}
 
@@ -222,7 +225,9 @@ _CALLS["receive_queue"] = lambda _: st.tuples(st.just(()), st.fixed_dictionaries
 _CALLS["send_queue"] = lambda _: st.tuples(st.just(()), st.fixed_dictionaries(
     {}, optional=dict.fromkeys(("high_water_bytes", "low_water_bytes", "high_water_messages",
                                 "low_water_messages"), _NUMBERS)))
-_SESSION_KEYS = ["request_timeout", "idle_timeout", "heartbeat_interval", "receive_max_bytes",
+_CALLS["compression"] = lambda _: st.tuples(
+    st.tuples(_NUMBERS, st.sampled_from(["zlib", "zstd", "lz4", 3]), _NUMBERS), st.just({}))
+_SESSION_KEYS = ["compress_threshold", "request_timeout", "idle_timeout", "heartbeat_interval", "receive_max_bytes",
                  "receive_max_messages", "send_low_water_bytes", "send_high_water_bytes",
                  "max_pending_requests", "bogus"]
 _CALLS["session_settings"] = lambda _: st.tuples(st.just(()), st.dictionaries(

@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from msgtrans.certs import write_self_signed
-from msgtrans.core.packet import Limits
+from msgtrans.core.packet import Compression, Limits
 
 from .adapters import (
     BACKENDS,
@@ -163,6 +163,29 @@ def test_max_payload_bounds_what_the_server_receives(backend: Backend, proto: st
             assert "1001" in str(caught.value), caught.value
             await accepted.wait_closed()
             assert accepted.close_reason is CloseReason.ERROR
+
+    backend.run(body)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "ws", "quic"])
+def test_compression_compresses_from_the_threshold(backend: Backend, proto: str,
+                                                   certs: Certs) -> None:
+    """A client built with ``compression(1024)`` sends big payloads compressed (the packets'
+    header says zlib) and small ones as they are; the server needs no setting to read them."""
+    text = b"compress me, I repeat myself. " * 3000  # 90 KB
+
+    async def body() -> None:
+        async with built(backend) as server, \
+                built(backend, lambda b: b.compression(1024)) as client, \
+                listening(backend, server, server_config(backend.lib, proto, certs)) as listener:
+            session = await client.connect(client_url(proto, listener.port, certs))
+            accepted = await listener.accept()
+            await session.send(text)
+            await session.send(b"small")
+            big, small = await accepted.receive(), await accepted.receive()
+            assert bytes(big.payload) == text and bytes(small.payload) == b"small"
+            assert big.raw._packet.compression is Compression.ZLIB
+            assert small.raw._packet.compression is Compression.NONE
 
     backend.run(body)
 
