@@ -108,6 +108,7 @@ __all__ = [
     "DEFAULT_LOW_WATERMARK",
     "DEFAULT_PING_INTERVAL",
     "LOOPBACK_DATAGRAM_SIZE",
+    "MAX_RECEIVE_WINDOW",
     "STREAM_ID",
     "TIMER_GRANULARITY",
     "BurstPacer",
@@ -184,6 +185,10 @@ class BurstPacer(QuicPacketPacer):
         self.bucket_max = max(self.bucket_max, burst / pacing_rate)
 
 
+#: See :attr:`FlowControlledQuicConnection.max_receive_window`.
+MAX_RECEIVE_WINDOW = 4 * 1024 * 1024
+
+
 class FlowControlledQuicConnection(QuicConnection):
     """aioquic's ``QuicConnection``, with receive windows that stop growing while reading is
     paused, and a pacer made for an event loop's timers (:class:`BurstPacer`).
@@ -191,10 +196,17 @@ class FlowControlledQuicConnection(QuicConnection):
     aioquic doubles a receive window whenever the peer has used half of it, counting what
     *arrived*, not what the application consumed, so a peer can always send more.  While
     :attr:`read_paused` is set no MAX_DATA / MAX_STREAM_DATA update leaves, so the peer stops at
-    the window it has: that is what bounds a slow reader's memory on QUIC.
+    the window it has; and the credit granted is never more than :attr:`max_receive_window`
+    beyond what arrived, so that window is bounded: together they bound a slow reader's memory
+    on QUIC by a constant.
     """
 
     read_paused = False
+    #: The most credit (bytes the peer may send beyond what arrived) the connection and each
+    #: stream grant: aioquic doubles a window whenever half of it is used, so the credit grew
+    #: with everything a connection ever received and a paused reader's memory had no
+    #: constant bound.  4 MiB keeps 40 MB/s per connection at 100 ms of round trip.
+    max_receive_window = MAX_RECEIVE_WINDOW
     #: The peer's max_udp_payload_size transport parameter once known (RFC 9000 section 18.2).
     peer_max_udp_payload_size = 65527
 
@@ -251,14 +263,38 @@ class FlowControlledQuicConnection(QuicConnection):
     def _write_connection_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace
     ) -> None:
-        if not self.read_paused:
+        if self.read_paused:
+            return
+        limit = self._local_max_data
+        used = limit.used
+        window = self.max_receive_window
+        # aioquic's trigger (half the window used), once half the largest credit is left.
+        if used * 2 > limit.value and limit.value - used < window // 2:
+            limit.value = min(limit.value * 2, used + window)
+        # aioquic doubles the window itself whenever more than half is used; shown at most
+        # half used, it only writes the MAX_DATA (and MAX_STREAMS) frames the value asks for.
+        limit.used = min(used, limit.value // 2)
+        try:
             super()._write_connection_limits(builder, space)
+        finally:
+            limit.used = used
 
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
     ) -> None:
-        if not self.read_paused:
+        if self.read_paused:
+            return
+        receiver = stream.receiver
+        seen = receiver.highest_offset
+        local = stream.max_stream_data_local
+        window = self.max_receive_window
+        if local and seen * 2 > local and local - seen < window // 2:
+            stream.max_stream_data_local = local = min(local * 2, seen + window)
+        receiver.highest_offset = min(seen, local // 2)  # as above: no doubling of its own
+        try:
             super()._write_stream_limits(builder, space, stream)
+        finally:
+            receiver.highest_offset = seen
 
 
 class QuicAppError(IntEnum):

@@ -1501,6 +1501,38 @@ def test_paused_reader_bounds_what_arrives(certs: tuple[str, str]) -> None:
     assert sum(len(m.packet.payload) for m in messages) == sent
 
 
+def test_the_credit_granted_never_passes_the_largest_window(certs: tuple[str, str]) -> None:
+    """However much a connection has received, it never lets the peer send more than
+    ``max_receive_window`` beyond it (aioquic alone doubles its windows without end, so a
+    reader that pauses late would have granted credit in proportion to the whole transfer)."""
+    cert, key = certs
+    pair = ConnectionPair(
+        client_connection(f"quic://localhost:{SERVER_ADDR[1]}?ca={cert}", resolved=SERVER_ADDR),
+        None,
+        quic_endpoint(QuicServerConfig(addr="127.0.0.1:0", cert_file=cert, key_file=key)),
+    )
+    pair.start()
+    assert pair.server is not None
+    quic = pair.server.machine.quic  # type: ignore[attr-defined]
+    assert isinstance(quic, FlowControlledQuicConnection)
+    quic.max_receive_window = window = 512 * 1024  # smaller than aioquic's 1 MiB start
+    chunk = bytes(256 * 1024)
+    worst = 0
+    for _ in range(96):  # 24 MiB: aioquic alone would have granted 32 MiB of window
+        pair.client.send(chunk, now=pair.now)
+        pair.pump(40)
+        pair.take("server")
+        limit = quic._local_max_data
+        stream = quic._streams[0]
+        worst = max(worst, limit.sent - limit.used,
+                    stream.max_stream_data_local_sent - stream.receiver.highest_offset)
+    pair.pump(50_000, until=lambda: quic._streams[0].receiver.highest_offset >= 96 * len(chunk))
+    assert quic._streams[0].receiver.highest_offset >= 96 * len(chunk)  # all of it went through
+    # The credit left may be the initial 1 MiB of the handshake, never more than that or the
+    # window beyond what arrived.
+    assert worst <= max(window, 1024 * 1024), worst
+
+
 def test_plain_aioquic_connection_ignores_pause() -> None:
     machine = QuicMachine.client(("127.0.0.1", 4433), cert_verification=False)
     machine._quic.__class__ = FlowControlledQuicConnection.__mro__[1]  # a plain QuicConnection
