@@ -247,8 +247,10 @@ class TransportBuilderBase:
         return self
 
     def heartbeat_interval(self: _B, seconds: float) -> _B:
-        """Send a heartbeat on every session that sent nothing for *seconds* (default: no
-        heartbeats).
+        """A heartbeat comes due on every session that sent nothing for *seconds* (default: no
+        heartbeats).  Today it is only counted (``SessionStats.heartbeats``): the v1 wire
+        format has no heartbeat packet, so nothing is sent on TCP, and WebSocket and QUIC keep
+        their own pings (the configs' ``ping_interval``).
 
         Raises:
             ConfigurationError: not a positive finite number.
