@@ -192,3 +192,20 @@ def test_zero_copy_bench_prints_every_protocol_above_the_plan_bar() -> None:
         # The plan's bar: buffer pool > 90 %, zero-copy > 80 % for large messages.
         assert float(cells[3].rstrip("%")) > 90, (protocol, size, cells)
         assert float(cells[4].rstrip("%")) > 80, (protocol, size, cells)
+
+
+# --- bench/bench_quic_flood.py -------------------------------------------------------------------
+
+
+@pytest.mark.network
+def test_quic_flood_bench_runs_against_the_server() -> None:
+    """The flood runs end to end and prints both floods (the memory bound itself is tested in
+    tests/core/test_quic_admission.py, without a process or RSS in between)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "bench_quic_flood.py"
+    result = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "garbage Initials" in result.stdout and "valid spoofed Initials" in result.stdout
