@@ -227,9 +227,9 @@ _CALLS["send_queue"] = lambda _: st.tuples(st.just(()), st.fixed_dictionaries(
                                 "low_water_messages"), _NUMBERS)))
 _CALLS["compression"] = lambda _: st.tuples(
     st.tuples(_NUMBERS, st.sampled_from(["zlib", "zstd", "lz4", 3]), _NUMBERS), st.just({}))
-_SESSION_KEYS = ["compress_threshold", "request_timeout", "idle_timeout", "heartbeat_interval", "receive_max_bytes",
-                 "receive_max_messages", "send_low_water_bytes", "send_high_water_bytes",
-                 "max_pending_requests", "bogus"]
+_SESSION_KEYS = ["compress_threshold", "request_timeout", "idle_timeout", "heartbeat_interval",
+                 "receive_max_bytes", "receive_max_messages", "send_low_water_bytes",
+                 "send_high_water_bytes", "max_pending_requests", "bogus"]
 _CALLS["session_settings"] = lambda _: st.tuples(st.just(()), st.dictionaries(
     st.sampled_from(_SESSION_KEYS), _NUMBERS, max_size=3))
 
