@@ -539,7 +539,7 @@ class TransportBase(Generic[S, P, Q]):
         own buffer pool drops its free buffers, and the builder's ``on_shutdown`` callback gets
         the report (what it raises is logged).  Called once per transport, with no lock held."""
         if self._buffer_pool is not None:
-            _drop_free_buffers(self._buffer_pool)
+            self._buffer_pool.drop_free()
         report = ShutdownReport(*figures, elapsed=elapsed, metrics=self.stats())
         callback = self._defaults.on_shutdown
         if callback is not None:
@@ -563,14 +563,3 @@ class TransportBase(Generic[S, P, Q]):
         )
         return clean, len(sessions) - clean, max(0, flushed)
 
-
-def _drop_free_buffers(pool: BufferPool) -> None:
-    """Free the buffers *pool* keeps for reuse (those lent out are freed when given back or
-    dropped).  The core's pool has no public call for it yet, so its classes are emptied here
-    under its lock, its books kept as its own eviction keeps them."""
-    lock = pool._lock
-    assert lock is not None  # the transport made it with one
-    with lock:
-        for index, classes in enumerate(pool._pools):
-            while classes.drop_free() is not None:
-                pool._allocated -= pool.sizes[index]

@@ -593,6 +593,24 @@ class BufferPool:
             raise ReleaseError("buffer released twice")
         raise ReleaseError("buffer was not acquired from this pool (or already released)")
 
+    def drop_free(self) -> int:
+        """Free every buffer the pool keeps for reuse (buffers handed out are untouched: they
+        come back, or go, as usual); return the bytes freed.  A transport's own pool does this
+        at shutdown."""
+        lock = self._lock
+        if lock is None:
+            return self._drop_free()
+        with lock:
+            return self._drop_free()
+
+    def _drop_free(self) -> int:
+        freed = 0
+        for size, pool in zip(self.sizes, self._pools, strict=True):
+            while pool.drop_free() is not None:
+                freed += size
+        self._allocated -= freed
+        return freed
+
     def _write_off(self) -> None:
         """Forget the lent buffers that died unreleased (their memory is gone with them)."""
         dead = self._dead

@@ -667,3 +667,17 @@ def test_release_later_gives_up_beyond_its_limit() -> None:
         v.release()
     stats = pool.stats()
     assert stats.lent == 0 and stats.classes[0].free == PENDING_LIMIT
+
+
+def test_buffer_pool_drop_free_frees_only_what_it_keeps() -> None:
+    pool = BufferPool((1024, 8192), (4, 4), preallocate=(0, 0))
+    kept = [pool.acquire(1000) for _ in range(3)] + [pool.acquire(5000)]
+    held = pool.acquire(5000)
+    for buf in kept:
+        pool.release(buf)
+    assert pool.bytes_allocated == 3 * 1024 + 2 * 8192
+    assert pool.drop_free() == 3 * 1024 + 8192  # the free ones; the one handed out stays
+    assert pool.bytes_allocated == 8192 and pool.in_use == 1
+    assert pool.drop_free() == 0
+    pool.release(held)  # still given back as usual afterwards
+    assert pool.bytes_allocated == 8192 and pool.in_use == 0  # kept for reuse again
