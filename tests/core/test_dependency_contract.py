@@ -71,6 +71,33 @@ def test_private_fields_the_quic_machine_reads(tmp_path: Path) -> None:
     assert hasattr(stream.sender, "_buffer"), "aioquic's stream sender lost _buffer"
 
 
+def test_the_window_cap_relies_on_aioquics_doubling_rule(tmp_path: Path) -> None:
+    """FlowControlledQuicConnection caps the credit by showing aioquic a "used" of at most
+    half the window while it writes the limits: that works only while aioquic doubles on
+    exactly that condition and these fields exist."""
+    source = inspect.getsource(QuicConnection._write_connection_limits)
+    assert "max_data.used * 2 > max_data.value" in source, "aioquic's MAX_DATA rule moved"
+    source = inspect.getsource(QuicConnection._write_stream_limits)
+    assert "stream.receiver.highest_offset * 2 > stream.max_stream_data_local" in source, \
+        "aioquic's MAX_STREAM_DATA rule moved"
+    cert, _key = write_self_signed(tmp_path)
+    machine = QuicMachine.client(("127.0.0.1", 4433), server_name="localhost",
+                                 ca_file=str(cert))
+    machine.start(0.0)
+    quic = machine._quic
+    for name in ("used", "value", "sent"):
+        assert isinstance(getattr(quic._local_max_data, name, None), int), name
+    stream = next(iter(quic._streams.values()))
+    assert isinstance(stream.max_stream_data_local, int)
+    assert isinstance(stream.receiver.highest_offset, int)
+
+
+def test_the_endpoint_decrypts_initials_with_aioquics_crypto() -> None:
+    crypto = importlib.import_module("aioquic.quic.crypto").CryptoPair()
+    crypto.setup_initial(cid=b"\x01" * 8, is_client=False, version=1)
+    assert callable(crypto.decrypt_packet)
+
+
 def test_public_names_imported_from_aioquic() -> None:
     assert hasattr(aioquic_recovery.QuicPacketPacer(max_datagram_size=1200), "packet_time")
     importlib.import_module("aioquic._buffer").Buffer(data=b"")
