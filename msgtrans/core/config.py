@@ -1433,6 +1433,10 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
         max_sessions: the most sessions served at once (default ``None``: no limit).
         limits: receive limits (default 16 MiB payload, 4 KiB ext header).
         zero_copy_threshold: as for :class:`TcpConfig` (default 64 KiB; ``None``: never).
+        text_messages: what a text message from a client does: ``"close"`` (the default) closes
+            the connection with 1003, RFC 6455's "unsupported data" (msgtrans packets travel as
+            binary messages, so a text one is a client speaking something else); ``"ignore"``
+            drops it and goes on.
 
     Raises:
         ConfigurationError: a field is invalid (``field`` names it).
@@ -1450,6 +1454,7 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
     max_sessions: int | None
     limits: Limits
     zero_copy_threshold: int | None
+    text_messages: str
 
     def __init__(
         self,
@@ -1466,6 +1471,7 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
         max_sessions: int | None = None,
         limits: Limits = DEFAULT_LIMITS,
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
+        text_messages: str = "close",
     ) -> None:
         _set(self, "addr", _check_addr(addr, server=True))
         if path is not None:
@@ -1483,6 +1489,11 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
         _set_listen(self, backlog, handshake_timeout)
         _set_ws_timeouts(self, ping_interval, ping_timeout, close_timeout)
         _set_server_receive(self, max_sessions, limits, zero_copy_threshold)
+        if text_messages not in ("close", "ignore"):
+            raise ConfigurationError(
+                "text_messages", f"must be 'close' or 'ignore', got {text_messages!r}"
+            )
+        _set(self, "text_messages", text_messages)
 
     def to_url(self) -> str:
         """Return a ``ws://`` or ``wss://`` URL that :func:`parse_server_url` turns back into

@@ -725,6 +725,7 @@ def server_connection(
             ping_timeout=config.ping_timeout,
             close_timeout=config.close_timeout,
             handshake_timeout=config.handshake_timeout,
+            text_policy="error" if config.text_messages == "close" else "ignore",
         )
     else:
         raise ConfigurationError(

@@ -10,8 +10,8 @@
   (both proper HTTP/1.1 responses, then the connection closes) instead of leaving it hanging.
 * Each packet travels as one binary message.  Messages arriving in fragments are assembled up to
   ``16 + limits.max_ext_header + limits.max_payload`` bytes; a longer one closes the connection
-  with 1009.  Text messages are ignored, or close the connection with 1003 when
-  ``text_policy="error"``.
+  with 1009.  A text message closes the connection with 1003 (``text_policy="ignore"``, or a
+  server config's ``text_messages="ignore"``, drops it instead).
 * Pings are answered automatically and never surface.  After ``ping_interval`` seconds without
   receiving anything the machine pings; when nothing at all has arrived ``ping_timeout`` seconds
   after that ping it closes with 1011 (``timeout.keepalive``).  Any byte received counts as a sign
@@ -481,8 +481,8 @@ class WebSocketMachine(StreamMachine):
             forever.
         close_timeout: seconds :meth:`close` waits for the peer's Close frame (default 10).
         handshake_timeout: seconds from :meth:`start` for the opening handshake (default 10).
-        text_policy: ``"ignore"`` (default) drops text messages; ``"error"`` closes with 1003
-            and ``protocol.text_frame``.
+        text_policy: ``"error"`` (default) closes with 1003 and ``protocol.text_frame`` on a
+            text message (RFC 6455's "unsupported data"); ``"ignore"`` drops it.
 
     Raises:
         ConfigurationError: a setting is out of range.
@@ -502,7 +502,7 @@ class WebSocketMachine(StreamMachine):
         ping_timeout: float | None = 20.0,
         close_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
-        text_policy: TextPolicy = "ignore",
+        text_policy: TextPolicy = "error",
     ) -> None:
         super().__init__(is_client=is_client)
         if zero_copy_threshold is not None and (
@@ -1567,7 +1567,7 @@ class WebSocketClientMachine(WebSocketMachine):
         ping_timeout: float | None = 20.0,
         close_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
-        text_policy: TextPolicy = "ignore",
+        text_policy: TextPolicy = "error",
     ) -> None:
         super().__init__(
             is_client=True, limits=limits, zero_copy_threshold=zero_copy_threshold,
@@ -1730,7 +1730,7 @@ class WebSocketServerMachine(WebSocketMachine):
         ping_timeout: float | None = 20.0,
         close_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
-        text_policy: TextPolicy = "ignore",
+        text_policy: TextPolicy = "error",
     ) -> None:
         super().__init__(
             is_client=False, limits=limits, zero_copy_threshold=zero_copy_threshold,

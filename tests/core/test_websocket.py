@@ -602,8 +602,8 @@ def test_message_over_the_limit_closes_with_1009() -> None:
     assert names(server.events()) == ["PacketReceived"]
 
 
-def test_text_messages_are_ignored_by_default() -> None:
-    server = WebSocketServerMachine(**NO_KEEPALIVE)
+def test_text_messages_are_ignored_by_setting() -> None:
+    server = WebSocketServerMachine(text_policy="ignore", **NO_KEEPALIVE)
     raw = RawClient(server)
     server.events()
     raw.send(wse.Message(data="hello"))
@@ -616,7 +616,8 @@ def test_text_messages_are_ignored_by_default() -> None:
 
 
 def test_invalid_utf8_text_still_fails() -> None:
-    server = WebSocketServerMachine(**NO_KEEPALIVE)
+    """Ignoring text messages does not mean accepting invalid ones."""
+    server = WebSocketServerMachine(text_policy="ignore", **NO_KEEPALIVE)
     RawClient(server)
     server.events()
     server.receive_data(frame(0x81, b"\xff\xfe"), 0.0)
@@ -625,8 +626,8 @@ def test_invalid_utf8_text_still_fails() -> None:
     assert error_of(events).error_code == "protocol.websocket"
 
 
-def test_text_messages_are_an_error_by_setting() -> None:
-    server = WebSocketServerMachine(text_policy="error", **NO_KEEPALIVE)
+def test_text_messages_close_with_1003_by_default() -> None:
+    server = WebSocketServerMachine(**NO_KEEPALIVE)
     raw = RawClient(server)
     server.events()
     raw.send(wse.Message(data="hello"))
