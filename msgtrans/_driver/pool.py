@@ -82,11 +82,9 @@ class PooledSession(Protocol):
 class AsyncPooledSession(PooledSession, Protocol):
     """What the asyncio and trio pools need of their session besides :class:`PooledSession`."""
 
-    @doc(docs.POOL_REQUEST)
     async def request(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"",
                       timeout: float | None = None) -> Any: ...
 
-    @doc(docs.POOL_SEND)
     async def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"") -> None: ...
 
     @property
@@ -110,6 +108,13 @@ def make_machine(
     now: float,
     settings: dict[str, Any],
 ) -> PoolMachine:
+    """Build the :class:`PoolMachine` for ``transport.pool(min=, max=, target=, strategy=,
+    **settings)``: *target* defaults to 16 kept between *min_size* and *max_size*.
+
+    Raises:
+        ConfigurationError: a size, the target or a setting is invalid (an unknown setting
+            included).
+    """
     if target is None:
         target = builtins.max(min_size, builtins.min(DEFAULT_POOL_TARGET, max_size))
     try:
@@ -119,6 +124,7 @@ def make_machine(
 
 
 def retry_delay(failures: int) -> float:
+    """Seconds a failed open waits before it is reported, after *failures* in a row."""
     return float(builtins.min(MAX_RETRY_BACKOFF,
                              RETRY_BACKOFF * 2.0 ** builtins.max(failures - 1, 0)))
 
@@ -468,6 +474,7 @@ class AsyncPoolBase(PoolDriverBase[A], Generic[A, M]):
             self._drive()
             return lease_id, session
 
+    @doc(docs.POOL_REQUEST)
     async def request(
         self,
         data: Buffer,
@@ -476,22 +483,6 @@ class AsyncPoolBase(PoolDriverBase[A], Generic[A, M]):
         ext_header: Buffer = b"",
         timeout: float | None = None,
     ) -> M:
-        """Send a request on the least-loaded session and return the response.
-
-        The request holds a lease until its response came (so the machine sees the load);
-        waiting for a free session counts against *timeout*.
-
-        Args:
-            data: the payload.
-            biz_type: the application's type tag (default 0).
-            ext_header: the extension header (default empty).
-            timeout: seconds for all of it (default: the transport's request timeout).
-
-        Raises:
-            ResourceError: no session became free in time (code ``resource.pool_exhausted``).
-            TransportTimeoutError: no response in time (code ``timeout.request``).
-            TransportConnectionError: the pool is closed, or the session broke.
-        """
         limit = self._request_timeout if timeout is None else timeout
         clock = self._clock
         start = clock()
@@ -506,15 +497,8 @@ class AsyncPoolBase(PoolDriverBase[A], Generic[A, M]):
         finally:
             self._release(lease_id)
 
+    @doc(docs.POOL_SEND)
     async def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"") -> None:
-        """Send a one-way message on the least-loaded open session (the machine's ``pick``: a
-        one-way send holds nothing once queued); waits for a session when none is open yet.
-
-        Raises:
-            ResourceError: no session opened within the request timeout (code
-                ``resource.pool_exhausted``).
-            TransportConnectionError: the pool is closed, or the session broke.
-        """
         session = self._pick()
         if session is None:
             # Nothing open: wait like a lease (that is demand the machine sees), hold nothing.
