@@ -1274,14 +1274,10 @@ class WebSocketMachine(StreamMachine):
                     else:
                         packet_view = view
                     # Packet.decode's checks, inline: they cost a third of the time otherwise.
+                    # A packet that fails one goes to _check_packet, which makes the same
+                    # checks in the same order and says which failed.
                     if length < HEADER_SIZE:
-                        self._bad_packet(
-                            ProtocolError(
-                                Protocol.WIRE,
-                                f"a message of {length} bytes is shorter than a packet header",
-                                code="protocol.bad_length",
-                            )
-                        )
+                        self._check_packet(packet_view, start, length)
                         return -1
                     fields = unpack_header(packet_view, start)
                     if (
@@ -1290,18 +1286,9 @@ class WebSocketMachine(StreamMachine):
                         or fields[2] > 2
                         or fields[5] > max_ext
                         or fields[6] > max_payload
+                        or HEADER_SIZE + fields[5] + fields[6] != length
                     ):
-                        self._bad_packet(header_error(fields, limits))
-                        return -1
-                    if HEADER_SIZE + fields[5] + fields[6] != length:
-                        self._bad_packet(
-                            ProtocolError(
-                                Protocol.WIRE,
-                                f"a message of {length} bytes holds a packet of "
-                                f"{HEADER_SIZE + fields[5] + fields[6]}",
-                                code="protocol.bad_length",
-                            )
-                        )
+                        self._check_packet(packet_view, start, length)
                         return -1
                     if lend_at is not None and fields[6] >= lend_at:
                         self._lent = True  # the payload is a view of what was read
