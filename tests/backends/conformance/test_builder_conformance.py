@@ -18,11 +18,9 @@ from typing import Any
 import anyio
 import pytest
 
-from msgtrans.certs import write_self_signed
 from msgtrans.core.packet import Compression, Limits
 
 from .adapters import (
-    BACKENDS,
     WAIT,
     Backend,
     Certs,
@@ -32,7 +30,6 @@ from .adapters import (
     Transport,
     TransportError,
     client_url,
-    make_backend,
     open_pool,
     server_config,
 )
@@ -42,16 +39,6 @@ pytestmark = [
     pytest.mark.filterwarnings("error::ResourceWarning"),
     pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
 ]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return write_self_signed(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> Backend:
-    return make_backend(request.param)
 
 
 @contextlib.asynccontextmanager

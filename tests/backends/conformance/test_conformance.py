@@ -22,7 +22,6 @@ import anyio
 import anyio.abc
 import pytest
 
-from msgtrans.certs import write_self_signed
 from msgtrans.core.packet import HEADER_SIZE, Packet
 
 from .adapters import (
@@ -45,7 +44,6 @@ from .adapters import (
     TransportError,
     TransportTimeoutError,
     client_url,
-    make_backend,
     server_thread,
 )
 
@@ -54,16 +52,6 @@ pytestmark = [
     pytest.mark.filterwarnings("error::ResourceWarning"),
     pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
 ]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return write_self_signed(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> Backend:
-    return make_backend(request.param)
 
 
 @pytest.fixture(params=PROTOCOLS)

@@ -18,17 +18,14 @@ from typing import Any
 import anyio
 import pytest
 
-from msgtrans.certs import write_self_signed
 from msgtrans.core.budget import MemoryBudget
 
 from .adapters import (
-    BACKENDS,
     WAIT,
     Backend,
     Certs,
     Transport,
     client_url,
-    make_backend,
 )
 
 pytestmark = [
@@ -46,16 +43,6 @@ COUNT = 320  # 20 MiB: far more than the limit, the kernel's buffers and the cli
 #: (aioquic's 1 MiB windows, doubled as data arrived: up to 4 MiB for this transfer).
 SLACK = {"tcp": 0, "tls": 0, "ws": 0, "quic": 4 * 1024 * 1024}
 MEMORY_PROTOCOLS = ["tcp", "tls", "ws", "quic"]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return write_self_signed(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> Backend:
-    return make_backend(request.param)
 
 
 @pytest.fixture(params=MEMORY_PROTOCOLS)

@@ -22,12 +22,10 @@ import pytest
 import msgtrans.io_asyncio as amt
 import msgtrans.io_sync as smt
 import msgtrans.io_trio as tmt
-from msgtrans.certs import write_self_signed
 from msgtrans.core.expansion import SmartExpansion
 from msgtrans.core.pool import OpenConnections, Trigger
 
 from .adapters import (
-    BACKENDS,
     WAIT,
     Backend,
     Certs,
@@ -39,7 +37,6 @@ from .adapters import (
     TransportError,
     TransportTimeoutError,
     client_url,
-    make_backend,
     open_pool,
 )
 
@@ -52,16 +49,6 @@ pytestmark = [
 POOL_PROTOCOLS = ["tcp", "ws", "quic"]
 ResourceError = amt.ResourceError
 BURST = 120  # concurrent requests of the burst
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return write_self_signed(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> Backend:
-    return make_backend(request.param)
 
 
 @pytest.fixture(params=POOL_PROTOCOLS)

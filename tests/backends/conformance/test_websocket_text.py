@@ -10,25 +10,14 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from msgtrans.certs import write_self_signed
 from msgtrans.core.packet import Packet
 
-from .adapters import BACKENDS, WAIT, Backend, Certs, CloseReason, ProtocolError, make_backend
+from .adapters import WAIT, Backend, Certs, CloseReason, ProtocolError
 
 pytestmark = [
     pytest.mark.network,
     pytest.mark.filterwarnings("error::ResourceWarning"),
 ]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return write_self_signed(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> Backend:
-    return make_backend(request.param)
 
 
 def _talk(port: int, first: str | bytes) -> tuple[int | None, bytes | None]:

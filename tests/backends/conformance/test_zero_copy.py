@@ -9,7 +9,6 @@ import time
 import anyio
 import pytest
 
-from msgtrans.certs import write_self_signed
 from msgtrans.core.buffers import BufferPool, PoolBuffer
 
 from .adapters import BACKENDS, PROTOCOLS, WAIT, Backend, Certs, client_url, make_backend
@@ -21,11 +20,6 @@ pytestmark = [
 ]
 
 KiB = 1024
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return write_self_signed(tmp_path_factory.mktemp("certs"))
 
 
 async def given_back(pool: BufferPool, buf: PoolBuffer) -> bool:
