@@ -10,8 +10,9 @@ the server's resident memory, descriptors and threads from ``/proc``.  The cases
 
 * ``garbage``: bad TCP bytes (bad version, an oversized length, noise): closed at once?
 * ``idle``: N TCP, WebSocket and TLS connections that complete their handshake and send
-  nothing: server memory per connection, and how many the server closed within ``--idle-wait``
-  seconds (plain TCP has ``first_packet_timeout``, WebSocket and TLS ``handshake_timeout``).
+  nothing, and N WebSocket and TLS connections that do not even start it: server memory per
+  connection, and how many the server closed within ``--idle-wait`` seconds (the handshake
+  has ``handshake_timeout``; after it, ``first_packet_timeout``).
 * ``flood``: N connections opened at once, each sending one request, beside a normal client
   doing requests: how many got their answer within 15 s, and the normal client's worst latency.
 * ``slow_reader``: a client sends 64 KiB one-way messages (which the server echoes) and never
@@ -248,31 +249,43 @@ def case_garbage(srv: Server, quick: bool) -> Row:
     return {"result": ", ".join(out) + ("; server up" if srv.alive() else "; SERVER DIED")}
 
 
-def case_idle(srv: Server, quick: bool, idle_wait: float) -> Row:
-    count = 100 if quick else 500
+IDLE_KINDS = ("tcp", "ws", "tls", "ws-silent", "tls-silent")
+
+
+def _idle_connection(srv: Server, kind: str) -> socket.socket:
+    """A connection of *kind* that then sends nothing: ``tcp`` (plain TCP has no handshake),
+    ``ws`` / ``tls`` (handshake completed), ``ws-silent`` / ``tls-silent`` (not even that)."""
+    if kind == "tcp":
+        return socket.create_connection(srv.tcp, timeout=10)
+    if kind == "ws":
+        sock = socket.create_connection(srv.ws, timeout=10)
+        ws_handshake(sock, srv.ws)
+        return sock
+    if kind == "tls":
+        return tls_client(srv.tls)
+    return socket.create_connection(srv.ws if kind == "ws-silent" else srv.tls, timeout=10)
+
+
+def case_idle(backend: str, args: argparse.Namespace) -> Row:
+    """One fresh server per kind, so a kind's figure does not reuse memory another freed."""
+    count = 100 if args.quick else 500
     row: Row = {}
-    for proto in ("tcp", "ws", "tls"):
-        before = srv.rss_kib()
-        socks: list[socket.socket] = []
-        try:
-            for _ in range(count):
-                if proto == "tcp":
-                    socks.append(socket.create_connection(srv.tcp, timeout=10))
-                elif proto == "ws":
-                    s = socket.create_connection(srv.ws, timeout=10)
-                    ws_handshake(s, srv.ws)
-                    socks.append(s)
-                else:
-                    socks.append(tls_client(srv.tls))
-            settle(srv)
-            per = (srv.rss_kib() - before) / count
-            closed, last = closed_within(socks, idle_wait)
-        finally:
-            for s in socks:
-                s.close()
-        settle(srv, 0.5)
-        row[proto] = f"{per:.0f} KiB each, {closed}/{count} closed in {idle_wait:.0f}s" + (
-            f" (last at {last:.1f}s)" if closed else "")
+    for kind in IDLE_KINDS:
+        with server(backend, args.env) as srv:
+            before = srv.rss_kib()
+            socks: list[socket.socket] = []
+            try:
+                for _ in range(count):
+                    socks.append(_idle_connection(srv, kind))
+                settle(srv)
+                per = (srv.rss_kib() - before) / count
+                closed, last = closed_within(socks, args.idle_wait)
+            finally:
+                for s in socks:
+                    s.close()
+            row[kind] = (f"{per:.0f} KiB each, {closed}/{count} closed in {args.idle_wait:.0f}s"
+                         + (f" (last at {last:.1f}s)" if closed else "")
+                         + f"; {srv.log_lines()} log lines")
     return row
 
 
@@ -485,6 +498,8 @@ def case_quic_garbage(srv: Server, quick: bool) -> Row:
 
 
 def run_case(name: str, backend: str, args: argparse.Namespace) -> Row:
+    if name == "idle":
+        return case_idle(backend, args)
     cases: dict[str, Callable[..., Row]] = {
         "garbage": case_garbage, "flood": case_flood, "slow_reader": case_slow_reader,
         "text": case_text, "resets": case_resets, "sigterm": case_sigterm,
@@ -492,10 +507,7 @@ def run_case(name: str, backend: str, args: argparse.Namespace) -> Row:
     }
     with server(backend, args.env) as srv:
         try:
-            if name == "idle":
-                row = case_idle(srv, args.quick, args.idle_wait)
-            else:
-                row = cases[name](srv, args.quick)
+            row = cases[name](srv, args.quick)
         except Exception as exc:  # a failed case is a row, not the end of the run
             row = {"result": f"ERROR {exc!r}"}
         row["log"] = f"{srv.log_lines()} lines in the server's log"
