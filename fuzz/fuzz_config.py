@@ -234,4 +234,5 @@ def one_input(data: bytes) -> None:
 
 if __name__ == "__main__":
     os.environ.pop("MSGTRANS_CONFIG", None)
-    main(one_input, [test_urls, test_constructors, test_toml_text, test_environment])
+    main(one_input, [test_urls, test_constructors, test_toml_text, test_environment],
+         ("msgtrans.core.config", "msgtrans.cli.config", "msgtrans._driver.builder"))

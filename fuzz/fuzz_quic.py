@@ -247,4 +247,5 @@ if __name__ == "__main__":
     from targets import main
 
     main(one_input, [test_arbitrary_datagrams_into_the_endpoint, test_mutated_initial_packets,
-                     test_arbitrary_datagrams_into_a_client, test_arbitrary_bytes_on_the_stream])
+                     test_arbitrary_datagrams_into_a_client, test_arbitrary_bytes_on_the_stream],
+         ("msgtrans.core.quic", "msgtrans.core.quic_endpoint", "msgtrans.core.framing", "aioquic"))

@@ -225,4 +225,5 @@ def one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    main(one_input, [test_quic_endpoint_datagrams, test_client_survives_noise])
+    main(one_input, [test_quic_endpoint_datagrams, test_client_survives_noise],
+         ("msgtrans.core.quic_endpoint", "msgtrans.core.quic", "aioquic"))

@@ -205,4 +205,6 @@ def one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    main(one_input, [test_tcp_any_bytes, test_tcp_packets])
+    main(one_input, [test_tcp_any_bytes, test_tcp_packets],
+         ("msgtrans.core.tcp", "msgtrans.core.framing", "msgtrans.core.packet",
+          "msgtrans.core.session", "msgtrans.core.connection", "msgtrans.core.compression"))

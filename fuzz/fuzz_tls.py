@@ -167,4 +167,6 @@ def one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    main(one_input, [test_tls_before_handshake, test_tls_after_handshake])
+    main(one_input, [test_tls_before_handshake, test_tls_after_handshake],
+         ("msgtrans.core.tls", "msgtrans.core.tcp", "msgtrans.core.errormap",
+          "msgtrans.core.connection", "msgtrans.core.session"))

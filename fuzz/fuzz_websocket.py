@@ -421,4 +421,5 @@ if __name__ == "__main__":
     from targets import main
 
     main(one_input, [test_fuzz_server_handshake, test_fuzz_server_frames, test_fuzz_client,
-                     test_fuzz_real_handshakes])
+                     test_fuzz_real_handshakes],
+         ("msgtrans.core.websocket", "msgtrans.core.framing", "msgtrans.core.packet", "h11"))
