@@ -1,6 +1,6 @@
 """Run the fuzz scripts under atheris for a set time and report what each did.
 
-    python fuzz/run.py --seconds 3600 [--jobs N] [--out DIR] [SCRIPT...]
+    python fuzz/run.py --seconds 3600 [--jobs N] [--out DIR] [--seed-from OUT] [SCRIPT...]
 
 Each script (default: every ``fuzz/fuzz_*.py``; a name such as ``tcp`` or ``fuzz_tcp.py``
 picks one) runs under ``nice`` with its own working corpus, seeded from a copy of
@@ -97,20 +97,21 @@ def parse_log(text: str, result: Result) -> None:
 
 
 def run_script(script: Path, seconds: float, workdir: Path, *, runs: int | None = None,
-               nice: int = 10, extra: Sequence[str] = (), timeout: float | None = None) -> Result:
+               nice: int = 10, extra: Sequence[str] = (), timeout: float | None = None,
+               seed_from: Path | None = None) -> Result:
     """Fuzz *script* for *seconds* (and at most *runs* inputs) in *workdir*: its corpus there
-    (copied from fuzz/corpus/<script>/), its findings in workdir/artifacts/, its log in
-    workdir/log.txt."""
+    (copied from fuzz/corpus/<script>/, and from *seed_from*/<script>/corpus/ when given), its
+    findings in workdir/artifacts/, its log in workdir/log.txt."""
     name = script.stem
     corpus = workdir / "corpus"
     artifacts = workdir / "artifacts"
     shutil.rmtree(workdir, ignore_errors=True)
     artifacts.mkdir(parents=True)
     seed = CORPUS / name
-    if seed.is_dir():
-        shutil.copytree(seed, corpus)
-    else:
-        corpus.mkdir()
+    corpus.mkdir()
+    for folder in (seed, seed_from / name / "corpus" if seed_from is not None else None):
+        if folder is not None and folder.is_dir():
+            shutil.copytree(folder, corpus, dirs_exist_ok=True)
     cmd = [sys.executable, str(script), f"-max_total_time={max(1, int(seconds))}",
            f"-artifact_prefix={artifacts}/", "-timeout=60", "-rss_limit_mb=3072",
            "-print_final_stats=1", *([f"-runs={runs}"] if runs is not None else []), *extra,
@@ -152,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="where corpora, findings and logs go (default: a new temp dir)")
     parser.add_argument("--nice", type=int, default=10, help="niceness (default 10)")
+    parser.add_argument("--seed-from", type=Path, default=None, metavar="OUT",
+                        help="also seed each corpus from an earlier run's --out (to go on)")
     args = parser.parse_args(argv)
     try:
         import atheris  # type: ignore[import-not-found]  # noqa: F401
@@ -163,7 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     print(f"fuzzing {len(paths)} scripts for {args.seconds:g} s each, {args.jobs} at a time; "
           f"output in {out}", flush=True)
-    results = run_all(paths, args.seconds, out, args.jobs, nice=args.nice)
+    if args.seed_from is not None and args.seed_from.resolve() == out.resolve():
+        raise SystemExit("--seed-from must not be --out (the run starts by clearing it)")
+    results = run_all(paths, args.seconds, out, args.jobs, nice=args.nice,
+                      seed_from=args.seed_from)
     print(HEADER)
     for r in results:
         print(r.row())
