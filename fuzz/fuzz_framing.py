@@ -41,4 +41,5 @@ def one_input(data: bytes) -> None:
 
 if __name__ == "__main__":
     main(one_input, [test_tcp_stream_of_any_bytes, test_quic_stream_of_any_bytes,
-                     test_tcp_stream_of_packets, test_quic_stream_of_packets])
+                     test_tcp_stream_of_packets, test_quic_stream_of_packets],
+         ("msgtrans.core.framing", "msgtrans.core.packet", "msgtrans.core.compression"))

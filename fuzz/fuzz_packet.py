@@ -64,4 +64,5 @@ def one_input(data: bytes) -> None:
 
 if __name__ == "__main__":
     main(one_input, [test_packet_decode, test_packet_decode_of_damaged_packets,
-                     test_packet_round_trip, test_decompress])
+                     test_packet_round_trip, test_decompress],
+         ("msgtrans.core.packet", "msgtrans.core.compression"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import importlib
 import ipaddress
-import sys
 from typing import Any
 
 from cryptography import x509
@@ -245,9 +244,8 @@ def one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        _atheris = importlib.import_module("atheris")
-    except ImportError:
-        sys.exit("atheris is not installed; `pytest fuzz/fuzz_quic.py` runs the bounded targets")
-    _atheris.Setup(sys.argv, one_input)
-    _atheris.Fuzz()
+    from targets import main
+
+    main(one_input, [test_arbitrary_datagrams_into_the_endpoint, test_mutated_initial_packets,
+                     test_arbitrary_datagrams_into_a_client, test_arbitrary_bytes_on_the_stream],
+         ("msgtrans.core.quic", "msgtrans.core.quic_endpoint", "msgtrans.core.framing", "aioquic"))

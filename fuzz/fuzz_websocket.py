@@ -19,12 +19,14 @@ first input byte picks the target.
 from __future__ import annotations
 
 import struct
-import sys
 from collections.abc import Sequence
 
 import h11
+from harness import cut as cut_sizes
+from harness import cuts_from, damage
 from hypothesis import given
 from hypothesis import strategies as st
+from targets import Reader
 
 from msgtrans.core.errors import TransportError
 from msgtrans.core.events import (
@@ -302,9 +304,101 @@ def test_fuzz_client(data: bytes, sizes: list[int], via_buffer: bool) -> None:
     fuzz_client(data, sizes, via_buffer)
 
 
+# --- target 4: real handshakes, mutated --------------------------------------------------------
+
+HEADER_LINES = (
+    b"Upgrade: websocket", b"Connection: Upgrade", b"Connection: keep-alive, Upgrade",
+    b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8", b"Sec-WebSocket-Key: AAAA",
+    b"Sec-WebSocket-Protocol: msgtrans.v1", b"Sec-WebSocket-Protocol: chat, msgtrans.v1",
+    b"Sec-WebSocket-Extensions: permessage-deflate", b"Sec-WebSocket-Accept: x",
+    b"Content-Length: 5", b"Transfer-Encoding: chunked", b"Host: a", b"Host:", b": x",
+    b"X-Long: " + b"a" * 300, b"Expect: 100-continue",
+)
+
+
+def edit_head(reader: Reader, message: bytes) -> bytes:
+    """An HTTP head with lines dropped, repeated or swapped for a known header line (and the
+    bytes after it kept), then bytes damaged: what a confused or hostile peer sends."""
+    head, sep, tail = message.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    for _ in range(reader.uint(1) % 4):
+        at = reader.below(len(lines) + 1)
+        op = reader.uint(1) % 4
+        if op == 0 and len(lines) > 1:
+            del lines[min(at, len(lines) - 1)]
+        elif op == 1 and lines:
+            lines.insert(at, lines[reader.below(len(lines))])
+        else:
+            lines.insert(at, HEADER_LINES[reader.below(len(HEADER_LINES))])
+    return damage(reader, b"\r\n".join(lines) + sep + tail)
+
+
+def real_handshake(packets: int) -> tuple[WebSocketClientMachine, bytes, bytes]:
+    """A fresh client, its real request, and a real server's answer to it (101, then
+    *packets* binary frames)."""
+    client = WebSocketClientMachine("example.com", "/ws", subprotocols=("msgtrans.v1",),
+                                    limits=LIMITS, ping_interval=None)
+    client.start(0.0)
+    request = b"".join(bytes(b) for b in client.data_to_send())
+    server = new_server()
+    server.start(0.0)
+    server.receive_data(request, 0.0)
+    assert server.state is MachineState.OPEN, server.events()
+    for i in range(packets):
+        server.send_packet(Packet(message_id=i, payload=b"p" * (i * 37)))
+    answer = b"".join(bytes(b) for b in server.data_to_send())
+    return client, request, answer
+
+
+def fuzz_real_handshakes(data: bytes) -> None:
+    """A real request mutated at a server, or a real answer mutated at the client that sent
+    the request; unmutated, the handshake completes and the packets arrive."""
+    reader = Reader(data)
+    flags = reader.uint(1)
+    at_server, mutated, via_buffer = bool(flags & 1), bool(flags & 2), bool(flags & 4)
+    count = reader.uint(1) % 4
+    client, request, answer = real_handshake(count)
+    body = (edit_head(reader, request if at_server else answer) if mutated
+            else request if at_server else answer)
+    sizes = cuts_from(reader, 200)
+    if at_server:
+        server = new_server()
+        server.start(0.0)
+        events = feed(server, cut_sizes(body, sizes), via_buffer=via_buffer)
+        reply = b"".join(bytes(b) for b in server.data_to_send())
+        check_events(server, events)
+        check_handshake_answer(server, reply)
+        check_memory(server)
+        if not mutated:
+            assert server.state is MachineState.OPEN
+        server.receive_data(b"", 1.0)
+        check_events(server, events + server.events())
+        return
+    events = feed(client, cut_sizes(body, sizes), via_buffer=via_buffer)
+    check_memory(client)
+    if not mutated:
+        assert client.state is MachineState.OPEN
+        assert sum(isinstance(e, PacketReceived) for e in events) == count, events
+    client.receive_data(b"", 1.0)
+    client.handle_timer(100.0)
+    events += client.events()
+    check_events(client, events)
+    assert client.is_closed
+
+
+@given(st.binary(max_size=300))
+def test_fuzz_real_handshakes(data: bytes) -> None:
+    fuzz_real_handshakes(data)
+
+
+@given(st.integers(0, 255), st.integers(0, 3))
+def test_real_handshakes_unmutated_complete(flags: int, count: int) -> None:
+    fuzz_real_handshakes(bytes([flags & ~2, count]))
+
+
 # --- atheris -----------------------------------------------------------------------------------
 
-TARGETS = (fuzz_server_handshake, fuzz_server_frames, fuzz_client)
+TARGETS = (fuzz_server_handshake, fuzz_server_frames, fuzz_client, fuzz_real_handshakes)
 
 
 def one_input(data: bytes) -> None:
@@ -317,20 +411,15 @@ def one_input(data: bytes) -> None:
         fuzz_server_handshake(data[1:])
     elif pick == 1:
         fuzz_server_frames(data[1:], (), via_buffer)
-    else:
+    elif pick == 2:
         fuzz_client(data[1:], (), via_buffer)
-
-
-def main() -> None:
-    import atheris  # type: ignore[import-not-found]
-
-    atheris.Setup(sys.argv, one_input)
-    atheris.Fuzz()
+    else:
+        fuzz_real_handshakes(data[1:])
 
 
 if __name__ == "__main__":
-    try:
-        import atheris  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        sys.exit("atheris is not installed: pip install atheris (or run this file with pytest)")
-    main()
+    from targets import main
+
+    main(one_input, [test_fuzz_server_handshake, test_fuzz_server_frames, test_fuzz_client,
+                     test_fuzz_real_handshakes],
+         ("msgtrans.core.websocket", "msgtrans.core.framing", "msgtrans.core.packet", "h11"))
