@@ -76,6 +76,9 @@ def fit(ts: Sequence[float], vs: Sequence[float]) -> tuple[float, float, float]:
     if not ts:
         raise ValueError("no points to fit")
     n = len(ts)
+    if all(v == vs[0] for v in vs):
+        # Exactly flat: the mean's rounding must not invent a slope of 1e-150.
+        return 0.0, float(vs[0]), 0.0
     t_mean = math.fsum(ts) / n
     v_mean = math.fsum(vs) / n
     sxx = math.fsum((t - t_mean) ** 2 for t in ts)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import json
 import os
@@ -142,7 +143,12 @@ class Soak:
     rate: float
     workers: int
     seed: int
+    server: ServerProcess
+    out: TextIO
+    pools_on: bool = True
     slots: list[Any] = field(default_factory=list)
+    pools: list[Any] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
     stopping: bool = False
     interrupted: bool = False
     server_died: bool = False
@@ -190,6 +196,31 @@ class Soak:
         with self.lock:
             out, self.latencies = self.latencies, []
         return out
+
+    def record(self, t: float, tasks: int | None) -> bool:
+        """Take the sample at *t* seconds of traffic (*tasks*: the client's task count, if it
+        has tasks), print its progress line; return whether the run goes on (not past its
+        duration, not stopping, the server alive)."""
+        sample = _sample(self, t, tasks)
+        if sample is None:
+            self.server_died = self.stopping = True
+            print(f"soak: the server died: {self.server.log_tail()}", file=self.out,
+                  flush=True)
+            return False
+        last = self.samples[-1] if self.samples else None
+        if last is not None and t > last["t"]:
+            sample["rate"] = (sample["messages"] - last["messages"]) / (t - last["t"])
+        self.samples.append(sample)
+        _progress(sample, self.out)
+        if self.stopping or t >= self.duration:
+            self.stopping = True
+            return False
+        return True
+
+    def opened(self, ramp: float) -> None:
+        """Say how many sessions the ramp opened in *ramp* seconds."""
+        print(f"soak: {sum(s is not None for s in self.slots)} sessions open over "
+              f"{len(self.urls)} protocols in {ramp:.1f} s", file=self.out, flush=True)
 
     def choose(self, rng: random.Random, pools: bool) -> tuple[str, bytes]:
         """The next operation: its kind and payload."""
@@ -302,34 +333,30 @@ async def _close(soak: Soak, lp: _Loop, slot: int, abort: bool) -> None:
         soak.failed("close", exc)
 
 
-async def _operate(soak: Soak, lp: _Loop, session: Any, pools: list[Any], kind: str,
-                   data: bytes, slot: int) -> None:
+async def _operate(soak: Soak, lp: _Loop, slot: int, op: tuple[str, bytes]) -> None:
+    kind, data = op
+    session = soak.slots[slot]
     started = lp.now()
     if kind == "send":
         await lp.within(session.send(data))
         _check(data, await lp.within(session.receive()))
         soak.count(kind, 2)
         return
-    if kind == "pool_request":
-        pool = pools[slot % len(pools)]
-        reply = await lp.within(pool.request(data, timeout=OP_TIMEOUT))
-    else:
-        reply = await lp.within(session.request(data, timeout=OP_TIMEOUT))
-    _check(data, reply)
+    target = soak.pools[slot % len(soak.pools)] if kind == "pool_request" else session
+    _check(data, await lp.within(target.request(data, timeout=OP_TIMEOUT)))
     soak.count(kind, 2, lp.now() - started)
 
 
-async def _worker(soak: Soak, lp: _Loop, transport: Any, pools: list[Any], k: int,
-                  start: float) -> None:
+async def _worker(soak: Soak, lp: _Loop, transport: Any, k: int, start: float) -> None:
+    """Worker *k*: about its share of ``--rate`` operations a second on its own sessions, and
+    its share of the churn once an interval."""
     rng = random.Random(soak.seed * 1_000_003 + k)
     mine = soak.mine(k)
-    if not mine:
-        return
     period = soak.workers / soak.rate
     next_op = start + rng.random() * period
     next_churn = start + rng.random() * soak.interval
     owed = 0.0
-    while not soak.stopping:
+    while mine and not soak.stopping:
         now = lp.now()
         if now >= next_churn:
             next_churn += soak.interval
@@ -348,85 +375,64 @@ async def _worker(soak: Soak, lp: _Loop, transport: Any, pools: list[Any], k: in
         slot = rng.choice(mine)
         session = soak.slots[slot]
         if session is None or session.is_closed:
-            await _close(soak, lp, slot, abort=True) if session is not None else None
+            await _close(soak, lp, slot, abort=True)
             await _open(soak, lp, transport, slot)
             continue
-        kind, data = soak.choose(rng, bool(pools))
+        op = soak.choose(rng, bool(soak.pools))
         try:
-            await _operate(soak, lp, session, pools, kind, data, slot)
+            await _operate(soak, lp, slot, op)
         except Exception as exc:  # counted; the session is replaced (it may be broken)
-            soak.failed(kind, exc)
+            soak.failed(op[0], exc)
             await _close(soak, lp, slot, abort=True)
 
 
-async def _sampler(soak: Soak, lp: _Loop, server: ServerProcess, samples: list[dict[str, Any]],
-                   start: float, out: TextIO) -> None:
-    last_t, last_messages = 0.0, 0
+async def _sampler(soak: Soak, lp: _Loop, start: float) -> None:
     next_at = start
     while True:
         now = lp.now()
         if now < next_at and not soak.stopping:
             await lp.sleep(min(next_at - now, 0.25))
             continue
-        t = now - start
-        sample = _sample(soak, server, t, lp.tasks())
-        if sample is None:
-            soak.server_died = soak.stopping = True
-            print(f"soak: the server died: {server.log_tail()}", file=out, flush=True)
-            return
-        sample["rate"] = (soak.messages - last_messages) / (t - last_t) if t > last_t else None
-        last_t, last_messages = t, soak.messages
-        samples.append(sample)
-        _progress(sample, out)
-        if soak.stopping:
-            return
-        if t >= soak.duration:
-            soak.stopping = True
+        if not soak.record(now - start, lp.tasks()):
             return
         next_at += soak.interval
 
 
-async def _run_async(soak: Soak, server: ServerProcess, backend: str, protocols: list[str],
-                     samples: list[dict[str, Any]], out: TextIO, pools_on: bool) -> float:
+async def _run_async(soak: Soak, backend: str) -> float:
     mt: Any = importlib.import_module(f"msgtrans.io_{backend}")
     lp = _asyncio_loop() if backend == "asyncio" else _trio_loop()
     ramp_start = lp.now()
     async with mt.Transport.builder().shutdown_timeout(5.0).build() as transport:
-        pools: list[Any] = []
-        if pools_on:
+        if soak.pools_on:
             for url in soak.urls:
-                pools.append(await lp.within(transport.pool(url, min=1, max=3)))
+                soak.pools.append(await lp.within(transport.pool(url, min=1, max=3)))
 
         async def opener(k: int) -> None:
             for slot in soak.mine(k):
-                if soak.stopping:
-                    return
-                await _open(soak, lp, transport, slot)
-
-        await lp.run_all([lambda k=k: opener(k) for k in range(soak.workers)])  # type: ignore[misc]
-        ramp = lp.now() - ramp_start
-        print(f"soak: {sum(s is not None for s in soak.slots)} sessions open over "
-              f"{', '.join(protocols)} in {ramp:.1f} s", file=out, flush=True)
-        start = lp.now()
-        jobs: list[Callable[[], Awaitable[None]]] = [
-            lambda k=k: _worker(soak, lp, transport, pools, k, start)  # type: ignore[misc]
-            for k in range(soak.workers)
-        ]
-        jobs.append(lambda: _sampler(soak, lp, server, samples, start, out))
-        await lp.run_all(jobs)
-        soak.stopping = True
+                if not soak.stopping:
+                    await _open(soak, lp, transport, slot)
 
         async def closer(k: int) -> None:
             for slot in soak.mine(k):
                 await _close(soak, lp, slot, abort=False)
 
-        await lp.run_all([lambda k=k: closer(k) for k in range(soak.workers)])  # type: ignore[misc]
-        for pool in pools:
+        def each(fn: Callable[[int], Awaitable[None]]) -> list[Callable[[], Awaitable[None]]]:
+            return [functools.partial(fn, k) for k in range(soak.workers)]
+
+        await lp.run_all(each(opener))
+        ramp = lp.now() - ramp_start
+        soak.opened(ramp)
+        start = lp.now()
+        await lp.run_all([*each(lambda k: _worker(soak, lp, transport, k, start)),
+                          lambda: _sampler(soak, lp, start)])
+        soak.stopping = True
+        await lp.run_all(each(closer))
+        for pool in soak.pools:
             await lp.within(pool.close())
     return ramp
 
 
-async def _asyncio_main(soak: Soak, *args: Any) -> float:
+async def _asyncio_main(soak: Soak, backend: str) -> float:
     loop = asyncio.get_running_loop()
 
     def interrupt() -> None:
@@ -435,13 +441,13 @@ async def _asyncio_main(soak: Soak, *args: Any) -> float:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
     try:
-        return await _run_async(soak, *args)
+        return await _run_async(soak, backend)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
 
-async def _trio_main(soak: Soak, *args: Any) -> float:
+async def _trio_main(soak: Soak, backend: str) -> float:
     import trio  # type: ignore[import-untyped, unused-ignore]
 
     ramp = 0.0
@@ -452,28 +458,35 @@ async def _trio_main(soak: Soak, *args: Any) -> float:
                     soak.interrupted = soak.stopping = True
 
             nursery.start_soon(watch)
-            ramp = await _run_async(soak, *args)
+            ramp = await _run_async(soak, backend)
             nursery.cancel_scope.cancel()
     return ramp
 
 
-# --- the blocking client ---------------------------------------------------------------------------
+# --- the blocking client ---------------------------------------------------------------------
 
 
-def _run_sync(soak: Soak, server: ServerProcess, protocols: list[str],
-              samples: list[dict[str, Any]], out: TextIO, pools_on: bool) -> float:
-    """The async client's steps with threads: one per worker, the sampler in this thread."""
-    import msgtrans.io_sync as mt
+class _SyncClient:
+    """The async client's steps on :mod:`msgtrans.io_sync`: a thread per worker, the sampler
+    in the calling thread."""
 
-    def open_(slot: int) -> None:
+    def __init__(self, soak: Soak) -> None:
+        import msgtrans.io_sync as mt
+
+        self.soak = soak
+        self.transport = mt.Transport.builder().shutdown_timeout(5.0).build()
+
+    def open(self, slot: int) -> None:
+        soak = self.soak
         try:
-            soak.slots[slot] = transport.connect(soak.url(slot), timeout=OP_TIMEOUT)
+            soak.slots[slot] = self.transport.connect(soak.url(slot), timeout=OP_TIMEOUT)
             soak.count("connect")
         except Exception as exc:
             soak.slots[slot] = None
             soak.failed(f"connect {soak.url(slot)}", exc)
 
-    def close(slot: int, abort: bool) -> None:
+    def close(self, slot: int, abort: bool) -> None:
+        soak = self.soak
         session, soak.slots[slot] = soak.slots[slot], None
         if session is None:
             return
@@ -488,18 +501,22 @@ def _run_sync(soak: Soak, server: ServerProcess, protocols: list[str],
             session.abort("close failed")
             soak.failed("close", exc)
 
-    def operate(session: Any, kind: str, data: bytes, slot: int) -> None:
+    def operate(self, slot: int, op: tuple[str, bytes]) -> None:
+        soak = self.soak
+        kind, data = op
+        session = soak.slots[slot]
         started = time.monotonic()
         if kind == "send":
             session.send(data, timeout=OP_TIMEOUT)
             _check(data, session.receive(timeout=OP_TIMEOUT))
             soak.count(kind, 2)
             return
-        target = pools[slot % len(pools)] if kind == "pool_request" else session
+        target = soak.pools[slot % len(soak.pools)] if kind == "pool_request" else session
         _check(data, target.request(data, timeout=OP_TIMEOUT))
         soak.count(kind, 2, time.monotonic() - started)
 
-    def worker(k: int, start: float) -> None:
+    def worker(self, k: int, start: float) -> None:
+        soak = self.soak
         rng = random.Random(soak.seed * 1_000_003 + k)
         mine = soak.mine(k)
         period = soak.workers / soak.rate
@@ -514,8 +531,8 @@ def _run_sync(soak: Soak, server: ServerProcess, protocols: list[str],
                 while owed >= 1.0 and not soak.stopping:
                     owed -= 1.0
                     slot = rng.choice(mine)
-                    close(slot, rng.random() < P_ABORT)
-                    open_(slot)
+                    self.close(slot, rng.random() < P_ABORT)
+                    self.open(slot)
                 continue
             if next_op > now:
                 time.sleep(min(next_op - now, next_churn - now))
@@ -524,30 +541,72 @@ def _run_sync(soak: Soak, server: ServerProcess, protocols: list[str],
             slot = rng.choice(mine)
             session = soak.slots[slot]
             if session is None or session.is_closed:
-                if session is not None:
-                    close(slot, abort=True)
-                open_(slot)
+                self.close(slot, abort=True)
+                self.open(slot)
                 continue
-            kind, data = soak.choose(rng, bool(pools))
+            op = soak.choose(rng, bool(soak.pools))
             try:
-                operate(session, kind, data, slot)
+                self.operate(slot, op)
             except Exception as exc:
-                soak.failed(kind, exc)
-                close(slot, abort=True)
+                soak.failed(op[0], exc)
+                self.close(slot, abort=True)
 
-    def run_threads(target: Callable[..., None], *args: Any) -> list[threading.Thread]:
-        threads = [threading.Thread(target=target, args=(k, *args), name=f"soak-{k}",
-                                    daemon=True) for k in range(soak.workers)]
+    def open_mine(self, k: int) -> None:
+        for slot in self.soak.mine(k):
+            if not self.soak.stopping:
+                self.open(slot)
+
+    def close_mine(self, k: int) -> None:
+        for slot in self.soak.mine(k):
+            self.close(slot, abort=False)
+
+    def each(self, target: Callable[[int], None]) -> None:
+        """Run *target(k)* in a thread per worker; wait for all of them."""
+        threads = [threading.Thread(target=target, args=(k,), name=f"soak-{k}", daemon=True)
+                   for k in range(self.soak.workers)]
         for thread in threads:
             thread.start()
-        return threads
-
-    def join(threads: list[threading.Thread]) -> None:
-        # Polled with a bound: the main thread must stay free for Ctrl-C.
         for thread in threads:
+            # Polled with a bound: the main thread must stay free for Ctrl-C.
             while thread.is_alive():
                 thread.join(0.2)
 
+    def run(self) -> float:
+        soak = self.soak
+        try:
+            ramp_start = time.monotonic()
+            if soak.pools_on:
+                soak.pools = [self.transport.pool(url, min=1, max=3) for url in soak.urls]
+            self.each(self.open_mine)
+            ramp = time.monotonic() - ramp_start
+            soak.opened(ramp)
+            start = time.monotonic()
+            sampler = threading.Thread(target=self._sample_until_done, args=(start,),
+                                       name="soak-sampler", daemon=True)
+            sampler.start()
+            self.each(lambda k: self.worker(k, start))
+            while sampler.is_alive():
+                sampler.join(0.2)
+            self.each(self.close_mine)
+            for pool in soak.pools:
+                pool.close()
+        finally:
+            self.transport.graceful_shutdown(5.0)
+        return ramp
+
+    def _sample_until_done(self, start: float) -> None:
+        next_at = start
+        while True:
+            now = time.monotonic()
+            if now < next_at and not self.soak.stopping:
+                time.sleep(min(next_at - now, 0.25))
+                continue
+            if not self.soak.record(now - start, None):
+                return
+            next_at += self.soak.interval
+
+
+def _run_sync(soak: Soak) -> float:
     previous = {}
     if threading.current_thread() is threading.main_thread():
         def interrupt(_sig: int, _frame: Any) -> None:
@@ -555,56 +614,19 @@ def _run_sync(soak: Soak, server: ServerProcess, protocols: list[str],
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, interrupt)
-    transport = mt.Transport.builder().shutdown_timeout(5.0).build()
-    pools: list[Any] = []
     try:
-        ramp_start = time.monotonic()
-        if pools_on:
-            pools = [transport.pool(url, min=1, max=3) for url in soak.urls]
-        join(run_threads(lambda k: [open_(s) for s in soak.mine(k) if not soak.stopping]))
-        ramp = time.monotonic() - ramp_start
-        print(f"soak: {sum(s is not None for s in soak.slots)} sessions open over "
-              f"{', '.join(protocols)} in {ramp:.1f} s", file=out, flush=True)
-        start = time.monotonic()
-        threads = run_threads(worker, start)
-        last_t, last_messages = 0.0, 0
-        next_at = start
-        while True:
-            now = time.monotonic()
-            if now < next_at and not soak.stopping:
-                time.sleep(min(next_at - now, 0.25))
-                continue
-            t = now - start
-            sample = _sample(soak, server, t, None)
-            if sample is None:
-                soak.server_died = soak.stopping = True
-                print(f"soak: the server died: {server.log_tail()}", file=out, flush=True)
-                break
-            sample["rate"] = (soak.messages - last_messages) / (t - last_t) if t > last_t else None
-            last_t, last_messages = t, soak.messages
-            samples.append(sample)
-            _progress(sample, out)
-            if soak.stopping or t >= soak.duration:
-                break
-            next_at += soak.interval
-        soak.stopping = True
-        join(threads)
-        join(run_threads(lambda k: [close(s, False) for s in soak.mine(k)]))
-        for pool in pools:
-            pool.close()
+        return _SyncClient(soak).run()
     finally:
-        transport.graceful_shutdown(5.0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return ramp
 
 
 # --- sampling and the report -------------------------------------------------------------------
 
 
-def _sample(soak: Soak, server: ServerProcess, t: float, tasks: int | None
-            ) -> dict[str, Any] | None:
+def _sample(soak: Soak, t: float, tasks: int | None) -> dict[str, Any] | None:
     """Both processes' figures now, or ``None`` if the server is gone."""
+    server = soak.server
     try:
         if not server.alive():
             return None
@@ -640,7 +662,6 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     workers = args.workers or (16 if args.backend == "sync" else 32)
     workers = min(workers, args.sessions)
     warmup = args.warmup if args.warmup is not None else warmup_seconds(args.duration)
-    samples: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="msgtrans-soak-") as folder, \
             ServerProcess(args.backend, protocols, Path(folder) / "server.log") as server:
         try:
@@ -649,29 +670,29 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
             print(f"msgtrans soak: {exc}", file=sys.stderr)
             return 1
         soak = Soak(args.sessions, client_urls(bound, protocols), args.duration, args.interval,
-                    args.churn, args.rate, workers, args.seed)
+                    args.churn, args.rate, workers, args.seed, server, out, args.pools)
         print(f"soak: server pid {server.pid} ({args.backend}) on {json.dumps(bound)}; "
               f"{args.sessions} sessions, {args.duration:g} s, sample every {args.interval:g} s, "
               f"churn {args.churn:.0%}/interval, {args.rate:g} ops/s, {workers} workers",
               file=out, flush=True)
         wall = time.monotonic()
         ramp = 0.0
-        run_args = (soak, server, args.backend, protocols, samples, out, args.pools)
         try:
             if args.backend == "trio":
                 import trio  # type: ignore[import-untyped, unused-ignore]
 
-                ramp = float(trio.run(_trio_main, *run_args))
+                ramp = float(trio.run(_trio_main, soak, args.backend))
             elif args.backend == "sync":
-                ramp = _run_sync(soak, server, protocols, samples, out, args.pools)
+                ramp = _run_sync(soak)
             else:
-                ramp = asyncio.run(_asyncio_main(*run_args))
+                ramp = asyncio.run(_asyncio_main(soak, args.backend))
         except KeyboardInterrupt:  # a second Ctrl-C, or one before the handlers were in place
             soak.interrupted = True
         wall = time.monotonic() - wall
         alive = server.alive() and not soak.server_died
         log = server.log_lines()
         status = server.stop()
+    samples = soak.samples
     summary = summarize(samples, warmup)
     traffic = samples[-1]["t"] if samples else 0.0
     result = {
