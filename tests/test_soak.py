@@ -149,12 +149,15 @@ def test_bad_options_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> Non
 
 #: The CI soak: 300 sessions over tcp, ws and quic for 60 s, sampled every 3 s.
 SESSIONS, DURATION, INTERVAL, CHURN = 300, 60, 3, 0.05
-#: The server's RSS may rise at most this fast after the warm-up.  60 s is short: the
-#: allocator's arenas and the kernel's socket buffers still settle, and one 64 KiB echo more or
-#: less in flight moves RSS by a sample's noise.  A leak of the kind issue 17 found (75-85 KB
-#: per reset connection, about one reset a second here) grows ~270 MiB an hour; 150 MiB an hour
-#: catches that and stays clear of the settling seen in clean runs.
-RSS_SLOPE_BOUND_MIB_PER_HOUR = 150.0
+#: The server's RSS may rise at most this fast after the warm-up.  Generous because 60 s is
+#: short: in a clean run the sessions are still settling (a WebSocket session keeps a 64 KiB read
+#: area once a 64 KiB message came in, the receive-buffer pool and the allocator's arenas grow to
+#: the traffic's high-water mark), which measured 22 MiB over the 48 fitted seconds, 1.7 GiB/h
+#: extrapolated, while a 10-minute run's last minutes rise at 0.2 GiB/h.  So this catches only a
+#: gross leak (over about 1 MiB/s, e.g. a server that never stops reading a flood); descriptors
+#: and threads, which do not settle, are the sharp checks here, and the 10-minute run in
+#: docs/soak.md is the memory check.
+RSS_SLOPE_BOUND_MIB_PER_HOUR = 4096.0
 
 
 @pytest.mark.network
