@@ -1,4 +1,4 @@
-"""The msgtrans command line: ``python -m msgtrans serve | send | demo | bench``.
+"""The msgtrans command line: ``python -m msgtrans serve | send | demo | soak | bench``.
 
 Only the argument parsing lives here; each command is in :mod:`msgtrans.cli`, imported when it
 runs.
@@ -15,7 +15,7 @@ from . import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .cli import send, serve
+    from .cli import send, serve, soak
 
     parser = argparse.ArgumentParser(
         prog="python -m msgtrans",
@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="run the protocol machines joined in memory instead (no sockets, "
                            "no backend)")
     serve.add_backend_argument(demo)
+    soak.add_arguments(commands.add_parser(
+        "soak",
+        help="hold many sessions against a serve subprocess with mixed traffic and churn, "
+             "sample both processes' memory, descriptors and threads, and print the trend",
+    ))
     bench = commands.add_parser("bench", help="run the benchmarks (arguments: see bench --help)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     return parser
@@ -72,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         from .cli import send
 
         return send.main(args)
+    if args.command == "soak":
+        from .cli import soak
+
+        return soak.main(args)
     if args.command == "demo":
         if args.memory:
             from .demo import run_demo
