@@ -20,6 +20,7 @@ Faults apply to the connections accepted after they are set (:meth:`TcpProxy.set
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import selectors
 import socket
@@ -88,10 +89,11 @@ class _Pipe:
         self.blocked = False  # the destination's buffer is full: wait until it is writable
         self.rest = memoryview(b"")  # what was read beyond a stall's offset
         stop = faults.stop_at()
-        self.stop_kind, self.stop_offset = (None, None) if stop is None else stop
+        self.stop_kind: str | None = None if stop is None else stop[0]
+        self.stop_offset: int | None = None if stop is None else stop[1]
 
     def wants_read(self) -> bool:
-        return (not self.eof and not self.done and not self.stalled
+        return (not self.eof and not self.stalled
                 and self.pending_fault is None and self.queued < _HIGH_WATER)
 
     def take(self, data: bytes, now: float) -> None:
@@ -133,6 +135,7 @@ class TcpProxy:
         self.faulted = threading.Event()
         self._lock = threading.Lock()
         self._released = False
+        self._break: str | None = None  # break_all() asked for this, not done yet
         self._stopping = False
         self._error: BaseException | None = None
         self._selector = selectors.DefaultSelector()
@@ -164,6 +167,12 @@ class TcpProxy:
             self._released = True
         self._wake()
 
+    def break_all(self, *, reset: bool) -> None:
+        """Cut (or, with *reset*, reset) every open connection now, whatever its offsets."""
+        with self._lock:
+            self._break = "reset" if reset else "cut"
+        self._wake()
+
     def forwarded(self, direction: str) -> int:
         """Bytes forwarded in *direction* over every connection."""
         with self._lock:
@@ -192,10 +201,9 @@ class TcpProxy:
         self.stop()
 
     def _wake(self) -> None:
-        try:
+        # OSError: already stopped, or the wakeup buffer is full (a wakeup is pending).
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        except OSError:
-            pass  # already stopped, or the wakeup buffer is full (a wakeup is pending)
 
     # --- the thread ---------------------------------------------------------------------------
 
@@ -211,10 +219,8 @@ class TcpProxy:
                     if sock is self._listener:
                         self._accept()
                     elif sock is self._wake_r:
-                        try:
+                        with contextlib.suppress(BlockingIOError):
                             self._wake_r.recv(4096)
-                        except BlockingIOError:
-                            pass
                     elif sock in self._draining:
                         self._drain(sock)
                     else:
@@ -306,6 +312,13 @@ class TcpProxy:
         now = time.monotonic()
         with self._lock:
             released = self._released
+            broken, self._break = self._break, None
+        if broken is not None:
+            for a, b in list(self._pipes):
+                with self._lock:
+                    a.stats.faults.append((broken, "both", a.read_at))
+                self.faulted.set()
+                self._close(a, b, rst=broken == "reset")
         for a, b in list(self._pipes):
             if a.stats.closed:
                 continue
@@ -323,10 +336,8 @@ class TcpProxy:
                         break
                 elif pipe.eof and not pipe.shut:
                     pipe.shut = True
-                    try:
+                    with contextlib.suppress(OSError):
                         pipe.dst.shutdown(socket.SHUT_WR)
-                    except OSError:
-                        pass
             if a.shut and b.shut and not a.stats.closed:
                 self._close(a, b, rst=False)
 
@@ -389,11 +400,9 @@ class TcpProxy:
             if sock.fileno() in self._selector.get_map():
                 self._selector.unregister(sock)
             if rst:
-                try:
+                with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                     struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
                 sock.close()
             elif self._stopping:
                 sock.close()

@@ -46,9 +46,9 @@ def test_split_forwards_up_to_the_offset_on_chunk_boundaries(
 
 
 def test_split_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="start and length"):
         split(-1, 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="chunk"):
         split(0, 3, chunk=0)
 
 
@@ -156,12 +156,14 @@ def test_stall_holds_after_the_offset_until_released(direction: str) -> None:
         proxy.release()
         receiver.settimeout(WAIT)
         assert read_exactly(receiver, len(DATA) - 3000) == DATA[3000:]
+        sender.sendall(b"after")  # and what comes after the release flows on
+        assert read_exactly(receiver, 5) == b"after"
         assert proxy.faults_applied() == [("stall", direction, 3000)]
-        assert eventually(lambda: proxy.forwarded(direction) == len(DATA))
+        assert eventually(lambda: proxy.forwarded(direction) == len(DATA) + 5)
 
 
 def test_stall_for_a_time_then_forwards() -> None:
-    with tcp_pair(c2s=Faults(stall_at=10, stall_for=0.3)) as (proxy, client, server):
+    with tcp_pair(c2s=Faults(stall_at=10, stall_for=0.3)) as (_proxy, client, server):
         client.sendall(DATA[:100])
         assert read_exactly(server, 10) == DATA[:10]
         start = time.monotonic()
@@ -170,7 +172,7 @@ def test_stall_for_a_time_then_forwards() -> None:
 
 
 def test_delay_holds_each_piece() -> None:
-    with tcp_pair(s2c=Faults(delay=0.3)) as (proxy, client, server):
+    with tcp_pair(s2c=Faults(delay=0.3)) as (_proxy, client, server):
         start = time.monotonic()
         server.sendall(b"late")
         assert read_exactly(client, 4) == b"late"
@@ -293,3 +295,15 @@ def test_udp_held_datagram_leaves_alone_and_full_drop() -> None:
         with pytest.raises(TimeoutError):
             target.recv(100)
         assert proxy.stats["c2s"].dropped == 5
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_break_all_ends_open_connections_now(reset: bool) -> None:
+    with tcp_pair() as (proxy, client, server):
+        client.sendall(b"before")
+        assert read_exactly(server, 6) == b"before"
+        proxy.break_all(reset=reset)
+        got, error = read_until_end(client)
+        assert got == b""
+        assert isinstance(error, ConnectionResetError) if reset else error is None
+        assert proxy.faults_applied() == [("reset" if reset else "cut", "both", 6)]

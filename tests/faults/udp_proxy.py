@@ -10,6 +10,7 @@ the faults and a seeded RNG, so a run is repeatable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import random
@@ -126,10 +127,8 @@ class UdpProxy:
         self.stop()
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        except OSError:
-            pass
 
     # --- the thread ---------------------------------------------------------------------------
 
@@ -143,10 +142,8 @@ class UdpProxy:
                     sock = key.fileobj
                     assert isinstance(sock, socket.socket)
                     if sock is self._wake_r:
-                        try:
+                        with contextlib.suppress(BlockingIOError):
                             sock.recv(4096)
-                        except BlockingIOError:
-                            pass
                     elif sock is self._front:
                         self._drain(sock, "c2s")
                     else:
