@@ -18,7 +18,7 @@ from .plan import split
 from .tcp_proxy import Faults, TcpProxy
 from .udp_proxy import Datagrams, UdpProxy, decide
 
-pytestmark = pytest.mark.filterwarnings("error::ResourceWarning")
+pytestmark = [pytest.mark.network, pytest.mark.filterwarnings("error::ResourceWarning")]
 WAIT = 5.0
 
 

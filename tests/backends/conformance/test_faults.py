@@ -37,6 +37,7 @@ from .adapters import (
     TransportError,
     TransportTimeoutError,
     client_url,
+    open_pool,
 )
 
 pytestmark = [
@@ -392,10 +393,12 @@ def test_split_and_delayed_stream_delivers_everything(backend: Backend, proto: s
 
 
 @contextlib.asynccontextmanager
-async def through_udp_proxy(backend: Backend, certs: Certs, **client_settings: float
+async def through_udp_proxy(backend: Backend, certs: Certs, *, request_timeout: float,
+                            connect_timeout: float
                             ) -> AsyncIterator[tuple[Transport, Transport, UdpProxy]]:
     async with backend.transport() as server, \
-            backend.transport(**client_settings) as client, \
+            backend.transport(request_timeout=request_timeout,
+                              connect_timeout=connect_timeout) as client, \
             server.serve("quic", certs, Echo()) as port:
         with UdpProxy(("127.0.0.1", port)) as proxy:
             yield server, client, proxy
@@ -460,5 +463,58 @@ def test_quic_total_loss_times_out_clearly(backend: Backend, certs: Certs) -> No
             with anyio.fail_after(BOUND):
                 await backend.call(stranded.close, timeout=0.3)
             await forgotten(server)
+
+    backend.run(body)
+
+
+# --- a pool through a network that breaks its sessions ----------------------------------------
+
+
+@pytest.mark.parametrize("how", ["cut", "reset"])
+@pytest.mark.parametrize("proto", ["tcp", "tls"])
+def test_pool_recovers_when_the_network_breaks_its_sessions(backend: Backend, proto: str,
+                                                            certs: Certs, how: str) -> None:
+    """Requests streaming through a pool when the network breaks every session at once: each
+    gets its exact answer or a clear error, and the pool's next requests succeed on new
+    sessions."""
+
+    async def body() -> None:
+        async with through_tcp_proxy(backend, proto, certs) as (_server, client, proxy):
+            pool = await open_pool(backend, client, client_url(proto, proxy.port, certs),
+                                   min=2, max=2, target=2)
+            outcomes: list[bytes | BaseException] = []
+            stop = anyio.Event()
+
+            async def stream(worker: int) -> None:
+                i = 0
+                while not stop.is_set():
+                    payload = b"%d.%d:" % (worker, i) + PAYLOAD
+                    i += 1
+                    with anyio.fail_after(BOUND):
+                        try:
+                            reply = await pool.request(payload)
+                        except TransportError as exc:
+                            outcomes.append(exc)
+                            await anyio.sleep(0.01)
+                            continue
+                    assert reply.payload == b"re:" + payload
+                    outcomes.append(reply.payload)
+
+            async with anyio.create_task_group() as tg:
+                for worker in range(4):
+                    tg.start_soon(stream, worker)
+                await eventually(lambda: len(outcomes) >= 20, "requests flowing")
+                proxy.break_all(reset=how == "reset")
+                await anyio.sleep(0.2)
+                stop.set()
+            assert proxy.faults_applied(), "the break happened"
+            for error in [o for o in outcomes if isinstance(o, BaseException)]:
+                assert isinstance(error, TransportConnectionError | ProtocolError), repr(error)
+            # The pool replaced what broke: requests succeed again.
+            with anyio.fail_after(BOUND):
+                for i in range(5):
+                    payload = b"after%d" % i
+                    assert (await pool.request(payload)).payload == b"re:" + payload
+            await pool.close()
 
     backend.run(body)
