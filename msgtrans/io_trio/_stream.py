@@ -105,6 +105,9 @@ class StreamIO:
                 nbytes = await sock.recv_into(conn.get_buffer(-1))
             except OSError as exc:
                 session.lost(exc)
+                # The writer ends the session's task (and so releases the socket) only once
+                # woken: a reset must wake it as an EOF does, or the session lives forever.
+                self._wake.set()
                 return
             if not nbytes:
                 session.feed_eof()
