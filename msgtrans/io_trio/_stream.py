@@ -52,6 +52,9 @@ class StreamIO:
         self._wake = trio.Event()
         # Output the reader took from the connection, to go before what the writer takes next.
         self._carry: list[Buffer] = []
+        # The writer is between its wake-up and its next wait (taking, writing): it takes what
+        # the core has once its write is done, so the reader must not take it meanwhile.
+        self._writing = False
         self._reading = trio.Event()
         self._reading.set()
         self._eof_written = False
@@ -115,6 +118,13 @@ class StreamIO:
             session.feed(nbytes)
             # Most input has nothing to answer (TCP never does): wake the writer only when
             # there is output (TLS, WebSocket control frames) or the connection ended.
+            if self._writing or self._carry:
+                # The writer is busy or has a carry to write: it looks again once done.  Taking
+                # the output here would pile it up in the carry, counted as flushed, while the
+                # peer does not read: no send bound would pause the application, and so no
+                # receive bound would ever pause this reader.
+                self._wake.set()
+                continue
             output = session.take_output()
             if output:
                 self._carry += output
@@ -127,6 +137,7 @@ class StreamIO:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            self._writing = True
             try:
                 # Until the core has nothing more: sends and a close may come in while
                 # send_all waits, and the EOF must go after every byte queued before it.
@@ -139,6 +150,7 @@ class StreamIO:
                         await self._stream.send_eof()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 session.lost(exc)
+            self._writing = False
             session.process()
             if session.machine_closed:
                 return
