@@ -7,8 +7,10 @@ TLS lives in the core (its ``TlsMachine``), so every stream socket here is plain
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +33,9 @@ logger = logging.getLogger("msgtrans.io_trio")
 _JOIN_LIMIT = 64 * 1024
 # Parts per sendmsg(): well under every platform's IOV_MAX (1024 on Linux).
 _MAX_PARTS = 512
+# Connections a listener accepts per wake-up: a burst is taken without a scheduler round per
+# connection, and the sessions it started get to run between batches.
+_ACCEPT_BATCH = 64
 # How many scheduler rounds the writer lets other ready tasks add to a batch before it writes
 # (see StreamIO._writer); each round costs one trio checkpoint, far less than a send().
 _BATCH_ROUNDS = 64
@@ -248,6 +253,7 @@ class StreamListener:
         self._settings = settings
         self._tls_context = config.tls.server_context() if config.tls is not None else None
         self._live: set[Session] = set()
+        self._batches: list[_AcceptBatch] = []
         self.scope = trio.CancelScope()
 
     async def run(self) -> None:
@@ -258,6 +264,8 @@ class StreamListener:
                     for listener in self.listeners:
                         nursery.start_soon(self._accept_loop, listener)
         finally:
+            for batch in self._batches:
+                batch.close()
             with trio.CancelScope(shield=True):
                 for listener in self.listeners:
                     await trio.aclose_forcefully(listener)
@@ -268,9 +276,11 @@ class StreamListener:
 
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
         config = self.config
+        batch = _AcceptBatch(listener)
+        self._batches.append(batch)  # closed by run()
         while True:
             try:
-                stream = await listener.accept()
+                stream = await batch.next()
             except OSError as exc:
                 # EMFILE and friends: log, breathe, go on (a listener must not die of it).
                 logger.warning("listener %s: accept failed: %s", self.address, exc)
@@ -299,6 +309,55 @@ class StreamListener:
             session.when_finished(self._live.discard)
             self._spawn(session.run, io)
             self._spawn(deliver_when_established, session, self._on_established)
+
+
+class _AcceptBatch:
+    """The connections of one listening socket, accepted in batches: every connection waiting
+    at a wake-up, up to :data:`_ACCEPT_BATCH`, without a checkpoint between them.
+
+    ``SocketListener.accept`` is a checkpoint per connection: under a flood, each one waits
+    for a whole scheduler round of every other task (the new sessions' among them), and the
+    listen queue overflows.  The accepts go through a duplicate of the listening descriptor
+    (the same socket) with the standard library's non-blocking ``accept``.
+    """
+
+    def __init__(self, listener: trio.SocketListener) -> None:
+        self._listener = listener
+        self._ready: collections.deque[socket.socket] = collections.deque()
+        self._sock: socket.socket | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self._sock = socket.socket(fileno=os.dup(listener.socket.fileno()))
+
+    async def next(self) -> trio.SocketStream:
+        """The next connection (waits for one).
+
+        Raises:
+            OSError: the accept failed (EMFILE...).
+        """
+        sock = self._sock
+        if sock is None:  # no duplicate descriptor on this platform
+            return await self._listener.accept()
+        while not self._ready:
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(_ACCEPT_BATCH):
+                try:
+                    accepted, _addr = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    if self._ready:
+                        break  # these first; the error comes again on the next call
+                    raise
+                self._ready.append(accepted)
+        return trio.SocketStream(trio.socket.from_stdlib_socket(self._ready.popleft()))
+
+    def close(self) -> None:
+        """Release the duplicate descriptor and the connections not handed out yet."""
+        while self._ready:
+            self._ready.popleft().close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 async def deliver_when_established(session: Session,
