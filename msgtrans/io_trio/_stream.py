@@ -124,11 +124,11 @@ class StreamIO:
             # Most input has nothing to answer (TCP never does): wake the writer only when
             # there is output (TLS, WebSocket control frames) or the connection ended.
             if self._writing or self._carry:
-                # The writer is busy or has a carry to write: it looks again once done.  Taking
-                # the output here would pile it up in the carry, counted as flushed, while the
-                # peer does not read: no send bound would pause the application, and so no
-                # receive bound would ever pause this reader.
-                self._wake.set()
+                # The writer is busy (it takes the core's output again after each write, and
+                # checks the close after its last) or already woken for a carry.  Taking the
+                # output here would pile it up in the carry, counted as flushed, while the peer
+                # does not read: no send bound would pause the application, and so no receive
+                # bound would ever pause this reader.
                 continue
             output = session.take_output()
             if output:
