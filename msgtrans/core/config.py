@@ -107,8 +107,11 @@ DEFAULT_RETRY_THRESHOLD = 64
 #: Half-open QUIC connections beyond which new clients are refused (each costs a whole aioquic
 #: connection until its handshake completes or times out).
 DEFAULT_MAX_HALF_OPEN = 1024
-#: Pending connections a listening socket queues.
-DEFAULT_BACKLOG = 128
+#: Pending connections a listening socket queues: room for a burst of thousands of connects
+#: while the accept loop catches up (a connection the queue has no room for waits for its SYN
+#: to be sent again, 1 s, 3 s, 7 s later...).  The kernel caps it at ``net.core.somaxconn``
+#: (``/proc/sys/net/core/somaxconn``: 4096 by default since Linux 5.4, 128 before).
+DEFAULT_BACKLOG = 4096
 #: The UDP payload size QUIC uses once the handshake is over when the peer is on a loopback
 #: address (and allows it): the loopback interface carries 64 KiB, so there is no path MTU to
 #: discover.  aioquic writes a STREAM frame's length in two bytes (at most 16383), so a datagram
@@ -1345,7 +1348,8 @@ class TcpServerConfig(_Tcp, _Endpoint):
         tls: the server certificate for ``tls://`` (default ``None``: plain TCP).
         nodelay: set ``TCP_NODELAY`` on accepted connections (default ``True``).
         keepalive: set ``SO_KEEPALIVE`` on accepted connections (default ``True``).
-        backlog: pending connections the listening socket queues (default 128).
+        backlog: pending connections the listening socket queues (default 4096, capped by
+            the kernel's ``net.core.somaxconn``).
         handshake_timeout: seconds a new connection has for its TLS handshake (default 10.0).
         max_sessions: the most sessions served at once; more are refused (default ``None``:
             no limit).
@@ -1424,7 +1428,8 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
         subprotocols: subprotocols accepted; the first one the client offers is chosen, and a
             client offering none is still accepted (default ``("msgtrans.v1",)``).
         tls: the server certificate for ``wss://`` (default ``None``: plain ``ws://``).
-        backlog: pending connections the listening socket queues (default 128).
+        backlog: pending connections the listening socket queues (default 4096, capped by
+            the kernel's ``net.core.somaxconn``).
         handshake_timeout: seconds a new connection has for its TLS and WebSocket handshakes
             (default 10.0).
         ping_interval: seconds between pings (default 20.0; ``None``: never ping).

@@ -45,6 +45,9 @@ WRITE = selectors.EVENT_WRITE
 
 #: Reads per socket per loop iteration: a busy socket must not starve the others.
 _READS_PER_TURN = 16
+#: Connections a listener accepts per loop iteration (until EAGAIN, at most this many): a burst
+#: is taken in a few iterations, each of which also serves the sessions already accepted.
+_ACCEPTS_PER_TURN = 64
 #: Buffers per ``sendmsg`` call (IOV_MAX is 1024 on Linux, less elsewhere).
 _IOV_BATCH = 512
 #: The channel's own write buffer (what the kernel did not take yet): above HIGH the
@@ -354,8 +357,8 @@ class StreamListener(_ListenerChannel):
         self._live: set[Session] = set()  # for max_sessions
 
     def on_ready(self, mask: int, now: float) -> None:
-        """Accept what is waiting."""
-        for _ in range(_READS_PER_TURN):
+        """Accept what is waiting (up to :data:`_ACCEPTS_PER_TURN`)."""
+        for _ in range(_ACCEPTS_PER_TURN):
             if self.sock is None:
                 return
             try:

@@ -234,14 +234,16 @@ class _ServeRun:
         self._loop = loop
         self._handler = handler
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msgtrans-serve")
-        self._served: list[_Served] = []
+        # The sessions being served: each leaves once its handler saw it out (a list kept
+        # every session, its connection and buffers, for as long as serve() ran).
+        self._served: set[_Served] = set()
         self.finished = threading.Event()
 
     def add(self, session: Session) -> None:
         """Serve *session* (any thread)."""
         served = _Served(session)
         with self._loop.lock:
-            self._served.append(served)
+            self._served.add(served)
             session.inbox_listener = lambda: self._kick(served)
             served.busy = True
             self._pool.submit(self._run, served, True)
@@ -288,6 +290,7 @@ class _ServeRun:
         _call(handler, "on_disconnected", session, session.close_reason)
         with lock:
             served.done = True
+            self._served.discard(served)
             session.inbox_listener = None
             self._loop.cond.notify_all()
 

@@ -7,8 +7,10 @@ TLS lives in the core (its ``TlsMachine``), so every stream socket here is plain
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +33,9 @@ logger = logging.getLogger("msgtrans.io_trio")
 _JOIN_LIMIT = 64 * 1024
 # Parts per sendmsg(): well under every platform's IOV_MAX (1024 on Linux).
 _MAX_PARTS = 512
+# Connections a listener accepts per wake-up: a burst is taken without a scheduler round per
+# connection, and the sessions it started get to run between batches.
+_ACCEPT_BATCH = 64
 # How many scheduler rounds the writer lets other ready tasks add to a batch before it writes
 # (see StreamIO._writer); each round costs one trio checkpoint, far less than a send().
 _BATCH_ROUNDS = 64
@@ -52,6 +57,9 @@ class StreamIO:
         self._wake = trio.Event()
         # Output the reader took from the connection, to go before what the writer takes next.
         self._carry: list[Buffer] = []
+        # The writer is between its wake-up and its next wait (taking, writing): it takes what
+        # the core has once its write is done, so the reader must not take it meanwhile.
+        self._writing = False
         self._reading = trio.Event()
         self._reading.set()
         self._eof_written = False
@@ -105,6 +113,9 @@ class StreamIO:
                 nbytes = await sock.recv_into(conn.get_buffer(-1))
             except OSError as exc:
                 session.lost(exc)
+                # The writer ends the session's task (and so releases the socket) only once
+                # woken: a reset must wake it as an EOF does, or the session lives forever.
+                self._wake.set()
                 return
             if not nbytes:
                 session.feed_eof()
@@ -112,6 +123,13 @@ class StreamIO:
             session.feed(nbytes)
             # Most input has nothing to answer (TCP never does): wake the writer only when
             # there is output (TLS, WebSocket control frames) or the connection ended.
+            if self._writing or self._carry:
+                # The writer is busy (it takes the core's output again after each write, and
+                # checks the close after its last) or already woken for a carry.  Taking the
+                # output here would pile it up in the carry, counted as flushed, while the peer
+                # does not read: no send bound would pause the application, and so no receive
+                # bound would ever pause this reader.
+                continue
             output = session.take_output()
             if output:
                 self._carry += output
@@ -124,6 +142,7 @@ class StreamIO:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            self._writing = True
             try:
                 # Until the core has nothing more: sends and a close may come in while
                 # send_all waits, and the EOF must go after every byte queued before it.
@@ -136,6 +155,7 @@ class StreamIO:
                         await self._stream.send_eof()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 session.lost(exc)
+            self._writing = False
             session.process()
             if session.machine_closed:
                 return
@@ -233,6 +253,7 @@ class StreamListener:
         self._settings = settings
         self._tls_context = config.tls.server_context() if config.tls is not None else None
         self._live: set[Session] = set()
+        self._batches: list[_AcceptBatch] = []
         self.scope = trio.CancelScope()
 
     async def run(self) -> None:
@@ -243,6 +264,8 @@ class StreamListener:
                     for listener in self.listeners:
                         nursery.start_soon(self._accept_loop, listener)
         finally:
+            for batch in self._batches:
+                batch.close()
             with trio.CancelScope(shield=True):
                 for listener in self.listeners:
                     await trio.aclose_forcefully(listener)
@@ -253,9 +276,11 @@ class StreamListener:
 
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
         config = self.config
+        batch = _AcceptBatch(listener)
+        self._batches.append(batch)  # closed by run()
         while True:
             try:
-                stream = await listener.accept()
+                stream = await batch.next()
             except OSError as exc:
                 # EMFILE and friends: log, breathe, go on (a listener must not die of it).
                 logger.warning("listener %s: accept failed: %s", self.address, exc)
@@ -284,6 +309,55 @@ class StreamListener:
             session.when_finished(self._live.discard)
             self._spawn(session.run, io)
             self._spawn(deliver_when_established, session, self._on_established)
+
+
+class _AcceptBatch:
+    """The connections of one listening socket, accepted in batches: every connection waiting
+    at a wake-up, up to :data:`_ACCEPT_BATCH`, without a checkpoint between them.
+
+    ``SocketListener.accept`` is a checkpoint per connection: under a flood, each one waits
+    for a whole scheduler round of every other task (the new sessions' among them), and the
+    listen queue overflows.  The accepts go through a duplicate of the listening descriptor
+    (the same socket) with the standard library's non-blocking ``accept``.
+    """
+
+    def __init__(self, listener: trio.SocketListener) -> None:
+        self._listener = listener
+        self._ready: collections.deque[socket.socket] = collections.deque()
+        self._sock: socket.socket | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self._sock = socket.socket(fileno=os.dup(listener.socket.fileno()))
+
+    async def next(self) -> trio.SocketStream:
+        """The next connection (waits for one).
+
+        Raises:
+            OSError: the accept failed (EMFILE...).
+        """
+        sock = self._sock
+        if sock is None:  # no duplicate descriptor on this platform
+            return await self._listener.accept()
+        while not self._ready:
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(_ACCEPT_BATCH):
+                try:
+                    accepted, _addr = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    if self._ready:
+                        break  # these first; the error comes again on the next call
+                    raise
+                self._ready.append(accepted)
+        return trio.SocketStream(trio.socket.from_stdlib_socket(self._ready.popleft()))
+
+    def close(self) -> None:
+        """Release the duplicate descriptor and the connections not handed out yet."""
+        while self._ready:
+            self._ready.popleft().close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 async def deliver_when_established(session: Session,

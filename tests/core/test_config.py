@@ -725,7 +725,7 @@ def test_timeouts_are_floats_and_none_means_never() -> None:
 def test_server_defaults() -> None:
     tcp = TcpServerConfig()
     assert tcp.addr == ("127.0.0.1", 0) and tcp.host == "127.0.0.1" and tcp.port == 0
-    assert tcp.tls is None and tcp.backlog == 128 and tcp.max_sessions is None
+    assert tcp.tls is None and tcp.backlog == 4096 and tcp.max_sessions is None
     assert tcp.nodelay and tcp.keepalive and tcp.handshake_timeout == 10.0
     assert tcp.protocol is Protocol.TCP and tcp.scheme == "tcp" and not tcp.secure
     assert tcp.url == "tcp://127.0.0.1:0"
