@@ -195,6 +195,11 @@ class StreamMachine(ProtocolMachine):
             self._scratch = bytearray(size)
         return memoryview(self._scratch)
 
+    def unused_buffer(self) -> None:
+        """Say the last :meth:`get_buffer` received nothing (the read found no bytes; no
+        :meth:`buffer_updated` follows), so that a machine with nothing buffered gives up its
+        receive memory until the next read: an idle connection holds none.  A no-op here."""
+
     def buffer_updated(self, nbytes: int, now: float) -> None:
         """Account for *nbytes* received into the last :meth:`get_buffer` (0 is not EOF here;
         EOF is ``receive_data(b"", now)``)."""
