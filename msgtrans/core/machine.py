@@ -73,6 +73,12 @@ class ProtocolMachine(ABC):
 
     # --- the common face -----------------------------------------------------------------------
 
+    def unused_buffer(self) -> None:
+        """Say the last :meth:`get_buffer` received nothing (the read found no bytes; no
+        :meth:`buffer_updated` follows), so that a machine with nothing buffered gives up its
+        receive memory until the next read: an idle connection holds none.  A no-op here
+        (and for datagram machines, which have no such memory)."""
+
     def events(self) -> list[Event]:
         """Return the events that happened since the last call, oldest first, and forget them."""
         events = self._events
@@ -194,11 +200,6 @@ class StreamMachine(ProtocolMachine):
         if self._scratch is None or len(self._scratch) < size:
             self._scratch = bytearray(size)
         return memoryview(self._scratch)
-
-    def unused_buffer(self) -> None:
-        """Say the last :meth:`get_buffer` received nothing (the read found no bytes; no
-        :meth:`buffer_updated` follows), so that a machine with nothing buffered gives up its
-        receive memory until the next read: an idle connection holds none.  A no-op here."""
 
     def buffer_updated(self, nbytes: int, now: float) -> None:
         """Account for *nbytes* received into the last :meth:`get_buffer` (0 is not EOF here;

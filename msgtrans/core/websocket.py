@@ -677,8 +677,8 @@ class WebSocketMachine(StreamMachine):
             if size == _READ_SIZE:
                 try:
                     area = _SPARE_AREAS.pop()
-                except IndexError:
-                    pass
+                except IndexError:  # none idle (or taken on another thread since the check)
+                    area = None
             if area is None:
                 area = bytearray(size)
             self._area = area
