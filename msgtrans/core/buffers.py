@@ -409,6 +409,11 @@ class BufferPool:
         self._on_dead = self._dead.append  # made once: a bound method per lend costs
         self._ref_key: dict[int, int] = {}  # id(weak reference) -> id(lent buffer)
         self._pending: list[bytearray] = []  # release_later: given back once unviewed
+        #: Receive areas lent to decoders and idle between reads: a decoder pops one for a
+        #: read and appends it back once nothing is buffered (``msgtrans.core.framing``), so
+        #: that idle connections hold none and a busy one costs no lend per message.  They
+        #: stay lent (counted in ``bytes_in_use``); a few at most.
+        self.spare_areas: list[bytearray] = []
         self._lent = 0
         self.collected = 0
 
@@ -597,6 +602,13 @@ class BufferPool:
         """Free every buffer the pool keeps for reuse (buffers handed out are untouched: they
         come back, or go, as usual); return the bytes freed.  A transport's own pool does this
         at shutdown."""
+        spares = self.spare_areas
+        while spares:
+            try:
+                spare = spares.pop()
+            except IndexError:  # taken by a decoder on another thread meanwhile
+                break
+            self.release_later(spare)
         lock = self._lock
         if lock is None:
             return self._drop_free()

@@ -68,6 +68,9 @@ __all__ = [
 DEFAULT_ZERO_COPY_THRESHOLD = 64 * 1024
 #: The size of the receive area :meth:`PacketDecoder.get_buffer` offers by default.
 DEFAULT_RECEIVE_SIZE = 64 * 1024
+#: Idle receive areas kept for the next read of any decoder of the same pool: one per thread
+#: reading at the same moment is enough (a nested TLS read needs two).
+SPARE_AREAS = 4
 #: How much of a big packet's buffer is allocated before its bytes arrive: the rest is allocated
 #: once the peer has sent this much, so that a header claiming 16 MiB costs at most 1 MiB.
 LARGE_FIRST_STEP = 1024 * 1024
@@ -75,6 +78,15 @@ LARGE_FIRST_STEP = 1024 * 1024
 QUIC_MAX_FRAME = 16 * 1024 * 1024
 
 _U32 = struct.Struct(">I")
+
+#: What a decoder with nothing buffered holds as its receive area: nothing (never written to,
+#: being empty).  The area is taken when bytes are to be received and given up once every one of
+#: them was decoded, so that an idle connection holds no receive memory at all.
+_NO_AREA = bytearray()
+
+
+#: Idle receive areas of decoders without a pool, by size (see BufferPool.spare_areas).
+_PLAIN_SPARES: dict[int, list[bytearray]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +234,7 @@ class PacketDecoder:
         self.limits = limits
         self.zero_copy_threshold = zero_copy_threshold
         self._receive_size = receive_size
-        self._buf = bytearray(receive_size)
+        self._buf = _NO_AREA  # taken on the first read (see _take_area)
         self._pos = 0  # first unread byte of _buf
         self._end = 0  # end of the received bytes in _buf
         self._large: bytearray | None = None  # a big packet being received in place
@@ -236,6 +248,7 @@ class PacketDecoder:
         #: Number of packets decoded in all.
         self.packets_decoded = 0
         self._pool: BufferPool | None = None
+        self._spares: list[bytearray] | None = None  # where idle areas go (see _take_area)
         self.buffer_pool = buffer_pool
         self.counters = counters
         #: Bytes the decoder copied from one place of its own to another (compacting or growing
@@ -251,28 +264,58 @@ class PacketDecoder:
     def buffer_pool(self) -> BufferPool | None:
         """The pool big packets' buffers and the receive area are lent by, or ``None``.
 
-        Setting it while nothing is buffered also takes the receive area from the pool: a big
-        packet that starts in it and fits is then received in that very area, which becomes
-        the packet's buffer (no copy at all), and a new area is lent.
+        With a pool, the receive area is lent by it too (when a read needs one: an idle
+        decoder holds none): a big packet that starts in it and fits is then received in that
+        very area, which becomes the packet's buffer (no copy at all).
         """
         return self._pool
 
     @buffer_pool.setter
     def buffer_pool(self, pool: BufferPool | None) -> None:
         self._pool = pool
-        if pool is not None and self._pooled_area and self._end == 0 and self._large is None:
-            area = self._area()
-            if area is not None:
-                self._buf = area
+        self._spares = None
 
-    def _area(self) -> bytearray | None:
-        """A receive area lent by the pool (its class for receive_size), or ``None`` when the
-        pool refuses (memory limit): the plain area is kept then."""
-        assert self._pool is not None
+    def _take_area(self) -> bytearray:
+        """Make a receive area this decoder's, for a read: an idle one of its pool's spare
+        areas (or, without a pool, of the plain ones of its size), else one lent by the pool
+        (its class for receive_size), else (no pool, or it refuses: memory limit) a new one.
+
+        The spare areas are a list taken from with ``pop`` and given back to with ``append``,
+        each one step under the GIL (and a locked one under free threading), so that an area
+        is never in two decoders' hands, on any thread, without a lock in the core; and a
+        request/response connection costs no pool call per message."""
+        size = self._receive_size
+        pool = self._pool if self._pooled_area else None
+        spares = self._spares
+        if spares is None:
+            spares = self._spares = (
+                pool.spare_areas if pool is not None else _PLAIN_SPARES.setdefault(size, [])
+            )
         try:
-            return self._pool.lend(self._receive_size)
-        except ResourceError:
-            return None
+            area = spares.pop()
+        except IndexError:
+            area = None
+        if area is None or len(area) < size:
+            if pool is not None:
+                try:
+                    area = pool.lend(size)
+                except ResourceError:
+                    area = bytearray(size)
+            else:
+                area = bytearray(size)
+        self._buf = area
+        return area
+
+    def _idle(self) -> None:
+        """Give up the receive area: nothing is buffered.  It joins the spare areas it was
+        taken from (a few at most), else goes back to its pool (once no view of it is left)."""
+        area = self._buf
+        self._buf = _NO_AREA
+        spares = self._spares
+        if spares is not None and len(spares) < SPARE_AREAS and len(area) <= 2 * self._receive_size:
+            spares.append(area)
+        else:
+            self._give_back(area)
 
     @property
     def buffered(self) -> int:
@@ -316,6 +359,8 @@ class PacketDecoder:
                         self._keep(view[cut:], out)
         except ProtocolError as exc:
             self._fail(exc, out)
+        if not self._end and self._buf is not _NO_AREA:
+            self._idle()
         return out
 
     def _missing(self) -> int:
@@ -351,10 +396,19 @@ class PacketDecoder:
                 # a few bytes per big packet.
                 end = min(len(self._large), end + self._receive_size // 4)
             return memoryview(self._large)[off + self._filled : end]
+        if self._buf is _NO_AREA:
+            self._take_area()
         want = max(sizehint, self._receive_size // 2) if sizehint > 0 else self._receive_size // 2
         if len(self._buf) - self._end < want:
             self._make_room(want)
         return memoryview(self._buf)[self._end :]
+
+    def unused_buffer(self) -> None:
+        """Say the last :meth:`get_buffer` received nothing (a read found no bytes): with
+        nothing buffered, the receive area is given up until the next read, as after a read
+        that completed every packet."""
+        if self._end == 0 and self._large is None and self._buf is not _NO_AREA:
+            self._idle()
 
     def buffer_updated(self, nbytes: int) -> list[Packet]:
         """Account for *nbytes* written into the last :meth:`get_buffer` and return the packets
@@ -405,6 +459,7 @@ class PacketDecoder:
                     twin.__class__ = Packet  # type: ignore[assignment]
                     self._pos = self._end = 0
                     self.packets_decoded += 1
+                    self._idle()
                     return [twin]  # type: ignore[list-item]  # a Packet now
         out: list[Packet] = []
         try:
@@ -421,11 +476,15 @@ class PacketDecoder:
                     # The read ran past the packet (see get_buffer): the rest is the stream's.
                     with memoryview(large) as rest:
                         self._keep(rest[after : after + filled - total], out)
+                if not self._end and self._buf is not _NO_AREA and self._large is None:
+                    self._idle()
                 return out
             self._end += nbytes
             self._drain(out)
         except ProtocolError as exc:
             self._fail(exc, out)
+        if not self._end and self._buf is not _NO_AREA:
+            self._idle()
         return out
 
     def release_buffers(self) -> None:
@@ -438,7 +497,7 @@ class PacketDecoder:
         self._give_back(self._buf)
         self._give_back(self._large)
         self._pool = None
-        self._buf = bytearray()
+        self._buf = _NO_AREA
         self._pos = self._end = self._filled = 0
         self._large = None
         self._large_fields = None
@@ -474,7 +533,7 @@ class PacketDecoder:
             link = link.__cause__ or link.__context__
         self.error = exc
         self._give_back(self._buf)
-        self._buf = bytearray()
+        self._buf = _NO_AREA
         self._pos = self._end = self._filled = 0
         self._give_back(self._large)
         self._large = None
@@ -536,13 +595,12 @@ class PacketDecoder:
                         and self._pool is not None
                     ):
                         # It fits in the pooled receive area it started in: the area becomes
-                        # its buffer, nothing is copied, and a new area is lent.
+                        # its buffer, nothing is copied, and the next read takes a new area.
                         self._large = area
                         self._large_off = start
                         self._large_copied = 0
                         self._large_received = 0
-                        new = self._area()
-                        self._buf = new if new is not None else bytearray(self._receive_size)
+                        self._buf = _NO_AREA
                         return end
                     self._large = self._new_large(total, have)
                     self._large_off = 0
@@ -594,6 +652,10 @@ class PacketDecoder:
 
     def _make_room(self, n: int) -> None:
         """Make *n* free bytes after the buffered ones, moving them to the front of a buffer."""
+        if self._buf is _NO_AREA and n <= self._receive_size:
+            self._take_area()  # nothing is buffered: a receive area of the usual kind
+            self._pos = self._end = 0
+            return
         held = self._end - self._pos
         self.bytes_moved += held
         size = max(self._receive_size, held + n)

@@ -73,6 +73,12 @@ class ProtocolMachine(ABC):
 
     # --- the common face -----------------------------------------------------------------------
 
+    def unused_buffer(self) -> None:  # noqa: B027  (optional, not abstract: a no-op default)
+        """Say the last :meth:`get_buffer` received nothing (the read found no bytes; no
+        :meth:`buffer_updated` follows), so that a machine with nothing buffered gives up its
+        receive memory until the next read: an idle connection holds none.  A no-op here
+        (and for datagram machines, which have no such memory)."""
+
     def events(self) -> list[Event]:
         """Return the events that happened since the last call, oldest first, and forget them."""
         events = self._events

@@ -282,6 +282,11 @@ class TcpMachine(StreamMachine):
         """
         return self._decoder.get_buffer
 
+    def unused_buffer(self) -> None:
+        """The last :meth:`get_buffer` received nothing: the decoder gives up its receive
+        area when it buffers nothing (see :meth:`PacketDecoder.unused_buffer`)."""
+        self._decoder.unused_buffer()
+
     def buffer_updated(self, nbytes: int, now: float) -> None:
         """Account for *nbytes* received into the last :meth:`get_buffer`; as :meth:`receive_data`
         otherwise (0 is not EOF here): :meth:`receive_packets`, its packets queued as events."""

@@ -383,6 +383,8 @@ class TlsMachine(StreamMachine):
                 # With a buffer, read() returns a count (typeshed says bytes).
                 n = cast(int, read(len(buf), buf))
             except ssl.SSLWantReadError:
+                # Every record was decrypted: the inner machine's area is not held meanwhile.
+                inner.unused_buffer()
                 break
             except ssl.SSLZeroReturnError:
                 n = 0

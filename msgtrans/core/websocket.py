@@ -237,6 +237,15 @@ _SPLIT_MASK_LIMIT = 1024
 _READ_SIZE = 16 * 1024
 _READ_SIZE_MAX = 256 * 1024
 _DIRECT_LIMIT = 16 * 1024
+
+
+#: Idle read areas of _READ_SIZE, shared by every WebSocket machine: a machine pops one for a
+#: read and appends it back after a read that was short (the socket is drained: the connection
+#: may now idle), since no frame keeps bytes in it.  pop and append are single steps under the
+#: GIL (locked ones under free threading): an area is never in two machines' hands, with no
+#: lock in the core.  An idle connection so holds no read area (16 KiB each otherwise).
+_SPARE_AREAS: list[bytearray] = []
+_SPARE_AREAS_MAX = 4
 # A masked payload is unmasked into its pooled buffer this many bytes at a time: the C mask
 # returns a new buffer, so the step bounds that temporary instead of allocating one as large
 # as the message.  A multiple of 4, so the key keeps its phase; the last step takes up to a
@@ -663,7 +672,16 @@ class WebSocketMachine(StreamMachine):
         self._into_big = False
         area = self._area
         if area is None or len(area) < sizehint:
-            area = self._area = bytearray(max(sizehint, self._area_size))
+            size = max(sizehint, self._area_size)
+            area = None
+            if size == _READ_SIZE:
+                try:
+                    area = _SPARE_AREAS.pop()
+                except IndexError:  # none idle (or taken on another thread since the check)
+                    area = None
+            if area is None:
+                area = bytearray(size)
+            self._area = area
         if self._short_read and sizehint < 0:
             # Big messages are flowing to a client: a short read, so that the next one's start
             # (copied from here to its pooled buffer) is a small part of it; the rest of it is
@@ -684,6 +702,7 @@ class WebSocketMachine(StreamMachine):
                 return  # the connection ended since get_buffer(): the frame was dropped
             area = cast(bytearray, self._area)
             self.receive_data(bytes(memoryview(area)[:nbytes]), now)
+            self._idle_area(area)
             return
         self._last_received = now
         self._pong_deadline = None
@@ -713,6 +732,24 @@ class WebSocketMachine(StreamMachine):
         if self._lent:
             # A packet holds a view of the read area: the next read gets a new one.
             self._area = None
+        elif nbytes < _READ_SIZE:
+            self._idle_area(area)
+
+    def unused_buffer(self) -> None:
+        """The last :meth:`get_buffer` received nothing: give up the read area (see
+        :meth:`_idle_area`)."""
+        area = self._area
+        if area is not None and not self._into_big:
+            self._idle_area(area)
+
+    def _idle_area(self, area: bytearray) -> None:
+        """Give up the read area after a short read: it keeps no bytes, and the connection may
+        now idle.  The spare areas take it when it is of the usual size (and they are few); a
+        grown one is dropped, and reads start again from _READ_SIZE."""
+        self._area = None
+        self._area_size = _READ_SIZE
+        if len(area) == _READ_SIZE and len(_SPARE_AREAS) < _SPARE_AREAS_MAX:
+            _SPARE_AREAS.append(area)
 
     def receive_data(self, data: Buffer, now: float) -> None:
         """Feed bytes read from the socket; ``b""`` means the peer sent EOF.

@@ -152,6 +152,7 @@ class StreamIO(asyncio.BufferedProtocol):
             try:
                 n = recv_into(area)
             except OSError:  # BlockingIOError (nothing more), or a failure asyncio will report
+                machine.unused_buffer()  # an idle connection holds no receive area
                 return
             finally:
                 area.release()

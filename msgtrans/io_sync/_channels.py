@@ -231,6 +231,7 @@ class StreamChannel(_SessionChannel):
             try:
                 nbytes = self.sock.recv_into(buffer)  # type: ignore[union-attr]
             except (BlockingIOError, InterruptedError):
+                self._conn.machine.unused_buffer()  # an idle connection holds no receive area
                 return
             except OSError as exc:
                 self.session.lost(exc, now)

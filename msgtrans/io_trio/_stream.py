@@ -104,19 +104,28 @@ class StreamIO:
         session = self.session
         conn = session.connection
         sock = self._sock
+        drained = True
         while True:
             if not self._reading.is_set():
                 # Only when paused: Event.wait() is a checkpoint even when set, and recv_into
                 # below is one already, so a set event would cost a scheduler round per read.
                 await self._reading.wait()
             try:
-                nbytes = await sock.recv_into(conn.get_buffer(-1))
+                if drained:
+                    # The last read was short (or none yet): wait for bytes before taking the
+                    # core's receive area, so that an idle connection holds none (recv_into
+                    # would hold it while it waits).  The read below then finds them at once.
+                    await trio.lowlevel.wait_readable(sock)
+                area = conn.get_buffer(-1)
+                nbytes = await sock.recv_into(area)
             except OSError as exc:
                 session.lost(exc)
                 # The writer ends the session's task (and so releases the socket) only once
                 # woken: a reset must wake it as an EOF does, or the session lives forever.
                 self._wake.set()
                 return
+            drained = nbytes < len(area)
+            area.release()  # no view of the area is kept while the next read waits
             if not nbytes:
                 session.feed_eof()
                 return
