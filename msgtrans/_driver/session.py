@@ -29,7 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from ..core.connection import Connection
 from ..core.errormap import map_error
 from ..core.errors import Protocol as WireProtocol
-from ..core.errors import TransportConnectionError, TransportError
+from ..core.errors import TransportConnectionError, TransportError, TransportTimeoutError
 from ..core.events import (
     ConnectionClosed,
     ConnectionEstablished,
@@ -55,6 +55,7 @@ from ..core.session import (
     SessionMachine,
     SessionState,
 )
+from .builder import DEFAULT_SEND_TIMEOUT
 from .message import MessageBase
 from .pool import SessionMetrics
 
@@ -119,6 +120,9 @@ class SessionBase(Generic[_M, _W, _IO]):
     #: Whether an error before the handshake completed is counted here (the blocking driver's
     #: connect leaves that count to the session; the async ones count the failed connect).
     _count_early_errors = False
+    #: Seconds a send, request or respond waits for room in the send queue (the builder's
+    #: ``send_timeout``, set by the transport on each session it makes); ``None``: no limit.
+    send_timeout: float | None = DEFAULT_SEND_TIMEOUT
 
     def __init__(
         self,
@@ -531,6 +535,20 @@ class SessionBase(Generic[_M, _W, _IO]):
         send fails at once instead of waiting)."""
         over = self.closed_event is not None or self._released
         return over or not (self._session_paused or self._machine_paused or self._socket_paused)
+
+    def _send_timed_out(self, operation: str, waited: float) -> TransportTimeoutError:
+        """The error of a send, request or respond that waited *waited* seconds (the
+        :attr:`send_timeout`) for room in the send queue, counted.  A server session is aborted
+        as well: its peer read nothing for that long, and whatever serves it (a handler task,
+        a pool thread) must not stay tied to it; a client's session stays (its application
+        decides)."""
+        error = TransportTimeoutError(
+            operation, waited, session_id=self.id,
+            reason=f"{operation}: the peer read nothing for {waited:g} s (send_timeout)")
+        self._count(error)
+        if not self._conn.machine.is_client and not self._released:
+            self.abort(f"aborted: its peer read nothing for {waited:g} s (send_timeout)")
+        return error
 
     def _check_open(self, operation: str) -> None:
         """Raise :meth:`_closed_error` once the session is closing or released."""

@@ -41,7 +41,12 @@ from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
 from ..core.packet import DEFAULT_LIMITS, Limits
 from ..core.pool import PoolMachine, PoolStatus
 from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
-from .builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
+from .builder import (
+    DEFAULT_SEND_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    ShutdownReport,
+    TransportBuilderBase,
+)
 from .pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, PoolDriverBase, PoolTracker, make_machine
 from .quic import count_quic_refusals
 
@@ -57,6 +62,7 @@ class _Session(Protocol):
     id: int
     packets_flushed: int
     forced: bool
+    send_timeout: float | None
 
     @property
     def connection(self) -> Connection: ...
@@ -107,6 +113,8 @@ class TransportDefaults:
         buffer_pool: ``(sizes, counts)`` of the transport's own receive pool, or ``None`` (the
             process-wide one).
         on_shutdown: called with every :class:`ShutdownReport` (errors logged).
+        send_timeout: seconds a send, request or respond of every session may wait for room
+            in the send queue (the builder's ``send_timeout``; default 30).
     """
 
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -116,6 +124,7 @@ class TransportDefaults:
     pool_strategy: ExpansionStrategy | None = None
     buffer_pool: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     on_shutdown: Callable[[ShutdownReport], object] | None = None
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
 
 
 def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
@@ -134,7 +143,7 @@ def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
             pool_target=pool.get("target"), pool_strategy=pool["strategy"],
             buffer_pool=None if buffers is None else (tuple(buffers["sizes"]),
                                                       tuple(buffers["counts"])),
-            on_shutdown=checked["on_shutdown"],
+            on_shutdown=checked["on_shutdown"], send_timeout=checked["send_timeout"],
         ),
     }
 
@@ -344,6 +353,7 @@ class TransportBase(Generic[S, P, Q]):
         self._last_id += 1
         session_id = self._last_id
         session = self._make_session(make(session_id), session_id)
+        session.send_timeout = self._defaults.send_timeout
         self._sessions[session_id] = session
         return session
 

@@ -8,8 +8,9 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
@@ -45,7 +46,7 @@ from ._channels import (
 from ._loop import IOLoop, wait_until
 from ._message import Message
 from ._pool import SessionPool
-from ._session import Session
+from ._session import Session, serving_thread
 
 __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
 
@@ -61,6 +62,9 @@ _SYNC_RESOLVE = """
 
 #: Handler threads of one :meth:`Transport.serve` unless it says otherwise.
 DEFAULT_SERVE_WORKERS = 8
+#: Threads one :meth:`Transport.serve` may add beyond its workers while handlers wait for room
+#: in a send queue (see :class:`_Workers`).
+MAX_LENT_WORKERS = 256
 
 
 class TransportBuilder(TransportBuilderBase):
@@ -210,6 +214,99 @@ class SessionStream(SessionStreamBase[Session]):
             raise StopIteration from None
 
 
+class _Workers:
+    """The threads of one :meth:`Transport.serve`: *workers* of them run tasks, and a thread
+    whose handler waits for room in a send queue (its peer reads nothing) lends its place for
+    as long as it waits (:meth:`lend`): another thread takes the queued tasks, so a peer that
+    never reads holds one thread for at most the ``send_timeout`` (then its session is aborted)
+    and never a worker the other sessions need.  At most *workers* + :data:`MAX_LENT_WORKERS`
+    threads; threads above *workers* end once idle.
+
+    Its own lock, taken after the transport lock (a send waits with that one held), never
+    before it.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._workers = workers
+        self._name = name
+        self._cond = threading.Condition(threading.Lock())
+        self._tasks: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting for a task
+        self._lent = 0  # threads whose handler waits in a send (their place is lent)
+        self._closed = False
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on a thread of the pool.
+
+        Raises:
+            RuntimeError: the pool is shut down.
+        """
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the serve pool is shut down")
+            self._tasks.append((fn, args))
+            if self._idle:
+                self._cond.notify()
+            else:
+                self._grow()
+
+    def _grow(self) -> None:
+        # Lock held: a thread more when fewer than `workers` are running tasks.
+        alive = len(self._threads)
+        if alive - self._lent < self._workers and alive < self._workers + MAX_LENT_WORKERS:
+            thread = threading.Thread(target=self._work, name=f"{self._name}-{alive}",
+                                      daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    @contextlib.contextmanager
+    def lend(self) -> Iterator[None]:
+        """While in this block the calling pool thread does not count as a worker."""
+        with self._cond:
+            self._lent += 1
+            if self._tasks and not self._idle:
+                self._grow()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._lent -= 1
+                if self._idle and len(self._threads) - self._lent > self._workers:
+                    self._cond.notify()  # one thread too many now: an idle one ends
+
+    def _work(self) -> None:
+        serving_thread.pool = self
+        me = threading.current_thread()
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._tasks:
+                    # More threads than workers (a lent one came back): this one ends.
+                    if self._closed or len(self._threads) - self._lent > self._workers:
+                        self._threads.remove(me)
+                        return
+                    self._idle += 1
+                    cond.wait()
+                    self._idle -= 1
+                fn, args = self._tasks.popleft()
+            try:
+                fn(*args)
+            except BaseException:  # a task's errors are its own (logged by it)
+                logger.exception("serve task failed")
+
+    def shutdown(self) -> None:
+        """Run the queued tasks, then end and join every thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            threads = list(self._threads)
+        me = threading.current_thread()
+        for thread in threads:
+            if thread is not me:
+                thread.join()
+
+
 class _Served:
     """What :class:`_ServeRun` knows of one session."""
 
@@ -233,7 +330,7 @@ class _ServeRun:
         self._transport = transport
         self._loop = loop
         self._handler = handler
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msgtrans-serve")
+        self._pool = _Workers(workers, "msgtrans-serve")
         self._served: list[_Served] = []
         self.finished = threading.Event()
 
@@ -315,7 +412,7 @@ class _ServeRun:
 
     def close(self) -> None:
         """Join the pool's threads."""
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown()
         self.finished.set()
 
 
