@@ -76,6 +76,11 @@ class _Session(Protocol):
     @property
     def is_closed(self) -> bool: ...
 
+    @property
+    def awaiting_responses(self) -> bool: ...
+
+    def hold_reading(self) -> None: ...
+
     def start_close(self, code: int | None = None, reason: str = "") -> None: ...
 
     def abort(self, reason: str = "aborted") -> None: ...
@@ -521,6 +526,21 @@ class TransportBase(Generic[S, P, Q]):
         """The sessions a shutdown closes, and the messages flushed so far (its baseline)."""
         sessions = list(self._sessions.values())
         return sessions, self._flushed_total + sum(s.packets_flushed for s in sessions)
+
+    @staticmethod
+    def _stop_new_reads(sessions: list[S]) -> bool:
+        """A graceful shutdown's "new reads stop": hold reading on every session of
+        *sessions* none of whose own requests waits for its response (that one comes by
+        reading: its session holds once it came); whether every open one is held."""
+        held = True
+        for session in sessions:
+            if session.is_closed:
+                continue
+            if session.awaiting_responses:
+                held = False
+            else:
+                session.hold_reading()
+        return held
 
     def _close_sessions(self, sessions: list[S]) -> None:
         """Start every session's close (its protocol's going-away close) and stop the QUIC

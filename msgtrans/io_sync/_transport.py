@@ -34,6 +34,7 @@ from ..core.expansion import ExpansionStrategy
 from ..core.metrics import MetricsSnapshot
 from ..core.packet import Buffer
 from ..core.pool import PoolStatus
+from ..core.session import SessionState
 from ._channels import (
     QuicClientChannel,
     QuicListener,
@@ -359,6 +360,7 @@ class _ServeRun:
         # Looked up once per drain task, not once per message.
         on_message = getattr(handler, "on_message", None)
         handle_request = self._handle_request
+        lock_cond = self._loop.cond
         if first:
             _call(handler, "on_connected", session)
         while True:
@@ -369,9 +371,16 @@ class _ServeRun:
                 if not messages:
                     if not (session.is_closed or session.closed_event is not None):
                         served.busy = False
+                        if self._transport._closing:
+                            lock_cond.notify_all()  # a graceful shutdown waits for this
                         return
                     break
+                # Closed by a shutdown: what arrives now came after its reads stopped (the
+                # close handshake reads again) and cannot be answered one-way; requests can.
+                late = self._transport._closing and session.state is not SessionState.OPEN
             for message in messages:
+                if late and not message.is_request:
+                    continue
                 if message.is_request:
                     handle_request(session, message)
                 elif on_message is not None:
@@ -404,6 +413,12 @@ class _ServeRun:
                 message.respond(result if result is not None else b"")
             except TransportError as exc:
                 _call(self._handler, "on_error", session, exc)
+
+    def working(self) -> set[int]:
+        """The ids of the sessions this run serves that have messages queued or in hand
+        (lock held)."""
+        return {s.session.id for s in self._served
+                if not s.done and (s.busy or s.session._inbox)}
 
     def wait_sessions(self) -> None:
         """Wait until every served session ended and its handler saw it out."""
@@ -720,6 +735,17 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         """
         return self._shut(timeout, drain=False)
 
+    def _drained(self, sessions: list[Session]) -> bool:
+        # Lock held.  Graceful (the same on every backend): new reads stop, every message
+        # read is handed to serve's handler and its answer queued, requests in flight both
+        # ways are answered; the close then flushes what is queued.
+        held = self._stop_new_reads(sessions)
+        working: set[int] = set()
+        for run in self._serve_runs:
+            working |= run.working()
+        return held and all(s.is_closed or not (s.pending_work or s.id in working)
+                            for s in sessions)
+
     def _shut(self, timeout: float, *, drain: bool) -> ShutdownReport:
         with self._state_lock:
             first = self._shutdown is None
@@ -758,8 +784,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             sessions, flushed_before = self._shutdown_sessions()
             cond = loop.cond
             if drain and sessions:
-                wait_until(cond, lambda: all(s.is_closed or not s.pending_work
-                                             for s in sessions), deadline)
+                wait_until(cond, lambda: self._drained(sessions), deadline)
             self._close_sessions(sessions)
             wait_until(cond, lambda: all(s.is_closed for s in sessions), deadline)
             self._abort_sessions(sessions)
