@@ -40,6 +40,7 @@ from .pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, DEFAULT_POOL_TARGET
 
 __all__ = [
     "BUILDER_FIELDS",
+    "DEFAULT_SEND_TIMEOUT",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "DEFAULT_WORKER_THREADS",
     "ShutdownReport",
@@ -48,6 +49,9 @@ __all__ = [
 
 #: Seconds the graceful shutdown at the end of a transport's ``with`` block may take.
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+#: Seconds a send, request or respond may wait for room in the send queue (see
+#: ``TransportBuilderBase.send_timeout``).
+DEFAULT_SEND_TIMEOUT = 30.0
 #: Server worker processes (issue 14 makes servers use it; today every backend runs one).
 DEFAULT_WORKER_THREADS = 1
 _MIB = 1024 * 1024
@@ -106,6 +110,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("request_timeout", DEFAULT_REQUEST_TIMEOUT, _SESSION, {"": "request_timeout"}),
     _Setting("connect_timeout", None, _TRANSPORT),
     _Setting("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, _TRANSPORT),
+    _Setting("send_timeout", DEFAULT_SEND_TIMEOUT, _TRANSPORT),
     _Setting("connection_pool",
              {"min": DEFAULT_POOL_MIN, "max": DEFAULT_POOL_MAX, "target": DEFAULT_POOL_TARGET},
              _POOL),
@@ -221,6 +226,21 @@ class TransportBuilderBase:
         if not _is_number(seconds) or not 0 <= seconds < math.inf:
             raise ConfigurationError("shutdown_timeout", f"must be >= 0 seconds, got {seconds!r}")
         self._set["shutdown_timeout"] = float(seconds)
+        return self
+
+    def send_timeout(self: _B, seconds: float) -> _B:
+        """Seconds a ``send()``, ``request()`` or ``respond()`` may wait for room in the send
+        queue, on every session of the transport (default 30).  Past it the call raises
+        ``TransportTimeoutError`` (operation ``send``, ``request`` or ``respond``), counted in
+        the metrics' errors; a server session whose peer reads nothing for that long is
+        aborted too, so a client that never reads cannot hold a handler for ever.  A blocking
+        ``send(timeout=...)`` given by the caller replaces it for that call (and aborts
+        nothing).
+
+        Raises:
+            ConfigurationError: not a positive finite number.
+        """
+        self._set["send_timeout"] = _check_seconds("send_timeout", seconds)
         return self
 
     def handshake_timeout(self: _B, seconds: float) -> _B:
@@ -537,6 +557,7 @@ class TransportBuilderBase:
             "memory_limit": limit,
             "connect_timeout": explicit.get("connect_timeout"),
             "shutdown_timeout": explicit.get("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT),
+            "send_timeout": explicit.get("send_timeout", DEFAULT_SEND_TIMEOUT),
             "on_shutdown": self._on_shutdown,
         }
 

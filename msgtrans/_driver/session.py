@@ -29,7 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from ..core.connection import Connection
 from ..core.errormap import map_error
 from ..core.errors import Protocol as WireProtocol
-from ..core.errors import TransportConnectionError, TransportError
+from ..core.errors import TransportConnectionError, TransportError, TransportTimeoutError
 from ..core.events import (
     ConnectionClosed,
     ConnectionEstablished,
@@ -55,6 +55,7 @@ from ..core.session import (
     SessionMachine,
     SessionState,
 )
+from .builder import DEFAULT_SEND_TIMEOUT
 from .message import MessageBase
 from .pool import SessionMetrics
 
@@ -119,6 +120,9 @@ class SessionBase(Generic[_M, _W, _IO]):
     #: Whether an error before the handshake completed is counted here (the blocking driver's
     #: connect leaves that count to the session; the async ones count the failed connect).
     _count_early_errors = False
+    #: Seconds a send, request or respond waits for room in the send queue (the builder's
+    #: ``send_timeout``, set by the transport on each session it makes); ``None``: no limit.
+    send_timeout: float | None = DEFAULT_SEND_TIMEOUT
 
     def __init__(
         self,
@@ -162,6 +166,8 @@ class SessionBase(Generic[_M, _W, _IO]):
         self._session_paused = False  # SendPaused from the session machine
         self._machine_paused = False  # WritePaused from the protocol machine
         self._socket_paused = False  # the socket's own write buffer is over its mark
+        self._core_read_paused = False  # the core asked reading paused (ReadPaused)
+        self._reading_held = False  # a graceful shutdown stopped new reads (hold_reading)
         self._processing = False
         self._again = False  # a nested _process call was folded into the running one
         # Anything but a message or a response may bring a deadline nearer (see _handle).
@@ -280,6 +286,11 @@ class SessionBase(Generic[_M, _W, _IO]):
         """Requests in flight both ways (ours waiting for a response, the peer's waiting for
         our answer)."""
         return len(self._responses) + len(self._unanswered)
+
+    @property
+    def awaiting_responses(self) -> bool:
+        """Whether a request of ours still waits for its response."""
+        return bool(self._responses)
 
     def when_finished(self, callback: Callable[[Any], None]) -> None:
         """Call *callback* with this session once it is over and its socket released."""
@@ -423,7 +434,8 @@ class SessionBase(Generic[_M, _W, _IO]):
             self._machine_paused = kind is WritePaused
             self._update_writable()
         elif kind is ReadPaused or kind is ReadResumed:
-            if self._io is not None:
+            self._core_read_paused = kind is ReadPaused
+            if self._io is not None and not self._reading_held:
                 self._set_reading(kind is ReadResumed)
         elif kind is MemoryResumed:
             assert isinstance(event, MemoryResumed)
@@ -532,6 +544,20 @@ class SessionBase(Generic[_M, _W, _IO]):
         over = self.closed_event is not None or self._released
         return over or not (self._session_paused or self._machine_paused or self._socket_paused)
 
+    def _send_timed_out(self, operation: str, waited: float) -> TransportTimeoutError:
+        """The error of a send, request or respond that waited *waited* seconds (the
+        :attr:`send_timeout`) for room in the send queue, counted.  A server session is aborted
+        as well: its peer read nothing for that long, and whatever serves it (a handler task,
+        a pool thread) must not stay tied to it; a client's session stays (its application
+        decides)."""
+        error = TransportTimeoutError(
+            operation, waited, session_id=self.id,
+            reason=f"{operation}: the peer read nothing for {waited:g} s (send_timeout)")
+        self._count(error)
+        if not self._conn.machine.is_client and not self._released:
+            self.abort(f"aborted: its peer read nothing for {waited:g} s (send_timeout)")
+        return error
+
     def _check_open(self, operation: str) -> None:
         """Raise :meth:`_closed_error` once the session is closing or released."""
         if self.closed_event is not None or self._released:
@@ -621,10 +647,30 @@ class SessionBase(Generic[_M, _W, _IO]):
             self._conn.connection_lost(self._time() if now is None else now, error)
             self._process()
 
+    def hold_reading(self) -> None:
+        """Stop reading from the socket until :meth:`release_reading` or the close (a graceful
+        shutdown's "new reads stop": what was read is handled, nothing more is taken in).  On
+        QUIC it stops granting the peer credit, so the peer may still use what it has."""
+        if self._reading_held or self._released:
+            return
+        self._reading_held = True
+        if self._io is not None and not self._core_read_paused:
+            self._set_reading(False)
+
+    def release_reading(self) -> None:
+        """Undo :meth:`hold_reading` (reading goes on unless the core paused it): a close
+        handshake reads its peer's close."""
+        if not self._reading_held:
+            return
+        self._reading_held = False
+        if self._io is not None and not self._released and not self._core_read_paused:
+            self._set_reading(True)
+
     def start_close(self, code: int | None = None, reason: str = "") -> None:
         """Begin a graceful close without waiting for it (see ``close``)."""
         if self._released:
             return
+        self.release_reading()
         if not self._conn.machine.is_closed:
             self._conn.close(code, reason)
         self._after_input()

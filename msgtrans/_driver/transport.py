@@ -41,7 +41,12 @@ from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
 from ..core.packet import DEFAULT_LIMITS, Limits
 from ..core.pool import PoolMachine, PoolStatus
 from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
-from .builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
+from .builder import (
+    DEFAULT_SEND_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    ShutdownReport,
+    TransportBuilderBase,
+)
 from .pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, PoolDriverBase, PoolTracker, make_machine
 from .quic import count_quic_refusals
 
@@ -57,6 +62,7 @@ class _Session(Protocol):
     id: int
     packets_flushed: int
     forced: bool
+    send_timeout: float | None
 
     @property
     def connection(self) -> Connection: ...
@@ -69,6 +75,11 @@ class _Session(Protocol):
 
     @property
     def is_closed(self) -> bool: ...
+
+    @property
+    def awaiting_responses(self) -> bool: ...
+
+    def hold_reading(self) -> None: ...
 
     def start_close(self, code: int | None = None, reason: str = "") -> None: ...
 
@@ -107,6 +118,8 @@ class TransportDefaults:
         buffer_pool: ``(sizes, counts)`` of the transport's own receive pool, or ``None`` (the
             process-wide one).
         on_shutdown: called with every :class:`ShutdownReport` (errors logged).
+        send_timeout: seconds a send, request or respond of every session may wait for room
+            in the send queue (the builder's ``send_timeout``; default 30).
     """
 
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -116,6 +129,7 @@ class TransportDefaults:
     pool_strategy: ExpansionStrategy | None = None
     buffer_pool: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     on_shutdown: Callable[[ShutdownReport], object] | None = None
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
 
 
 def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
@@ -134,7 +148,7 @@ def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
             pool_target=pool.get("target"), pool_strategy=pool["strategy"],
             buffer_pool=None if buffers is None else (tuple(buffers["sizes"]),
                                                       tuple(buffers["counts"])),
-            on_shutdown=checked["on_shutdown"],
+            on_shutdown=checked["on_shutdown"], send_timeout=checked["send_timeout"],
         ),
     }
 
@@ -344,6 +358,7 @@ class TransportBase(Generic[S, P, Q]):
         self._last_id += 1
         session_id = self._last_id
         session = self._make_session(make(session_id), session_id)
+        session.send_timeout = self._defaults.send_timeout
         self._sessions[session_id] = session
         return session
 
@@ -511,6 +526,21 @@ class TransportBase(Generic[S, P, Q]):
         """The sessions a shutdown closes, and the messages flushed so far (its baseline)."""
         sessions = list(self._sessions.values())
         return sessions, self._flushed_total + sum(s.packets_flushed for s in sessions)
+
+    @staticmethod
+    def _stop_new_reads(sessions: list[S]) -> bool:
+        """A graceful shutdown's "new reads stop": hold reading on every session of
+        *sessions* none of whose own requests waits for its response (that one comes by
+        reading: its session holds once it came); whether every open one is held."""
+        held = True
+        for session in sessions:
+            if session.is_closed:
+                continue
+            if session.awaiting_responses:
+                held = False
+            else:
+                session.hold_reading()
+        return held
 
     def _close_sessions(self, sessions: list[S]) -> None:
         """Start every session's close (its protocol's going-away close) and stop the QUIC

@@ -258,8 +258,12 @@ def _builder(mt: Any, configure: Configure | None) -> Any:
 
 
 def _log_report(report: Any) -> None:
-    logger.info("shut down: %d closed cleanly, %d forced, %d messages flushed in %.3f s",
-                report.closed_cleanly, report.forced, report.messages_flushed, report.elapsed)
+    metrics = report.metrics
+    logger.info("shut down: %d closed cleanly, %d forced, %d messages flushed in %.3f s "
+                "(%d messages received, %d sent in all)",
+                report.closed_cleanly, report.forced, report.messages_flushed, report.elapsed,
+                metrics.messages_in if metrics is not None else 0,
+                metrics.messages_out if metrics is not None else 0)
 
 
 async def run_server(

@@ -440,9 +440,29 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
                          or not self._writable.is_set())
 
     async def _wait_writable(self, operation: str) -> None:
+        if not self._writable.is_set():
+            await self._wait_room(operation)
+        self._check_open(operation)
+
+    async def _wait_room(self, operation: str) -> None:
+        # At most the send_timeout: past it the shared half raises (and aborts a server
+        # session, whose peer reads nothing).
+        limit = self.send_timeout
+        if limit is None:
+            await self._until_writable()
+            return
+        try:
+            if sys.version_info >= (3, 11):
+                async with asyncio.timeout(limit):
+                    await self._until_writable()
+            else:  # pragma: no cover - Python 3.10
+                await asyncio.wait_for(self._until_writable(), limit)
+        except asyncio.TimeoutError:
+            raise self._send_timed_out(operation, limit) from None
+
+    async def _until_writable(self) -> None:
         while not self._writable.is_set():
             await self._writable.wait()
-        self._check_open(operation)
 
     def _rearm(self) -> None:
         # One timer per session, moved only when the earliest deadline moves earlier.  A
@@ -508,7 +528,7 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
 
     async def _wait_writable_for_respond(self) -> None:
         # Answers are allowed while closing, so only a finished connection refuses them.
-        while not self._writable.is_set():
-            await self._writable.wait()
+        if not self._writable.is_set():
+            await self._wait_room("respond")
         if self._released or self.closed_event is not None:
             raise self._closed_error("respond")

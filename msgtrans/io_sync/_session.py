@@ -8,6 +8,7 @@ knows no socket and no protocol.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -25,9 +26,20 @@ from ..core.session import CloseReason, SessionState
 from ._loop import IOLoop, wait_until
 from ._message import Message
 
-__all__ = ["IO", "Session"]
+__all__ = ["IO", "Session", "serving_thread"]
 
 logger = logging.getLogger("msgtrans.io_sync")
+
+#: Set on ``Transport.serve``'s handler threads (``serving_thread.pool``): a send there that
+#: waits for room in the send queue lends the thread's place in the pool to the other sessions
+#: for as long as it waits (``pool.lend()``, a context manager), so a peer that never reads
+#: holds a thread, not one of the pool's workers.
+serving_thread = threading.local()
+
+
+def _lend_worker() -> contextlib.AbstractContextManager[object]:
+    pool = getattr(serving_thread, "pool", None)
+    return pool.lend() if pool is not None else contextlib.nullcontext()
 
 
 
@@ -87,9 +99,11 @@ def _deadline(timeout: float | None) -> float | None:
 
 
 _SEND_TIMEOUT = """
-    timeout: seconds to wait out backpressure (default: no limit)."""
+    timeout: seconds to wait out backpressure (default: the builder's ``send_timeout``,
+        30 s; a server session still paused after that is aborted)."""
 _PAUSED_ERROR = """
-    TransportTimeoutError: still paused after *timeout* (code ``timeout.elapsed``)."""
+    TransportTimeoutError: still paused after *timeout* or ``send_timeout`` (code
+        ``timeout.elapsed``)."""
 _RECEIVE_ARGS = """
 Args:
     timeout: seconds to wait (default: until one comes or the session closes).
@@ -153,7 +167,7 @@ class Session(SessionBase[Message, _Reply, IO]):
              timeout: float | None = None) -> None:
         with self._lock:
             if self._blocked:
-                self._wait_writable("send", _deadline(timeout), timeout)
+                self._wait_writable("send", timeout)
             self._queue_send(data, biz_type, ext_header)
             io = self._io
             if io is None:
@@ -172,7 +186,7 @@ class Session(SessionBase[Message, _Reply, IO]):
     ) -> Message:
         with self._lock:
             if self._blocked:
-                self._wait_writable("request", _deadline(timeout), timeout)
+                self._wait_writable("request", timeout)
             reply = _Reply(time.monotonic())
             request_id = self._queue_request(data, biz_type, ext_header, timeout=timeout,
                                              now=reply.sent_at, waiter=reply)
@@ -431,12 +445,19 @@ class Session(SessionBase[Message, _Reply, IO]):
         self._blocked = (self._session_paused or self._machine_paused or self._socket_paused
                          or self.closed_event is not None or self._released)
 
-    def _wait_writable(self, operation: str, deadline: float | None,
-                       timeout: float | None) -> None:
-        if not wait_until(self._cond, self._can_write, deadline):
-            raise TransportTimeoutError(operation, timeout or 0.0, session_id=self.id,
+    def _wait_writable(self, operation: str, timeout: float | None) -> None:
+        # The caller's timeout is its own choice (it gives up, the session stays); the
+        # default one is the send_timeout, past which a server session is aborted.
+        limit = timeout if timeout is not None else self.send_timeout
+        with _lend_worker():
+            writable = wait_until(self._cond, self._can_write, _deadline(limit))
+        if not writable:
+            assert limit is not None
+            if timeout is None:
+                raise self._send_timed_out(operation, limit)
+            raise TransportTimeoutError(operation, timeout, session_id=self.id,
                                         reason=f"{operation}: still paused by backpressure "
-                                               f"after {timeout or 0.0:g} s")
+                                               f"after {timeout:g} s")
         self._check_open(operation)
 
     def _respond(self, request: Packet, data: Buffer, biz_type: int | None,
@@ -445,7 +466,13 @@ class Session(SessionBase[Message, _Reply, IO]):
             self._unanswered.discard(request.message_id)
             self._cond.notify_all()
             # Answers are allowed while closing, so only a finished connection refuses them.
-            wait_until(self._cond, self._can_write, None)
+            if not self._can_write():
+                limit = self.send_timeout
+                with _lend_worker():
+                    writable = wait_until(self._cond, self._can_write, _deadline(limit))
+                if not writable:
+                    assert limit is not None
+                    raise self._send_timed_out("respond", limit)
             if self._released or self.closed_event is not None:
                 raise self._closed_error("respond")
             self._queue_response(request, data, biz_type, ext_header)

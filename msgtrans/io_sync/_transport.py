@@ -8,8 +8,9 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
@@ -33,6 +34,7 @@ from ..core.expansion import ExpansionStrategy
 from ..core.metrics import MetricsSnapshot
 from ..core.packet import Buffer
 from ..core.pool import PoolStatus
+from ..core.session import SessionState
 from ._channels import (
     QuicClientChannel,
     QuicListener,
@@ -45,7 +47,7 @@ from ._channels import (
 from ._loop import IOLoop, wait_until
 from ._message import Message
 from ._pool import SessionPool
-from ._session import Session
+from ._session import Session, serving_thread
 
 __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
 
@@ -61,6 +63,9 @@ _SYNC_RESOLVE = """
 
 #: Handler threads of one :meth:`Transport.serve` unless it says otherwise.
 DEFAULT_SERVE_WORKERS = 8
+#: Threads one :meth:`Transport.serve` may add beyond its workers while handlers wait for room
+#: in a send queue (see :class:`_Workers`).
+MAX_LENT_WORKERS = 256
 
 
 class TransportBuilder(TransportBuilderBase):
@@ -210,6 +215,99 @@ class SessionStream(SessionStreamBase[Session]):
             raise StopIteration from None
 
 
+class _Workers:
+    """The threads of one :meth:`Transport.serve`: *workers* of them run tasks, and a thread
+    whose handler waits for room in a send queue (its peer reads nothing) lends its place for
+    as long as it waits (:meth:`lend`): another thread takes the queued tasks, so a peer that
+    never reads holds one thread for at most the ``send_timeout`` (then its session is aborted)
+    and never a worker the other sessions need.  At most *workers* + :data:`MAX_LENT_WORKERS`
+    threads; threads above *workers* end once idle.
+
+    Its own lock, taken after the transport lock (a send waits with that one held), never
+    before it.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._workers = workers
+        self._name = name
+        self._cond = threading.Condition(threading.Lock())
+        self._tasks: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting for a task
+        self._lent = 0  # threads whose handler waits in a send (their place is lent)
+        self._closed = False
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on a thread of the pool.
+
+        Raises:
+            RuntimeError: the pool is shut down.
+        """
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the serve pool is shut down")
+            self._tasks.append((fn, args))
+            if self._idle:
+                self._cond.notify()
+            else:
+                self._grow()
+
+    def _grow(self) -> None:
+        # Lock held: a thread more when fewer than `workers` are running tasks.
+        alive = len(self._threads)
+        if alive - self._lent < self._workers and alive < self._workers + MAX_LENT_WORKERS:
+            thread = threading.Thread(target=self._work, name=f"{self._name}-{alive}",
+                                      daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    @contextlib.contextmanager
+    def lend(self) -> Iterator[None]:
+        """While in this block the calling pool thread does not count as a worker."""
+        with self._cond:
+            self._lent += 1
+            if self._tasks and not self._idle:
+                self._grow()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._lent -= 1
+                if self._idle and len(self._threads) - self._lent > self._workers:
+                    self._cond.notify()  # one thread too many now: an idle one ends
+
+    def _work(self) -> None:
+        serving_thread.pool = self
+        me = threading.current_thread()
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._tasks:
+                    # More threads than workers (a lent one came back): this one ends.
+                    if self._closed or len(self._threads) - self._lent > self._workers:
+                        self._threads.remove(me)
+                        return
+                    self._idle += 1
+                    cond.wait()
+                    self._idle -= 1
+                fn, args = self._tasks.popleft()
+            try:
+                fn(*args)
+            except BaseException:  # a task's errors are its own (logged by it)
+                logger.exception("serve task failed")
+
+    def shutdown(self) -> None:
+        """Run the queued tasks, then end and join every thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            threads = list(self._threads)
+        me = threading.current_thread()
+        for thread in threads:
+            if thread is not me:
+                thread.join()
+
+
 class _Served:
     """What :class:`_ServeRun` knows of one session."""
 
@@ -233,7 +331,7 @@ class _ServeRun:
         self._transport = transport
         self._loop = loop
         self._handler = handler
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msgtrans-serve")
+        self._pool = _Workers(workers, "msgtrans-serve")
         # The sessions being served: each leaves once its handler saw it out (a list kept
         # every session, its connection and buffers, for as long as serve() ran).
         self._served: set[_Served] = set()
@@ -264,6 +362,7 @@ class _ServeRun:
         # Looked up once per drain task, not once per message.
         on_message = getattr(handler, "on_message", None)
         handle_request = self._handle_request
+        lock_cond = self._loop.cond
         if first:
             _call(handler, "on_connected", session)
         while True:
@@ -274,9 +373,16 @@ class _ServeRun:
                 if not messages:
                     if not (session.is_closed or session.closed_event is not None):
                         served.busy = False
+                        if self._transport._closing:
+                            lock_cond.notify_all()  # a graceful shutdown waits for this
                         return
                     break
+                # Closed by a shutdown: what arrives now came after its reads stopped (the
+                # close handshake reads again) and cannot be answered one-way; requests can.
+                late = self._transport._closing and session.state is not SessionState.OPEN
             for message in messages:
+                if late and not message.is_request:
+                    continue
                 if message.is_request:
                     handle_request(session, message)
                 elif on_message is not None:
@@ -311,6 +417,12 @@ class _ServeRun:
             except TransportError as exc:
                 _call(self._handler, "on_error", session, exc)
 
+    def working(self) -> set[int]:
+        """The ids of the sessions this run serves that have messages queued or in hand
+        (lock held)."""
+        return {s.session.id for s in self._served
+                if not s.done and (s.busy or s.session._inbox)}
+
     def wait_sessions(self) -> None:
         """Wait until every served session ended and its handler saw it out."""
         with self._loop.lock:
@@ -318,7 +430,7 @@ class _ServeRun:
 
     def close(self) -> None:
         """Join the pool's threads."""
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown()
         self.finished.set()
 
 
@@ -626,6 +738,17 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         """
         return self._shut(timeout, drain=False)
 
+    def _drained(self, sessions: list[Session]) -> bool:
+        # Lock held.  Graceful (the same on every backend): new reads stop, every message
+        # read is handed to serve's handler and its answer queued, requests in flight both
+        # ways are answered; the close then flushes what is queued.
+        held = self._stop_new_reads(sessions)
+        working: set[int] = set()
+        for run in self._serve_runs:
+            working |= run.working()
+        return held and all(s.is_closed or not (s.pending_work or s.id in working)
+                            for s in sessions)
+
     def _shut(self, timeout: float, *, drain: bool) -> ShutdownReport:
         with self._state_lock:
             first = self._shutdown is None
@@ -664,8 +787,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             sessions, flushed_before = self._shutdown_sessions()
             cond = loop.cond
             if drain and sessions:
-                wait_until(cond, lambda: all(s.is_closed or not s.pending_work
-                                             for s in sessions), deadline)
+                wait_until(cond, lambda: self._drained(sessions), deadline)
             self._close_sessions(sessions)
             wait_until(cond, lambda: all(s.is_closed for s in sessions), deadline)
             self._abort_sessions(sessions)

@@ -331,10 +331,22 @@ class Session(SessionBase[Message, _Slot, IO]):
             self._writable = trio.Event()
 
     async def _wait_writable(self, operation: str) -> None:
-        await self._writable.wait()  # a checkpoint even when writable
-        while not self._writable.is_set():
-            await self._writable.wait()
+        await self._wait_room(operation)
         self._check_open(operation)
+
+    async def _wait_room(self, operation: str) -> None:
+        if self._writable.is_set():
+            await self._writable.wait()  # a checkpoint even when writable
+            return
+        # At most the send_timeout: past it the shared half raises (and aborts a server
+        # session, whose peer reads nothing).
+        limit = self.send_timeout
+        with trio.move_on_after(math.inf if limit is None else limit) as scope:
+            while not self._writable.is_set():
+                await self._writable.wait()
+        if scope.cancelled_caught and not self._writable.is_set():
+            assert limit is not None
+            raise self._send_timed_out(operation, limit)
 
     def _rearm(self) -> None:
         deadline = self._conn.next_deadline()
@@ -349,9 +361,7 @@ class Session(SessionBase[Message, _Slot, IO]):
         self._unanswered.discard(request.message_id)
         self._work_done.set()
         # Answers are allowed while closing, so only a finished connection refuses them.
-        await self._writable.wait()
-        while not self._writable.is_set():
-            await self._writable.wait()
+        await self._wait_room("respond")
         if self._released or self.closed_event is not None:
             raise self._closed_error("respond")
         self._queue_response(request, data, biz_type, ext_header)

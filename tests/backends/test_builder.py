@@ -181,6 +181,7 @@ def test_settings_are_plain_data_with_the_defaults(lib: Any) -> None:
     assert json.loads(json.dumps(defaults)) == defaults
     assert defaults == {
         "request_timeout": 10.0, "connect_timeout": None, "shutdown_timeout": 5.0,
+        "send_timeout": 30.0,
         "connection_pool": {"min": 2, "max": 64, "target": 16},
         "pool_expansion_strategy": "SmartExpansion()", "buffer_pool": None,
         "memory_limit": None, "zero_copy_threshold": 65536, "worker_threads": 1,
