@@ -734,7 +734,10 @@ def server_connection(
     if config.tls is not None:
         context = tls_context if tls_context is not None else config.tls.server_context()
         machine = TlsMachine(machine, context, handshake_timeout=config.handshake_timeout)
-    return Connection(machine, SessionMachine(session_id, **session), buffer_pool=buffer_pool,
+    session_machine = SessionMachine(session_id, **session)
+    # A connection that completed its handshake but never speaks msgtrans is dropped too.
+    session_machine.require_first_packet(config.first_packet_timeout)
+    return Connection(machine, session_machine, buffer_pool=buffer_pool,
                       memory_budget=memory_budget)
 
 
