@@ -20,9 +20,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar, cast
 
+from ..core.admission import AdmissionControl, AdmissionHook
 from ..core.budget import MemoryBudget
 from ..core.buffers import BufferPool
 from ..core.config import (
+    DEFAULT_FIRST_PACKET_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
     ConnectionConfig,
     QuicServerConfig,
@@ -41,6 +43,7 @@ from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
 from ..core.packet import DEFAULT_LIMITS, Limits
 from ..core.pool import PoolMachine, PoolStatus
 from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
+from .admission import AcceptGate
 from .builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, PoolDriverBase, PoolTracker, make_machine
 from .quic import count_quic_refusals
@@ -107,6 +110,10 @@ class TransportDefaults:
         buffer_pool: ``(sizes, counts)`` of the transport's own receive pool, or ``None`` (the
             process-wide one).
         on_shutdown: called with every :class:`ShutdownReport` (errors logged).
+        max_sessions_per_peer: live sessions one peer address may have (``None``: no limit).
+        connection_rate: ``(per_second, burst)`` of the new-connection token bucket, or
+            ``None`` (no rate limit).
+        admission: the application's admission hook, or ``None``.
     """
 
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -116,6 +123,9 @@ class TransportDefaults:
     pool_strategy: ExpansionStrategy | None = None
     buffer_pool: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     on_shutdown: Callable[[ShutdownReport], object] | None = None
+    max_sessions_per_peer: int | None = None
+    connection_rate: tuple[float, int] | None = None
+    admission: AdmissionHook | None = None
 
 
 def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
@@ -135,6 +145,9 @@ def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
             buffer_pool=None if buffers is None else (tuple(buffers["sizes"]),
                                                       tuple(buffers["counts"])),
             on_shutdown=checked["on_shutdown"],
+            max_sessions_per_peer=checked["max_sessions_per_peer"],
+            connection_rate=checked["connection_rate"],
+            admission=checked["admission"],
         ),
     }
 
@@ -147,6 +160,7 @@ _CONFIG_DEFAULTS: dict[str, object] = {
     "max_ext_header": DEFAULT_LIMITS.max_ext_header,
     "max_sessions": None,
     "handshake_timeout": DEFAULT_HANDSHAKE_TIMEOUT,
+    "first_packet_timeout": DEFAULT_FIRST_PACKET_TIMEOUT,
 }
 _LIMIT_FIELDS = ("max_payload", "max_ext_header")
 #: Distinct configs whose transport-wide version is remembered (a connect loop over one URL
@@ -262,11 +276,15 @@ class SessionStreamBase(Generic[S]):
 
     def _turned_away(self, session: S) -> bool:
         """Close *session*, handshake complete, if the stream no longer accepts (with its
-        protocol's going-away close); whether it did."""
+        protocol's going-away close) or the transport's admission refuses it (the hook; the
+        QUIC sessions' per-peer and rate limits); whether it did."""
         if self._closed:
             session.start_close(session.connection.going_away_code, "not accepting")
             return True
-        return False
+        # Each backend's stream keeps its transport as _transport.
+        transport = getattr(self, "_transport", None)
+        gate = getattr(transport, "_gate", None)
+        return gate is not None and not gate.established(session)
 
 
 class TransportBase(Generic[S, P, Q]):
@@ -326,6 +344,14 @@ class TransportBase(Generic[S, P, Q]):
         self._quic_listeners: list[Q] = []
         # QUIC refusals are counted by each endpoint; what was already added to the metrics.
         self._quic_refused: dict[Q, int] = {}
+        # Every listener's accept-time check (max_sessions, per peer, rate, the hook).
+        rate = defaults.connection_rate
+        self._gate = AcceptGate(
+            self._metrics,
+            AdmissionControl(max_sessions_per_peer=defaults.max_sessions_per_peer,
+                             rate=None if rate is None else rate[0],
+                             burst=None if rate is None else rate[1]),
+            defaults.admission)
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -498,9 +524,11 @@ class TransportBase(Generic[S, P, Q]):
         """Return :meth:`stats` in the Prometheus text exposition format (for ``/metrics``)."""
         return render_prometheus(self.stats(), prefix)
 
-    def _refused(self) -> None:
-        # A stream listener refused a connection at max_sessions.
-        self._metrics.error("connection.refused_by_server")
+    @property
+    def _refused(self) -> AcceptGate:
+        # What the backends hand each stream listener as its on_refused: the transport's gate
+        # (called, it counts a refusal at max_sessions, as this method did before).
+        return self._gate
 
     def _count_quic_refusals(self) -> None:
         count_quic_refusals(self._metrics, self._quic_listeners, self._quic_refused)

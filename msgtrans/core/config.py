@@ -47,8 +47,8 @@ __all__ = [
     "DEFAULT_BACKLOG",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
-    "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_FIRST_PACKET_TIMEOUT",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_HALF_OPEN",
     "DEFAULT_PING_INTERVAL",
@@ -1788,7 +1788,8 @@ def parse_server_url(
     ``tls://``, ``wss://`` and ``quic://`` need a certificate: pass *cert_file* (and *key_file*
     unless the key is in the same file), or put them in the URL as ``?cert=PATH&key=PATH``.
     Other query parameters: ``max_sessions`` and ``handshake_timeout`` (every scheme),
-    ``backlog`` and ``first_packet_timeout`` (seconds, or ``none``; tcp, tls, ws, wss), ``nodelay`` and ``keepalive`` (tcp, tls), ``ca`` (tls, wss:
+    ``backlog`` and ``first_packet_timeout`` (seconds, or ``none``; tcp, tls, ws, wss),
+    ``nodelay`` and ``keepalive`` (tcp, tls), ``ca`` (tls, wss:
     require client certificates signed by these CAs), ``idle_timeout``, ``closing_period``,
     ``loopback_datagram_size`` and ``retry`` (``auto``, ``always`` or ``never``; quic).
 
