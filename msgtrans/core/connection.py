@@ -601,6 +601,10 @@ class Connection:
         # longer live afterwards, so this runs once.
         reason = self.session.close_reason
         self.machine.close(None, reason.value if reason is not None else "")
+        if reason is CloseReason.FIRST_PACKET_TIMEOUT and isinstance(self.machine, StreamMachine):
+            # A peer that never spoke msgtrans is not waited for (close_timeout) to finish the
+            # close handshake: the socket goes as soon as the close bytes are written.
+            self.machine.connection_lost(now, None)
         self._pump(now)
 
 
