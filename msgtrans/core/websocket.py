@@ -1924,7 +1924,7 @@ class WebSocketServerMachine(WebSocketMachine):
                 TransportConnectionError(
                     f"refused a WebSocket upgrade for {target!r} by the server's admission "
                     f"({status}): {reason}",
-                    code="connection.refused_by_server", retryable=False,
+                    code="connection.handshake", retryable=False,
                 ),
             )
             return False
