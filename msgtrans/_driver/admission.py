@@ -122,6 +122,13 @@ class AcceptGate:
                 machine.request_check = self._request_check(session, peer, local)
         session.when_finished(lambda s: self._finished(s, peer))
 
+    def cancel(self, peer: Any) -> None:
+        """A connection :meth:`admit` let in gets no session after all (setting it up
+        failed): it no longer counts for its peer."""
+        if self._limits:
+            with self._lock:
+                self.control.release(_host(peer))
+
     def established(self, session: Any) -> bool:
         """Whether *session*, its handshake complete, may be handed out by ``accept()``: the
         admission hook decides (except for WebSocket, decided at its upgrade request), and

@@ -326,7 +326,11 @@ class _Admit(asyncio.Protocol):
         self._admit = admit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        io = self._admit(transport)
+        try:
+            io = self._admit(transport)
+        except Exception:
+            logger.exception("cannot set up an accepted connection")
+            io = None
         if io is None:
             cast(asyncio.Transport, transport).abort()
             return
@@ -380,11 +384,15 @@ async def start_stream_listener(
         peer = transport.get_extra_info("peername")
         if not gate.admit(config, len(live), peer):
             return None
-        session = new_session(
-            lambda sid: server_connection(
-                config, session_id=sid, tls_context=tls_context, **settings
+        try:
+            session = new_session(
+                lambda sid: server_connection(
+                    config, session_id=sid, tls_context=tls_context, **settings
+                )
             )
-        )
+        except BaseException:
+            gate.cancel(peer)
+            raise
         live.add(session)
         session.when_finished(live.discard)
         gate.track(session, peer, lambda: transport.get_extra_info("sockname"))

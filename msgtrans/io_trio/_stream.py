@@ -281,6 +281,7 @@ class StreamListener:
                               keepalive=getattr(config, "keepalive", True))
             except Exception:
                 logger.exception("listener %s: cannot set up a connection", self.address)
+                self._gate.cancel(peer)
                 await trio.aclose_forcefully(stream)
                 continue
             self._live.add(session)
