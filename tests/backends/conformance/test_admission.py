@@ -45,14 +45,18 @@ async def refusals_reach(server: Transport, reason: str, count: int) -> dict[str
 
 
 async def dropped(stream: anyio.abc.SocketStream) -> bytes:
-    """What the server sends before it drops *stream* (EOF or reset), bounded."""
+    """What the server sends before it drops *stream* (EOF or reset), bounded; *stream* is
+    closed afterwards."""
     data = b""
-    with anyio.fail_after(WAIT):
-        try:
-            while True:
-                data += await stream.receive()
-        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
-            pass
+    try:
+        with anyio.fail_after(WAIT):
+            try:
+                while True:
+                    data += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+                pass
+    finally:
+        await stream.aclose()
     return data
 
 
