@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, TypeVar
 
+from ..core.admission import TokenBucket
 from ..core.compression import CompressionPolicy
-from ..core.config import DEFAULT_HANDSHAKE_TIMEOUT, MAX_TIMEOUT
+from ..core.config import DEFAULT_FIRST_PACKET_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, MAX_TIMEOUT
 from ..core.errors import ConfigurationError
 from ..core.expansion import ExpansionStrategy
 from ..core.framing import DEFAULT_ZERO_COPY_THRESHOLD
@@ -123,6 +124,10 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("max_ext_header", DEFAULT_MAX_EXT_HEADER, _CONFIG),
     _Setting("max_sessions", None, _CONFIG),
     _Setting("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT, _CONFIG),
+    _Setting("first_packet_timeout", DEFAULT_FIRST_PACKET_TIMEOUT, _CONFIG),
+    _Setting("max_sessions_per_peer", None, _TRANSPORT),
+    _Setting("connection_rate", None, _TRANSPORT),
+    _Setting("admission", None, _TRANSPORT),
     _Setting("receive_queue",
              {"max_messages": DEFAULT_RECEIVE_MAX_MESSAGES, "max_bytes": DEFAULT_RECEIVE_MAX_BYTES},
              _SESSION,
@@ -150,7 +155,7 @@ _BY_NAME = {s.name: s for s in _SETTINGS}
 #: and the session machine's keywords they set.
 BUILDER_FIELDS: frozenset[str] = frozenset(
     {s.name for s in _SETTINGS}
-    | {"min", "max", "target", "sizes", "counts", "on_shutdown"}
+    | {"min", "max", "target", "sizes", "counts", "on_shutdown", "connection_rate.burst"}
     | {f"{s.name}.{part}" for s in _SETTINGS for part in (s.session_keys or {}) if part}
     | {key for s in _SETTINGS for key in (s.session_keys or {}).values()}
     | set(inspect.signature(SessionMachine).parameters) - {"session_id"}
@@ -254,6 +259,22 @@ class TransportBuilderBase:
         # The configs' own bound: the value goes into every server config.
         self._set["handshake_timeout"] = _check_seconds("handshake_timeout", seconds,
                                                         MAX_TIMEOUT)
+        return self
+
+    def first_packet_timeout(self: _B, seconds: float | None) -> _B:
+        """Seconds a server's new connection may go, once its handshakes completed (plain TCP:
+        once accepted), without one complete msgtrans packet; then it is closed (close reason
+        ``first_packet_timeout``, counted in ``stats().refusals``).  On every TCP and
+        WebSocket server config the transport listens with (default 30; ``None``: no limit).
+        QUIC has no such step: its ``idle_timeout`` closes a silent connection.
+
+        Raises:
+            ConfigurationError: not ``None`` or a positive number of at most 1,000,000
+                seconds.
+        """
+        self._set["first_packet_timeout"] = (
+            None if seconds is None
+            else _check_seconds("first_packet_timeout", seconds, MAX_TIMEOUT))
         return self
 
     def idle_timeout(self: _B, seconds: float) -> _B:
@@ -418,6 +439,57 @@ class TransportBuilderBase:
         self._set["max_sessions"] = _check_int("max_sessions", count, 1, 2**31)
         return self
 
+    def max_sessions_per_peer(self: _B, count: int) -> _B:
+        """The most live sessions one peer address (its host; every port counts together)
+        may have with the transport's listeners at once, all protocols together; more of its
+        connections are refused at accept (QUIC: once its handshake completed), counted as
+        ``per_peer`` in ``stats().refusals`` (default: no limit).
+
+        Raises:
+            ConfigurationError: not an integer in [1, 2**31].
+        """
+        self._set["max_sessions_per_peer"] = _check_int("max_sessions_per_peer", count, 1,
+                                                        2**31)
+        return self
+
+    def connection_rate(self: _B, per_second: float, burst: int | None = None) -> _B:
+        """Limit new connections with a token bucket of *burst* tokens (default: *per_second*
+        rounded up) refilled at *per_second*: a connection that finds it empty is refused at
+        accept, counted as ``rate`` in ``stats().refusals`` (default: no limit).  The bucket
+        is global to the transport (all listeners and peers), bounding a flood from many
+        addresses; :meth:`max_sessions_per_peer` bounds one address.
+
+        Raises:
+            ConfigurationError: *per_second* not a positive finite number (field
+                ``connection_rate``) or *burst* not an integer >= 1
+                (``connection_rate.burst``).
+        """
+        if burst is None and _is_number(per_second) and 0 < per_second < math.inf:
+            burst = builtins.max(1, math.ceil(per_second))
+        bucket = TokenBucket(per_second, burst if burst is not None else 0)  # checks both
+        self._set["connection_rate"] = {"per_second": bucket.rate, "burst": bucket.burst}
+        return self
+
+    def admission(self: _B, hook: Callable[[Any], object]) -> _B:
+        """Let *hook* accept or refuse every server session before ``accept()`` hands it
+        out: it gets a :class:`~msgtrans.Candidate` (protocol, peer and local address; for
+        WebSocket the request path and headers; for TLS and WSS the client certificate) and
+        returns ``None`` (or ``True``) to accept or a :class:`~msgtrans.Refuse` (or
+        ``False``) to refuse.  A refused WebSocket upgrade is answered with the refusal's
+        HTTP status (403 by default, or 401) and closed; a TCP, TLS or QUIC session is closed
+        right after its handshake.  Counted as ``admission`` in ``stats().refusals``.  A hook
+        that raises refuses (logged).  It is called on the backend's I/O side (asyncio: the
+        event loop; trio: the trio thread; blocking: the I/O thread, with the transport's
+        lock held), so it must be quick and must not call the transport (default: none).
+
+        Raises:
+            ConfigurationError: *hook* is not callable.
+        """
+        if not callable(hook):
+            raise ConfigurationError("admission", f"must be callable, got {hook!r}")
+        self._set["admission"] = hook
+        return self
+
     # --- queues ----------------------------------------------------------------------------------
 
     def receive_queue(self: _B, *, max_messages: int | None = None,
@@ -559,6 +631,10 @@ class TransportBuilderBase:
             "shutdown_timeout": explicit.get("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT),
             "send_timeout": explicit.get("send_timeout", DEFAULT_SEND_TIMEOUT),
             "on_shutdown": self._on_shutdown,
+            "max_sessions_per_peer": explicit.get("max_sessions_per_peer"),
+            "connection_rate": None if "connection_rate" not in explicit else (
+                explicit["connection_rate"]["per_second"], explicit["connection_rate"]["burst"]),
+            "admission": explicit.get("admission"),
         }
 
 

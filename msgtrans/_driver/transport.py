@@ -20,9 +20,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar, cast
 
+from ..core.admission import AdmissionControl, AdmissionHook
 from ..core.budget import MemoryBudget
 from ..core.buffers import BufferPool
 from ..core.config import (
+    DEFAULT_FIRST_PACKET_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
     ConnectionConfig,
     QuicServerConfig,
@@ -41,6 +43,7 @@ from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
 from ..core.packet import DEFAULT_LIMITS, Limits
 from ..core.pool import PoolMachine, PoolStatus
 from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
+from .admission import AcceptGate
 from .builder import (
     DEFAULT_SEND_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT,
@@ -120,6 +123,10 @@ class TransportDefaults:
         on_shutdown: called with every :class:`ShutdownReport` (errors logged).
         send_timeout: seconds a send, request or respond of every session may wait for room
             in the send queue (the builder's ``send_timeout``; default 30).
+        max_sessions_per_peer: live sessions one peer address may have (``None``: no limit).
+        connection_rate: ``(per_second, burst)`` of the new-connection token bucket, or
+            ``None`` (no rate limit).
+        admission: the application's admission hook, or ``None``.
     """
 
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -130,6 +137,9 @@ class TransportDefaults:
     buffer_pool: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     on_shutdown: Callable[[ShutdownReport], object] | None = None
     send_timeout: float = DEFAULT_SEND_TIMEOUT
+    max_sessions_per_peer: int | None = None
+    connection_rate: tuple[float, int] | None = None
+    admission: AdmissionHook | None = None
 
 
 def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
@@ -149,6 +159,9 @@ def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
             buffer_pool=None if buffers is None else (tuple(buffers["sizes"]),
                                                       tuple(buffers["counts"])),
             on_shutdown=checked["on_shutdown"], send_timeout=checked["send_timeout"],
+            max_sessions_per_peer=checked["max_sessions_per_peer"],
+            connection_rate=checked["connection_rate"],
+            admission=checked["admission"],
         ),
     }
 
@@ -161,6 +174,7 @@ _CONFIG_DEFAULTS: dict[str, object] = {
     "max_ext_header": DEFAULT_LIMITS.max_ext_header,
     "max_sessions": None,
     "handshake_timeout": DEFAULT_HANDSHAKE_TIMEOUT,
+    "first_packet_timeout": DEFAULT_FIRST_PACKET_TIMEOUT,
 }
 _LIMIT_FIELDS = ("max_payload", "max_ext_header")
 #: Distinct configs whose transport-wide version is remembered (a connect loop over one URL
@@ -276,11 +290,15 @@ class SessionStreamBase(Generic[S]):
 
     def _turned_away(self, session: S) -> bool:
         """Close *session*, handshake complete, if the stream no longer accepts (with its
-        protocol's going-away close); whether it did."""
+        protocol's going-away close) or the transport's admission refuses it (the hook; the
+        QUIC sessions' per-peer and rate limits); whether it did."""
         if self._closed:
             session.start_close(session.connection.going_away_code, "not accepting")
             return True
-        return False
+        # Each backend's stream keeps its transport as _transport.
+        transport = getattr(self, "_transport", None)
+        gate = getattr(transport, "_gate", None)
+        return gate is not None and not gate.established(session)
 
 
 class TransportBase(Generic[S, P, Q]):
@@ -340,6 +358,14 @@ class TransportBase(Generic[S, P, Q]):
         self._quic_listeners: list[Q] = []
         # QUIC refusals are counted by each endpoint; what was already added to the metrics.
         self._quic_refused: dict[Q, int] = {}
+        # Every listener's accept-time check (max_sessions, per peer, rate, the hook).
+        rate = defaults.connection_rate
+        self._gate = AcceptGate(
+            self._metrics,
+            AdmissionControl(max_sessions_per_peer=defaults.max_sessions_per_peer,
+                             rate=None if rate is None else rate[0],
+                             burst=None if rate is None else rate[1]),
+            defaults.admission)
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -513,9 +539,11 @@ class TransportBase(Generic[S, P, Q]):
         """Return :meth:`stats` in the Prometheus text exposition format (for ``/metrics``)."""
         return render_prometheus(self.stats(), prefix)
 
-    def _refused(self) -> None:
-        # A stream listener refused a connection at max_sessions.
-        self._metrics.error("connection.refused_by_server")
+    @property
+    def _refused(self) -> AcceptGate:
+        # What the backends hand each stream listener as its on_refused: the transport's gate
+        # (called, it counts a refusal at max_sessions, as this method did before).
+        return self._gate
 
     def _count_quic_refusals(self) -> None:
         count_quic_refusals(self._metrics, self._quic_listeners, self._quic_refused)

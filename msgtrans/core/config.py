@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_BACKLOG",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_FIRST_PACKET_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_HALF_OPEN",
@@ -89,6 +90,8 @@ DEFAULT_ALPN: tuple[str, ...] = (ALPN,)
 DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Seconds a server waits for a new connection's handshake before dropping it.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: Seconds a server connection may stay, after its handshake, without one complete packet.
+DEFAULT_FIRST_PACKET_TIMEOUT = 30.0
 #: Seconds between WebSocket pings.
 DEFAULT_PING_INTERVAL = 20.0
 #: Seconds a WebSocket peer has to answer a ping.
@@ -1351,6 +1354,9 @@ class TcpServerConfig(_Tcp, _Endpoint):
         backlog: pending connections the listening socket queues (default 4096, capped by
             the kernel's ``net.core.somaxconn``).
         handshake_timeout: seconds a new connection has for its TLS handshake (default 10.0).
+        first_packet_timeout: seconds an accepted connection (after its TLS handshake, if
+            any) may go without one complete msgtrans packet before it is closed (default
+            30.0; ``None``: no limit).
         max_sessions: the most sessions served at once; more are refused (default ``None``:
             no limit).
         limits: receive limits (default 16 MiB payload, 4 KiB ext header).
@@ -1366,6 +1372,7 @@ class TcpServerConfig(_Tcp, _Endpoint):
     keepalive: bool
     backlog: int
     handshake_timeout: float
+    first_packet_timeout: float | None
     max_sessions: int | None
     limits: Limits
     zero_copy_threshold: int | None
@@ -1379,6 +1386,7 @@ class TcpServerConfig(_Tcp, _Endpoint):
         keepalive: bool = True,
         backlog: int = DEFAULT_BACKLOG,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        first_packet_timeout: float | None = DEFAULT_FIRST_PACKET_TIMEOUT,
         max_sessions: int | None = None,
         limits: Limits = DEFAULT_LIMITS,
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
@@ -1387,6 +1395,7 @@ class TcpServerConfig(_Tcp, _Endpoint):
         _set_tls(self, tls, ServerTlsConfig)
         _set_socket_options(self, nodelay, keepalive)
         _set_listen(self, backlog, handshake_timeout)
+        _set_first_packet(self, first_packet_timeout)
         _set_server_receive(self, max_sessions, limits, zero_copy_threshold)
 
     def to_url(self) -> str:
@@ -1395,12 +1404,13 @@ class TcpServerConfig(_Tcp, _Endpoint):
         """
         params = _socket_params(self.nodelay, self.keepalive)
         params += _server_params(self.tls, self.backlog, self.handshake_timeout,
-                                 self.max_sessions)
+                                 self.max_sessions, self.first_packet_timeout)
         return _make_url(self.scheme, self.addr, params=params)
 
 
 def _server_params(
-    tls: ServerTlsConfig | None, backlog: int, handshake_timeout: float, max_sessions: int | None
+    tls: ServerTlsConfig | None, backlog: int, handshake_timeout: float, max_sessions: int | None,
+    first_packet_timeout: float | None = DEFAULT_FIRST_PACKET_TIMEOUT,
 ) -> list[tuple[str, str]]:
     params: list[tuple[str, str]] = []
     if tls is not None:
@@ -1414,7 +1424,17 @@ def _server_params(
     params += _seconds_param("handshake_timeout", handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)
     if max_sessions is not None:
         params.append(("max_sessions", str(max_sessions)))
+    if first_packet_timeout is None:
+        params.append(("first_packet_timeout", "none"))
+    else:
+        params += _seconds_param("first_packet_timeout", first_packet_timeout,
+                                 DEFAULT_FIRST_PACKET_TIMEOUT)
     return params
+
+
+def _set_first_packet(config: object, seconds: object) -> None:
+    _set(config, "first_packet_timeout",
+         _check_timeout("first_packet_timeout", seconds, optional=True))
 
 
 @dataclass(frozen=True, init=False)
@@ -1432,6 +1452,9 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
             the kernel's ``net.core.somaxconn``).
         handshake_timeout: seconds a new connection has for its TLS and WebSocket handshakes
             (default 10.0).
+        first_packet_timeout: seconds a connection may go, once its handshakes completed,
+            without one complete msgtrans packet before it is closed (default 30.0; ``None``:
+            no limit).
         ping_interval: seconds between pings (default 20.0; ``None``: never ping).
         ping_timeout: seconds a ping may go unanswered (default 20.0; ``None``: wait forever).
         close_timeout: seconds the close handshake may take (default 10.0).
@@ -1453,6 +1476,7 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
     tls: ServerTlsConfig | None
     backlog: int
     handshake_timeout: float
+    first_packet_timeout: float | None
     ping_interval: float | None
     ping_timeout: float | None
     close_timeout: float
@@ -1470,6 +1494,7 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
         tls: ServerTlsConfig | None = None,
         backlog: int = DEFAULT_BACKLOG,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        first_packet_timeout: float | None = DEFAULT_FIRST_PACKET_TIMEOUT,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
@@ -1492,6 +1517,7 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
                                                 token=True, required=False))
         _set_tls(self, tls, ServerTlsConfig)
         _set_listen(self, backlog, handshake_timeout)
+        _set_first_packet(self, first_packet_timeout)
         _set_ws_timeouts(self, ping_interval, ping_timeout, close_timeout)
         _set_server_receive(self, max_sessions, limits, zero_copy_threshold)
         if text_messages not in ("close", "ignore"):
@@ -1506,7 +1532,7 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
         ``zero_copy_threshold`` and the TLS ``alpn`` are left out).
         """
         params = _server_params(self.tls, self.backlog, self.handshake_timeout,
-                                self.max_sessions)
+                                self.max_sessions, self.first_packet_timeout)
         path = _ANY_PATH if self.path is None else self.path
         return _make_url(
             self.scheme, self.addr, path, params, default_port=_WS_DEFAULT_PORT[self.scheme]
@@ -1747,7 +1773,7 @@ def _parse_url(url: str) -> ConnectionConfig:
 
 
 _SERVER_COMMON = ("max_sessions",)
-_SERVER_STREAM = ("backlog", "handshake_timeout", *_SERVER_COMMON)
+_SERVER_STREAM = ("backlog", "handshake_timeout", "first_packet_timeout", *_SERVER_COMMON)
 _SERVER_CERT = ("cert", "key")
 
 
@@ -1767,7 +1793,8 @@ def parse_server_url(
     ``tls://``, ``wss://`` and ``quic://`` need a certificate: pass *cert_file* (and *key_file*
     unless the key is in the same file), or put them in the URL as ``?cert=PATH&key=PATH``.
     Other query parameters: ``max_sessions`` and ``handshake_timeout`` (every scheme),
-    ``backlog`` (tcp, tls, ws, wss), ``nodelay`` and ``keepalive`` (tcp, tls), ``ca`` (tls, wss:
+    ``backlog`` and ``first_packet_timeout`` (seconds, or ``none``; tcp, tls, ws, wss),
+    ``nodelay`` and ``keepalive`` (tcp, tls), ``ca`` (tls, wss:
     require client certificates signed by these CAs), ``idle_timeout``, ``closing_period``,
     ``loopback_datagram_size`` and ``retry`` (``auto``, ``always`` or ``never``; quic).
 
@@ -1830,6 +1857,11 @@ def parse_server_url(
     for name in ("handshake_timeout", "idle_timeout"):
         if name in params:
             kwargs[name] = _param_float(name, params[name])
+    if "first_packet_timeout" in params:
+        value = params["first_packet_timeout"]
+        kwargs["first_packet_timeout"] = (
+            None if _param_str("first_packet_timeout", value).lower() == "none"
+            else _param_float("first_packet_timeout", value))
     if scheme == "quic":
         _no_path(parts)
         kwargs.update(_quic_datagram_kwargs(params))

@@ -601,6 +601,10 @@ class Connection:
         # longer live afterwards, so this runs once.
         reason = self.session.close_reason
         self.machine.close(None, reason.value if reason is not None else "")
+        if reason is CloseReason.FIRST_PACKET_TIMEOUT and isinstance(self.machine, StreamMachine):
+            # A peer that never spoke msgtrans is not waited for (close_timeout) to finish the
+            # close handshake: the socket goes as soon as the close bytes are written.
+            self.machine.connection_lost(now, None)
         self._pump(now)
 
 
@@ -734,7 +738,10 @@ def server_connection(
     if config.tls is not None:
         context = tls_context if tls_context is not None else config.tls.server_context()
         machine = TlsMachine(machine, context, handshake_timeout=config.handshake_timeout)
-    return Connection(machine, SessionMachine(session_id, **session), buffer_pool=buffer_pool,
+    session_machine = SessionMachine(session_id, **session)
+    # A connection that completed its handshake but never speaks msgtrans is dropped too.
+    session_machine.require_first_packet(config.first_packet_timeout)
+    return Connection(machine, session_machine, buffer_pool=buffer_pool,
                       memory_budget=memory_budget)
 
 

@@ -19,7 +19,7 @@ import math
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from itertools import pairwise
 from types import MappingProxyType
@@ -182,6 +182,10 @@ class MetricsSnapshot:
         zero_copy: the zero-copy counters (payloads at or above the zero-copy threshold:
             how many, how many handed out as views, bytes viewed and copied), or ``None``.
         memory: the transport's memory budget figures, or ``None`` without a memory limit.
+        refusals: connections the server refused or dropped before they became sessions, by
+            reason (``max_sessions``, ``per_peer``, ``rate``, ``admission``,
+            ``first_packet_timeout``); all but the last are also in ``errors`` as
+            ``connection.refused_by_server``.
     """
 
     sessions: Mapping[tuple[str, str], int]
@@ -199,6 +203,7 @@ class MetricsSnapshot:
     pool: PoolStatus | None
     zero_copy: ZeroCopyStats | None = None
     memory: MemoryStats | None = None
+    refusals: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def buffer_hit_rate(self) -> float | None:
@@ -268,6 +273,7 @@ class MetricsSnapshot:
                 else {**asdict(self.zero_copy), "hit_rate": self.zero_copy.hit_rate}
             ),
             "memory": None if self.memory is None else asdict(self.memory),
+            "refusals": dict(self.refusals),
         }
 
 
@@ -312,6 +318,7 @@ class TransportMetrics:
         self.bytes_in = 0
         self.bytes_out = 0
         self._errors: dict[str, int] = {}
+        self._refusals: dict[str, int] = {}
         self._latency = Histogram(latency_buckets)
         self._pool_events: dict[tuple[str, str], int] = {}
         self._recent: deque[PoolEvent] = deque(maxlen=recent_events)
@@ -365,6 +372,14 @@ class TransportMetrics:
         """Count one error by its error code (pass the error or the code)."""
         code = error.error_code if isinstance(error, TransportError) else error
         self._errors[code] = self._errors.get(code, 0) + 1
+
+    def refusal(self, reason: str) -> None:
+        """Count one connection refused for *reason* (see :attr:`MetricsSnapshot.refusals`):
+        every reason but ``first_packet_timeout`` (a session dropped, not refused) counts
+        as a ``connection.refused_by_server`` error too."""
+        self._refusals[reason] = self._refusals.get(reason, 0) + 1
+        if reason != "first_packet_timeout":
+            self.error("connection.refused_by_server")
 
     def request_latency(self, seconds: float) -> None:
         """Record how long one request waited for its response.
@@ -432,6 +447,7 @@ class TransportMetrics:
             pool=self._pool,
             zero_copy=None if self._zero_copy is None else self._zero_copy.snapshot(),
             memory=None if self.memory_budget is None else MemoryStats.of(self.memory_budget),
+            refusals=MappingProxyType(dict(self._refusals)),
         )
 
     def render_prometheus(self, prefix: str = "msgtrans") -> str:
@@ -521,6 +537,10 @@ def render_prometheus(source: MetricsSnapshot | TransportMetrics, prefix: str = 
     out.family("errors_total", "counter", "Errors, by error code.", [
         ("", {"code": c}, n) for c, n in sorted(snap.errors.items())
     ])
+    out.family("connections_refused_total", "counter",
+               "Connections refused or dropped before becoming sessions, by reason.", [
+                   ("", {"reason": r}, n) for r, n in sorted(snap.refusals.items())
+               ])
     hist = snap.request_latency
     out.family(
         "request_latency_seconds",

@@ -173,6 +173,8 @@ class CloseReason(str, Enum):
     PEER_CLOSED = "peer_closed"  # the peer closed it cleanly
     ERROR = "error"  # a connection or protocol error ended it
     IDLE_TIMEOUT = "idle_timeout"  # nothing arrived from the peer for idle_timeout seconds
+    # A server session got no complete packet within first_packet_timeout of its handshake.
+    FIRST_PACKET_TIMEOUT = "first_packet_timeout"
     SHUTDOWN = "shutdown"  # the transport (or server) is shutting down
 
     def __str__(self) -> str:
@@ -406,6 +408,8 @@ class SessionMachine:
         "_close_detail",
         "_close_reason",
         "_events",
+        "_first_deadline",
+        "_first_packet_timeout",
         "_heap",
         "_heartbeat_interval",
         "_idle_timeout",
@@ -501,6 +505,10 @@ class SessionMachine:
 
         self._heartbeat_interval = heartbeat_interval
         self._idle_timeout = idle_timeout
+        # See require_first_packet: infinity while no such deadline runs (one comparison in
+        # next_deadline, the same as no feature at all once the first packet arrived).
+        self._first_packet_timeout: float | None = None
+        self._first_deadline = _INF
         self._last_send = 0.0
         self._last_recv = 0.0
 
@@ -644,6 +652,22 @@ class SessionMachine:
         self._move(_OPEN)
         self._last_send = now
         self._last_recv = now
+        if self._first_packet_timeout is not None and not self.stats.messages_received:
+            self._first_deadline = now + self._first_packet_timeout
+
+    def require_first_packet(self, timeout: float | None) -> None:
+        """Close the session (reason ``FIRST_PACKET_TIMEOUT``, a ``timeout.idle`` error whose
+        operation is ``first_packet``) when no complete packet arrived within *timeout*
+        seconds of :meth:`established` (``None``: no such limit, the default).  A server's
+        connection factory sets it from the listener's ``first_packet_timeout``; call it
+        before the handshake completes.
+
+        Raises:
+            ConfigurationError: *timeout* is not a positive number.
+        """
+        if timeout is not None:
+            _check_positive("first_packet_timeout", timeout, integer=False)
+        self._first_packet_timeout = timeout
 
     def begin_close(self, reason: CloseReason = CloseReason.LOCAL, detail: str = "") -> bool:
         """Start closing: ``CONNECTING | OPEN -> CLOSING``.
@@ -1054,6 +1078,12 @@ class SessionMachine:
                 deadline = min(deadline, self._last_send + self._heartbeat_interval)
             if self._idle_timeout is not None:
                 deadline = min(deadline, self._last_recv + self._idle_timeout)
+            first = self._first_deadline
+            if first < deadline:
+                if self.stats.messages_received:
+                    self._first_deadline = _INF
+                else:
+                    deadline = first
         return None if deadline == _INF else deadline
 
     def handle_timer(self, now: float) -> None:
@@ -1093,6 +1123,16 @@ class SessionMachine:
                         )
                     )
         if state is not _OPEN:
+            return
+        if now >= self._first_deadline and not self.stats.messages_received:
+            limit = self._first_packet_timeout or 0.0
+            error = TransportTimeoutError(
+                "first_packet", limit,
+                f"no complete packet arrived within {limit:g} s of the handshake "
+                "(first_packet_timeout)",
+                code="timeout.idle", session_id=self.session_id,
+            )
+            self._close(CloseReason.FIRST_PACKET_TIMEOUT, error, error.reason)
             return
         idle = self._idle_timeout
         if idle is not None and now >= self._last_recv + idle:

@@ -117,6 +117,8 @@ DEFAULT_SUBPROTOCOL = "msgtrans.v1"
 
 #: What to do with a text message: ``"ignore"`` it, or close with 1003 (``"error"``).
 TextPolicy = Literal["ignore", "error"]
+#: A server's check of an upgrade request (target, headers) -> ``None`` or ``(status, reason)``.
+RequestCheck = Callable[[str, tuple[tuple[str, str], ...]], "tuple[int, str] | None"]
 
 #: Packets smaller than this are copied into one send buffer, so that many small packets leave
 #: as one write; larger payloads (server side) go to the driver by reference.
@@ -1785,6 +1787,10 @@ class WebSocketServerMachine(WebSocketMachine):
         # initiate_upgrade_connection).  h11 bounds the request head to 16 KiB.
         self._h11: h11.Connection | None = None
         self._request: h11.Request | None = None
+        #: Set by a server's admission: called with the request target and its headers
+        #: (lower-case names) before the upgrade is accepted; ``(status, reason)`` refuses it
+        #: with that HTTP status.  Such requests take the h11 path (the fast one skips it).
+        self.request_check: RequestCheck | None = None
 
     def _receive_handshake(self, data: Buffer, now: float) -> None:
         if self._h11 is not None:
@@ -1810,7 +1816,7 @@ class WebSocketServerMachine(WebSocketMachine):
         """
         parsed = _parse_head(_head_of(head, end), _REQUEST_LINE)
         extra = self._extra_fast
-        if parsed is None or extra is None:
+        if parsed is None or extra is None or self.request_check is not None:
             return False
         start, fields = parsed
         target = start[1].decode("ascii")
@@ -1945,6 +1951,19 @@ class WebSocketServerMachine(WebSocketMachine):
         if has_body:
             self._refuse(400, "Bad request: an upgrade request has no body\n", (),
                          _handshake_error("WebSocket upgrade request with a body"))
+            return False
+        check = self.request_check
+        refusal = None if check is None else check(target, _header_pairs(request.headers))
+        if refusal is not None:
+            status, reason = refusal
+            self._refuse(
+                status, f"{reason}\n", (),
+                TransportConnectionError(
+                    f"refused a WebSocket upgrade for {target!r} by the server's admission "
+                    f"({status}): {reason}",
+                    code="connection.handshake", retryable=False,
+                ),
+            )
             return False
         return True
 

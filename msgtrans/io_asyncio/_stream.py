@@ -16,6 +16,7 @@ from asyncio import selector_events
 from collections.abc import Callable
 from typing import Any, cast
 
+from .._driver.admission import accept_gate
 from .._driver.writes import skip_sent
 from ..core.connection import Connection, server_connection
 from ..core.errormap import map_error
@@ -317,11 +318,26 @@ class StreamIO(asyncio.BufferedProtocol):
         self.session.abort("dropped after a driver error")
 
 
-class _Refuse(asyncio.Protocol):
-    """What a listener at ``max_sessions`` gives a new connection: an immediate close."""
+class _Admit(asyncio.Protocol):
+    """A new connection's first protocol: asks the listener's *admit* (which knows its peer
+    only now) for the session's :class:`StreamIO`, then hands the transport to it, or closes
+    it at once when admission refuses it."""
+
+    def __init__(self, admit: Callable[[asyncio.BaseTransport], StreamIO | None]) -> None:
+        self._admit = admit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        cast(asyncio.Transport, transport).abort()
+        try:
+            io = self._admit(transport)
+        except Exception:
+            logger.exception("cannot set up an accepted connection")
+            io = None
+        if io is None:
+            cast(asyncio.Transport, transport).abort()
+            return
+        # Before the transport's first read: every byte goes to the session's protocol.
+        transport.set_protocol(io)
+        io.connection_made(transport)
 
 
 class StreamListener:
@@ -348,8 +364,9 @@ async def start_stream_listener(
     *new_session* makes a session from a function that builds its core :class:`Connection`
     for a session id; *settings* are the session machine's keyword arguments;
     *on_established* gets it once its handshake completed.  A failed handshake is logged and
-    never stops the listener.  *on_refused* (optional) is called for each connection refused at
-    ``max_sessions``.
+    never stops the listener.  *on_refused* (optional) is the transport's
+    :class:`~msgtrans._driver.admission.AcceptGate` (or a callable called for each connection
+    refused at ``max_sessions``).
 
     Raises:
         TransportError: the address cannot be bound (mapped from the ``OSError``).
@@ -362,24 +379,30 @@ async def start_stream_listener(
 
     # Sessions of this listener, for max_sessions.
     live: set[Session] = set()
+    gate = accept_gate(on_refused)
 
-    def factory() -> asyncio.BaseProtocol:
-        if config.max_sessions is not None and len(live) >= config.max_sessions:
-            logger.warning("listener %s: refusing a connection: %d sessions (max_sessions)",
-                           config.addr, len(live))
-            if on_refused is not None:
-                on_refused()
-            return _Refuse()
-        session = new_session(
-            lambda sid: server_connection(
-                config, session_id=sid, tls_context=tls_context, **settings
+    def admit(transport: asyncio.BaseTransport) -> StreamIO | None:
+        peer = transport.get_extra_info("peername")
+        if not gate.admit(config, len(live), peer):
+            return None
+        try:
+            session = new_session(
+                lambda sid: server_connection(
+                    config, session_id=sid, tls_context=tls_context, **settings
+                )
             )
-        )
+        except BaseException:
+            gate.cancel(peer)
+            raise
         live.add(session)
         session.when_finished(live.discard)
+        gate.track(session, peer, lambda: transport.get_extra_info("sockname"))
         session.when_established(on_established)
         return StreamIO(session, nodelay=getattr(config, "nodelay", True),
                         keepalive=getattr(config, "keepalive", True))
+
+    def factory() -> asyncio.BaseProtocol:
+        return _Admit(admit)
 
     host, port = config.addr
     try:

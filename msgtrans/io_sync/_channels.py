@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._driver.admission import accept_gate
 from .._driver.quic import _RECEIVE_BUFFER as QUIC_RECEIVE_BUFFER
 from .._driver.quic import _grow_receive_buffer, _quic_machine, _QuicSeat, _QuicTable
 from ..core.config import QuicServerConfig
@@ -356,6 +357,7 @@ class StreamListener(_ListenerChannel):
         self._tls_context: ssl.SSLContext | None = (
             config.tls.server_context() if config.tls is not None else None)
         self._live: set[Session] = set()  # for max_sessions
+        self._gate = accept_gate(on_refused)
 
     def on_ready(self, mask: int, now: float) -> None:
         """Accept what is waiting (up to :data:`_ACCEPTS_PER_TURN`)."""
@@ -363,23 +365,19 @@ class StreamListener(_ListenerChannel):
             if self.sock is None:
                 return
             try:
-                sock, _addr = self.sock.accept()
+                sock, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 # EMFILE and friends: the listener goes on; the next turn may succeed.
                 logger.warning("listener %s: accept failed: %s", self.address, exc)
                 return
-            self._accepted(sock)
+            self._accepted(sock, addr)
 
-    def _accepted(self, sock: socket.socket) -> None:
+    def _accepted(self, sock: socket.socket, peer: Any = None) -> None:
         config = self.config
-        if config.max_sessions is not None and len(self._live) >= config.max_sessions:
-            logger.warning("listener %s: refusing a connection: %d sessions (max_sessions)",
-                           self.address, len(self._live))
+        if not self._gate.admit(config, len(self._live), peer):
             sock.close()
-            if self._on_refused is not None:
-                self._on_refused()
             return
         sock.setblocking(False)
         tune_stream(sock, config)
@@ -390,6 +388,7 @@ class StreamListener(_ListenerChannel):
                                           **settings))
         self._live.add(session)
         session.when_finished(self._live.discard)
+        self._gate.track(session, peer, sock.getsockname)
         session.when_established(self._on_established)
         StreamChannel(self.loop, session, sock).start()
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
+from .._driver.admission import accept_gate
 from .._driver.writes import skip_sent
 from ..core.connection import Connection, server_connection
 from ..core.errormap import map_error
@@ -253,6 +254,7 @@ class StreamListener:
     ) -> None:
         self.config = config
         self._on_refused = on_refused
+        self._gate = accept_gate(on_refused)
         self.listeners = listeners
         bound = listeners[0].socket.getsockname()
         self.address: Address = (bound[0], bound[1])
@@ -295,11 +297,12 @@ class StreamListener:
                 logger.warning("listener %s: accept failed: %s", self.address, exc)
                 await trio.sleep(0.1)
                 continue
-            if config.max_sessions is not None and len(self._live) >= config.max_sessions:
-                logger.warning("listener %s: refusing a connection: %d sessions (max_sessions)",
-                               config.addr, len(self._live))
-                if self._on_refused is not None:
-                    self._on_refused()
+            sock = stream.socket
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                peer = None
+            if not self._gate.admit(config, len(self._live), peer):
                 await trio.aclose_forcefully(stream)
                 continue
             try:
@@ -312,10 +315,12 @@ class StreamListener:
                               keepalive=getattr(config, "keepalive", True))
             except Exception:
                 logger.exception("listener %s: cannot set up a connection", self.address)
+                self._gate.cancel(peer)
                 await trio.aclose_forcefully(stream)
                 continue
             self._live.add(session)
             session.when_finished(self._live.discard)
+            self._gate.track(session, peer, sock.getsockname)
             self._spawn(session.run, io)
             self._spawn(deliver_when_established, session, self._on_established)
 

@@ -1,0 +1,277 @@
+"""Admission on every backend: the first-packet timeout, the per-peer session limit, the
+connection rate limit and the application's admission hook, each refusal counted by reason in
+``stats()`` and ``stats_prometheus()``."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from msgtrans.core.admission import Candidate, Refuse
+from msgtrans.core.packet import Packet, PacketType
+
+from .adapters import WAIT, Backend, Certs, Transport, client_url
+
+#: Seconds the first-packet tests give a connection: small, so the test takes well under 1 s.
+FIRST_PACKET = 0.3
+
+
+@contextlib.asynccontextmanager
+async def transport_with(backend: Backend, configure: Callable[[Any], Any]) -> AsyncIterator[
+        Transport]:
+    """A transport whose builder *configure* set up (the adapters' transport() takes only the
+    session settings)."""
+    builder = configure(backend.lib.Transport.builder())
+    async with backend._open(builder) as raw:
+        try:
+            yield Transport(backend, raw)
+        finally:
+            await backend.call(raw.graceful_shutdown, 2.0)
+
+
+async def refusals_reach(server: Transport, reason: str, count: int) -> dict[str, int]:
+    """Wait (bounded) until the server counted *count* refusals for *reason*; its refusals."""
+    with anyio.fail_after(WAIT):
+        while True:
+            refusals = dict(server.raw.stats().refusals)
+            if refusals.get(reason, 0) >= count:
+                return refusals
+            await anyio.sleep(0.01)
+
+
+async def dropped(stream: anyio.abc.SocketStream) -> bytes:
+    """What the server sends before it drops *stream* (EOF or reset), bounded; *stream* is
+    closed afterwards."""
+    data = b""
+    try:
+        with anyio.fail_after(WAIT):
+            try:
+                while True:
+                    data += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+                pass
+    finally:
+        await stream.aclose()
+    return data
+
+
+async def connect_from(host: str, port: int) -> anyio.abc.SocketStream:
+    return await anyio.connect_tcp("127.0.0.1", port, local_host=host)
+
+
+def _has_127_0_0_2() -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.2", 0))
+        except OSError:
+            return False
+    return True
+
+
+needs_second_loopback = pytest.mark.skipif(not _has_127_0_0_2(),
+                                           reason="127.0.0.2 is not a loopback address here")
+
+
+# --- first_packet_timeout ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proto", ["tcp", "ws"])
+def test_a_silent_connection_is_closed_after_first_packet_timeout(
+        backend: Backend, certs: Certs, proto: str) -> None:
+    """A plain TCP connection that sends nothing (and a WebSocket one that sends nothing after
+    its upgrade) is closed after first_packet_timeout, counted; one that sent a packet is not."""
+
+    async def body() -> None:
+        async with transport_with(backend, lambda b: b.first_packet_timeout(FIRST_PACKET)) \
+                as server, server.listen(proto, certs) as listener:
+            if proto == "tcp":
+                speaking = await connect_from("127.0.0.1", listener.port)
+                await speaking.send(Packet(PacketType.ONE_WAY, 1, 0, b"hello").encode())
+                silent = await connect_from("127.0.0.1", listener.port)
+                started = time.monotonic()
+                assert await dropped(silent) == b""
+                elapsed = time.monotonic() - started
+                assert FIRST_PACKET * 0.8 <= elapsed < FIRST_PACKET + 3.0
+                # The one that spoke is still served.
+                session = await listener.accept()
+                assert (await session.receive()).payload == b"hello"
+                await speaking.aclose()
+            else:
+                async with transport_with(backend, lambda b: b) as client:
+                    silent = await client.connect(client_url(proto, listener.port, certs))
+                    started = time.monotonic()
+                    await silent.wait_closed()
+                    assert time.monotonic() - started >= FIRST_PACKET * 0.8
+            refusals = await refusals_reach(server, "first_packet_timeout", 1)
+            assert refusals == {"first_packet_timeout": 1}
+            # A dropped session is not a refused connection.
+            assert "connection.refused_by_server" not in server.raw.stats().errors
+
+    backend.run(body)
+
+
+def test_first_packet_timeout_is_a_server_config_field_and_url_parameter(
+        backend: Backend) -> None:
+    lib = backend.lib
+    assert lib.TcpServerConfig().first_packet_timeout == 30.0
+    config = lib.TcpServerConfig(first_packet_timeout=2.5)
+    assert config.to_url().endswith("?first_packet_timeout=2.5")
+    assert lib.TcpServerConfig(first_packet_timeout=None).first_packet_timeout is None
+    with pytest.raises(lib.ConfigurationError) as info:
+        lib.WebSocketServerConfig(first_packet_timeout=0)
+    assert info.value.field == "first_packet_timeout"
+    with pytest.raises(lib.ConfigurationError) as info:
+        lib.Transport.builder().first_packet_timeout(-1)
+    assert info.value.field == "first_packet_timeout"
+
+
+# --- max_sessions_per_peer -----------------------------------------------------------------------
+
+
+@needs_second_loopback
+def test_max_sessions_per_peer_refuses_the_next_connection_of_that_peer_only(
+        backend: Backend, certs: Certs) -> None:
+    async def body() -> None:
+        async with transport_with(backend, lambda b: b.max_sessions_per_peer(2)) as server, \
+                server.listen("tcp", certs) as listener:
+            first = await connect_from("127.0.0.1", listener.port)
+            second = await connect_from("127.0.0.1", listener.port)
+            accepted = [await listener.accept(), await listener.accept()]
+            third = await connect_from("127.0.0.1", listener.port)
+            assert await dropped(third) == b""
+            refusals = await refusals_reach(server, "per_peer", 1)
+            assert refusals == {"per_peer": 1}
+            # Another address is another peer.
+            other = await connect_from("127.0.0.2", listener.port)
+            session = await listener.accept()
+            assert session.peer_address[0] == "127.0.0.2"
+            # A peer's session that ends makes room for the next one.
+            await first.aclose()
+            await accepted[0].wait_closed()
+            fourth = await connect_from("127.0.0.1", listener.port)
+            again = await listener.accept()
+            assert again.peer_address[0] == "127.0.0.1"
+            assert dict(server.raw.stats().refusals) == {"per_peer": 1}
+            for stream in (second, other, fourth):
+                await stream.aclose()
+
+    backend.run(body)
+
+
+# --- connection_rate -----------------------------------------------------------------------------
+
+
+def test_connection_rate_accepts_a_burst_then_refuses(backend: Backend, certs: Certs) -> None:
+    async def body() -> None:
+        # A refill of one token per 100 s: the burst is all this test can get.
+        async with transport_with(backend, lambda b: b.connection_rate(0.01, burst=3)) \
+                as server, server.listen("tcp", certs) as listener:
+            streams = [await connect_from("127.0.0.1", listener.port) for _ in range(5)]
+            for _ in range(3):
+                await listener.accept()
+            refusals = await refusals_reach(server, "rate", 2)
+            assert refusals == {"rate": 2}
+            stats = server.raw.stats()
+            assert stats.errors["connection.refused_by_server"] == 2
+            assert stats.as_dict()["refusals"] == {"rate": 2}
+            text = server.raw.stats_prometheus()
+            assert 'msgtrans_connections_refused_total{reason="rate"} 2' in text
+            for stream in streams:
+                await stream.aclose()
+
+    backend.run(body)
+
+
+# --- the admission hook -------------------------------------------------------------------------
+
+
+_UPGRADE = (
+    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    "Authorization: {auth}\r\n\r\n"
+)
+
+
+def test_the_admission_hook_refuses_a_websocket_upgrade_with_403(
+        backend: Backend, certs: Certs) -> None:
+    seen: list[Candidate] = []
+
+    def hook(candidate: Candidate) -> Refuse | None:
+        seen.append(candidate)
+        if candidate.header("authorization") != "Bearer good":
+            return Refuse(401 if candidate.path == "/login" else 403, "not for you")
+        return None
+
+    async def body() -> None:
+        async with transport_with(backend, lambda b: b.admission(hook)) as server, \
+                server.listen("ws", certs, path=None) as listener:
+            for path, status in (("/private", b"403"), ("/login", b"401")):
+                raw = await connect_from("127.0.0.1", listener.port)
+                await raw.send(_UPGRADE.format(path=path, auth="Bearer bad").encode())
+                answer = await dropped(raw)
+                assert answer.startswith(b"HTTP/1.1 " + status), answer
+                assert b"not for you" in answer
+            refusals = await refusals_reach(server, "admission", 2)
+            assert refusals == {"admission": 2}
+            # Counted once each, though the refused handshake is an error of the session too.
+            assert server.raw.stats().errors["connection.refused_by_server"] == 2
+            raw = await connect_from("127.0.0.1", listener.port)
+            await raw.send(_UPGRADE.format(path="/chat?x=1", auth="Bearer good").encode())
+            with anyio.fail_after(WAIT):
+                head = await raw.receive()
+            assert head.startswith(b"HTTP/1.1 101"), head
+            session = await listener.accept()
+            assert session.protocol.value == "websocket"
+            await raw.aclose()
+        assert [c.path for c in seen] == ["/private", "/login", "/chat?x=1"]
+        last = seen[-1]
+        assert last.protocol == "ws" and last.peer_address is not None
+        assert last.peer_address[0] == "127.0.0.1"
+        assert last.local_address is not None and last.local_address[1] == listener.port
+
+    backend.run(body)
+
+
+@needs_second_loopback
+def test_the_admission_hook_refuses_a_tcp_peer_by_address(
+        backend: Backend, certs: Certs) -> None:
+    def hook(candidate: Candidate) -> bool:
+        assert candidate.protocol == "tcp" and candidate.path is None
+        return candidate.peer_address is not None and candidate.peer_address[0] != "127.0.0.2"
+
+    async def body() -> None:
+        async with transport_with(backend, lambda b: b.admission(hook)) as server, \
+                server.listen("tcp", certs) as listener:
+            refused = await connect_from("127.0.0.2", listener.port)
+            assert await dropped(refused) == b""
+            assert await refusals_reach(server, "admission", 1) == {"admission": 1}
+            welcome = await connect_from("127.0.0.1", listener.port)
+            await welcome.send(Packet(PacketType.ONE_WAY, 1, 0, b"in").encode())
+            session = await listener.accept()
+            assert session.peer_address[0] == "127.0.0.1"
+            assert (await session.receive()).payload == b"in"
+            await welcome.aclose()
+            assert server.raw.stats().errors["connection.refused_by_server"] == 1
+
+    backend.run(body)
+
+
+def test_admission_settings_are_checked(backend: Backend) -> None:
+    builder = backend.lib.Transport.builder
+    for call, field in ((lambda: builder().max_sessions_per_peer(0), "max_sessions_per_peer"),
+                        (lambda: builder().connection_rate(0), "connection_rate"),
+                        (lambda: builder().connection_rate(5, burst=0), "connection_rate.burst"),
+                        (lambda: builder().admission("no"), "admission")):
+        with pytest.raises(backend.lib.ConfigurationError) as info:
+            call()
+        assert info.value.field == field
+    settings = builder().max_sessions_per_peer(3).connection_rate(2.5).settings()
+    assert settings["max_sessions_per_peer"] == 3
+    assert settings["connection_rate"] == {"per_second": 2.5, "burst": 3}
