@@ -215,22 +215,13 @@ def test_cut_or_reset_fails_cleanly(backend: Backend, proto: str, certs: Certs, 
     backend.run(body)
 
 
-TRIO_RESET_HANG = pytest.mark.xfail(
-    strict=True,
-    reason="io_trio: a session whose read fails (ECONNRESET) is never released when no timer "
-    "is armed: SessionBase.lost() runs _process() but not _after_input(), so the trio writer "
-    "task is not woken (wait_closed hangs, the session stays in the table)")
-
-
 def _idle_cases() -> list[Any]:
     cases = []
     for name in BACKENDS:
         for proto in STREAM_PROTOCOLS:
             for how in ("cut", "reset"):
                 for before in ("request", "one-way"):
-                    known = (name, how, before) == ("trio", "reset", "one-way")
                     cases.append(pytest.param(name, proto, how, before,
-                                              marks=[TRIO_RESET_HANG] if known else [],
                                               id=f"{name}-{proto}-{how}-{before}"))
     return cases
 
@@ -265,12 +256,9 @@ def test_idle_session_broken_by_the_network_ends(backend: Backend, proto: str, c
 # --- one-way messages and their echoes --------------------------------------------------------
 
 
-# trio's reset case is left out here: whether its session ends depends on the timer race of
-# TRIO_RESET_HANG (it is pinned down by test_idle_session_broken_by_the_network_ends).
 ECHO_CASES = [pytest.param(name, proto, fault, direction, id=f"{name}-{proto}-{fault}-{direction}")
               for name in BACKENDS for proto in STREAM_PROTOCOLS
-              for fault, direction in (("cut", "s2c"), ("reset", "c2s"))
-              if (name, fault) != ("trio", "reset")]
+              for fault, direction in (("cut", "s2c"), ("reset", "c2s"))]
 
 
 @pytest.mark.parametrize(("backend", "proto", "fault", "direction"), ECHO_CASES,

@@ -47,15 +47,7 @@ SIZE = 64 * 1024
 MESSAGES = 100
 
 
-#: The trio backend's sends never pause on a peer that reads nothing (issue 17's "trio
-#: slow-reader bound", fixed on another branch): no send waits there, so none can time out.
-#: Strict: once that fix is merged this passes and the mark must go.
-_TRIO_NEVER_PAUSES = pytest.mark.xfail(
-    strict=True, reason="trio's send side does not pause yet on a peer that reads nothing")
-
-
-@pytest.fixture(params=[pytest.param(name, marks=_TRIO_NEVER_PAUSES) if name == "trio" else name
-                        for name in BACKENDS])
+@pytest.fixture(params=BACKENDS)
 def paused_backend(request: pytest.FixtureRequest) -> Backend:
     return make_backend(request.param)
 
