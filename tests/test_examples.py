@@ -58,3 +58,18 @@ def test_docs_show_the_examples_as_they_are() -> None:
     for backend in ("asyncio", "trio", "sync"):
         source = (ROOT / "examples" / f"{backend}_echo.py").read_text(encoding="utf-8")
         assert f"```python\n{source.rstrip()}\n```" in page, backend
+
+
+def test_admission_example_runs() -> None:
+    """examples/admission.py: the hook refuses /admin without a token with an HTTP 403 (the
+    client sees a handshake error), lets it through with one, and the refusal is counted."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "admission.py")],
+                            capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT, env=env,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "echo: hello", "/admin without a token: connection.handshake", "echo: admin",
+        "refused: {'admission': 1}",
+    ]
