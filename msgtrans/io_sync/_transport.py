@@ -295,6 +295,9 @@ class _Workers:
                 fn(*args)
             except BaseException:  # a task's errors are its own (logged by it)
                 logger.exception("serve task failed")
+            # Not kept while this thread waits for the next task: the arguments name a
+            # session, which would then outlive its connection for as long as the pool ran.
+            del fn, args
 
     def shutdown(self) -> None:
         """Run the queued tasks, then end and join every thread."""
