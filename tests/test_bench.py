@@ -187,7 +187,9 @@ def test_zero_copy_bench_prints_every_protocol_above_the_plan_bar() -> None:
     for (protocol, size), cells in rows.items():
         assert float(cells[7].replace(",", "")) > 0, (protocol, size)  # messages/s
         if size == "100 B":
-            assert cells[3:7] == ["-"] * 4  # no large message: nothing pooled or counted
+            # No large message: no zero-copy counted.  The pool column may show the one
+            # receive area a decoder takes lazily from the pool on its first read (QUIC).
+            assert cells[4:7] == ["-"] * 3, (protocol, cells)
             continue
         # The plan's bar: buffer pool > 90 %, zero-copy > 80 % for large messages.
         assert float(cells[3].rstrip("%")) > 90, (protocol, size, cells)
