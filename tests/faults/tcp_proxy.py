@@ -27,8 +27,8 @@ import socket
 import struct
 import threading
 import time
-from types import TracebackType
 
+from ._thread import ProxyThread
 from .plan import split
 
 DIRECTIONS = ("c2s", "s2c")
@@ -120,7 +120,7 @@ class _Pipe:
         return self.queue[0][0] if self.queue else None
 
 
-class TcpProxy:
+class TcpProxy(ProxyThread):
     """A loopback TCP proxy to *target* with *c2s* / *s2c* faults; a context manager.
 
     ``address``/``port`` is where to connect.  :meth:`stop` (or leaving the ``with``) closes
@@ -129,6 +129,7 @@ class TcpProxy:
 
     def __init__(self, target: tuple[str, int], *, c2s: Faults = NO_FAULTS,
                  s2c: Faults = NO_FAULTS) -> None:
+        super().__init__("test-tcp-proxy")
         self.target = target
         self._faults = {"c2s": c2s, "s2c": s2c}
         self.connections: list[ConnectionStats] = []
@@ -136,23 +137,17 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._released = False
         self._break: str | None = None  # break_all() asked for this, not done yet
-        self._stopping = False
-        self._error: BaseException | None = None
-        self._selector = selectors.DefaultSelector()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
         self._listener.setblocking(False)
         self.address: tuple[str, int] = self._listener.getsockname()
         self.port = self.address[1]
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
         self._pipes: list[tuple[_Pipe, _Pipe]] = []
         # Cut sockets: FIN sent, read and discarded until the peer's FIN (closing one with
         # unread bytes would send an RST instead of a clean close), at most until the deadline.
         self._draining: dict[socket.socket, float] = {}
-        self._thread = threading.Thread(target=self._run, name="test-tcp-proxy", daemon=True)
-        self._thread.start()
+        self._start()
 
     # --- the test's side ----------------------------------------------------------------------
 
@@ -182,28 +177,6 @@ class TcpProxy:
         """``(kind, direction, offset)`` of every fault applied, in order."""
         with self._lock:
             return [f for c in self.connections for f in c.faults]
-
-    def stop(self) -> None:
-        """Close every socket and join the thread; re-raise what the thread raised."""
-        self._stopping = True
-        self._wake()
-        self._thread.join(5.0)
-        assert not self._thread.is_alive(), "the proxy thread did not stop"
-        self._wake_w.close()
-        if self._error is not None:
-            raise self._error
-
-    def __enter__(self) -> TcpProxy:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def _wake(self) -> None:
-        # OSError: already stopped, or the wakeup buffer is full (a wakeup is pending).
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
 
     # --- the thread ---------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ import selectors
 import socket
 import threading
 import time
-from types import TracebackType
+
+from ._thread import ProxyThread
 
 DIRECTIONS = ("c2s", "s2c")
 
@@ -77,17 +78,16 @@ class _Direction:
         self.held: tuple[float, socket.socket, bytes, tuple[str, int] | None] | None = None
 
 
-class UdpProxy:
+class UdpProxy(ProxyThread):
     """A loopback UDP proxy to *target*; a context manager (``port`` is where to send)."""
 
     def __init__(self, target: tuple[str, int], *, c2s: Datagrams = NO_FAULTS,
                  s2c: Datagrams = NO_FAULTS) -> None:
+        super().__init__("test-udp-proxy")
         self.target = target
         self.stats = {name: DirectionStats() for name in DIRECTIONS}
         self._lock = threading.Lock()
         self._dirs = {"c2s": _Direction(c2s), "s2c": _Direction(s2c)}
-        self._stopping = False
-        self._error: BaseException | None = None
         self._front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._front.bind(("127.0.0.1", 0))
         self._front.setblocking(False)
@@ -97,38 +97,13 @@ class UdpProxy:
         self._client_of: dict[socket.socket, tuple[str, int]] = {}
         self._due: list[tuple[float, int, socket.socket, bytes, tuple[str, int] | None]] = []
         self._seq = 0
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._thread = threading.Thread(target=self._run, name="test-udp-proxy", daemon=True)
-        self._thread.start()
+        self._start()
 
     def set_faults(self, *, c2s: Datagrams = NO_FAULTS, s2c: Datagrams = NO_FAULTS) -> None:
         """New faults from the next datagram on (the indexes go on counting)."""
         with self._lock:
             self._dirs = {"c2s": _Direction(c2s), "s2c": _Direction(s2c)}
         self._wake()
-
-    def stop(self) -> None:
-        """Close every socket and join the thread; re-raise what the thread raised."""
-        self._stopping = True
-        self._wake()
-        self._thread.join(5.0)
-        assert not self._thread.is_alive(), "the proxy thread did not stop"
-        self._wake_w.close()
-        if self._error is not None:
-            raise self._error
-
-    def __enter__(self) -> UdpProxy:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
 
     # --- the thread ---------------------------------------------------------------------------
 
