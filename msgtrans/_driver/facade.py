@@ -255,7 +255,7 @@ def handler_caller(logger: logging.Logger) -> Callable[..., Coroutine[Any, Any, 
         try:
             await method(*args)
         except Exception as exc:
-            if _handler_failed(logger, name, args[0]):
+            if _handler_failed(logger, name, args[0], exc):
                 await call(handler, "on_error", args[0], exc)
 
     return call

@@ -110,6 +110,8 @@ class SessionBase(Generic[_M, _W, _IO]):
         closed_event: the core's ``ConnectionClosed`` event once the connection ended.
         error: the :class:`TransportError` that ended the session, or ``None``.
         forced: ``True`` when the session was aborted (no close handshake).
+        late_handler_errors: how many errors ``serve``'s handler raised that were this
+            session's own ``TransportError`` after it closed or began closing (logged once).
         packets_flushed: messages handed to the socket so far.
         unflushed_packets: packets queued since the last flush accounting.
         flush_emitted: the session machine emitted (SendResumed) when a flush was accounted.
@@ -180,6 +182,7 @@ class SessionBase(Generic[_M, _W, _IO]):
         self.closed_event: ConnectionClosed | None = None
         self.error: TransportError | None = None
         self.forced = False
+        self.late_handler_errors = 0
         # Metrics are counted per batch (one flush, one _process pass), not per message: the
         # hot path only adds to these plain ints.
         self._metrics = metrics
@@ -286,6 +289,11 @@ class SessionBase(Generic[_M, _W, _IO]):
         """Requests in flight both ways (ours waiting for a response, the peer's waiting for
         our answer)."""
         return len(self._responses) + len(self._unanswered)
+
+    @property
+    def has_inbox(self) -> bool:
+        """Whether received messages wait in the queue."""
+        return bool(self._inbox)
 
     @property
     def awaiting_responses(self) -> bool:

@@ -17,7 +17,7 @@ import logging
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ..core.admission import AdmissionControl, AdmissionHook
@@ -81,6 +81,12 @@ class _Session(Protocol):
 
     @property
     def awaiting_responses(self) -> bool: ...
+
+    @property
+    def pending_work(self) -> int: ...
+
+    @property
+    def has_inbox(self) -> bool: ...
 
     def hold_reading(self) -> None: ...
 
@@ -259,11 +265,32 @@ def _send_result(result: BaseException | None, session: _Session) -> TransportEr
     raise result
 
 
-def _handler_failed(log: logging.Logger, name: str, session: Any) -> bool:
-    """Log that the handler's *name* raised (with the traceback); whether the error goes on to
-    ``on_error`` (not when ``on_error`` itself raised)."""
-    log.exception("handler %s raised (session %s)", name, getattr(session, "id", "?"))
+def _handler_failed(log: logging.Logger, name: str, session: Any,
+                    exc: BaseException | None = None) -> bool:
+    """Log that the handler's *name* raised *exc* (with the traceback); whether the error goes
+    on to ``on_error`` (not when ``on_error`` itself raised).
+
+    A :class:`TransportError` raised once *session* closed or began closing (its peer reset,
+    it was aborted: each queued message's send fails the same way, nothing the handler could
+    do) is counted in the session's ``late_handler_errors`` and logged once per session, at
+    INFO and without the traceback: a peer must not make the server write a line per message.
+    """
+    if isinstance(exc, TransportError) and _session_gone(session):
+        session.late_handler_errors += 1
+        if session.late_handler_errors == 1:
+            log.info("session %s: handler %s failed after the session closed: %s; further "
+                     "such errors of this session are not logged", session.id, name, str(exc))
+    else:
+        log.exception("handler %s raised (session %s)", name, getattr(session, "id", "?"))
     return name != "on_error"
+
+
+def _session_gone(session: Any) -> bool:
+    """Whether *session* (a backend's session, or whatever a handler was called with) closed or
+    began closing."""
+    state = getattr(session, "state", None)
+    return state is SessionState.CLOSING or state is SessionState.CLOSED or bool(
+        getattr(session, "is_closed", False))
 
 
 def _no_request_handler(log: logging.Logger, session: _Session, message: Any) -> None:
@@ -350,6 +377,10 @@ class TransportBase(Generic[S, P, Q]):
         self._last_id = 0
         self._closing = False
         self._flushed_total = 0
+        # The async backends' serve loops: session id -> a message in hand; and what wakes a
+        # draining graceful shutdown when one goes idle (see _serving).
+        self._served: dict[int, bool] = {}
+        self._drain_wake: Callable[[], None] | None = None
         # Every session counts into these (see stats()); pools are tracked for pool_status().
         self._metrics = (TransportMetrics() if self._buffer_pool is None
                          else TransportMetrics(buffer_pool=self._buffer_pool))
@@ -569,6 +600,43 @@ class TransportBase(Generic[S, P, Q]):
             else:
                 session.hold_reading()
         return held
+
+    def _drain_finished(self, sessions: list[S], working: Container[int]) -> bool:
+        """Whether a graceful shutdown's drain is done (the same on every backend): new reads
+        stop (:meth:`_stop_new_reads`), and every open session of *sessions* has no request in
+        flight either way and is not in *working* (the ids whose ``serve`` handler has a
+        message queued or in hand).  The close then flushes what the handlers queued."""
+        held = self._stop_new_reads(sessions)
+        return held and all(s.is_closed or not (s.pending_work or s.id in working)
+                            for s in sessions)
+
+    def _serving(self, session: S, in_hand: bool) -> None:
+        """The async backends' ``serve`` loop of *session* took a message in hand (or is
+        about to run), or has none and waits (*in_hand* false: a draining shutdown is woken
+        to look again)."""
+        self._served[session.id] = in_hand
+        if not in_hand and self._drain_wake is not None:
+            self._drain_wake()
+
+    def _served_ended(self, session: S) -> None:
+        """The ``serve`` loop of *session* ended (a draining shutdown is woken)."""
+        self._served.pop(session.id, None)
+        if self._drain_wake is not None:
+            self._drain_wake()
+
+    def _serve_working(self) -> set[int]:
+        """The ids of the sessions whose async ``serve`` loop has a message in hand or
+        queued (what :meth:`_drain_finished` waits for)."""
+        sessions = self._sessions
+        working = set()
+        for sid, in_hand in self._served.items():
+            if in_hand:
+                working.add(sid)
+            else:
+                session = sessions.get(sid)
+                if session is not None and session.has_inbox:
+                    working.add(sid)
+        return working
 
     def _close_sessions(self, sessions: list[S]) -> None:
         """Start every session's close (its protocol's going-away close) and stop the QUIC

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..core.errors import TransportConnectionError
+
 __all__ = [
     "BACKENDS",
     "PROTOCOLS",
@@ -95,6 +97,12 @@ def add_backend_argument(parser: argparse.ArgumentParser, default: str | None = 
                              "(default asyncio)")
 
 
+def _log_error(session: Any, error: BaseException) -> None:
+    """What both echo handlers' ``on_error`` log (see there)."""
+    level = logging.DEBUG if isinstance(error, TransportConnectionError) else logging.WARNING
+    logger.log(level, "session %s: %s", session.id, error)
+
+
 class EchoHandler:
     """The echo server's ``serve`` handler: requests are answered with their own payload and
     biz_type, one-way messages sent back as one-way messages."""
@@ -120,8 +128,10 @@ class EchoHandler:
         logger.info("session %s closed (%s)", session.id, reason)
 
     async def on_error(self, session: Any, error: BaseException) -> None:
-        """Log what went wrong; the session or the server go on as the driver decides."""
-        logger.warning("session %s: %s", session.id, error)
+        """Log what went wrong: a peer that went away (reset, no close handshake, the
+        session aborted) at DEBUG, since any client can cause it; anything else as a
+        warning."""
+        _log_error(session, error)
 
 
 class SyncEchoHandler:
@@ -148,8 +158,10 @@ class SyncEchoHandler:
         logger.info("session %s closed (%s)", session.id, reason)
 
     def on_error(self, session: Any, error: BaseException) -> None:
-        """Log what went wrong."""
-        logger.warning("session %s: %s", session.id, error)
+        """Log what went wrong: a peer that went away (reset, no close handshake, the
+        session aborted) at DEBUG, since any client can cause it; anything else as a
+        warning."""
+        _log_error(session, error)
 
 
 @dataclass(frozen=True)

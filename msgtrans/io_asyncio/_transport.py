@@ -27,6 +27,7 @@ from .._driver.transport import (
     SessionStreamBase,
     TransportBase,
     TransportDefaults,
+    _handler_failed,
     _no_request_handler,
     _numeric_addrinfo,
     _send_result,
@@ -37,6 +38,7 @@ from ..core.connection import Connection
 from ..core.errors import TransportError
 from ..core.expansion import ExpansionStrategy
 from ..core.packet import Buffer, PacketType
+from ..core.session import SessionState
 from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, start_quic_listener
@@ -53,6 +55,7 @@ transport:`` shuts it down gracefully at the end.  All methods must be called fr
 loop's thread."""
 
 _REQUEST = PacketType.REQUEST
+_OPEN = SessionState.OPEN
 
 
 class TransportBuilder(TransportBuilderBase):
@@ -246,6 +249,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         tasks = self._handler_tasks
         mine: set[asyncio.Task[None]] = set()
         def start(session: Session) -> None:
+            self._serving(session, True)  # a shutdown's drain waits until its loop is idle
             task = loop.create_task(self._serve_session(session, handler))
             tasks.add(task)
             mine.add(task)
@@ -297,6 +301,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             # The packet's field and the message's flag read directly: the properties are a
             # Python call each, on every message.
             is_request = message._packet.packet_type is _REQUEST
+            if not is_request and self._closing and session.state is not _OPEN:
+                return True  # read by the close handshake, after reads stopped: dropped
             method = on_request if is_request else on_message
             if method is None:
                 return False
@@ -325,8 +331,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
                         later.append(_call(handler, "on_error", session, exc))
                 return True
             except Exception as exc:
-                logger.exception("session %s: %s failed", session.id,
-                                 "on_request" if is_request else "on_message")
+                _handler_failed(logger, "on_request" if is_request else "on_message", session,
+                                exc)
                 later.append(_call(handler, "on_error", session, exc))
             except BaseException as exc:
                 # CancelledError and friends end this loop, as they would have raised here.
@@ -339,6 +345,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
                 )
             finally:
                 _leave_task(loop, me)
+            if later:
+                self._serving(session, True)  # the rest is this loop's: a drain waits for it
             session.kick()
             return True
 
@@ -365,20 +373,27 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
                             break
                     else:
                         idle = True
+                        self._serving(session, False)
                         try:
                             await session.wait_inbox()
                         finally:
                             idle = False
+                            self._serving(session, True)
                         continue
                 if message.is_request:
                     await self._handle_request(session, handler, on_request, message)
                 elif on_message is not None:
+                    if self._closing and session.state is not _OPEN:
+                        # Read by the close handshake after a graceful shutdown stopped new
+                        # reads: a one-way message can no longer be answered; dropped.
+                        continue
                     try:
                         await on_message(session, message)
                     except Exception as exc:
-                        logger.exception("handler on_message raised (session %s)", session.id)
+                        _handler_failed(logger, "on_message", session, exc)
                         await _call(handler, "on_error", session, exc)
         finally:
+            self._served_ended(session)
             session.dispatch = None
             while later:
                 later.popleft().close()
@@ -395,7 +410,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         try:
             result = await (started if started is not None else on_request(session, message))
         except Exception as exc:
-            logger.exception("session %s: on_request failed", session.id)
+            _handler_failed(logger, "on_request", session, exc)
             await _call(handler, "on_error", session, exc)
             return
         if not message.responded:
@@ -463,7 +478,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             await pool.wait_tasks()
         sessions, flushed_before = self._shutdown_sessions()
         if drain and sessions:
-            await _bounded(asyncio.gather(*(s.wait_idle() for s in sessions)), deadline, loop)
+            await self._drain(sessions, deadline, loop)
         self._close_sessions(sessions)
         if sessions:
             await _bounded(asyncio.gather(*(s.wait_closed() for s in sessions)), deadline, loop)
@@ -485,6 +500,32 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             await asyncio.gather(*tasks, return_exceptions=True)
         return self._finish_shutdown(self._shutdown_figures(sessions, flushed_before),
                                      loop.time() - start)
+
+
+    async def _drain(self, sessions: list[Session], deadline: float,
+                     loop: asyncio.AbstractEventLoop) -> None:
+        # Until _drain_finished or the deadline; woken when a serve loop goes idle or ends
+        # (_serving), or a session's requests in flight are done.
+        wake = asyncio.Event()
+        self._drain_wake = wake.set
+        try:
+            while not self._drain_finished(sessions, self._serve_working()):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                wake.clear()
+                waits: list[asyncio.Task[Any]] = [loop.create_task(wake.wait())]
+                waits += [loop.create_task(s.wait_idle()) for s in sessions
+                          if s.pending_work and not s.is_closed]
+                try:
+                    await asyncio.wait(waits, timeout=remaining,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in waits:
+                        task.cancel()
+                    await asyncio.gather(*waits, return_exceptions=True)
+        finally:
+            self._drain_wake = None
 
 
 async def _bounded(awaitable: Any, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
@@ -522,7 +563,7 @@ async def _finish_message(handler: Any, session: Session, rest: Awaitable[Any]) 
     try:
         await rest
     except Exception as exc:
-        logger.exception("handler on_message raised (session %s)", session.id)
+        _handler_failed(logger, "on_message", session, exc)
         await _call(handler, "on_error", session, exc)
 
 

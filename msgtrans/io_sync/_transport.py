@@ -392,7 +392,7 @@ class _ServeRun:
                     try:
                         on_message(session, message)
                     except Exception as exc:
-                        logger.exception("handler on_message raised (session %s)", session.id)
+                        _handler_failed(logger, "on_message", session, exc)
                         _call(handler, "on_error", session, exc)
         if session.error is not None:
             _call(handler, "on_error", session, session.error.with_operation("receive"))
@@ -411,7 +411,7 @@ class _ServeRun:
         try:
             result = on_request(session, message)
         except Exception as exc:
-            logger.exception("session %s: on_request failed", session.id)
+            _handler_failed(logger, "on_request", session, exc)
             _call(self._handler, "on_error", session, exc)
             return
         if not message.responded:
@@ -745,12 +745,10 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         # Lock held.  Graceful (the same on every backend): new reads stop, every message
         # read is handed to serve's handler and its answer queued, requests in flight both
         # ways are answered; the close then flushes what is queued.
-        held = self._stop_new_reads(sessions)
         working: set[int] = set()
         for run in self._serve_runs:
             working |= run.working()
-        return held and all(s.is_closed or not (s.pending_work or s.id in working)
-                            for s in sessions)
+        return self._drain_finished(sessions, working)
 
     def _shut(self, timeout: float, *, drain: bool) -> ShutdownReport:
         with self._state_lock:
@@ -824,5 +822,5 @@ def _call(handler: Any, name: str, *args: Any) -> None:
     try:
         method(*args)
     except Exception as exc:
-        if _handler_failed(logger, name, args[0]):
+        if _handler_failed(logger, name, args[0], exc):
             _call(handler, "on_error", args[0], exc)

@@ -25,6 +25,7 @@ from .._driver.transport import (
     SessionStreamBase,
     TransportBase,
     TransportDefaults,
+    _handler_failed,
     _no_request_handler,
     _send_result,
     _transport_args,
@@ -35,6 +36,7 @@ from ..core.errormap import map_error
 from ..core.errors import ConfigurationError, TransportConnectionError, TransportError
 from ..core.expansion import ExpansionStrategy
 from ..core.packet import Buffer
+from ..core.session import SessionState
 from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, open_quic_listener
@@ -360,6 +362,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
                 self._handler_scopes.add(handlers.cancel_scope)
                 try:
                     async for session in stream:
+                        self._serving(session, True)  # a shutdown's drain waits for its loop
                         handlers.start_soon(self._serve_session, session, handler)
                 finally:
                     # Stopped by a shutdown: the sessions are closing; the handlers see it
@@ -369,28 +372,35 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             _reraise(exc)
 
     async def _serve_session(self, session: Session, handler: Any) -> None:
-        await _call(handler, "on_connected", session)
-        on_message = getattr(handler, "on_message", None)  # looked up once per session
         try:
+            await _call(handler, "on_connected", session)
+            on_message = getattr(handler, "on_message", None)  # looked up once per session
             while True:
                 # Everything queued at once: one wake-up per batch, not one per message.
+                # Between batches nothing is in hand: a draining shutdown may look.
+                self._serving(session, False)
                 try:
                     batch = await session.receive_many()
                 except TransportError as exc:
                     if session.error is not None:
                         await _call(handler, "on_error", session, exc)
                     break
+                self._serving(session, True)
                 for message in batch:
                     if message.is_request:
                         await self._handle_request(session, handler, message)
                     elif on_message is not None:
+                        if self._closing and session.state is not SessionState.OPEN:
+                            # Read by the close handshake after a graceful shutdown stopped
+                            # new reads: a one-way message can no longer be answered.
+                            continue
                         try:
                             await on_message(session, message)
                         except Exception as exc:
-                            logger.exception("handler on_message raised (session %s)",
-                                             session.id)
+                            _handler_failed(logger, "on_message", session, exc)
                             await _call(handler, "on_error", session, exc)
         finally:
+            self._served_ended(session)
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await _call(handler, "on_disconnected", session, session.close_reason)
 
@@ -402,7 +412,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         try:
             result = await on_request(session, message)
         except Exception as exc:
-            logger.exception("session %s: on_request failed", session.id)
+            _handler_failed(logger, "on_request", session, exc)
             await _call(handler, "on_error", session, exc)
             return
         if not message.responded:
@@ -461,6 +471,26 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             self._shutdown_done.set()
         return self._report
 
+    async def _drain(self, sessions: list[Session], deadline: float) -> None:
+        # Until _drain_finished or the deadline; woken when a serve loop goes idle or ends
+        # (_serving), or a session's requests in flight are done.
+        with trio.move_on_at(deadline):
+            try:
+                while not self._drain_finished(sessions, self._serve_working()):
+                    wake = trio.Event()
+                    self._drain_wake = wake.set
+                    async with trio.open_nursery() as nursery:
+                        async def first(wait: Callable[[], Any]) -> None:
+                            await wait()
+                            nursery.cancel_scope.cancel()
+
+                        nursery.start_soon(first, wake.wait)
+                        for s in sessions:
+                            if s.pending_work and not s.is_closed:
+                                nursery.start_soon(first, s.wait_idle)
+            finally:
+                self._drain_wake = None
+
     async def _do_shutdown(self, timeout: float, drain: bool) -> ShutdownReport:
         start = trio.current_time()
         deadline = start + max(0.0, timeout)
@@ -475,7 +505,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             await stream.aclose()
         sessions, flushed_before = self._shutdown_sessions()
         if drain:
-            await _wait_all([s.wait_idle for s in sessions], deadline)
+            await self._drain(sessions, deadline)
         self._close_sessions(sessions)
         await _wait_all([s.wait_closed for s in sessions], deadline)
         self._abort_sessions(sessions)

@@ -41,17 +41,7 @@ pytestmark = [
 N = 800  # under the receive bound (1024): the held-back handler lets every one be read
 PROTOCOLS = ["tcp", "ws"]
 
-#: The async backends' shutdowns do not follow the shared definition yet: their drain waits for
-#: requests only, so the echoes of messages read but not yet handled are refused by the close
-#: (the hunks they need are in the sendblock report).  Not strict: asyncio's handler, when it
-#: resumes before the close, sometimes answers all; remove the mark once the hunks land.
-_ASYNC_DRAIN = pytest.mark.xfail(
-    strict=False, reason="the async backends' graceful shutdown does not wait for serve's "
-                        "handlers yet")
-
-
-@pytest.fixture(params=[pytest.param(n, marks=_ASYNC_DRAIN) if n != "sync" else n
-                        for n in BACKENDS])
+@pytest.fixture(params=BACKENDS)
 def draining_backend(request: pytest.FixtureRequest) -> Backend:
     return make_backend(request.param)
 
