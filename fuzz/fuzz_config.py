@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz the configuration surface: client and server URLs (``parse_url``,
 ``parse_server_url``, then the connection factories), the config classes' constructors with
 odd values, and the CLI settings (``serve --config`` TOML text and ``MSGTRANS_*`` variables

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz the stream decoders (TCP back to back, QUIC length-prefixed).
 
 CI runs the hypothesis tests below (bounded by the profile in conftest.py).  Run as a script for

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz the QUIC endpoint's datagram input (and a client's, and the stream behind a handshake).
 
 Invariant: whatever arrives, nothing raises, every answer is a ``(bytes, address)`` pair, the

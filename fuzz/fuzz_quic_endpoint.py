@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz the server QUIC endpoint (``core/quic_endpoint.py``) with hostile datagrams: garbage,
 real Initials (made by plain aioquic client connections) and their mutants, short-header and
 long-header packets aimed at the connection ids it routes, from several addresses, with time

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz the plain-TCP connection: bytes from a hostile peer at a server or a client connection
 made by the factories (``server_connection`` / ``client_connection``: the TCP machine joined to
 its session machine), in cuts, through each receive path a driver uses.

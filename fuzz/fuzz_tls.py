@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz TLS records through the TLS machine (``core/tls.py`` over the TCP machine, made by the
 connection factories with a throwaway certificate).
 

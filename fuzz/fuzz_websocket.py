@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz targets for the WebSocket machines: the server's opening handshake and the frames after it.
 
 Each target feeds bytes to a machine the way a hostile peer could and checks the invariants of
