@@ -559,7 +559,7 @@ class SessionBase(Generic[_M, _W, _IO]):
         a pool thread) must not stay tied to it; a client's session stays (its application
         decides)."""
         error = TransportTimeoutError(
-            operation, waited, session_id=self.id,
+            operation, waited, code="timeout.send", session_id=self.id,
             reason=f"{operation}: the peer read nothing for {waited:g} s (send_timeout)")
         self._count(error)
         if not self._conn.machine.is_client and not self._released:

@@ -119,6 +119,8 @@ ERROR_CODES: dict[str, str] = {
     "timeout.idle": "the connection was idle for too long",
     "timeout.keepalive": "the peer did not answer a keepalive ping in time",
     "timeout.close": "the close handshake did not complete in time",
+    "timeout.send": "a send found no room in the send queue in time (the peer reads nothing)",
+    "timeout.first_packet": "a server connection sent no complete packet in time after connecting",
 }
 
 _E = TypeVar("_E", bound="TransportError")

@@ -1130,7 +1130,7 @@ class SessionMachine:
                 "first_packet", limit,
                 f"no complete packet arrived within {limit:g} s of the handshake "
                 "(first_packet_timeout)",
-                code="timeout.idle", session_id=self.session_id,
+                code="timeout.first_packet", session_id=self.session_id,
             )
             self._close(CloseReason.FIRST_PACKET_TIMEOUT, error, error.reason)
             return

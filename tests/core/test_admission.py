@@ -24,7 +24,7 @@ from msgtrans.core.config import TcpServerConfig, WebSocketServerConfig
 from msgtrans.core.connection import server_connection
 from msgtrans.core.errors import ConfigurationError
 from msgtrans.core.packet import Packet, PacketType
-from msgtrans.core.session import CloseReason, SessionMachine, SessionState
+from msgtrans.core.session import CloseReason, SessionClosed, SessionMachine, SessionState
 
 PEERS = st.sampled_from(["10.0.0.1", "10.0.0.2", "::1", None])
 STEPS = st.floats(min_value=0.0, max_value=5.0, allow_nan=False)
@@ -206,6 +206,9 @@ def test_the_first_packet_deadline_closes_a_silent_session(timeout: float, start
     session.handle_timer(start + timeout)
     assert session.state is SessionState.CLOSED
     assert session.close_reason is CloseReason.FIRST_PACKET_TIMEOUT
+    closed = [e for e in session.events() if isinstance(e, SessionClosed)]
+    assert closed and closed[0].error is not None
+    assert closed[0].error.error_code == "timeout.first_packet"
 
 
 def test_a_packet_ends_the_first_packet_deadline() -> None:

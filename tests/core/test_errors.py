@@ -44,7 +44,7 @@ STABLE_CODES = [
     "resource.exhausted", "resource.memory", "resource.payload_too_large",
     "resource.file_descriptors", "resource.backpressure", "resource.pool_exhausted",
     "timeout.elapsed", "timeout.connect", "timeout.request", "timeout.handshake",
-    "timeout.idle", "timeout.keepalive", "timeout.close",
+    "timeout.idle", "timeout.keepalive", "timeout.close", "timeout.send", "timeout.first_packet",
 ]
 
 CLASS_OF_KIND: dict[ErrorKind, type[TransportError]] = {

@@ -165,7 +165,7 @@ def test_non_reading_clients_cannot_starve_the_server(paused_backend: Backend,
             for error, at in timeouts:
                 assert error.operation == "send" and error.duration == SEND_TIMEOUT
                 assert at - paused_at >= SEND_TIMEOUT * 0.5  # waited, did not fail at once
-            assert raw.stats().errors.get("timeout.elapsed", 0) >= NON_READERS
+            assert raw.stats().errors.get("timeout.send", 0) >= NON_READERS
         assert not serve_threads(), "serve threads left behind"
 
     backend.run(body)
@@ -193,9 +193,10 @@ def test_send_timeout_on_a_client_raises_and_keeps_the_session(
                 await flood()
             waited = time.monotonic() - started
             assert caught.value.operation == "send" and caught.value.duration == 0.3
+            assert caught.value.error_code == "timeout.send"
             assert waited >= 0.3
             assert not session.is_closed and session.state.value == "open"
-            assert raw.stats().errors.get("timeout.elapsed", 0) == 1
+            assert raw.stats().errors.get("timeout.send", 0) == 1
             # Neither side can finish a close handshake through a paused reader: drop both.
             session.raw.abort()
             accepted.raw.abort()
