@@ -35,6 +35,7 @@ from ..core.expansion import ExpansionStrategy, FixedExpansion, NoExpansion, Sma
 from ..core.metrics import MetricsSnapshot
 from ..core.packet import PacketType
 from ..core.pool import PoolStatus
+from ..core.reconnect import LinkState, ReconnectPolicy
 from ..core.session import CloseReason, SessionState
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "ConnectionConfigLike",
     "ExpansionStrategy",
     "FixedExpansion",
+    "LinkState",
     "MetricsSnapshot",
     "NoExpansion",
     "PacketType",
@@ -52,6 +54,7 @@ __all__ = [
     "ProtocolError",
     "QuicConfig",
     "QuicServerConfig",
+    "ReconnectPolicy",
     "ResourceError",
     "ServerConfig",
     "ServerConfigLike",

@@ -60,11 +60,20 @@ from .packet import (
     PacketType,
 )
 from .pool import PoolMachine, PoolStatus
+from .reconnect import (
+    DEFAULT_RECONNECT_POLICY,
+    GiveUp,
+    LinkState,
+    ReconnectMachine,
+    ReconnectPolicy,
+    Retry,
+)
 
 __all__ = [
     "ALPN",
     "DEFAULT_MAX_EXT_HEADER",
     "DEFAULT_MAX_PAYLOAD",
+    "DEFAULT_RECONNECT_POLICY",
     "DEFAULT_ZERO_COPY_THRESHOLD",
     "ERROR_CODES",
     "HEADER_SIZE",
@@ -77,8 +86,10 @@ __all__ = [
     "ErrorKind",
     "ExpansionStrategy",
     "FixedExpansion",
+    "GiveUp",
     "LengthPrefixedDecoder",
     "Limits",
+    "LinkState",
     "MessageIdCounter",
     "NoExpansion",
     "ObjectPool",
@@ -92,8 +103,11 @@ __all__ = [
     "ProtocolError",
     "QuicConfig",
     "QuicServerConfig",
+    "ReconnectMachine",
+    "ReconnectPolicy",
     "ReleaseError",
     "ResourceError",
+    "Retry",
     "ServerConfig",
     "ServerTlsConfig",
     "SmartExpansion",

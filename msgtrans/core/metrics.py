@@ -186,6 +186,12 @@ class MetricsSnapshot:
             reason (``max_sessions``, ``per_peer``, ``rate``, ``admission``,
             ``first_packet_timeout``); all but the last are also in ``errors`` as
             ``connection.refused_by_server``.
+        reconnects: connections a reconnecting client re-established after a loss, by
+            protocol.
+        reconnect_give_ups: reconnecting clients that gave up (a non-retryable error, or
+            ``max_attempts`` reached), by protocol.
+        disconnected_seconds: seconds reconnecting clients spent without a connection
+            between a loss and the next connection (or the close), by protocol.
     """
 
     sessions: Mapping[tuple[str, str], int]
@@ -204,6 +210,10 @@ class MetricsSnapshot:
     zero_copy: ZeroCopyStats | None = None
     memory: MemoryStats | None = None
     refusals: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    reconnects: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    reconnect_give_ups: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    disconnected_seconds: Mapping[str, float] = field(
+        default_factory=lambda: MappingProxyType({}))
 
     @property
     def buffer_hit_rate(self) -> float | None:
@@ -274,6 +284,9 @@ class MetricsSnapshot:
             ),
             "memory": None if self.memory is None else asdict(self.memory),
             "refusals": dict(self.refusals),
+            "reconnects": dict(self.reconnects),
+            "reconnect_give_ups": dict(self.reconnect_give_ups),
+            "disconnected_seconds": dict(self.disconnected_seconds),
         }
 
 
@@ -319,6 +332,9 @@ class TransportMetrics:
         self.bytes_out = 0
         self._errors: dict[str, int] = {}
         self._refusals: dict[str, int] = {}
+        self._reconnects: dict[str, int] = {}
+        self._give_ups: dict[str, int] = {}
+        self._disconnected: dict[str, float] = {}
         self._latency = Histogram(latency_buckets)
         self._pool_events: dict[tuple[str, str], int] = {}
         self._recent: deque[PoolEvent] = deque(maxlen=recent_events)
@@ -380,6 +396,24 @@ class TransportMetrics:
         self._refusals[reason] = self._refusals.get(reason, 0) + 1
         if reason != "first_packet_timeout":
             self.error("connection.refused_by_server")
+
+    def reconnected(self, protocol: str | Enum, down_seconds: float) -> None:
+        """Count one connection of *protocol* re-established by a reconnecting client after
+        *down_seconds* without one."""
+        protocol = _label(protocol)
+        self._reconnects[protocol] = self._reconnects.get(protocol, 0) + 1
+        self.disconnected(protocol, down_seconds)
+
+    def disconnected(self, protocol: str | Enum, seconds: float) -> None:
+        """Add *seconds* a reconnecting client of *protocol* spent without a connection
+        (negative values count as 0)."""
+        protocol = _label(protocol)
+        self._disconnected[protocol] = self._disconnected.get(protocol, 0.0) + max(0.0, seconds)
+
+    def reconnect_give_up(self, protocol: str | Enum) -> None:
+        """Count one reconnecting client of *protocol* that gave up."""
+        protocol = _label(protocol)
+        self._give_ups[protocol] = self._give_ups.get(protocol, 0) + 1
 
     def request_latency(self, seconds: float) -> None:
         """Record how long one request waited for its response.
@@ -448,6 +482,9 @@ class TransportMetrics:
             zero_copy=None if self._zero_copy is None else self._zero_copy.snapshot(),
             memory=None if self.memory_budget is None else MemoryStats.of(self.memory_budget),
             refusals=MappingProxyType(dict(self._refusals)),
+            reconnects=MappingProxyType(dict(self._reconnects)),
+            reconnect_give_ups=MappingProxyType(dict(self._give_ups)),
+            disconnected_seconds=MappingProxyType(dict(self._disconnected)),
         )
 
     def render_prometheus(self, prefix: str = "msgtrans") -> str:
@@ -540,6 +577,18 @@ def render_prometheus(source: MetricsSnapshot | TransportMetrics, prefix: str = 
     out.family("connections_refused_total", "counter",
                "Connections refused or dropped before becoming sessions, by reason.", [
                    ("", {"reason": r}, n) for r, n in sorted(snap.refusals.items())
+               ])
+    out.family("reconnects_total", "counter",
+               "Connections re-established by reconnecting clients, by protocol.", [
+                   ("", {"protocol": p}, n) for p, n in sorted(snap.reconnects.items())
+               ])
+    out.family("reconnect_give_ups_total", "counter",
+               "Reconnecting clients that gave up, by protocol.", [
+                   ("", {"protocol": p}, n) for p, n in sorted(snap.reconnect_give_ups.items())
+               ])
+    out.family("disconnected_seconds_total", "counter",
+               "Seconds reconnecting clients spent without a connection, by protocol.", [
+                   ("", {"protocol": p}, n) for p, n in sorted(snap.disconnected_seconds.items())
                ])
     hist = snap.request_latency
     out.family(
