@@ -601,11 +601,17 @@ class Connection:
         # longer live afterwards, so this runs once.
         reason = self.session.close_reason
         self.machine.close(None, reason.value if reason is not None else "")
-        if reason is CloseReason.FIRST_PACKET_TIMEOUT and isinstance(self.machine, StreamMachine):
-            # A peer that never spoke msgtrans is not waited for (close_timeout) to finish the
-            # close handshake: the socket goes as soon as the close bytes are written.
+        if reason in _SILENT_PEER and isinstance(self.machine, StreamMachine):
+            # A peer that never spoke msgtrans, or went silent for idle_timeout, is not waited
+            # for (close_timeout) to finish the close handshake: the socket goes as soon as
+            # the close bytes are written.  A client that reconnects after a silent network cut
+            # notices it at idle_timeout, not close_timeout later.
             self.machine.connection_lost(now, None)
         self._pump(now)
+
+
+#: Close reasons that mean the peer said nothing for a while: not waited for to close.
+_SILENT_PEER = frozenset({CloseReason.FIRST_PACKET_TIMEOUT, CloseReason.IDLE_TIMEOUT})
 
 
 # --- factories ----------------------------------------------------------------------------------

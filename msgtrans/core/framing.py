@@ -516,6 +516,10 @@ class PacketDecoder:
                 Protocol.WIRE,
                 f"stream ended with {self.buffered} bytes of an unfinished packet",
                 code="protocol.unexpected_eof",
+                # A peer (or the network) that died in the middle of a packet is a lost
+                # connection, not a peer that speaks another protocol: reconnecting may help.
+                retryable=True,
+                retry_after=1.0,
             )
             self._fail(exc, [])
             raise exc

@@ -417,7 +417,9 @@ class TlsMachine(StreamMachine):
                 ProtocolError(
                     Protocol.TLS,
                     "the stream ended inside a TLS record",
-                    code="protocol.tls",
+                    code="protocol.unexpected_eof",
+                    retryable=True,
+                    retry_after=1.0,
                 )
             )
             return

@@ -463,3 +463,20 @@ def test_queue_response_checks_what_it_answers(kind: str, certs: tuple[str, str]
     # The client has no request 3 pending: the response is dropped and counted.
     pair.take("client")
     assert pair.client.session.stats.unmatched_responses == 1
+
+
+@pytest.mark.parametrize("kind", STREAMS)
+def test_an_idle_timeout_drops_the_stream_without_waiting_for_the_silent_peer(
+        kind: str, certs: tuple[str, str]) -> None:
+    # The peer is gone (a network cut): nothing it sends arrives.  The client must be closed at
+    # its idle_timeout, not close_timeout later after a close handshake nobody answers.
+    pair = started(kind, certs, idle_timeout=5.0)
+    exchange(pair, 1)
+    client = pair.client
+    now = pair.now + 6.0
+    client.handle_timer(now)
+    assert client.is_closed
+    events = client.events()
+    [closed] = of(events, SessionClosed)
+    assert closed.error is not None and closed.error.error_code == "timeout.idle"
+    assert of(events, ConnectionClosed)

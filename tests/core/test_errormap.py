@@ -1475,7 +1475,7 @@ def wire_packet_too_short(pki: Pki) -> TransportError:
     return mapped(raised(Packet.decode, b"\x01\x00\x00"), operation="receive")
 
 
-@fault(PROTOCOL, "protocol.unexpected_eof", False)
+@fault(PROTOCOL, "protocol.unexpected_eof", True)
 def wire_stream_ends_inside_packet(pki: Pki) -> TransportError:
     decoder = PacketDecoder()
     assert decoder.feed(Packet(PacketType.ONE_WAY, 1, 0, b"hello").encode()[:10]) == []

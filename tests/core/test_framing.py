@@ -159,6 +159,7 @@ def test_eof_is_fine_only_at_packet_boundaries(
         with pytest.raises(ProtocolError) as info:
             decoder.feed_eof()
         assert info.value.error_code == "protocol.unexpected_eof"
+        assert info.value.retry_delay() == 1.0  # a cut connection: reconnecting may help
         assert decoder.error is info.value
         with pytest.raises(ProtocolError) as again:
             decoder.feed(b"")

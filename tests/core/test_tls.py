@@ -570,7 +570,7 @@ def test_raw_eof_inside_a_packet_is_an_unexpected_eof(
 
 
 @pytest.mark.parametrize("cut", [3, 5, 40])
-def test_truncated_record_is_a_tls_error(
+def test_truncated_record_is_a_retryable_unexpected_eof(
     client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, cut: int
 ) -> None:
     client, server, _pipe = open_pair(client_ctx, server_ctx)
@@ -583,7 +583,9 @@ def test_truncated_record_is_a_tls_error(
     error = error_of(events)
     assert isinstance(error, ProtocolError)
     assert error.protocol is Protocol.TLS
-    assert error.error_code == "protocol.tls"
+    # The peer or the network died mid-record: a lost connection, so a client may reconnect.
+    assert error.error_code == "protocol.unexpected_eof"
+    assert error.retry_delay() == 1.0
     assert server.write_closed
 
 
