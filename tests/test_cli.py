@@ -175,3 +175,20 @@ def test_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("serve", "send", "demo", "bench"):
         assert command in out
+
+
+@pytest.mark.parametrize(("error", "level"), [
+    (mt.TransportConnectionError("reset", code="connection.reset"), "DEBUG"),
+    (mt.TransportTimeoutError("idle", 30.0, code="timeout.idle"), "INFO"),
+    (mt.TransportTimeoutError("first packet", 30.0, code="timeout.first_packet"), "INFO"),
+    (mt.ProtocolError(mt.Protocol.WIRE, "cut", code="protocol.unexpected_eof"), "INFO"),
+    (mt.ProtocolError(mt.Protocol.WIRE, "bad", code="protocol.bad_version"), "WARNING"),
+])
+def test_serve_logs_a_silent_peer_at_info_and_a_broken_one_as_a_warning(
+        error: BaseException, level: str, caplog: pytest.LogCaptureFixture) -> None:
+    from msgtrans.cli.serve import _log_error
+
+    caplog.set_level("DEBUG", logger="msgtrans")
+    _log_error(types.SimpleNamespace(id=7), error)
+    [record] = [r for r in caplog.records if "session 7" in r.getMessage()]
+    assert record.levelname == level

@@ -97,9 +97,21 @@ def add_backend_argument(parser: argparse.ArgumentParser, default: str | None = 
                              "(default asyncio)")
 
 
+#: Errors that say a peer went quiet or away, not that anything is wrong with the server: an
+#: operator sees them at INFO, not as warnings (a client's network cut is routine).
+_QUIET_CODES = frozenset({"timeout.idle", "timeout.first_packet", "timeout.keepalive",
+                          "protocol.unexpected_eof"})
+
+
 def _log_error(session: Any, error: BaseException) -> None:
-    """What both echo handlers' ``on_error`` log (see there)."""
-    level = logging.DEBUG if isinstance(error, TransportConnectionError) else logging.WARNING
+    """What both echo handlers' ``on_error`` log (see there): connection errors at DEBUG, a
+    peer that went silent or died mid-message at INFO, anything else at WARNING."""
+    if isinstance(error, TransportConnectionError):
+        level = logging.DEBUG
+    elif getattr(error, "error_code", None) in _QUIET_CODES:
+        level = logging.INFO
+    else:
+        level = logging.WARNING
     logger.log(level, "session %s: %s", session.id, error)
 
 
