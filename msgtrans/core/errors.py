@@ -98,6 +98,7 @@ ERROR_CODES: dict[str, str] = {
     "protocol.websocket": "the WebSocket peer broke RFC 6455 or the HTTP upgrade",
     "protocol.quic": "the QUIC peer broke RFC 9000 or the msgtrans stream mapping",
     "protocol.text_frame": "a WebSocket text frame arrived where only binary frames are allowed",
+    "protocol.backplane": "a message on the backplane was not a msgtrans envelope",
     # configuration
     "configuration.invalid": "a setting has an invalid value",
     "configuration.missing_dependency": "an optional package needed by a setting is not installed",

@@ -37,7 +37,7 @@ STABLE_CODES = [
     "protocol.violation", "protocol.bad_version", "protocol.bad_compression",
     "protocol.bad_packet_type", "protocol.bad_length", "protocol.frame_too_large",
     "protocol.decompression", "protocol.unexpected_eof", "protocol.tls", "protocol.websocket",
-    "protocol.quic", "protocol.text_frame",
+    "protocol.quic", "protocol.text_frame", "protocol.backplane",
     "configuration.invalid", "configuration.missing_dependency",
     "configuration.address_in_use", "configuration.address_unavailable",
     "configuration.permission",
