@@ -15,6 +15,11 @@ server, ``s2c``: server to client) its own :class:`Faults`:
 
 Faults apply to the connections accepted after they are set (:meth:`TcpProxy.set_faults`);
 :attr:`TcpProxy.connections` keeps each connection's counters.
+
+Three commands act on the network itself rather than on one connection (for clients that
+reconnect): :meth:`TcpProxy.blackhole` silently forwards nothing any more (a cut network: no
+FIN, no RST), :meth:`TcpProxy.restore` ends that and resets what the blackhole broke, and
+:meth:`TcpProxy.retarget` sends the connections accepted from then on to another server.
 """
 
 from __future__ import annotations
@@ -68,6 +73,10 @@ class ConnectionStats:
         default_factory=lambda: dict.fromkeys(DIRECTIONS, 0))
     faults: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)  # kind, dir, at
     closed: bool = False
+    # Bytes read and thrown away by a blackhole (what was queued when it began included).
+    blackholed: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(DIRECTIONS, 0))
+    target: tuple[str, int] | None = None  # the upstream address; None: accepted in a blackhole
 
 
 class _Pipe:
@@ -86,6 +95,7 @@ class _Pipe:
         self.stall_until: float | None = None
         self.pending_fault: str | None = None  # a stop fault due once the queue is written
         self.done = False  # the stall happened: forward the rest as it comes
+        self.holed = False  # in a blackhole: read and discard, never write
         self.blocked = False  # the destination's buffer is full: wait until it is writable
         self.rest = memoryview(b"")  # what was read beyond a stall's offset
         stop = faults.stop_at()
@@ -93,6 +103,8 @@ class _Pipe:
         self.stop_offset: int | None = None if stop is None else stop[1]
 
     def wants_read(self) -> bool:
+        if self.holed:
+            return not self.eof
         return (not self.eof and not self.stalled
                 and self.pending_fault is None and self.queued < _HIGH_WATER)
 
@@ -137,6 +149,10 @@ class TcpProxy(ProxyThread):
         self._lock = threading.Lock()
         self._released = False
         self._break: str | None = None  # break_all() asked for this, not done yet
+        self._holed = False  # in a blackhole (the proxy's thread's own)
+        # Accepted during a blackhole, never connected upstream: read and discarded until
+        # restore() resets them.
+        self._hanging: dict[socket.socket, ConnectionStats] = {}
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
@@ -168,6 +184,44 @@ class TcpProxy(ProxyThread):
             self._break = "reset" if reset else "cut"
         self._wake()
 
+    def blackhole(self) -> None:
+        """From now on forward nothing in either direction, silently, as a cut network would.
+
+        Open connections stay open but whatever either side sends is read and discarded (so
+        nothing backs up), as is what the proxy had queued and not written yet; their ends
+        see no FIN and no RST, even if the other side closes.  Connections accepted from now on
+        (those already waiting in the listener's backlog are connected first, as before the
+        call) are never connected upstream and get no byte: after ``connect()`` the client
+        hangs.  Stalls, delays and offsets no longer act on a blackholed connection.  Each
+        connection records ``("blackhole", "both", offset)``; :meth:`blackholed` counts the
+        bytes.  Returns once in effect.
+        """
+        self._command(self._do_blackhole)
+
+    def restore(self) -> None:
+        """End the blackhole: the connections accepted from now on are forwarded normally.
+
+        Every connection that was open during the blackhole (those accepted during it
+        included, and those still waiting in the listener's backlog) is closed with an RST on
+        both sides, recorded as ``("reset", "both", offset)``: its bytes were lost, so its
+        ends see a reset (``ConnectionResetError`` on the next ``recv``, or a failing
+        ``send``) rather than a stream that silently resumes with a hole in it.  Returns once
+        done.
+        """
+        self._command(self._do_restore)
+
+    def retarget(self, target: tuple[str, int]) -> None:
+        """Connect the connections accepted from now on to *target* (a server restarted on
+        another port while clients keep the proxy's address); open connections stay on the
+        server they have.  Those already waiting in the listener's backlog were made before
+        the call and go to the old target."""
+        self._command(lambda: self._do_retarget(target))
+
+    def blackholed(self, direction: str) -> int:
+        """Bytes a blackhole discarded in *direction* over every connection."""
+        with self._lock:
+            return sum(c.blackholed[direction] for c in self.connections)
+
     def forwarded(self, direction: str) -> int:
         """Bytes forwarded in *direction* over every connection."""
         with self._lock:
@@ -196,9 +250,12 @@ class TcpProxy(ProxyThread):
                             self._wake_r.recv(4096)
                     elif sock in self._draining:
                         self._drain(sock)
+                    elif sock in self._hanging:
+                        self._discard_hanging(sock)
                     else:
                         assert isinstance(sock, socket.socket)
                         self._ready(sock, events)
+                self._run_commands()
                 self._pump()
                 now = time.monotonic()
                 for sock in [s for s, end in self._draining.items() if end <= now]:
@@ -210,6 +267,8 @@ class TcpProxy(ProxyThread):
                 self._close(a, b, rst=False)
             for sock in list(self._draining):
                 self._forget(sock)
+            for sock in self._hanging:
+                sock.close()
             sel.close()
             self._listener.close()
             self._wake_r.close()
@@ -219,24 +278,35 @@ class TcpProxy(ProxyThread):
                 for d in (p.next_due(), p.stall_until) if d is not None]
         return 0.1 if not dues else max(0.0, min(min(dues) - time.monotonic(), 0.1))
 
-    def _accept(self) -> None:
+    def _accept(self) -> bool:
+        """Take one connection from the listener's backlog; False if there was none."""
         try:
             client, _ = self._listener.accept()
         except BlockingIOError:
-            return
+            return False
         with self._lock:  # the faults of the moment it was accepted, before the target knows
             faults = dict(self._faults)
+            target = self.target
+        if self._holed:
+            client.setblocking(False)
+            with self._lock:
+                stats = ConnectionStats(faults=[("blackhole", "both", 0)])
+                self.connections.append(stats)
+            self._hanging[client] = stats
+            self._selector.register(client, selectors.EVENT_READ, None)
+            self.faulted.set()
+            return True
         try:
-            upstream = socket.create_connection(self.target, timeout=2.0)
+            upstream = socket.create_connection(target, timeout=2.0)
         except OSError:
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             client.close()
-            return
+            return True
         for sock in (client, upstream):
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
-            stats = ConnectionStats()
+            stats = ConnectionStats(target=target)
             self.connections.append(stats)
         c2s = _Pipe("c2s", client, upstream, faults["c2s"], stats)
         s2c = _Pipe("s2c", upstream, client, faults["s2c"], stats)
@@ -244,6 +314,71 @@ class TcpProxy(ProxyThread):
         for pipe in (c2s, s2c):  # a fault at offset 0 acts before any byte
             if pipe.stop_offset == 0:
                 pipe.pending_fault = pipe.stop_kind
+        return True
+
+    def _accept_backlog(self) -> None:
+        while self._accept():
+            pass
+
+    # --- the commands (on the proxy's thread) ---------------------------------------------------
+
+    def _do_blackhole(self) -> None:
+        self._accept_backlog()  # connected before the call: open connections like the others
+        self._holed = True
+        for a, b in self._pipes:
+            if a.holed:
+                continue  # a second blackhole() changes nothing
+            with self._lock:
+                a.stats.faults.append(("blackhole", "both", a.read_at))
+            self.faulted.set()
+            for pipe in (a, b):
+                lost = pipe.queued + len(pipe.rest)
+                pipe.queue.clear()
+                pipe.queued = 0
+                pipe.rest = memoryview(b"")
+                pipe.pending_fault = None
+                pipe.stalled = False
+                pipe.stall_until = None
+                pipe.blocked = False
+                pipe.holed = True
+                with self._lock:
+                    pipe.stats.blackholed[pipe.name] += lost
+
+    def _do_restore(self) -> None:
+        self._accept_backlog()  # connected during the blackhole: hanging, reset with the rest
+        for a, b in [(a, b) for a, b in self._pipes if a.holed]:
+            with self._lock:
+                a.stats.faults.append(("reset", "both", a.read_at))
+            self.faulted.set()
+            self._close(a, b, rst=True)
+        for sock, stats in self._hanging.items():
+            with self._lock:
+                stats.faults.append(("reset", "both", 0))
+                stats.closed = True
+            self.faulted.set()
+            if sock.fileno() in self._selector.get_map():
+                self._selector.unregister(sock)
+            _reset(sock)
+        self._hanging.clear()
+        self._holed = False
+
+    def _do_retarget(self, target: tuple[str, int]) -> None:
+        self._accept_backlog()  # connected before the call: to the old target
+        with self._lock:
+            self.target = target
+
+    def _discard_hanging(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(_READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            with self._lock:
+                self._hanging[sock].blackholed["c2s"] += len(data)
+        else:  # the client is gone; the socket stays until restore() or stop()
+            self._selector.unregister(sock)
 
     def _update_registrations(self) -> None:
         sel = self._selector
@@ -272,9 +407,18 @@ class TcpProxy(ProxyThread):
                     except (BlockingIOError, InterruptedError):
                         continue
                     except OSError:
+                        if pipe.holed:  # the cut keeps the error from the other side
+                            pipe.eof = True
+                            continue
                         self._close(a, b, rst=True)
                         return
-                    if not data:
+                    if pipe.holed:
+                        if data:
+                            with self._lock:
+                                pipe.stats.blackholed[pipe.name] += len(data)
+                        else:  # nor does a FIN cross it
+                            pipe.eof = True
+                    elif not data:
                         pipe.eof = True
                     else:
                         pipe.take(data, time.monotonic())
@@ -293,7 +437,7 @@ class TcpProxy(ProxyThread):
                 self.faulted.set()
                 self._close(a, b, rst=broken == "reset")
         for a, b in list(self._pipes):
-            if a.stats.closed:
+            if a.stats.closed or a.holed:
                 continue
             for pipe in (a, b):
                 if pipe.stalled and (released or (pipe.stall_until is not None
@@ -373,10 +517,7 @@ class TcpProxy(ProxyThread):
             if sock.fileno() in self._selector.get_map():
                 self._selector.unregister(sock)
             if rst:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                    struct.pack("ii", 1, 0))
-                sock.close()
+                _reset(sock)
             elif self._stopping:
                 sock.close()
             else:
@@ -402,3 +543,10 @@ class TcpProxy(ProxyThread):
         del self._draining[sock]
         self._selector.unregister(sock)
         sock.close()
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close *sock* with an RST (``SO_LINGER`` 0) rather than a FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()

@@ -6,6 +6,10 @@ their way back).  Each direction (``c2s``, ``s2c``) has its own :class:`Datagram
 count of the datagrams it has seen: index ``i`` is that direction's ``i``-th datagram (from 0),
 over every client.  The decision for each datagram is made by :func:`decide` from its index,
 the faults and a seeded RNG, so a run is repeatable.
+
+:meth:`UdpProxy.blackhole` drops every datagram in both directions until
+:meth:`UdpProxy.restore` (QUIC recovers by retransmission); :meth:`UdpProxy.retarget` sends the
+datagrams from then on to another server, and forwards its answers back.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ class DirectionStats:
     duplicated: int = 0
     reordered: int = 0
     bytes_forwarded: int = 0
+    # Lost to a blackhole (never counted in ``received``: the fault indexes skip them).
+    blackholed: int = 0
 
 
 class _Direction:
@@ -97,6 +103,7 @@ class UdpProxy(ProxyThread):
         self._client_of: dict[socket.socket, tuple[str, int]] = {}
         self._due: list[tuple[float, int, socket.socket, bytes, tuple[str, int] | None]] = []
         self._seq = 0
+        self._holed = False  # in a blackhole (the proxy's thread's own)
         self._start()
 
     def set_faults(self, *, c2s: Datagrams = NO_FAULTS, s2c: Datagrams = NO_FAULTS) -> None:
@@ -104,6 +111,55 @@ class UdpProxy(ProxyThread):
         with self._lock:
             self._dirs = {"c2s": _Direction(c2s), "s2c": _Direction(s2c)}
         self._wake()
+
+    def blackhole(self) -> None:
+        """From now on drop every datagram in both directions, silently (what was delayed or
+        held back and not sent yet included); each counts in its direction's ``blackholed``,
+        not in ``received``, so the fault indexes go on after :meth:`restore` where they
+        stopped.  A new client address gets no upstream socket until then.  Returns once in
+        effect."""
+        self._command(self._do_blackhole)
+
+    def restore(self) -> None:
+        """End the blackhole: datagrams are forwarded again (those that arrived during it and
+        were not read yet are dropped first).  Returns once in effect."""
+        self._command(self._do_restore)
+
+    def retarget(self, target: tuple[str, int]) -> None:
+        """Send every datagram from now on (the delayed ones not sent yet included) to
+        *target*, each client keeping its upstream socket (its port) and getting the new
+        target's answers; what the old target sends from then on no longer reaches it.
+        Returns once in effect."""
+        self._command(lambda: self._do_retarget(target))
+
+    # --- the commands (on the proxy's thread) ---------------------------------------------------
+
+    def _do_blackhole(self) -> None:
+        self._holed = True
+        with self._lock:
+            for _, _, _, data, to in self._due:
+                stats = self.stats["c2s" if to is None else "s2c"]
+                stats.blackholed += 1  # counted as forwarded when queued: it is not
+                stats.forwarded -= 1
+                stats.bytes_forwarded -= len(data)
+            for name, direction in self._dirs.items():
+                if direction.held is not None:
+                    self.stats[name].blackholed += 1
+                    direction.held = None
+        self._due.clear()
+
+    def _do_restore(self) -> None:
+        if self._holed:
+            self._drain(self._front, "c2s", budget=None)
+            for out in list(self._upstream.values()):
+                self._drain(out, "s2c", budget=None)
+        self._holed = False
+
+    def _do_retarget(self, target: tuple[str, int]) -> None:
+        with self._lock:
+            self.target = target
+        for out in self._upstream.values():
+            out.connect(target)  # a connected UDP socket sends to, and hears from, its peer
 
     # --- the thread ---------------------------------------------------------------------------
 
@@ -123,6 +179,7 @@ class UdpProxy(ProxyThread):
                         self._drain(sock, "c2s")
                     else:
                         self._drain(sock, "s2c")
+                self._run_commands()
                 self._send_due(time.monotonic())
         except BaseException as exc:  # reported by stop()
             self._error = exc
@@ -136,14 +193,21 @@ class UdpProxy(ProxyThread):
         dues += [held[0] for d in self._dirs.values() if (held := d.held) is not None]
         return 0.1 if not dues else max(0.0, min(min(dues) - time.monotonic(), 0.1))
 
-    def _drain(self, sock: socket.socket, name: str) -> None:
-        for _ in range(64):
+    def _drain(self, sock: socket.socket, name: str, *, budget: int | None = 64) -> None:
+        """Read what *sock* has (at most *budget* datagrams) and forward it."""
+        count = 0
+        while budget is None or count < budget:
+            count += 1
             try:
                 data, addr = sock.recvfrom(65536)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # e.g. ICMP port unreachable reported on a connected socket
+            if self._holed:
+                with self._lock:
+                    self.stats[name].blackholed += 1
+                continue
             if name == "c2s":
                 out = self._upstream.get(addr)
                 if out is None:
