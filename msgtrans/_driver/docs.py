@@ -194,6 +194,11 @@ Args:
     settings: other :class:`~msgtrans.core.pool.PoolMachine` settings:
         ``wait_threshold``, ``grow_utilisation``, ``shrink_utilisation``,
         ``shrink_after``, ``max_leases_per_connection``, ``history``.
+    reconnect: the :class:`~msgtrans.core.reconnect.ReconnectPolicy` spacing the opens
+        that replace broken sessions and retry failed opens (default
+        ``DEFAULT_POOL_RECONNECT``: 0.05 s doubling to 2 s, never giving up on a retryable
+        error).  When it gives up (``max_attempts``, a non-retryable error) the pool closes:
+        waiting and later leases fail with that error.
 
 Raises:
     ConfigurationError: *target* or a setting is invalid{nursery}.

@@ -23,6 +23,7 @@ from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, Transpor
 from .._driver.docs import doc
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
 from .._driver.forever import check_policy
+from .._driver.pool import check_pool_policy
 from .._driver.transport import (
     DatagramServerConfig,
     SessionStreamBase,
@@ -445,11 +446,13 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         max: int | None = None,
         target: int | None = None,
         strategy: ExpansionStrategy | None = None,
+        reconnect: ReconnectPolicy | None = None,
         **settings: Any,
     ) -> SessionPool:
         config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
                                              settings=settings, now=asyncio.get_running_loop().time)
-        pool = SessionPool(self, config, machine, **self._pool_settings())
+        pool = SessionPool(self, config, machine, reconnect=check_pool_policy(reconnect),
+                           **self._pool_settings())
         self._pools.add(pool)
         pool.start()
         try:

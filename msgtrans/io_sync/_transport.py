@@ -18,6 +18,7 @@ from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.docs import doc
 from .._driver.forever import check_policy
+from .._driver.pool import check_pool_policy
 from .._driver.transport import (
     SessionStreamBase,
     TransportBase,
@@ -696,12 +697,14 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         max: int | None = None,
         target: int | None = None,
         strategy: ExpansionStrategy | None = None,
+        reconnect: ReconnectPolicy | None = None,
         **settings: Any,
     ) -> SessionPool:
         config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
                                              settings=settings, now=time.monotonic)
         loop = self._ensure_loop()
-        pool = SessionPool(self, config, machine, loop=loop, **self._pool_settings())
+        pool = SessionPool(self, config, machine, loop=loop, reconnect=check_pool_policy(reconnect),
+                           **self._pool_settings())
         with loop.lock:
             self._pools.add(pool)
         pool.start()
