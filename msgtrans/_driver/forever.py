@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -77,7 +78,8 @@ class ForeverRegistry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the blocking backend adds and stops from any thread
-        self._items: set[ForeverBase[Any]] = set()
+        # Weak: an iterator the application abandoned (a break, no aclose) is not kept alive.
+        self._items: weakref.WeakSet[ForeverBase[Any]] = weakref.WeakSet()
 
     def add(self, item: ForeverBase[Any]) -> None:
         """Track *item* until it finishes."""
@@ -269,7 +271,15 @@ class ForeverBase(Generic[S]):
         self._current = session
         self._ended_at = None
         self._sessions += 1
-        session.when_finished(self._on_finished)
+        # Weakly: a session the application keeps does not keep an abandoned iterator alive.
+        ref = weakref.ref(self)
+
+        def finished(ended: Any) -> None:
+            forever = ref()
+            if forever is not None:
+                forever._on_finished(ended)
+
+        session.when_finished(finished)
         return True
 
     def _on_finished(self, session: Any) -> None:

@@ -9,6 +9,7 @@ outlived it.
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -262,5 +263,33 @@ def test_stopping_during_the_backoff_ends_the_iteration_at_once(
             if how == "shutdown":
                 with pytest.raises(TransportConnectionError):
                     client.raw.connect_forever(url)
+
+    backend.run(body)
+
+
+def test_breaking_out_of_the_loop_leaves_nothing_behind(backend: Backend, certs: Certs) -> None:
+    async def body() -> None:
+        async with backend.transport() as client, backend.transport() as server, \
+                server.serve("tcp", certs, Echo()) as port:
+            held = [client.raw.connect_forever(client_url("tcp", port, certs), policy=FAST)]
+            native: Any = None
+            if isinstance(backend, SyncBackend):
+                def first() -> Any:
+                    for got in held[0]:
+                        return got
+                    return None
+
+                native = await backend.call(first)
+            else:
+                async for got in held[0]:
+                    native = got
+                    break
+            session = Session(backend, native)
+            await works(session)  # the session stays the application's
+            assert len(client.raw._forevers) == 1
+            held.clear()
+            gc.collect()
+            assert len(client.raw._forevers) == 0  # an abandoned iterator is not kept alive
+            # No task or thread of the iterator's: the run and the fixture check that.
 
     backend.run(body)
