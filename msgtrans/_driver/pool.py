@@ -460,9 +460,12 @@ class PoolDriverBase(Generic[S]):
         success starts the backoff, so its replacement waits the policy's first delay."""
         if self._closed or self._reconnect.state is not LinkState.CONNECTED:
             return
-        error = session.error if isinstance(session.error, TransportError) else None
+        # Fed without the session's error: it tells about that connection (a reset asks for
+        # 1 s, a protocol error is not retryable), not whether a new one will open, and a pool
+        # that promised min sessions must not wait a second, or close, for one broken session.
+        # A replacement that fails brings its own error.
         now = self._now()
-        self._decided(self._reconnect.lost(error, now), now)
+        self._decided(self._reconnect.lost(None, now), now)
 
     def _reconnected(self) -> None:
         """An open succeeded: the backoff is over (a recovery is counted)."""
