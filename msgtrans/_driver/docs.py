@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 __all__ = [
-    "CANCEL_SAFE", "CLOSE", "CONNECT", "MESSAGE", "POOL", "POOL_CLOSE", "POOL_LEASE",
+    "CANCEL_SAFE", "CLOSE", "CONNECT", "CONNECT_FOREVER", "CONNECT_FOREVER_ITERATOR", "MESSAGE",
+    "POOL", "POOL_CLOSE", "POOL_LEASE",
     "POOL_REQUEST", "POOL_SEND", "RECEIVE", "RECEIVE_CANCEL", "RECEIVE_MANY", "REQUEST", "RESPOND",
     "SEND", "SERVE", "SESSION", "SESSION_STREAM", "TRANSPORT", "doc",
 ]
@@ -138,6 +139,43 @@ Raises:
     TransportTimeoutError: not connected in time (code ``timeout.connect``).
 """
 
+CONNECT_FOREVER = """Return {kind} of sessions to *target*, one per connection, for as long as
+the transport runs: ``{loop} session in transport.connect_forever(url):``.
+
+Each step waits until the session it yielded last is over (the loop body may close it, or
+hand it to {handed} and move on: the step waits for its end either way), backs off by *policy*,
+connects again and yields the new, plain session.  Failed attempts are retried too, the first
+ones included, so a client started before its server simply waits for it.  The iteration
+ends ({stop}) when the transport shuts down (a backoff in progress ends at once) or the
+iterator is closed (``{close}``, or leaving ``{with_} transport.connect_forever(url) as
+sessions:``); neither closes a session it yielded.  Breaking out of the loop leaves nothing
+running.  Reconnects, give-ups and the time spent without a session are counted in
+:meth:`stats` by protocol.
+
+Args:
+    target: where to connect (a URL or a config, as :meth:`connect`).
+    policy: the :class:`~msgtrans.core.reconnect.ReconnectPolicy` (default
+        ``DEFAULT_RECONNECT_POLICY``: 0.1 s doubling to 30 s, 20 % jitter, never gives up on
+        a retryable error).
+    timeout: seconds for each connect attempt (default: as :meth:`connect`).
+
+Raises:
+    ConfigurationError: *target* or *policy* is invalid{nursery}.
+    TransportConnectionError: the transport is shut down (code ``connection.closed``).
+
+The iterator raises the error it gave up on (a non-retryable error such as a failed TLS
+verification, or the last error once ``max_attempts`` attempts in a row failed).
+"""
+
+CONNECT_FOREVER_ITERATOR = """The sessions of ``transport.connect_forever()``, as {kind}: one
+session per connection, a new one once the previous is over (see
+:meth:`Transport.connect_forever`).{safety}
+
+``{loop} session in sessions:`` yields each session; ``{close}`` or leaving
+``{with_} ... as sessions:`` stops it (the iteration then ends with {stop}; the sessions it
+yielded stay open).  The iterator runs nothing in the background.
+"""
+
 POOL = """Return a :class:`SessionPool` of sessions to *address*, driven by a core
 :class:`~msgtrans.core.pool.PoolMachine`; {waits} until its first session opened.{own}
 
@@ -156,6 +194,11 @@ Args:
     settings: other :class:`~msgtrans.core.pool.PoolMachine` settings:
         ``wait_threshold``, ``grow_utilisation``, ``shrink_utilisation``,
         ``shrink_after``, ``max_leases_per_connection``, ``history``.
+    reconnect: the :class:`~msgtrans.core.reconnect.ReconnectPolicy` spacing the opens
+        that replace broken sessions and retry failed opens (default
+        ``DEFAULT_POOL_RECONNECT``: 0.05 s doubling to 2 s, never giving up on a retryable
+        error).  When it gives up (``max_attempts``, a non-retryable error) the pool closes:
+        waiting and later leases fail with that error.
 
 Raises:
     ConfigurationError: *target* or a setting is invalid{nursery}.

@@ -50,6 +50,7 @@ from .builder import (
     ShutdownReport,
     TransportBuilderBase,
 )
+from .forever import ForeverRegistry
 from .pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, PoolDriverBase, PoolTracker, make_machine
 from .quic import count_quic_refusals
 
@@ -386,6 +387,8 @@ class TransportBase(Generic[S, P, Q]):
                          else TransportMetrics(buffer_pool=self._buffer_pool))
         self._metrics.memory_budget = self._memory_budget
         self._pools: PoolTracker[P] = PoolTracker()
+        # The connect_forever iterators, stopped (a backoff ended) when the shutdown starts.
+        self._forevers = ForeverRegistry()
         self._quic_listeners: list[Q] = []
         # QUIC refusals are counted by each endpoint; what was already added to the metrics.
         self._quic_refused: dict[Q, int] = {}

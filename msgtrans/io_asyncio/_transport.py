@@ -22,6 +22,8 @@ from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.docs import doc
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
+from .._driver.forever import check_policy
+from .._driver.pool import check_pool_policy
 from .._driver.transport import (
     DatagramServerConfig,
     SessionStreamBase,
@@ -38,7 +40,9 @@ from ..core.connection import Connection
 from ..core.errors import TransportError
 from ..core.expansion import ExpansionStrategy
 from ..core.packet import Buffer, PacketType
+from ..core.reconnect import ReconnectPolicy
 from ..core.session import SessionState
+from ._forever import ConnectForever
 from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, start_quic_listener
@@ -186,6 +190,15 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             if holder:
                 self._abandon(holder[0], "abandoned during connect")
             raise
+
+    @doc(docs.CONNECT_FOREVER, kind="an async iterator", loop="async for", handed="a task",
+         stop="``StopAsyncIteration``", close="await sessions.aclose()", with_="async with",
+         nursery="")
+    def connect_forever(self, target: str | ConnectionConfig, *,
+                        policy: ReconnectPolicy | None = None,
+                        timeout: float | None = None) -> ConnectForever:
+        self._check_open("connect")
+        return ConnectForever(self, to_config(target), check_policy(policy), timeout)
 
     def _abandon(self, session: Session, reason: str) -> None:
         # Forgotten now, not when the aborted socket reports its loss on the next loop pass:
@@ -433,11 +446,13 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         max: int | None = None,
         target: int | None = None,
         strategy: ExpansionStrategy | None = None,
+        reconnect: ReconnectPolicy | None = None,
         **settings: Any,
     ) -> SessionPool:
         config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
                                              settings=settings, now=asyncio.get_running_loop().time)
-        pool = SessionPool(self, config, machine, **self._pool_settings())
+        pool = SessionPool(self, config, machine, reconnect=check_pool_policy(reconnect),
+                           **self._pool_settings())
         self._pools.add(pool)
         pool.start()
         try:
@@ -455,6 +470,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         loop = asyncio.get_running_loop()
         self._shutdown = loop.create_future()
         self._closing = True
+        self._forevers.stop_all()
         try:
             report = await self._do_shutdown(loop, timeout, drain)
         except BaseException as exc:

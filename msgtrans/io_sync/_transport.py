@@ -17,6 +17,8 @@ from typing import Any
 from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.docs import doc
+from .._driver.forever import check_policy
+from .._driver.pool import check_pool_policy
 from .._driver.transport import (
     SessionStreamBase,
     TransportBase,
@@ -34,6 +36,7 @@ from ..core.expansion import ExpansionStrategy
 from ..core.metrics import MetricsSnapshot
 from ..core.packet import Buffer
 from ..core.pool import PoolStatus
+from ..core.reconnect import ReconnectPolicy
 from ..core.session import SessionState
 from ._channels import (
     QuicClientChannel,
@@ -44,6 +47,7 @@ from ._channels import (
     open_stream_listener,
     tune_stream,
 )
+from ._forever import ConnectForever
 from ._loop import IOLoop, wait_until
 from ._message import Message
 from ._pool import SessionPool
@@ -506,6 +510,14 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         with loop.lock:
             return super().sessions()
 
+    @doc(docs.CONNECT_FOREVER, kind="an iterator", loop="for", handed="a thread",
+         stop="``StopIteration``", close="sessions.close()", with_="with", nursery="")
+    def connect_forever(self, target: str | ConnectionConfig, *,
+                        policy: ReconnectPolicy | None = None,
+                        timeout: float | None = None) -> ConnectForever:
+        self._check_open("connect")
+        return ConnectForever(self, to_config(target), check_policy(policy), timeout)
+
     @doc(docs.CONNECT, own="", nursery="", timeout=_SYNC_RESOLVE)
     def connect(self, target: str | ConnectionConfig, *,
                 timeout: float | None = None) -> Session:
@@ -685,12 +697,14 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         max: int | None = None,
         target: int | None = None,
         strategy: ExpansionStrategy | None = None,
+        reconnect: ReconnectPolicy | None = None,
         **settings: Any,
     ) -> SessionPool:
         config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
                                              settings=settings, now=time.monotonic)
         loop = self._ensure_loop()
-        pool = SessionPool(self, config, machine, loop=loop, **self._pool_settings())
+        pool = SessionPool(self, config, machine, loop=loop, reconnect=check_pool_policy(reconnect),
+                           **self._pool_settings())
         with loop.lock:
             self._pools.add(pool)
         pool.start()
@@ -760,6 +774,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             assert future is not None
         if not first:
             return future.result()
+        self._forevers.stop_all()
         try:
             report = self._do_shutdown(timeout, drain)
         except BaseException as exc:

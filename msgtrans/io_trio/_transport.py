@@ -20,6 +20,8 @@ from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.docs import doc
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
+from .._driver.forever import check_policy
+from .._driver.pool import check_pool_policy
 from .._driver.transport import (
     DatagramServerConfig,
     SessionStreamBase,
@@ -36,7 +38,9 @@ from ..core.errormap import map_error
 from ..core.errors import ConfigurationError, TransportConnectionError, TransportError
 from ..core.expansion import ExpansionStrategy
 from ..core.packet import Buffer
+from ..core.reconnect import ReconnectPolicy
 from ..core.session import SessionState
+from ._forever import ConnectForever
 from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, open_quic_listener
@@ -287,6 +291,18 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             await _abandon(holder, "abandoned during connect")
             raise
 
+    @doc(docs.CONNECT_FOREVER, kind="an async iterator", loop="async for",
+         handed="a task of a nursery", stop="``StopAsyncIteration``",
+         close="await sessions.aclose()", with_="async with",
+         nursery=", or the transport has no nursery")
+    def connect_forever(self, target: str | ConnectionConfig, *,
+                        policy: ReconnectPolicy | None = None,
+                        timeout: float | None = None) -> ConnectForever:
+        self._check_open("connect")
+        config = to_config(target)
+        self._spawner("connect")
+        return ConnectForever(self, config, check_policy(policy), timeout)
+
     async def _open(self, config: ConnectionConfig, holder: list[Session],
                     spawn: Callable[..., None]) -> Session:
         sock: trio.socket.SocketType | None = None
@@ -436,11 +452,13 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         max: int | None = None,
         target: int | None = None,
         strategy: ExpansionStrategy | None = None,
+        reconnect: ReconnectPolicy | None = None,
         **settings: Any,
     ) -> SessionPool:
         config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
                                              settings=settings, now=trio.current_time)
         pool = SessionPool(self, config, machine, spawn=self._spawner("pool"),
+                           reconnect=check_pool_policy(reconnect),
                            **self._pool_settings())
         self._pools.add(pool)
         pool.start()
@@ -465,6 +483,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             return self._report
         self._shutdown_done = trio.Event()
         self._closing = True
+        self._forevers.stop_all()
         try:
             self._report = await self._do_shutdown(timeout, drain)
         finally:
