@@ -162,8 +162,14 @@ def test_server_restart(backend: Backend, proto: str, certs: Certs) -> None:
             with pytest.raises(TransportConnectionError):
                 await client.request(b"never", wait_reconnect=False)
             assert time.monotonic() - started < 1.0
-            async with server(backend, proto, certs, handler, port=port):
-                await client.wait_connected()
+            waited: list[bool] = []
+
+            async def send_when_back() -> None:
+                # Waits for the connection (up to the send timeout), then sends once.
+                await client.send(b"waited")
+                waited.append(True)
+
+            async def after_restart(first: Any) -> None:
                 assert raw.connected and raw.current is not first
                 for i in range(5, 10):
                     await client.send(b"m%d" % i)
@@ -179,13 +185,22 @@ def test_server_restart(backend: Backend, proto: str, certs: Certs) -> None:
                 # Nothing twice, nothing lost (every send was flushed before the cut).
                 sent = [b"m%d" % i for i in range(10)]
                 assert [p for p in handler.got if p.startswith(b"m")] == sent
-                assert b"never" not in handler.got
+                assert handler.got.count(b"waited") == 1 and b"never" not in handler.got
                 await client.close()
                 assert raw.link_state is backend.lib.LinkState.CLOSED
                 with pytest.raises(TransportConnectionError) as caught:
                     await client.send(b"after close")
                 assert caught.value.error_code == "connection.closed"
                 assert not caught.value.retryable
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_when_back)
+                await anyio.sleep(0.05)  # let it start waiting (it must wait either way)
+                assert not waited
+                async with server(backend, proto, certs, handler, port=port):
+                    await client.wait_connected()
+                    await wait_until(lambda: bool(waited), "the waiting send went")
+                    await after_restart(first)
 
     backend.run(body)
 
