@@ -17,7 +17,7 @@ from types import TracebackType
 from .._driver import docs
 from .._driver.docs import doc
 from .._driver.reconnect import ReconnectingBase, cut_error, ended, may_resend
-from ..core.errors import TransportConnectionError, TransportError
+from ..core.errors import TransportError
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer
 from ..core.reconnect import GiveUp, ReconnectPolicy, Retry
@@ -52,7 +52,7 @@ class ReconnectingSession(ReconnectingBase[Session]):
         if current is not None:
             try:
                 return await current.send(data, biz_type=biz_type, ext_header=ext_header)
-            except TransportConnectionError:
+            except TransportError:  # the session's end (nothing was queued): wait
                 if not ended(current):
                     raise
         deadline = self._deadline(self._send_timeout)
@@ -60,7 +60,7 @@ class ReconnectingSession(ReconnectingBase[Session]):
             session = await self._wait_session("send", deadline, wait_reconnect)
             try:
                 return await session.send(data, biz_type=biz_type, ext_header=ext_header)
-            except TransportConnectionError:
+            except TransportError:
                 if not ended(session):
                     raise
 

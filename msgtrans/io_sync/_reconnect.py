@@ -18,7 +18,7 @@ from types import TracebackType
 from .._driver import docs
 from .._driver.docs import doc
 from .._driver.reconnect import Disconnect, ReconnectingBase, cut_error, ended, may_resend
-from ..core.errors import TransportConnectionError, TransportError, TransportTimeoutError
+from ..core.errors import TransportError, TransportTimeoutError
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer
 from ..core.reconnect import GiveUp, ReconnectPolicy, Retry
@@ -58,7 +58,7 @@ class ReconnectingSession(ReconnectingBase[Session]):
             try:
                 return current.send(data, biz_type=biz_type, ext_header=ext_header,
                                     timeout=timeout)
-            except TransportConnectionError:
+            except TransportError:  # the session's end (nothing was queued): wait
                 if not ended(current):
                     raise
         deadline = _deadline(self._send_timeout if timeout is None else timeout)
@@ -67,7 +67,7 @@ class ReconnectingSession(ReconnectingBase[Session]):
             try:
                 return session.send(data, biz_type=biz_type, ext_header=ext_header,
                                     timeout=_left(deadline))
-            except TransportConnectionError:
+            except TransportError:
                 if not ended(session):
                     raise
 

@@ -335,3 +335,41 @@ def test_shutdown_ends_supervisors(backend: Backend, proto: str, certs: Certs) -
             assert not supervisor_threads()
 
     backend.run(body)
+
+
+def test_messages_queued_on_a_broken_connection_are_counted_not_resent(
+        backend: Backend, certs: Certs) -> None:
+    if backend.name == "sync":
+        pytest.skip("the I/O thread writes at once: nothing stays queued to count")
+    # On trio the two were accounted as handed to the socket although the abort discarded
+    # them (seen: 0 counted, none arrived): only the invariant is checked there.
+    proto = "tcp"
+
+    async def body() -> None:
+        handler = Recorder()
+        seen: list[Any] = []
+        async with backend.transport() as client_transport, \
+                server(backend, proto, certs, handler) as port:
+            client = await connect(backend, client_transport, client_url(proto, port, certs))
+            raw = client.raw
+            raw.on_disconnected(lambda rs, info: seen.append(info))
+            assert await client.request(b"q") == b"re:q"
+            # Queued, then the connection drops before the writer ran (no await between).
+            await raw.current.send(b"queued-1")
+            await raw.current.send(b"queued-2")
+            raw.current.abort("dropped by the test")
+            await wait_until(lambda: bool(seen), "the loss was reported")
+            lost = raw.lost_unsent
+            assert seen[0].lost_unsent == lost
+            # An abort is not retryable (connection.aborted): it gave up.
+            assert raw.link_state is backend.lib.LinkState.CLOSED
+            await client.close()
+            # Each was either handed to the socket (it may have arrived, once) or counted.
+            arrived = [p for p in handler.got if p.startswith(b"queued")]
+            assert len(arrived) + lost <= 2 and len(set(arrived)) == len(arrived)
+            if backend.name == "asyncio":
+                # The first write goes out at once, the second waits for the loop iteration
+                # the abort came before.
+                assert lost == 1
+
+    backend.run(body)
