@@ -373,3 +373,34 @@ def test_messages_queued_on_a_broken_connection_are_counted_not_resent(
                 assert lost == 1
 
     backend.run(body)
+
+
+def test_a_send_while_down_fails_after_the_send_timeout(backend: Backend, certs: Certs) -> None:
+    proto = "tcp"
+
+    async def body() -> None:
+        handler = Recorder()
+        builder = backend.lib.Transport.builder().send_timeout(0.2)
+        async with backend._open(builder) as raw_transport:
+            client_transport = Transport(backend, raw_transport)
+            async with server(backend, proto, certs, handler) as port:
+                client = await connect(backend, client_transport,
+                                       client_url(proto, port, certs), initial_delay=5.0,
+                                       max_delay=10.0)
+                assert await client.request(b"q") == b"re:q"
+            await wait_until(lambda: not client.raw.connected, "lost")
+            started = time.monotonic()
+            with pytest.raises(backend.lib.TransportTimeoutError) as caught:
+                await client.send(b"late")
+            assert caught.value.error_code == "timeout.send"
+            assert 0.15 <= time.monotonic() - started < 2.0
+            # A request waits within its own timeout.
+            with pytest.raises(backend.lib.TransportTimeoutError) as caught:
+                await client.request(b"late", timeout=0.2)
+            assert caught.value.error_code == "timeout.request"
+            with anyio.fail_after(WAIT):
+                await backend.call(raw_transport.shutdown, 1.0)
+            assert client.raw.link_state is backend.lib.LinkState.CLOSED
+            assert not supervisor_threads()
+
+    backend.run(body)
