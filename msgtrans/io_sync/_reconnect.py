@@ -29,8 +29,8 @@ __all__ = ["ReconnectingSession"]
 
 logger = logging.getLogger("msgtrans.io_sync")
 
-_SEND_WAIT = """  *timeout* (seconds, default ``None``: the send timeout)
-bounds both that wait and the wait for room in the send queue"""
+_SEND_WAIT = """; *timeout* (seconds; default ``None``: the send timeout) bounds
+both that wait and the wait for room in the send queue"""
 
 
 @doc(docs.RECONNECTING_SESSION, made="``transport.connect(target, reconnect=...)``",
@@ -91,8 +91,8 @@ class ReconnectingSession(ReconnectingBase[Session]):
                 if not may_resend(exc, idempotent):
                     raise cut_error(exc) from None
 
-    @doc(docs.RECONNECTING_RECEIVE, timeout="""  *timeout*: seconds to wait in all
-(default ``None``: no limit); ``TransportTimeoutError`` after it""")
+    @doc(docs.RECONNECTING_RECEIVE, timeout="""  With *timeout* (seconds; default ``None``:
+no limit) it waits at most that long in all, then raises ``TransportTimeoutError``.""")
     def receive(self, timeout: float | None = None) -> Message:
         deadline = _deadline(timeout)
         while True:
