@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, overload
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
@@ -22,6 +22,7 @@ from .._driver.docs import doc
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
 from .._driver.forever import check_policy
 from .._driver.pool import check_pool_policy
+from .._driver.reconnect import resolve_policy
 from .._driver.transport import (
     DatagramServerConfig,
     SessionStreamBase,
@@ -44,6 +45,7 @@ from ._forever import ConnectForever
 from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, open_quic_listener
+from ._reconnect import ReconnectingSession
 from ._session import Session
 from ._stream import StreamIO, StreamListener, open_stream_listener
 
@@ -267,9 +269,20 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
     def _make_session(self, connection: Connection, session_id: int) -> Session:
         return Session(connection, session_id, on_finished=self._forget, metrics=self._metrics)
 
+    @overload
+    async def connect(self, target: str | ConnectionConfig, *, timeout: float | None = None,
+                      reconnect: Literal[False] | None = None) -> Session: ...
+
+    @overload
+    async def connect(self, target: str | ConnectionConfig, *, timeout: float | None = None,
+                      reconnect: Literal[True] | ReconnectPolicy) -> ReconnectingSession: ...
+
     @doc(docs.CONNECT, own=_TRIO_CONNECT, timeout="", nursery=", or the transport has no nursery")
-    async def connect(self, target: str | ConnectionConfig, *,
-                      timeout: float | None = None) -> Session:
+    async def connect(self, target: str | ConnectionConfig, *, timeout: float | None = None,
+                      reconnect: bool | ReconnectPolicy | None = None
+                      ) -> Session | ReconnectingSession:
+        if reconnect:
+            return await self._connect_reconnecting(target, timeout, reconnect)
         self._check_open("connect")
         config = to_config(target)
         spawn = self._spawner("connect")
@@ -302,6 +315,19 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         config = to_config(target)
         self._spawner("connect")
         return ConnectForever(self, config, check_policy(policy), timeout)
+    async def _connect_reconnecting(self, target: str | ConnectionConfig,
+                                    timeout: float | None,
+                                    reconnect: bool | ReconnectPolicy) -> ReconnectingSession:
+        policy = resolve_policy(reconnect)
+        assert policy is not None
+        config = to_config(target)
+        spawn = self._spawner("connect")
+        first: Session = await self.connect(config, timeout=timeout)
+        reconnecting = ReconnectingSession(
+            first, policy, connect=lambda: self.connect(config, timeout=timeout),
+            metrics=self._metrics, spawn=spawn, on_closed=self._forget_on_shutdown)
+        self._on_shutdown(reconnecting, reconnecting._shutdown)
+        return reconnecting
 
     async def _open(self, config: ConnectionConfig, holder: list[Session],
                     spawn: Callable[..., None]) -> Session:
@@ -513,6 +539,9 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
     async def _do_shutdown(self, timeout: float, drain: bool) -> ShutdownReport:
         start = trio.current_time()
         deadline = start + max(0.0, timeout)
+        # Reconnecting sessions stop their supervisors first (their sessions close below).
+        supervisors = [e for e in self._run_shutdown_closers() if isinstance(e, trio.Event)]
+        await _wait_all([e.wait for e in supervisors], deadline + 1.0)
         # Pools first: their waiting leases fail and their opens stop; their sessions are the
         # transport's and close with the rest below.
         pools = list(self._pools)
