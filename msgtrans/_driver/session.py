@@ -117,6 +117,18 @@ class SessionBase(Generic[_M, _W, _IO]):
         flush_emitted: the session machine emitted (SendResumed) when a flush was accounted.
     """
 
+    # Slots, not an instance dict: a server holds one session per connection (a backend's
+    # subclass may declare its own, or keep a dict).
+    __slots__ = (
+        "__weakref__", "_again", "_conn", "_core_read_paused", "_deadline_moved",
+        "_established_done", "_established_error", "_finish_callbacks", "_gauge", "_in_bytes",
+        "_in_messages", "_inbox", "_io", "_lazy_send", "_machine_paused", "_metrics",
+        "_processing", "_reading_held", "_released", "_responses", "_session_paused", "_sm",
+        "_socket_paused", "_stream_machine", "_tcp", "_time", "_unanswered", "_wake_inbox",
+        "closed_event", "dispatch", "error", "established", "flush_emitted", "forced", "id",
+        "late_handler_errors", "packets_flushed", "send_timeout",
+    )
+
     #: The backend's message class: ``(packet, session_id, responder)``.
     _message_type: Callable[..., _M]
     #: Whether an error before the handshake completed is counted here (the blocking driver's
@@ -124,7 +136,7 @@ class SessionBase(Generic[_M, _W, _IO]):
     _count_early_errors = False
     #: Seconds a send, request or respond waits for room in the send queue (the builder's
     #: ``send_timeout``, set by the transport on each session it makes); ``None``: no limit.
-    send_timeout: float | None = DEFAULT_SEND_TIMEOUT
+    send_timeout: float | None
 
     def __init__(
         self,
@@ -135,6 +147,7 @@ class SessionBase(Generic[_M, _W, _IO]):
         clock: Callable[[], float],
     ) -> None:
         self.id = session_id
+        self.send_timeout = DEFAULT_SEND_TIMEOUT
         self._conn = conn
         self._sm = conn.session
         self._time = clock
