@@ -61,8 +61,8 @@ class StreamIO:
         # The writer is between its wake-up and its next wait (taking, writing): it takes what
         # the core has once its write is done, so the reader must not take it meanwhile.
         self._writing = False
-        self._reading = trio.Event()
-        self._reading.set()
+        # Set while reading is paused (None: reading; made only when paused).
+        self._paused: trio.Event | None = None
         self._eof_written = False
         if self._sock.family in (socket.AF_INET, socket.AF_INET6):
             # trio turns TCP_NODELAY on; honour the config either way.
@@ -86,9 +86,12 @@ class StreamIO:
     def set_reading(self, reading: bool) -> None:
         """Pause or resume the reader (the application fell behind / caught up)."""
         if reading:
-            self._reading.set()
-        elif self._reading.is_set():
-            self._reading = trio.Event()
+            paused = self._paused
+            if paused is not None:
+                self._paused = None
+                paused.set()
+        elif self._paused is None:
+            self._paused = trio.Event()
 
     async def run(self) -> None:
         """Read and write until the core is over (the writer decides: it sends the last bytes)."""
@@ -107,10 +110,11 @@ class StreamIO:
         sock = self._sock
         drained = True
         while True:
-            if not self._reading.is_set():
+            paused = self._paused
+            if paused is not None:
                 # Only when paused: Event.wait() is a checkpoint even when set, and recv_into
                 # below is one already, so a set event would cost a scheduler round per read.
-                await self._reading.wait()
+                await paused.wait()
             try:
                 if drained:
                     # The last read was short (or none yet): wait for bytes before taking the

@@ -46,6 +46,7 @@ from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, open_quic_listener
 from ._session import Session
 from ._stream import StreamIO, StreamListener, open_stream_listener
+from ._timers import Timers
 
 __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
 
@@ -210,6 +211,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         self._handler_scopes: set[trio.CancelScope] = set()
         self._shutdown_done: trio.Event | None = None
         self._report: ShutdownReport | None = None
+        # The sessions' deadlines: one task in the transport's nursery for all of them.
+        self._timers = Timers(self._spawn_timers)
 
     _stream_type = SessionStream
 
@@ -264,8 +267,15 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         spawn: Callable[..., None] = nursery.start_soon
         return spawn
 
+    def _spawn_timers(self, run: Callable[[], Any]) -> None:
+        nursery = self._nursery
+        if nursery is None:
+            raise RuntimeError("the transport has no nursery")
+        nursery.start_soon(run, name="msgtrans.io_trio timers")
+
     def _make_session(self, connection: Connection, session_id: int) -> Session:
-        return Session(connection, session_id, on_finished=self._forget, metrics=self._metrics)
+        return Session(connection, session_id, on_finished=self._forget, metrics=self._metrics,
+                       timers=self._timers)
 
     @doc(docs.CONNECT, own=_TRIO_CONNECT, timeout="", nursery=", or the transport has no nursery")
     async def connect(self, target: str | ConnectionConfig, *,
