@@ -43,8 +43,9 @@ BATCH_CALLS = 64
 class IO(SocketSide, Protocol):
     """What a :class:`Session` needs from its socket side (internal)."""
 
-    async def run(self) -> None:
-        """Move bytes until the connection is over; return then (the socket may stay open)."""
+    async def run(self, nursery: trio.Nursery) -> None:
+        """Move bytes until the connection is over; return then (the socket may stay open).
+        A helper task (a reader) goes in *nursery*, the session's (cancelled on return)."""
 
     async def aclose(self) -> None:
         """Release the socket (must not block: called shielded, also after a cancel)."""
@@ -108,8 +109,9 @@ class Session(SessionBase[Message, _Slot, IO]):
         self._timers = timers if timers is not None else Timers(trio.lowlevel.spawn_system_task)
         self._timer_at: float | None = None  # the deadline set in _timers
         self._timing = False  # the timer runs (from run()'s start until its socket side ends)
-        # Created now, not in run(): abort() may come before the task started.
-        self._scope = trio.CancelScope()
+        # The cancel scope of the session's nursery once run() started; before, one made by an
+        # abort (already cancelled: run() then cancels its nursery at once).
+        self._scope: trio.CancelScope | None = None
 
     # --- the application's operations ----------------------------------------------------------
 
@@ -230,7 +232,7 @@ class Session(SessionBase[Message, _Slot, IO]):
         # The session's task releases the socket on its way out; without one, nothing to release.
         # Its timer stops now (as a timer task in the cancelled scope would).
         self._stop_timer()
-        self._scope.cancel()
+        self._cancel()
         if self._io is None:
             self.socket_gone()
 
@@ -266,17 +268,21 @@ class Session(SessionBase[Message, _Slot, IO]):
         drops the connection, logged, instead of tearing down the nursery it lives in."""
         self._io = io
         try:
-            with self._scope:
-                try:
+            try:
+                # One nursery (one cancel scope) for all of the session's tasks.
+                async with trio.open_nursery() as nursery:
+                    early, self._scope = self._scope, nursery.cancel_scope
+                    if early is not None and early.cancel_called:
+                        nursery.cancel_scope.cancel()  # aborted before the task started
                     self._conn.start(trio.current_time())
                     self._timing = True
                     self._after_input()
                     self._arm_timer()
-                    await io.run()
-                except Exception as exc:
-                    logger.exception("session %s: driver error; dropping the connection",
-                                     self.id)
-                    self.lost(exc)
+                    await io.run(nursery)
+                    nursery.cancel_scope.cancel()
+            except Exception as exc:
+                logger.exception("session %s: driver error; dropping the connection", self.id)
+                self.lost(exc)
         finally:
             self._stop_timer()
             with trio.CancelScope(shield=True):
@@ -303,6 +309,12 @@ class Session(SessionBase[Message, _Slot, IO]):
             if event is not None:
                 event.set()
         self._finished = self._inbox_event = self._blocked = self._work_done = None
+
+    def _cancel(self) -> None:
+        """End the session's task (its nursery), or have it end as soon as it starts."""
+        if self._scope is None:
+            self._scope = trio.CancelScope()
+        self._scope.cancel()
 
     def _set_inbox_event(self) -> None:
         event = self._inbox_event
@@ -355,7 +367,7 @@ class Session(SessionBase[Message, _Slot, IO]):
             logger.exception("session %s: driver error; dropping the connection", self.id)
             self._stop_timer()
             self.lost(exc)
-            self._scope.cancel()
+            self._cancel()
             return
         self._arm_timer()
 

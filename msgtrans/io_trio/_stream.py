@@ -93,12 +93,11 @@ class StreamIO:
         elif self._paused is None:
             self._paused = trio.Event()
 
-    async def run(self) -> None:
-        """Read and write until the core is over (the writer decides: it sends the last bytes)."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._reader)
-            await self._writer()
-            nursery.cancel_scope.cancel()
+    async def run(self, nursery: trio.Nursery) -> None:
+        """Read (a task in *nursery*, the session's) and write until the core is over (the
+        writer decides: it sends the last bytes)."""
+        nursery.start_soon(self._reader)
+        await self._writer()
 
     async def aclose(self) -> None:
         """Close the socket (never blocks)."""

@@ -412,23 +412,30 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
                         await _call(handler, "on_error", session, exc)
                     break
                 self._serving(session, True)
-                for message in batch:
-                    if message.is_request:
-                        await self._handle_request(session, handler, message)
-                    elif on_message is not None:
-                        if self._closing and session.state is not SessionState.OPEN:
-                            # Read by the close handshake after a graceful shutdown stopped
-                            # new reads: a one-way message can no longer be answered.
-                            continue
-                        try:
-                            await on_message(session, message)
-                        except Exception as exc:
-                            _handler_failed(logger, "on_message", session, exc)
-                            await _call(handler, "on_error", session, exc)
+                await self._serve_batch(session, handler, on_message, batch)
+                # Nothing held while the next batch is awaited: an idle session keeps no
+                # message (nor the batch's list) alive.
+                del batch
         finally:
             self._served_ended(session)
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await _call(handler, "on_disconnected", session, session.close_reason)
+
+    async def _serve_batch(self, session: Session, handler: Any, on_message: Any,
+                           batch: list[Message]) -> None:
+        for message in batch:
+            if message.is_request:
+                await self._handle_request(session, handler, message)
+            elif on_message is not None:
+                if self._closing and session.state is not SessionState.OPEN:
+                    # Read by the close handshake after a graceful shutdown stopped
+                    # new reads: a one-way message can no longer be answered.
+                    continue
+                try:
+                    await on_message(session, message)
+                except Exception as exc:
+                    _handler_failed(logger, "on_message", session, exc)
+                    await _call(handler, "on_error", session, exc)
 
     async def _handle_request(self, session: Session, handler: Any, message: Message) -> None:
         on_request = getattr(handler, "on_request", None)
