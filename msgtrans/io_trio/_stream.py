@@ -24,6 +24,7 @@ from ..core.errormap import map_error
 from ..core.machine import Address
 from ..core.packet import Buffer
 from ._session import Session
+from ._wakeup import Wakeup
 
 __all__ = ["StreamIO", "StreamListener", "deliver_when_established", "open_stream_listener"]
 
@@ -55,7 +56,7 @@ class StreamIO:
         # the kernel as they are: no join, no copy.  trio sockets have it on Unix.
         self._sendmsg: Callable[[list[Buffer]], Awaitable[int]] | None = getattr(
             self._sock, "sendmsg", None)
-        self._wake = trio.Event()
+        self._wake = Wakeup()  # the writer waits for it
         # Output the reader took from the connection, to go before what the writer takes next.
         self._carry: list[Buffer] = []
         # The writer is between its wake-up and its next wait (taking, writing): it takes what
@@ -153,8 +154,7 @@ class StreamIO:
     async def _writer(self) -> None:
         session = self.session
         while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
+            await self._wake.wait()  # and clears it
             self._writing = True
             try:
                 # Until the core has nothing more: sends and a close may come in while
