@@ -20,7 +20,7 @@ import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typ
 
 from .._driver import docs
 from .._driver.docs import doc
-from .._driver.session import SessionBase, SocketSide, check_batch_size, take_batch
+from .._driver.session import SessionBase, SocketSide, check_batch_size
 from ..core.connection import Connection
 from ..core.errors import TransportError
 from ..core.metrics import TransportMetrics
@@ -182,7 +182,7 @@ class Session(SessionBase[Message, _Slot, IO]):
         if not waited:
             # The checkpoint: nothing can be cancelled from here until the batch is handed over.
             await trio.lowlevel.cancel_shielded_checkpoint()
-        messages = take_batch(self._inbox, max_messages, self._sm)
+        messages = self._take_batch(max_messages)
         if self._sm.has_events:
             self._process()
         return messages
