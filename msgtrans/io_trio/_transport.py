@@ -48,6 +48,7 @@ from ._quic import QuicClientIO, QuicListener, open_quic_listener
 from ._reconnect import ReconnectingSession
 from ._session import Session
 from ._stream import StreamIO, StreamListener, open_stream_listener
+from ._timers import Timers
 
 __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
 
@@ -212,6 +213,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         self._handler_scopes: set[trio.CancelScope] = set()
         self._shutdown_done: trio.Event | None = None
         self._report: ShutdownReport | None = None
+        # The sessions' deadlines: one task in the transport's nursery for all of them.
+        self._timers = Timers(self._spawn_timers)
 
     _stream_type = SessionStream
 
@@ -266,8 +269,15 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         spawn: Callable[..., None] = nursery.start_soon
         return spawn
 
+    def _spawn_timers(self, run: Callable[[], Any]) -> None:
+        nursery = self._nursery
+        if nursery is None:
+            raise RuntimeError("the transport has no nursery")
+        nursery.start_soon(run, name="msgtrans.io_trio timers")
+
     def _make_session(self, connection: Connection, session_id: int) -> Session:
-        return Session(connection, session_id, on_finished=self._forget, metrics=self._metrics)
+        return Session(connection, session_id, on_finished=self._forget, metrics=self._metrics,
+                       timers=self._timers)
 
     @overload
     async def connect(self, target: str | ConnectionConfig, *, timeout: float | None = None,
@@ -428,23 +438,30 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
                         await _call(handler, "on_error", session, exc)
                     break
                 self._serving(session, True)
-                for message in batch:
-                    if message.is_request:
-                        await self._handle_request(session, handler, message)
-                    elif on_message is not None:
-                        if self._closing and session.state is not SessionState.OPEN:
-                            # Read by the close handshake after a graceful shutdown stopped
-                            # new reads: a one-way message can no longer be answered.
-                            continue
-                        try:
-                            await on_message(session, message)
-                        except Exception as exc:
-                            _handler_failed(logger, "on_message", session, exc)
-                            await _call(handler, "on_error", session, exc)
+                await self._serve_batch(session, handler, on_message, batch)
+                # Nothing held while the next batch is awaited: an idle session keeps no
+                # message (nor the batch's list) alive.
+                del batch
         finally:
             self._served_ended(session)
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await _call(handler, "on_disconnected", session, session.close_reason)
+
+    async def _serve_batch(self, session: Session, handler: Any, on_message: Any,
+                           batch: list[Message]) -> None:
+        for message in batch:
+            if message.is_request:
+                await self._handle_request(session, handler, message)
+            elif on_message is not None:
+                if self._closing and session.state is not SessionState.OPEN:
+                    # Read by the close handshake after a graceful shutdown stopped
+                    # new reads: a one-way message can no longer be answered.
+                    continue
+                try:
+                    await on_message(session, message)
+                except Exception as exc:
+                    _handler_failed(logger, "on_message", session, exc)
+                    await _call(handler, "on_error", session, exc)
 
     async def _handle_request(self, session: Session, handler: Any, message: Message) -> None:
         on_request = getattr(handler, "on_request", None)
