@@ -20,6 +20,7 @@ from itertools import pairwise
 from typing import Any, TypeVar
 
 from ..core.admission import TokenBucket
+from ..core.backplane import DEFAULT_BACKPLANE_BUFFER_BYTES, DEFAULT_BACKPLANE_BUFFER_MESSAGES
 from ..core.compression import CompressionPolicy
 from ..core.config import DEFAULT_FIRST_PACKET_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, MAX_TIMEOUT
 from ..core.errors import ConfigurationError
@@ -37,6 +38,7 @@ from ..core.session import (
     DEFAULT_SEND_LOW_WATER_MESSAGES,
     SessionMachine,
 )
+from .cluster import BackplaneSettings
 from .pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, DEFAULT_POOL_TARGET
 
 __all__ = [
@@ -128,6 +130,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("max_sessions_per_peer", None, _TRANSPORT),
     _Setting("connection_rate", None, _TRANSPORT),
     _Setting("admission", None, _TRANSPORT),
+    _Setting("backplane", None, _TRANSPORT),
     _Setting("receive_queue",
              {"max_messages": DEFAULT_RECEIVE_MAX_MESSAGES, "max_bytes": DEFAULT_RECEIVE_MAX_BYTES},
              _SESSION,
@@ -490,6 +493,30 @@ class TransportBuilderBase:
         self._set["admission"] = hook
         return self
 
+    def backplane(self: _B, url: str, *, prefix: str = "msgtrans", node_id: str | None = None,
+                  max_buffered: int = DEFAULT_BACKPLANE_BUFFER_MESSAGES,
+                  max_buffered_bytes: int = DEFAULT_BACKPLANE_BUFFER_BYTES) -> _B:
+        """Link this transport to the other nodes of a cluster through Redis pub/sub at *url*
+        (``redis://HOST:PORT/DB``, ``rediss://`` or ``unix://``; needs redis-py: ``pip install
+        'msgtrans[redis]'``): ``send_to_all``, ``send_to_group`` and ``send_to_session`` then
+        reach the sessions of every node with the same *prefix* (default ``"msgtrans"``), not
+        only this one's.  *node_id* names this node (default: random); while Redis is down or
+        slow, up to *max_buffered* messages (default 10,000) and *max_buffered_bytes* (default
+        16 MiB) wait for it, newer ones are dropped and counted (``stats().backplane``), and
+        the link reconnects with backoff.  Local delivery never waits for Redis.  See
+        ``docs/scaling.md``.  Default: no backplane (groups and ``send_to_all`` are local).
+
+        Raises:
+            ConfigurationError: a bad URL, prefix, node id or bound (``field`` names it).
+        """
+        settings = BackplaneSettings(url, prefix, node_id, max_buffered,
+                                     max_buffered_bytes).check()
+        self._set["backplane"] = {"url": settings.url, "prefix": settings.prefix,
+                                  "node_id": settings.node_id,
+                                  "max_buffered": settings.max_buffered,
+                                  "max_buffered_bytes": settings.max_buffered_bytes}
+        return self
+
     # --- queues ----------------------------------------------------------------------------------
 
     def receive_queue(self: _B, *, max_messages: int | None = None,
@@ -635,6 +662,8 @@ class TransportBuilderBase:
             "connection_rate": None if "connection_rate" not in explicit else (
                 explicit["connection_rate"]["per_second"], explicit["connection_rate"]["burst"]),
             "admission": explicit.get("admission"),
+            "backplane": (BackplaneSettings(**explicit["backplane"])
+                          if "backplane" in explicit else None),
         }
 
 

@@ -17,9 +17,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ..core.config import QuicServerConfig, ServerConfig, ServerConfigLike
-from ..core.errors import TransportError
+from ..core.errors import TransportConnectionError, TransportError
+from ..core.groups import check_group
 from ..core.packet import Buffer
 from .builder import DEFAULT_SHUTDOWN_TIMEOUT
+from .cluster import ClusterHub
 from .transport import _datagram_server, _handler_failed
 
 M = TypeVar("M")
@@ -85,6 +87,8 @@ class AsyncStreamFacade:
         transport._check_open("accept")
         self._started = True
         transport._streams.add(self)
+        # A server node hears the other nodes from the moment it accepts sessions.
+        transport._start_backplane()
         try:
             for config in self._configs:
                 datagram = _datagram_server(config)
@@ -143,6 +147,14 @@ class AsyncTransportFacade(Generic[S, M, R, St]):
         async def broadcast(self, sessions: Iterable[S], data: Buffer, *, biz_type: int = 0,
                             ext_header: Buffer = b"") -> list[TransportError | None]: ...
 
+        _cluster: ClusterHub
+
+        def _start_backplane(self) -> None: ...
+
+        def group_members(self, group: str) -> list[S]: ...
+
+        def _resolve_session(self, ref: int | str) -> tuple[S | None, str | None, int]: ...
+
         async def _shut(self, timeout: float, *, drain: bool) -> R: ...
 
         def _server_configs(
@@ -197,9 +209,55 @@ class AsyncTransportFacade(Generic[S, M, R, St]):
 
     async def send_to_all(self, data: Buffer, *, biz_type: int = 0,
                           ext_header: Buffer = b"") -> list[TransportError | None]:
-        """:meth:`broadcast` to every open session (in :meth:`sessions` order)."""
+        """:meth:`broadcast` to every open session of this transport (in :meth:`sessions`
+        order) and, with a backplane (``builder.backplane``), to every session of every other
+        node; return this transport's per-session results (the other nodes deliver on their
+        own: see ``stats().backplane``)."""
+        self._start_backplane()
+        self._cluster.publish_all(data, biz_type, ext_header)
         return await self.broadcast(self.sessions(), data, biz_type=biz_type,
                                     ext_header=ext_header)
+
+    async def send_to_group(self, group: str, data: Buffer, *, biz_type: int = 0,
+                            ext_header: Buffer = b"") -> list[TransportError | None]:
+        """Send a one-way message to every session that joined *group* (``session.join``):
+        this transport's members get it as :meth:`broadcast` sends it (one result per member,
+        in the order they joined: ``None`` when queued, else the error) and, with a backplane,
+        every other node delivers it to its own members.
+
+        Raises:
+            ConfigurationError: *group* is not a valid group name.
+        """
+        check_group(group)
+        self._start_backplane()
+        self._cluster.publish_group(group, data, biz_type, ext_header)
+        return await self.broadcast(self.group_members(group), data, biz_type=biz_type,
+                                    ext_header=ext_header)
+
+    async def send_to_session(self, session: int | str, data: Buffer, *, biz_type: int = 0,
+                              ext_header: Buffer = b"") -> None:
+        """Send a one-way message to one session by reference: this transport's session
+        ``id`` (an ``int``), or any node's ``session.cluster_id`` (``"NODE/ID"``; another
+        node's is reached through the backplane, at most once and without an answer).
+
+        Raises:
+            ConfigurationError: *session* is not a session reference.
+            TransportConnectionError: no such open session here, or it is on another node
+                and there is no backplane (code ``connection.closed``); what the session's
+                ``send`` raises.
+            ResourceError: the backplane's buffer is full (``resource.exhausted``).
+        """
+        local, node, session_id = self._resolve_session(session)
+        if node is not None:
+            self._start_backplane()
+            if not self._cluster.publish_session(node, session_id, data, biz_type, ext_header):
+                raise self._cluster.buffer_full()
+            return
+        if local is None:
+            raise TransportConnectionError(f"no open session {session!r} here",
+                                           code="connection.closed", retryable=False,
+                                           operation="send_to_session")
+        await local.send(data, biz_type=biz_type, ext_header=ext_header)
 
     # --- servers -------------------------------------------------------------------------------
 

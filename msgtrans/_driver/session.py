@@ -56,6 +56,7 @@ from ..core.session import (
     SessionState,
 )
 from .builder import DEFAULT_SEND_TIMEOUT
+from .cluster import ClusterHub
 from .message import MessageBase
 from .pool import SessionMetrics
 
@@ -106,7 +107,8 @@ class SessionBase(Generic[_M, _W, _IO]):
     # subclass may declare its own, or keep a dict).
     __slots__ = (
         "__weakref__", "_again", "_conn", "_core_read_paused", "_deadline_moved",
-        "_established_done", "_established_error", "_finish_callbacks", "_gauge", "_in_bytes",
+        "_established_done", "_established_error", "_finish_callbacks", "_gauge", "_hub",
+        "_in_bytes",
         "_in_messages", "_inbox", "_io", "_lazy_send", "_machine_paused", "_metrics",
         "_processing", "_reading_held", "_released", "_responses", "_session_paused", "_sm",
         "_socket_paused", "_stream_machine", "_tcp", "_time", "_unanswered", "_wake_inbox",
@@ -133,6 +135,8 @@ class SessionBase(Generic[_M, _W, _IO]):
     ) -> None:
         self.id = session_id
         self.send_timeout = DEFAULT_SEND_TIMEOUT
+        # The transport's groups and backplane (set by the transport that made the session).
+        self._hub: ClusterHub | None = None
         self._conn = conn
         self._sm = conn.session
         self._time = clock
@@ -298,6 +302,48 @@ class SessionBase(Generic[_M, _W, _IO]):
     def awaiting_responses(self) -> bool:
         """Whether a request of ours still waits for its response."""
         return bool(self._responses)
+
+    # --- groups -------------------------------------------------------------------------------
+
+    def _cluster_hub(self, operation: str) -> ClusterHub:
+        hub = self._hub
+        if hub is None:
+            raise TransportConnectionError("this session belongs to no transport",
+                                           code="connection.closed", operation=operation)
+        return hub
+
+    def join(self, group: str) -> None:
+        """Join *group*: ``transport.send_to_group(group, ...)`` reaches this session from now
+        on (on every node, with a backplane).  Joining a group twice changes nothing; a closed
+        session leaves all its groups by itself.
+
+        Raises:
+            ConfigurationError: *group* is not a non-empty string of at most 255 UTF-8 bytes.
+            TransportConnectionError: the session is closed (code ``connection.closed``).
+        """
+        hub = self._cluster_hub("join")
+        if self.is_closed or self._released:
+            raise TransportConnectionError("the session is closed", code="connection.closed",
+                                           retryable=False, operation="join",
+                                           session_id=self.id)
+        hub.join(self.id, group)
+
+    def leave(self, group: str) -> bool:
+        """Leave *group*; return whether the session was in it."""
+        return self._cluster_hub("leave").leave(self.id, group)
+
+    @property
+    def groups(self) -> list[str]:
+        """The groups this session is in, in the order it joined them."""
+        hub = self._hub
+        return [] if hub is None else hub.groups_of(self.id)
+
+    @property
+    def cluster_id(self) -> str:
+        """``"NODE/ID"``: this session's id across a cluster (the transport's ``node_id`` and
+        the session's ``id``), for ``transport.send_to_session`` on any node."""
+        hub = self._hub
+        return f"{'-' if hub is None else hub.node_id}/{self.id}"
 
     def when_finished(self, callback: Callable[[Any], None]) -> None:
         """Call *callback* with this session once it is over and its socket released."""

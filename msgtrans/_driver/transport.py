@@ -21,6 +21,7 @@ from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ..core.admission import AdmissionControl, AdmissionHook
+from ..core.backplane import Envelope
 from ..core.budget import MemoryBudget
 from ..core.buffers import BufferPool
 from ..core.config import (
@@ -50,6 +51,7 @@ from .builder import (
     ShutdownReport,
     TransportBuilderBase,
 )
+from .cluster import BackplaneSettings, ClusterHub, parse_session_ref
 from .forever import ForeverRegistry
 from .pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, PoolDriverBase, PoolTracker, make_machine
 from .quic import count_quic_refusals
@@ -67,6 +69,7 @@ class _Session(Protocol):
     packets_flushed: int
     forced: bool
     send_timeout: float | None
+    _hub: ClusterHub | None
 
     @property
     def connection(self) -> Connection: ...
@@ -134,6 +137,7 @@ class TransportDefaults:
         connection_rate: ``(per_second, burst)`` of the new-connection token bucket, or
             ``None`` (no rate limit).
         admission: the application's admission hook, or ``None``.
+        backplane: the Redis backplane's settings, or ``None`` (groups stay local).
     """
 
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -147,6 +151,7 @@ class TransportDefaults:
     max_sessions_per_peer: int | None = None
     connection_rate: tuple[float, int] | None = None
     admission: AdmissionHook | None = None
+    backplane: BackplaneSettings | None = None
 
 
 def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
@@ -169,6 +174,7 @@ def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
             max_sessions_per_peer=checked["max_sessions_per_peer"],
             connection_rate=checked["connection_rate"],
             admission=checked["admission"],
+            backplane=checked["backplane"],
         ),
     }
 
@@ -391,6 +397,8 @@ class TransportBase(Generic[S, P, Q]):
         self._forevers = ForeverRegistry()
         # What the shutdown stops first (reconnecting sessions' supervisors): key -> closer.
         self._shutdown_closers: dict[int, Callable[[], object]] = {}
+        # Groups, and the backplane when one is configured (the backend starts its link).
+        self._cluster = ClusterHub(defaults.backplane)
         self._quic_listeners: list[Q] = []
         # QUIC refusals are counted by each endpoint; what was already added to the metrics.
         self._quic_refused: dict[Q, int] = {}
@@ -446,12 +454,63 @@ class TransportBase(Generic[S, P, Q]):
         session_id = self._last_id
         session = self._make_session(make(session_id), session_id)
         session.send_timeout = self._defaults.send_timeout
+        session._hub = self._cluster
         self._sessions[session_id] = session
         return session
 
     def _forget(self, session: S) -> None:
         if self._sessions.pop(session.id, None) is not None:
             self._flushed_total += session.packets_flushed
+            if self._cluster.groups.groups_of(session.id):
+                self._cluster.forget(session.id)
+
+    # --- groups and the backplane --------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        """This transport's node id: the backplane's (``builder.backplane(node_id=)``, else
+        random), or a random one without a backplane; the first half of every session's
+        ``cluster_id``."""
+        return self._cluster.node_id
+
+    def groups(self) -> list[str]:
+        """The groups with at least one session of this transport."""
+        with self._cluster.lock:
+            return self._cluster.groups.groups()
+
+    def group_members(self, group: str) -> list[S]:
+        """The open sessions of this transport in *group*, in the order they joined."""
+        sessions = self._sessions
+        found = [sessions.get(i) for i in self._cluster.members(group)]
+        return [s for s in found if s is not None and s.state is SessionState.OPEN]
+
+    def _resolve_session(self, ref: int | str) -> tuple[S | None, str | None, int]:
+        """``(local session or None, other node or None, session id)`` of a session reference
+        (see :func:`~msgtrans._driver.cluster.parse_session_ref`).
+
+        Raises:
+            ConfigurationError: *ref* is not a session reference.
+        """
+        node, session_id = parse_session_ref(ref)
+        if node is not None and node != self._cluster.node_id:
+            return None, node, session_id
+        session = self._sessions.get(session_id)
+        if session is None or session.state is not SessionState.OPEN:
+            return None, None, session_id
+        return session, None, session_id
+
+    def _start_backplane(self) -> None:
+        """Start the backend's link to Redis once (the backends override it; without a
+        backplane there is nothing to start)."""
+
+    def _envelope_targets(self, envelope: Envelope) -> list[S]:
+        """The open local sessions an envelope from another node is for."""
+        ids = self._cluster.targets(envelope)
+        if ids is None:
+            return self.sessions()
+        sessions = self._sessions
+        found = [sessions.get(i) for i in ids]
+        return [s for s in found if s is not None and s.state is SessionState.OPEN]
 
     def sessions(self) -> list[S]:
         """The open sessions (handshake complete, not closed), oldest first."""
@@ -594,7 +653,10 @@ class TransportBase(Generic[S, P, Q]):
         self._count_quic_refusals()
         if self._pools.used:
             self._metrics.observe_pool(self._pools.status())
-        return self._metrics.snapshot()
+        snapshot = self._metrics.snapshot()
+        backplane = self._cluster.stats()
+        return snapshot if backplane is None else dataclasses.replace(snapshot,
+                                                                      backplane=backplane)
 
     def stats_prometheus(self, prefix: str = "msgtrans") -> str:
         """Return :meth:`stats` in the Prometheus text exposition format (for ``/metrics``)."""

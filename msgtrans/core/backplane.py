@@ -224,6 +224,8 @@ class BackplaneNode:
             ``A-Z a-z 0-9 . _ : -``).
         max_buffered: envelopes kept while the link is down (default 10,000).
         max_buffered_bytes: their bytes, at most (default 16 MiB).
+        groups: the local group table to keep (default a new one; a transport passes its own,
+            so that groups work the same with and without a backplane).
 
     Raises:
         ConfigurationError: a bad argument (``field`` names it).
@@ -237,7 +239,8 @@ class BackplaneNode:
 
     def __init__(self, node_id: str | None = None, *, prefix: str = "msgtrans",
                  max_buffered: int = DEFAULT_BACKPLANE_BUFFER_MESSAGES,
-                 max_buffered_bytes: int = DEFAULT_BACKPLANE_BUFFER_BYTES) -> None:
+                 max_buffered_bytes: int = DEFAULT_BACKPLANE_BUFFER_BYTES,
+                 groups: GroupTable[int] | None = None) -> None:
         self.node_id = check_node_id(node_id if node_id is not None else new_node_id())
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             raise ConfigurationError("prefix", "must be 1-64 characters of A-Z a-z 0-9 . _ : -,"
@@ -249,7 +252,7 @@ class BackplaneNode:
         self.prefix = prefix
         self.max_buffered = max_buffered
         self.max_buffered_bytes = max_buffered_bytes
-        self.groups: GroupTable[int] = GroupTable()
+        self.groups: GroupTable[int] = groups if groups is not None else GroupTable()
         self._queue: deque[tuple[str, bytes]] = deque()
         self._queued_bytes = 0
         self._up = False

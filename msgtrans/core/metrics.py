@@ -25,6 +25,7 @@ from itertools import pairwise
 from types import MappingProxyType
 from typing import Any
 
+from .backplane import BackplaneStats
 from .budget import MemoryBudget
 from .buffers import BufferPool, BufferPoolStats, default_receive_pool
 from .errors import ConfigurationError, TransportError
@@ -192,6 +193,8 @@ class MetricsSnapshot:
             ``max_attempts`` reached), by protocol.
         disconnected_seconds: seconds reconnecting clients spent without a connection
             between a loss and the next connection (or the close), by protocol.
+        backplane: the backplane's figures (link up, envelopes published, received, dropped,
+            buffered, invalid, outages), or ``None`` without a backplane.
     """
 
     sessions: Mapping[tuple[str, str], int]
@@ -214,6 +217,7 @@ class MetricsSnapshot:
     reconnect_give_ups: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     disconnected_seconds: Mapping[str, float] = field(
         default_factory=lambda: MappingProxyType({}))
+    backplane: BackplaneStats | None = None
 
     @property
     def buffer_hit_rate(self) -> float | None:
@@ -287,6 +291,7 @@ class MetricsSnapshot:
             "reconnects": dict(self.reconnects),
             "reconnect_give_ups": dict(self.reconnect_give_ups),
             "disconnected_seconds": dict(self.disconnected_seconds),
+            "backplane": None if self.backplane is None else asdict(self.backplane),
         }
 
 
@@ -649,6 +654,25 @@ def render_prometheus(source: MetricsSnapshot | TransportMetrics, prefix: str = 
                    "Sessions paused by the memory limit.", mem.paused_connections)
         out.single("memory_refused_total", "counter",
                    "Sends refused because they would pass the memory limit.", mem.refused)
+    bp = snap.backplane
+    if bp is not None:
+        out.single("backplane_connected", "gauge", "1 while the backplane link is up.",
+                   int(bp.connected))
+        out.single("backplane_published_total", "counter",
+                   "Envelopes handed to the backplane.", bp.published)
+        out.single("backplane_received_total", "counter",
+                   "Envelopes from other nodes delivered here.", bp.received)
+        out.single("backplane_dropped_total", "counter",
+                   "Outbound envelopes dropped: the buffer was full while the backplane was "
+                   "down or slow.", bp.dropped)
+        out.single("backplane_buffered", "gauge", "Envelopes waiting for the backplane.",
+                   bp.buffered)
+        out.single("backplane_buffered_bytes", "gauge", "Bytes waiting for the backplane.",
+                   bp.buffered_bytes)
+        out.single("backplane_invalid_total", "counter",
+                   "Messages on the backplane's channels that were not envelopes.", bp.invalid)
+        out.single("backplane_outages_total", "counter", "Times the backplane link went down.",
+                   bp.outages)
     pool = snap.pool
     if pool is not None:
         out.family("pool_connections", "gauge", "Pooled connections, by state.", [

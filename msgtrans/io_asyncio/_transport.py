@@ -36,6 +36,7 @@ from .._driver.transport import (
     _send_result,
     _transport_args,
 )
+from ..core.backplane import Envelope
 from ..core.config import ConnectionConfig, ServerConfig, to_config
 from ..core.connection import Connection
 from ..core.errors import TransportError
@@ -43,6 +44,7 @@ from ..core.expansion import ExpansionStrategy
 from ..core.packet import Buffer, PacketType
 from ..core.reconnect import ReconnectPolicy
 from ..core.session import SessionState
+from ._backplane import AsyncRedisLink
 from ._forever import ConnectForever
 from ._message import Message
 from ._pool import SessionPool
@@ -147,6 +149,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         self._streams: set[SessionStream] = set()
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._shutdown: asyncio.Future[ShutdownReport] | None = None
+        # Deliveries of envelopes from other nodes (one broadcast task each).
+        self._backplane_tasks: set[asyncio.Task[Any]] = set()
 
     _stream_type = SessionStream
 
@@ -487,6 +491,38 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             raise
         return pool
 
+    # --- the backplane -------------------------------------------------------------------------
+
+    def _start_backplane(self) -> None:
+        """Start the link to Redis once, on the running loop (nothing without a backplane,
+        after the shutdown, or outside a running loop: the next call starts it)."""
+        cluster = self._cluster
+        if cluster.node is None or cluster.link is not None or self._closing:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        assert cluster.settings is not None
+        link = AsyncRedisLink(cluster.settings.url, cluster.node, self._on_envelope)
+        cluster.link = link
+        link.start()
+
+    def _on_envelope(self, envelope: Envelope) -> None:
+        targets = self._envelope_targets(envelope)
+        if not targets:
+            return
+        task = asyncio.get_running_loop().create_task(self.broadcast(
+            targets, envelope.payload, biz_type=envelope.biz_type,
+            ext_header=envelope.ext_header))
+        self._backplane_tasks.add(task)
+        task.add_done_callback(self._backplane_tasks.discard)
+
+    async def _stop_backplane(self) -> None:
+        link, self._cluster.link = self._cluster.link, None
+        if isinstance(link, AsyncRedisLink):
+            await link.aclose()
+
     # --- shutdown ------------------------------------------------------------------------------
 
     async def _shut(self, timeout: float, *, drain: bool) -> ShutdownReport:
@@ -513,6 +549,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         supervisors = [t for t in self._run_shutdown_closers() if isinstance(t, asyncio.Task)]
         if supervisors:
             await asyncio.gather(*supervisors, return_exceptions=True)
+        # No more envelopes from other nodes; deliveries under way finish with the drain.
+        await self._stop_backplane()
         for stream in list(self._streams):
             await stream.aclose()
         # Pools stop opening and fail their waiting leases; their sessions close with the rest.

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Literal, overload
 
 from .._driver import docs
+from .._driver.backplane import ThreadedRedisLink
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.docs import doc
 from .._driver.forever import check_policy
@@ -30,10 +31,12 @@ from .._driver.transport import (
     _send_result,
     _transport_args,
 )
+from ..core.backplane import Envelope
 from ..core.config import ConnectionConfig, ServerConfig, ServerConfigLike, to_config
 from ..core.connection import Connection
 from ..core.errors import TransportConnectionError, TransportError, TransportTimeoutError
 from ..core.expansion import ExpansionStrategy
+from ..core.groups import check_group
 from ..core.metrics import MetricsSnapshot
 from ..core.packet import Buffer
 from ..core.pool import PoolStatus
@@ -69,6 +72,9 @@ _SYNC_RESOLVE = """
 
 #: Handler threads of one :meth:`Transport.serve` unless it says otherwise.
 DEFAULT_SERVE_WORKERS = 8
+#: Seconds a delivery from the backplane waits for room in one session's send queue before that
+#: session's copy is dropped (the delivery thread serves every session of the node).
+BACKPLANE_SEND_TIMEOUT = 1.0
 #: Threads one :meth:`Transport.serve` may add beyond its workers while handlers wait for room
 #: in a send queue (see :class:`_Workers`).
 MAX_LENT_WORKERS = 256
@@ -132,6 +138,8 @@ class SessionStream(SessionStreamBase[Session]):
         transport._check_open("accept")
         loop = self._loop = transport._ensure_loop()
         self._cond = threading.Condition(loop.lock)
+        # A server node hears the other nodes from the moment it accepts sessions.
+        transport._start_backplane()
         settings = transport._settings
         with loop.lock:
             transport._streams.add(self)
@@ -491,6 +499,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             self._check_open("connect")
             if self._loop is None:
                 self._loop = IOLoop(name=f"msgtrans-io-{id(self):x}")
+                # Sessions join groups from any thread; the backplane's threads use it too.
+                self._cluster.use_lock(self._loop.lock)
             return self._loop
 
     def _make_session(self, connection: Connection, session_id: int) -> Session:
@@ -662,9 +672,99 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
 
     def send_to_all(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"",
                     timeout: float | None = None) -> list[TransportError | None]:
-        """:meth:`broadcast` to every open session (in :meth:`sessions` order)."""
+        """:meth:`broadcast` to every open session of this transport (in :meth:`sessions`
+        order) and, with a backplane (``builder.backplane``), to every session of every other
+        node; return this transport's per-session results (the other nodes deliver on their
+        own: see ``stats().backplane``)."""
+        self._start_backplane()
+        self._cluster.publish_all(data, biz_type, ext_header)
         return self.broadcast(self.sessions(), data, biz_type=biz_type, ext_header=ext_header,
                               timeout=timeout)
+
+    def send_to_group(self, group: str, data: Buffer, *, biz_type: int = 0,
+                      ext_header: Buffer = b"", timeout: float | None = None,
+                      ) -> list[TransportError | None]:
+        """Send a one-way message to every session that joined *group* (``session.join``):
+        this transport's members get it as :meth:`broadcast` sends it (one result per member,
+        in the order they joined; *timeout* bounds each one's wait on backpressure) and, with
+        a backplane, every other node delivers it to its own members.
+
+        Raises:
+            ConfigurationError: *group* is not a valid group name.
+        """
+        check_group(group)
+        self._start_backplane()
+        self._cluster.publish_group(group, data, biz_type, ext_header)
+        return self.broadcast(self.group_members(group), data, biz_type=biz_type,
+                              ext_header=ext_header, timeout=timeout)
+
+    def send_to_session(self, session: int | str, data: Buffer, *, biz_type: int = 0,
+                        ext_header: Buffer = b"", timeout: float | None = None) -> None:
+        """Send a one-way message to one session by reference: this transport's session
+        ``id`` (an ``int``), or any node's ``session.cluster_id`` (``"NODE/ID"``; another
+        node's is reached through the backplane, at most once and without an answer).
+
+        Raises:
+            ConfigurationError: *session* is not a session reference.
+            TransportConnectionError: no such open session here, or it is on another node
+                and there is no backplane (code ``connection.closed``); what the session's
+                ``send`` raises.
+            ResourceError: the backplane's buffer is full (``resource.exhausted``).
+        """
+        loop = self._loop
+        with loop.lock if loop is not None else contextlib.nullcontext():
+            local, node, session_id = self._resolve_session(session)
+        if node is not None:
+            self._start_backplane()
+            if not self._cluster.publish_session(node, session_id, data, biz_type, ext_header):
+                raise self._cluster.buffer_full()
+            return
+        if local is None:
+            raise TransportConnectionError(f"no open session {session!r} here",
+                                           code="connection.closed", retryable=False,
+                                           operation="send_to_session")
+        local.send(data, biz_type=biz_type, ext_header=ext_header, timeout=timeout)
+
+    def group_members(self, group: str) -> list[Session]:
+        """The open sessions of this transport in *group*, in the order they joined."""
+        loop = self._loop
+        with loop.lock if loop is not None else contextlib.nullcontext():
+            return super().group_members(group)
+
+    # --- the backplane -------------------------------------------------------------------------
+
+    def _start_backplane(self) -> None:
+        """Start the link to Redis once: redis-py's blocking client in two threads, under
+        this transport's I/O lock (nothing without a backplane or after the shutdown)."""
+        cluster = self._cluster
+        if cluster.node is None or cluster.link is not None or self._closing:
+            return
+        loop = self._ensure_loop()
+        with loop.lock:
+            if cluster.link is not None:
+                return
+            assert cluster.settings is not None
+            link = ThreadedRedisLink(cluster.settings.url, cluster.node, self._on_envelope,
+                                     lock=loop.lock)
+            cluster.link = link
+        link.start()
+
+    def _on_envelope(self, envelope: Envelope) -> None:
+        # The link's reader thread, the lock not held: a slow session holds this delivery
+        # for at most BACKPLANE_SEND_TIMEOUT, never the others' for ever.
+        loop = self._loop
+        if loop is None or self._closing:
+            return
+        with loop.lock:
+            targets = self._envelope_targets(envelope)
+        if targets:
+            self.broadcast(targets, envelope.payload, biz_type=envelope.biz_type,
+                           ext_header=envelope.ext_header, timeout=BACKPLANE_SEND_TIMEOUT)
+
+    def _stop_backplane(self) -> None:
+        link, self._cluster.link = self._cluster.link, None
+        if isinstance(link, ThreadedRedisLink):
+            link.close()
 
     # --- servers -------------------------------------------------------------------------------
 
@@ -817,6 +917,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         # closed below, are over.
         supervisors = [t for t in self._run_shutdown_closers()
                        if isinstance(t, threading.Thread)]
+        # No more envelopes from other nodes.
+        self._stop_backplane()
         for stream in list(self._streams):
             stream.close()
         with loop.lock:

@@ -9,6 +9,8 @@ opens one; ``Transport(nursery=...)`` uses the caller's) holds the sessions and 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -17,6 +19,7 @@ from typing import Any, Literal, NoReturn, overload
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
 from .._driver import docs
+from .._driver.backplane import ThreadedRedisLink
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.docs import doc
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
@@ -33,6 +36,7 @@ from .._driver.transport import (
     _send_result,
     _transport_args,
 )
+from ..core.backplane import Envelope
 from ..core.config import ConnectionConfig, ServerConfig, to_config
 from ..core.connection import Connection
 from ..core.errormap import map_error
@@ -515,6 +519,45 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
 
     # --- shutdown ------------------------------------------------------------------------------
 
+    # --- the backplane -------------------------------------------------------------------------
+
+    def _start_backplane(self) -> None:
+        """Start the link to Redis once: redis-py's blocking client in two threads (redis-py
+        has no trio client), delivering into this trio run through its token (nothing without
+        a backplane, after the shutdown, or without a nursery: the next call starts it)."""
+        cluster = self._cluster
+        if (cluster.node is None or cluster.link is not None or self._closing
+                or self._nursery is None):
+            return
+        assert cluster.settings is not None
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(envelope: Envelope) -> None:
+            # The link's reader thread: hand the envelope to the trio run.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._on_envelope, envelope)
+
+        link = ThreadedRedisLink(cluster.settings.url, cluster.node, deliver)
+        cluster.use_lock(link.lock)
+        cluster.link = link
+        link.start()
+
+    def _on_envelope(self, envelope: Envelope) -> None:
+        nursery = self._nursery
+        if nursery is None or self._closing:
+            return
+        targets = self._envelope_targets(envelope)
+        if targets:
+            nursery.start_soon(functools.partial(
+                self.broadcast, targets, envelope.payload, biz_type=envelope.biz_type,
+                ext_header=envelope.ext_header))
+
+    async def _stop_backplane(self) -> None:
+        link, self._cluster.link = self._cluster.link, None
+        if isinstance(link, ThreadedRedisLink):
+            # Its threads wake within READ_POLL; joining them must not block the trio thread.
+            await trio.to_thread.run_sync(link.close)
+
     async def _shut(self, timeout: float, *, drain: bool) -> ShutdownReport:
         if self._shutdown_done is not None:
             await self._shutdown_done.wait()
@@ -559,6 +602,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         # Reconnecting sessions stop their supervisors first (their sessions close below).
         supervisors = [e for e in self._run_shutdown_closers() if isinstance(e, trio.Event)]
         await _wait_all([e.wait for e in supervisors], deadline + 1.0)
+        # No more envelopes from other nodes; deliveries under way finish with the drain.
+        await self._stop_backplane()
         # Pools first: their waiting leases fail and their opens stop; their sessions are the
         # transport's and close with the rest below.
         pools = list(self._pools)

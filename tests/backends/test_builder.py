@@ -188,6 +188,7 @@ def test_settings_are_plain_data_with_the_defaults(lib: Any) -> None:
         "max_payload": 16 * 1024 * 1024, "max_ext_header": 4096, "max_sessions": None,
         "handshake_timeout": 10.0, "first_packet_timeout": 30.0,
         "max_sessions_per_peer": None, "connection_rate": None, "admission": None,
+        "backplane": None,
         "receive_queue": {"max_messages": 1024, "max_bytes": 16 * 1024 * 1024},
         "send_queue": {"high_water_bytes": 1 << 20, "low_water_bytes": 1 << 18,
                        "high_water_messages": 1024, "low_water_messages": 256},
@@ -201,6 +202,15 @@ def test_settings_are_plain_data_with_the_defaults(lib: Any) -> None:
     assert chosen["connection_pool"] == {"min": 1, "max": 4, "target": 4}
     assert chosen["buffer_pool"] == {"sizes": [70_000], "counts": [2]}
     assert chosen["receive_queue"] == {"max_messages": 1024, "max_bytes": 4096}
+    assert lib.Transport.builder().backplane("redis://h:1/0", node_id="n1").settings()[
+        "backplane"] == {"url": "redis://h:1/0", "prefix": "msgtrans", "node_id": "n1",
+                         "max_buffered": 10_000, "max_buffered_bytes": 16 * 1024 * 1024}
+    for field, call in (("backplane", lambda b: b.backplane("http://h")),
+                        ("node_id", lambda b: b.backplane("redis://h", node_id="a/b")),
+                        ("max_buffered", lambda b: b.backplane("redis://h", max_buffered=-1))):
+        with pytest.raises(lib.ConfigurationError) as info:
+            call(lib.Transport.builder())
+        assert info.value.field == field
     assert lib.Transport.builder().compression(100, "zstd").settings()["compression"] == {
         "threshold": 100, "method": "zstd", "level": None}
     assert chosen["pool_expansion_strategy"] == "FixedExpansion(step=3)"
