@@ -80,6 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=None,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging on stderr (default INFO)")
+    parser.add_argument("--redis", metavar="URL", default=None,
+                        help="link this server to the other serve --redis nodes through the "
+                             "Redis backplane at URL (redis://HOST:PORT/DB): send_to_all, "
+                             "groups and `msgtrans publish` reach every node's sessions")
     parser.add_argument("--config", metavar="FILE.toml",
                         help="transport settings ([transport]: one key per builder method) and "
                              "these options ([serve]); MSGTRANS_<SETTING> variables override "
@@ -474,7 +478,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
 #: line sets one.
 _SERVE_DEFAULTS: dict[str, Any] = {
     **dict.fromkeys(PROTOCOLS), "tls_cert": None, "tls_key": None, "backend": BACKENDS[0],
-    "log_level": "INFO",
+    "log_level": "INFO", "redis": None,
 }
 
 
@@ -514,9 +518,12 @@ def _settings(args: argparse.Namespace) -> Configure:
     env = env_settings()
     file_settings = {k: v for k, v in transport.items() if k not in env}
 
+    redis = args.redis
+
     def configure(builder: Any) -> Any:
         apply_settings(builder, file_settings, source)
-        return apply_settings(builder, env, "environment")
+        builder = apply_settings(builder, env, "environment")
+        return builder if redis is None else builder.backplane(redis)
 
     # Checked now (a bad setting is an exit status 2 before anything listens).
     import importlib
