@@ -211,3 +211,22 @@ def test_quic_flood_bench_runs_against_the_server() -> None:
                             text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert "garbage Initials" in result.stdout and "valid spoofed Initials" in result.stdout
+
+
+# --- bench/bench_cluster.py ----------------------------------------------------------------------
+
+
+@pytest.mark.network
+def test_cluster_bench_times_a_publish_to_every_session_of_two_nodes() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (.ci/run installs Debian's package)")
+    script = Path(__file__).resolve().parent.parent / "bench" / "bench_cluster.py"
+    result = subprocess.run([sys.executable, str(script), "-n", "20", "--rounds", "2"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "20 sessions over 2 asyncio nodes" in result.stdout
+    assert "last session:  median" in result.stdout and "ratio cluster/one node" in result.stdout
