@@ -215,6 +215,13 @@ class MetricsSnapshot:
     disconnected_seconds: Mapping[str, float] = field(
         default_factory=lambda: MappingProxyType({}))
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Picklable (a worker process sends its snapshots to its supervisor): the read-only
+        # mappings travel as dicts and are made read-only again.
+        return _unpickle_snapshot, tuple(
+            dict(v) if isinstance(v, MappingProxyType) else v
+            for v in (getattr(self, name) for name in self.__dataclass_fields__))
+
     @property
     def buffer_hit_rate(self) -> float | None:
         """The buffer pool's hit rate, or ``None`` when no buffer pool was observed."""
@@ -288,6 +295,11 @@ class MetricsSnapshot:
             "reconnect_give_ups": dict(self.reconnect_give_ups),
             "disconnected_seconds": dict(self.disconnected_seconds),
         }
+
+
+def _unpickle_snapshot(*values: Any) -> MetricsSnapshot:
+    parts: list[Any] = [MappingProxyType(v) if isinstance(v, dict) else v for v in values]
+    return MetricsSnapshot(*parts)
 
 
 def _label(value: str | Enum) -> str:
