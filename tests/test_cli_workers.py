@@ -188,3 +188,22 @@ def test_workers_need_every_port() -> None:
     assert result.returncode == 2
     assert "--workers 2 needs every port given" in result.stderr
     assert "--tcp 127.0.0.1:0" in result.stderr
+
+
+def test_workers_from_the_config_file_and_the_environment(tmp_path: object) -> None:
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    config = folder / "serve.toml"
+    config.write_text("[serve]\nworkers = 3\n", encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    shown = subprocess.run(
+        [sys.executable, "-m", "msgtrans", "serve", "--config", str(config), "--print-config"],
+        capture_output=True, text=True, timeout=30, cwd=ROOT, env=env, check=True)
+    assert json.loads(shown.stdout)["serve"]["workers"] == 3
+    # The builder's worker_threads (here from the environment) is the default of --workers.
+    result = subprocess.run(
+        [sys.executable, "-m", "msgtrans", "serve"], capture_output=True, text=True,
+        timeout=30, cwd=ROOT, env={**env, "MSGTRANS_WORKER_THREADS": "2"}, check=False)
+    assert result.returncode == 2
+    assert "--workers 2 needs every port given" in result.stderr
