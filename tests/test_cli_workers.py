@@ -144,8 +144,13 @@ def test_two_workers_share_a_port_survive_a_kill_and_stop_cleanly(
     wait_until(lambda: children(server.proc.pid) == survivors, 5.0, "the new worker running")
     _serve_until(server, port, {new})  # the port keeps serving, the new worker included
 
-    os.kill(server.proc.pid, signal.SIGTERM)
-    status, out = server.finish(STOP)
+    with mt.Transport() as client:
+        # Open while the server stops: closed by its worker's graceful shutdown, cleanly.
+        held = client.connect(f"tcp://127.0.0.1:{port}", timeout=5.0)
+        assert held.request(b"held", timeout=5.0).payload == b"held"
+        os.kill(server.proc.pid, signal.SIGTERM)
+        status, out = server.finish(STOP)
+        held.wait_closed(5.0)
     assert status == 0
     for pid in first | survivors:
         assert gone(pid), pid
@@ -155,7 +160,18 @@ def test_two_workers_share_a_port_survive_a_kill_and_stop_cleanly(
     # counted up to its last report (sent every second, so maybe not all of them).
     assert 0 < report["messages_in"] <= served
     assert report["workers_given_up"] == []
-    server.wait_line(r"shut down \(2 workers summed\)", 1.0)
+    assert report["closed_cleanly"] == 1 and report["forced"] == 0
+    server.wait_line(r"shut down \(2 workers summed\): 1 closed cleanly", 1.0)
+
+
+def test_workers_end_when_their_supervisor_is_killed(leftovers: Leftovers) -> None:
+    port = free_port()
+    server = Server(leftovers, "--workers", "2", "--tcp", f"127.0.0.1:{port}")
+    workers = json.loads(read_line(server.proc, START))["workers"]
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.finish(STOP)
+    # Each worker sees its supervisor's pipe end and shuts down gracefully on its own.
+    wait_until(lambda: all(gone(pid) for pid in workers), STOP, "no orphaned worker")
 
 
 def test_a_worker_that_cannot_start_is_given_up_after_the_restart_bound(

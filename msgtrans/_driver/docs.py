@@ -301,8 +301,8 @@ the same settings, serving *configs* (URLs or configs, not a stream; no port 0) 
 ports (``SO_REUSEPORT``); each worker has its own copy of *handler*, inherited by fork, and
 nothing is shared between them.  A worker that dies is restarted (at most 5 times in 60 s
 each); SIGINT and SIGTERM (where no handler of the application's is set), a cancel or the
-transport's shutdown stop them all gracefully, and serve returns their
-:class:`ShutdownReport`\ s summed (``None`` without workers).  Meanwhile :meth:`stats` and
+transport's shutdown stop them all gracefully, and serve returns their reports summed
+in one :class:`ShutdownReport` (``None`` without workers).  Meanwhile :meth:`stats` and
 :meth:`stats_prometheus` show every worker's metrics merged.  See docs/scaling.md.
 
 Raises:

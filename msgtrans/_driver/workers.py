@@ -260,7 +260,8 @@ class Supervisor:
         :meth:`_report`).  Called again after an interruption, it carries on."""
         try:
             for slot in self._slots:
-                if slot.process is None and not slot.given_up and self._stopping_since is None:
+                if (slot.process is None and not slot.given_up and not self._stop_requested
+                        and self._stopping_since is None):
                     self._start(slot)
             while True:
                 if self._stopping_since is None and (
