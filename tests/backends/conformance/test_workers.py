@@ -1,4 +1,5 @@
-"""``transport.serve(configs, handler, workers=2)`` on every backend, through the Python API: the
+"""``transport.serve(configs, handler, workers=2)`` on every backend, over TCP and QUIC, through the
+Python API: the
 supervisor runs in a process of its own (started with ``spawn``: a clean interpreter, not a
 fork of this test process and its threads), its handler answers each request with the pid of
 the worker that served it; sessions reach both workers, ``stats()`` in the supervisor merges
@@ -18,7 +19,7 @@ import pytest
 import msgtrans.io_sync as smt
 
 from ...workerprocs import Leftovers, free_port, gone, wait_until
-from .adapters import BACKENDS
+from .adapters import BACKENDS, Certs
 
 pytestmark = pytest.mark.network
 
@@ -38,7 +39,7 @@ class SyncPidHandler:
         return str(os.getpid()).encode()
 
 
-def supervise(backend: str, port: int, conn: Any) -> None:
+def supervise(backend: str, url: str, conn: Any) -> None:
     """The supervisor process: ``serve(workers=2)`` on *backend*; answers ``"stats"`` and
     ``"pids"`` on *conn* from a thread, and sends ``("report", report)`` once serve returned
     (SIGTERM ends it: serve's own handler, the process having set none)."""
@@ -46,7 +47,6 @@ def supervise(backend: str, port: int, conn: Any) -> None:
 
     mt = importlib.import_module(f"msgtrans.io_{backend}")
     transport = mt.Transport.builder().shutdown_timeout(2.0).build()
-    url = f"tcp://127.0.0.1:{port}"
 
     def answer() -> None:
         while True:
@@ -99,12 +99,21 @@ def _ask(conn: Any, what: str) -> Any:
     return value
 
 
+@pytest.mark.parametrize("proto", ["tcp", "quic"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_serve_with_two_workers(backend: str, leftovers: Leftovers) -> None:
+def test_serve_with_two_workers(backend: str, proto: str, certs: Certs,
+                                leftovers: Leftovers) -> None:
+    # QUIC: SO_REUSEPORT on the UDP socket; each client's 4-tuple stays on one worker.
     port = free_port()
+    cert, key = certs
+    if proto == "quic":
+        url = f"quic://127.0.0.1:{port}?cert={cert}&key={key}"
+        target = f"quic://localhost:{port}?ca={cert}"
+    else:
+        url = target = f"tcp://127.0.0.1:{port}"
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
-    process = ctx.Process(target=supervise, args=(backend, port, theirs))
+    process = ctx.Process(target=supervise, args=(backend, url, theirs))
     process.start()
     assert process.pid is not None
     leftovers.add(process.pid)
@@ -121,7 +130,7 @@ def test_serve_with_two_workers(backend: str, leftovers: Leftovers) -> None:
     with smt.Transport() as client:
         for _ in range(400):
             try:
-                session = client.connect(f"tcp://127.0.0.1:{port}", timeout=5.0)
+                session = client.connect(target, timeout=5.0)
             except smt.TransportConnectionError:  # the workers are not listening yet
                 continue
             pid = int(session.request(b"which", timeout=5.0).payload)
