@@ -1,4 +1,4 @@
-"""The msgtrans command line: ``python -m msgtrans serve | send | demo | soak | bench``.
+"""The msgtrans command line: ``python -m msgtrans serve | send | publish | demo | soak | bench``.
 
 Only the argument parsing lives here; each command is in :mod:`msgtrans.cli`, imported when it
 runs.
@@ -15,7 +15,7 @@ from . import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .cli import send, serve, soak
+    from .cli import publish, send, serve, soak
 
     parser = argparse.ArgumentParser(
         prog="python -m msgtrans",
@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     ))
     send.add_arguments(commands.add_parser(
         "send", help="send one message or request to a URL and print the response",
+    ))
+    publish.add_arguments(commands.add_parser(
+        "publish", help="send one one-way message to every session (or one group) of a "
+                        "cluster of serve --redis nodes",
     ))
     demo = commands.add_parser(
         "demo",
@@ -77,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         from .cli import send
 
         return send.main(args)
+    if args.command == "publish":
+        from .cli import publish
+
+        return publish.main(args)
     if args.command == "soak":
         from .cli import soak
 

@@ -52,6 +52,23 @@ def test_pool_example_runs() -> None:
     assert re.fullmatch(r"msgtrans_pool_expansions_total(\{[^}]*\})? \d+(\.0)?", lines[5]), lines[5]
 
 
+def test_reconnect_example_runs() -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "reconnect.py")],
+                            capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT, env=env,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "echo: before the restart",
+        "disconnected (closed by the server), 0 messages lost unsent",
+        "while down: connection.closed, retryable=True",
+        "reconnected after 1 attempt(s)",
+        "echo: after the restart",
+        "reconnects: 1, metrics: {'tcp': 1}",
+    ]
+
+
 def test_docs_show_the_examples_as_they_are() -> None:
     """docs/backends.md shows each example verbatim, so what the page shows is what runs."""
     page = (ROOT / "docs" / "backends.md").read_text(encoding="utf-8")

@@ -14,9 +14,33 @@ from collections.abc import Callable
 from typing import TypeVar
 
 __all__ = [
-    "CANCEL_SAFE", "CLOSE", "CONNECT", "MESSAGE", "POOL", "POOL_CLOSE", "POOL_LEASE",
-    "POOL_REQUEST", "POOL_SEND", "RECEIVE", "RECEIVE_CANCEL", "RECEIVE_MANY", "REQUEST", "RESPOND",
-    "SEND", "SERVE", "SESSION", "SESSION_STREAM", "TRANSPORT", "doc",
+    "CANCEL_SAFE",
+    "CLOSE",
+    "CONNECT",
+    "CONNECT_FOREVER",
+    "CONNECT_FOREVER_ITERATOR",
+    "MESSAGE",
+    "POOL",
+    "POOL_CLOSE",
+    "POOL_LEASE",
+    "POOL_REQUEST",
+    "POOL_SEND",
+    "RECEIVE",
+    "RECEIVE_CANCEL",
+    "RECEIVE_MANY",
+    "RECONNECTING_CLOSE",
+    "RECONNECTING_RECEIVE",
+    "RECONNECTING_REQUEST",
+    "RECONNECTING_SEND",
+    "RECONNECTING_SESSION",
+    "REQUEST",
+    "RESPOND",
+    "SEND",
+    "SERVE",
+    "SESSION",
+    "SESSION_STREAM",
+    "TRANSPORT",
+    "doc",
 ]
 
 _T = TypeVar("_T")
@@ -126,16 +150,153 @@ CONNECT = """Connect to *target* (a URL such as ``"tcp://127.0.0.1:9001"``, ``tl
 
 {own}
 
+With *reconnect* set, the session returned is a :class:`ReconnectingSession`: the first
+connection is made here (with the same timeout and errors as without), then a supervisor
+re-establishes every connection lost for a reason other than the application's close, as the
+:class:`ReconnectPolicy` says (see ``docs/reconnecting.md``).
+
 Args:
     target: where to connect.
     timeout: seconds for connecting and every handshake (default: the builder's
-        connect timeout, else the config's ``connect_timeout``, 10 s by default).{timeout}
+        connect timeout, else the config's ``connect_timeout``, 10 s by default); with
+        *reconnect*, the bound of every reconnect attempt too.{timeout}
+    reconnect: ``None`` or ``False`` (default): a plain session, gone once its connection
+        is; ``True``: a :class:`ReconnectingSession` with the default
+        :class:`ReconnectPolicy` (0.1 s doubling to 30 s, 20 % jitter, never gives up on a
+        retryable error); a :class:`ReconnectPolicy`: one with that policy.
 
 Raises:
-    ConfigurationError: *target* is invalid{nursery}.
+    ConfigurationError: *target* or *reconnect* is invalid{nursery}.
     TransportConnectionError: refused, unreachable, DNS failure, TLS verification or
         handshake failure (``error_code`` says which).
     TransportTimeoutError: not connected in time (code ``timeout.connect``).
+"""
+
+RECONNECTING_SESSION = """A client session that re-establishes its connection when it is lost.
+
+Made by {made}, never directly.  It stays the same object for the application while the
+connections under it come and go: each is a plain session (:attr:`current`), replaced by a
+new one (with its own message ids, restarting at 1) after a loss.  A supervisor watches the
+connection; when it ends for any reason other than :meth:`close` it asks the reconnect
+machine (:class:`~msgtrans.core.reconnect.ReconnectMachine`): wait the policy's delay and
+connect again (each attempt bounded by the connect timeout), or give up (a non-retryable
+error, ``ResourceError`` or ``ConfigurationError``, or ``max_attempts`` failed attempts),
+after which every call raises the give-up error.  A clean close by the peer (a server
+shutting down) is retried.{safety}
+
+One-way messages are never sent twice: those queued on a connection that broke before they
+reached its socket are counted in :attr:`lost_unsent` (their delivery is unknown).  Requests
+pending at the cut fail with a retryable error, unless made with ``idempotent=True``: those
+are sent again on the next connection within their timeout.  A response can only complete a
+request of its own connection, so a late response never answers another request.
+
+Attributes:
+    policy: the :class:`ReconnectPolicy`.
+"""
+
+RECONNECTING_SEND = """Send a one-way message on the current connection.
+
+Connected, this is the current session's ``send`` (one attribute check more).  While
+reconnecting, waits for the connection up to the transport's ``send_timeout`` (the
+builder's, 30 s by default){timeout}, then sends on it.
+
+Args:
+    data: the payload.
+    biz_type: the application's type tag (default 0).
+    ext_header: the extension header (default empty).
+    wait_reconnect: ``False``: fail at once while reconnecting instead of waiting
+        (default ``True``).
+
+Raises:
+    TransportConnectionError: reconnecting and *wait_reconnect* is false (code
+        ``connection.closed``, retryable); closed (``connection.closed``, not retryable).
+    TransportTimeoutError: not reconnected within the send timeout (``timeout.send``).
+    TransportError: given up (the error it gave up with); what the session's ``send``
+        raises (``ResourceError`` for a payload over the limit).
+"""
+
+RECONNECTING_REQUEST = """Send a request and return the response, on the current connection.
+
+While reconnecting, waits for the connection (within the request's timeout).  A request
+pending when its connection is lost fails with a retryable ``TransportError`` (the error that
+ended the connection, or ``connection.closed`` for a clean close by the peer), unless
+*idempotent*: then it is sent again on the next connection, within what is left of its
+timeout.  A request that timed out (``timeout.request``) is never sent again.
+
+Args:
+    data: the payload.
+    biz_type: the application's type tag (default 0).
+    ext_header: the extension header (default empty).
+    timeout: seconds for the whole call, reconnect waits and resends included (default:
+        the transport's ``request_timeout``, 10 s unless the builder changed it).
+    idempotent: whether the request may be sent again after a lost connection (default
+        ``False``: the peer may have acted on it).
+    wait_reconnect: ``False``: fail at once while reconnecting (default ``True``).
+
+Raises:
+    TransportTimeoutError: no response in time, or not reconnected in time (code
+        ``timeout.request``).
+    TransportConnectionError: the connection was lost with the request pending (retryable);
+        reconnecting and *wait_reconnect* is false (``connection.closed``, retryable); closed.
+    TransportError: given up (the error it gave up with).
+"""
+
+RECONNECTING_RECEIVE = """Return the next message or request from the peer, across connections.
+
+Messages come in the order they arrived, those of a lost connection first; while
+reconnecting, waits for the next connection's.{timeout}
+
+Raises:
+    TransportConnectionError: closed by the application (``connection.closed``).
+    TransportError: given up (the error it gave up with).
+"""
+
+RECONNECTING_CLOSE = """Stop reconnecting and close the current connection gracefully (see a
+session's ``close``); waiters fail with ``connection.closed``.  Returns promptly during a
+backoff wait or a reconnect attempt (the supervisor is stopped).  Closing twice is harmless.
+
+Args:
+    code: the WebSocket close code or QUIC application error code (default: the
+        protocol's).
+    reason: the reason text sent where the protocol carries one.
+    timeout: seconds to wait for the close handshake (default 10.0).
+"""
+
+CONNECT_FOREVER = """Return {kind} of sessions to *target*, one per connection, for as long as
+the transport runs: ``{loop} session in transport.connect_forever(url):``.
+
+Each step waits until the session it yielded last is over (the loop body may close it, or
+hand it to {handed} and move on: the step waits for its end either way), backs off by *policy*,
+connects again and yields the new, plain session.  Failed attempts are retried too, the first
+ones included, so a client started before its server simply waits for it.  The iteration
+ends ({stop}) when the transport shuts down (a backoff in progress ends at once) or the
+iterator is closed (``{close}``, or leaving ``{with_} transport.connect_forever(url) as
+sessions:``); neither closes a session it yielded.  Breaking out of the loop leaves nothing
+running.  Reconnects, give-ups and the time spent without a session are counted in
+:meth:`stats` by protocol.
+
+Args:
+    target: where to connect (a URL or a config, as :meth:`connect`).
+    policy: the :class:`~msgtrans.core.reconnect.ReconnectPolicy` (default
+        ``DEFAULT_RECONNECT_POLICY``: 0.1 s doubling to 30 s, 20 % jitter, never gives up on
+        a retryable error).
+    timeout: seconds for each connect attempt (default: as :meth:`connect`).
+
+Raises:
+    ConfigurationError: *target* or *policy* is invalid{nursery}.
+    TransportConnectionError: the transport is shut down (code ``connection.closed``).
+
+The iterator raises the error it gave up on (a non-retryable error such as a failed TLS
+verification, or the last error once ``max_attempts`` attempts in a row failed).
+"""
+
+CONNECT_FOREVER_ITERATOR = """The sessions of ``transport.connect_forever()``, as {kind}: one
+session per connection, a new one once the previous is over (see
+:meth:`Transport.connect_forever`).{safety}
+
+``{loop} session in sessions:`` yields each session; ``{close}`` or leaving
+``{with_} ... as sessions:`` stops it (the iteration then ends with {stop}; the sessions it
+yielded stay open).  The iterator runs nothing in the background.
 """
 
 POOL = """Return a :class:`SessionPool` of sessions to *address*, driven by a core
@@ -156,6 +317,11 @@ Args:
     settings: other :class:`~msgtrans.core.pool.PoolMachine` settings:
         ``wait_threshold``, ``grow_utilisation``, ``shrink_utilisation``,
         ``shrink_after``, ``max_leases_per_connection``, ``history``.
+    reconnect: the :class:`~msgtrans.core.reconnect.ReconnectPolicy` spacing the opens
+        that replace broken sessions and retry failed opens (default
+        ``DEFAULT_POOL_RECONNECT``: 0.05 s doubling to 2 s, never giving up on a retryable
+        error).  When it gives up (``max_attempts``, a non-retryable error) the pool closes:
+        waiting and later leases fail with that error.
 
 Raises:
     ConfigurationError: *target* or a setting is invalid{nursery}.

@@ -37,8 +37,10 @@ from ..core.packet import PacketType
 from ..core.pool import PoolStatus
 from ..core.reconnect import LinkState, ReconnectPolicy
 from ..core.session import CloseReason, SessionState
+from .pool import DEFAULT_POOL_RECONNECT
 
 __all__ = [
+    "DEFAULT_POOL_RECONNECT",
     "CloseReason",
     "ConfigurationError",
     "ConnectionConfig",

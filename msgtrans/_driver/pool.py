@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import itertools
+import math
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -36,6 +37,7 @@ from ..core.pool import (
     PoolMachine,
     PoolStatus,
 )
+from ..core.reconnect import GiveUp, LinkState, ReconnectMachine, ReconnectPolicy, Retry
 from ..core.session import SessionState
 from . import docs
 from .docs import doc
@@ -43,6 +45,7 @@ from .docs import doc
 __all__ = [
     "DEFAULT_POOL_MAX",
     "DEFAULT_POOL_MIN",
+    "DEFAULT_POOL_RECONNECT",
     "DEFAULT_POOL_TARGET",
     "MAX_RETRY_BACKOFF",
     "RETRY_BACKOFF",
@@ -58,6 +61,11 @@ __all__ = [
 RETRY_BACKOFF = 0.05
 #: The most a failed open waits before it is reported.
 MAX_RETRY_BACKOFF = 2.0
+#: How a pool spaces the opens that replace broken sessions and retry failed opens, unless
+#: ``transport.pool(reconnect=...)`` says otherwise: 0.05 s doubling to 2 s, 20 % jitter, never
+#: giving up on a retryable error (an error's own ``retry_delay()``, 2 s for a refused connect,
+#: is honoured up to the 2 s).
+DEFAULT_POOL_RECONNECT = ReconnectPolicy(initial_delay=RETRY_BACKOFF, max_delay=MAX_RETRY_BACKOFF)
 #: ``transport.pool()`` defaults: sessions kept open, never exceeded, and the expected need.
 DEFAULT_POOL_MIN = 2
 DEFAULT_POOL_MAX = 64
@@ -124,9 +132,24 @@ def make_machine(
 
 
 def retry_delay(failures: int) -> float:
-    """Seconds a failed open waits before it is reported, after *failures* in a row."""
+    """Seconds a failed open waited before it was reported, after *failures* in a row, before
+    the pools followed a :class:`ReconnectPolicy` (:data:`DEFAULT_POOL_RECONNECT` starts and
+    ends at the same values)."""
     return float(builtins.min(MAX_RETRY_BACKOFF,
                              RETRY_BACKOFF * 2.0 ** builtins.max(failures - 1, 0)))
+
+
+def check_pool_policy(policy: ReconnectPolicy | None) -> ReconnectPolicy:
+    """*policy*, or :data:`DEFAULT_POOL_RECONNECT` for ``None``.
+
+    Raises:
+        ConfigurationError: *policy* is not a :class:`ReconnectPolicy` (field ``reconnect``).
+    """
+    if policy is None:
+        return DEFAULT_POOL_RECONNECT
+    if not isinstance(policy, ReconnectPolicy):
+        raise ConfigurationError("reconnect", f"must be a ReconnectPolicy or None, got {policy!r}")
+    return policy
 
 
 def closed_error() -> TransportConnectionError:
@@ -147,7 +170,8 @@ class PoolDriverBase(Generic[S]):
 
     def __init__(self, transport: Any, config: ConnectionConfig, machine: PoolMachine, *,
                  metrics: TransportMetrics, request_timeout: float,
-                 on_closed: Callable[[Any], None]) -> None:
+                 on_closed: Callable[[Any], None],
+                 reconnect: ReconnectPolicy | None = None) -> None:
         self._transport = transport  # the backend's: its connect() opens the sessions
         self._config = config
         self._machine = machine
@@ -159,7 +183,14 @@ class PoolDriverBase(Generic[S]):
         self._lease_ids = itertools.count(1)
         self._driving = False
         self._closed = False
-        self._failures = 0  # consecutive failed opens, for the backoff
+        # The backoff of the opens: one reconnect machine per pool, fed once per round of
+        # opens (several failing together count as one attempt), with every loss of a session
+        # and every open that succeeded.  No open starts before _hold_until.
+        self._reconnect = ReconnectMachine(reconnect if reconnect is not None
+                                           else DEFAULT_POOL_RECONNECT)
+        self._round = 0
+        self._hold_until = -math.inf
+        self._gave_up: TransportError | None = None
         self._last_error: BaseException | None = None
         # The first opens: transport.pool() waits until one succeeded or all failed.
         self._first_done = False
@@ -185,11 +216,42 @@ class PoolDriverBase(Generic[S]):
 
     def sessions(self) -> list[S]:
         """The pooled sessions that are open, oldest first."""
+        self._sweep()
         return [self._sessions[c] for c in self._machine.connections if c in self._sessions]
 
+    @property
+    def reconnect(self) -> ReconnectPolicy:
+        """The :class:`~msgtrans.core.reconnect.ReconnectPolicy` spacing the pool's opens."""
+        return self._reconnect.policy
+
+    @property
+    def link_state(self) -> LinkState:
+        """``CONNECTED`` while the last open succeeded, ``RECONNECTING`` after a loss or a
+        failed open (the opens back off), ``CLOSED`` once closed or given up."""
+        return self._reconnect.state
+
+    @property
+    def error(self) -> TransportError | None:
+        """The error the pool gave up on (its policy's ``max_attempts``, or a non-retryable
+        error); ``None`` while it has not."""
+        return self._gave_up
+
     def status(self) -> PoolStatus:
-        """Return the machine's :class:`~msgtrans.core.pool.PoolStatus` now."""
+        """Return the machine's :class:`~msgtrans.core.pool.PoolStatus` now (a session found
+        closing or closed leaves the pool first, so it is never counted)."""
+        self._sweep()
         return self._machine.status()
+
+    def _sweep(self) -> None:
+        """Report every pooled session no longer open as broken (before its finish callback,
+        which may come a loop pass or a QUIC drain later)."""
+        if self._closed:
+            return
+        dead = [c for c, s in self._sessions.items() if s.state is not SessionState.OPEN]
+        for conn_id in dead:
+            self._usable(conn_id)
+        if dead:
+            self._drive()
 
     def __repr__(self) -> str:
         s = self._machine.status()
@@ -229,7 +291,12 @@ class PoolDriverBase(Generic[S]):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise closed_error()
+            raise self._close_error()
+
+    def _close_error(self) -> TransportError:
+        """What a lease of the closed pool fails with: the error it gave up on, else
+        ``connection.closed``."""
+        return self._gave_up if self._gave_up is not None else closed_error()
 
     def _exhausted(self, timeout: float) -> ResourceError:
         error = ResourceError(
@@ -251,6 +318,7 @@ class PoolDriverBase(Generic[S]):
         self._sessions.pop(conn_id, None)
         if session is not None:
             self._closing_sessions.add(session)
+            self._session_lost(session)
         self._machine.connection_failed(conn_id, self._now())
         return None
 
@@ -317,7 +385,7 @@ class PoolDriverBase(Generic[S]):
 
     def _opened(self, session: S) -> None:
         """An open succeeded: the session joins the pool (or is given back when closed)."""
-        self._failures = 0
+        self._reconnected()
         self._sessions[session.id] = session
         self._machine.connection_opened(session.id, self._now())
         self._drive()
@@ -332,6 +400,9 @@ class PoolDriverBase(Generic[S]):
         self._closing_sessions.discard(session)
         if self._sessions.pop(session.id, None) is None or self._closed:
             return  # closed by the pool (shrink, close), or already reported broken
+        self._session_lost(session)
+        if self._closed:
+            return  # the loss made the pool give up
         if session.error is not None or session.forced:
             self._machine.connection_failed(session.id, self._now())
         else:
@@ -366,14 +437,81 @@ class PoolDriverBase(Generic[S]):
         self._first_error = error
         self._first_reached()
 
-    def _open_error(self, exc: Exception) -> float:
-        """An open raised *exc*: return the seconds to wait before :meth:`_open_failed`
-        (until then the open counts as pending, so the machine plans no other open and a
-        dead server is retried at a bounded rate)."""
+    # --- the backoff (one ReconnectMachine per pool) -------------------------------------------
+
+    def _open_delay(self) -> float:
+        """Seconds an open about to connect waits first (the backoff after a loss or a failed
+        round); 0 when it may go at once."""
+        return builtins.max(0.0, self._hold_until - self._now())
+
+    def _open_round(self) -> int:
+        """The round an open connecting now belongs to (pass it to :meth:`_open_error`)."""
+        return self._round
+
+    def _decided(self, decision: Retry | GiveUp, now: float) -> None:
+        self._round += 1
+        if isinstance(decision, GiveUp):
+            self._give_up(decision.error)
+        else:
+            self._hold_until = now + decision.delay
+
+    def _session_lost(self, session: S) -> None:
+        """A pooled session broke or closed (not by the pool): the first loss after a
+        success starts the backoff, so its replacement waits the policy's first delay."""
+        if self._closed or self._reconnect.state is not LinkState.CONNECTED:
+            return
+        # Fed without the session's error: it tells about that connection (a reset asks for
+        # 1 s, a protocol error is not retryable), not whether a new one will open, and a pool
+        # that promised min sessions must not wait a second, or close, for one broken session.
+        # A replacement that fails brings its own error.
+        now = self._now()
+        self._decided(self._reconnect.lost(None, now), now)
+
+    def _reconnected(self) -> None:
+        """An open succeeded: the backoff is over (a recovery is counted)."""
+        if self._reconnect.state in (LinkState.CONNECTED, LinkState.CLOSED):
+            return
+        before = self._reconnect.reconnects
+        down = self._reconnect.connected(self._now())
+        self._round += 1
+        self._hold_until = -math.inf
+        protocol = self._config.protocol
+        if self._reconnect.reconnects > before:
+            self._metrics.reconnected(protocol, down)
+        elif down > 0:
+            self._metrics.disconnected(protocol, down)
+
+    def _open_error(self, exc: Exception, round_: int | None = None) -> float | None:
+        """An open of round *round_* raised *exc*: return the seconds to wait before
+        :meth:`_open_failed` (until then the open counts as pending, so the machine plans no
+        other open and a dead server is retried at the policy's pace), or ``None`` when the
+        pool gave up (it is closed: report nothing).  The first failure of a round feeds the
+        reconnect machine; the others of the round wait for the same time."""
         self._last_error = exc
         self._first_settled(exc)
-        self._failures += 1
-        return retry_delay(self._failures)
+        if self._closed:
+            return None
+        if (round_ is None or round_ == self._round) and isinstance(exc, TransportError):
+            now = self._now()
+            machine = self._reconnect
+            decision = (machine.lost(exc, now) if machine.state is LinkState.CONNECTED
+                        else machine.failed(exc, now))
+            self._decided(decision, now)
+            if self._closed:
+                return None
+        elif not isinstance(exc, TransportError):
+            # Not a transport error (a bug below): no policy applies; space it all the same.
+            self._hold_until = builtins.max(self._hold_until,
+                                            self._now() + self._reconnect.policy.max_delay)
+        return self._open_delay()
+
+    def _give_up(self, error: TransportError) -> None:
+        """The policy gave up: count it, close the pool; waiting and later leases fail with
+        *error*, the pooled sessions start closing."""
+        self._gave_up = error
+        self._metrics.reconnect_give_up(self._config.protocol)
+        for session in self._begin_close():
+            session.start_close(None, "pool gave up reconnecting")
 
     def _open_done(self, session: S) -> None:
         """An open gave *session* (the pool not closed): it joins the pool."""
@@ -386,7 +524,12 @@ class PoolDriverBase(Generic[S]):
         if self._closed:
             return []
         if not self._first_done:
-            self._settle_first(closed_error())
+            self._settle_first(self._close_error())
+        now = self._now()
+        down = self._reconnect.down_for(now)
+        if self._reconnect.state is not LinkState.CLOSED and down > 0:
+            self._metrics.disconnected(self._config.protocol, down)
+        self._reconnect.close(now)
         sessions = self._take_sessions()
         self._stop()
         self._on_closed(self)
@@ -437,12 +580,19 @@ class AsyncPoolBase(PoolDriverBase[A], Generic[A, M]):
         await self.wait_tasks()
 
     async def _open(self) -> None:
-        """Open one session (a task of its own): it joins the pool, or the failure is reported
-        after the backoff."""
+        """Open one session (a task of its own), after the backoff if one runs: it joins the
+        pool, or the failure is reported after the backoff."""
+        delay = self._open_delay()
+        if delay > 0:
+            await self._sleep(delay)
+        round_ = self._open_round()
         try:
             session = await self._transport.connect(self._config)
         except Exception as exc:
-            await self._sleep(self._open_error(exc))
+            wait = self._open_error(exc, round_)
+            if wait is None:
+                return  # gave up: the pool is closed
+            await self._sleep(wait)
             self._open_failed()
             return
         if self._closed:
@@ -573,6 +723,8 @@ class PoolTracker(Generic[P]):
 
     def status(self) -> PoolStatus:
         """Every open pool's status summed (see :func:`sum_pool_status`)."""
+        for p in self._pools:
+            p._sweep()  # a closing session is not counted, nor its capacity
         capacity = sum(
             len(p.machine.connections) * p.machine.max_leases_per_connection for p in self._pools
         )

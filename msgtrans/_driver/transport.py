@@ -50,6 +50,7 @@ from .builder import (
     ShutdownReport,
     TransportBuilderBase,
 )
+from .forever import ForeverRegistry
 from .pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, PoolDriverBase, PoolTracker, make_machine
 from .quic import count_quic_refusals
 from .workers import Supervisor
@@ -398,6 +399,10 @@ class TransportBase(Generic[S, P, Q]):
                          else TransportMetrics(buffer_pool=self._buffer_pool))
         self._metrics.memory_budget = self._memory_budget
         self._pools: PoolTracker[P] = PoolTracker()
+        # The connect_forever iterators, stopped (a backoff ended) when the shutdown starts.
+        self._forevers = ForeverRegistry()
+        # What the shutdown stops first (reconnecting sessions' supervisors): key -> closer.
+        self._shutdown_closers: dict[int, Callable[[], object]] = {}
         self._quic_listeners: list[Q] = []
         # QUIC refusals are counted by each endpoint; what was already added to the metrics.
         self._quic_refused: dict[Q, int] = {}
@@ -418,6 +423,31 @@ class TransportBase(Generic[S, P, Q]):
                 "the transport is shut down", code="connection.closed", retryable=False,
                 operation=operation,
             )
+
+    def _on_shutdown(self, key: object, closer: Callable[[], object]) -> None:
+        """Have the shutdown call *closer* (filed under *key*) before it closes the sessions:
+        an object that would open new sessions (a reconnecting session's supervisor) stops
+        there.  What *closer* returns is handed back by :meth:`_run_shutdown_closers` (the
+        backend waits for it: a task, an event, a thread)."""
+        self._shutdown_closers[id(key)] = closer
+
+    def _forget_on_shutdown(self, key: object) -> None:
+        """*key* closed on its own: the shutdown has nothing to stop."""
+        self._shutdown_closers.pop(id(key), None)
+
+    def _run_shutdown_closers(self) -> list[object]:
+        """Call every closer :meth:`_on_shutdown` filed (once; what one raises is logged) and
+        return what they returned, for the backend to wait on."""
+        closers = list(self._shutdown_closers.values())
+        self._shutdown_closers.clear()
+        results: list[object] = []
+        for closer in closers:
+            try:
+                results.append(closer())
+            except Exception:
+                backend = type(self).__module__.rsplit(".", 1)[0]
+                logging.getLogger(backend).exception("a shutdown closer raised")
+        return results
 
     def _make_session(self, connection: Connection, session_id: int) -> S:
         """The backend's session for *connection* (the hook of :meth:`_new_session`)."""

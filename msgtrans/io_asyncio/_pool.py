@@ -23,10 +23,11 @@ import contextlib
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
-from .._driver.pool import MAX_RETRY_BACKOFF, RETRY_BACKOFF, AsyncPoolBase, closed_error
+from .._driver.pool import MAX_RETRY_BACKOFF, RETRY_BACKOFF, AsyncPoolBase
 from ..core.config import ConnectionConfig
 from ..core.metrics import TransportMetrics
 from ..core.pool import PoolMachine
+from ..core.reconnect import ReconnectPolicy
 from ._message import Message
 from ._session import Session
 
@@ -50,9 +51,11 @@ class SessionPool(AsyncPoolBase[Session, Message]):
 
     def __init__(self, transport: Transport, config: ConnectionConfig, machine: PoolMachine, *,
                  metrics: TransportMetrics, request_timeout: float,
-                 on_closed: Callable[[SessionPool], None]) -> None:
+                 on_closed: Callable[[SessionPool], None],
+                 reconnect: ReconnectPolicy | None = None) -> None:
         super().__init__(transport, config, machine, metrics=metrics,
-                         request_timeout=request_timeout, on_closed=on_closed)
+                         request_timeout=request_timeout, on_closed=on_closed,
+                         reconnect=reconnect)
         self._loop = asyncio.get_running_loop()
         self._clock = self._loop.time
         self._waiters: dict[Hashable, asyncio.Future[Hashable]] = {}
@@ -88,7 +91,7 @@ class SessionPool(AsyncPoolBase[Session, Message]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        error = closed_error()
+        error = self._close_error()
         for future in self._waiters.values():
             if not future.done():
                 future.set_exception(error)

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from .._driver import docs
 from .._driver.docs import doc
-from .._driver.session import SessionBase, SocketSide, check_batch_size, take_batch
+from .._driver.session import SessionBase, SocketSide, check_batch_size
 from ..core.connection import Connection
 from ..core.errors import TransportConnectionError, TransportError
 from ..core.metrics import TransportMetrics
@@ -193,7 +193,7 @@ class Session(SessionBase[Message, "asyncio.Future[Message]", IO]):
             self._inbox_event.clear()
             await self._inbox_event.wait()
         sm = self._sm
-        messages = take_batch(self._inbox, max_messages, sm)
+        messages = self._take_batch(max_messages)
         if sm.has_events:  # ReadResumed: reading goes on
             self._process()
         return messages

@@ -16,12 +16,15 @@ import types
 from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.docs import doc
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
+from .._driver.forever import check_policy
+from .._driver.pool import check_pool_policy
+from .._driver.reconnect import resolve_policy
 from .._driver.transport import (
     DatagramServerConfig,
     SessionStreamBase,
@@ -39,10 +42,13 @@ from ..core.connection import Connection
 from ..core.errors import TransportError
 from ..core.expansion import ExpansionStrategy
 from ..core.packet import Buffer, PacketType
+from ..core.reconnect import ReconnectPolicy
 from ..core.session import SessionState
+from ._forever import ConnectForever
 from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, start_quic_listener
+from ._reconnect import ReconnectingSession
 from ._session import Session
 from ._stream import StreamIO, StreamListener, start_stream_listener
 
@@ -156,9 +162,20 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         return Session(connection, session_id, asyncio.get_running_loop(),
                        on_finished=self._forget, metrics=self._metrics)
 
+    @overload
+    async def connect(self, target: str | ConnectionConfig, *, timeout: float | None = None,
+                      reconnect: Literal[False] | None = None) -> Session: ...
+
+    @overload
+    async def connect(self, target: str | ConnectionConfig, *, timeout: float | None = None,
+                      reconnect: Literal[True] | ReconnectPolicy) -> ReconnectingSession: ...
+
     @doc(docs.CONNECT, own="", timeout="", nursery="")
-    async def connect(self, target: str | ConnectionConfig, *,
-                      timeout: float | None = None) -> Session:
+    async def connect(self, target: str | ConnectionConfig, *, timeout: float | None = None,
+                      reconnect: bool | ReconnectPolicy | None = None
+                      ) -> Session | ReconnectingSession:
+        if reconnect:
+            return await self._connect_reconnecting(target, timeout, reconnect)
         self._check_open("connect")
         config = to_config(target)
         limit = self._connect_limit(config, timeout)
@@ -187,6 +204,27 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             if holder:
                 self._abandon(holder[0], "abandoned during connect")
             raise
+
+    @doc(docs.CONNECT_FOREVER, kind="an async iterator", loop="async for", handed="a task",
+         stop="``StopAsyncIteration``", close="await sessions.aclose()", with_="async with",
+         nursery="")
+    def connect_forever(self, target: str | ConnectionConfig, *,
+                        policy: ReconnectPolicy | None = None,
+                        timeout: float | None = None) -> ConnectForever:
+        self._check_open("connect")
+        return ConnectForever(self, to_config(target), check_policy(policy), timeout)
+    async def _connect_reconnecting(self, target: str | ConnectionConfig,
+                                    timeout: float | None,
+                                    reconnect: bool | ReconnectPolicy) -> ReconnectingSession:
+        policy = resolve_policy(reconnect)
+        assert policy is not None
+        config = to_config(target)
+        first: Session = await self.connect(config, timeout=timeout)
+        reconnecting = ReconnectingSession(
+            first, policy, connect=lambda: self.connect(config, timeout=timeout),
+            metrics=self._metrics, on_closed=self._forget_on_shutdown)
+        self._on_shutdown(reconnecting, reconnecting._shutdown)
+        return reconnecting
 
     def _abandon(self, session: Session, reason: str) -> None:
         # Forgotten now, not when the aborted socket reports its loss on the next loop pass:
@@ -441,11 +479,13 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         max: int | None = None,
         target: int | None = None,
         strategy: ExpansionStrategy | None = None,
+        reconnect: ReconnectPolicy | None = None,
         **settings: Any,
     ) -> SessionPool:
         config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
                                              settings=settings, now=asyncio.get_running_loop().time)
-        pool = SessionPool(self, config, machine, **self._pool_settings())
+        pool = SessionPool(self, config, machine, reconnect=check_pool_policy(reconnect),
+                           **self._pool_settings())
         self._pools.add(pool)
         pool.start()
         try:
@@ -463,6 +503,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         loop = asyncio.get_running_loop()
         self._shutdown = loop.create_future()
         self._closing = True
+        self._forevers.stop_all()
         try:
             report = await self._do_shutdown(loop, timeout, drain)
         except BaseException as exc:
@@ -476,6 +517,10 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
                            drain: bool) -> ShutdownReport:
         start = loop.time()
         deadline = start + max(0.0, timeout)
+        # Reconnecting sessions stop their supervisors first (their sessions close below).
+        supervisors = [t for t in self._run_shutdown_closers() if isinstance(t, asyncio.Task)]
+        if supervisors:
+            await asyncio.gather(*supervisors, return_exceptions=True)
         for stream in list(self._streams):
             await stream.aclose()
         # Pools stop opening and fail their waiting leases; their sessions close with the rest.

@@ -22,12 +22,13 @@ from .._driver import exports as _exports
 from .._driver.exports import *  # noqa: F403  (the core's public names, as in every backend)
 from ._message import Message
 from ._pool import SessionPool
+from ._reconnect import ReconnectingSession
 from ._session import Session
 from ._transport import SessionStream, ShutdownReport, Transport, TransportBuilder
 
 # This backend's own classes, then the core's names; sorted, as the list always was.
-__all__ = ["Message", "Session", "SessionPool", "SessionStream", "ShutdownReport", "Transport",
-           "TransportBuilder"]
+__all__ = ["Message", "ReconnectingSession", "Session", "SessionPool", "SessionStream",
+           "ShutdownReport", "Transport", "TransportBuilder"]
 __all__ += _exports.__all__
 __all__.sort()
 del _exports

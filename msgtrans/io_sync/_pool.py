@@ -33,7 +33,8 @@ from .._driver.pool import PoolDriverBase
 from ..core.config import ConnectionConfig
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer
-from ..core.pool import PoolMachine
+from ..core.pool import PoolMachine, PoolStatus
+from ..core.reconnect import ReconnectPolicy
 from ..core.session import SessionState
 from ._loop import Channel, IOLoop, wait_until
 from ._message import Message
@@ -74,9 +75,11 @@ class SessionPool(PoolDriverBase[Session]):
 
     def __init__(self, transport: Transport, config: ConnectionConfig, machine: PoolMachine, *,
                  metrics: TransportMetrics, request_timeout: float, loop: IOLoop,
-                 on_closed: Callable[[SessionPool], None]) -> None:
+                 on_closed: Callable[[SessionPool], None],
+                 reconnect: ReconnectPolicy | None = None) -> None:
         super().__init__(transport, config, machine, metrics=metrics,
-                         request_timeout=request_timeout, on_closed=on_closed)
+                         request_timeout=request_timeout, on_closed=on_closed,
+                         reconnect=reconnect)
         self._io = loop
         self._lock = loop.lock
         self._cond = loop.cond
@@ -141,6 +144,17 @@ class SessionPool(PoolDriverBase[Session]):
             if not session.is_closed:
                 session.abort("aborted: the pool closed")
         self.wait_tasks(1.0)
+
+    def status(self) -> PoolStatus:
+        """Return the machine's :class:`~msgtrans.core.pool.PoolStatus` now (a session found
+        closing or closed leaves the pool first, so it is never counted)."""
+        with self._lock:
+            return super().status()
+
+    def sessions(self) -> list[Session]:
+        """The pooled sessions that are open, oldest first."""
+        with self._lock:
+            return super().sessions()
 
     # --- for the transport ---------------------------------------------------------------------
 
@@ -248,13 +262,24 @@ class SessionPool(PoolDriverBase[Session]):
                 self._threads.discard(threading.current_thread())
 
     def _open(self) -> None:
+        with self._lock:
+            # The backoff after a loss or a failed round; the wait ends early when the pool
+            # closes.
+            delay = self._open_delay()
+            if delay > 0:
+                wait_until(self._cond, lambda: self._closed, time.monotonic() + delay)
+            if self._closed:
+                return
+            round_ = self._open_round()
         try:
             session = self._transport.connect(self._config)
         except Exception as exc:
             with self._lock:
                 # Reported after the backoff; the wait ends early when the pool closes.
-                delay = self._open_error(exc)
-                wait_until(self._cond, lambda: self._closed, time.monotonic() + delay)
+                wait = self._open_error(exc, round_)
+                if wait is None:
+                    return  # gave up: the pool is closed
+                wait_until(self._cond, lambda: self._closed, time.monotonic() + wait)
                 self._open_failed()
             return
         with self._lock:

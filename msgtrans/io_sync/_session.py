@@ -17,7 +17,7 @@ from typing import Protocol
 
 from .._driver import docs
 from .._driver.docs import doc
-from .._driver.session import SessionBase, SocketSide, check_batch_size, take_batch
+from .._driver.session import SessionBase, SocketSide, check_batch_size
 from ..core.connection import Connection
 from ..core.errors import TransportError, TransportTimeoutError
 from ..core.metrics import TransportMetrics
@@ -312,7 +312,7 @@ class Session(SessionBase[Message, _Reply, IO]):
         """
         if not self._inbox:
             return []
-        messages = take_batch(self._inbox, max_messages, self._sm)
+        messages = self._take_batch(max_messages)
         self._consumed()
         return messages
 

@@ -12,11 +12,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.docs import doc
+from .._driver.forever import check_policy
+from .._driver.pool import check_pool_policy
+from .._driver.reconnect import resolve_policy
 from .._driver.transport import (
     SessionStreamBase,
     TransportBase,
@@ -35,6 +38,7 @@ from ..core.expansion import ExpansionStrategy
 from ..core.metrics import MetricsSnapshot
 from ..core.packet import Buffer
 from ..core.pool import PoolStatus
+from ..core.reconnect import ReconnectPolicy
 from ..core.session import SessionState
 from ._channels import (
     QuicClientChannel,
@@ -45,9 +49,11 @@ from ._channels import (
     open_stream_listener,
     tune_stream,
 )
+from ._forever import ConnectForever
 from ._loop import IOLoop, wait_until
 from ._message import Message
 from ._pool import SessionPool
+from ._reconnect import ReconnectingSession
 from ._session import Session, serving_thread
 
 __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
@@ -510,9 +516,27 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         with loop.lock:
             return super().sessions()
 
+    @doc(docs.CONNECT_FOREVER, kind="an iterator", loop="for", handed="a thread",
+         stop="``StopIteration``", close="sessions.close()", with_="with", nursery="")
+    def connect_forever(self, target: str | ConnectionConfig, *,
+                        policy: ReconnectPolicy | None = None,
+                        timeout: float | None = None) -> ConnectForever:
+        self._check_open("connect")
+        return ConnectForever(self, to_config(target), check_policy(policy), timeout)
+    @overload
+    def connect(self, target: str | ConnectionConfig, *, timeout: float | None = None,
+                reconnect: Literal[False] | None = None) -> Session: ...
+
+    @overload
+    def connect(self, target: str | ConnectionConfig, *, timeout: float | None = None,
+                reconnect: Literal[True] | ReconnectPolicy) -> ReconnectingSession: ...
+
     @doc(docs.CONNECT, own="", nursery="", timeout=_SYNC_RESOLVE)
-    def connect(self, target: str | ConnectionConfig, *,
-                timeout: float | None = None) -> Session:
+    def connect(self, target: str | ConnectionConfig, *, timeout: float | None = None,
+                reconnect: bool | ReconnectPolicy | None = None
+                ) -> Session | ReconnectingSession:
+        if reconnect:
+            return self._connect_reconnecting(target, timeout, reconnect)
         self._check_open("connect")
         config = to_config(target)
         limit = self._connect_limit(config, timeout)
@@ -570,6 +594,18 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         self._abandon(session, "abandoned: connect timed out")
         raise self._connect_error(TimeoutError(), config, session, timeout=limit,
                                   count=True) from None
+
+    def _connect_reconnecting(self, target: str | ConnectionConfig, timeout: float | None,
+                              reconnect: bool | ReconnectPolicy) -> ReconnectingSession:
+        policy = resolve_policy(reconnect)
+        assert policy is not None
+        config = to_config(target)
+        first: Session = self.connect(config, timeout=timeout)
+        reconnecting = ReconnectingSession(
+            first, policy, connect=lambda: self.connect(config, timeout=timeout),
+            metrics=self._metrics, on_closed=self._forget_on_shutdown)
+        self._on_shutdown(reconnecting, reconnecting._shutdown)
+        return reconnecting
 
     def _abandon(self, session: Session, reason: str) -> None:
         """Abort a session whose connect failed and wait (bounded) until the I/O thread
@@ -696,12 +732,14 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         max: int | None = None,
         target: int | None = None,
         strategy: ExpansionStrategy | None = None,
+        reconnect: ReconnectPolicy | None = None,
         **settings: Any,
     ) -> SessionPool:
         config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
                                              settings=settings, now=time.monotonic)
         loop = self._ensure_loop()
-        pool = SessionPool(self, config, machine, loop=loop, **self._pool_settings())
+        pool = SessionPool(self, config, machine, loop=loop, reconnect=check_pool_policy(reconnect),
+                           **self._pool_settings())
         with loop.lock:
             self._pools.add(pool)
         pool.start()
@@ -771,6 +809,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             assert future is not None
         if not first:
             return future.result()
+        self._forevers.stop_all()
         try:
             report = self._do_shutdown(timeout, drain)
         except BaseException as exc:
@@ -785,6 +824,10 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
         loop = self._loop
         if loop is None:
             return self._finish_shutdown((0, 0, 0), time.monotonic() - start)
+        # Reconnecting sessions stop reconnecting; their threads end once their sessions,
+        # closed below, are over.
+        supervisors = [t for t in self._run_shutdown_closers()
+                       if isinstance(t, threading.Thread)]
         for stream in list(self._streams):
             stream.close()
         with loop.lock:
@@ -813,6 +856,10 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             self._quic_listeners.clear()
             self._quic_refused.clear()
             runs = list(self._serve_runs)
+        me_thread = threading.current_thread()
+        for thread in supervisors:
+            if thread is not me_thread:
+                thread.join(max(deadline - time.monotonic(), 0.0) + 1.0)
         # Whatever is still open (a connect racing the shutdown) is closed by the loop's end.
         loop.stop()
         me = threading.current_thread().name

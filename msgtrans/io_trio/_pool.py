@@ -21,6 +21,7 @@ from .._driver.pool import AsyncPoolBase
 from ..core.config import ConnectionConfig
 from ..core.metrics import TransportMetrics
 from ..core.pool import PoolMachine
+from ..core.reconnect import ReconnectPolicy
 from ._message import Message
 from ._session import Session
 
@@ -54,9 +55,11 @@ class SessionPool(AsyncPoolBase[Session, Message]):
 
     def __init__(self, transport: Transport, config: ConnectionConfig, machine: PoolMachine, *,
                  metrics: TransportMetrics, request_timeout: float, spawn: Callable[..., None],
-                 on_closed: Callable[[SessionPool], None]) -> None:
+                 on_closed: Callable[[SessionPool], None],
+                 reconnect: ReconnectPolicy | None = None) -> None:
         super().__init__(transport, config, machine, metrics=metrics,
-                         request_timeout=request_timeout, on_closed=on_closed)
+                         request_timeout=request_timeout, on_closed=on_closed,
+                         reconnect=reconnect)
         self._clock = trio.current_time
         self._spawn = spawn
         self._waiters: dict[Hashable, _Waiter] = {}

@@ -59,12 +59,11 @@ class QuicClientIO:
         else:
             machine.pause_reading()
 
-    async def run(self) -> None:
-        """Receive and send until the connection is over."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._reader)
-            await self._writer()
-            nursery.cancel_scope.cancel()
+    async def run(self, nursery: trio.Nursery) -> None:
+        """Receive (a task in *nursery*, the session's) and send until the connection is
+        over."""
+        nursery.start_soon(self._reader)
+        await self._writer()
 
     async def aclose(self) -> None:
         """Close the socket."""
@@ -137,7 +136,7 @@ class _ServerSessionIO(_QuicSeat):
         else:
             self._machine.pause_reading()
 
-    async def run(self) -> None:
+    async def run(self, nursery: trio.Nursery) -> None:
         await self.done.wait()
 
     async def aclose(self) -> None:

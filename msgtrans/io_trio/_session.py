@@ -4,7 +4,9 @@
 slots, the established and finished events) and runs the connection's timer.  The socket side is
 an :class:`IO` object (a stream socket, a QUIC client socket or a seat on a QUIC server
 listener); :meth:`Session.run` is the one task that owns a session, and every task it starts
-lives in its nursery.
+lives in it (the socket side's nursery: a reader task beside the writer).  The session's
+deadlines are kept by its transport's :class:`~._timers.Timers` (one task for all sessions),
+and its events are made when something first waits for them: an idle session holds little.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typ
 
 from .._driver import docs
 from .._driver.docs import doc
-from .._driver.session import SessionBase, SocketSide, check_batch_size, take_batch
+from .._driver.session import SessionBase, SocketSide, check_batch_size
 from ..core.connection import Connection
 from ..core.errors import TransportError
 from ..core.metrics import TransportMetrics
 from ..core.packet import Buffer, Packet
 from ._message import Message
+from ._timers import Timers
 
 __all__ = ["IO", "Session"]
 
@@ -40,8 +43,9 @@ BATCH_CALLS = 64
 class IO(SocketSide, Protocol):
     """What a :class:`Session` needs from its socket side (internal)."""
 
-    async def run(self) -> None:
-        """Move bytes until the connection is over; return then (the socket may stay open)."""
+    async def run(self, nursery: trio.Nursery) -> None:
+        """Move bytes until the connection is over; return then (the socket may stay open).
+        A helper task (a reader) goes in *nursery*, the session's (cancelled on return)."""
 
     async def aclose(self) -> None:
         """Release the socket (must not block: called shielded, also after a cancel)."""
@@ -74,6 +78,11 @@ loop of sends queues a batch that the writer task sends in one write."""
 @doc(docs.SESSION, safety="")
 class Session(SessionBase[Message, _Slot, IO]):
 
+    __slots__ = (
+        "_blocked", "_established", "_finished", "_inbox_event", "_receives", "_scope",
+        "_sends", "_timer_at", "_timers", "_timing", "_work_done",
+    )
+
     _message_type = Message
 
     def __init__(
@@ -82,29 +91,34 @@ class Session(SessionBase[Message, _Slot, IO]):
         session_id: int,
         on_finished: Callable[[Session], None] | None = None,
         metrics: TransportMetrics | None = None,
+        timers: Timers | None = None,
     ) -> None:
         super().__init__(conn, session_id, on_finished, metrics, trio.current_time)
         # Calls of send() / receive() since their last schedule point (see BATCH_CALLS).
         self._sends = 0
         self._receives = 0
-        self._inbox_event = trio.Event()
+        # The events are made by the first waiter and dropped by the one who sets them (the
+        # next wait makes a new one): None while nothing waits.
+        self._inbox_event: trio.Event | None = None
         self._wake_inbox = self._set_inbox_event
-        self._established = trio.Event()
-        self._finished = trio.Event()
-        self._writable = trio.Event()
-        self._writable.set()
-        self._timer_event = trio.Event()
-        self._timer_at: float | None = None
-        self._work_done = trio.Event()
-        # Created now, not in run(): abort() may come before the task started.
-        self._scope = trio.CancelScope()
+        self._established: trio.Event | None = None  # see wait_established
+        self._finished: trio.Event | None = None  # see wait_closed
+        self._blocked: trio.Event | None = None  # set while sends wait for room
+        self._work_done: trio.Event | None = None  # see wait_idle
+        # The transport's (a session made without one keeps its own, in a system task).
+        self._timers = timers if timers is not None else Timers(trio.lowlevel.spawn_system_task)
+        self._timer_at: float | None = None  # the deadline set in _timers
+        self._timing = False  # the timer runs (from run()'s start until its socket side ends)
+        # The cancel scope of the session's nursery once run() started; before, one made by an
+        # abort (already cancelled: run() then cancels its nursery at once).
+        self._scope: trio.CancelScope | None = None
 
     # --- the application's operations ----------------------------------------------------------
 
     @doc(docs.SEND, waits="Waits", leaves="the writer task sends it with the rest of the batch",
          more=_SEND_BATCH, timeout="", timeout_error="")
     async def send(self, data: Buffer, *, biz_type: int = 0, ext_header: Buffer = b"") -> None:
-        if self._sends < BATCH_CALLS and self._writable.is_set():
+        if self._sends < BATCH_CALLS and self._blocked is None:
             self._sends += 1
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check_open("send")
@@ -168,7 +182,7 @@ class Session(SessionBase[Message, _Slot, IO]):
         if not waited:
             # The checkpoint: nothing can be cancelled from here until the batch is handed over.
             await trio.lowlevel.cancel_shielded_checkpoint()
-        messages = take_batch(self._inbox, max_messages, self._sm)
+        messages = self._take_batch(max_messages)
         if self._sm.has_events:
             self._process()
         return messages
@@ -185,9 +199,10 @@ class Session(SessionBase[Message, _Slot, IO]):
         while not self._inbox:
             if self._released or self.closed_event is not None:
                 raise self._closed_error("receive")
-            if self._inbox_event.is_set():
-                self._inbox_event = trio.Event()
-            await self._inbox_event.wait()
+            event = self._inbox_event
+            if event is None:
+                event = self._inbox_event = trio.Event()
+            await event.wait()
             waited = True
         return waited
 
@@ -198,18 +213,26 @@ class Session(SessionBase[Message, _Slot, IO]):
         if not self._released:
             self.start_close(code, reason)
             with trio.move_on_after(timeout):
-                await self._finished.wait()
+                await self.wait_closed()
             if not self._released:
                 self.abort()
-                await self._finished.wait()
+                await self.wait_closed()
 
     async def wait_closed(self) -> None:
         """Wait until the session is over and its socket released."""
-        await self._finished.wait()
+        if self._released:
+            await trio.lowlevel.checkpoint()
+            return
+        event = self._finished
+        if event is None:
+            event = self._finished = trio.Event()
+        await event.wait()
 
     def _drop(self) -> None:
         # The session's task releases the socket on its way out; without one, nothing to release.
-        self._scope.cancel()
+        # Its timer stops now (as a timer task in the cancelled scope would).
+        self._stop_timer()
+        self._cancel()
         if self._io is None:
             self.socket_gone()
 
@@ -218,9 +241,10 @@ class Session(SessionBase[Message, _Slot, IO]):
     async def wait_idle(self) -> None:
         """Wait until no request is in flight either way (or the session is over)."""
         while self.pending_work and not self._released:
-            if self._work_done.is_set():
-                self._work_done = trio.Event()
-            await self._work_done.wait()
+            event = self._work_done
+            if event is None:
+                event = self._work_done = trio.Event()
+            await event.wait()
 
     async def wait_established(self) -> None:
         """Wait for the handshake to complete.
@@ -228,29 +252,39 @@ class Session(SessionBase[Message, _Slot, IO]):
         Raises:
             TransportError: the handshake failed or the connection closed first.
         """
-        await self._established.wait()
+        if self._established_done:
+            await trio.lowlevel.checkpoint()
+        else:
+            event = self._established
+            if event is None:
+                event = self._established = trio.Event()
+            await event.wait()
         if self._established_error is not None:
             raise self._established_error
 
     async def run(self, io: IO) -> None:
-        """The session's task: start the connection, run its socket side and its timer until
-        it is over, release the socket.  Never raises (but ``Cancelled``): a driver bug drops
-        the connection, logged, instead of tearing down the nursery it lives in."""
+        """The session's task: start the connection, run its socket side (and its timer)
+        until it is over, release the socket.  Never raises (but ``Cancelled``): a driver bug
+        drops the connection, logged, instead of tearing down the nursery it lives in."""
         self._io = io
         try:
-            with self._scope:
-                try:
+            try:
+                # One nursery (one cancel scope) for all of the session's tasks.
+                async with trio.open_nursery() as nursery:
+                    early, self._scope = self._scope, nursery.cancel_scope
+                    if early is not None and early.cancel_called:
+                        nursery.cancel_scope.cancel()  # aborted before the task started
                     self._conn.start(trio.current_time())
+                    self._timing = True
                     self._after_input()
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._timer_loop)
-                        await io.run()
-                        nursery.cancel_scope.cancel()
-                except Exception as exc:
-                    logger.exception("session %s: driver error; dropping the connection",
-                                     self.id)
-                    self.lost(exc)
+                    self._arm_timer()
+                    await io.run(nursery)
+                    nursery.cancel_scope.cancel()
+            except Exception as exc:
+                logger.exception("session %s: driver error; dropping the connection", self.id)
+                self.lost(exc)
         finally:
+            self._stop_timer()
             with trio.CancelScope(shield=True):
                 await io.aclose()
             self.lost(None)
@@ -270,47 +304,88 @@ class Session(SessionBase[Message, _Slot, IO]):
             self.socket_gone()
 
     def _on_released(self) -> None:
-        self._finished.set()
-        self._inbox_event.set()
-        self._writable.set()
-        self._work_done.set()
-        self._timer_event.set()
+        self._stop_timer()
+        for event in (self._finished, self._inbox_event, self._blocked, self._work_done):
+            if event is not None:
+                event.set()
+        self._finished = self._inbox_event = self._blocked = self._work_done = None
+
+    def _cancel(self) -> None:
+        """End the session's task (its nursery), or have it end as soon as it starts."""
+        if self._scope is None:
+            self._scope = trio.CancelScope()
+        self._scope.cancel()
 
     def _set_inbox_event(self) -> None:
-        self._inbox_event.set()
+        event = self._inbox_event
+        if event is not None:
+            self._inbox_event = None
+            event.set()
+
+    def _set_work_done(self) -> None:
+        event = self._work_done
+        if event is not None:
+            self._work_done = None
+            event.set()
 
     def _request_withdrawn(self) -> None:
         self._rearm()
-        self._work_done.set()
+        self._set_work_done()
 
     def _settle(self, waiter: _Slot, message: Message | None,
                 error: TransportError | None) -> None:
         waiter.message = message
         waiter.error = error
         waiter.event.set()
-        self._work_done.set()
+        self._set_work_done()
 
     def _handshake_settled(self) -> None:
-        self._established.set()
+        event = self._established
+        if event is not None:
+            self._established = None
+            event.set()
 
     def _set_reading(self, reading: bool) -> None:
         assert self._io is not None
         self._io.set_reading(reading)
 
-    async def _timer_loop(self) -> None:
-        # Sleeps until the core's next deadline; _rearm wakes it when an earlier one appears.
-        # A later deadline needs no wake-up: firing early is harmless, the loop just re-reads.
-        while True:
-            deadline = self._conn.next_deadline()
-            self._timer_at = deadline
-            if self._timer_event.is_set():
-                self._timer_event = trio.Event()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
-                await self._timer_event.wait()
-                continue
-            self._timer_at = None
+    # --- the timer ------------------------------------------------------------------------------
+    # The transport's Timers calls on_timer at the core's next deadline; _rearm moves the
+    # deadline earlier when an earlier one appears.  A later deadline needs nothing: firing
+    # early is harmless, on_timer just re-reads it.
+
+    def on_timer(self) -> None:
+        """The deadline set in the transport's timers passed: the core handles its timers."""
+        self._timer_at = None
+        if not self._timing:
+            return
+        try:
             self._conn.handle_timer(trio.current_time())
             self._after_input()
+        except Exception as exc:
+            # What a failing timer task did: drop the connection and end the session's task.
+            logger.exception("session %s: driver error; dropping the connection", self.id)
+            self._stop_timer()
+            self.lost(exc)
+            self._cancel()
+            return
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """Set the core's next deadline in the timers (the one set may be earlier, or later:
+        :meth:`on_timer` re-reads it)."""
+        if self._timing:
+            deadline = self._conn.next_deadline()
+            if deadline != self._timer_at:
+                self._timer_at = deadline
+                self._timers.set(self, deadline)
+
+    def _stop_timer(self) -> None:
+        """No more timer for this session (its socket side ended): unset its deadline."""
+        self._timing = False
+        if self._timer_at is not None:
+            self._timer_at = None
+            self._timers.set(self, None)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -326,40 +401,45 @@ class Session(SessionBase[Message, _Slot, IO]):
 
     def _update_writable(self) -> None:
         if self._can_write():
-            self._writable.set()
-        elif self._writable.is_set():
-            self._writable = trio.Event()
+            event = self._blocked
+            if event is not None:
+                self._blocked = None
+                event.set()
+        elif self._blocked is None:
+            self._blocked = trio.Event()
 
     async def _wait_writable(self, operation: str) -> None:
         await self._wait_room(operation)
         self._check_open(operation)
 
     async def _wait_room(self, operation: str) -> None:
-        if self._writable.is_set():
-            await self._writable.wait()  # a checkpoint even when writable
+        if self._blocked is None:
+            await trio.lowlevel.checkpoint()  # a checkpoint even when writable
             return
         # At most the send_timeout: past it the shared half raises (and aborts a server
         # session, whose peer reads nothing).
         limit = self.send_timeout
         with trio.move_on_after(math.inf if limit is None else limit) as scope:
-            while not self._writable.is_set():
-                await self._writable.wait()
-        if scope.cancelled_caught and not self._writable.is_set():
+            while (blocked := self._blocked) is not None:
+                await blocked.wait()
+        if scope.cancelled_caught and self._blocked is not None:
             assert limit is not None
             raise self._send_timed_out(operation, limit)
 
     def _rearm(self) -> None:
+        if not self._timing:
+            return  # run() arms it when it starts; nothing once the socket side ended
         deadline = self._conn.next_deadline()
         at = self._timer_at
         if deadline is not None and (at is None or deadline < at):
             self._timer_at = deadline
-            self._timer_event.set()
+            self._timers.set(self, deadline)
 
     async def _respond(
         self, request: Packet, data: Buffer, biz_type: int | None, ext_header: Buffer
     ) -> None:
         self._unanswered.discard(request.message_id)
-        self._work_done.set()
+        self._set_work_done()
         # Answers are allowed while closing, so only a finished connection refuses them.
         await self._wait_room("respond")
         if self._released or self.closed_event is not None:

@@ -24,6 +24,7 @@ from ..core.errormap import map_error
 from ..core.machine import Address
 from ..core.packet import Buffer
 from ._session import Session
+from ._wakeup import Wakeup
 
 __all__ = ["StreamIO", "StreamListener", "deliver_when_established", "open_stream_listener"]
 
@@ -55,14 +56,14 @@ class StreamIO:
         # the kernel as they are: no join, no copy.  trio sockets have it on Unix.
         self._sendmsg: Callable[[list[Buffer]], Awaitable[int]] | None = getattr(
             self._sock, "sendmsg", None)
-        self._wake = trio.Event()
+        self._wake = Wakeup()  # the writer waits for it
         # Output the reader took from the connection, to go before what the writer takes next.
         self._carry: list[Buffer] = []
         # The writer is between its wake-up and its next wait (taking, writing): it takes what
         # the core has once its write is done, so the reader must not take it meanwhile.
         self._writing = False
-        self._reading = trio.Event()
-        self._reading.set()
+        # Set while reading is paused (None: reading; made only when paused).
+        self._paused: trio.Event | None = None
         self._eof_written = False
         if self._sock.family in (socket.AF_INET, socket.AF_INET6):
             # trio turns TCP_NODELAY on; honour the config either way.
@@ -86,16 +87,18 @@ class StreamIO:
     def set_reading(self, reading: bool) -> None:
         """Pause or resume the reader (the application fell behind / caught up)."""
         if reading:
-            self._reading.set()
-        elif self._reading.is_set():
-            self._reading = trio.Event()
+            paused = self._paused
+            if paused is not None:
+                self._paused = None
+                paused.set()
+        elif self._paused is None:
+            self._paused = trio.Event()
 
-    async def run(self) -> None:
-        """Read and write until the core is over (the writer decides: it sends the last bytes)."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._reader)
-            await self._writer()
-            nursery.cancel_scope.cancel()
+    async def run(self, nursery: trio.Nursery) -> None:
+        """Read (a task in *nursery*, the session's) and write until the core is over (the
+        writer decides: it sends the last bytes)."""
+        nursery.start_soon(self._reader)
+        await self._writer()
 
     async def aclose(self) -> None:
         """Close the socket (never blocks)."""
@@ -107,10 +110,11 @@ class StreamIO:
         sock = self._sock
         drained = True
         while True:
-            if not self._reading.is_set():
+            paused = self._paused
+            if paused is not None:
                 # Only when paused: Event.wait() is a checkpoint even when set, and recv_into
                 # below is one already, so a set event would cost a scheduler round per read.
-                await self._reading.wait()
+                await paused.wait()
             try:
                 if drained:
                     # The last read was short (or none yet): wait for bytes before taking the
@@ -150,8 +154,7 @@ class StreamIO:
     async def _writer(self) -> None:
         session = self.session
         while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
+            await self._wake.wait()  # and clears it
             self._writing = True
             try:
                 # Until the core has nothing more: sends and a close may come in while

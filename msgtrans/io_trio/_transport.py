@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, overload
 
 import trio  # type: ignore[import-untyped, unused-ignore]  # 0.22 has no py.typed
 
@@ -20,6 +20,9 @@ from .._driver import docs
 from .._driver.builder import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownReport, TransportBuilderBase
 from .._driver.docs import doc
 from .._driver.facade import AsyncStreamFacade, AsyncTransportFacade, handler_caller
+from .._driver.forever import check_policy
+from .._driver.pool import check_pool_policy
+from .._driver.reconnect import resolve_policy
 from .._driver.transport import (
     DatagramServerConfig,
     SessionStreamBase,
@@ -37,12 +40,16 @@ from ..core.errormap import map_error
 from ..core.errors import ConfigurationError, TransportConnectionError, TransportError
 from ..core.expansion import ExpansionStrategy
 from ..core.packet import Buffer
+from ..core.reconnect import ReconnectPolicy
 from ..core.session import SessionState
+from ._forever import ConnectForever
 from ._message import Message
 from ._pool import SessionPool
 from ._quic import QuicClientIO, QuicListener, open_quic_listener
+from ._reconnect import ReconnectingSession
 from ._session import Session
 from ._stream import StreamIO, StreamListener, open_stream_listener
+from ._timers import Timers
 
 __all__ = ["SessionStream", "ShutdownReport", "Transport", "TransportBuilder"]
 
@@ -207,6 +214,8 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         self._handler_scopes: set[trio.CancelScope] = set()
         self._shutdown_done: trio.Event | None = None
         self._report: ShutdownReport | None = None
+        # The sessions' deadlines: one task in the transport's nursery for all of them.
+        self._timers = Timers(self._spawn_timers)
 
     _stream_type = SessionStream
 
@@ -261,12 +270,30 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         spawn: Callable[..., None] = nursery.start_soon
         return spawn
 
+    def _spawn_timers(self, run: Callable[[], Any]) -> None:
+        nursery = self._nursery
+        if nursery is None:
+            raise RuntimeError("the transport has no nursery")
+        nursery.start_soon(run, name="msgtrans.io_trio timers")
+
     def _make_session(self, connection: Connection, session_id: int) -> Session:
-        return Session(connection, session_id, on_finished=self._forget, metrics=self._metrics)
+        return Session(connection, session_id, on_finished=self._forget, metrics=self._metrics,
+                       timers=self._timers)
+
+    @overload
+    async def connect(self, target: str | ConnectionConfig, *, timeout: float | None = None,
+                      reconnect: Literal[False] | None = None) -> Session: ...
+
+    @overload
+    async def connect(self, target: str | ConnectionConfig, *, timeout: float | None = None,
+                      reconnect: Literal[True] | ReconnectPolicy) -> ReconnectingSession: ...
 
     @doc(docs.CONNECT, own=_TRIO_CONNECT, timeout="", nursery=", or the transport has no nursery")
-    async def connect(self, target: str | ConnectionConfig, *,
-                      timeout: float | None = None) -> Session:
+    async def connect(self, target: str | ConnectionConfig, *, timeout: float | None = None,
+                      reconnect: bool | ReconnectPolicy | None = None
+                      ) -> Session | ReconnectingSession:
+        if reconnect:
+            return await self._connect_reconnecting(target, timeout, reconnect)
         self._check_open("connect")
         config = to_config(target)
         spawn = self._spawner("connect")
@@ -287,6 +314,31 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         except BaseException:
             await _abandon(holder, "abandoned during connect")
             raise
+
+    @doc(docs.CONNECT_FOREVER, kind="an async iterator", loop="async for",
+         handed="a task of a nursery", stop="``StopAsyncIteration``",
+         close="await sessions.aclose()", with_="async with",
+         nursery=", or the transport has no nursery")
+    def connect_forever(self, target: str | ConnectionConfig, *,
+                        policy: ReconnectPolicy | None = None,
+                        timeout: float | None = None) -> ConnectForever:
+        self._check_open("connect")
+        config = to_config(target)
+        self._spawner("connect")
+        return ConnectForever(self, config, check_policy(policy), timeout)
+    async def _connect_reconnecting(self, target: str | ConnectionConfig,
+                                    timeout: float | None,
+                                    reconnect: bool | ReconnectPolicy) -> ReconnectingSession:
+        policy = resolve_policy(reconnect)
+        assert policy is not None
+        config = to_config(target)
+        spawn = self._spawner("connect")
+        first: Session = await self.connect(config, timeout=timeout)
+        reconnecting = ReconnectingSession(
+            first, policy, connect=lambda: self.connect(config, timeout=timeout),
+            metrics=self._metrics, spawn=spawn, on_closed=self._forget_on_shutdown)
+        self._on_shutdown(reconnecting, reconnecting._shutdown)
+        return reconnecting
 
     async def _open(self, config: ConnectionConfig, holder: list[Session],
                     spawn: Callable[..., None]) -> Session:
@@ -394,23 +446,30 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
                         await _call(handler, "on_error", session, exc)
                     break
                 self._serving(session, True)
-                for message in batch:
-                    if message.is_request:
-                        await self._handle_request(session, handler, message)
-                    elif on_message is not None:
-                        if self._closing and session.state is not SessionState.OPEN:
-                            # Read by the close handshake after a graceful shutdown stopped
-                            # new reads: a one-way message can no longer be answered.
-                            continue
-                        try:
-                            await on_message(session, message)
-                        except Exception as exc:
-                            _handler_failed(logger, "on_message", session, exc)
-                            await _call(handler, "on_error", session, exc)
+                await self._serve_batch(session, handler, on_message, batch)
+                # Nothing held while the next batch is awaited: an idle session keeps no
+                # message (nor the batch's list) alive.
+                del batch
         finally:
             self._served_ended(session)
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await _call(handler, "on_disconnected", session, session.close_reason)
+
+    async def _serve_batch(self, session: Session, handler: Any, on_message: Any,
+                           batch: list[Message]) -> None:
+        for message in batch:
+            if message.is_request:
+                await self._handle_request(session, handler, message)
+            elif on_message is not None:
+                if self._closing and session.state is not SessionState.OPEN:
+                    # Read by the close handshake after a graceful shutdown stopped
+                    # new reads: a one-way message can no longer be answered.
+                    continue
+                try:
+                    await on_message(session, message)
+                except Exception as exc:
+                    _handler_failed(logger, "on_message", session, exc)
+                    await _call(handler, "on_error", session, exc)
 
     async def _handle_request(self, session: Session, handler: Any, message: Message) -> None:
         on_request = getattr(handler, "on_request", None)
@@ -444,11 +503,13 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
         max: int | None = None,
         target: int | None = None,
         strategy: ExpansionStrategy | None = None,
+        reconnect: ReconnectPolicy | None = None,
         **settings: Any,
     ) -> SessionPool:
         config, machine = self._pool_machine(address, (min, max, target), strategy=strategy,
                                              settings=settings, now=trio.current_time)
         pool = SessionPool(self, config, machine, spawn=self._spawner("pool"),
+                           reconnect=check_pool_policy(reconnect),
                            **self._pool_settings())
         self._pools.add(pool)
         pool.start()
@@ -473,6 +534,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             return self._report
         self._shutdown_done = trio.Event()
         self._closing = True
+        self._forevers.stop_all()
         try:
             self._report = await self._do_shutdown(timeout, drain)
         finally:
@@ -502,6 +564,9 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
     async def _do_shutdown(self, timeout: float, drain: bool) -> ShutdownReport:
         start = trio.current_time()
         deadline = start + max(0.0, timeout)
+        # Reconnecting sessions stop their supervisors first (their sessions close below).
+        supervisors = [e for e in self._run_shutdown_closers() if isinstance(e, trio.Event)]
+        await _wait_all([e.wait for e in supervisors], deadline + 1.0)
         # Pools first: their waiting leases fail and their opens stop; their sessions are the
         # transport's and close with the rest below.
         pools = list(self._pools)

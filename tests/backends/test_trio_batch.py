@@ -51,7 +51,7 @@ async def tcp_pair() -> AsyncIterator[tuple[mt.Session, mt.Session]]:
 async def until_queued(session: mt.Session, count: int) -> None:
     """Wait until *count* messages are queued on *session* (without taking them)."""
     with trio.fail_after(WAIT):
-        while len(session._inbox) < count:
+        while len(session._inbox or ()) < count:
             await trio.sleep(0.001)
 
 

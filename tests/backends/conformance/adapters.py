@@ -52,12 +52,12 @@ PacketType = amt.PacketType
 
 
 def server_config(lib: ModuleType, proto: str, certs: Certs, *, host: str = "127.0.0.1",
-                  **options: Any) -> Any:
-    """A loopback server config for *proto* on a free port of *host* (``"[::1]"`` for IPv6);
-    *options* go to the config."""
+                  port: int = 0, **options: Any) -> Any:
+    """A loopback server config for *proto* on *port* of *host* (default a free port;
+    ``"[::1]"`` for IPv6); *options* go to the config."""
     cert, key = certs
     tls = lib.ServerTlsConfig(cert, key)
-    address = f"{host}:0"
+    address = f"{host}:{port}"
     if proto == "tcp":
         return lib.TcpServerConfig(address, **options)
     if proto == "tls":
@@ -199,10 +199,12 @@ class Transport:
             await self._backend.close_stream(stream)
 
     @contextlib.asynccontextmanager
-    async def serve(self, proto: str, certs: Certs, handler: Any) -> AsyncIterator[int]:
+    async def serve(self, proto: str, certs: Certs, handler: Any,
+                    port: int = 0) -> AsyncIterator[int]:
         """Run ``serve()`` with *handler* (async methods taking these wrappers) in the
-        background; yield the port.  Leaving shuts the transport down, which ends serve()."""
-        stream = self.raw.accept([server_config(self._backend.lib, proto, certs)])
+        background on *port* (default a free one); yield the port.  Leaving shuts the
+        transport down, which ends serve()."""
+        stream = self.raw.accept([server_config(self._backend.lib, proto, certs, port=port)])
         await self._backend.call(stream.start)  # to learn the port before serving
         native = self._backend.native_handler(handler)
         async with anyio.create_task_group() as tg:

@@ -144,7 +144,7 @@ def test_receive_many_takes_batches_in_order(backend: Backend, proto: str, certs
 async def until_queued(session: Session, count: int) -> None:
     """Wait until *count* messages are queued on *session* (without taking them)."""
     with anyio.fail_after(WAIT):
-        while len(session.raw._inbox) < count:
+        while len(session.raw._inbox or ()) < count:
             await anyio.sleep(0.001)
 
 
@@ -789,7 +789,7 @@ def test_slow_reader_pauses_reading(backend: Backend, proto: str, certs: Certs) 
                 await anyio.sleep(0.1)
                 assert not done.is_set()  # the sender waits on backpressure, not finished
                 assert core.read_paused
-                queued = len(ss.raw._inbox)
+                queued = len(ss.raw._inbox or ())
                 assert queued <= 8 + 64  # the bound, plus what one read can carry
                 for _ in range(count):
                     message = await ss.receive()
