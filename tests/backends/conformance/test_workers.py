@@ -57,6 +57,8 @@ def supervise(backend: str, url: str, conn: Any) -> None:
             supervisor = transport._supervisor
             if what == "stats":
                 conn.send(("stats", transport.stats()))
+            elif what == "prometheus":
+                conn.send(("prometheus", transport.stats_prometheus()))
             elif what == "pids":
                 conn.send(("pids", [] if supervisor is None else supervisor.pids()))
 
@@ -144,6 +146,8 @@ def test_serve_with_two_workers(backend: str, proto: str, certs: Certs,
     # The supervisor's stats(): every worker's (sent each second), merged.
     wait_until(lambda: _ask(ours, "stats").messages_in == total, 5.0,
                f"the merged stats counting all {total} requests", step=0.2)
+    # One scrape of the supervisor shows the whole server.
+    assert f'msgtrans_messages_total{{direction="in"}} {total}\n' in _ask(ours, "prometheus")
 
     os.kill(process.pid, signal.SIGTERM)
     assert ours.poll(STOP), "serve() did not return after SIGTERM"
