@@ -398,10 +398,12 @@ class TransportBuilderBase:
         return self
 
     def worker_threads(self: _B, count: int) -> _B:
-        """Worker processes a server runs (default 1).  Stored and checked only: on asyncio,
-        trio and sync today it changes nothing (each transport runs in one process; the sync
-        backend's handler threads are ``serve(workers=)``); the scale-out issue makes servers
-        start that many processes.
+        """Worker processes every ``serve()`` of the transport starts unless it says
+        otherwise with ``serve(workers=)`` (default 1: serve in this process).  With more, the
+        calling process supervises that many forked worker processes sharing each listening
+        port (``SO_REUSEPORT``); see "Worker processes" in docs/scaling.md.  (The name is the
+        plan's; they are processes.  The blocking backend's handler threads are
+        ``serve(threads=)``.)
 
         Raises:
             ConfigurationError: not an integer in [1, 1024].
@@ -664,6 +666,7 @@ class TransportBuilderBase:
             "admission": explicit.get("admission"),
             "backplane": (BackplaneSettings(**explicit["backplane"])
                           if "backplane" in explicit else None),
+            "workers": explicit.get("worker_threads", DEFAULT_WORKER_THREADS),
         }
 
 

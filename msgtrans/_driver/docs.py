@@ -449,7 +449,7 @@ Cancelling the call never loses a message: a message is only taken from the queu
 a call that returns it.
 """
 
-SERVE = """Accept on *configs* and serve each session with *handler*{until}.
+SERVE = r"""Accept on *configs* and serve each session with *handler*{until}.
 
 *configs* may also be a :class:`SessionStream` from :meth:`accept`, started or not
 (start it first to learn its :attr:`~SessionStream.addresses`); serve closes it at the
@@ -461,6 +461,17 @@ return value is the response), ``on_disconnected(session, reason)``,
 ``on_error(session, error)``.  {runs}  An exception from the handler is logged and given
 to ``on_error``; it never ends the session or the server.
 
+*workers* (default: the builder's ``worker_threads``, 1) above 1 makes this process a
+supervisor of that many forked worker processes, each with a transport of its own built with
+the same settings, serving *configs* (URLs or configs, not a stream; no port 0) on shared
+ports (``SO_REUSEPORT``); each worker has its own copy of *handler*, inherited by fork, and
+nothing is shared between them.  A worker that dies is restarted (at most 5 times in 60 s
+each); SIGINT and SIGTERM (where no handler of the application's is set), a cancel or the
+transport's shutdown stop them all gracefully, and serve returns their reports summed
+in one :class:`ShutdownReport` (``None`` without workers).  Meanwhile :meth:`stats` and
+:meth:`stats_prometheus` show every worker's metrics merged.  See docs/scaling.md.
+
 Raises:
     TransportError: a listener cannot be opened.
+    ConfigurationError: *workers* with a stream, a port 0, or no ``fork()`` here.
 """

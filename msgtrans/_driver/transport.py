@@ -55,6 +55,7 @@ from .cluster import BackplaneSettings, ClusterHub, parse_session_ref
 from .forever import ForeverRegistry
 from .pool import DEFAULT_POOL_MAX, DEFAULT_POOL_MIN, PoolDriverBase, PoolTracker, make_machine
 from .quic import count_quic_refusals
+from .workers import Supervisor
 
 
 class _Closed(Protocol):
@@ -138,6 +139,8 @@ class TransportDefaults:
             ``None`` (no rate limit).
         admission: the application's admission hook, or ``None``.
         backplane: the Redis backplane's settings, or ``None`` (groups stay local).
+        workers: the worker processes ``serve()`` starts unless told otherwise (the builder's
+            ``worker_threads``; default 1: it serves in this process).
     """
 
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -152,6 +155,7 @@ class TransportDefaults:
     connection_rate: tuple[float, int] | None = None
     admission: AdmissionHook | None = None
     backplane: BackplaneSettings | None = None
+    workers: int = 1
 
 
 def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
@@ -175,6 +179,7 @@ def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
             connection_rate=checked["connection_rate"],
             admission=checked["admission"],
             backplane=checked["backplane"],
+            workers=checked["workers"],
         ),
     }
 
@@ -357,6 +362,13 @@ class TransportBase(Generic[S, P, Q]):
         memory_limit: int | None = None,
         defaults: TransportDefaults | None = None,
     ) -> None:
+        # What a worker process of serve(workers=N) builds its own transport from.
+        self._init_args: dict[str, Any] = {
+            "settings": settings, "connect_timeout": connect_timeout,
+            "shutdown_timeout": shutdown_timeout, "memory_limit": memory_limit,
+            "defaults": defaults}
+        # serve(workers=N)'s supervisor (see _driver/workers.py): stats() merges its workers'.
+        self._supervisor: Supervisor | None = None
         self._settings: dict[str, Any] = dict(settings or {})
         self._connect_timeout = connect_timeout
         self._shutdown_timeout = shutdown_timeout
@@ -653,10 +665,12 @@ class TransportBase(Generic[S, P, Q]):
         self._count_quic_refusals()
         if self._pools.used:
             self._metrics.observe_pool(self._pools.status())
-        snapshot = self._metrics.snapshot()
+        own = self._metrics.snapshot()
         backplane = self._cluster.stats()
-        return snapshot if backplane is None else dataclasses.replace(snapshot,
-                                                                      backplane=backplane)
+        if backplane is not None:
+            own = dataclasses.replace(own, backplane=backplane)
+        # With serve(workers=N): this process's own metrics and every worker's, merged.
+        return own if self._supervisor is None else self._supervisor.stats(own)
 
     def stats_prometheus(self, prefix: str = "msgtrans") -> str:
         """Return :meth:`stats` in the Prometheus text exposition format (for ``/metrics``)."""

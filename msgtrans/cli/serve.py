@@ -12,6 +12,14 @@ server on free ports and read the addresses back::
 SIGINT and SIGTERM shut the server down gracefully; it then exits 0.  The echo logic, the JSON
 line and the shutdown are the same on every backend; only the waiting differs (an asyncio loop
 signal handler, trio's signal receiver, or a plain signal handler and a serving thread).
+
+``--workers N`` (or ``workers = N`` in ``[serve]``, or the transport setting ``worker_threads``:
+``MSGTRANS_WORKER_THREADS=N``) serves from N worker processes sharing each port (see
+docs/scaling.md): every address then needs its port (no port 0), the JSON line comes once every
+worker listens and adds ``"pid"`` (the supervisor's) and ``"workers"`` (their pids), log lines
+carry the pid of the process that wrote them, and SIGINT or SIGTERM stops every worker
+gracefully and logs their summed report (also printed on stdout as one JSON line
+``{"shutdown": {...}}``).  Exit status 1 when every worker was given up (restarted too often).
 """
 
 from __future__ import annotations
@@ -88,8 +96,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="transport settings ([transport]: one key per builder method) and "
                              "these options ([serve]); MSGTRANS_<SETTING> variables override "
                              "the file, the command line both (see docs/configuration.md)")
+    parser.add_argument("--workers", type=_worker_count, default=None, metavar="N",
+                        help="serve from N worker processes sharing each port (SO_REUSEPORT; "
+                             "every address needs its port; default 1, or the transport "
+                             "setting worker_threads; see docs/scaling.md)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective settings as JSON and exit")
+
+
+def _worker_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1024:
+        raise ValueError(text)
+    return value
 
 
 def add_backend_argument(parser: argparse.ArgumentParser, default: str | None = BACKENDS[0]
@@ -264,15 +283,17 @@ def certificate(cert: str | None, key: str | None,
 
 
 def announce(configs: list[Listener], addresses: list[tuple[str, int]], ca: Path | None,
-             out: TextIO) -> None:
-    """Print the JSON line of bound *addresses* (with ``"ca"`` when a TLS protocol is served)
-    on *out*, flushed, and log each listener."""
-    bound = {c.name: format_address(c.name, a) for c, a in zip(configs, addresses, strict=True)}
+             out: TextIO, extra: dict[str, Any] | None = None) -> None:
+    """Print the JSON line of bound *addresses* (with ``"ca"`` when a TLS protocol is served,
+    and the keys of *extra*) on *out*, flushed, and log each listener."""
+    bound: dict[str, Any] = {
+        c.name: format_address(c.name, a) for c, a in zip(configs, addresses, strict=True)}
     if ca is not None and any(c.name in ("tls", "wss", "quic") for c in configs):
         bound["ca"] = str(ca)
+    bound.update(extra or {})
     print(json.dumps(bound), file=out, flush=True)
     for name, where in bound.items():
-        if name != "ca":
+        if name in PROTOCOLS:
             logger.info("%s listening on %s", name, where)
 
 
@@ -285,10 +306,11 @@ def _builder(mt: Any, configure: Configure | None) -> Any:
     return configure(builder) if configure is not None else builder
 
 
-def _log_report(report: Any) -> None:
+def _log_report(report: Any, workers: int = 1) -> None:
     metrics = report.metrics
-    logger.info("shut down: %d closed cleanly, %d forced, %d messages flushed in %.3f s "
+    logger.info("shut down%s: %d closed cleanly, %d forced, %d messages flushed in %.3f s "
                 "(%d messages received, %d sent in all)",
+                f" ({workers} workers summed)" if workers > 1 else "",
                 report.closed_cleanly, report.forced, report.messages_flushed, report.elapsed,
                 metrics.messages_in if metrics is not None else 0,
                 metrics.messages_out if metrics is not None else 0)
@@ -437,9 +459,80 @@ def run_server_sync(configs: list[Listener], ca: Path | None, out: TextIO,
     return 0
 
 
+def run_workers(backend: str, configs: list[Listener], ca: Path | None, out: TextIO, *,
+                count: int, configure: Configure | None = None) -> int:
+    """Serve *configs* with the echo handler from *count* worker processes of *backend*
+    until SIGINT or SIGTERM (see the module text); return 0, or 1 when every worker was given
+    up.
+
+    Raises:
+        ConfigurationError: a config has port 0 (or no fork() here).
+    """
+    import importlib
+    import os
+
+    mt = importlib.import_module(f"msgtrans.io_{backend}")
+    transport = _builder(mt, configure).build()
+    handler: Any = SyncEchoHandler() if backend == "sync" else EchoHandler()
+    stopping: list[bool] = []
+
+    def stop(_sig: int, _frame: object) -> None:
+        stopping.append(True)
+        supervisor = transport._supervisor
+        if supervisor is not None:
+            supervisor.stop()
+
+    def ready(pids: list[int]) -> None:
+        announce(configs, [c.config.addr for c in configs], ca, out,
+                 {"pid": os.getpid(), "workers": pids})
+        if stopping:  # a signal came before the supervisor was there
+            transport._supervisor.stop()
+
+    transport._on_workers_ready = ready
+    urls = [c.config for c in configs]
+    # Installed before the event loop starts: asyncio.run and trio.run then leave SIGINT alone,
+    # and serve() leaves handlers it did not set alone.
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        if backend == "sync":
+            with transport:
+                report = transport.serve(urls, handler, workers=count)
+        elif backend == "trio":
+            import trio  # type: ignore[import-untyped, unused-ignore]
+
+            async def serve_trio() -> Any:
+                async with transport:
+                    return await transport.serve(urls, handler, workers=count)
+
+            report = trio.run(serve_trio)
+        else:
+            async def serve_asyncio() -> Any:
+                async with transport:
+                    return await transport.serve(urls, handler, workers=count)
+
+            report = asyncio.run(serve_asyncio())
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    _log_report(report, workers=count)
+    metrics = report.metrics
+    print(json.dumps({"shutdown": {
+        "closed_cleanly": report.closed_cleanly, "forced": report.forced,
+        "messages_flushed": report.messages_flushed, "elapsed": round(report.elapsed, 3),
+        "messages_in": metrics.messages_in if metrics is not None else 0,
+        "messages_out": metrics.messages_out if metrics is not None else 0,
+        "workers_given_up": transport._supervisor.given_up}}), file=out, flush=True)
+    if len(transport._supervisor.given_up) == count:
+        logger.error("every worker was given up (restarted too often): exiting")
+        return 1
+    return 0
+
+
 def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run ``serve`` with parsed *args*; return the exit status (0 after a graceful stop, 1 if
     a listener cannot be opened)."""
+    import importlib
+
     from ..core.errors import ConfigurationError, TransportError
 
     try:
@@ -449,19 +542,32 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 2
     if getattr(args, "print_config", False):
         return _print_config(args, configure, out or sys.stdout)
+    count = args.workers or int(_builder(
+        importlib.import_module(f"msgtrans.io_{args.backend}"), configure
+    ).settings()["worker_threads"])
+    # With workers every line says which process wrote it (a session's lines: its worker's).
+    pid = "[%(process)d]" if count > 1 else ""
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s %(name)s{pid}: %(message)s")
     if args.log_level != "DEBUG":
         # aioquic logs every handshake at INFO under "quic"; that is debugging detail here.
         logging.getLogger("quic").setLevel(logging.WARNING)
     addrs = {name: getattr(args, name) for name in PROTOCOLS if getattr(args, name) is not None}
     if not addrs:
         addrs = dict.fromkeys(DEFAULT_PROTOCOLS, DEFAULT_ADDR)
+    free = [f"--{name} {addr}" for name, addr in addrs.items() if addr.endswith(":0")]
+    if count > 1 and free:
+        print(f"msgtrans serve: --workers {count} needs every port given (port 0 would give each "
+              f"worker a port of its own): {', '.join(free)}", file=sys.stderr)
+        return 2
     needs_cert = any(name in addrs for name in ("tls", "wss", "quic"))
     try:
         with certificate(args.tls_cert, args.tls_key, needs_cert) as (cert, key):
             configs = listeners(addrs, cert, key)
             out = out or sys.stdout
+            if count > 1:
+                return run_workers(args.backend, configs, cert, out, count=count,
+                                   configure=configure)
             if args.backend == "trio":
                 import trio  # type: ignore[import-untyped, unused-ignore]
 
@@ -478,7 +584,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
 #: line sets one.
 _SERVE_DEFAULTS: dict[str, Any] = {
     **dict.fromkeys(PROTOCOLS), "tls_cert": None, "tls_key": None, "backend": BACKENDS[0],
-    "log_level": "INFO", "redis": None,
+    "log_level": "INFO", "redis": None, "workers": None,
 }
 
 
@@ -515,6 +621,10 @@ def _settings(args: argparse.Namespace) -> Configure:
             setattr(args, key, value)
     if args.backend not in BACKENDS:
         raise ConfigurationError("backend", f"{source}: must be one of {', '.join(BACKENDS)}")
+    workers = args.workers
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or not 1 <= workers <= 1024):
+        raise ConfigurationError("workers", f"{source}: must be an integer in [1, 1024]")
     env = env_settings()
     file_settings = {k: v for k, v in transport.items() if k not in env}
 

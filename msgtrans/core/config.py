@@ -1361,6 +1361,9 @@ class TcpServerConfig(_Tcp, _Endpoint):
             no limit).
         limits: receive limits (default 16 MiB payload, 4 KiB ext header).
         zero_copy_threshold: as for :class:`TcpConfig` (default 64 KiB; ``None``: never).
+        reuse_port: set ``SO_REUSEPORT`` on the listening socket, so that several processes
+            (``serve(workers=N)``, which forces it on) can listen on the same address and the
+            kernel spreads connections between them (default ``False``; Linux and the BSDs).
 
     Raises:
         ConfigurationError: a field is invalid (``field`` names it).
@@ -1376,6 +1379,7 @@ class TcpServerConfig(_Tcp, _Endpoint):
     max_sessions: int | None
     limits: Limits
     zero_copy_threshold: int | None
+    reuse_port: bool
 
     def __init__(
         self,
@@ -1390,6 +1394,7 @@ class TcpServerConfig(_Tcp, _Endpoint):
         max_sessions: int | None = None,
         limits: Limits = DEFAULT_LIMITS,
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
+        reuse_port: bool = False,
     ) -> None:
         _set(self, "addr", _check_addr(addr, server=True))
         _set_tls(self, tls, ServerTlsConfig)
@@ -1397,6 +1402,7 @@ class TcpServerConfig(_Tcp, _Endpoint):
         _set_listen(self, backlog, handshake_timeout)
         _set_first_packet(self, first_packet_timeout)
         _set_server_receive(self, max_sessions, limits, zero_copy_threshold)
+        _set(self, "reuse_port", _check_bool("reuse_port", reuse_port))
 
     def to_url(self) -> str:
         """Return a ``tcp://`` or ``tls://`` URL that :func:`parse_server_url` turns back into
@@ -1405,6 +1411,7 @@ class TcpServerConfig(_Tcp, _Endpoint):
         params = _socket_params(self.nodelay, self.keepalive)
         params += _server_params(self.tls, self.backlog, self.handshake_timeout,
                                  self.max_sessions, self.first_packet_timeout)
+        params += _reuse_port_param(self.reuse_port)
         return _make_url(self.scheme, self.addr, params=params)
 
 
@@ -1430,6 +1437,10 @@ def _server_params(
         params += _seconds_param("first_packet_timeout", first_packet_timeout,
                                  DEFAULT_FIRST_PACKET_TIMEOUT)
     return params
+
+
+def _reuse_port_param(reuse_port: bool) -> list[tuple[str, str]]:
+    return [("reuse_port", "true")] if reuse_port else []
 
 
 def _set_first_packet(config: object, seconds: object) -> None:
@@ -1465,6 +1476,9 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
             the connection with 1003, RFC 6455's "unsupported data" (msgtrans packets travel as
             binary messages, so a text one is a client speaking something else); ``"ignore"``
             drops it and goes on.
+        reuse_port: set ``SO_REUSEPORT`` on the listening socket, so that several processes
+            (``serve(workers=N)``, which forces it on) can listen on the same address and the
+            kernel spreads connections between them (default ``False``; Linux and the BSDs).
 
     Raises:
         ConfigurationError: a field is invalid (``field`` names it).
@@ -1484,6 +1498,7 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
     limits: Limits
     zero_copy_threshold: int | None
     text_messages: str
+    reuse_port: bool
 
     def __init__(
         self,
@@ -1502,6 +1517,7 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
         limits: Limits = DEFAULT_LIMITS,
         zero_copy_threshold: int | None = DEFAULT_ZERO_COPY_THRESHOLD,
         text_messages: str = "close",
+        reuse_port: bool = False,
     ) -> None:
         _set(self, "addr", _check_addr(addr, server=True))
         if path is not None:
@@ -1525,6 +1541,7 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
                 "text_messages", f"must be 'close' or 'ignore', got {text_messages!r}"
             )
         _set(self, "text_messages", text_messages)
+        _set(self, "reuse_port", _check_bool("reuse_port", reuse_port))
 
     def to_url(self) -> str:
         """Return a ``ws://`` or ``wss://`` URL that :func:`parse_server_url` turns back into
@@ -1533,6 +1550,7 @@ class WebSocketServerConfig(_WebSocket, _Endpoint):
         """
         params = _server_params(self.tls, self.backlog, self.handshake_timeout,
                                 self.max_sessions, self.first_packet_timeout)
+        params += _reuse_port_param(self.reuse_port)
         path = _ANY_PATH if self.path is None else self.path
         return _make_url(
             self.scheme, self.addr, path, params, default_port=_WS_DEFAULT_PORT[self.scheme]
@@ -1570,6 +1588,9 @@ class QuicServerConfig(_Quic, _Endpoint):
             (default 64).
         max_half_open: the most half-open connections at once; more are refused with
             CONNECTION_REFUSED (default 1024; ``None``: no limit).
+        reuse_port: set ``SO_REUSEPORT`` on the UDP socket, as for :class:`TcpServerConfig`:
+            the kernel then keeps each client's address and port (its 4-tuple) on one socket,
+            so a client that changes address lands on another process (default ``False``).
 
     Raises:
         ConfigurationError: a field is invalid (``field`` names it).
@@ -1590,6 +1611,7 @@ class QuicServerConfig(_Quic, _Endpoint):
     retry: str
     retry_threshold: int
     max_half_open: int | None
+    reuse_port: bool
 
     def __init__(
         self,
@@ -1609,6 +1631,7 @@ class QuicServerConfig(_Quic, _Endpoint):
         retry: str = "auto",
         retry_threshold: int = DEFAULT_RETRY_THRESHOLD,
         max_half_open: int | None = DEFAULT_MAX_HALF_OPEN,
+        reuse_port: bool = False,
     ) -> None:
         _set(self, "addr", _check_addr(addr, server=True))
         if cert_file is None:
@@ -1629,6 +1652,7 @@ class QuicServerConfig(_Quic, _Endpoint):
         _set(self, "retry", retry)
         _set(self, "retry_threshold", _check_int("retry_threshold", retry_threshold, 0, 2**31))
         _set(self, "max_half_open", _check_optional_int("max_half_open", max_half_open, 1, 2**31))
+        _set(self, "reuse_port", _check_bool("reuse_port", reuse_port))
 
     def to_url(self) -> str:
         """Return a ``quic://`` URL that :func:`parse_server_url` turns back into an equal
@@ -1646,6 +1670,7 @@ class QuicServerConfig(_Quic, _Endpoint):
                                  DEFAULT_HANDSHAKE_TIMEOUT)
         if self.retry != "auto":
             params.append(("retry", self.retry))
+        params += _reuse_port_param(self.reuse_port)
         return _make_url("quic", self.addr, params=params)
 
 
@@ -1772,7 +1797,7 @@ def _parse_url(url: str) -> ConnectionConfig:
     return TcpConfig(addr, **kwargs)
 
 
-_SERVER_COMMON = ("max_sessions",)
+_SERVER_COMMON = ("max_sessions", "reuse_port")
 _SERVER_STREAM = ("backlog", "handshake_timeout", "first_packet_timeout", *_SERVER_COMMON)
 _SERVER_CERT = ("cert", "key")
 
@@ -1792,7 +1817,8 @@ def parse_server_url(
 
     ``tls://``, ``wss://`` and ``quic://`` need a certificate: pass *cert_file* (and *key_file*
     unless the key is in the same file), or put them in the URL as ``?cert=PATH&key=PATH``.
-    Other query parameters: ``max_sessions`` and ``handshake_timeout`` (every scheme),
+    Other query parameters: ``max_sessions``, ``handshake_timeout`` and ``reuse_port``
+    (every scheme),
     ``backlog`` and ``first_packet_timeout`` (seconds, or ``none``; tcp, tls, ws, wss),
     ``nodelay`` and ``keepalive`` (tcp, tls), ``ca`` (tls, wss:
     require client certificates signed by these CAs), ``idle_timeout``, ``closing_period``,
@@ -1848,7 +1874,7 @@ def parse_server_url(
             f"?cert=PATH&key=PATH to the URL",
         )
     kwargs: dict[str, Any] = {}
-    for name in ("nodelay", "keepalive"):
+    for name in ("nodelay", "keepalive", "reuse_port"):
         if name in params:
             kwargs[name] = _param_bool(name, params[name])
     for name in ("backlog", "max_sessions"):

@@ -219,6 +219,13 @@ class MetricsSnapshot:
         default_factory=lambda: MappingProxyType({}))
     backplane: BackplaneStats | None = None
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Picklable (a worker process sends its snapshots to its supervisor): the read-only
+        # mappings travel as dicts and are made read-only again.
+        return _unpickle_snapshot, tuple(
+            dict(v) if isinstance(v, MappingProxyType) else v
+            for v in (getattr(self, name) for name in self.__dataclass_fields__))
+
     @property
     def buffer_hit_rate(self) -> float | None:
         """The buffer pool's hit rate, or ``None`` when no buffer pool was observed."""
@@ -293,6 +300,11 @@ class MetricsSnapshot:
             "disconnected_seconds": dict(self.disconnected_seconds),
             "backplane": None if self.backplane is None else asdict(self.backplane),
         }
+
+
+def _unpickle_snapshot(*values: Any) -> MetricsSnapshot:
+    parts: list[Any] = [MappingProxyType(v) if isinstance(v, dict) else v for v in values]
+    return MetricsSnapshot(*parts)
 
 
 def _label(value: str | Enum) -> str:

@@ -313,7 +313,8 @@ async def start_quic_listener(
     endpoint = quic_endpoint(config)
     listener = QuicListener(endpoint, new_session, on_established, settings)
     try:
-        await loop.create_datagram_endpoint(lambda: listener, local_addr=config.addr)
+        await loop.create_datagram_endpoint(lambda: listener, local_addr=config.addr,
+                                            reuse_port=config.reuse_port or None)
     except OSError as exc:
         raise map_error(exc, protocol=config.protocol, operation="listen") from exc
     assert listener._transport is not None

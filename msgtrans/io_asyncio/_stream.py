@@ -406,7 +406,8 @@ async def start_stream_listener(
 
     host, port = config.addr
     try:
-        server = await loop.create_server(factory, host, port, backlog=config.backlog)
+        server = await loop.create_server(factory, host, port, backlog=config.backlog,
+                                          reuse_port=getattr(config, "reuse_port", False))
     except OSError as exc:
         raise map_error(exc, protocol=config.protocol, operation="listen") from exc
     bound = server.sockets[0].getsockname()

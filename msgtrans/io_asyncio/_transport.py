@@ -36,6 +36,7 @@ from .._driver.transport import (
     _send_result,
     _transport_args,
 )
+from .._driver.workers import worker_count
 from ..core.backplane import Envelope
 from ..core.config import ConnectionConfig, ServerConfig, to_config
 from ..core.connection import Connection
@@ -285,8 +286,14 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
     @doc(docs.SERVE, until=" until cancelled or the transport shuts down", kind="async ",
          runs="Sessions are served concurrently, each one's messages in order.")
     async def serve(
-        self, configs: Iterable[ServerConfig | str] | SessionStream, handler: Any
-    ) -> None:
+        self, configs: Iterable[ServerConfig | str] | SessionStream, handler: Any, *,
+        workers: int | None = None,
+    ) -> ShutdownReport | None:
+        count = worker_count(workers, self._defaults.workers)
+        if count > 1:
+            from ._workers import serve_workers
+
+            return await serve_workers(self, configs, handler, count)
         loop = asyncio.get_running_loop()
         tasks = self._handler_tasks
         mine: set[asyncio.Task[None]] = set()
@@ -320,6 +327,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
             if mine:
                 await asyncio.gather(*mine, return_exceptions=True)
             raise
+        return None
 
     async def _serve_session(self, session: Session, handler: Any) -> None:
         await _call(handler, "on_connected", session)

@@ -409,13 +409,16 @@ def tune_stream(sock: socket.socket, config: Any) -> None:
                         int(getattr(config, "keepalive", True)))
 
 
-def _bind(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
+def _bind(host: str, port: int, kind: socket.SocketKind, reuse_port: bool = False
+          ) -> socket.socket:
     infos = socket.getaddrinfo(host or None, port, type=kind, flags=socket.AI_PASSIVE)
     family, _type, proto, _name, addr = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
         if kind == socket.SOCK_STREAM and hasattr(socket, "SO_REUSEADDR"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
         sock.setblocking(False)
     except BaseException:
@@ -438,7 +441,7 @@ def open_stream_listener(loop: IOLoop, config: Any, new_session: NewSession,
     """
     host, port = config.addr
     try:
-        sock = _bind(host, port, socket.SOCK_STREAM)
+        sock = _bind(host, port, socket.SOCK_STREAM, getattr(config, "reuse_port", False))
     except OSError as exc:
         raise map_error(exc, protocol=config.protocol, operation="listen") from exc
     try:
@@ -643,7 +646,7 @@ def open_quic_listener(loop: IOLoop, config: QuicServerConfig, new_session: NewS
     endpoint = quic_endpoint(config)
     host, port = config.addr
     try:
-        sock = _bind(host, port, socket.SOCK_DGRAM)
+        sock = _bind(host, port, socket.SOCK_DGRAM, config.reuse_port)
     except OSError as exc:
         raise map_error(exc, protocol=config.protocol, operation="listen") from exc
     _grow_receive_buffer(sock)

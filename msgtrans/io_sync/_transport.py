@@ -31,6 +31,7 @@ from .._driver.transport import (
     _send_result,
     _transport_args,
 )
+from .._driver.workers import worker_count
 from ..core.backplane import Envelope
 from ..core.config import ConnectionConfig, ServerConfig, ServerConfigLike, to_config
 from ..core.connection import Connection
@@ -70,8 +71,11 @@ returns."""
 _SYNC_RESOLVE = """
         Name resolution runs in the calling thread and is not bounded by it."""
 
-#: Handler threads of one :meth:`Transport.serve` unless it says otherwise.
-DEFAULT_SERVE_WORKERS = 8
+#: Handler threads of one :meth:`Transport.serve` unless it says otherwise (``threads=``).
+DEFAULT_SERVE_THREADS = 8
+#: The old name of :data:`DEFAULT_SERVE_THREADS` (``serve(workers=)`` meant threads before
+#: issue 14 made it worker processes, as on every backend).
+DEFAULT_SERVE_WORKERS = DEFAULT_SERVE_THREADS
 #: Seconds a delivery from the backplane waits for room in one session's send queue before that
 #: session's copy is dropped (the delivery thread serves every session of the node).
 BACKPLANE_SEND_TIMEOUT = 1.0
@@ -785,15 +789,21 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
     @doc(docs.SERVE, kind="",
          until="; block until the transport shuts down (from another thread) and the"
                " handlers saw their sessions out",
-         runs="They run in a pool of *workers* threads (never the I/O thread), sessions"
+         runs="They run in a pool of *threads* threads (never the I/O thread), sessions"
               " concurrently, each one's messages in order.")
     def serve(self, configs: Iterable[ServerConfig | str] | SessionStream, handler: Any, *,
-              workers: int = DEFAULT_SERVE_WORKERS) -> None:
+              threads: int = DEFAULT_SERVE_THREADS,
+              workers: int | None = None) -> ShutdownReport | None:
+        count = worker_count(workers, self._defaults.workers)
+        if count > 1:
+            from ._workers import serve_workers
+
+            return serve_workers(self, configs, handler, count, threads)
         stream = configs if isinstance(configs, SessionStream) else self.accept(configs)
         stream.start()
         loop = self._loop
         assert loop is not None
-        run = _ServeRun(self, loop, handler, workers)
+        run = _ServeRun(self, loop, handler, threads)
         with loop.lock:
             self._serve_runs.add(run)
         try:
@@ -806,6 +816,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
             run.close()
             with loop.lock:
                 self._serve_runs.discard(run)
+        return None
 
     # --- shutdown ------------------------------------------------------------------------------
 

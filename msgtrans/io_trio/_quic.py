@@ -307,6 +307,8 @@ async def open_quic_listener(
     except OSError as exc:
         raise map_error(exc, protocol=config.protocol, operation="listen") from None
     try:
+        if config.reuse_port:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
         await sock.bind(addr)
     except OSError as exc:
         sock.close()

@@ -407,7 +407,10 @@ async def open_stream_listener(
     """
     host, port = config.addr
     try:
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
+        if getattr(config, "reuse_port", False):
+            listeners = await _reuse_port_listeners(host, port, config.backlog)
+        else:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
     except OSError as exc:
         raise map_error(exc, protocol=config.protocol, operation="listen") from None
     try:
@@ -418,3 +421,34 @@ async def open_stream_listener(
         for listener in listeners:
             await trio.aclose_forcefully(listener)
         raise
+
+
+async def _reuse_port_listeners(host: str, port: int, backlog: int) -> list[trio.SocketListener]:
+    """What ``trio.open_tcp_listeners`` makes, with ``SO_REUSEPORT`` set on every socket
+    before it is bound (trio has no option for it); for ``serve(workers=N)``.
+
+    Raises:
+        OSError: an address cannot be resolved or bound.
+    """
+    infos = await trio.socket.getaddrinfo(host or None, port, type=trio.socket.SOCK_STREAM,
+                                          flags=trio.socket.AI_PASSIVE)
+    listeners: list[trio.SocketListener] = []
+    try:
+        for family, kind, proto, _name, addr in infos:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                await sock.bind(addr)
+                sock.listen(backlog)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners

@@ -36,6 +36,7 @@ from .._driver.transport import (
     _send_result,
     _transport_args,
 )
+from .._driver.workers import worker_count
 from ..core.backplane import Envelope
 from ..core.config import ConnectionConfig, ServerConfig, to_config
 from ..core.connection import Connection
@@ -410,8 +411,14 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
          runs="Sessions are served concurrently, each by a task in a nursery of this call,"
               " each one's messages in order.")
     async def serve(
-        self, configs: Iterable[ServerConfig | str] | SessionStream, handler: Any
-    ) -> None:
+        self, configs: Iterable[ServerConfig | str] | SessionStream, handler: Any, *,
+        workers: int | None = None,
+    ) -> ShutdownReport | None:
+        count = worker_count(workers, self._defaults.workers)
+        if count > 1:
+            from ._workers import serve_workers
+
+            return await serve_workers(self, configs, handler, count)
         stream = configs if isinstance(configs, SessionStream) else self.accept(configs)
         try:
             async with stream, trio.open_nursery() as handlers:
@@ -426,6 +433,7 @@ class Transport(TransportBase[Session, SessionPool, QuicListener],
                     await stream.aclose()
         except BaseException as exc:
             _reraise(exc)
+        return None
 
     async def _serve_session(self, session: Session, handler: Any) -> None:
         try:

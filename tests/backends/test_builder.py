@@ -123,7 +123,7 @@ def test_every_method_returns_the_builder(lib: Any) -> None:
         config={"handshake_timeout": 4.0, "zero_copy_threshold": 4096,
                 "max_payload": 1 << 20, "max_ext_header": 512, "max_sessions": 100},
         pool_min=1, pool_max=8, pool_target=4, pool_strategy=b._strategy,
-        buffer_pool=((70_000,), (2,)), on_shutdown=print,
+        buffer_pool=((70_000,), (2,)), on_shutdown=print, workers=4,
     )
 
 

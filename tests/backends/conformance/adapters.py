@@ -393,7 +393,7 @@ class SyncBackend(Backend):
         await self.call(stream.close)
 
     async def serve(self, transport: Any, stream: Any, handler: Any) -> None:
-        await self.call(transport.serve, stream, handler, workers=2)
+        await self.call(transport.serve, stream, handler, threads=2)
 
     def native_handler(self, handler: Any) -> Any:
         return _SyncHandler(self, handler, asyncio.get_running_loop())
