@@ -13,7 +13,7 @@ import msgtrans.io_sync as mt
 from msgtrans.__main__ import main
 
 from ..interop.serverproc import serve
-from .redis_server import RedisServer
+from .redis_server import RedisServer, free_port
 
 pytestmark = [pytest.mark.network]
 
@@ -51,3 +51,18 @@ def test_publish_reaches_the_clients_of_two_serve_nodes_and_survives_a_redis_res
         assert "on 2 node(s)" in capsys.readouterr().out
         redis_server.restart()
         _published_until_all_got(url, sessions, "after the restart")
+
+
+def test_serve_workers_are_backplane_nodes_each(
+        redis_server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
+    # Two worker processes on one port, each its own node: a publish reaches the clients of
+    # both (Redis counts two subscribers), whichever worker the kernel gave each connection.
+    url = redis_server.url
+    port = free_port()
+    with serve("--tcp", f"127.0.0.1:{port}", "--workers", "2", "--redis", url) as (_p, line), \
+            clients(*[f"tcp://{line['tcp']}"] * 8) as sessions:
+        _published_until_all_got(url, sessions, "to every worker")
+        deadline = time.monotonic() + WAIT
+        while "on 2 node(s)" not in capsys.readouterr().out:
+            assert time.monotonic() < deadline, "the two workers never both subscribed"
+            assert main(["publish", "--redis", url, "count"]) == 0
