@@ -61,10 +61,16 @@ def _own_doc(obj: Any) -> str | None:
 class RuntimeDocstrings(griffe.Extension):
     """Fill missing docstrings of classes and functions from the imported objects."""
 
+    _parser: griffe.Parser | None = griffe.Parser.google
+    _options: dict[str, Any] | None = None
+
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         """Walk the loaded package once it is complete."""
         if pkg.docstring is not None:
             pkg.docstring.value = markdown_of(pkg.docstring.value)
+            # Parsed as the loader parses the docstrings it read itself (Google style).
+            self._parser = pkg.docstring.parser
+            self._options = pkg.docstring.parser_options
         self._walk(pkg)
 
     def _walk(self, obj: griffe.Object) -> None:
@@ -74,7 +80,9 @@ class RuntimeDocstrings(griffe.Extension):
             if member.kind in (griffe.Kind.CLASS, griffe.Kind.FUNCTION) and member.docstring is None:
                 doc = _own_doc(_runtime_object(member.path))
                 if doc is not None:
-                    member.docstring = griffe.Docstring(inspect.cleandoc(doc), parent=member)
+                    member.docstring = griffe.Docstring(
+                        inspect.cleandoc(doc), parent=member, parser=self._parser,
+                        parser_options=self._options)
             if member.docstring is not None:
                 member.docstring.value = markdown_of(member.docstring.value)
             if member.kind in (griffe.Kind.MODULE, griffe.Kind.CLASS):
