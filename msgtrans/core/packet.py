@@ -40,10 +40,18 @@ __all__ = [
 #: Anything msgtrans accepts or hands out as message bytes.
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
+#: The wire format version every packet carries in its first byte; any other value is a
+#: ``protocol.bad_version`` error.
 VERSION = 1
+#: The length of the fixed header in bytes: the ext header and the payload follow it.
 HEADER_SIZE = 16
+#: The fixed header's layout for :mod:`struct`, big-endian: version, compression, packet_type,
+#: biz_type (u8 each), message_id (u32), ext_header_len (u16), payload_len (u32), flags (u16).
 HEADER = struct.Struct(">BBBBIHIH")
+#: The default limit on a payload accepted, on the wire and after decompression: 16 MiB (the
+#: Rust 2.x default, the same on every transport).
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
+#: The default limit on an ext header: 4 KiB (the protocol allows up to 65535 bytes).
 DEFAULT_MAX_EXT_HEADER = 4 * 1024
 MAX_U32 = 0xFFFFFFFF
 MAX_U16 = 0xFFFF

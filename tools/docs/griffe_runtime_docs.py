@@ -77,7 +77,8 @@ class RuntimeDocstrings(griffe.Extension):
         for member in obj.members.values():
             if member.is_alias:
                 continue
-            if member.kind in (griffe.Kind.CLASS, griffe.Kind.FUNCTION) and member.docstring is None:
+            code = member.kind in (griffe.Kind.CLASS, griffe.Kind.FUNCTION)
+            if code and member.docstring is None:
                 doc = _own_doc(_runtime_object(member.path))
                 if doc is not None:
                     member.docstring = griffe.Docstring(
