@@ -90,3 +90,24 @@ def test_admission_example_runs() -> None:
         "echo: hello", "/admin without a token: connection.handshake", "echo: admin",
         "refused: {'admission': 1}",
     ]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio", "sync"])
+def test_getting_started_example_runs(backend: str) -> None:
+    """docs/getting_started.md's programs: a server on tcp and ws, a request over each."""
+    if backend == "trio":
+        pytest.importorskip("trio")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    script = ROOT / "examples" / f"getting_started_{backend}.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=TIMEOUT, cwd=ROOT, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["tcp: HELLO", "ws: HELLO"]
+
+
+def test_getting_started_includes_the_examples() -> None:
+    """The page includes each program with pymdownx.snippets: the site shows the file that runs."""
+    page = (ROOT / "docs" / "getting_started.md").read_text(encoding="utf-8")
+    for backend in ("asyncio", "trio", "sync"):
+        assert f'--8<-- "examples/getting_started_{backend}.py"' in page, backend
