@@ -1,4 +1,5 @@
-"""The msgtrans command line: ``python -m msgtrans serve | send | publish | demo | soak | bench``.
+"""The msgtrans command line: ``python -m msgtrans serve | send | publish | demo | soak | bench |
+docs``.
 
 Only the argument parsing lives here; each command is in :mod:`msgtrans.cli`, imported when it
 runs.
@@ -15,7 +16,7 @@ from . import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .cli import publish, send, serve, soak
+    from .cli import docs, publish, send, serve, soak
 
     parser = argparse.ArgumentParser(
         prog="python -m msgtrans",
@@ -48,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
         "soak",
         help="hold many sessions against a serve subprocess with mixed traffic and churn, "
              "sample both processes' memory, descriptors and threads, and print the trend",
+    ))
+    docs.add_arguments(commands.add_parser(
+        "docs", help="build the documentation site into site/ (warnings as errors), or serve "
+                     "it locally with --serve (needs the docs extra)",
     ))
     bench = commands.add_parser("bench", help="run the benchmarks (arguments: see bench --help)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
@@ -89,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         from .cli import soak
 
         return soak.main(args)
+    if args.command == "docs":
+        from .cli import docs
+
+        return docs.main(args)
     if args.command == "demo":
         if args.memory:
             from .demo import run_demo
