@@ -24,10 +24,16 @@ def _runtime_object(path: str) -> Any:
     """The imported object at dotted *path*, or None."""
     parts = path.split(".")
     for split in range(len(parts), 0, -1):
+        module = ".".join(parts[:split])
         try:
-            obj: Any = importlib.import_module(".".join(parts[:split]))
-        except ImportError:
-            continue
+            obj: Any = importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name is not None and module.startswith(error.name):
+                continue  # not a module: a class or function inside one
+            # A module of the package that cannot be imported would lose its docstrings
+            # without a word: fail the build instead.
+            raise RuntimeError(f"the API reference cannot import {path} ({error}): "
+                               "pip install -e '.[docs]'") from error
         try:
             for name in parts[split:]:
                 obj = getattr(obj, name)
