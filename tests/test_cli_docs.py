@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,7 +40,7 @@ def test_serve_on_the_port() -> None:
 def test_runs_mkdocs_in_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[list[str], Path, str]] = []
     monkeypatch.setattr(docs, "missing_packages", list)
-    monkeypatch.setattr(docs.subprocess, "call",
+    monkeypatch.setattr(docs, "run",
                         lambda argv, cwd, env: calls.append((argv, cwd, env["PYTHONPATH"])) or 0)
     assert main(["docs", "--serve", "--port", "8124"]) == 0
     (argv, cwd, path), = calls
@@ -73,3 +75,30 @@ def test_missing_packages_with_no_parent_package(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(docs.importlib.util, "find_spec", find_spec)
     assert docs.missing_packages() == list(docs.REQUIRED.values())
+
+
+def test_run_returns_the_exit_status(tmp_path: Path) -> None:
+    assert docs.run([sys.executable, "-c", "raise SystemExit(3)"], tmp_path, dict(os.environ)) == 3
+
+
+def test_sigterm_ends_the_child_too(tmp_path: Path) -> None:
+    """A SIGTERM to ``docs --serve`` stops the mkdocs it started, not only itself."""
+    code = (
+        "import os, signal, subprocess, sys, threading\n"
+        "from pathlib import Path\n"
+        "from msgtrans.cli import docs\n"
+        "child = Path(sys.argv[1])\n"
+        "threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+        "docs.run([sys.executable, '-c', 'import os, time; "
+        "open(os.environ[\"PIDFILE\"], \"w\").write(str(os.getpid())); time.sleep(60)'],"
+        " child.parent, dict(os.environ, PIDFILE=str(child)))\n"
+    )
+    pidfile = tmp_path / "pid"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    result = subprocess.run([sys.executable, "-c", code, str(pidfile)], env=env, timeout=30,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

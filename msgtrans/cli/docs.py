@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["DEFAULT_PORT", "REQUIRED", "add_arguments", "command", "main", "missing_packages"]
+__all__ = ["DEFAULT_PORT", "REQUIRED", "add_arguments", "command", "main", "missing_packages",
+           "run"]
 
 #: The port ``docs --serve`` listens on unless ``--port`` says otherwise (mkdocs' own default).
 DEFAULT_PORT = 8000
@@ -77,7 +79,28 @@ def main(args: argparse.Namespace, root: Path = _ROOT) -> int:
     # The API reference imports the package: this checkout's, first on the path.
     path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONPATH=path, NO_MKDOCS_2_WARNING="1")
+    return run(command(args, root), root, env)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run(argv: list[str], cwd: Path, env: dict[str, str]) -> int:
+    """Run mkdocs and return its exit status; Ctrl-C or SIGTERM end it too (``--serve`` runs
+    until one of them)."""
+    child = subprocess.Popen(argv, cwd=cwd, env=env)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
-        return subprocess.call(command(args, root), cwd=root, env=env)
-    except KeyboardInterrupt:  # Ctrl-C ends --serve
+        return child.wait()
+    except KeyboardInterrupt:
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
