@@ -5,6 +5,10 @@ the ``@doc(...)`` decorator, so their source has none for griffe's static analys
 every class, function and method of the package still without a docstring once it is loaded,
 this reads the docstring the imported object really has (what ``help()`` shows).
 
+A module-level constant cannot carry ``__doc__``: its documentation is the ``#:`` comment lines
+directly above its assignment (the Sphinx convention, which ``tests/test_public_docs.py``
+requires), and griffe reads only a string after the assignment; this reads the comment.
+
 The docstrings are Google style with Sphinx roles (``:class:`~msgtrans.core.Packet```), which
 Markdown would show as they are: each role becomes inline code of the name it shows, and a
 paragraph ending in ``::`` (a reST literal block follows) ends in ``:``.
@@ -12,9 +16,11 @@ paragraph ending in ``::`` (a reST literal block follows) ends in ``:``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
+from pathlib import Path
 from typing import Any
 
 import griffe
@@ -57,6 +63,22 @@ def markdown_of(text: str) -> str:
     return _LITERAL.sub(":", _ROLE.sub(_role, text))
 
 
+@functools.cache
+def _source_lines(filepath: str) -> list[str]:
+    return Path(filepath).read_text(encoding="utf-8").splitlines()
+
+
+def doc_comment(filepath: str, lineno: int) -> str | None:
+    """The ``#:`` comment lines directly above line *lineno* (1-based) of *filepath*."""
+    lines = _source_lines(filepath)
+    found: list[str] = []
+    index = lineno - 2
+    while index >= 0 and lines[index].lstrip().startswith("#:"):
+        found.insert(0, lines[index].lstrip()[2:].strip())
+        index -= 1
+    return "\n".join(found) or None
+
+
 def _own_doc(obj: Any) -> str | None:
     if isinstance(obj, property):
         obj = obj.fget
@@ -89,6 +111,13 @@ class RuntimeDocstrings(griffe.Extension):
                 if doc is not None:
                     member.docstring = griffe.Docstring(
                         inspect.cleandoc(doc), parent=member, parser=self._parser,
+                        parser_options=self._options)
+            if (member.kind is griffe.Kind.ATTRIBUTE and member.docstring is None
+                    and member.lineno is not None and isinstance(member.filepath, Path)):
+                comment = doc_comment(str(member.filepath), member.lineno)
+                if comment is not None:
+                    member.docstring = griffe.Docstring(
+                        comment, parent=member, parser=self._parser,
                         parser_options=self._options)
             if member.docstring is not None:
                 member.docstring.value = markdown_of(member.docstring.value)
