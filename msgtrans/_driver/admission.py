@@ -221,14 +221,22 @@ class AcceptGate:
         return False
 
     def _hold(self, session: Any, protocol: str, hand_out: Callable[[Any], None]) -> None:
-        """Hold *session* until its first message: the session's dispatch (free until the
-        stream hands it out) takes that message to the hook."""
+        """Hold *session* until its first message, which the hook then decides on."""
         machine = session.connection.session
         machine.hold_for_admission(self.first_packet_timeout, session._time())
+        # The deadline may be new (QUIC): the session's timer learns it (each backend's
+        # _after_input re-reads the deadline once _deadline_moved says so).
+        session._deadline_moved = True
+        session._after_input()
         peer = session.peer_address
         certificate = _peer_certificate(session.connection.machine)
+        if protocol == "quic":
+            # Stream sessions are followed from their accept (track); a QUIC one that stays
+            # silent is counted as first_packet_timeout from here.
+            session.when_finished(self._silent)
 
-        def first(message: Any) -> bool:
+        def decide(message: Any) -> bool:
+            # Whether the hook refused the session on its first message (then dropped).
             session.dispatch = None
             machine.admitted()
             candidate = Candidate(protocol, peer, None, peer_certificate=certificate,
@@ -236,15 +244,24 @@ class AcceptGate:
             refused = self._ask(candidate)
             if refused is not None:
                 self._turn_away(session, protocol, refused.reason)
-                return True  # dropped with the session: never queued
+                return True
             self._cleared.add(session)
             try:
                 hand_out(session)
             finally:
                 self._cleared.discard(session)
-            return False  # queued as the session's first message
+            return False
 
-        session.dispatch = first
+        inbox = session._inbox
+        if inbox:
+            # It arrived before the handshake's completion reached us (a backend that learns
+            # of it a loop pass later): decided on now, left queued first.
+            decide(inbox[0])
+            return
+        # Until then the session's dispatch (free until the stream hands it out) takes the
+        # first message to the hook: refused, it is dropped with the session (True: never
+        # queued); accepted, it is queued as the session's first message (False).
+        session.dispatch = decide
 
     @staticmethod
     def _turn_away(session: Any, protocol: str, reason: str) -> None:
@@ -290,8 +307,12 @@ class AcceptGate:
         if self._limits:
             with self._lock:
                 self.control.release(_host(peer))
+        self._silent(session, peer)
+
+    def _silent(self, session: Any, peer: Any = None) -> None:
         if session.close_reason is CloseReason.FIRST_PACKET_TIMEOUT:
-            self._refuse(RefusalReason.FIRST_PACKET_TIMEOUT, peer,
+            self._refuse(RefusalReason.FIRST_PACKET_TIMEOUT,
+                         peer if peer is not None else session.peer_address,
                          "no complete packet in first_packet_timeout")
 
     def _count(self, reason: RefusalReason) -> None:
