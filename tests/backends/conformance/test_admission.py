@@ -468,3 +468,79 @@ def test_a_refused_tcp_or_tls_peer_that_keeps_its_socket_holds_nothing_on_the_se
         assert len(seen) == 1
 
     backend.run(body)
+
+
+class _Echo:
+    """serve()'s handler: answers each request with its payload, records one-way messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def on_request(self, session: Any, message: Any) -> bytes:
+        return b"echo " + message.payload
+
+    async def on_message(self, session: Any, message: Any) -> None:
+        self.messages.append(message.payload)
+
+
+@pytest.mark.parametrize("proto", FIRST_PACKET_PROTOCOLS)
+def test_serve_answers_the_first_request_the_hook_accepted(
+        backend: Backend, certs: Certs, proto: str) -> None:
+    """Under serve(), the request the hook decided on reaches on_request once and its
+    response arrives; a refused session never reaches the handler."""
+    seen: list[Candidate] = []
+    handler = _Echo()
+
+    async def body() -> None:
+        async with transport_with(
+                backend, lambda b: b.admission(token_hook(seen), first_packet=True)) as server, \
+                server.serve(proto, certs, handler) as port, \
+                transport_with(backend, lambda b: b) as client:
+            refused = await client.connect(client_url(proto, port, certs))
+            with pytest.raises(TransportError):
+                await refused.request(b"token:bad", timeout=WAIT)
+            session = await client.connect(client_url(proto, port, certs))
+            assert (await session.request(b"token:good")).payload == b"echo token:good"
+            await session.send(b"one")
+            assert (await session.request(b"two")).payload == b"echo two"
+            with anyio.fail_after(WAIT):  # the blocking backend's handlers run in workers
+                while not handler.messages:
+                    await anyio.sleep(0.005)
+            assert handler.messages == [b"one"]
+            await session.close()
+            assert dict(server.raw.stats().refusals) == {"admission": 1}
+        assert len(seen) == 2
+
+    backend.run(body)
+
+
+def test_with_first_packet_websocket_is_still_decided_at_its_upgrade(
+        backend: Backend, certs: Certs) -> None:
+    """WebSocket's hook runs on the upgrade request (path, headers) with or without
+    first_packet: its candidate has no first_packet, and accept() gets the session at once."""
+    seen: list[Candidate] = []
+
+    def hook(candidate: Candidate) -> None:
+        seen.append(candidate)
+
+    async def body() -> None:
+        async with transport_with(backend, lambda b: b.admission(hook, first_packet=True)) \
+                as server, server.listen("ws", certs) as listener, \
+                transport_with(backend, lambda b: b) as client:
+            session = await client.connect(client_url("ws", listener.port, certs))
+            accepted = await listener.accept()
+            await session.send(b"hi")
+            assert (await accepted.receive()).payload == b"hi"
+            await session.close()
+        assert len(seen) == 1 and seen[0].path == "/" and seen[0].first_packet is None
+
+    backend.run(body)
+
+
+def test_admission_first_packet_is_checked(backend: Backend) -> None:
+    builder = backend.lib.Transport.builder
+    with pytest.raises(backend.lib.ConfigurationError) as info:
+        builder().admission(lambda c: None, first_packet="yes")  # type: ignore[arg-type]
+    assert info.value.field == "admission.first_packet"
+    hook = lambda c: None  # noqa: E731
+    assert builder().admission(hook, first_packet=True).settings()["admission"] is not None
