@@ -31,7 +31,7 @@ from ..core.admission import (
 from ..core.config import DEFAULT_FIRST_PACKET_TIMEOUT
 from ..core.metrics import TransportMetrics
 from ..core.quic import QuicAppError
-from ..core.session import CloseReason
+from ..core.session import CloseReason, SessionState
 
 __all__ = ["AcceptGate", "accept_gate", "reset"]
 
@@ -223,6 +223,8 @@ class AcceptGate:
     def _hold(self, session: Any, protocol: str, hand_out: Callable[[Any], None]) -> None:
         """Hold *session* until its first message, which the hook then decides on."""
         machine = session.connection.session
+        if machine.state is not SessionState.OPEN:
+            return  # closed meanwhile (its handshake's news came a loop pass late)
         machine.hold_for_admission(self.first_packet_timeout, session._time())
         # The deadline may be new (QUIC): the session's timer learns it (each backend's
         # _after_input re-reads the deadline once _deadline_moved says so).
@@ -230,9 +232,10 @@ class AcceptGate:
         session._after_input()
         peer = session.peer_address
         certificate = _peer_certificate(session.connection.machine)
-        if protocol == "quic":
-            # Stream sessions are followed from their accept (track); a QUIC one that stays
-            # silent is counted as first_packet_timeout from here.
+        if protocol == "quic" and not self._limits:
+            # Stream sessions are followed from their accept (track), QUIC ones by the limits'
+            # check in established() when there are limits; else a QUIC one that stays silent
+            # is counted as first_packet_timeout from here.
             session.when_finished(self._silent)
 
         def decide(message: Any) -> bool:

@@ -404,16 +404,22 @@ def test_a_first_packet_the_hook_refuses_closes_the_session_at_once(
 
 
 @pytest.mark.parametrize("proto", FIRST_PACKET_PROTOCOLS)
+@pytest.mark.parametrize("per_peer", [None, 100])
 def test_a_silent_session_held_for_its_first_packet_is_dropped_at_first_packet_timeout(
-        backend: Backend, certs: Certs, proto: str) -> None:
+        backend: Backend, certs: Certs, proto: str, per_peer: int | None) -> None:
     """With first_packet=True a client that sends nothing never reaches the hook: it is
-    dropped after first_packet_timeout (QUIC too: the builder's), counted as such."""
+    dropped after first_packet_timeout (QUIC too: the builder's), counted once as such
+    (with a per-peer limit too, which follows the session's end on its own)."""
     seen: list[Candidate] = []
 
+    def configure(builder: Any) -> Any:
+        builder = builder.admission(token_hook(seen), first_packet=True)
+        if per_peer is not None:
+            builder = builder.max_sessions_per_peer(per_peer)
+        return builder.first_packet_timeout(FIRST_PACKET)
+
     async def body() -> None:
-        async with transport_with(
-                backend, lambda b: b.admission(token_hook(seen), first_packet=True)
-                .first_packet_timeout(FIRST_PACKET)) as server, \
+        async with transport_with(backend, configure) as server, \
                 server.listen(proto, certs) as listener, \
                 transport_with(backend, lambda b: b) as client:
             silent = await client.connect(client_url(proto, listener.port, certs))
