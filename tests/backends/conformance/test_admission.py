@@ -426,7 +426,9 @@ def test_a_silent_session_held_for_its_first_packet_is_dropped_at_first_packet_t
             started = time.monotonic()
             await silent.wait_closed()
             elapsed = time.monotonic() - started
-            assert FIRST_PACKET * 0.8 <= elapsed < FIRST_PACKET + 3.0
+            # Loose below: the blocking backend's connect returns through a thread, some time
+            # after the server's handshake (where the deadline starts) under load.
+            assert FIRST_PACKET * 0.5 <= elapsed < FIRST_PACKET + 3.0
             refusals = await refusals_reach(server, "first_packet_timeout", 1)
             assert refusals == {"first_packet_timeout": 1}
             del listener
