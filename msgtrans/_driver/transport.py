@@ -334,7 +334,9 @@ class SessionStreamBase(Generic[S]):
     def _turned_away(self, session: S) -> bool:
         """Close *session*, handshake complete, if the stream no longer accepts (with its
         protocol's going-away close) or the transport's admission refuses it (the hook; the
-        QUIC sessions' per-peer and rate limits); whether it did."""
+        QUIC sessions' per-peer and rate limits); whether it did, or holds it (the hook
+        decides at its first message: ``admission(hook, first_packet=True)``), which is
+        ``True`` too: the gate gives it to :meth:`_deliver` again once the hook accepted it."""
         if self._closed:
             session.start_close(session.connection.going_away_code, "not accepting")
             return True
