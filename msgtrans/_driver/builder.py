@@ -202,6 +202,7 @@ class TransportBuilderBase:
         self._session: dict[str, Any] = {}
         self._strategy: ExpansionStrategy | None = None
         self._on_shutdown: Callable[[ShutdownReport], object] | None = None
+        self._admission_first_packet = False  # admission(hook, first_packet=...)
 
     # --- timeouts --------------------------------------------------------------------------------
 
@@ -475,14 +476,27 @@ class TransportBuilderBase:
         self._set["connection_rate"] = {"per_second": bucket.rate, "burst": bucket.burst}
         return self
 
-    def admission(self: _B, hook: Callable[[Any], object]) -> _B:
+    def admission(self: _B, hook: Callable[[Any], object], *, first_packet: bool = False
+                  ) -> _B:
         """Let *hook* accept or refuse every server session before ``accept()`` hands it
-        out: it gets a :class:`~msgtrans.Candidate` (protocol, peer and local address; for
-        WebSocket the request path and headers; for TLS and WSS the client certificate) and
-        returns ``None`` (or ``True``) to accept or a :class:`~msgtrans.Refuse` (or
-        ``False``) to refuse.  A refused WebSocket upgrade is answered with the refusal's
-        HTTP status (403 by default, or 401) and closed; a TCP, TLS or QUIC session is closed
-        right after its handshake.  Counted as ``admission`` in ``stats().refusals``.  A hook
+        out: it gets a :class:`~msgtrans.core.admission.Candidate` (protocol, peer and local
+        address; for WebSocket the request path and headers; for TLS and WSS the client
+        certificate) and returns ``None`` (or ``True``) to accept or a
+        :class:`~msgtrans.core.admission.Refuse` (or ``False``) to refuse.  A refused
+        WebSocket upgrade is answered with the refusal's HTTP status (403 by default, or 401)
+        and closed; a refused TCP or TLS session is dropped at once with a RST, a QUIC one
+        with a CONNECTION_CLOSE (application error 3, ``REFUSED``).
+
+        With *first_packet* ``True``, TCP, TLS and QUIC sessions are held back until their
+        first message (one-way or request) arrived, and the hook decides then, with that
+        message in ``candidate.first_packet`` (a
+        :class:`~msgtrans.core.admission.FirstPacket` copy); an accepted session is handed
+        out with that message as its first one.  A session with no message within
+        ``first_packet_timeout`` (the listener's; QUIC: this builder's, default 30 s) is
+        dropped without asking the hook (``first_packet_timeout`` in ``stats().refusals``).
+        WebSocket sessions are decided at their upgrade request either way (path, headers).
+
+        Counted as ``admission`` in ``stats().refusals``.  A hook
         that raises refuses (logged).  It is called on the backend's I/O side (asyncio: the
         event loop; trio: the trio thread; blocking: the I/O thread, with the transport's
         lock held), so it must be quick and must not call the transport (default: none).
@@ -492,7 +506,11 @@ class TransportBuilderBase:
         """
         if not callable(hook):
             raise ConfigurationError("admission", f"must be callable, got {hook!r}")
+        if not isinstance(first_packet, bool):
+            raise ConfigurationError("admission.first_packet",
+                                     f"must be True or False, got {first_packet!r}")
         self._set["admission"] = hook
+        self._admission_first_packet = first_packet
         return self
 
     def backplane(self: _B, url: str, *, prefix: str = "msgtrans", node_id: str | None = None,
@@ -664,6 +682,8 @@ class TransportBuilderBase:
             "connection_rate": None if "connection_rate" not in explicit else (
                 explicit["connection_rate"]["per_second"], explicit["connection_rate"]["burst"]),
             "admission": explicit.get("admission"),
+            "admission_first_packet": (
+                "admission" in explicit and self._admission_first_packet),
             "backplane": (BackplaneSettings(**explicit["backplane"])
                           if "backplane" in explicit else None),
             "workers": explicit.get("worker_threads", DEFAULT_WORKER_THREADS),

@@ -138,6 +138,8 @@ class TransportDefaults:
         connection_rate: ``(per_second, burst)`` of the new-connection token bucket, or
             ``None`` (no rate limit).
         admission: the application's admission hook, or ``None``.
+        admission_first_packet: the hook decides on TCP, TLS and QUIC sessions at their
+            first message (``admission(hook, first_packet=True)``).
         backplane: the Redis backplane's settings, or ``None`` (groups stay local).
         workers: the worker processes ``serve()`` starts unless told otherwise (the builder's
             ``worker_threads``; default 1: it serves in this process).
@@ -154,6 +156,7 @@ class TransportDefaults:
     max_sessions_per_peer: int | None = None
     connection_rate: tuple[float, int] | None = None
     admission: AdmissionHook | None = None
+    admission_first_packet: bool = False
     backplane: BackplaneSettings | None = None
     workers: int = 1
 
@@ -178,6 +181,7 @@ def _transport_args(builder: TransportBuilderBase) -> dict[str, Any]:
             max_sessions_per_peer=checked["max_sessions_per_peer"],
             connection_rate=checked["connection_rate"],
             admission=checked["admission"],
+            admission_first_packet=checked["admission_first_packet"],
             backplane=checked["backplane"],
             workers=checked["workers"],
         ),
@@ -327,17 +331,25 @@ class SessionStreamBase(Generic[S]):
         self._started = False
         self.addresses: list[tuple[str, int]] = []
 
+    def _deliver(self, session: S) -> None:
+        """Hand *session*, handshake complete, to ``accept()`` unless :meth:`_turned_away`
+        (each backend's)."""
+        raise NotImplementedError
+
     def _turned_away(self, session: S) -> bool:
         """Close *session*, handshake complete, if the stream no longer accepts (with its
         protocol's going-away close) or the transport's admission refuses it (the hook; the
-        QUIC sessions' per-peer and rate limits); whether it did."""
+        QUIC sessions' per-peer and rate limits); whether it did, or holds it (the hook
+        decides at its first message: ``admission(hook, first_packet=True)``), which is
+        ``True`` too: the gate gives it to :meth:`_deliver` again once the hook accepted it."""
         if self._closed:
             session.start_close(session.connection.going_away_code, "not accepting")
             return True
         # Each backend's stream keeps its transport as _transport.
         transport = getattr(self, "_transport", None)
         gate = getattr(transport, "_gate", None)
-        return gate is not None and not gate.established(session)
+        # A session held for its first message comes back through the backend's _deliver.
+        return gate is not None and not gate.established(session, self._deliver)
 
 
 class TransportBase(Generic[S, P, Q]):
@@ -421,7 +433,9 @@ class TransportBase(Generic[S, P, Q]):
             AdmissionControl(max_sessions_per_peer=defaults.max_sessions_per_peer,
                              rate=None if rate is None else rate[0],
                              burst=None if rate is None else rate[1]),
-            defaults.admission)
+            defaults.admission, first_packet=defaults.admission_first_packet,
+            first_packet_timeout=defaults.config.get("first_packet_timeout",
+                                                     DEFAULT_FIRST_PACKET_TIMEOUT))
 
     # --- sessions ------------------------------------------------------------------------------
 

@@ -18,17 +18,20 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .machine import Address
+from .packet import Packet, PacketType
 
 __all__ = [
     "DEFAULT_LOG_INTERVAL",
     "AdmissionControl",
     "AdmissionHook",
     "Candidate",
+    "FirstPacket",
     "PeerCounts",
     "RefusalLog",
     "RefusalReason",
     "Refuse",
     "TokenBucket",
+    "refusal",
 ]
 
 #: Seconds between two log lines about the refusals of one peer.
@@ -52,6 +55,34 @@ class RefusalReason(str, Enum):
         return self.value
 
 
+@dataclass(frozen=True, slots=True)
+class FirstPacket:
+    """The first packet of a session, as the admission hook sees it with
+    ``admission(hook, first_packet=True)``: a frozen copy (the session's own packet may be a
+    view of the receive buffer; this one owns its bytes, so the hook may keep it).
+
+    Attributes:
+        packet_type: ``PacketType.ONE_WAY`` or ``PacketType.REQUEST`` (a response is never
+            a first packet the hook sees: nothing was asked yet).
+        message_id: the packet's id (a request's: the one its response will carry).
+        biz_type: the application's type byte.
+        payload: the (decompressed) payload, a copy (at most the listener's ``max_payload``).
+        ext_header: the extension header, a copy.
+    """
+
+    packet_type: PacketType
+    message_id: int
+    biz_type: int
+    payload: bytes
+    ext_header: bytes
+
+    @classmethod
+    def of(cls, packet: Packet) -> FirstPacket:
+        """The hook's copy of *packet*."""
+        return cls(packet.packet_type, packet.message_id, packet.biz_type,
+                   bytes(packet.payload), bytes(packet.ext_header))
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A session the admission hook decides on, before ``accept()`` hands it out.
@@ -66,6 +97,10 @@ class Candidate:
         peer_certificate: for TLS and WSS, the client certificate as
             ``ssl.SSLSocket.getpeercert()`` gives it when the server asked for one (a ``ca``
             in its TLS config) and the client sent one; else ``None``.
+        first_packet: with ``admission(hook, first_packet=True)``, on TCP, TLS and QUIC, the
+            session's first packet (a :class:`FirstPacket`), which the application still gets
+            as its first message when the hook accepts; else ``None`` (WebSocket always: its
+            hook runs at the upgrade request, on the path and headers).
     """
 
     protocol: str
@@ -74,6 +109,7 @@ class Candidate:
     path: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     peer_certificate: Mapping[str, Any] | None = field(default=None, repr=False)
+    first_packet: FirstPacket | None = field(default=None, repr=False)
 
     def header(self, name: str) -> str | None:
         """The first value of the request header *name* (any case), or ``None``."""
@@ -105,6 +141,14 @@ class Refuse:
 #: The admission hook: a :class:`Candidate` in, ``None`` (or ``True``) to accept, a
 #: :class:`Refuse` (or ``False``) to refuse.
 AdmissionHook = Callable[[Candidate], "Refuse | bool | None"]
+
+
+def refusal(answer: object) -> Refuse | None:
+    """What an admission hook's *answer* means: ``None`` accepts (the hook returned ``None``
+    or ``True``), else the :class:`Refuse` it returned (any other answer: ``Refuse()``)."""
+    if answer is None or answer is True:
+        return None
+    return answer if isinstance(answer, Refuse) else Refuse()
 
 
 class TokenBucket:

@@ -307,6 +307,7 @@ class QuicAppError(IntEnum):
     NO_ERROR = 0x0  # a graceful close
     PROTOCOL_ERROR = 0x1  # the peer broke the msgtrans stream mapping (bad frame, wrong stream)
     TIMEOUT = 0x2  # the handshake did not complete in time
+    REFUSED = 0x3  # the server's admission hook refused the session
 
 
 def _check_positive(field: str, value: float) -> None:

@@ -412,6 +412,7 @@ class SessionMachine:
         "_first_packet_timeout",
         "_heap",
         "_heartbeat_interval",
+        "_held",
         "_idle_timeout",
         "_ids",
         "_last_recv",
@@ -509,6 +510,9 @@ class SessionMachine:
         # next_deadline, the same as no feature at all once the first packet arrived).
         self._first_packet_timeout: float | None = None
         self._first_deadline = _INF
+        # See hold_for_admission: the first-packet deadline also runs past packets that
+        # were not a message for the application (an unmatched response).
+        self._held = False
         self._last_send = 0.0
         self._last_recv = 0.0
 
@@ -668,6 +672,29 @@ class SessionMachine:
         if timeout is not None:
             _check_positive("first_packet_timeout", timeout, integer=False)
         self._first_packet_timeout = timeout
+
+    def hold_for_admission(self, timeout: float | None, now: float) -> None:
+        """The session is held back from the application until its first message (one-way or
+        request) is decided on by an admission hook: the first-packet deadline (the one
+        :meth:`require_first_packet` armed, else *now* + *timeout*; ``None``: none) runs until
+        :meth:`admitted`, whatever other packets arrive meanwhile, and closes the session
+        (``FIRST_PACKET_TIMEOUT``) when it passes.  Call it while ``OPEN``.
+
+        Raises:
+            ConfigurationError: *timeout* is not a positive number.
+        """
+        if timeout is not None:
+            _check_positive("first_packet_timeout", timeout, integer=False)
+        self._held = True
+        if self._first_deadline == _INF and self._state is _OPEN and timeout is not None:
+            self._first_packet_timeout = timeout
+            self._first_deadline = now + timeout
+
+    def admitted(self) -> None:
+        """The admission hook decided on the session's first message: no first-packet
+        deadline any more (see :meth:`hold_for_admission`)."""
+        self._held = False
+        self._first_deadline = _INF
 
     def begin_close(self, reason: CloseReason = CloseReason.LOCAL, detail: str = "") -> bool:
         """Start closing: ``CONNECTING | OPEN -> CLOSING``.
@@ -1080,7 +1107,7 @@ class SessionMachine:
                 deadline = min(deadline, self._last_recv + self._idle_timeout)
             first = self._first_deadline
             if first < deadline:
-                if self.stats.messages_received:
+                if self.stats.messages_received and not self._held:
                     self._first_deadline = _INF
                 else:
                     deadline = first
@@ -1124,7 +1151,7 @@ class SessionMachine:
                     )
         if state is not _OPEN:
             return
-        if now >= self._first_deadline and not self.stats.messages_received:
+        if now >= self._first_deadline and (not self.stats.messages_received or self._held):
             limit = self._first_packet_timeout or 0.0
             error = TransportTimeoutError(
                 "first_packet", limit,

@@ -14,11 +14,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from msgtrans.core.admission import (
     AdmissionControl,
     Candidate,
+    FirstPacket,
     PeerCounts,
     RefusalLog,
     RefusalReason,
     Refuse,
     TokenBucket,
+    refusal,
 )
 from msgtrans.core.config import TcpServerConfig, WebSocketServerConfig
 from msgtrans.core.connection import server_connection
@@ -236,3 +238,77 @@ def test_server_connections_take_the_config_field(config: object) -> None:
     off = server_connection(TcpServerConfig(first_packet_timeout=None))
     off.start(0.0)
     assert off.next_deadline() is None
+
+
+# --- the first packet the hook sees, and holding a session for it -------------------------------
+
+
+@given(packet_type=st.sampled_from([PacketType.ONE_WAY, PacketType.REQUEST]),
+       message_id=st.integers(0, 2**32 - 1), biz_type=st.integers(0, 255),
+       payload=st.binary(max_size=2048), ext_header=st.binary(max_size=64),
+       as_view=st.booleans())
+def test_first_packet_is_an_owned_copy_of_the_packet(
+        packet_type: PacketType, message_id: int, biz_type: int, payload: bytes,
+        ext_header: bytes, as_view: bool) -> None:
+    source = bytearray(payload)
+    packet = Packet(packet_type, message_id, biz_type,
+                    memoryview(source) if as_view else payload, ext_header)
+    first = FirstPacket.of(packet)
+    assert (first.packet_type, first.message_id, first.biz_type, first.payload,
+            first.ext_header) == (packet_type, message_id, biz_type, payload, ext_header)
+    assert type(first.payload) is bytes and type(first.ext_header) is bytes
+    if source:
+        source[0] ^= 0xFF  # the receive buffer is reused: the hook's copy does not move
+    assert first.payload == payload
+    with pytest.raises(AttributeError):
+        first.payload = b""  # type: ignore[misc]
+    assert Candidate("tcp", None, None, first_packet=first).first_packet is first
+
+
+@given(answer=st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=3),
+                        st.builds(Refuse, st.integers(400, 599), st.text(max_size=8))))
+def test_refusal_reads_a_hook_answer(answer: object) -> None:
+    refused = refusal(answer)
+    if answer is None or answer is True:
+        assert refused is None
+    elif isinstance(answer, Refuse):
+        assert refused is answer
+    else:
+        assert refused == Refuse()
+
+
+@given(timeout=st.floats(min_value=0.01, max_value=100.0), start=st.floats(0.0, 1e6),
+       armed=st.booleans())
+def test_a_held_session_keeps_its_first_packet_deadline_past_other_packets(
+        timeout: float, start: float, armed: bool) -> None:
+    """While held for admission, a packet that is no message for the application (an
+    unmatched response) does not end the deadline; admitted() does.  The deadline is the
+    listener's (require_first_packet) when armed, else the hold's."""
+    session = SessionMachine(1)
+    if armed:
+        session.require_first_packet(timeout)
+    session.established(start)
+    session.hold_for_admission(None if armed else timeout, start)
+    assert session.next_deadline() == start + timeout
+    session.receive_packet(Packet(PacketType.RESPONSE, 9, 0, b"?"), start)
+    assert session.next_deadline() == start + timeout
+    session.handle_timer(start + timeout)
+    assert session.close_reason is CloseReason.FIRST_PACKET_TIMEOUT
+
+    admitted = SessionMachine(2)
+    admitted.established(start)
+    admitted.hold_for_admission(timeout, start)
+    admitted.receive_packet(Packet(PacketType.REQUEST, 1, 0, b"token"), start)
+    admitted.admitted()
+    assert admitted.next_deadline() is None
+    admitted.handle_timer(start + 2 * timeout)
+    assert admitted.state is SessionState.OPEN
+
+
+def test_hold_for_admission_checks_its_timeout_and_may_have_none() -> None:
+    session = SessionMachine(1)
+    session.established(0.0)
+    with pytest.raises(ConfigurationError):
+        session.hold_for_admission(0, 0.0)
+    session.hold_for_admission(None, 0.0)
+    assert session.next_deadline() is None
