@@ -219,8 +219,10 @@ OUTAGE = 5.0
 
 def test_quic_path_down_for_5s(backend: Backend, certs: Certs) -> None:
     """Two QUIC clients through one UDP proxy that drops every datagram for 5 s: the one whose
-    idle timeout is longer keeps its connection and its request sent during the outage is
-    answered after it (or fails clearly); the one with a 1 s idle timeout loses its connection,
+    idle timeout is longer (15 s) keeps its connection, and its request sent during the
+    outage is answered after it (new traffic after the outage gets it resent at once, not after
+    QUIC's backed-off probe timeout, seen at up to 5 s after the restore); the one with a 1 s
+    idle timeout loses its connection, its pending request failing with ``timeout.idle``,
     retries in vain during the outage and reconnects after it."""
     proto = "quic"
 
