@@ -274,13 +274,16 @@ def test_quic_path_down_for_5s(backend: Backend, certs: Certs) -> None:
     backend.run(body)
 
 
-# --- 4. the server restarted on another port, behind the proxy ----------------------------------
+# --- 4. the server restarted behind the proxy -----------------------------------------------------
 
 
-def test_server_restarted_on_another_port(backend: Backend, proto: str, certs: Certs) -> None:
-    """The server goes away and comes back on another port (its own taken), the proxy
-    retargeted to it: the client, still connecting to the proxy's address, gets through
-    after failing attempts against the dead port, and works as before."""
+@pytest.mark.parametrize("where", ["another-port", "same-port"])
+def test_server_restarted_behind_the_proxy(backend: Backend, proto: str, certs: Certs,
+                                           where: str) -> None:
+    """The server goes away and comes back, on another port (its own taken: the proxy is
+    retargeted to it) or on the same one: the client, still connecting to the proxy's
+    address, gets through after failing attempts against the dead port, and works as
+    before."""
 
     async def body() -> None:
         handler = Recorder()
@@ -288,8 +291,7 @@ def test_server_restarted_on_another_port(backend: Backend, proto: str, certs: C
             old = contextlib.AsyncExitStack()
             async with old:
                 old_port = await old.enter_async_context(server(backend, proto, certs, handler))
-                proxy = proxy_to(proto, old_port)
-                with proxy as proxy:
+                with proxy_to(proto, old_port) as proxy:
                     client = await connect(backend, transport, url_of(proto, proxy.port, certs),
                                            timeout=CONNECT)
                     raw = client.raw
@@ -300,9 +302,11 @@ def test_server_restarted_on_another_port(backend: Backend, proto: str, certs: C
                     # Its attempts fail (the proxy finds nothing on the old port) until then.
                     assert await ledger.request(client, b"down", timeout=0.5) is None
                     assert raw.reconnects == 0 or proto == "tcp"
-                    async with server(backend, proto, certs, handler) as new_port:
-                        assert new_port != old_port
-                        proxy.retarget(("127.0.0.1", new_port))
+                    again = old_port if where == "same-port" else 0
+                    async with server(backend, proto, certs, handler, port=again) as new_port:
+                        if where == "another-port":
+                            assert new_port != old_port
+                            proxy.retarget(("127.0.0.1", new_port))
                         await ledger.answered_soon(client, b"back")
                         await all_well(ledger, client, b"after")
                         assert raw.reconnects >= 1 and raw.current is not ledger.first
