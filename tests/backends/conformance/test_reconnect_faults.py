@@ -177,11 +177,12 @@ def test_reset_mid_message(backend: Backend, stream_proto: str, certs: Certs) ->
     proto = stream_proto
     start, end = _probe(backend, proto, certs)
 
-    async def body(direction: str, offset: int) -> None:
+    async def body(kind: str, direction: str, offset: int) -> None:
         handler = Recorder()
         async with server(backend, proto, certs, handler) as port, \
                 client_transport(backend) as transport:
-            with TcpProxy(("127.0.0.1", port), **{direction: Faults(reset_at=offset)}) as proxy:
+            fault = Faults(reset_at=offset) if kind == "reset" else Faults(cut_at=offset)
+            with TcpProxy(("127.0.0.1", port), **{direction: fault}) as proxy:
                 client = await connect(backend, transport, url_of(proto, proxy.port, certs),
                                        timeout=CONNECT)
                 await wait_until(lambda: bool(proxy.connections), "the proxy accepted")
@@ -191,22 +192,22 @@ def test_reset_mid_message(backend: Backend, stream_proto: str, certs: Certs) ->
                 await _exchange(ledger, client)
                 # The exchange is as long as the probe's: the reset happened within it.
                 await wait_until(lambda: bool(proxy.faults_applied()), "the reset happened")
-                assert proxy.faults_applied() == [("reset", direction, offset)]
+                assert proxy.faults_applied() == [(kind, direction, offset)]
                 await ledger.answered_soon(client, b"back")
                 await all_well(ledger, client, b"after")
                 assert raw.reconnects == 1 and raw.current is not ledger.first
                 ledger.check(handler.got, raw.lost_unsent)
                 await client.close()
 
-    @settings(max_examples=6, deadline=None, database=None,
+    @settings(max_examples=8, deadline=None, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(st.sampled_from(["c2s", "s2c"]), st.data())
-    def case(direction: str, data: st.DataObject) -> None:
+    @given(st.sampled_from(["reset", "cut"]), st.sampled_from(["c2s", "s2c"]), st.data())
+    def case(kind: str, direction: str, data: st.DataObject) -> None:
         # From the first byte after the handshake (a reset at its last byte may or may not
         # fail the first connect, which is not retried) to the last of the exchange.
         offset = data.draw(st.integers(start[direction] + 1, end[direction] - 1),
                            label="offset")
-        backend.run(lambda: body(direction, offset))
+        backend.run(lambda: body(kind, direction, offset))
 
     case()
 
