@@ -183,8 +183,9 @@ def test_reset_mid_message(backend: Backend, stream_proto: str, certs: Certs) ->
                 client_transport(backend) as transport:
             fault = Faults(reset_at=offset) if kind == "reset" else Faults(cut_at=offset)
             with TcpProxy(("127.0.0.1", port), **{direction: fault}) as proxy:
+                # max_delay caps the reset's own retry_delay(): the examples stay short.
                 client = await connect(backend, transport, url_of(proto, proxy.port, certs),
-                                       timeout=CONNECT)
+                                       timeout=CONNECT, max_delay=0.1)
                 await wait_until(lambda: bool(proxy.connections), "the proxy accepted")
                 proxy.set_faults()  # the reconnects are clean
                 raw = client.raw
@@ -301,7 +302,7 @@ def test_server_restarted_behind_the_proxy(backend: Backend, proto: str, certs: 
                     await old.aclose()  # the server is gone
                     await wait_until(lambda: not raw.connected, "the client saw the server go")
                     # Its attempts fail (the proxy finds nothing on the old port) until then.
-                    assert await ledger.request(client, b"down", timeout=0.5) is None
+                    assert await ledger.request(client, b"down", timeout=0.3) is None
                     assert raw.reconnects == 0 or proto == "tcp"
                     again = old_port if where == "same-port" else 0
                     async with server(backend, proto, certs, handler, port=again) as new_port:
