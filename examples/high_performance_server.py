@@ -81,7 +81,7 @@ async def answer_metrics(transport: mt.Transport, reader: asyncio.StreamReader,
         writer.write(b"HTTP/1.0 " + status + b"\r\nContent-Type: text/plain; version=0.0.4"
                      b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         await writer.drain()
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
             ConnectionError):
         pass
     finally:
