@@ -91,8 +91,11 @@ def build_server(redis: str | None, prefix: str) -> mt.Transport:
     return builder.build()
 
 
+Serving = asyncio.Task[mt.ShutdownReport | None]  # what serve() returns, as a task
+
+
 async def start_node(redis: str | None, prefix: str, port: int = 0,
-                     host: str = "127.0.0.1") -> tuple[mt.Transport, asyncio.Task[None], str]:
+                     host: str = "127.0.0.1") -> tuple[mt.Transport, Serving, str]:
     """A chat server node; returns it, its serve task and its URL."""
     server = build_server(redis, prefix)
     stream = server.accept([f"tcp://{host}:{port}"])
