@@ -13,7 +13,7 @@ What it shows:
   reports once a second), so one scrape shows the whole server;
 - a graceful stop by SIGTERM, and the summed shutdown report.
 
-Run the demo (a server subprocess, load from this process, a scrape, SIGTERM; ~4 s):
+Run the demo (a server subprocess, load from this process, a scrape, SIGTERM; about 3 s)::
 
     python examples/high_performance_server.py [--rounds 10] [--sessions 4]
 
