@@ -39,8 +39,16 @@ and exits 0 without comparing (``--update`` on that version to guard there).
 
 A path fails ``--check`` when its total (Python + C calls) per message exceeds the recorded
 figure by more than its margin (in the file: ``max(calls, percent of the recorded count)``;
-+10 % and at least one call on every path: encode's 11 calls may become 12, not 13).  A count
-that fell by more than the margin is reported too (exit 0): ``--update`` to keep the gain.
++5 % and at least one call on every path: encode's 11 calls may become 12, not 13;
+the session receive path's 34 may become 35, not 36). The counts are exact, so the margin is
+not for noise: it lets a change that is worth a call or two through without an update, and
+stops a drift of several.  A count that fell by more than the margin is reported too (exit 0):
+``--update`` to keep the gain.
+
+What is not counted: ``c_call`` is raised for C functions and methods only, so calling a C
+*type* (``list(x)``, ``bytes(view)``, ``memoryview(b)``) counts nothing, and the work inside a
+call is not weighed (a call that copies 64 KiB counts as one).  The guard catches added calls,
+layers and per-message Python work, not a slower C routine: the timed benchmark is for that.
 """
 
 from __future__ import annotations
@@ -68,10 +76,10 @@ CORE_N = 2000
 ROUND_TRIPS = 200
 ASYNCIO_BATCHES = 3
 
-#: path -> (percent, calls): the allowed growth is the larger of the two (+10 %, and at least
+#: path -> (percent, calls): the allowed growth is the larger of the two (+5 %, and at least
 #: one call, so that a path of 11 calls may take one more but not two).
 MARGINS: dict[str, tuple[float, float]] = {
-    name: (10.0, 1.0) for name in ("encode", "decode", "decode_framed", "session_send",
+    name: (5.0, 1.0) for name in ("encode", "decode", "decode_framed", "session_send",
                                    "session_receive", "session_round_trip",
                                    "asyncio_tcp_round_trip")
 }
