@@ -78,11 +78,9 @@ ASYNCIO_BATCHES = 3
 
 #: path -> (percent, calls): the allowed growth is the larger of the two (+5 %, and at least
 #: one call, so that a path of 11 calls may take one more but not two).
-MARGINS: dict[str, tuple[float, float]] = {
-    name: (5.0, 1.0) for name in ("encode", "decode", "decode_framed", "session_send",
-                                   "session_receive", "session_round_trip",
-                                   "asyncio_tcp_round_trip")
-}
+MARGINS: dict[str, tuple[float, float]] = dict.fromkeys(
+    ("encode", "decode", "decode_framed", "session_send", "session_receive",
+     "session_round_trip", "asyncio_tcp_round_trip"), (5.0, 1.0))
 
 Run = Callable[[int], object]
 
