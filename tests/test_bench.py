@@ -230,3 +230,156 @@ def test_cluster_bench_times_a_publish_to_every_session_of_two_nodes() -> None:
     assert result.returncode == 0, result.stderr
     assert "20 sessions over 2 asyncio nodes" in result.stdout
     assert "last session:  median" in result.stdout and "ratio cluster/one node" in result.stdout
+
+
+# --- --save / --compare ----------------------------------------------------------------------
+
+
+def _baseline_doc(machine: dict[str, object] | None = None) -> dict[str, object]:
+    from msgtrans.bench._baseline import FORMAT, machine_info
+
+    def value(client: str, backend: str | None, scenario: str, metric: str,
+              number: float) -> dict[str, object]:
+        from msgtrans.bench._report import METRICS
+
+        unit, higher = METRICS[metric]
+        return {"protocol": "tcp", "scenario": scenario, "client": client, "backend": backend,
+                "kind": "msgtrans" if backend else "peer", "metric": metric, "unit": unit,
+                "higher_is_better": higher, "value": number, "samples": [number]}
+
+    return {
+        "format": FORMAT, "plan": "smoke", "machine": machine or machine_info(), "rounds": 1,
+        "values": [
+            value("msgtrans", "asyncio", "oneway_64", "msg_s", 100.0),
+            value("msgtrans", "asyncio", "latency", "p50_us", 200.0),
+            value("asyncio-protocol", None, "oneway_64", "msg_s", 400.0),
+            value("asyncio-protocol", None, "latency", "p50_us", 50.0),
+        ],
+    }
+
+
+def test_compare_ratios_point_the_same_way_for_rates_and_latencies() -> None:
+    from msgtrans.bench._baseline import compare, ratio
+
+    assert ratio(100.0, 150.0, True) == pytest.approx(1.5)  # rate: now / stored
+    assert ratio(200.0, 100.0, False) == pytest.approx(2.0)  # latency halved: stored / now
+    assert ratio(200.0, 400.0, False) == pytest.approx(0.5)  # latency doubled: worse
+    assert ratio(0.0, 1.0, True) is None
+    assert ratio(1.0, None, True) is None
+
+    doc = _baseline_doc()
+    now = [
+        {"protocol": "tcp", "scenario": "oneway_64", "client": "msgtrans", "metric": "msg_s",
+         "value": 200.0},                                     # 2x better
+        {"protocol": "tcp", "scenario": "latency", "client": "msgtrans", "metric": "p50_us",
+         "value": 400.0},                                     # 2x worse
+        {"protocol": "tcp", "scenario": "oneway_64", "client": "asyncio-protocol",
+         "metric": "msg_s", "value": 200.0},                  # the machine: 2x slower
+        {"protocol": "tcp", "scenario": "latency", "client": "asyncio-protocol",
+         "metric": "p50_us", "value": 100.0},                 # ... and 2x slower
+    ]
+    result = compare(doc, now)
+    by = {(r["client"], r["metric"]): r for r in result["lines"]}
+    assert by[("msgtrans", "msg_s")]["ratio"] == pytest.approx(2.0)
+    assert by[("msgtrans", "p50_us")]["ratio"] == pytest.approx(0.5)
+    assert by[("asyncio-protocol", "p50_us")]["ratio"] == pytest.approx(0.5)
+    assert result["geomean_msgtrans"] == pytest.approx(1.0)  # sqrt(2 * 0.5)
+    assert result["geomean_peers"] == pytest.approx(0.5)
+    assert result["geomean_net"] == pytest.approx(2.0)
+    assert result["missing"] == 0
+
+    # A figure that was run but not measured (an error) is listed, without a ratio; one that
+    # was not run (narrowed away) is left out.
+    ran = {("tcp", "oneway_64", "msgtrans"), ("tcp", "latency", "msgtrans")}
+    partial = compare(doc, now[:1], ran)
+    assert [(r["scenario"], r["ratio"]) for r in partial["lines"]] == [
+        ("oneway_64", pytest.approx(2.0)), ("latency", None)]
+    assert partial["missing"] == 1
+    assert partial["geomean_peers"] is None
+
+    out = io.StringIO()
+    from msgtrans.bench._baseline import compare_table
+
+    compare_table(result, out, rounds=3)
+    text = out.getvalue()
+    assert "| msgtrans (asyncio) | tcp | latency | us p50 | 200 | 400 | 0.50x |" in text
+    assert "now (median of 3)" in text
+    assert "geometric mean, msgtrans rows: 1.000x" in text
+
+
+def test_median_of_rounds_skips_failed_rounds() -> None:
+    from msgtrans.bench._baseline import median_results, values_of
+
+    rounds = [[Measurement("tcp", "oneway_64", "msgtrans", {"msg_s": v}, 10, 1.0)]
+              for v in (3.0, 1.0, 2.0)]
+    rounds.append([Measurement("tcp", "oneway_64", "msgtrans", error="boom")])
+    merged = median_results(rounds)
+    assert merged[0].values == {"msg_s": 2.0} and merged[0].error is None
+    values = values_of(rounds)
+    assert values[0]["value"] == 2.0 and values[0]["samples"] == [3.0, 1.0, 2.0]
+    assert values[0]["backend"] == "asyncio" and values[0]["kind"] == "msgtrans"
+    failed = median_results([[Measurement("tcp", "latency", "msgtrans", error="boom")]])
+    assert failed[0].error == "boom"
+
+
+def test_compare_refuses_another_machine_unless_forced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from msgtrans.bench._baseline import machine_info
+
+    other = dict(machine_info(), cpu_model="A 1980s toaster", cpus=1)
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(_baseline_doc(other)))
+    assert main(["--compare", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "another machine" in err and "toaster" in err and "--force" in err
+
+    assert main(["--compare", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    (tmp_path / "plain.json").write_text(json.dumps({"rows": []}))
+    assert main(["--compare", str(tmp_path / "plain.json")]) == 2
+    assert "not a file written by bench --save" in capsys.readouterr().err
+
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps(_baseline_doc()))
+    assert main(["--compare", str(same), "--quick"]) == 2  # the file holds a smoke run
+    assert "smoke run" in capsys.readouterr().err
+    assert main(["--compare", str(same), "--protocols", "ws"]) == 2
+    assert "nothing of the file is left" in capsys.readouterr().err
+
+
+def test_machine_info_names_the_cpu_and_the_commit() -> None:
+    from msgtrans.bench._baseline import machine_info, same_machine
+
+    info = machine_info()
+    assert info["cpus"] and info["cpu_model"] and info["python"] and info["msgtrans"]
+    assert same_machine(info, dict(info, date="another day", git_commit="abc")) == []
+    assert same_machine(info, dict(info, cpus=(info["cpus"] or 0) + 1)) == ["cpus"]
+
+
+@pytest.mark.network
+def test_smoke_save_then_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    saved = tmp_path / "base.json"
+    status = main(["--smoke", "--protocols", "tcp", "--scenarios", "oneway_64,latency",
+                   "--backends", "asyncio", "--save", str(saved)])
+    assert status == 0, capsys.readouterr().err
+    capsys.readouterr()
+    doc = json.loads(saved.read_text())
+    assert doc["format"] == "msgtrans-bench-baseline" and doc["plan"] == "smoke"
+    assert doc["machine"]["cpus"] and doc["machine"]["cpu_model"]
+    assert doc["rows"] and doc["measurements"]  # the --json document is in it
+    keys = {(v["scenario"], v["client"], v["metric"]) for v in doc["values"]}
+    assert ("oneway_64", "msgtrans", "msg_s") in keys
+    assert ("latency", "msgtrans", "p99_us") in keys
+    assert ("oneway_64", "asyncio-protocol", "msg_s") in keys
+    for v in doc["values"]:
+        assert v["value"] > 0 and v["unit"] and v["backend"] in ("asyncio", None), v
+
+    # Compare with one scenario only, two rounds: medians of two, ratios for what was run.
+    status = main(["--compare", str(saved), "--scenarios", "oneway_64", "--rounds", "2"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "[bench] round 2/2" in captured.err
+    assert "## Against" in captured.out and "now (median of 2)" in captured.out
+    assert "| msgtrans (asyncio) | tcp | oneway_64 | msg/s |" in captured.out
+    assert "| tcp | latency |" not in captured.out.split("## Against")[1]
+    assert "geometric mean, msgtrans rows:" in captured.out
