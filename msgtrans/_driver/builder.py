@@ -253,9 +253,9 @@ class TransportBuilderBase:
         return self
 
     def handshake_timeout(self: _B, seconds: float) -> _B:
-        """Seconds a server's new connection has for its TLS and WebSocket handshakes, on every
-        TCP and WebSocket server config the transport listens with (default 10; QUIC's
-        handshake is bounded by its ``idle_timeout``).
+        """Seconds a server's new connection has for its handshakes, on every server config the
+        transport listens with: TLS and WebSocket on TCP and WebSocket configs, the QUIC
+        handshake on QUIC configs (each connection's handshake deadline; default 10).
 
         Raises:
             ConfigurationError: not a positive number of at most 1,000,000 seconds.

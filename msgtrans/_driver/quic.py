@@ -54,7 +54,9 @@ def count_quic_refusals(metrics: TransportMetrics, listeners: Iterable[_QuicList
     for quic in listeners:
         refused = quic.endpoint.connections_refused
         for _ in range(refused - counted.get(quic, 0)):
-            metrics.error("connection.refused_by_server")
+            # As the stream listeners count theirs: a refusal by reason (stats().refusals) and
+            # a connection.refused_by_server error.
+            metrics.refusal("max_sessions")
         counted[quic] = refused
 
 

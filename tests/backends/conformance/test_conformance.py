@@ -842,6 +842,8 @@ def test_max_sessions_refuses_and_counts_extra_connections(backend: Backend, pro
                 assert _refused(server) == extra
                 assert server.raw.stats().as_dict()["errors"]["connection.refused_by_server"] \
                     == extra
+                # By reason too, QUIC's (counted by its endpoint) as the stream listeners'.
+                assert server.raw.stats().refusals.get("max_sessions") == extra
                 # A slot frees when the first session goes; that connection is served.
                 await first.close()
                 await first_server.wait_closed()
