@@ -69,3 +69,33 @@ def test_the_blocking_serve_names_its_thread_pool_threads() -> None:
     parameters = inspect.signature(smt.Transport.serve).parameters
     assert parameters["threads"].default == 8 and parameters["workers"].default is None
     assert smt.Transport.serve.__doc__ is not None and "*threads*" in smt.Transport.serve.__doc__
+
+
+def test_stop_signals_take_over_the_default_and_coverage_handlers_but_not_an_apps() -> None:
+    import signal
+    import types
+
+    from msgtrans._driver.workers import install_stop_signals
+
+    stopped: list[bool] = []
+    # coverage.py's sigterm handler only saves its data and kills the process: serve(workers=)
+    # must still shut down gracefully under it (CI measures coverage).
+    coverage_like = types.FunctionType((lambda s, f: None).__code__, {}, "_on_sigterm")
+    coverage_like.__module__ = "coverage.control"
+
+    def apps(_sig: int, _frame: object) -> None:
+        pass
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        for handler, taken in ((signal.SIG_DFL, True), (coverage_like, True), (apps, False)):
+            signal.signal(signal.SIGTERM, handler)
+            restore = install_stop_signals(lambda: stopped.append(True))
+            try:
+                assert (signal.getsignal(signal.SIGTERM) is not handler) is taken
+            finally:
+                restore()
+            assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])

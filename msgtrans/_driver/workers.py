@@ -532,16 +532,23 @@ def supervisor_for(transport: Any, count: int, main: WorkerMain) -> Supervisor:
     return supervisor
 
 
+def _is_coverage_handler(handler: object) -> bool:
+    # coverage.py's sigterm = true handler (a bound method of coverage.control.Coverage).
+    return str(getattr(handler, "__module__", "") or "").startswith("coverage")
+
+
 def install_stop_signals(stop: Callable[[], None]) -> Callable[[], None]:
     """In the main thread, make SIGINT and SIGTERM call *stop* where they still have their
-    default handlers (an application's own handlers are left alone); return what restores
-    them.  Elsewhere (another thread) nothing is installed."""
+    default handlers (an application's own handlers are left alone), or coverage.py's (which
+    only saves its data and then kills the process: the graceful exit saves it too); return
+    what restores them.  Elsewhere (another thread) nothing is installed."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     previous: dict[int, Any] = {}
     defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
     for sig, default in defaults.items():
-        if signal.getsignal(sig) is default:
+        handler = signal.getsignal(sig)
+        if handler is default or _is_coverage_handler(handler):
             previous[sig] = signal.signal(sig, lambda _sig, _frame: stop())
 
     def restore() -> None:
