@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ..core.config import QuicServerConfig, ServerConfig, ServerConfigLike
-from ..core.errors import TransportConnectionError, TransportError
+from ..core.errors import TransportError
 from ..core.groups import check_group
 from ..core.packet import Buffer
 from .builder import DEFAULT_SHUTDOWN_TIMEOUT
@@ -153,7 +153,8 @@ class AsyncTransportFacade(Generic[S, M, R, St]):
 
         def group_members(self, group: str) -> list[S]: ...
 
-        def _resolve_session(self, ref: int | str) -> tuple[S | None, str | None, int]: ...
+        def _session_target(self, ref: int | str, data: Buffer, biz_type: int,
+                            ext_header: Buffer) -> S | None: ...
 
         async def _shut(self, timeout: float, *, drain: bool) -> R: ...
 
@@ -247,17 +248,9 @@ class AsyncTransportFacade(Generic[S, M, R, St]):
                 ``send`` raises.
             ResourceError: the backplane's buffer is full (``resource.exhausted``).
         """
-        local, node, session_id = self._resolve_session(session)
-        if node is not None:
-            self._start_backplane()
-            if not self._cluster.publish_session(node, session_id, data, biz_type, ext_header):
-                raise self._cluster.buffer_full()
-            return
-        if local is None:
-            raise TransportConnectionError(f"no open session {session!r} here",
-                                           code="connection.closed", retryable=False,
-                                           operation="send_to_session")
-        await local.send(data, biz_type=biz_type, ext_header=ext_header)
+        local = self._session_target(session, data, biz_type, ext_header)
+        if local is not None:
+            await local.send(data, biz_type=biz_type, ext_header=ext_header)
 
     # --- servers -------------------------------------------------------------------------------
 

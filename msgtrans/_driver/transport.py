@@ -41,7 +41,7 @@ from ..core.expansion import ExpansionStrategy
 from ..core.framing import DEFAULT_ZERO_COPY_THRESHOLD
 from ..core.machine import Address
 from ..core.metrics import MetricsSnapshot, TransportMetrics, render_prometheus
-from ..core.packet import DEFAULT_LIMITS, Limits
+from ..core.packet import DEFAULT_LIMITS, Buffer, Limits
 from ..core.pool import PoolMachine, PoolStatus
 from ..core.session import DEFAULT_REQUEST_TIMEOUT, SessionState
 from .admission import AcceptGate
@@ -510,20 +510,31 @@ class TransportBase(Generic[S, P, Q]):
         found = [sessions.get(i) for i in self._cluster.members(group)]
         return [s for s in found if s is not None and s.state is SessionState.OPEN]
 
-    def _resolve_session(self, ref: int | str) -> tuple[S | None, str | None, int]:
-        """``(local session or None, other node or None, session id)`` of a session reference
-        (see :func:`~msgtrans._driver.cluster.parse_session_ref`).
+    def _session_target(self, ref: int | str, data: Buffer, biz_type: int,
+                        ext_header: Buffer) -> S | None:
+        """What ``send_to_session`` sends to: the local open session *ref* names, or ``None``
+        when *ref* is another node's and the message was handed to the backplane.
 
         Raises:
-            ConfigurationError: *ref* is not a session reference.
+            ConfigurationError: *ref* is not a session reference (see
+                :func:`~msgtrans._driver.cluster.parse_session_ref`).
+            TransportConnectionError: no such open session here, or it is on another node
+                and there is no backplane (code ``connection.closed``).
+            ResourceError: the backplane's buffer is full (``resource.exhausted``).
         """
         node, session_id = parse_session_ref(ref)
         if node is not None and node != self._cluster.node_id:
-            return None, node, session_id
-        session = self._sessions.get(session_id)
+            self._start_backplane()
+            if not self._cluster.publish_session(node, session_id, data, biz_type, ext_header):
+                raise self._cluster.buffer_full()
+            return None
+        with self._cluster.lock:
+            session = self._sessions.get(session_id)
         if session is None or session.state is not SessionState.OPEN:
-            return None, None, session_id
-        return session, None, session_id
+            raise TransportConnectionError(f"no open session {ref!r} here",
+                                           code="connection.closed", retryable=False,
+                                           operation="send_to_session")
+        return session
 
     def _start_backplane(self) -> None:
         """Start the backend's link to Redis once (the backends override it; without a

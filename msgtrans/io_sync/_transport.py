@@ -715,19 +715,9 @@ class Transport(TransportBase[Session, SessionPool, QuicListener]):
                 ``send`` raises.
             ResourceError: the backplane's buffer is full (``resource.exhausted``).
         """
-        loop = self._loop
-        with loop.lock if loop is not None else contextlib.nullcontext():
-            local, node, session_id = self._resolve_session(session)
-        if node is not None:
-            self._start_backplane()
-            if not self._cluster.publish_session(node, session_id, data, biz_type, ext_header):
-                raise self._cluster.buffer_full()
-            return
-        if local is None:
-            raise TransportConnectionError(f"no open session {session!r} here",
-                                           code="connection.closed", retryable=False,
-                                           operation="send_to_session")
-        local.send(data, biz_type=biz_type, ext_header=ext_header, timeout=timeout)
+        local = self._session_target(session, data, biz_type, ext_header)
+        if local is not None:
+            local.send(data, biz_type=biz_type, ext_header=ext_header, timeout=timeout)
 
     def group_members(self, group: str) -> list[Session]:
         """The open sessions of this transport in *group*, in the order they joined."""
